@@ -1,0 +1,28 @@
+"""visattn: every attention mechanism from recent vision papers, one API, tested against a naive reference.
+
+- :mod:`visattn.masks`: which query sees which key (neighborhood, window, grid, halo, axial, radial, ...);
+- :mod:`visattn.ops`: functional token mixers and the naive reference;
+- :mod:`visattn.nn`: ``Attention`` with pluggable mixers, drop-in for timm;
+- :func:`list_mixers` / :func:`create_mixer`: the registry.
+"""
+
+from . import masks, nn, ops
+from .nn import Attention, replace_attention
+from .papers import PAPERS
+from .registry import MixerSpec, create_mixer, get_mixer_spec, list_mixers, register_mixer
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "PAPERS",
+    "Attention",
+    "MixerSpec",
+    "create_mixer",
+    "get_mixer_spec",
+    "list_mixers",
+    "masks",
+    "nn",
+    "ops",
+    "register_mixer",
+    "replace_attention",
+]

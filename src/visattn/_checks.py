@@ -1,0 +1,113 @@
+"""Argument checks shared by every layer: each error names the argument, its value and what was expected."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+
+Shape = tuple[int, ...]
+
+
+def as_shape(shape: int | Sequence[int], name: str = "shape", max_dims: int | None = None) -> Shape:
+    """Return ``shape`` as a tuple of positive ints, or raise naming ``name``."""
+    if isinstance(shape, int) and not isinstance(shape, bool):
+        shape = (shape,)
+    if isinstance(shape, torch.Size):
+        shape = tuple(shape)
+    if not isinstance(shape, Sequence) or isinstance(shape, str):
+        raise TypeError(f"{name} must be an int or a sequence of ints, got {shape!r}")
+    out = []
+    for s in shape:
+        if isinstance(s, bool) or not isinstance(s, int):
+            raise TypeError(f"{name} must contain ints, got {shape!r}")
+        if s < 1:
+            raise ValueError(f"{name} must contain positive sizes, got {tuple(shape)!r}")
+        out.append(int(s))
+    if not out:
+        raise ValueError(f"{name} must have at least one dimension, got {tuple(shape)!r}")
+    if max_dims is not None and len(out) > max_dims:
+        raise ValueError(f"{name} must have at most {max_dims} dimensions, got {tuple(out)!r}")
+    return tuple(out)
+
+
+def per_axis(value: int | Sequence[int], ndim: int, name: str, minimum: int = 1) -> Shape:
+    """Broadcast an int (or check a sequence) to one int per spatial axis, each >= ``minimum``."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        values = (value,) * ndim
+    elif isinstance(value, Sequence) and not isinstance(value, str):
+        values = tuple(value)
+        if len(values) != ndim:
+            raise ValueError(f"{name} must have one entry per spatial axis ({ndim}), got {value!r}")
+    else:
+        raise TypeError(f"{name} must be an int or a sequence of ints, got {value!r}")
+    for v in values:
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise TypeError(f"{name} must contain ints, got {value!r}")
+        if v < minimum:
+            raise ValueError(f"{name} must be >= {minimum} on every axis, got {value!r}")
+    return values
+
+
+def int_or_ints(value: int | Sequence[int], name: str, minimum: int = 1) -> int | tuple[int, ...]:
+    """Check ``value`` is an int or a non-empty sequence of ints, each >= ``minimum``; tuples stay tuples."""
+    if isinstance(value, Sequence) and not isinstance(value, str):
+        return per_axis(value, max(len(value), 1), name, minimum)
+    return per_axis(value, 1, name, minimum)[0]
+
+
+def bool_or_bools(value: bool | Sequence[bool], name: str) -> bool | tuple[bool, ...]:
+    """Check ``value`` is a bool or a non-empty sequence of bools; tuples stay tuples."""
+    if isinstance(value, Sequence) and not isinstance(value, str):
+        return per_axis_bool(value, max(len(value), 1), name)
+    return per_axis_bool(value, 1, name)[0]
+
+
+def per_axis_bool(value: bool | Sequence[bool], ndim: int, name: str) -> tuple[bool, ...]:
+    """Broadcast a bool (or check a sequence of bools) to one flag per spatial axis."""
+    if isinstance(value, bool):
+        return (value,) * ndim
+    if isinstance(value, Sequence) and not isinstance(value, str) and all(isinstance(v, bool) for v in value):
+        if len(value) != ndim:
+            raise ValueError(f"{name} must have one entry per spatial axis ({ndim}), got {value!r}")
+        return tuple(value)
+    raise TypeError(f"{name} must be a bool or a sequence of bools, got {value!r}")
+
+
+def num_tokens(shape: Shape) -> int:
+    """Number of tokens laid out on ``shape``."""
+    return math.prod(shape)
+
+
+def check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
+    """Check q, k, v are ``(B, heads, N, head_dim)`` tensors that fit together."""
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+        if t.dim() != 4:
+            raise ValueError(f"{name} must be shaped (B, heads, N, head_dim), got shape {tuple(t.shape)}")
+    if not (q.dtype == k.dtype == v.dtype):
+        raise TypeError(f"q, k, v must share one dtype, got q={q.dtype}, k={k.dtype}, v={v.dtype}")
+    if not (q.device == k.device == v.device):
+        raise ValueError(f"q, k, v must be on one device, got q={q.device}, k={k.device}, v={v.device}")
+    if not q.is_floating_point():
+        raise TypeError(f"q, k, v must be floating point, got {q.dtype}")
+    if k.shape[:3] != v.shape[:3]:
+        raise ValueError(f"k and v must agree on (B, heads, N), got k={tuple(k.shape)}, v={tuple(v.shape)}")
+    if q.shape[:2] != k.shape[:2]:
+        raise ValueError(f"q and k must agree on (B, heads), got q={tuple(q.shape)}, k={tuple(k.shape)}")
+    if q.shape[-1] != k.shape[-1]:
+        raise ValueError(f"q and k must share head_dim, got q={tuple(q.shape)}, k={tuple(k.shape)}")
+
+
+def check_tokens(n: int, shape: Shape, num_prefix_tokens: int, name: str = "q") -> None:
+    """Check that ``n`` tokens are ``num_prefix_tokens`` prefix tokens then the grid ``shape``."""
+    if isinstance(num_prefix_tokens, bool) or not isinstance(num_prefix_tokens, int) or num_prefix_tokens < 0:
+        raise ValueError(f"num_prefix_tokens must be an int >= 0, got {num_prefix_tokens!r}")
+    expected = num_prefix_tokens + num_tokens(shape)
+    if n != expected:
+        raise ValueError(
+            f"{name} has N={n} tokens but shape={shape} with num_prefix_tokens={num_prefix_tokens} "
+            f"describes {expected} (prod(shape) + num_prefix_tokens)"
+        )

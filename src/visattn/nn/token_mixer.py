@@ -1,0 +1,53 @@
+"""``TokenMixer``: the interface every attention mechanism implements, ``(q, k, v, shape) -> out``."""
+
+from __future__ import annotations
+
+import math
+
+from torch import Tensor, nn
+
+from .._checks import Shape, as_shape, check_qkv
+
+
+class TokenMixer(nn.Module):
+    """Base class of token mixers.
+
+    ``forward(q, k, v, shape, attn_mask=None)`` takes ``q, k, v`` shaped ``(B, heads, N, head_dim)`` where the
+    last ``prod(shape)`` tokens lie on the grid ``shape`` (row-major) and any tokens before them are prefix
+    tokens. ``attention_weights(q, k, shape)`` returns ``(B, heads, N, N)`` weights for the lens, where the
+    mechanism has them. ``attn_drop`` is the attention dropout used in training.
+    """
+
+    supports_attn_mask: bool = False
+
+    def __init__(self, attn_drop: float = 0.0) -> None:
+        super().__init__()
+        if not 0.0 <= attn_drop < 1.0:
+            raise ValueError(f"attn_drop must be in [0, 1), got {attn_drop!r}")
+        self.attn_drop = attn_drop
+
+    @property
+    def dropout_p(self) -> float:
+        return self.attn_drop if self.training else 0.0
+
+    def prepare(self, q: Tensor, k: Tensor, v: Tensor, shape: int | tuple[int, ...]) -> tuple[Shape, int]:
+        """Check inputs; return the normalised grid shape and the number of prefix tokens ``N - prod(shape)``."""
+        check_qkv(q, k, v)
+        shape = as_shape(shape)
+        n, grid = q.shape[2], math.prod(shape)
+        if k.shape[2] != n:
+            raise ValueError(f"self-attention needs as many keys as queries, got q N={n}, k N={k.shape[2]}")
+        if n < grid:
+            raise ValueError(f"q has N={n} tokens, fewer than prod(shape)={grid} for shape={shape}")
+        return shape, n - grid
+
+    def forward(self, q: Tensor, k: Tensor, v: Tensor, shape: int | tuple[int, ...],
+                attn_mask: Tensor | None = None) -> Tensor:
+        raise NotImplementedError
+
+    def attention_weights(self, q: Tensor, k: Tensor, shape: int | tuple[int, ...]) -> Tensor:
+        raise NotImplementedError(f"{type(self).__name__} does not expose attention weights")
+
+    def _no_attn_mask(self, attn_mask: Tensor | None) -> None:
+        if attn_mask is not None and not self.supports_attn_mask:
+            raise ValueError(f"attn_mask is not supported by {type(self).__name__}; got a mask")

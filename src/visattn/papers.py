@@ -1,0 +1,489 @@
+"""The papers visattn is built from: titles, arXiv ids, public code.
+
+One place for paper metadata so the registry, the docs tables and the CLI cannot disagree.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["FAMILIES", "FOUNDATIONAL", "PAPERS", "Paper", "get_paper"]
+
+FAMILIES: tuple[str, ...] = (
+    "search",
+    "lens",
+    "structured",
+    "feature-map",
+    "reformulated",
+    "transform",
+    "model",
+)
+"""The allowed values of :attr:`Paper.family`."""
+
+FOUNDATIONAL: tuple[str, ...] = ("vit", "swin_v2", "longformer")
+"""Keys of the reference papers the registry needs that are not among the 42 source papers."""
+
+
+@dataclass(frozen=True)
+class Paper:
+    """One paper: ``key`` is a short lowercase identifier used by the registry."""
+
+    key: str
+    title: str
+    arxiv: str | None
+    year: int | None
+    code: str | None
+    family: str
+    notes: str = ""
+
+    @property
+    def url(self) -> str | None:
+        """The arXiv abstract page, when the paper has an arXiv id."""
+        return f"https://arxiv.org/abs/{self.arxiv}" if self.arxiv else None
+
+
+# The 42 source papers in the order of the paper-notes table, then the foundational references.
+PAPERS: dict[str, Paper] = {
+    p.key: p
+    for p in (
+        Paper(
+            "eccnet",
+            "Visual Search Asymmetry: Deep Nets and Humans Share Similar Inherent Biases",
+            "2106.02953",
+            2021,
+            "kreimanlab/VisualSearchAsymmetry",
+            "search",
+        ),
+        Paper(
+            "var_sink",
+            "See What You Are Told: Visual Attention Sink in Large Multimodal Models",
+            "2503.03321",
+            2025,
+            "seilk/VisAttnSink",
+            "lens",
+            notes="ICLR 2025.",
+        ),
+        Paper(
+            "rst",
+            "Spread Your Wings: A Radial Strip Transformer for Image Deblurring",
+            "2404.00358",
+            2024,
+            "Calvin11311/MDT",
+            "structured",
+            notes=(
+                "Code is the authors' follow-up MDT (CVPR 2025), which reuses the radial strip attention "
+                "solver."
+            ),
+        ),
+        Paper(
+            "psa",
+            "Polarized Self-Attention: Towards High-quality Pixel-wise Regression",
+            "2107.00782",
+            2021,
+            "DeLightCMU/PSA",
+            "feature-map",
+        ),
+        Paper(
+            "affine_scaled",
+            "Affine-Scaled Attention: Towards Flexible and Stable Transformer Attention",
+            "2602.23057",
+            2026,
+            None,
+            "reformulated",
+            notes="No public code.",
+        ),
+        Paper(
+            "rtnet",
+            "RoI Tanh-polar Transformer Network for Face Parsing in the Wild",
+            "2102.02717",
+            2021,
+            "hhj1897/roi_tanh_warping",
+            "transform",
+            notes="Also hhj1897/face_parsing; published in Image and Vision Computing 112 (2021).",
+        ),
+        Paper(
+            "brain_encoder",
+            "Transformer brain encoders explain human high-level visual responses",
+            "2505.17329",
+            2025,
+            "Hosseinadeli/transformer_brain_encoder",
+            "model",
+            notes="NeurIPS 2025.",
+        ),
+        Paper(
+            "imbalanced_attention",
+            "Fixing Imbalanced Attention to Mitigate In-Context Hallucination of Large Vision-Language Model",
+            "2501.12206",
+            2025,
+            "hasanar1f/llava-hallunication-fix",
+            "lens",
+        ),
+        Paper(
+            "dependency_vit",
+            "Visual Dependency Transformers: Dependency Tree Emerges from Reversed Attention",
+            "2304.03282",
+            2023,
+            "huggingface/pytorch-image-models",
+            "reformulated",
+            notes=(
+                "Code read from timm PR #2062 (unmerged); the paper names dingmyu/DependencyViT. CVPR 2023."
+            ),
+        ),
+        Paper(
+            "vhd",
+            "Cracking the Code of Hallucination in LVLMs with Vision-aware Head Divergence",
+            "2412.13949",
+            2024,
+            "jinghan1he/VHR",
+            "lens",
+        ),
+        Paper(
+            "pavlovian",
+            "Understanding Transformers through the Lens of Pavlovian Conditioning",
+            "2508.08289",
+            2025,
+            None,
+            "reformulated",
+            notes="Analysis paper; no public code.",
+        ),
+        Paper(
+            "cdfsod_astigmatism",
+            "Remedying Target-Domain Astigmatism for Cross-Domain Few-Shot Object Detection",
+            "2603.18541",
+            2026,
+            None,
+            "lens",
+            notes="CVPR 2026; no public code.",
+        ),
+        Paper(
+            "morph",
+            "MORPH: Shape-agnostic PDE Foundation Models",
+            "2509.21670",
+            2025,
+            "lanl/MORPH",
+            "structured",
+            notes=(
+                "Later arXiv versions are titled 'MORPH: PDE Foundation Models with Arbitrary Data Modality'."
+            ),
+        ),
+        Paper(
+            "l2vit",
+            "The Linear Attention Resurrection in Vision Transformer",
+            "2501.16182",
+            2025,
+            "ChuanyangZheng/L2ViT",
+            "reformulated",
+        ),
+        Paper(
+            "radial_attention",
+            "Radial Attention: O(nlog n) Sparse Attention with Energy Decay for Long Video Generation",
+            "2506.19852",
+            2025,
+            "mit-han-lab/radial-attention",
+            "structured",
+            notes="The repository README's BibTeX cites arXiv:2505.18875, which is a different paper.",
+        ),
+        Paper(
+            "complexformer",
+            (
+                "ComplexFormer: Disruptively Advancing Transformer Inference Ability via Head-Specific "
+                "Complex Vector Attention"
+            ),
+            "2505.10222",
+            2025,
+            "shaojintian/complexFormer",
+            "reformulated",
+            notes="arXiv 2505.10222 has been withdrawn by its authors.",
+        ),
+        Paper(
+            "ulsam",
+            "ULSAM: Ultra-Lightweight Subspace Attention Module for Compact Convolutional Neural Networks",
+            "2006.15102",
+            2020,
+            "Nandan91/ULSAM",
+            "feature-map",
+            notes="WACV 2020.",
+        ),
+        Paper(
+            "carve",
+            "Focusing by Contrastive Attention: Enhancing VLMs' Visual Reasoning",
+            "2509.06461",
+            2025,
+            "YuyaoGe/CARVE",
+            "lens",
+        ),
+        Paper(
+            "trackvla_pp",
+            (
+                "TrackVLA++: Unleashing Reasoning and Memory Capabilities in VLA Models for Embodied Visual "
+                "Tracking"
+            ),
+            "2510.07134",
+            2025,
+            None,
+            "model",
+            notes="No public code.",
+        ),
+        Paper(
+            "maxvit",
+            "MaxViT: Multi-Axis Vision Transformer",
+            "2204.01697",
+            2022,
+            "huggingface/pytorch-image-models",
+            "structured",
+            notes="Code read from timm maxxvit.py.",
+        ),
+        Paper(
+            "headhunter",
+            "Fine-Grained Perturbation Guidance via Attention Head Selection",
+            "2506.10978",
+            2025,
+            "cvlab-kaist/HeadHunter",
+            "lens",
+            notes=(
+                "Later arXiv versions are titled 'Where and How to Perturb: On the Design of Perturbation "
+                "Guidance in Diffusion and Flow Models'."
+            ),
+        ),
+        Paper(
+            "s2lic",
+            (
+                "S2LIC: Learned Image Compression with the SwinV2 Block, Adaptive Channel-wise and "
+                "Global-inter Attention Context"
+            ),
+            "2403.14471",
+            2024,
+            "wyq2021/S2LIC",
+            "structured",
+        ),
+        Paper(
+            "hedgehog",
+            "The Hedgehog & the Porcupine: Expressive Linear Attentions with Softmax Mimicry",
+            "2402.04347",
+            2024,
+            "HazyResearch/lolcats",
+            "reformulated",
+            notes="Feature maps read from HazyResearch/lolcats (the authors' follow-up). ICLR 2024.",
+        ),
+        Paper(
+            "davit",
+            "DaViT: Dual Attention Vision Transformers",
+            "2204.03645",
+            2022,
+            "dingmyu/davit",
+            "structured",
+            notes="Also timm davit.py.",
+        ),
+        Paper(
+            "gift",
+            (
+                "Capturing Gaze Shifts for Guidance: Cross-Modal Fusion Enhancement for VLM Hallucination "
+                "Mitigation"
+            ),
+            "2510.22067",
+            2025,
+            "amazon-science/GIFT",
+            "lens",
+        ),
+        Paper(
+            "sparsifiner",
+            "Sparsifiner: Learning Sparse Instance-Dependent Attention for Efficient Vision Transformers",
+            "2303.13755",
+            2023,
+            "lim142857/Sparsifiner",
+            "reformulated",
+            notes="CVPR 2023.",
+        ),
+        Paper(
+            "hierarchical_attention",
+            "Hierarchical Self-Attention: Generalizing Neural Attention Mechanics to Multi-Scale Problems",
+            "2509.15448",
+            2025,
+            None,
+            "reformulated",
+            notes="No public code.",
+        ),
+        Paper(
+            "raptor",
+            "Block-Recurrent Dynamics in Vision Transformers",
+            "2512.19941",
+            2025,
+            "KempnerInstitute/raptor",
+            "lens",
+        ),
+        Paper(
+            "faster_neighborhood",
+            (
+                "Faster Neighborhood Attention: Reducing the O(n^2) Cost of Self Attention at the "
+                "Threadblock Level"
+            ),
+            "2403.04690",
+            2024,
+            "SHI-Labs/NATTEN",
+            "structured",
+        ),
+        Paper(
+            "softplus_attention",
+            "Softplus Attention with Re-weighting Boosts Length Extrapolation in Large Language Models",
+            "2501.13428",
+            2025,
+            "iminfine/freeatten",
+            "reformulated",
+            notes=(
+                "Repository name as in the paper notes; the latest arXiv abstract links "
+                "github.com/iminfine/freeattn."
+            ),
+        ),
+        Paper(
+            "oat",
+            "OAT: Object-Level Attention Transformer for Gaze Scanpath Prediction",
+            "2407.13335",
+            2024,
+            "HKUST-NISL/oat_eccv24",
+            "search",
+            notes="ECCV 2024.",
+        ),
+        Paper(
+            "decon_attention",
+            "Deconstructing Attention: Investigating Design Principles for Effective Language Modeling",
+            "2510.11602",
+            2025,
+            "HUIYINXUE/DeconAttn",
+            "reformulated",
+        ),
+        Paper(
+            "foveated_retinotopy",
+            "Foveated Retinotopy Improves Classification and Localization in CNNs",
+            "2402.15480",
+            2024,
+            "laurentperrinet/retinoto_py",
+            "transform",
+            notes="Later versions are titled '... in Convolutional Neural Networks'.",
+        ),
+        Paper(
+            "aps_vit",
+            "Reviving Shift Equivariance in Vision Transformers",
+            "2306.07470",
+            2023,
+            "willding123/Shift-Equivariant-Vision-Transformers",
+            "transform",
+        ),
+        Paper(
+            "halonet",
+            "Scaling Local Self-Attention for Parameter Efficient Visual Backbones",
+            "2103.12731",
+            2021,
+            "huggingface/pytorch-image-models",
+            "structured",
+            notes="No official code; read from timm halo_attn.py.",
+        ),
+        Paper(
+            "vision_matters",
+            "Vision Matters: Simple Visual Perturbations Can Boost Multimodal Math Reasoning",
+            "2506.09736",
+            2025,
+            "YutingLi0606/Vision-Matters",
+            "transform",
+            notes=(
+                "The repository README cites other arXiv ids (2412.04234, 2505.22453); 2506.09736 is this "
+                "paper."
+            ),
+        ),
+        Paper(
+            "paroattention",
+            (
+                "PAROAttention: Pattern-Aware ReOrdering for Efficient Sparse and Quantized Attention in "
+                "Visual Generation Models"
+            ),
+            "2506.16054",
+            2025,
+            "jamescsq47/PAROAtten",
+            "reformulated",
+            notes="NeurIPS 2025.",
+        ),
+        Paper(
+            "inline",
+            "Bridging the Divide: Reconsidering Softmax and Linear Attention",
+            "2412.06590",
+            2024,
+            "LeapLabTHU/InLine",
+            "reformulated",
+            notes="NeurIPS 2024.",
+        ),
+        Paper(
+            "consistedit",
+            "ConsistEdit: Highly Consistent and Precise Training-free Visual Editing",
+            "2510.17803",
+            2025,
+            "zxYin/ConsistEdit_Code",
+            "lens",
+            notes="SIGGRAPH Asia 2025.",
+        ),
+        Paper(
+            "vas_avar",
+            "From Narrow to Panoramic Vision: Attention-Guided Cold-Start Reshapes Multimodal Reasoning",
+            "2603.03825",
+            2026,
+            "lrlbbzl/Qwen-AVAR",
+            "lens",
+            notes="ICLR 2026.",
+        ),
+        Paper(
+            "infsa",
+            (
+                "Self-Attention And Beyond the Infinite: Towards Linear Transformers with Infinite "
+                "Self-Attention"
+            ),
+            "2603.00175",
+            2026,
+            "giorgioroffo/infinite-self-attention",
+            "reformulated",
+        ),
+        Paper(
+            "partialnet",
+            "Partial Convolution Meets Visual Attention",
+            "2503.03148",
+            2025,
+            "haiduo/PartialNet",
+            "feature-map",
+            notes="FasterNet PConv reference code: JierunChen/FasterNet.",
+        ),
+        # Foundational references used by the registry.
+        Paper(
+            "vit",
+            "An Image is Worth 16x16 Words: Transformers for Image Recognition at Scale",
+            "2010.11929",
+            2020,
+            "google-research/vision_transformer",
+            "model",
+            notes="Foundational reference.",
+        ),
+        Paper(
+            "swin_v2",
+            "Swin Transformer V2: Scaling Up Capacity and Resolution",
+            "2111.09883",
+            2021,
+            "microsoft/Swin-Transformer",
+            "structured",
+            notes="Foundational reference: scaled-cosine window attention.",
+        ),
+        Paper(
+            "longformer",
+            "Longformer: The Long-Document Transformer",
+            "2004.05150",
+            2020,
+            "allenai/longformer",
+            "structured",
+            notes="Foundational reference: sliding-window attention.",
+        ),
+    )
+}
+
+
+def get_paper(key: str) -> Paper:
+    """Return the paper registered under ``key``; raise ``KeyError`` naming the known keys."""
+    try:
+        return PAPERS[key]
+    except KeyError:
+        known = ", ".join(sorted(PAPERS))
+        raise KeyError(f"unknown paper {key!r}; known keys: {known}") from None

@@ -1,0 +1,94 @@
+"""The mixer registry: one entry per mechanism, so ``list_mixers``, the CLI and the docs tables share one source.
+
+Each entry carries the paper it comes from (a key into :data:`visattn.papers.PAPERS`), its cost in the number
+of tokens N, its family, and which of the four faces exist: ``definition`` (a mask or formula), ``fast`` (a
+fast path beyond the generic backends), ``module`` (an ``nn.Module`` users put in a network) and ``timm``
+(tested for equal outputs against timm's implementation on identical weights).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from .papers import PAPERS, Paper
+
+FACES = ("definition", "fast", "module", "timm")
+
+
+@dataclass(frozen=True)
+class MixerSpec:
+    """A registry entry. ``factory(**kwargs)`` builds the token mixer."""
+
+    name: str
+    factory: Callable[..., Any]
+    paper_key: str
+    complexity: str
+    family: str
+    faces: tuple[str, ...]
+    summary: str
+
+    @property
+    def paper(self) -> Paper:
+        return PAPERS[self.paper_key]
+
+
+_REGISTRY: dict[str, MixerSpec] = {}
+
+
+def register_mixer(
+    name: str,
+    *,
+    paper: str,
+    complexity: str,
+    family: str,
+    faces: tuple[str, ...] = ("definition",),
+    summary: str = "",
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Decorator registering ``factory`` as the mixer ``name``.
+
+    Args:
+        name: registry name, lowercase.
+        paper: key into :data:`visattn.papers.PAPERS`.
+        complexity: cost in tokens N, e.g. ``"O(N^2)"`` or ``"O(N k^d)"``.
+        family: docs family, e.g. ``"structured"``.
+        faces: subset of ``("definition", "fast", "module", "timm")``.
+        summary: one line for tables; defaults to the factory's first docstring line.
+    """
+    if not isinstance(name, str) or not name or name != name.lower():
+        raise ValueError(f"name must be a non-empty lowercase string, got {name!r}")
+    if paper not in PAPERS:
+        raise ValueError(f"paper must be a key of visattn.papers.PAPERS, got {paper!r}")
+    unknown = [f for f in faces if f not in FACES]
+    if unknown:
+        raise ValueError(f"faces must be drawn from {FACES}, got {faces!r}")
+
+    def register(factory: Callable[..., Any]) -> Callable[..., Any]:
+        if name in _REGISTRY:
+            raise ValueError(f"a mixer named {name!r} is already registered")
+        doc = (factory.__doc__ or "").strip()
+        line = summary or (doc.splitlines()[0] if doc else "")
+        _REGISTRY[name] = MixerSpec(name, factory, paper, complexity, family, tuple(faces), line)
+        return factory
+
+    return register
+
+
+def list_mixers(family: str | None = None) -> list[str]:
+    """Registered mixer names, sorted; only those of ``family`` when given."""
+    return sorted(n for n, s in _REGISTRY.items() if family is None or s.family == family)
+
+
+def get_mixer_spec(name: str) -> MixerSpec:
+    """The registry entry for ``name``; ``ValueError`` listing the known names otherwise."""
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown mixer {name!r}; known mixers: {', '.join(list_mixers())}")
+    return _REGISTRY[name]
+
+
+def create_mixer(name: str, **kwargs: Any) -> Any:
+    """Build the registered mixer ``name`` with ``kwargs``."""
+    if not isinstance(name, str):
+        raise TypeError(f"name must be a str, got {type(name).__name__}")
+    return get_mixer_spec(name).factory(**kwargs)
