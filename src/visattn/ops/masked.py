@@ -34,7 +34,7 @@ _FAST_PATHS: dict[type[Mask], FastPath] = {}
 
 def register_fast_path(mask_type: type[Mask]) -> Callable[[FastPath], FastPath]:
     """Register ``fn(q, k, v, mask, shape, num_prefix_tokens, scale) -> Tensor | None`` as the fast path for
-    ``mask_type``; returning None declines the call (``auto`` then uses a generic backend)."""
+    ``mask_type`` and its subclasses; returning None declines the call (``auto`` then uses a generic backend)."""
 
     def register(fn: FastPath) -> FastPath:
         _FAST_PATHS[mask_type] = fn
@@ -44,8 +44,11 @@ def register_fast_path(mask_type: type[Mask]) -> Callable[[FastPath], FastPath]:
 
 
 def fast_path_for(mask: Mask) -> FastPath | None:
-    """The fast path registered for ``type(mask)``, if any."""
-    return _FAST_PATHS.get(type(mask))
+    """The fast path registered for the most specific class of ``mask`` that has one, if any."""
+    for cls in type(mask).__mro__:
+        if cls in _FAST_PATHS:
+            return _FAST_PATHS[cls]
+    return None
 
 
 @functools.lru_cache(maxsize=8)
