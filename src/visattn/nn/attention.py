@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .._checks import as_shape
+from .._checks import as_shape, check_tokens
 from ..registry import create_mixer
 from .token_mixer import TokenMixer
 
@@ -123,6 +123,7 @@ class Attention(nn.Module):
             raise ValueError(f"x has C={x.shape[-1]} channels, expected dim={self.qkv.in_features}")
         b, n, _ = x.shape
         grid = self.grid_shape(n, shape)
+        check_tokens(n, grid, self.num_prefix_tokens, "x")
         if is_causal:
             causal = torch.ones(n, n, dtype=torch.bool, device=x.device).tril()
             attn_mask = causal if attn_mask is None else (
