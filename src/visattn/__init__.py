@@ -9,7 +9,7 @@
 from . import masks, nn, ops
 from .nn import Attention, replace_attention
 from .papers import PAPERS
-from .registry import MixerSpec, create_mixer, get_mixer_spec, list_mixers, register_mixer
+from .registry import MixerSpec, create_mixer, create_mixer_for_layer, get_mixer_spec, list_mixers, register_mixer
 
 __version__ = "0.1.0"
 
@@ -18,6 +18,7 @@ __all__ = [
     "Attention",
     "MixerSpec",
     "create_mixer",
+    "create_mixer_for_layer",
     "get_mixer_spec",
     "list_mixers",
     "masks",

@@ -8,6 +8,7 @@ fast path beyond the generic backends), ``module`` (an ``nn.Module`` users put i
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -92,3 +93,21 @@ def create_mixer(name: str, **kwargs: Any) -> Any:
     if not isinstance(name, str):
         raise TypeError(f"name must be a str, got {type(name).__name__}")
     return get_mixer_spec(name).factory(**kwargs)
+
+
+LAYER_ARGS = ("dim", "num_heads", "head_dim")
+
+
+def create_mixer_for_layer(name: str, *, dim: int, num_heads: int, head_dim: int, **kwargs: Any) -> Any:
+    """Build mixer ``name`` for a layer of ``dim`` channels in ``num_heads`` heads of ``head_dim``.
+
+    Mixers with parameters (feature maps, gates, temperatures) take some of ``dim``, ``num_heads``,
+    ``head_dim`` as constructor arguments; those their factory accepts are filled in unless given in ``kwargs``.
+    """
+    factory = get_mixer_spec(name).factory
+    accepted = inspect.signature(factory).parameters
+    layer = {"dim": dim, "num_heads": num_heads, "head_dim": head_dim}
+    for arg, value in layer.items():
+        if arg in accepted and arg not in kwargs:
+            kwargs[arg] = value
+    return create_mixer(name, **kwargs)

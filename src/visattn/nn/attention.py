@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from .._checks import as_shape, check_tokens
-from ..registry import create_mixer
+from ..registry import create_mixer_for_layer
 from .token_mixer import TokenMixer
 
 
@@ -84,7 +84,8 @@ class Attention(nn.Module):
                 raise ValueError(f"mixer_kwargs apply only to a mixer name, got {sorted(mixer_kwargs)}")
             self.mixer = mixer
         elif isinstance(mixer, str):
-            self.mixer = create_mixer(mixer, attn_drop=attn_drop, **mixer_kwargs)
+            self.mixer = create_mixer_for_layer(mixer, dim=dim, num_heads=num_heads, head_dim=attn_head_dim,
+                                                attn_drop=attn_drop, **mixer_kwargs)
         else:
             raise TypeError(f"mixer must be a registry name or a TokenMixer, got {type(mixer).__name__}")
         self.norm = norm_layer(self.attn_dim) if scale_norm else nn.Identity()
@@ -131,7 +132,8 @@ class Attention(nn.Module):
             )
         gate = self.gate(x).sigmoid() if self.gate is not None else None
         q, k, v = self.qkv_heads(x)
-        out = self.mixer(q, k, v, grid, attn_mask=attn_mask)
+        extra = {"x": x} if self.mixer.uses_input else {}
+        out = self.mixer(q, k, v, grid, attn_mask=attn_mask, **extra)
         out = self.norm(out.transpose(1, 2).reshape(b, n, self.attn_dim))
         if gate is not None:
             out = out * gate

@@ -16,9 +16,13 @@ class TokenMixer(nn.Module):
     last ``prod(shape)`` tokens lie on the grid ``shape`` (row-major) and any tokens before them are prefix
     tokens. ``attention_weights(q, k, shape)`` returns ``(B, heads, N, N)`` weights for the lens, where the
     mechanism has them. ``attn_drop`` is the attention dropout used in training.
+
+    Mechanisms whose paper computes something from the layer input itself (a gate, a per-token scale) set
+    ``uses_input = True``; :class:`~visattn.nn.Attention` then also passes ``x=`` the ``(B, N, C)`` layer input.
     """
 
     supports_attn_mask: bool = False
+    uses_input: bool = False
 
     def __init__(self, attn_drop: float = 0.0) -> None:
         super().__init__()
