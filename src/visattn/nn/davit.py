@@ -1,0 +1,169 @@
+"""DaViT's dual attention: spatial window attention and channel group attention.
+
+Paper: Ding et al., "DaViT: Dual Attention Vision Transformers" (arXiv 2204.03645). Spatial tokens attend inside
+non-overlapping 7 x 7 windows with no relative position bias. Channel group attention transposes the roles of
+tokens and channels: per group (head) of ``C_g = C / heads`` channels, in the released code (and timm)
+
+    A = softmax_row((k * s)^T v)   (C_g x C_g, softmax over the last axis),   out = (A q^T)^T = q A^T,
+
+with ``s = C_g ** -0.5``, so the cost is O(N C_g^2) per group and q is applied last. The parameter names follow
+``timm.models.davit`` (``qkv``, ``proj``) so its ``WindowAttention`` and ``ChannelAttention`` weights load
+unchanged and give the same output. The depthwise 3 x 3 convolutional position encoding that precedes both
+attentions is timm's :class:`~timm.models.davit.ConvPosEnc`, re-exported here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from timm.models.davit import ConvPosEnc
+from torch import Tensor, nn
+
+from .._checks import per_axis
+from ..registry import register_mixer
+from .swin_v2 import window_merge, window_partition
+from .token_mixer import TokenMixer
+
+__all__ = ["ChannelAttention", "ChannelGroupMixer", "ConvPosEnc", "SpatialWindowAttention", "channel_attention"]
+
+
+def _check_heads(dim: int, num_heads: int) -> None:
+    for name, value in (("dim", dim), ("num_heads", num_heads)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive int, got {value!r}")
+    if dim % num_heads:
+        raise ValueError(f"dim must be divisible by num_heads, got dim={dim}, num_heads={num_heads}")
+
+
+def channel_weights(k: Tensor, v: Tensor, scale: float | None = None) -> Tensor:
+    """DaViT channel attention weights ``softmax((k * scale)^T v)``: ``(B, heads, head_dim, head_dim)``."""
+    scale = k.shape[-1] ** -0.5 if scale is None else scale
+    return torch.softmax((k * scale).transpose(-2, -1) @ v, dim=-1)
+
+
+def channel_attention(q: Tensor, k: Tensor, v: Tensor, scale: float | None = None,
+                      dropout_p: float = 0.0) -> Tensor:
+    """DaViT channel group attention on ``(B, heads, N, head_dim)``: ``q softmax((k * scale)^T v)^T``.
+
+    Every output token is the channel mix ``out_n = A q_n`` of its own query, with ``A`` (``head_dim x
+    head_dim`` per group) computed from all tokens' keys and values; ``scale`` defaults to ``head_dim ** -0.5``.
+    Cost O(N head_dim^2) per group.
+    """
+    weights = F.dropout(channel_weights(k, v, scale), p=dropout_p) if dropout_p else channel_weights(k, v, scale)
+    return q @ weights.transpose(-2, -1)
+
+
+class ChannelGroupMixer(TokenMixer):
+    """DaViT channel group attention as a token mixer (groups = heads); the grid ``shape`` is only checked.
+
+    Prefix tokens join the keys and values like any other token. There are no token-to-token weights: the
+    mechanism mixes channels, see :meth:`channel_weights`.
+    """
+
+    def __init__(self, scale: float | None = None, attn_drop: float = 0.0) -> None:
+        super().__init__(attn_drop)
+        self.scale = scale
+
+    def forward(self, q: Tensor, k: Tensor, v: Tensor, shape: int | tuple[int, ...],
+                attn_mask: Tensor | None = None) -> Tensor:
+        self._no_attn_mask(attn_mask)
+        self.prepare(q, k, v, shape)
+        if q.shape[-1] != v.shape[-1]:
+            raise ValueError(f"channel attention needs q and v with one head_dim, got q={tuple(q.shape)}, "
+                             f"v={tuple(v.shape)}")
+        return channel_attention(q, k, v, self.scale, self.dropout_p)
+
+    def channel_weights(self, k: Tensor, v: Tensor) -> Tensor:
+        """The ``(B, heads, head_dim, head_dim)`` channel weights ``softmax((k * scale)^T v)``."""
+        return channel_weights(k, v, self.scale)
+
+    def attention_weights(self, q: Tensor, k: Tensor, shape: int | tuple[int, ...]) -> Tensor:
+        raise NotImplementedError("channel attention mixes channels, not tokens: it has no (N x N) weights; "
+                                  "use channel_weights(k, v)")
+
+
+@register_mixer("channel", paper="davit", complexity="O(N d^2)", family="structured",
+                faces=("definition", "module", "timm"))
+def channel(scale: float | None = None, attn_drop: float = 0.0) -> ChannelGroupMixer:
+    """DaViT channel group attention: softmax((k s)^T v) over channels per head, applied to q."""
+    return ChannelGroupMixer(scale=scale, attn_drop=attn_drop)
+
+
+class ChannelAttention(nn.Module):
+    """DaViT channel group attention on tokens ``(B, N, C)``, weight-compatible with timm's ``ChannelAttention``.
+
+    ``proj(channel_attention(q, k, v))`` with ``q, k, v = qkv(x)`` split into ``num_heads`` groups.
+    """
+
+    def __init__(self, dim: int, num_heads: int = 8, qkv_bias: bool = False) -> None:
+        super().__init__()
+        _check_heads(dim, num_heads)
+        self.dim = dim
+        self.num_heads = num_heads
+        self.scale = (dim // num_heads) ** -0.5
+        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not isinstance(x, Tensor) or x.dim() != 3 or x.shape[-1] != self.dim:
+            raise ValueError(f"x must be shaped (B, N, C={self.dim}), got "
+                             f"{tuple(x.shape) if isinstance(x, Tensor) else x!r}")
+        b, n, c = x.shape
+        q, k, v = self.qkv(x).reshape(b, n, 3, self.num_heads, c // self.num_heads).permute(2, 0, 3, 1, 4)
+        out = channel_attention(q, k, v, self.scale)
+        return self.proj(out.transpose(1, 2).reshape(b, n, c))
+
+
+class SpatialWindowAttention(nn.Module):
+    """DaViT spatial window attention on channels-last maps ``(B, H, W, C)``, no relative position bias.
+
+    The attention path of timm's ``SpatialBlock``: pad bottom/right with zeros to a multiple of the window (the
+    padded tokens take part as keys, as in DaViT), softmax attention inside each window with timm's
+    ``WindowAttention`` weights (``qkv``, ``proj``), merge and crop.
+
+    Args:
+        dim: channels C, divisible by ``num_heads``.
+        num_heads: attention heads.
+        window_size: ``(Wh, Ww)`` or an int (DaViT: 7).
+        qkv_bias: bias in the qkv projection.
+        padding: pad maps that the window does not tile; when False such maps raise ``ValueError``.
+    """
+
+    def __init__(self, dim: int, num_heads: int, window_size: int | Sequence[int] = 7, qkv_bias: bool = True,
+                 padding: bool = True) -> None:
+        super().__init__()
+        _check_heads(dim, num_heads)
+        wh, ww = per_axis(window_size, 2, "window_size")
+        self.dim = dim
+        self.num_heads = num_heads
+        self.window_size = (wh, ww)
+        self.padding = padding
+        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+        self.proj = nn.Linear(dim, dim)
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}, num_heads={self.num_heads}, window_size={self.window_size}, padding={self.padding}"
+
+    def attend_windows(self, windows: Tensor) -> Tensor:
+        """Softmax attention within each window: ``(num_windows * B, Wh * Ww, C)`` -> same shape."""
+        b, n, c = windows.shape
+        q, k, v = self.qkv(windows).reshape(b, n, 3, self.num_heads, c // self.num_heads).permute(2, 0, 3, 1, 4)
+        out = F.scaled_dot_product_attention(q, k, v)
+        return self.proj(out.transpose(1, 2).reshape(b, n, c))
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``x``: ``(B, H, W, C)`` -> ``(B, H, W, C)``."""
+        if not isinstance(x, Tensor) or x.dim() != 4 or x.shape[-1] != self.dim:
+            raise ValueError(f"x must be shaped (B, H, W, C={self.dim}), got "
+                             f"{tuple(x.shape) if isinstance(x, Tensor) else x!r}")
+        _, h, w, _ = x.shape
+        pad_h, pad_w = (-h) % self.window_size[0], (-w) % self.window_size[1]
+        if (pad_h or pad_w) and not self.padding:
+            raise ValueError(f"window_size={self.window_size} must divide the map (H, W)={(h, w)} when "
+                             f"padding=False (a window larger than the map, or one that does not tile it, needs "
+                             f"padding=True)")
+        x = F.pad(x, (0, 0, 0, pad_w, 0, pad_h))
+        out = self.attend_windows(window_partition(x, self.window_size))
+        return window_merge(out, self.window_size, (h + pad_h, w + pad_w))[:, :h, :w, :].contiguous()
