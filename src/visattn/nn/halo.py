@@ -1,0 +1,139 @@
+"""HaloNet's blocked local self-attention on a feature map ``(B, C, H, W)``.
+
+Paper: Vaswani et al., "Scaling Local Self-Attention for Parameter Efficient Visual Backbones" (arXiv
+2103.12731). Queries come from non-overlapping ``b x b`` blocks; each block's keys and values come from the
+``w x w`` window (``w = b + 2h``) centred on it, cut from the key/value map zero-padded by the halo ``h``:
+
+    ``out_q = sum_{k in window} softmax_k(q . k / sqrt(d) + q . R_h[x - i + w - 1] + q . R_w[y - j + w - 1]) v_k``
+
+Padded keys are kept in the softmax (k = v = 0, so their logit is the relative term alone), as HaloNet does. On
+real tokens away from the border this is ``masked_attention`` with ``halo_mask(b, h)`` plus the relative logits.
+"""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+from timm.layers import make_divisible, trunc_normal_
+from torch import Tensor, nn
+
+from .relative_position import FactorizedRelativeLogits
+
+
+def _check_int(value: int, name: str, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
+
+
+class HaloAttention(nn.Module):
+    """HaloNet attention, NCHW in and out; same arguments, parameter names and output as timm's ``HaloAttn``.
+
+    Dimensions (as in timm): values have ``dim_out // num_heads`` channels per head; queries and keys have
+    ``dim_head``, or ``make_divisible(dim_out * qk_ratio, 8) // num_heads`` when ``dim_head`` is None. The ``kv``
+    projection's output channels are read as ``num_heads`` groups of ``[k_head, v_head]`` (timm's layout).
+
+    Stride 2 subsamples the queries: a strided ``q`` projection with ``b / 2`` query blocks when ``b`` is even
+    and ``avg_down`` is False, else full-resolution attention followed by 2 x 2 average pooling.
+
+    Args:
+        dim: input channels.
+        dim_out: output channels (default ``dim``); must be divisible by ``num_heads``.
+        feat_size: accepted for timm's signature (``HaloAttn`` ignores it too): halo attention runs at any
+            ``(H, W)`` divisible by ``block_size``, so no size is fixed at construction.
+        stride: 1 or 2.
+        num_heads: attention heads.
+        dim_head: query/key channels per head.
+        block_size: query block side ``b``; ``H`` and ``W`` must be divisible by it.
+        halo_size: halo ``h`` around each block, ``0 <= h <= b``.
+        qk_ratio: query/key width relative to ``dim_out`` when ``dim_head`` is None.
+        qkv_bias: bias in the ``q`` and ``kv`` projections.
+        avg_down: with stride 2, pool the output instead of striding the queries.
+        scale_pos_embed: scale the relative logits too: ``(q . k + r) / sqrt(d)`` instead of ``q . k / sqrt(d) + r``.
+    """
+
+    def __init__(self, dim: int, dim_out: int | None = None, feat_size: tuple[int, int] | None = None,
+                 stride: int = 1, num_heads: int = 8, dim_head: int | None = None, block_size: int = 8,
+                 halo_size: int = 3, qk_ratio: float = 1.0, qkv_bias: bool = False, avg_down: bool = False,
+                 scale_pos_embed: bool = False) -> None:
+        super().__init__()
+        dim_out = dim if dim_out is None else dim_out
+        for name, value, minimum in (("dim", dim, 1), ("dim_out", dim_out, 1), ("num_heads", num_heads, 1),
+                                     ("block_size", block_size, 1), ("halo_size", halo_size, 0)):
+            _check_int(value, name, minimum)
+        if dim_out % num_heads:
+            raise ValueError(f"dim_out must be divisible by num_heads, got dim_out={dim_out}, num_heads={num_heads}")
+        if stride not in (1, 2):
+            raise ValueError(f"stride must be 1 or 2, got {stride!r}")
+        if halo_size > block_size:
+            raise ValueError(f"halo_size must be <= block_size, got halo_size={halo_size}, block_size={block_size}")
+        if dim_head is None:
+            if not qk_ratio > 0:
+                raise ValueError(f"qk_ratio must be > 0, got {qk_ratio!r}")
+            dim_head = make_divisible(dim_out * qk_ratio, divisor=8) // num_heads
+            if dim_head < 1:
+                raise ValueError(f"qk_ratio={qk_ratio} with dim_out={dim_out} leaves no query channels per head "
+                                 f"for num_heads={num_heads}; pass dim_head")
+        _check_int(dim_head, "dim_head", 1)
+        self.dim = dim
+        self.num_heads = num_heads
+        self.dim_head_qk = dim_head
+        self.dim_head_v = dim_out // num_heads
+        self.scale = dim_head**-0.5
+        self.scale_pos_embed = scale_pos_embed
+        self.block_size = block_size
+        self.halo_size = halo_size
+        self.win_size = block_size + 2 * halo_size
+        pool_output = stride > 1 and (avg_down or block_size % stride != 0)
+        self.block_stride = stride if stride > 1 and not pool_output else 1
+        self.block_size_ds = block_size // self.block_stride
+        self.q = nn.Conv2d(dim, num_heads * dim_head, 1, stride=self.block_stride, bias=qkv_bias)
+        self.kv = nn.Conv2d(dim, num_heads * (dim_head + self.dim_head_v), 1, bias=qkv_bias)
+        self.pos_embed = FactorizedRelativeLogits(self.block_size_ds, self.win_size, dim_head, self.scale)
+        self.pool = nn.AvgPool2d(2, 2) if pool_output else nn.Identity()
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        std = self.q.weight.shape[1] ** -0.5
+        trunc_normal_(self.q.weight, std=std)
+        trunc_normal_(self.kv.weight, std=std)
+        trunc_normal_(self.pos_embed.height_rel, std=self.scale)
+        trunc_normal_(self.pos_embed.width_rel, std=self.scale)
+
+    def extra_repr(self) -> str:
+        return (f"num_heads={self.num_heads}, block_size={self.block_size}, halo_size={self.halo_size}, "
+                f"block_stride={self.block_stride}, scale_pos_embed={self.scale_pos_embed}")
+
+    def _check_input(self, x: Tensor) -> None:
+        if not isinstance(x, Tensor):
+            raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+        if x.dim() != 4 or x.shape[1] != self.dim:
+            raise ValueError(f"x must be (B, C={self.dim}, H, W), got shape {tuple(x.shape)}")
+        h, w = x.shape[2:]
+        if h % self.block_size or w % self.block_size:
+            raise ValueError(f"x's (H, W)=({h}, {w}) must be divisible by block_size={self.block_size}")
+        if isinstance(self.pool, nn.AvgPool2d) and min(h, w) < 2:
+            raise ValueError(f"x's (H, W)=({h}, {w}) is too small for stride 2 with 2 x 2 average pooling")
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``(B, dim, H, W) -> (B, dim_out, H / stride, W / stride)``."""
+        self._check_input(x)
+        batch, _, height, width = x.shape
+        heads, d_qk, d_v = self.num_heads, self.dim_head_qk, self.dim_head_v
+        n_h, n_w = height // self.block_size, width // self.block_size
+        b, w, halo = self.block_size_ds, self.win_size, self.halo_size
+
+        q = self.q(x).reshape(batch, heads, d_qk, n_h, b, n_w, b)
+        q = q.permute(0, 1, 3, 5, 4, 6, 2).reshape(batch * heads, n_h * n_w, b * b, d_qk)
+
+        kv = F.pad(self.kv(x), (halo, halo, halo, halo))
+        kv = kv.unfold(2, w, self.block_size).unfold(3, w, self.block_size)
+        kv = kv.reshape(batch * heads, d_qk + d_v, n_h * n_w, w * w).permute(0, 2, 3, 1)
+        k, v = kv.split((d_qk, d_v), dim=-1)
+
+        rel = self.pos_embed(q)
+        bias = rel * self.scale if self.scale_pos_embed else rel
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=self.scale)
+
+        out = out.reshape(batch, heads, n_h, n_w, b, b, d_v).permute(0, 1, 6, 2, 4, 3, 5)
+        return self.pool(out.reshape(batch, heads * d_v, n_h * b, n_w * b))
