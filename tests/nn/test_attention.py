@@ -150,3 +150,13 @@ def test_bad_forward_input_raises():
         attn(torch.randn(1, 16, 16), shape=(3, 5))
     with pytest.raises(ValueError, match="kernel_size \\* dilation"):
         attn(torch.randn(1, 4, 16))
+
+
+def test_replace_attention_with_a_parametrised_mixer_keeps_the_timm_weights():
+    torch.manual_seed(0)
+    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, patch_size=8, num_classes=3)
+    qkv = model.blocks[0].attn.qkv.weight.detach().clone()
+    visattn.replace_attention(model, "affine_scaled")
+    assert torch.equal(model.blocks[0].attn.qkv.weight, qkv)
+    assert any(name.startswith("blocks.0.attn.mixer.") for name, _ in model.named_parameters())
+    model(torch.randn(1, 3, 32, 32)).sum().backward()

@@ -20,7 +20,11 @@ def _grid_and_prefix(model: nn.Module) -> tuple[tuple[int, ...] | None, int]:
 
 def from_timm_attention(module: TimmAttention, mixer: str = "softmax", *, shape: tuple[int, ...] | None = None,
                         num_prefix_tokens: int = 0, **mixer_kwargs: Any) -> Attention:
-    """A visattn :class:`Attention` with ``module``'s configuration and weights and the given mixer."""
+    """A visattn :class:`Attention` with ``module``'s configuration and weights and the given mixer.
+
+    The mixer's own parameters (feature maps, gates, temperatures), which timm's module does not have, keep their
+    initialisation.
+    """
     if not isinstance(module, TimmAttention):
         raise TypeError(f"module must be a timm Attention, got {type(module).__name__}")
     q_norm = module.q_norm
@@ -45,7 +49,13 @@ def from_timm_attention(module: TimmAttention, mixer: str = "softmax", *, shape:
         shape=shape,
         **mixer_kwargs,
     )
-    new.load_state_dict(module.state_dict())
+    result = new.load_state_dict(module.state_dict(), strict=False)
+    missing = [key for key in result.missing_keys if not key.startswith("mixer.")]
+    if missing or result.unexpected_keys:
+        raise ValueError(
+            f"cannot carry the weights of {type(module).__name__} over: missing {missing}, "
+            f"unexpected {result.unexpected_keys}"
+        )
     weight = module.qkv.weight
     return new.to(device=weight.device, dtype=weight.dtype).train(module.training)
 

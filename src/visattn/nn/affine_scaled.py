@@ -1,0 +1,186 @@
+"""Affine-Scaled Attention: a per-token scale on the softmax weights plus a uniform offset.
+
+Paper: "Affine-Scaled Attention: Towards Flexible and Stable Transformer Attention" (arXiv 2602.23057; no public
+code). Per head and query token ``i``,
+
+    out_i = sum_j [alpha_i softmax_j(q_i . k_j / sqrt d) + beta_i] v_j,
+    alpha_i = phi(W_a x_i),   phi(z) = clip(0.1 z + 0.5, 0, 1),   beta_i = (alpha_ma - alpha_i) / N,
+
+with ``W_a: dim -> heads`` (no bias), ``phi`` the paper's linear clipping (0 for z <= -5, 1 for z >= 5) and
+``alpha_ma`` a running mean of ``alpha`` over training batches (momentum 0.9). Each row of the weights therefore
+sums to ``alpha_ma``, not 1. The paper leaves open whether ``alpha_ma`` is per head or per layer: here it is per
+head, a buffer updated as ``alpha_ma <- 0.9 alpha_ma + 0.1 mean(alpha)`` (mean over batch and tokens) in training
+mode before it is used, and frozen in eval mode. Its initial value (not given in the paper) is 1, so that at the
+start rows sum to 1 as in softmax attention.
+
+With a mask (causal or a boolean ``attn_mask``), softmax runs over the visible keys and the uniform part is spread
+over them too: ``beta_i = (alpha_ma - alpha_i) / n_i`` with ``n_i`` the keys row ``i`` sees, so rows still sum to
+``alpha_ma``. Cost: one SDPA call plus O(N d) for the uniform part when unmasked or causal.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..ops import reference, sdpa_bool_mask
+from ..registry import register_mixer
+from .token_mixer import TokenMixer
+
+__all__ = ["AffineScaledMixer", "affine_scaled_attention", "affine_scaled_weights", "linear_clip"]
+
+
+def linear_clip(z: Tensor) -> Tensor:
+    """The paper's linear clipping ``phi(z)``: 0 for ``z <= -5``, ``0.1 z + 0.5`` in between, 1 for ``z >= 5``."""
+    return (0.1 * z + 0.5).clamp(0.0, 1.0)
+
+
+def _allowed(n: int, is_causal: bool, attn_mask: Tensor | None, device: torch.device) -> Tensor | None:
+    allowed = torch.ones(n, n, dtype=torch.bool, device=device).tril() if is_causal else None
+    if attn_mask is not None:
+        allowed = attn_mask if allowed is None else allowed & attn_mask
+    return allowed
+
+
+def _check_mask(attn_mask: Tensor | None, q: Tensor) -> None:
+    if attn_mask is None:
+        return
+    b, h, n, _ = q.shape
+    reference.check_attn_mask(attn_mask, b, h, n, n, "attn_mask")
+    if attn_mask.dtype != torch.bool:
+        raise TypeError(f"attn_mask must be bool (True = attend) for affine-scaled attention, whose offset is spread "
+                        f"over the visible keys; got {attn_mask.dtype}")
+
+
+def affine_scaled_weights(q: Tensor, k: Tensor, alpha: Tensor, alpha_ma: Tensor, is_causal: bool = False,
+                          attn_mask: Tensor | None = None, scale: float | None = None) -> Tensor:
+    """Dense ``(B, heads, N, N)`` weights ``alpha_i softmax(q k^T scale)_ij + beta_i`` over the visible keys.
+
+    ``alpha``: ``(B, heads, N, 1)`` per-token scales; ``alpha_ma``: ``(heads,)``. O(N^2) memory.
+    """
+    _check_mask(attn_mask, q)
+    n = q.shape[-2]
+    allowed = _allowed(n, is_causal, attn_mask, q.device)
+    probs = reference.attention(q, k, k, mask=allowed, scale=scale, return_weights=True)[1]
+    visible = torch.ones_like(probs) if allowed is None else allowed.to(q.dtype).expand_as(probs)
+    count = visible.sum(dim=-1, keepdim=True)
+    beta = (alpha_ma.to(q.dtype).view(1, -1, 1, 1) - alpha) / count.clamp_min(1.0)
+    return alpha * probs + beta * visible
+
+
+def affine_scaled_attention(q: Tensor, k: Tensor, v: Tensor, alpha: Tensor, alpha_ma: Tensor, is_causal: bool = False,
+                            attn_mask: Tensor | None = None, scale: float | None = None,
+                            dropout_p: float = 0.0) -> Tensor:
+    """``alpha * softmax(q k^T scale) v + beta * sum_visible(v)``, ``beta = (alpha_ma - alpha) / n_i``.
+
+    Unmasked and causal inputs use SDPA plus a sum (or prefix sum) of ``v``: O(N d) beyond SDPA. A boolean
+    ``attn_mask`` adds one ``(N x N) @ v`` product for the visible sums. ``dropout_p`` applies to the softmax part.
+    """
+    _check_mask(attn_mask, q)
+    n = q.shape[-2]
+    ma = alpha_ma.to(q.dtype).view(1, -1, 1, 1)
+    if attn_mask is None and not is_causal:
+        probs_v = F.scaled_dot_product_attention(q, k, v, scale=scale, dropout_p=dropout_p)
+        return alpha * probs_v + (ma - alpha) / n * v.sum(dim=-2, keepdim=True)
+    if attn_mask is None:
+        probs_v = F.scaled_dot_product_attention(q, k, v, scale=scale, dropout_p=dropout_p, is_causal=True)
+        count = torch.arange(1, n + 1, device=q.device, dtype=q.dtype).unsqueeze(-1)
+        return alpha * probs_v + (ma - alpha) / count * v.cumsum(dim=-2)
+    allowed = _allowed(n, is_causal, attn_mask, q.device)
+    probs_v = sdpa_bool_mask(q, k, v, allowed, scale, dropout_p)
+    visible = allowed.to(q.dtype)
+    count = visible.sum(dim=-1, keepdim=True)
+    return alpha * probs_v + (ma - alpha) / count.clamp_min(1.0) * (visible @ v)
+
+
+class AffineScaledMixer(TokenMixer):
+    """Affine-Scaled Attention as a token mixer; needs the layer input ``x`` (``uses_input = True``).
+
+    Parameters: ``alpha_proj`` (``W_a``, ``dim -> num_heads``, no bias). Buffer: ``alpha_ma`` (``num_heads``),
+    the running mean of ``alpha``, updated only in training mode.
+
+    Args:
+        dim: channels of the layer input ``x``.
+        num_heads: heads (one ``alpha`` per token per head).
+        momentum: ``alpha_ma <- momentum * alpha_ma + (1 - momentum) * mean(alpha)``; 0.9 in the paper.
+        init_alpha_ma: initial running mean (the paper does not give one; 1 makes rows start summing to 1).
+        is_causal: causal mask over the token order.
+        scale: logit scale, default ``head_dim ** -0.5``.
+        attn_drop: dropout on the softmax weights in training.
+    """
+
+    supports_attn_mask = True
+    uses_input = True
+
+    def __init__(self, dim: int, num_heads: int, momentum: float = 0.9, init_alpha_ma: float = 1.0,
+                 is_causal: bool = False, scale: float | None = None, attn_drop: float = 0.0) -> None:
+        super().__init__(attn_drop)
+        for name, value in (("dim", dim), ("num_heads", num_heads)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        if isinstance(momentum, bool) or not isinstance(momentum, (int, float)) or not 0.0 <= momentum < 1.0:
+            raise ValueError(f"momentum must be a number in [0, 1), got {momentum!r}")
+        if isinstance(init_alpha_ma, bool) or not isinstance(init_alpha_ma, (int, float)) \
+                or not math.isfinite(init_alpha_ma):
+            raise ValueError(f"init_alpha_ma must be a finite number, got {init_alpha_ma!r}")
+        if not isinstance(is_causal, bool):
+            raise TypeError(f"is_causal must be a bool, got {is_causal!r}")
+        self.dim = dim
+        self.num_heads = num_heads
+        self.momentum = float(momentum)
+        self.is_causal = is_causal
+        self.scale = scale
+        self.alpha_proj = nn.Linear(dim, num_heads, bias=False)
+        self.register_buffer("alpha_ma", torch.full((num_heads,), float(init_alpha_ma)))
+
+    def alpha(self, x: Tensor) -> Tensor:
+        """Per-token, per-head scales ``phi(W_a x)``: ``(B, heads, N, 1)``."""
+        if not isinstance(x, Tensor) or x.dim() != 3 or x.shape[-1] != self.dim:
+            got = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+            raise ValueError(f"x must be the (B, N, C={self.dim}) layer input, got {got}; affine-scaled attention "
+                             "computes alpha from it (visattn.Attention passes it)")
+        return linear_clip(self.alpha_proj(x)).transpose(1, 2).unsqueeze(-1)
+
+    def _alpha_for(self, q: Tensor, x: Tensor | None) -> Tensor:
+        if x is None:
+            raise ValueError("x (the (B, N, C) layer input) is required: affine-scaled attention computes alpha from "
+                             "it; use visattn.Attention(dim, heads, mixer='affine_scaled') or pass x=")
+        alpha = self.alpha(x).to(q.dtype)
+        if alpha.shape[:3] != q.shape[:3]:
+            raise ValueError(f"x gives alpha for (B, heads, N)={tuple(alpha.shape[:3])}, "
+                             f"but q has {tuple(q.shape[:3])}")
+        return alpha
+
+    def update_running_mean(self, alpha: Tensor) -> None:
+        """``alpha_ma <- momentum alpha_ma + (1 - momentum) mean(alpha)`` per head (no gradient)."""
+        with torch.no_grad():
+            batch_mean = alpha.detach().mean(dim=(0, 2, 3)).to(self.alpha_ma.dtype)
+            self.alpha_ma.mul_(self.momentum).add_((1.0 - self.momentum) * batch_mean)
+
+    def forward(self, q: Tensor, k: Tensor, v: Tensor, shape: int | tuple[int, ...],
+                attn_mask: Tensor | None = None, x: Tensor | None = None) -> Tensor:
+        self.prepare(q, k, v, shape)
+        alpha = self._alpha_for(q, x)
+        if self.training:
+            self.update_running_mean(alpha)
+        return affine_scaled_attention(q, k, v, alpha, self.alpha_ma, self.is_causal, attn_mask, self.scale,
+                                       self.dropout_p)
+
+    def attention_weights(self, q: Tensor, k: Tensor, shape: int | tuple[int, ...], x: Tensor | None = None) -> Tensor:
+        """Dense weights ``alpha softmax + beta`` (O(N^2)); needs ``x``; does not update ``alpha_ma``."""
+        self.prepare(q, k, k, shape)
+        return affine_scaled_weights(q, k, self._alpha_for(q, x), self.alpha_ma, self.is_causal, None, self.scale)
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}, num_heads={self.num_heads}, momentum={self.momentum}, is_causal={self.is_causal}"
+
+
+@register_mixer("affine_scaled", paper="affine_scaled", complexity="O(N^2)", family="reformulated",
+                faces=("definition", "module"))
+def affine_scaled(dim: int = 64, num_heads: int = 8, momentum: float = 0.9, init_alpha_ma: float = 1.0,
+                  is_causal: bool = False, scale: float | None = None, attn_drop: float = 0.0) -> AffineScaledMixer:
+    """Affine-scaled: alpha(x) softmax(q k^T / sqrt d) + beta(x), rows summing to a running mean alpha_ma."""
+    return AffineScaledMixer(dim, num_heads, momentum, init_alpha_ma, is_causal, scale, attn_drop)
