@@ -1,0 +1,51 @@
+"""Timing and memory harness behind ``visattn bench``: every mixer at several sizes, against dense SDPA.
+
+>>> from visattn.bench import BenchSettings, run_bench
+>>> report = run_bench(["softmax", "neighborhood:kernel_size=5"], sizes=[16, 24], settings=BenchSettings())
+>>> report.write_json("bench.json")
+
+Each record holds median time and spread, peak memory, attended pairs, useful GFLOP/s and the ratio to dense
+SDPA measured alternately in the same run; the report adds the fitted scaling exponent per mixer.
+"""
+
+from .budget import estimate_memory_bytes, format_bytes, parse_bytes
+from .case import BENCH_PRESETS, BenchCase, build_mixer, parse_case
+from .fit import fit_exponent
+from .flops import attended_pairs, gflops_per_second, useful_flops
+from .layout import grid_for, infer_layout, parse_size, resolve_shape
+from .memory import peak_memory_bytes
+from .plot import plot_report
+from .record import BenchRecord, BenchReport
+from .runner import DEFAULT_SIZES, default_cases, iter_bench, run_bench
+from .settings import DTYPES, BenchSettings
+from .timing import Timing, summarize
+
+__all__ = [
+    "BENCH_PRESETS",
+    "DEFAULT_SIZES",
+    "DTYPES",
+    "BenchCase",
+    "BenchRecord",
+    "BenchReport",
+    "BenchSettings",
+    "Timing",
+    "attended_pairs",
+    "build_mixer",
+    "default_cases",
+    "estimate_memory_bytes",
+    "fit_exponent",
+    "format_bytes",
+    "gflops_per_second",
+    "grid_for",
+    "infer_layout",
+    "iter_bench",
+    "parse_bytes",
+    "parse_case",
+    "parse_size",
+    "peak_memory_bytes",
+    "plot_report",
+    "resolve_shape",
+    "run_bench",
+    "summarize",
+    "useful_flops",
+]

@@ -1,0 +1,136 @@
+"""Results of a benchmark run: one :class:`BenchRecord` per (mixer, size), and the :class:`BenchReport` with
+the fitted scaling exponents, written to JSON."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+
+from .fit import fit_exponent
+from .settings import BenchSettings
+
+
+@dataclass
+class BenchRecord:
+    """One (mixer, size). Times in milliseconds (median and quartiles over ``repeats`` calls); ``spread_ms`` is
+    ``p75_ms - p25_ms``. ``density = attended_pairs / tokens^2``; ``gflops`` is useful GFLOP/s
+    (:mod:`visattn.bench.flops`); ``ratio_to_sdpa = sdpa_median_ms / median_ms`` (> 1: faster than dense SDPA
+    on the same q, k, v, measured alternately in the same run). ``peak_memory_bytes`` is what the call allocates
+    (:mod:`visattn.bench.memory`), ``estimated_memory_bytes`` the estimate, inputs included, that the memory
+    budget is checked against. ``skipped`` holds the reason the mixer was not timed (``sdpa_skipped`` for the
+    baseline), None when it was; the measurements of a skipped side are None.
+    """
+
+    mixer: str
+    label: str
+    kwargs: dict[str, Any]
+    shape: list[int]
+    tokens: int
+    num_prefix_tokens: int
+    heads: int
+    head_dim: int
+    batch: int
+    dtype: str
+    device: str
+    backward: bool
+    repeats: int
+    attended_pairs: int | None = None
+    density: float | None = None
+    flops: int | None = None
+    estimated_memory_bytes: int | None = None
+    median_ms: float | None = None
+    p25_ms: float | None = None
+    p75_ms: float | None = None
+    spread_ms: float | None = None
+    min_ms: float | None = None
+    max_ms: float | None = None
+    gflops: float | None = None
+    peak_memory_bytes: int | None = None
+    sdpa_median_ms: float | None = None
+    sdpa_spread_ms: float | None = None
+    sdpa_gflops: float | None = None
+    sdpa_peak_memory_bytes: int | None = None
+    ratio_to_sdpa: float | None = None
+    skipped: str | None = None
+    sdpa_skipped: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: _jsonable(v) for k, v in asdict(self).items()}
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, tuple | list):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    return repr(value)
+
+
+def exponents_by_label(records: list[BenchRecord]) -> dict[str, float | None]:
+    """Per mixer label: the fitted exponent of ``median_ms`` against ``tokens`` over its timed sizes."""
+    out: dict[str, float | None] = {}
+    for label in dict.fromkeys(r.label for r in records):
+        timed = [r for r in records if r.label == label and r.median_ms is not None]
+        out[label] = fit_exponent([r.tokens for r in timed], [r.median_ms for r in timed]) if timed else None
+    return out
+
+
+def sdpa_times(records: list[BenchRecord]) -> dict[int, float]:
+    """Dense SDPA's time per token count: the median over every record that timed it at that count."""
+    by_tokens: dict[int, list[float]] = {}
+    for r in records:
+        if r.sdpa_median_ms is not None:
+            by_tokens.setdefault(r.tokens, []).append(r.sdpa_median_ms)
+    return {n: statistics.median(ts) for n, ts in sorted(by_tokens.items())}
+
+
+def sdpa_exponent(records: list[BenchRecord]) -> float | None:
+    """The fitted exponent of dense SDPA's time against tokens."""
+    times = sdpa_times(records)
+    return fit_exponent(list(times), list(times.values())) if times else None
+
+
+def environment() -> dict[str, Any]:
+    """Versions and threads, so that a JSON file says where it was measured."""
+    from .. import __version__
+
+    return {
+        "visattn": __version__,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+    }
+
+
+@dataclass
+class BenchReport:
+    """A whole run: settings, records in the order measured, and where it ran."""
+
+    settings: BenchSettings
+    records: list[BenchRecord] = field(default_factory=list)
+    env: dict[str, Any] = field(default_factory=environment)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "environment": self.env,
+            "settings": self.settings.to_dict(),
+            "records": [r.to_dict() for r in self.records],
+            "exponents": exponents_by_label(self.records),
+            "sdpa_exponent": sdpa_exponent(self.records),
+        }
+
+    def write_json(self, path: str | os.PathLike[str]) -> None:
+        """Write :meth:`to_dict` as indented JSON to ``path``."""
+        with open(path, "w", encoding="utf-8") as f:
+            json.dump(self.to_dict(), f, indent=2)
+            f.write("\n")

@@ -1,0 +1,264 @@
+"""Run the benchmark: every mixer at every size, timed against dense SDPA on the same q, k, v in the same run.
+
+For each (mixer, size): count the attended pairs, estimate the memory, skip if a budget would be exceeded,
+make q, k, v, make ``warmup`` calls (the first timed against the time budget), then ``repeats`` timed calls
+of the mixer alternating with dense ``scaled_dot_product_attention`` (no mask), so both see the same machine
+load; finally one profiled call of each for peak memory. Sizes run smallest first, so each mixer's time at a
+size can be predicted from the smaller ones.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..registry import list_mixers
+from .budget import (
+    estimate_memory_bytes,
+    measured_time_skip_reason,
+    memory_skip_reason,
+    predict_memory_bytes,
+    predicted_time_skip_reason,
+    sdpa_memory_bytes,
+)
+from .case import BenchCase, build_mixer, mixer_kwargs, parse_case, preset_for
+from .flops import attended_pairs, gflops_per_second, useful_flops
+from .layout import Size, infer_layout, nominal_tokens, resolve_shape
+from .memory import peak_memory_bytes
+from .record import BenchRecord, BenchReport
+from .settings import BenchSettings
+from .timing import summarize, synchronizer, time_call
+
+DEFAULT_SIZES: tuple[int, ...] = (32, 48, 64)
+"""Default nominal sides: 1,024, 2,304 and 4,096 tokens (every registered mixer in well under 3 minutes on two
+cores), multiples of 8 so that the default windows and blocks fit."""
+
+SKIPPABLE_ERRORS = (ValueError, NotImplementedError, MemoryError, torch.cuda.OutOfMemoryError)
+"""Errors a call may raise that make a size skipped (with the message as reason) instead of stopping the run:
+a grid the mechanism rejects, a mechanism not implemented for it, running out of memory."""
+
+Call = Callable[[], None]
+
+
+def default_cases() -> list[BenchCase]:
+    """Every registered mixer with its default arguments (read from the registry when called)."""
+    return [BenchCase(name) for name in list_mixers()]
+
+
+@dataclass
+class _Prepared:
+    """A case ready to run: its mixer when one mixer serves every size (None when it is built per grid or could
+    not be built), the arguments it was built with, why it could not be built, and its layout."""
+
+    case: BenchCase
+    mixer: Any
+    kwargs: dict[str, Any]
+    error: str | None
+    layout: str
+    per_grid: bool
+
+
+def _create(case: BenchCase, settings: BenchSettings,
+            shape: tuple[int, ...] | None = None) -> tuple[Any, dict[str, Any], str | None]:
+    """The mixer, its arguments and None; or None, the arguments tried and why the mixer could not be built."""
+    try:
+        mixer, kwargs = build_mixer(case, settings.heads, settings.head_dim, shape)
+    except (TypeError, ValueError, NotImplementedError) as err:
+        kwargs = mixer_kwargs(case, settings.heads, settings.head_dim, shape)
+        return None, kwargs, f"cannot create mixer: {type(err).__name__}: {err}"
+    if isinstance(mixer, torch.nn.Module):
+        mixer.to(device=settings.torch_device, dtype=settings.torch_dtype).eval()
+    return mixer, kwargs, None
+
+
+def _prepare(case: BenchCase, settings: BenchSettings) -> _Prepared:
+    preset = preset_for(case.name)
+    if preset.grid_kwargs is not None:
+        kwargs = mixer_kwargs(case, settings.heads, settings.head_dim)
+        return _Prepared(case, None, kwargs, None, preset.layout or "2d", per_grid=True)
+    mixer, kwargs, error = _create(case, settings)
+    layout = preset.layout or (infer_layout(mixer) if mixer is not None else "2d")
+    return _Prepared(case, mixer, kwargs, error, layout, per_grid=False)
+
+
+def _inputs(settings: BenchSettings, tokens: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Standard-normal q, k, v ``(B, heads, N, head_dim)`` and a layer input x ``(B, N, heads * head_dim)`` (for
+    mixers with ``uses_input``), seeded, requiring gradients when the backward pass is timed."""
+    generator = torch.Generator().manual_seed(settings.seed)
+    source = torch.float64 if settings.torch_dtype == torch.float64 else torch.float32
+    b, h, d = settings.batch, settings.heads, settings.head_dim
+    sizes = ((b, h, tokens, d),) * 3 + ((b, tokens, h * d),)
+    return tuple(torch.randn(size, generator=generator, dtype=source)
+                 .to(device=settings.torch_device, dtype=settings.torch_dtype).requires_grad_(settings.backward)
+                 for size in sizes)
+
+
+def _call(fn: Callable[[], Tensor], inputs: Sequence[Tensor], backward: bool) -> Call:
+    """One forward (under ``no_grad``), or one forward and the gradients of ``out.sum()`` w.r.t. ``inputs``."""
+    if not backward:
+        def forward() -> None:
+            with torch.no_grad():
+                fn()
+
+        return forward
+
+    def forward_backward() -> None:
+        torch.autograd.grad(fn().sum(), inputs, allow_unused=True)
+
+    return forward_backward
+
+
+def _first_call(call: Call, sync: Call, budget_s: float) -> str | None:
+    """Make the first (warm-up) call; why the size is skipped after it, or None."""
+    try:
+        seconds = time_call(call, sync)
+    except SKIPPABLE_ERRORS as err:
+        return f"{type(err).__name__}: {err}"
+    return measured_time_skip_reason(seconds, budget_s)
+
+
+def _measure(prepared: _Prepared, size: Size, settings: BenchSettings, history: list[tuple[int, float]],
+             sdpa_history: list[tuple[int, float]], memory_history: list[tuple[int, int]]) -> BenchRecord:
+    """The record of one (case, size): counts and estimates, then the timings unless a check skips the size."""
+    s = settings
+    shape = resolve_shape(size, prepared.layout)
+    tokens = s.num_prefix_tokens + math.prod(shape)
+    mixer, kwargs, error = prepared.mixer, prepared.kwargs, prepared.error
+    if prepared.per_grid:
+        mixer, kwargs, error = _create(prepared.case, s, shape)
+    record = BenchRecord(prepared.case.name, prepared.case.label, kwargs, list(shape), tokens, s.num_prefix_tokens,
+                         s.heads, s.head_dim, s.batch, s.dtype, s.device, s.backward, s.repeats,
+                         skipped=error, sdpa_skipped="mixer not timed")
+    if error is not None:
+        return record
+    try:
+        pairs = attended_pairs(mixer, shape, s.num_prefix_tokens)
+    except SKIPPABLE_ERRORS as err:
+        record.skipped = f"{type(err).__name__}: {err}"
+        return record
+    if pairs is not None:
+        record.attended_pairs = pairs
+        record.density = pairs / (tokens * tokens)
+        record.flops = useful_flops(pairs, s.heads, s.head_dim, s.batch, s.backward)
+    itemsize = s.torch_dtype.itemsize
+    record.estimated_memory_bytes = estimate_memory_bytes(mixer, s.batch, s.heads, tokens, s.head_dim, itemsize,
+                                                          s.backward, pairs)
+    predicted = predict_memory_bytes(memory_history, tokens)
+    if predicted is not None:
+        inputs = (3 * s.heads * s.head_dim + s.heads * s.head_dim) * s.batch * tokens * itemsize
+        record.estimated_memory_bytes = min(record.estimated_memory_bytes, inputs + predicted)
+    record.skipped = (memory_skip_reason(record.estimated_memory_bytes, s.memory_budget)
+                      or predicted_time_skip_reason(history, tokens, s.time_budget_s))
+    if record.skipped is None:
+        _time(record, mixer, shape, s, history, sdpa_history)
+        if record.peak_memory_bytes is not None:
+            memory_history.append((tokens, record.peak_memory_bytes))
+    return record
+
+
+def _time(record: BenchRecord, mixer: Any, shape: tuple[int, ...], settings: BenchSettings,
+          history: list[tuple[int, float]], sdpa_history: list[tuple[int, float]]) -> None:
+    """Fill ``record``'s timings, GFLOP/s, ratio and peak memory: warm-up, alternating repeats, one profiled call
+    each. The SDPA baseline has its own budget checks; when it is skipped the mixer is still timed."""
+    s, tokens = settings, record.tokens
+    q, k, v, x = _inputs(s, tokens)
+    params = [p for p in mixer.parameters() if p.requires_grad] if isinstance(mixer, torch.nn.Module) else []
+    if getattr(mixer, "uses_input", False):
+        call = _call(lambda: mixer(q, k, v, shape, x=x), (q, k, v, x, *params), s.backward)
+    else:
+        call = _call(lambda: mixer(q, k, v, shape), (q, k, v, *params), s.backward)
+    sdpa = _call(lambda: F.scaled_dot_product_attention(q, k, v), (q, k, v), s.backward)
+    sync = synchronizer(s.torch_device)
+
+    record.skipped = _first_call(call, sync, s.time_budget_s)
+    if record.skipped:
+        return
+    sdpa_estimate = sdpa_memory_bytes(s.batch, s.heads, tokens, s.head_dim, s.torch_dtype.itemsize, s.backward)
+    record.sdpa_skipped = (memory_skip_reason(sdpa_estimate, s.memory_budget)
+                           or predicted_time_skip_reason(sdpa_history, tokens, s.time_budget_s)
+                           or _first_call(sdpa, sync, s.time_budget_s))
+    calls = [call] if record.sdpa_skipped else [call, sdpa]
+    for _ in range(s.warmup - 1):
+        for fn in calls:
+            fn()
+    samples: list[list[float]] = [[] for _ in calls]
+    for _ in range(s.repeats):
+        for fn, times in zip(calls, samples, strict=True):
+            times.append(1e3 * time_call(fn, sync))
+
+    timing = summarize(samples[0])
+    record.median_ms, record.p25_ms, record.p75_ms = timing.median_ms, timing.p25_ms, timing.p75_ms
+    record.spread_ms, record.min_ms, record.max_ms = timing.spread_ms, timing.min_ms, timing.max_ms
+    history.append((tokens, timing.median_ms / 1e3))
+    if record.flops is not None:
+        record.gflops = gflops_per_second(record.flops, timing.median_ms)
+    if s.measure_memory:
+        record.peak_memory_bytes = peak_memory_bytes(call, s.torch_device)
+    if record.sdpa_skipped:
+        return
+    sdpa_timing = summarize(samples[1])
+    record.sdpa_median_ms, record.sdpa_spread_ms = sdpa_timing.median_ms, sdpa_timing.spread_ms
+    record.ratio_to_sdpa = sdpa_timing.median_ms / timing.median_ms
+    dense_flops = useful_flops(tokens * tokens, s.heads, s.head_dim, s.batch, s.backward)
+    record.sdpa_gflops = gflops_per_second(dense_flops, sdpa_timing.median_ms)
+    sdpa_history.append((tokens, sdpa_timing.median_ms / 1e3))
+    if s.measure_memory:
+        record.sdpa_peak_memory_bytes = peak_memory_bytes(sdpa, s.torch_device)
+
+
+def _as_case(case: BenchCase | str) -> BenchCase:
+    if isinstance(case, BenchCase):
+        return case
+    if isinstance(case, str):
+        return parse_case(case)
+    raise TypeError(f"cases must hold BenchCase objects or strings like 'name:key=value', got {case!r}")
+
+
+def iter_bench(cases: Iterable[BenchCase | str] | None = None, sizes: Iterable[Size] | None = None,
+               settings: BenchSettings | None = None) -> Iterator[BenchRecord]:
+    """Yield one :class:`BenchRecord` per (case, size) as it is measured, sizes smallest first.
+
+    Args:
+        cases: :class:`BenchCase` objects or strings ``"name"`` / ``"name:key=value,..."``; every registered
+            mixer by default.
+        sizes: int sides (``s * s`` tokens in each mixer's layout, see :mod:`visattn.bench.layout`) or grid
+            shapes; :data:`DEFAULT_SIZES` by default.
+        settings: :class:`BenchSettings`; the defaults when None.
+    """
+    settings = BenchSettings() if settings is None else settings
+    if not isinstance(settings, BenchSettings):
+        raise TypeError(f"settings must be a BenchSettings, got {type(settings).__name__}")
+    cases = default_cases() if cases is None else [_as_case(c) for c in cases]
+    sizes = list(DEFAULT_SIZES if sizes is None else sizes)
+    if not cases:
+        raise ValueError("cases must name at least one mixer, got none")
+    if not sizes:
+        raise ValueError("sizes must hold at least one size, got none")
+    for size in sizes:
+        resolve_shape(size, "2d")
+    prepared = [_prepare(case, settings) for case in cases]
+    histories: list[list[tuple[int, float]]] = [[] for _ in prepared]
+    memory_histories: list[list[tuple[int, int]]] = [[] for _ in prepared]
+    sdpa_history: list[tuple[int, float]] = []
+    for size in sorted(sizes, key=nominal_tokens):
+        for p, history, memory in zip(prepared, histories, memory_histories, strict=True):
+            yield _measure(p, size, settings, history, sdpa_history, memory)
+
+
+def run_bench(cases: Iterable[BenchCase | str] | None = None, sizes: Iterable[Size] | None = None,
+              settings: BenchSettings | None = None,
+              on_record: Callable[[BenchRecord], None] | None = None) -> BenchReport:
+    """Run :func:`iter_bench` to the end; ``on_record`` sees each record as it comes (progress bars)."""
+    settings = BenchSettings() if settings is None else settings
+    report = BenchReport(settings)
+    for record in iter_bench(cases, sizes, settings):
+        report.records.append(record)
+        if on_record is not None:
+            on_record(record)
+    return report

@@ -1,0 +1,77 @@
+"""Settings of a benchmark run: input sizes, dtype, device, repeats and budgets, checked on construction."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+
+from .budget import default_memory_budget
+
+DTYPES: dict[str, torch.dtype] = {
+    "float32": torch.float32,
+    "float64": torch.float64,
+    "bfloat16": torch.bfloat16,
+    "float16": torch.float16,
+}
+
+
+@dataclass(frozen=True)
+class BenchSettings:
+    """How every (mixer, size) is measured.
+
+    q, k, v are ``(batch, heads, num_prefix_tokens + prod(shape), head_dim)`` standard-normal tensors of
+    ``dtype`` on ``device``. Each measurement makes ``warmup`` untimed calls (the first is timed against the
+    time budget and pays one-time set-up such as building masks), then ``repeats`` timed calls alternating
+    with the same number of dense SDPA calls on the same q, k, v. ``backward`` times forward + backward of
+    ``out.sum()``. ``memory_budget`` (bytes) and ``time_budget_s`` (seconds per call) decide skips;
+    ``measure_memory`` adds one profiled call per mixer and per SDPA baseline.
+    """
+
+    heads: int = 4
+    head_dim: int = 32
+    batch: int = 1
+    dtype: str = "float32"
+    device: str = "cpu"
+    backward: bool = False
+    repeats: int = 3
+    warmup: int = 1
+    num_prefix_tokens: int = 0
+    memory_budget: int = field(default_factory=default_memory_budget)
+    time_budget_s: float = 5.0
+    measure_memory: bool = True
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        minimums = {"heads": 1, "head_dim": 1, "batch": 1, "repeats": 1, "warmup": 1, "num_prefix_tokens": 0,
+                    "memory_budget": 1, "seed": 0}
+        for name, minimum in minimums.items():
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+                raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {tuple(DTYPES)}, got {self.dtype!r}")
+        try:
+            device = torch.device(self.device)
+        except (RuntimeError, TypeError) as err:
+            raise ValueError(f"device must name a torch device like 'cpu' or 'cuda', got {self.device!r}") from err
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"device must be available on this machine, got {self.device!r} and no CUDA device")
+        budget = self.time_budget_s
+        if isinstance(budget, bool) or not isinstance(budget, (int, float)) or not budget > 0:
+            raise ValueError(f"time_budget_s must be a number > 0, got {budget!r}")
+        for name in ("backward", "measure_memory"):
+            if not isinstance(getattr(self, name), bool):
+                raise TypeError(f"{name} must be a bool, got {getattr(self, name)!r}")
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return DTYPES[self.dtype]
+
+    @property
+    def torch_device(self) -> torch.device:
+        return torch.device(self.device)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)

@@ -1,0 +1,196 @@
+"""The ``visattn`` command: ``visattn list`` (the registry), ``visattn bench`` (time every mixer against
+dense SDPA) and ``visattn lens`` (a ViT's attention on one image: metrics, pictures, HTML report). Progress
+bars and tables are drawn with rich: the progress bar on stderr, tables on stdout."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Callable, Sequence
+
+import torch
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from . import bench
+from .lens import command as lens_command
+from .registry import get_mixer_spec, list_mixers
+
+FILE_WIDTH = 160
+
+
+def _list_table(family: str | None) -> Table:
+    table = Table(title="visattn mixers")
+    for column in ("name", "family", "paper", "arXiv", "complexity", "faces"):
+        table.add_column(column, overflow="fold", no_wrap=column in ("name", "arXiv"))
+    for name in list_mixers(family):
+        spec = get_mixer_spec(name)
+        table.add_row(name, spec.family, spec.paper.title, spec.paper.arxiv or "-", spec.complexity,
+                      ", ".join(spec.faces))
+    return table
+
+
+def _fmt(value: float | None, pattern: str) -> str:
+    return "-" if value is None else format(value, pattern)
+
+
+def _results_table(report: bench.BenchReport) -> Table:
+    s = report.settings
+    mode = "forward + backward" if s.backward else "forward"
+    table = Table(title=f"visattn bench: {mode}, {s.dtype}, batch {s.batch}, {s.heads} heads x {s.head_dim}, "
+                        f"{report.env['torch_threads']} threads, {s.device}")
+    for column, justify in (("mixer", "left"), ("shape", "left"), ("N", "right"), ("median ms", "right"),
+                            ("IQR ms", "right"), ("SDPA ms", "right"), ("x SDPA", "right"), ("GFLOP/s", "right"),
+                            ("density", "right"), ("peak mem", "right"), ("skipped", "left")):
+        table.add_column(column, justify=justify, overflow="fold", no_wrap=column not in ("mixer", "skipped"))
+    for r in report.records:
+        skipped = r.skipped or (f"SDPA: {r.sdpa_skipped}" if r.median_ms is not None and r.sdpa_skipped else "")
+        peak = None if r.peak_memory_bytes is None else bench.format_bytes(r.peak_memory_bytes)
+        table.add_row(r.label, "x".join(map(str, r.shape)), str(r.tokens), _fmt(r.median_ms, ".2f"),
+                      _fmt(r.spread_ms, ".2f"), _fmt(r.sdpa_median_ms, ".2f"), _fmt(r.ratio_to_sdpa, ".2f"),
+                      _fmt(r.gflops, ".1f"), _fmt(r.density, ".4f"), peak or "-", skipped)
+    return table
+
+
+def _exponent_table(report: bench.BenchReport) -> Table:
+    data = report.to_dict()
+    table = Table(title="fitted scaling exponent: time ~ N^alpha")
+    table.add_column("mixer")
+    table.add_column("alpha", justify="right")
+    for label, exponent in data["exponents"].items():
+        table.add_row(label, _fmt(exponent, ".2f"))
+    table.add_row("dense SDPA", _fmt(data["sdpa_exponent"], ".2f"), style="bold")
+    return table
+
+
+def _argument(parse: Callable[[str], object]) -> Callable[[str], object]:
+    """An argparse ``type`` that keeps ``parse``'s ``ValueError`` message in the usage error."""
+
+    def convert(text: str) -> object:
+        try:
+            return parse(text)
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(str(err)) from err
+
+    convert.__name__ = parse.__name__
+    return convert
+
+
+class _DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows ``(default: ...)`` except for flags and for options whose default is decided later (None)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None or action.default is False:
+            return action.help
+        return super()._get_help_string(action)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="visattn", description=__doc__.split("\n\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    listing = commands.add_parser("list", help="the registered mixers as a table")
+    listing.add_argument("--family", default=None, help="only mixers of this family")
+
+    run = commands.add_parser("bench", help="time mixers against dense SDPA (table, JSON, plot)",
+                              formatter_class=_DefaultsHelpFormatter)
+    run.add_argument("--mixers", nargs="+", metavar="MIXER", default=None,
+                     help="'name' or 'name:key=value,...'; every registered mixer when left out")
+    run.add_argument("--sizes", nargs="+", metavar="SIZE", type=_argument(bench.parse_size), default=None,
+                     help="int sides (s*s tokens in each mixer's layout) or shapes like 16x32x32; "
+                          f"{' '.join(map(str, bench.DEFAULT_SIZES))} when left out")
+    defaults = bench.BenchSettings
+    run.add_argument("--heads", type=int, default=defaults.heads, help="attention heads of q, k, v")
+    run.add_argument("--head-dim", type=int, default=defaults.head_dim, help="channels per head")
+    run.add_argument("--batch", type=int, default=defaults.batch, help="batch size")
+    run.add_argument("--dtype", choices=tuple(bench.DTYPES), default=defaults.dtype, help="dtype of q, k, v")
+    run.add_argument("--device", default=defaults.device, help="torch device, e.g. cpu or cuda")
+    run.add_argument("--backward", action="store_true", help="time forward + backward of out.sum()")
+    run.add_argument("--repeats", type=int, default=defaults.repeats, help="timed calls per (mixer, size)")
+    run.add_argument("--warmup", type=int, default=defaults.warmup, help="untimed calls first (>= 1)")
+    run.add_argument("--prefix-tokens", type=int, default=defaults.num_prefix_tokens,
+                     help="global tokens in front of the grid")
+    run.add_argument("--threads", type=int, default=None, help="torch.set_num_threads; torch's choice when left out")
+    run.add_argument("--memory-budget", type=_argument(bench.parse_bytes), default=None,
+                     help="skip sizes whose estimated memory exceeds this, e.g. 4G; half the RAM when left out")
+    run.add_argument("--time-budget", type=float, default=defaults.time_budget_s,
+                     help="seconds per call above which a size is skipped")
+    run.add_argument("--no-memory", action="store_true", help="do not profile peak memory")
+    run.add_argument("--seed", type=int, default=defaults.seed, help="seed of the random q, k, v")
+    run.add_argument("--json", metavar="PATH", default=None, help="write the records to this JSON file")
+    run.add_argument("--plot", metavar="PATH", default=None, help="write a log-log PNG plot to this file")
+    lens_command.add_parser(commands)
+    return parser
+
+
+def _settings(args: argparse.Namespace) -> bench.BenchSettings:
+    budget = {} if args.memory_budget is None else {"memory_budget": args.memory_budget}
+    return bench.BenchSettings(heads=args.heads, head_dim=args.head_dim, batch=args.batch, dtype=args.dtype,
+                               device=args.device, backward=args.backward, repeats=args.repeats,
+                               warmup=args.warmup, num_prefix_tokens=args.prefix_tokens,
+                               time_budget_s=args.time_budget, measure_memory=not args.no_memory,
+                               seed=args.seed, **budget)
+
+
+def _bench(args: argparse.Namespace, out: Console, err: Console) -> int:
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ValueError(f"--threads must be >= 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
+    settings = _settings(args)
+    cases = bench.default_cases() if args.mixers is None else [bench.parse_case(m) for m in args.mixers]
+    sizes = list(bench.DEFAULT_SIZES if args.sizes is None else args.sizes)
+    report = bench.BenchReport(settings)
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=err) as progress:
+        task = progress.add_task("benchmarking", total=len(cases) * len(sizes))
+        for record in bench.iter_bench(cases, sizes, settings):
+            report.records.append(record)
+            progress.update(task, advance=1, description=f"{record.label} {'x'.join(map(str, record.shape))}")
+    out.print(_results_table(report))
+    out.print(_exponent_table(report))
+    if args.json:
+        report.write_json(args.json)
+        out.print(f"JSON written to {args.json}")
+    if args.plot:
+        bench.plot_report(report, args.plot)
+        out.print(f"plot written to {args.plot}")
+    return 0
+
+
+def _console(stderr: bool = False) -> Console:
+    """A rich console; 160 columns wide when writing to a file or pipe without ``COLUMNS`` set (rich's 80 would
+    fold the tables)."""
+    console = Console(stderr=stderr)
+    if console.is_terminal or os.environ.get("COLUMNS"):
+        return console
+    return Console(stderr=stderr, width=FILE_WIDTH)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``visattn`` console script; returns the exit status."""
+    args = _parser().parse_args(argv)
+    out, err = _console(), _console(stderr=True)
+    handler = RichHandler(console=err, show_path=False)
+    logger = logging.getLogger("visattn")
+    logger.addHandler(handler)
+    try:
+        if args.command == "list":
+            out.print(_list_table(args.family))
+            return 0
+        if args.command == "lens":
+            return lens_command.execute(args, out)
+        return _bench(args, out, err)
+    except (ValueError, TypeError) as error:
+        err.print(f"[bold red]visattn {args.command}:[/] {error}", highlight=False)
+        return 2
+    finally:
+        logger.removeHandler(handler)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,190 @@
+"""The benchmark runner: records, consistency of derived fields, and skips instead of crashes."""
+
+import json
+import math
+
+import pytest
+import torch
+
+import visattn
+from visattn.bench import BenchCase, BenchSettings, estimate_memory_bytes, iter_bench, run_bench
+from visattn.bench.budget import predict_memory_bytes
+from visattn.bench.runner import _measure, _prepare, _Prepared, default_cases
+from visattn.nn import TokenMixer
+
+FAST = {"repeats": 2, "measure_memory": False}
+
+
+def test_records_are_consistent():
+    settings = BenchSettings(heads=2, head_dim=8, batch=2, measure_memory=True, repeats=3)
+    seen = []
+    report = run_bench(["softmax", "neighborhood:kernel_size=3", "sliding:window_size=5"], [6, 4], settings,
+                       on_record=seen.append)
+    assert seen == report.records
+    assert [(r.label, r.tokens) for r in report.records] == [
+        ("softmax", 16), ("neighborhood(kernel_size=3)", 16), ("sliding(window_size=5)", 16),
+        ("softmax", 36), ("neighborhood(kernel_size=3)", 36), ("sliding(window_size=5)", 36),
+    ]
+    for r in report.records:
+        assert r.skipped is None and r.sdpa_skipped is None
+        assert r.tokens == math.prod(r.shape)
+        mixer = visattn.create_mixer(r.mixer, **r.kwargs)
+        pairs = r.tokens**2 if r.mixer == "softmax" else visattn.masks.pair_count(mixer.mask, tuple(r.shape))
+        assert r.attended_pairs == pairs
+        assert r.density == pytest.approx(pairs / r.tokens**2)
+        assert r.flops == 4 * pairs * 8 * 2 * 2
+        assert r.gflops == pytest.approx(r.flops / (r.median_ms * 1e6))
+        assert r.ratio_to_sdpa == pytest.approx(r.sdpa_median_ms / r.median_ms)
+        assert r.sdpa_gflops == pytest.approx(4 * r.tokens**2 * 8 * 2 * 2 / (r.sdpa_median_ms * 1e6))
+        assert r.min_ms <= r.p25_ms <= r.median_ms <= r.p75_ms <= r.max_ms
+        assert r.spread_ms == pytest.approx(r.p75_ms - r.p25_ms)
+        assert r.peak_memory_bytes > 0 and r.sdpa_peak_memory_bytes > 0
+    assert report.records[2].shape == [16] and report.records[1].shape == [4, 4]
+    data = json.loads(json.dumps(report.to_dict()))
+    assert set(data["exponents"]) == {"softmax", "neighborhood(kernel_size=3)", "sliding(window_size=5)"}
+    assert all(isinstance(e, float) for e in data["exponents"].values())
+    assert isinstance(data["sdpa_exponent"], float)
+
+
+def test_backward_counts_three_times_the_forward_flops():
+    settings = BenchSettings(heads=1, head_dim=4, backward=True, **FAST)
+    (r,) = run_bench(["neighborhood:kernel_size=3"], [5], settings).records
+    assert r.skipped is None and r.backward
+    assert r.flops == 3 * 4 * r.attended_pairs * 4
+
+
+@pytest.mark.parametrize("dtype", ["float64", "bfloat16"])
+def test_dtypes_run(dtype):
+    (r,) = run_bench(["window:window_size=2"], [4], BenchSettings(dtype=dtype, **FAST)).records
+    assert r.skipped is None and r.dtype == dtype and r.median_ms > 0
+
+
+def test_memory_budget_skips_with_the_reason():
+    report = run_bench(["softmax", "neighborhood"], [8], BenchSettings(memory_budget=1024, **FAST))
+    for r in report.records:
+        assert r.skipped.startswith("estimated memory") and "memory budget 1.0 KiB" in r.skipped
+        assert r.median_ms is None and r.ratio_to_sdpa is None and r.gflops is None
+        assert r.estimated_memory_bytes > 1024
+        assert r.attended_pairs is not None
+
+
+def test_sdpa_baseline_is_skipped_separately():
+    settings = BenchSettings(time_budget_s=10.0, **FAST)
+    sdpa_history = [(1, 1.0)]  # predicts 64^2 s for dense SDPA at 64 tokens
+    record = _measure(_prepare(BenchCase("neighborhood", {"kernel_size": 3}), settings), 8, settings, [],
+                      sdpa_history, [])
+    assert record.skipped is None and record.median_ms > 0 and record.gflops > 0
+    assert record.sdpa_skipped.startswith("predicted 4096.0 s per call")
+    assert record.sdpa_median_ms is None and record.ratio_to_sdpa is None and record.sdpa_gflops is None
+
+
+def test_mixer_skip_skips_the_baseline():
+    (r,) = run_bench(["window:window_size=4"], [17], BenchSettings(**FAST)).records
+    assert r.skipped is not None and r.sdpa_skipped == "mixer not timed" and r.sdpa_median_ms is None
+
+
+def test_memory_estimate_follows_measured_peaks():
+    settings = BenchSettings(repeats=1, measure_memory=True)
+    records = run_bench(["axial"], [8, 12, 16], settings).records
+    assert all(r.skipped is None and r.peak_memory_bytes > 0 for r in records)
+    mixer = visattn.create_mixer("axial")
+    for i, r in enumerate(records):
+        dense = estimate_memory_bytes(mixer, 1, 4, r.tokens, 32, 4, False, r.attended_pairs)
+        measured = [(p.tokens, p.peak_memory_bytes) for p in records[:i]]
+        predicted = predict_memory_bytes(measured, r.tokens)
+        inputs = 4 * 4 * 32 * r.tokens * 4  # q, k, v and the layer input x
+        assert r.estimated_memory_bytes == (dense if predicted is None else min(dense, inputs + predicted))
+
+
+def test_time_budget_skips_after_the_first_call():
+    (r,) = run_bench(["softmax"], [8], BenchSettings(time_budget_s=1e-9, **FAST)).records
+    assert r.skipped.startswith("first call took") and r.median_ms is None
+
+
+def test_time_budget_skips_predicted_sizes():
+    settings = BenchSettings(time_budget_s=1e-9, **FAST)
+    history = [(16, 1e-3)]
+    record = _measure(_prepare(BenchCase("softmax"), settings), 8, settings, history, [], [])
+    assert record.skipped.startswith("predicted") and record.median_ms is None
+
+
+def test_rejected_grids_and_bad_arguments_are_skipped_not_raised():
+    records = list(iter_bench(["window:window_size=3", BenchCase("neighborhood", {"bogus": 1})], [8],
+                              BenchSettings(**FAST)))
+    assert records[0].skipped.startswith("ValueError") and "window_size" in records[0].skipped
+    assert records[1].skipped.startswith("cannot create mixer: TypeError") and "bogus" in records[1].skipped
+    assert records[1].kwargs == {"bogus": 1}
+
+
+def test_explicit_shapes_and_prefix_tokens():
+    settings = BenchSettings(num_prefix_tokens=2, **FAST)
+    (r,) = run_bench(["neighborhood:kernel_size=3"], [(3, 4, 5)], settings).records
+    assert r.shape == [3, 4, 5] and r.tokens == 62 and r.num_prefix_tokens == 2
+    mixer = visattn.create_mixer("neighborhood", kernel_size=3)
+    assert r.attended_pairs == visattn.masks.pair_count(mixer.mask, (3, 4, 5), 2)
+
+
+def test_default_cases_come_from_the_registry():
+    assert [c.name for c in default_cases()] == visattn.list_mixers()
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [({"cases": []}, ValueError, "cases"), ({"sizes": []}, ValueError, "sizes"),
+     ({"sizes": [0]}, ValueError, "side"), ({"cases": [3]}, TypeError, "cases"),
+     ({"settings": {"heads": 2}}, TypeError, "settings")],
+)
+def test_bad_arguments(kwargs, error, match):
+    args = {"cases": ["softmax"], "sizes": [4], "settings": BenchSettings(**FAST), **kwargs}
+    with pytest.raises(error, match=match):
+        list(iter_bench(**args))
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [({"heads": 0}, "heads"), ({"repeats": 1.5}, "repeats"), ({"warmup": 0}, "warmup"), ({"dtype": "int8"}, "dtype"),
+     ({"device": "gpu0"}, "device"), ({"time_budget_s": 0}, "time_budget_s"), ({"memory_budget": 0}, "memory"),
+     ({"num_prefix_tokens": -1}, "num_prefix_tokens")],
+)
+def test_settings_reject_bad_values(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        BenchSettings(**kwargs)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on a machine without CUDA")
+def test_settings_reject_an_absent_cuda_device():
+    with pytest.raises(ValueError, match="device must be available"):
+        BenchSettings(device="cuda")
+
+
+def test_settings_reject_non_bool_flags():
+    with pytest.raises(TypeError, match="backward"):
+        BenchSettings(backward=1)
+
+
+class _InputMixer(TokenMixer):
+    """Records what the benchmark passes: the layer input ``x`` and whether gradients are being taken."""
+
+    uses_input = True
+
+    def __init__(self):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.ones(()))
+        self.seen = []
+
+    def forward(self, q, k, v, shape, attn_mask=None, x=None):
+        self.seen.append((tuple(x.shape), x.dtype, torch.is_grad_enabled()))
+        return v * self.weight + x.sum()
+
+
+@pytest.mark.parametrize("backward", [False, True])
+def test_mixers_that_use_the_layer_input_get_x(backward):
+    settings = BenchSettings(heads=2, head_dim=4, batch=3, num_prefix_tokens=1, backward=backward,
+                             dtype="float64", **FAST)
+    mixer = _InputMixer()
+    prepared = _Prepared(BenchCase("softmax"), mixer, {}, None, "2d", per_grid=False)
+    record = _measure(prepared, 3, settings, [], [], [])
+    assert record.skipped is None and record.attended_pairs is None and record.gflops is None
+    assert record.ratio_to_sdpa > 0
+    assert set(mixer.seen) == {((3, 10, 8), torch.float64, backward)}
+    assert len(mixer.seen) == 1 + settings.repeats

@@ -1,0 +1,111 @@
+"""The ``visattn`` command line: ``list`` and a tiny ``bench`` (JSON checked field by field) run as subprocesses;
+skips and bad input run in-process through ``main``."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+
+import visattn
+from visattn import cli
+from visattn.bench.budget import WORKSPACE_BYTES
+
+RECORD_TYPES = {
+    "mixer": str, "label": str, "kwargs": dict, "shape": list, "tokens": int, "num_prefix_tokens": int,
+    "heads": int, "head_dim": int, "batch": int, "dtype": str, "device": str, "backward": bool, "repeats": int,
+    "attended_pairs": int, "density": float, "flops": int, "estimated_memory_bytes": int, "median_ms": float,
+    "p25_ms": float, "p75_ms": float, "spread_ms": float, "min_ms": float, "max_ms": float, "gflops": float,
+    "peak_memory_bytes": int, "sdpa_median_ms": float, "sdpa_spread_ms": float, "sdpa_gflops": float,
+    "sdpa_peak_memory_bytes": int, "ratio_to_sdpa": float,
+}
+
+
+def _run(*args, module="visattn.cli"):
+    env = {**os.environ, "COLUMNS": "200"}
+    return subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True, env=env,
+                          timeout=300)
+
+
+def test_list_shows_every_registered_mixer():
+    result = _run("list")
+    assert result.returncode == 0, result.stderr
+    for name in visattn.list_mixers():
+        assert name in result.stdout
+        arxiv = visattn.get_mixer_spec(name).paper.arxiv
+        assert arxiv is None or arxiv in result.stdout
+
+
+def test_tiny_bench_json_and_plot(tmp_path):
+    out_json, out_png = tmp_path / "out.json", tmp_path / "out.png"
+    result = _run("bench", "--mixers", "softmax", "neighborhood", "--sizes", "8", "--repeats", "2",
+                  "--json", str(out_json), "--plot", str(out_png), module="visattn")
+    assert result.returncode == 0, result.stderr
+    assert "softmax" in result.stdout and "neighborhood" in result.stdout and "SDPA" in result.stdout
+    assert out_png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    data = json.loads(out_json.read_text())
+    assert data["settings"]["repeats"] == 2 and data["settings"]["backward"] is False
+    records = data["records"]
+    assert [r["mixer"] for r in records] == ["softmax", "neighborhood"]
+    for r in records:
+        for key, kind in RECORD_TYPES.items():
+            assert isinstance(r[key], kind), (key, r[key])
+        assert r["skipped"] is None and r["sdpa_skipped"] is None
+        assert r["shape"] == [8, 8] and r["tokens"] == 64 == math.prod(r["shape"])
+        assert (r["heads"], r["head_dim"], r["batch"], r["dtype"]) == (4, 32, 1, "float32")
+        assert r["density"] == pytest.approx(r["attended_pairs"] / r["tokens"] ** 2)
+        assert r["flops"] == 4 * r["attended_pairs"] * r["head_dim"] * r["heads"] * r["batch"]
+        assert r["gflops"] == pytest.approx(r["flops"] / (r["median_ms"] * 1e6))
+        assert r["ratio_to_sdpa"] == pytest.approx(r["sdpa_median_ms"] / r["median_ms"])
+        assert r["spread_ms"] == pytest.approx(r["p75_ms"] - r["p25_ms"])
+        assert r["min_ms"] <= r["median_ms"] <= r["max_ms"]
+        assert r["peak_memory_bytes"] > 0
+    assert records[0]["attended_pairs"] == 64 * 64 and records[0]["density"] == 1.0
+    assert records[1]["attended_pairs"] == 64 * 49 and records[1]["kwargs"] == {}
+    assert set(data["exponents"]) == {"softmax", "neighborhood"}
+    assert all(e is None for e in data["exponents"].values())
+    assert data["sdpa_exponent"] is None
+
+
+def test_forced_skip_is_reported_not_crashed(tmp_path, capsys):
+    out_json = tmp_path / "skip.json"
+    status = cli.main(["bench", "--mixers", "softmax", "window:window_size=4", "--sizes", "8", "10", "--repeats",
+                       "1", "--memory-budget", "1K", "--json", str(out_json)])
+    assert status == 0
+    assert "memory budget" in capsys.readouterr().out
+    records = json.loads(out_json.read_text())["records"]
+    assert [(r["mixer"], r["tokens"]) for r in records] == [("softmax", 64), ("window", 64), ("softmax", 100),
+                                                            ("window", 100)]
+    for r in records:
+        assert r["median_ms"] is None and r["ratio_to_sdpa"] is None and r["sdpa_median_ms"] is None
+    softmax_io = 4 * 100 * 4 * 32 * 4 + WORKSPACE_BYTES  # q, k, v, the output and kernel workspace: 64.2 MiB
+    assert records[2]["estimated_memory_bytes"] == softmax_io
+    assert records[2]["skipped"] == "estimated memory 64.2 MiB > memory budget 1.0 KiB"
+    assert records[0]["skipped"].startswith("estimated memory") and records[1]["skipped"].startswith("estimated")
+    assert records[3]["skipped"].startswith("ValueError: window_size must divide")
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [(["bench", "--mixers", "no_such_mixer"], "unknown mixer 'no_such_mixer'; known mixers: "),
+     (["bench", "--mixers", "softmax", "--threads", "0"], "--threads must be >= 1"),
+     (["bench", "--mixers", "softmax", "--heads", "0"], "heads must be an int >= 1")],
+)
+def test_bad_values_exit_2_with_a_message(args, message, capsys):
+    assert cli.main(args) == 2
+    assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [(["bench", "--sizes", "0"], "size must be a positive int"), (["bench", "--memory-budget", "lots"], "budget"),
+     (["bench", "--dtype", "int8"], "invalid choice"), (["frobnicate"], "invalid choice")],
+)
+def test_bad_arguments_exit_2_with_argparse_usage(args, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(args)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
