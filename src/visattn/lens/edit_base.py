@@ -59,6 +59,7 @@ class Edit:
         """``new`` on the selected heads (dim 1), ``old`` elsewhere."""
         if self.heads is None:
             return new
+        self.check(num_layers=max(self.layers or (0,)) + 1, num_heads=old.shape[1])
         keep = torch.zeros(old.shape[1], dtype=torch.bool, device=old.device)
         keep[list(self.heads)] = True
         return torch.where(keep.view(1, -1, *([1] * (old.dim() - 2))), new, old)
