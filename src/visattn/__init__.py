@@ -6,7 +6,7 @@
 - :func:`list_mixers` / :func:`create_mixer`: the registry.
 """
 
-from . import masks, nn, ops
+from . import lens, masks, nn, ops
 from .nn import Attention, replace_attention
 from .papers import PAPERS
 from .registry import MixerSpec, create_mixer, create_mixer_for_layer, get_mixer_spec, list_mixers, register_mixer
@@ -20,6 +20,7 @@ __all__ = [
     "create_mixer",
     "create_mixer_for_layer",
     "get_mixer_spec",
+    "lens",
     "list_mixers",
     "masks",
     "nn",
