@@ -20,7 +20,7 @@ FAMILIES: tuple[str, ...] = (
 )
 """The allowed values of :attr:`Paper.family`."""
 
-FOUNDATIONAL: tuple[str, ...] = ("vit", "swin_v2", "longformer")
+FOUNDATIONAL: tuple[str, ...] = ("vit", "swin_v2", "longformer", "linear_transformer")
 """Keys of the reference papers the registry needs that are not among the 42 source papers."""
 
 
@@ -475,6 +475,15 @@ PAPERS: dict[str, Paper] = {
             "allenai/longformer",
             "structured",
             notes="Foundational reference: sliding-window attention.",
+        ),
+        Paper(
+            "linear_transformer",
+            "Transformers are RNNs: Fast Autoregressive Transformers with Linear Attention",
+            "2006.16236",
+            2020,
+            "idiap/fast-transformers",
+            "reformulated",
+            notes="Foundational reference: kernel (linear) attention with the elu+1 feature map.",
         ),
     )
 }

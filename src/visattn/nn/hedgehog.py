@@ -1,0 +1,201 @@
+"""Hedgehog: linear attention with learnable exponential feature maps trained to mimic softmax attention.
+
+Paper: Zhang et al., "The Hedgehog & the Porcupine: Expressive Linear Attentions with Softmax Mimicry"
+(arXiv 2402.04347). Per head, one feature map for queries and one for keys,
+
+    phi(x) = [exp(W x + b), exp(-(W x + b))]   in R^{2d},    W = I, b = 0 at initialisation,
+
+so at initialisation ``phi(q) . phi(k) = sum_i (e^{q_i + k_i} + e^{-(q_i + k_i)}) = 2 sum_i cosh(q_i + k_i)``.
+Attention is linear attention with these maps, ``y_i = phi(q_i)^T (sum_j phi(k_j) v_j^T) / phi(q_i)^T sum_j
+phi(k_j)`` (causal: ``j <= i``), trained by distillation (:func:`softmax_mimicry_loss`,
+:func:`visattn.nn.hedgehog_distill.distill_attention`) so that its weights ``a^_ij`` match the softmax weights
+``a_ij = softmax(q k^T / sqrt d)`` of a trained model:
+
+    L = -mean_i sum_j a_ij log a^_ij.
+
+This is the paper's form. Public code differs and its variants disagree with each other (LoLCATs takes a softmax
+over the feature dimension; flash-linear-attention uses ``softmax(cat(2x, -2x))``); those are not offered.
+
+Numerics: ``phi(q_i) . phi(k_j) = sum_f exp(lq_if + lk_jf)`` (``lq = log phi(q)``) is unchanged when a constant
+``c_f`` is added to ``lq_.f`` and subtracted from every key's ``lk_.f``, and the ratio is unchanged when a query's
+features are scaled by a constant, so the exponentials are stabilised exactly (in exact arithmetic):
+non-causal, ``c_f = max_j lk_jf`` and each query is divided by its largest feature, so every feature is <= 1 and
+every denominator >= 1 (no overflow, no underflow to 0). Causal, the scan runs by chunks with ``c_f`` the running
+maximum over the keys of the chunks so far; the state carried across chunks is rescaled when ``c`` grows, so no
+key after a query's chunk ever enters its computation. Inside a chunk a later key may raise ``c``; a row can then
+lose precision only if such a key exceeds every key the query sees by ~87 (float32) in one log-feature. The
+dense weights (:meth:`HedgehogMixer.attention_weights`, O(N^2), for the lens and distillation) use the
+non-causal shift.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..registry import register_mixer
+from .linear_attention import check_chunk_size, check_no_attn_drop, kernel_weights, key_sums, row_blocks
+from .token_mixer import TokenMixer
+
+__all__ = ["HedgehogFeatureMap", "HedgehogMixer", "softmax_mimicry_loss"]
+
+
+def _positive_int(value: int, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+    return value
+
+
+class HedgehogFeatureMap(nn.Module):
+    """``phi(x) = [exp(W_h x + b_h), exp(-(W_h x + b_h))]`` per head ``h``, ``W_h`` identity and ``b_h`` 0 at init.
+
+    Takes ``x`` shaped ``(B, heads, N, head_dim)`` and returns ``(B, heads, N, 2 head_dim)``. Parameters:
+    ``weight`` ``(heads, head_dim, head_dim)`` (out x in) and ``bias`` ``(heads, head_dim)``.
+    """
+
+    def __init__(self, num_heads: int, head_dim: int) -> None:
+        super().__init__()
+        self.num_heads = _positive_int(num_heads, "num_heads")
+        self.head_dim = _positive_int(head_dim, "head_dim")
+        self.weight = nn.Parameter(torch.eye(head_dim).repeat(num_heads, 1, 1))
+        self.bias = nn.Parameter(torch.zeros(num_heads, head_dim))
+
+    def extra_repr(self) -> str:
+        return f"num_heads={self.num_heads}, head_dim={self.head_dim}"
+
+    def projection(self, x: Tensor) -> Tensor:
+        """``W_h x + b_h`` per head, in the dtype of ``x``."""
+        if x.dim() != 4 or x.shape[1] != self.num_heads or x.shape[-1] != self.head_dim:
+            raise ValueError(f"x must be shaped (B, heads={self.num_heads}, N, head_dim={self.head_dim}), got "
+                             f"{tuple(x.shape)}")
+        b, h, n, d = x.shape
+        weight = self.weight.to(x.dtype).transpose(-2, -1).expand(b, h, d, d).reshape(b * h, d, d)
+        bias = self.bias.to(x.dtype).unsqueeze(-2).expand(b, h, 1, d).reshape(b * h, 1, d)
+        return torch.baddbmm(bias, x.reshape(b * h, n, d), weight).reshape(b, h, n, d)
+
+    def log_features(self, x: Tensor) -> Tensor:
+        """``log phi(x) = [u, -u]`` with ``u = W x + b``."""
+        u = self.projection(x)
+        return torch.cat([u, -u], dim=-1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.log_features(x).exp()
+
+
+def softmax_mimicry_loss(teacher_weights: Tensor, student_weights: Tensor, eps: float = 1e-12) -> Tensor:
+    """Hedgehog's distillation loss ``L = -mean_i sum_j a_ij log a^_ij`` (soft-label cross entropy).
+
+    ``teacher_weights`` ``a`` and ``student_weights`` ``a^`` are attention weights ``(..., N, M)`` whose rows sum
+    to 1; the mean runs over every query row (batch, heads and queries). ``eps`` guards ``log 0``.
+    """
+    if not isinstance(teacher_weights, Tensor) or not isinstance(student_weights, Tensor):
+        raise TypeError("teacher_weights and student_weights must be torch.Tensor")
+    if teacher_weights.shape != student_weights.shape:
+        raise ValueError(f"teacher_weights and student_weights must have one shape, got "
+                         f"{tuple(teacher_weights.shape)} and {tuple(student_weights.shape)}")
+    return -(teacher_weights * (student_weights + eps).log()).sum(dim=-1).mean()
+
+
+class HedgehogMixer(TokenMixer):
+    """Hedgehog linear attention (Zhang et al., arXiv 2402.04347): ``phi_q(q)^T (phi_k(K)^T V)`` normalised.
+
+    Args:
+        num_heads, head_dim: layout of q and k; one :class:`HedgehogFeatureMap` for q (``q_map``) and one for k
+            (``k_map``), each with a ``head_dim x head_dim`` matrix per head.
+        is_causal: each token sees itself and the tokens before it (O(N) memory chunked scan).
+        chunk_size: tokens per chunk of the causal scan.
+    """
+
+    def __init__(self, num_heads: int = 8, head_dim: int = 64, is_causal: bool = False, chunk_size: int = 64,
+                 attn_drop: float = 0.0) -> None:
+        super().__init__(attn_drop)
+        check_no_attn_drop(attn_drop, "Hedgehog attention")
+        if not isinstance(is_causal, bool):
+            raise TypeError(f"is_causal must be a bool, got {is_causal!r}")
+        self.q_map = HedgehogFeatureMap(num_heads, head_dim)
+        self.k_map = HedgehogFeatureMap(num_heads, head_dim)
+        self.is_causal = is_causal
+        self.chunk_size = check_chunk_size(chunk_size)
+
+    def extra_repr(self) -> str:
+        return f"is_causal={self.is_causal}"
+
+    def forward(self, q: Tensor, k: Tensor, v: Tensor, shape: int | tuple[int, ...],
+                attn_mask: Tensor | None = None) -> Tensor:
+        self.prepare(q, k, v, shape)
+        self._no_attn_mask(attn_mask)
+        if self.is_causal:
+            return _stable_causal_scan(self.q_map.log_features(q), self.k_map.log_features(k), v, self.chunk_size)
+        u_k = self.k_map.projection(k)
+        low, high = _key_shift(u_k)
+        kv, z = key_sums(u_k, v, lambda u: _key_features(u, low, high))
+        z = z.unsqueeze(-1)
+
+        def readout(q_block: Tensor) -> Tensor:
+            fq = _query_features(self.q_map.projection(q_block), low, high)
+            return (fq @ kv) / (fq @ z)
+
+        return row_blocks(readout, q)
+
+    def attention_weights(self, q: Tensor, k: Tensor, shape: int | tuple[int, ...]) -> Tensor:
+        """The dense weights ``a^_ij = phi(q_i) . phi(k_j) / sum_j phi(q_i) . phi(k_j)`` (causal: ``j <= i``),
+        O(N^2)."""
+        self.prepare(q, k, k, shape)
+        u_k = self.k_map.projection(k)
+        low, high = _key_shift(u_k)
+        fq, fk = _query_features(self.q_map.projection(q), low, high), _key_features(u_k, low, high)
+        return kernel_weights(fq, fk, is_causal=self.is_causal, eps=torch.finfo(fq.dtype).tiny)
+
+
+def _key_shift(u_k: Tensor) -> tuple[Tensor, Tensor]:
+    """Per-feature minimum and maximum of ``u = W k + b`` over the keys: ``c = [max u, -min u]`` (module doc)."""
+    return torch.aminmax(u_k.detach(), dim=-2, keepdim=True)
+
+
+def _key_features(u_k: Tensor, low: Tensor, high: Tensor) -> Tensor:
+    """``exp(lk - c) = [exp(u - max u), exp(min u - u)]``: every entry <= 1."""
+    return torch.cat([(u_k - high).exp_(), (low - u_k).exp_()], dim=-1)
+
+
+def _query_features(u_q: Tensor, low: Tensor, high: Tensor) -> Tensor:
+    """``exp(lq + c - max_f(lq + c))`` with ``lq + c = [u + max u_k, -u - min u_k]``: largest entry 1 per query."""
+    positive, negative = u_q + high, -low - u_q
+    top = torch.maximum(positive.amax(dim=-1, keepdim=True), negative.amax(dim=-1, keepdim=True)).detach()
+    return torch.cat([(positive - top).exp_(), (negative - top).exp_()], dim=-1)
+
+
+def _stable_causal_scan(log_q: Tensor, log_k: Tensor, v: Tensor, chunk_size: int) -> Tensor:
+    """Causal Hedgehog attention by chunks, features shifted by the running per-feature key maximum (module doc)."""
+    b, h, n, f = log_q.shape
+    c = min(chunk_size, n)
+    pad = (-n) % c
+    v1 = torch.cat([v, v.new_ones(v.shape[:-1] + (1,))], dim=-1)
+    if pad:
+        log_q = F.pad(log_q, (0, 0, 0, pad))
+        log_k = F.pad(log_k, (0, 0, 0, pad), value=float("-inf"))
+        v1 = F.pad(v1, (0, 0, 0, pad))
+    m = (n + pad) // c
+    log_q, log_k, v1 = (t.reshape(b, h, m, c, t.shape[-1]) for t in (log_q, log_k, v1))
+    shift = log_k.amax(dim=3).cummax(dim=2).values.detach()
+    fk = (log_k - shift.unsqueeze(3)).exp()
+    log_q = log_q + shift.unsqueeze(3)
+    fq = (log_q - log_q.amax(dim=-1, keepdim=True).detach()).exp()
+    causal = torch.ones(c, c, dtype=torch.bool, device=fq.device).tril()
+    intra = ((fq @ fk.transpose(-2, -1)) * causal) @ v1
+    chunk_states = fk.transpose(-2, -1) @ v1
+    carried = [torch.zeros_like(chunk_states[:, :, 0])]
+    for i in range(1, m):
+        rescale = (shift[:, :, i - 1] - shift[:, :, i]).exp().unsqueeze(-1)
+        carried.append((carried[-1] + chunk_states[:, :, i - 1]) * rescale)
+    out = (intra + fq @ torch.stack(carried, dim=2)).reshape(b, h, m * c, -1)[:, :, :n]
+    dv = v.shape[-1]
+    return out[..., :dv] / out[..., dv:].clamp_min(torch.finfo(out.dtype).tiny)
+
+
+@register_mixer("hedgehog", paper="hedgehog", complexity="O(N d^2)", family="reformulated",
+                faces=("definition", "fast", "module"))
+def hedgehog(num_heads: int = 8, head_dim: int = 64, is_causal: bool = False, chunk_size: int = 64,
+             attn_drop: float = 0.0) -> HedgehogMixer:
+    """Hedgehog: linear attention with learnable [exp(Wx+b), exp(-(Wx+b))] maps distilled to mimic softmax."""
+    return HedgehogMixer(num_heads, head_dim, is_causal, chunk_size, attn_drop)

@@ -1,0 +1,160 @@
+"""InLine: injective linear attention with a dynamic local residual.
+
+Paper: Han et al., "Bridging the Divide: Reconsidering Softmax and Linear Attention" (arXiv 2412.06590), Eq. 5.
+Plain linear attention normalises ``phi(q_i) . phi(k_j)`` by its row sum, which maps queries that differ only in
+scale to the same weights (not injective). InLine subtracts the row mean instead, so every row still sums to 1:
+
+    InL_ij = phi(q_i)^T phi(k_j) s / N - (1 / N) sum_s phi(q_i)^T phi(k_s) s / N + 1 / N,   s = d^-1/2,
+
+(the paper folds ``s / N`` into ``phi``; weights may be negative) and the output is computed in O(N d^2) as
+
+    y_i = phi(q_i) (phi(K)^T V) s / N + (1 - s phi(q_i) . mean_j phi(k_j)) mean_j v_j.
+
+``phi`` is the identity by default (options ``"relu"``, ``"leakyrelu"`` (slope 0.01), ``"exp"`` = ``exp(0.2 x)``,
+as in the released code). ``N`` counts every token, prefix tokens included (released DeiT code).
+
+Local residual (Sec. 5): a 3 x 3 depthwise convolution of ``v`` on the 2-D token grid whose kernels are predicted
+per image from the token mean of the layer input ``x``:
+``Conv1d(C, C, 1, groups=heads) -> GELU -> Conv1d(C, 9 C, 1, groups=heads)`` (channel ``c`` gets kernel entries
+``9c .. 9c + 8``). It is added to the grid tokens only (prefix tokens get none, as in the released DeiT code).
+The module names (``residual.0``, ``residual.2``) match the released code, so its weights load into ``residual``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .._checks import as_shape
+from ..registry import register_mixer
+from .linear_attention import check_no_attn_drop, key_sums, row_blocks
+from .token_mixer import TokenMixer
+
+__all__ = ["INLINE_KERNELS", "InLineMixer", "inline_attention", "inline_weights"]
+
+
+def _exp_kernel(x: Tensor) -> Tensor:
+    return (0.2 * x).exp()
+
+
+INLINE_KERNELS: dict[str, Callable[[Tensor], Tensor]] = {
+    "identity": lambda x: x,
+    "relu": F.relu,
+    "leakyrelu": F.leaky_relu,
+    "exp": _exp_kernel,
+}
+"""InLine's kernel functions ``phi`` by name (the released code's ``kernel_func`` options)."""
+
+
+def inline_attention(q: Tensor, k: Tensor, v: Tensor, kernel: str = "identity") -> Tensor:
+    """``y = phi(q) (phi(K)^T V) s / N + (1 - s phi(q) . mean(phi(K))) mean(V)``, ``s = d^-1/2``, ``phi`` =
+    :data:`INLINE_KERNELS` ``[kernel]``: O(N d^2), by blocks of keys then queries; rows of the weights sum to 1."""
+    phi = INLINE_KERNELS[kernel]
+    n, scale = k.shape[-2], q.shape[-1] ** -0.5
+    kv, z = key_sums(k, v, phi)
+    kv, mean_k, mean_v = kv * (scale / n), (z / n).unsqueeze(-1), v.mean(dim=-2, keepdim=True)
+
+    def readout(q_block: Tensor) -> Tensor:
+        fq = phi(q_block)
+        return fq @ kv + (1.0 - scale * (fq @ mean_k)) * mean_v
+
+    return row_blocks(readout, q)
+
+
+def inline_weights(fq: Tensor, fk: Tensor) -> Tensor:
+    """The dense InLine weights ``(s / N)(fq_i . fk_j - fq_i . mean(fk)) + 1 / N``, O(N^2), rows summing to 1."""
+    n, scale = fk.shape[-2], fq.shape[-1] ** -0.5
+    return (scale / n) * (fq @ fk.transpose(-2, -1) - fq @ fk.mean(dim=-2).unsqueeze(-1)) + 1.0 / n
+
+
+class InLineMixer(TokenMixer):
+    """InLine attention (Han et al., arXiv 2412.06590) with the dynamic 3 x 3 local residual on ``v``.
+
+    Args:
+        dim: channels C of the layer input ``x`` (the residual kernels are predicted from its token mean).
+        num_heads, head_dim: layout of q, k, v; ``dim`` must be divisible by ``num_heads``.
+        kernel: ``phi``, one of :data:`INLINE_KERNELS`.
+        local_residual: add the dynamic depthwise residual (needs ``x=`` and a 2-D ``shape``).
+    """
+
+    uses_input = True
+
+    def __init__(self, dim: int = 512, num_heads: int = 8, head_dim: int = 64, kernel: str = "identity",
+                 local_residual: bool = True, attn_drop: float = 0.0) -> None:
+        super().__init__(attn_drop)
+        check_no_attn_drop(attn_drop, "InLine attention")
+        for name, value in (("dim", dim), ("num_heads", num_heads), ("head_dim", head_dim)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        if dim % num_heads:
+            raise ValueError(f"dim must be divisible by num_heads, got dim={dim}, num_heads={num_heads}")
+        if kernel not in INLINE_KERNELS:
+            raise ValueError(f"kernel must be one of {', '.join(map(repr, INLINE_KERNELS))}, got {kernel!r}")
+        if not isinstance(local_residual, bool):
+            raise TypeError(f"local_residual must be a bool, got {local_residual!r}")
+        self.dim, self.num_heads, self.head_dim = dim, num_heads, head_dim
+        self.kernel = kernel
+        channels = num_heads * head_dim
+        self.residual = nn.Sequential(
+            nn.Conv1d(dim, channels, kernel_size=1, groups=num_heads),
+            nn.GELU(),
+            nn.Conv1d(channels, 9 * channels, kernel_size=1, groups=num_heads),
+        ) if local_residual else None
+
+    def extra_repr(self) -> str:
+        return f"kernel={self.kernel!r}, local_residual={self.residual is not None}"
+
+    def forward(self, q: Tensor, k: Tensor, v: Tensor, shape: int | tuple[int, ...],
+                attn_mask: Tensor | None = None, x: Tensor | None = None) -> Tensor:
+        shape, prefix = self.prepare(q, k, v, shape)
+        self._no_attn_mask(attn_mask)
+        out = inline_attention(q, k, v, self.kernel)
+        if self.residual is None:
+            return out
+        local = self.local_residual(v[:, :, prefix:], shape, x)
+        if prefix == 0:
+            return out + local
+        return torch.cat([out[:, :, :prefix], out[:, :, prefix:] + local], dim=2)
+
+    def local_residual(self, v_grid: Tensor, shape: tuple[int, ...], x: Tensor | None) -> Tensor:
+        """The dynamic 3 x 3 depthwise convolution of the grid values ``(B, heads, H W, head_dim)``."""
+        if self.residual is None:
+            raise ValueError("this InLineMixer was built with local_residual=False")
+        b, h, n, d = v_grid.shape
+        if x is None:
+            raise ValueError("x (the (B, N, C) layer input) is required by InLine's local residual; pass x= "
+                             "(visattn.Attention does) or build the mixer with local_residual=False")
+        if not isinstance(x, Tensor) or x.dim() != 3 or x.shape[0] != b or x.shape[-1] != self.dim:
+            raise ValueError(f"x must be shaped (B={b}, N, C={self.dim}), got "
+                             f"{tuple(x.shape) if isinstance(x, Tensor) else x!r}")
+        shape = as_shape(shape)
+        if len(shape) != 2:
+            raise ValueError(f"InLine's local residual needs a 2-D shape (H, W), got shape={shape}")
+        if (h, d) != (self.num_heads, self.head_dim):
+            raise ValueError(f"v must have heads={self.num_heads} and head_dim={self.head_dim}, got "
+                             f"{tuple(v_grid.shape)}")
+        channels = h * d
+        kernels = self.residual(x.mean(dim=1).unsqueeze(-1).to(self.residual[0].weight.dtype))
+        kernels = kernels.to(v_grid.dtype).reshape(b * channels, 1, 3, 3)
+        # one image of B * C channels (image b, head, channel), laid out channels-last: the token-major values
+        # need a single copy, and the depthwise convolution runs ~2.5x faster than channels-first on CPU
+        grid = v_grid.permute(2, 0, 1, 3).reshape(1, *shape, b * channels).permute(0, 3, 1, 2)
+        local = F.conv2d(grid, kernels, padding=1, groups=b * channels)
+        return local.permute(0, 2, 3, 1).reshape(n, b, h, d).permute(1, 2, 0, 3)
+
+    def attention_weights(self, q: Tensor, k: Tensor, shape: int | tuple[int, ...]) -> Tensor:
+        """The InLine weights (rows sum to 1), O(N^2); the local residual is not part of them."""
+        self.prepare(q, k, k, shape)
+        phi = INLINE_KERNELS[self.kernel]
+        return inline_weights(phi(q), phi(k))
+
+
+@register_mixer("inline", paper="inline", complexity="O(N d^2)", family="reformulated",
+                faces=("definition", "module"))
+def inline(dim: int = 512, num_heads: int = 8, head_dim: int = 64, kernel: str = "identity",
+           local_residual: bool = True, attn_drop: float = 0.0) -> InLineMixer:
+    """InLine injective linear attention (rows sum to 1) plus a dynamic 3x3 depthwise residual on v."""
+    return InLineMixer(dim, num_heads, head_dim, kernel, local_residual, attn_drop)

@@ -1,0 +1,186 @@
+"""Linear attention baseline: paper equation (naive loops), causal chunked scan, O(N) memory, gradients, errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import visattn
+from visattn.bench.memory import peak_memory_bytes
+from visattn.nn import Attention, LinearAttentionMixer
+from visattn.nn.linear_attention import ROW_BLOCK, kernel_attention, key_sums, row_blocks
+
+FP64 = {"atol": 1e-10, "rtol": 1e-10}
+FP32 = {"atol": 1e-5, "rtol": 1e-4}
+PHI = {"elu+1": lambda x: torch.where(x > 0, x + 1, torch.exp(x)), "relu": lambda x: x.clamp_min(0)}
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny tensors gain nothing from a second thread, and on a shared 2-core machine waking it costs milliseconds
+    per op; run this file's tests on one thread and restore the setting after each."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def naive_linear(q, k, v, feature_map="elu+1", is_causal=False, eps=1e-6):
+    """Katharopoulos et al. Eq. 6 / 9 token by token: y_i = sum_j phi(q_i).phi(k_j) v_j / (sum_j phi(q_i).phi(k_j)
+    + eps), j over all keys or j <= i."""
+    phi = PHI[feature_map]
+    fq, fk = phi(q), phi(k)
+    out = torch.zeros_like(v)
+    n = q.shape[2]
+    for i in range(n):
+        last = i + 1 if is_causal else n
+        sims = (fq[:, :, i : i + 1] * fk[:, :, :last]).sum(-1)
+        out[:, :, i] = (sims.unsqueeze(-1) * v[:, :, :last]).sum(2) / (sims.sum(-1, keepdim=True) + eps)
+    return out
+
+
+def qkv(b, h, n, d, dtype=torch.float64, seed=0, dv=None):
+    gen = torch.Generator().manual_seed(seed)
+    return tuple(torch.randn(b, h, n, e, generator=gen, dtype=dtype) for e in (d, d, dv or d))
+
+
+@settings(max_examples=30, deadline=None)
+@given(b=st.integers(2, 3), h=st.integers(1, 3), n=st.integers(0, 20).map(lambda x: 2 * x + 1), d=st.integers(1, 8),
+       dv=st.integers(1, 6), feature_map=st.sampled_from(["elu+1", "relu"]), is_causal=st.booleans(),
+       chunk_size=st.integers(1, 9), seed=st.integers(0, 1000))
+def test_linear_attention_equals_the_paper_equation(b, h, n, d, dv, feature_map, is_causal, chunk_size, seed):
+    q, k, v = qkv(b, h, n, d, seed=seed, dv=dv)
+    mixer = LinearAttentionMixer(feature_map, is_causal=is_causal, chunk_size=chunk_size)
+    expected = naive_linear(q, k, v, feature_map, is_causal)
+    torch.testing.assert_close(mixer(q, k, v, (n,)), expected, **FP64)
+    torch.testing.assert_close(mixer.attention_weights(q, k, (n,)) @ v, expected, **FP64)
+
+
+@pytest.mark.parametrize("is_causal", [False, True])
+def test_weights_are_a_row_stochastic_matrix_and_causal_weights_are_lower_triangular(is_causal):
+    q, k, _ = qkv(2, 2, 15, 4)
+    w = LinearAttentionMixer(is_causal=is_causal).attention_weights(q, k, (3, 5))
+    assert (w >= 0).all()
+    torch.testing.assert_close(w.sum(-1), torch.ones(2, 2, 15, dtype=w.dtype), atol=1e-6, rtol=0)
+    if is_causal:
+        assert (w.triu(1) == 0).all()
+
+
+@pytest.mark.parametrize("feature_map", ["elu+1", "relu"])
+def test_causal_output_never_sees_a_later_token(feature_map):
+    q, k, v = qkv(2, 2, 23, 5)
+    mixer = LinearAttentionMixer(feature_map, is_causal=True, chunk_size=4)
+    out = mixer(q, k, v, 23)
+    for t in (0, 6, 11, 21):
+        q2, k2, v2 = (x.clone() for x in (q, k, v))
+        for x in (q2, k2, v2):
+            x[:, :, t + 1 :] = torch.randn_like(x[:, :, t + 1 :]) * 3
+        torch.testing.assert_close(mixer(q2, k2, v2, 23)[:, :, : t + 1], out[:, :, : t + 1], **FP64)
+
+
+def test_chunk_size_does_not_change_the_result():
+    q, k, v = qkv(2, 3, 37, 6)
+    outs = [LinearAttentionMixer(is_causal=True, chunk_size=c)(q, k, v, 37) for c in (1, 5, 16, 37, 64)]
+    for out in outs[1:]:
+        torch.testing.assert_close(out, outs[0], **FP64)
+
+
+def test_relu_rows_with_zero_denominator_give_zero_not_nan():
+    q, k, v = qkv(1, 1, 7, 3)
+    q[:, :, 2] = -1.0
+    out = LinearAttentionMixer("relu")(q, k, v, 7)
+    assert torch.isfinite(out).all() and (out[:, :, 2] == 0).all()
+
+
+@pytest.mark.parametrize("is_causal", [False, True])
+def test_float32_matches_float64(is_causal):
+    q, k, v = qkv(2, 2, 65, 8)
+    mixer = LinearAttentionMixer(is_causal=is_causal, chunk_size=16)
+    torch.testing.assert_close(mixer(q.float(), k.float(), v.float(), 65), mixer(q, k, v, 65).float(), **FP32)
+
+
+def test_bfloat16_within_stated_tolerance():
+    q, k, v = qkv(2, 2, 33, 8)
+    mixer = LinearAttentionMixer(is_causal=True, chunk_size=8)
+    out = mixer(q.bfloat16(), k.bfloat16(), v.bfloat16(), 33).double()
+    torch.testing.assert_close(out, mixer(q, k, v, 33), atol=5e-2, rtol=5e-2)
+
+
+@pytest.mark.parametrize("is_causal", [False, True])
+@pytest.mark.parametrize("feature_map", ["elu+1", "relu"])
+def test_gradcheck(feature_map, is_causal):
+    q, k, v = (x.requires_grad_() for x in qkv(2, 1, 7, 3, seed=3))
+    mixer = LinearAttentionMixer(feature_map, is_causal=is_causal, chunk_size=3)
+    assert torch.autograd.gradcheck(lambda q, k, v: mixer(q, k, v, 7), (q, k, v))
+
+
+@pytest.mark.parametrize("is_causal", [False, True])
+def test_memory_grows_linearly_no_n_by_n_matrix(is_causal):
+    n, d = 4096, 16
+    q, k, v = (x.float() for x in qkv(1, 2, n, d))
+    mixer = LinearAttentionMixer(is_causal=is_causal, chunk_size=64)
+    peak = peak_memory_bytes(lambda: mixer(q, k, v, n))
+    if peak is None:
+        pytest.skip("the profiler recorded no memory events")
+    assert peak < 2 * n * n * 4 / 16, f"peak {peak} bytes is not far below one 2 x N x N float32 score matrix"
+
+
+@pytest.mark.parametrize("block_size", [1, 4, 7, 64])
+def test_key_and_row_blocks_equal_whole_tensor_passes(block_size):
+    q, k, v = qkv(2, 2, 23, 5)
+    phi = PHI["elu+1"]
+    kv, z = key_sums(k, v, phi, block_size)
+    torch.testing.assert_close(kv, phi(k).transpose(-2, -1) @ v, **FP64)
+    torch.testing.assert_close(z, phi(k).sum(2), **FP64)
+    torch.testing.assert_close(row_blocks(lambda x: 2 * x, q, block_size), 2 * q, **FP64)
+
+
+def test_more_tokens_than_one_row_block():
+    n = 2 * ROW_BLOCK + 3
+    q, k, v = qkv(1, 2, n, 3)
+    fq, fk = PHI["elu+1"](q), PHI["elu+1"](k)
+    expected = (fq @ (fk.transpose(-2, -1) @ v)) / (fq @ fk.sum(2).unsqueeze(-1) + 1e-6)
+    torch.testing.assert_close(LinearAttentionMixer()(q, k, v, n), expected, **FP64)
+
+
+def test_kernel_attention_never_materialises_nxn_in_the_non_causal_form():
+    q, k, v = qkv(1, 1, 9, 4)
+    fq, fk = F.elu(q) + 1, F.elu(k) + 1
+    torch.testing.assert_close(kernel_attention(fq, fk, v), naive_linear(q, k, v), **FP64)
+
+
+def test_prefix_tokens_and_grids_of_any_rank():
+    q, k, v = qkv(2, 2, 1 + 2 * 3 * 4, 4)
+    mixer = visattn.create_mixer("linear")
+    torch.testing.assert_close(mixer(q, k, v, (2, 3, 4)), naive_linear(q, k, v), **FP64)
+
+
+def test_registry_entry_and_attention_module():
+    spec = visattn.get_mixer_spec("linear")
+    assert spec.family == "reformulated" and spec.paper.arxiv == "2006.16236"
+    layer = Attention(32, 4, mixer="linear", num_prefix_tokens=1)
+    x = torch.randn(2, 1 + 16, 32, requires_grad=True)
+    out = layer(x)
+    out.sum().backward()
+    assert out.shape == x.shape and torch.isfinite(x.grad).all()
+
+
+def test_bad_input_errors_name_the_argument():
+    with pytest.raises(ValueError, match=r"feature_map must be one of 'elu\+1', 'relu', got 'softmax'"):
+        LinearAttentionMixer("softmax")
+    with pytest.raises(ValueError, match="chunk_size must be a positive int, got 0"):
+        LinearAttentionMixer(chunk_size=0)
+    with pytest.raises(TypeError, match="is_causal must be a bool"):
+        LinearAttentionMixer(is_causal="yes")
+    with pytest.raises(ValueError, match="attn_drop must be 0 for linear attention"):
+        LinearAttentionMixer(attn_drop=0.1)
+    with pytest.raises(ValueError, match="eps must be >= 0"):
+        LinearAttentionMixer(eps=-1.0)
+    q, k, v = qkv(1, 1, 4, 2)
+    with pytest.raises(ValueError, match="attn_mask is not supported by LinearAttentionMixer"):
+        LinearAttentionMixer()(q, k, v, 4, attn_mask=torch.ones(4, 4, dtype=torch.bool))
+    with pytest.raises(ValueError, match="fewer than prod"):
+        LinearAttentionMixer()(q, k, v, (3, 3))
