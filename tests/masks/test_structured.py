@@ -7,7 +7,7 @@ import math
 
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from visattn import masks as M
@@ -27,7 +27,9 @@ def divisible_grid(draw, max_dims=3):
     ndim = draw(st.integers(1, max_dims))
     parts = [draw(st.integers(1, 4)) for _ in range(ndim)]
     counts = [draw(st.integers(1, 4)) for _ in range(ndim)]
-    return tuple(p * c for p, c in zip(parts, counts, strict=True)), tuple(parts), tuple(counts)
+    shape = tuple(p * c for p, c in zip(parts, counts, strict=True))
+    assume(math.prod(shape) <= 300)
+    return shape, tuple(parts), tuple(counts)
 
 
 @settings(max_examples=40, deadline=None)
