@@ -1,0 +1,131 @@
+"""Neighborhood attention modules in 1, 2 and 3 dimensions, channels-last like NATTEN's.
+
+Papers: Hassani et al., "Neighborhood Attention Transformer" (arXiv 2204.07143), "Dilated Neighborhood Attention
+Transformer" (arXiv 2209.15001) and "Faster Neighborhood Attention" (arXiv 2403.04690). Each token attends to the
+``kernel_size`` nearest tokens of its dilation group along every axis (windows shifted inward at the borders,
+strided and causal variants as in NATTEN):
+
+    ``out_i = proj( concat_heads( sum_{j in N(i)} softmax_j(q_i . k_j * scale) v_j ) )``,
+    ``q, k, v = qkv(x)``
+
+with ``N(i)`` given by :func:`visattn.masks.neighborhood_mask`, computed by the tiled engine
+(:func:`visattn.ops.tiled_attention`). Parameter names follow NATTEN's modules (``qkv``, ``proj``), so their
+weights load unchanged.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+from torch import Tensor, nn
+
+from .._checks import per_axis, per_axis_bool
+from ..masks import neighborhood_mask
+from ..ops import tiled_attention
+
+
+class NeighborhoodAttention(nn.Module):
+    """Multi-head neighborhood self-attention over ``(B, *spatial, dim)`` with ``ndim`` spatial axes.
+
+    Args:
+        ndim: spatial axes (1, 2 or 3).
+        dim: channels; divisible by ``num_heads``.
+        num_heads: attention heads.
+        kernel_size, dilation, stride: per axis (an int for all axes, or one per axis); ``stride <= kernel_size``.
+        is_causal: per axis, keys must not come after the query.
+        qkv_bias: bias in the qkv projection.
+        qk_scale: logit scale, ``head_dim ** -0.5`` by default.
+        attn_drop: attention dropout (training only).
+        proj_drop: dropout after the output projection.
+    """
+
+    def __init__(
+        self,
+        ndim: int,
+        dim: int,
+        num_heads: int,
+        kernel_size: int | Sequence[int],
+        dilation: int | Sequence[int] = 1,
+        stride: int | Sequence[int] = 1,
+        is_causal: bool | Sequence[bool] = False,
+        qkv_bias: bool = True,
+        qk_scale: float | None = None,
+        attn_drop: float = 0.0,
+        proj_drop: float = 0.0,
+    ) -> None:
+        super().__init__()
+        if ndim not in (1, 2, 3):
+            raise ValueError(f"ndim must be 1, 2 or 3, got {ndim!r}")
+        for name, value in (("dim", dim), ("num_heads", num_heads)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+        if dim % num_heads:
+            raise ValueError(f"dim must be divisible by num_heads, got dim={dim}, num_heads={num_heads}")
+        if not 0.0 <= attn_drop < 1.0:
+            raise ValueError(f"attn_drop must be in [0, 1), got {attn_drop!r}")
+        self.ndim = ndim
+        self.dim = dim
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.kernel_size = per_axis(kernel_size, ndim, "kernel_size")
+        self.dilation = per_axis(dilation, ndim, "dilation")
+        self.stride = per_axis(stride, ndim, "stride")
+        self.is_causal = per_axis_bool(is_causal, ndim, "is_causal")
+        for axis, (k, s) in enumerate(zip(self.kernel_size, self.stride, strict=True)):
+            if s > k:
+                raise ValueError(f"stride must be <= kernel_size on axis {axis}, got stride={s}, kernel_size={k}")
+        self.scale = self.head_dim ** -0.5 if qk_scale is None else qk_scale
+        self.attn_drop = attn_drop
+        self.mask = neighborhood_mask(self.kernel_size, self.dilation, self.stride, self.is_causal)
+        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
+        self.proj = nn.Linear(dim, dim)
+        self.proj_drop = nn.Dropout(proj_drop)
+
+    def extra_repr(self) -> str:
+        return (f"dim={self.dim}, num_heads={self.num_heads}, kernel_size={self.kernel_size}, "
+                f"dilation={self.dilation}, stride={self.stride}, is_causal={self.is_causal}")
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``x``: ``(B, *spatial, dim)`` with ``ndim`` spatial axes; returns the same shape."""
+        if x.dim() != self.ndim + 2 or x.shape[-1] != self.dim:
+            raise ValueError(f"x must be shaped (B, {', '.join('L' + str(a) for a in range(self.ndim))}, "
+                             f"dim={self.dim}), got {tuple(x.shape)}")
+        batch = x.shape[0]
+        spatial = tuple(int(s) for s in x.shape[1:-1])
+        qkv = self.qkv(x).reshape(batch, math.prod(spatial), 3, self.num_heads, self.head_dim)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+        out = tiled_attention(q, k, v, self.mask, spatial, scale=self.scale,
+                              dropout_p=self.attn_drop if self.training else 0.0)
+        out = out.transpose(1, 2).reshape(x.shape)
+        return self.proj_drop(self.proj(out))
+
+
+class NeighborhoodAttention1d(NeighborhoodAttention):
+    """Neighborhood attention over ``(B, L, dim)`` (see :class:`NeighborhoodAttention`)."""
+
+    def __init__(self, dim: int, num_heads: int, kernel_size: int | Sequence[int], dilation: int | Sequence[int] = 1,
+                 stride: int | Sequence[int] = 1, is_causal: bool | Sequence[bool] = False, qkv_bias: bool = True,
+                 qk_scale: float | None = None, attn_drop: float = 0.0, proj_drop: float = 0.0) -> None:
+        super().__init__(1, dim, num_heads, kernel_size, dilation, stride, is_causal, qkv_bias, qk_scale, attn_drop,
+                         proj_drop)
+
+
+class NeighborhoodAttention2d(NeighborhoodAttention):
+    """Neighborhood attention over ``(B, H, W, dim)`` (see :class:`NeighborhoodAttention`)."""
+
+    def __init__(self, dim: int, num_heads: int, kernel_size: int | Sequence[int], dilation: int | Sequence[int] = 1,
+                 stride: int | Sequence[int] = 1, is_causal: bool | Sequence[bool] = False, qkv_bias: bool = True,
+                 qk_scale: float | None = None, attn_drop: float = 0.0, proj_drop: float = 0.0) -> None:
+        super().__init__(2, dim, num_heads, kernel_size, dilation, stride, is_causal, qkv_bias, qk_scale, attn_drop,
+                         proj_drop)
+
+
+class NeighborhoodAttention3d(NeighborhoodAttention):
+    """Neighborhood attention over ``(B, T, H, W, dim)`` (see :class:`NeighborhoodAttention`)."""
+
+    def __init__(self, dim: int, num_heads: int, kernel_size: int | Sequence[int], dilation: int | Sequence[int] = 1,
+                 stride: int | Sequence[int] = 1, is_causal: bool | Sequence[bool] = False, qkv_bias: bool = True,
+                 qk_scale: float | None = None, attn_drop: float = 0.0, proj_drop: float = 0.0) -> None:
+        super().__init__(3, dim, num_heads, kernel_size, dilation, stride, is_causal, qkv_bias, qk_scale, attn_drop,
+                         proj_drop)

@@ -1,0 +1,154 @@
+"""The tiled fast path for structured masks: neighborhood, window, grid, halo, axial, strip and sliding window.
+
+Paper: Hassani et al., "Faster Neighborhood Attention: Reducing the O(n^2) Cost of Self Attention at the
+Threadblock Level" (arXiv 2403.04690): neighborhood attention as batched GEMMs over tiles of queries against the
+keys their windows cover. Here every separable mask (the AND over axes of one ``AxisRule`` each) and the 1-D
+sliding window runs that way:
+
+``out_i = sum_{j in M(i)} softmax_j(q_i . k_j * scale) v_j``
+
+with the queries cut into N-D tiles of ``Tq = prod T_a`` slots, each tile attending to the ``Wk = prod W_a``
+key slots its queries' windows span (plus the P prefix keys) under the tile's bool mask, the outer AND of the
+per-axis sub-tables, in one batched ``scaled_dot_product_attention`` call over all tiles, batches and heads.
+The P prefix queries attend densely to all N keys. Intermediate memory is ``O(N * Wk)`` per batch and head
+(mask and key tiles), never ``N^2``; :func:`tile_plan` reports it. Forward and backward run through SDPA and
+autograd (:mod:`visattn.ops.tiled_autograd`: index gathers and strided views with fast backwards).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .._checks import Shape, as_shape, check_qkv, check_tokens, num_tokens
+from ..masks import Mask, SeparableMask, SequenceMask, SlidingWindowMask
+from .masked import register_fast_path
+from .tiled_autograd import gather_rows, scatter_rows, select_rows, unfold_windows
+from .tiled_plan import PlanTensors, TilePlan, tile_plan
+
+__all__ = ["TilePlan", "key_tiles", "run_tile_plan", "tile_plan", "tiled_attention"]
+
+
+def tiled_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    mask: Mask,
+    shape: int | tuple[int, ...],
+    num_prefix_tokens: int = 0,
+    scale: float | None = None,
+    tile_sizes: tuple[int, ...] | None = None,
+    dropout_p: float = 0.0,
+) -> Tensor:
+    """Masked softmax attention for a separable or sliding-window mask, computed tile by tile.
+
+    Args:
+        q, k, v: ``(B, heads, N, head_dim)`` with ``N = num_prefix_tokens + prod(shape)`` (v may have its own
+            head_dim).
+        mask: a :class:`~visattn.masks.SeparableMask` (neighborhood, window, grid, halo, axial, strip) or a
+            :class:`~visattn.masks.SequenceMask` (sliding window; full and causal work but gain nothing).
+        shape: the grid of the non-prefix tokens, row-major.
+        num_prefix_tokens: global tokens in front.
+        scale: logit scale, ``head_dim ** -0.5`` by default.
+        tile_sizes: query tile size per tiled axis (one for a sequence mask); None lets the cost model choose.
+        dropout_p: attention dropout (SDPA then runs its unfused kernel on the tiles: memory stays O(N * Wk)).
+    """
+    check_qkv(q, k, v)
+    if not isinstance(mask, (SeparableMask, SequenceMask)):
+        raise TypeError(f"mask must be a SeparableMask or SequenceMask, got {type(mask).__name__}")
+    shape, prefix = mask.bind(as_shape(shape), num_prefix_tokens)
+    check_tokens(q.shape[2], shape, prefix, "q")
+    check_tokens(k.shape[2], shape, prefix, "k")
+    if tile_sizes is not None:
+        tile_sizes = tuple(tile_sizes)
+    if not 0.0 <= dropout_p < 1.0:
+        raise ValueError(f"dropout_p must be in [0, 1), got {dropout_p!r}")
+    plan, tensors = prepared_plan(mask, shape, prefix, tile_sizes, q.dtype, q.device)
+    return run_tile_plan(plan, q, k, v, scale, dropout_p, tensors)
+
+
+def run_tile_plan(plan: TilePlan, q: Tensor, k: Tensor, v: Tensor, scale: float | None = None,
+                  dropout_p: float = 0.0, tensors: PlanTensors | None = None) -> Tensor:
+    """Run a :class:`TilePlan` on checked ``q, k, v`` (differentiable through SDPA, views and index gathers);
+    ``tensors``: ``plan.tensors(q.dtype, q.device)`` when the caller has them."""
+    b, h, _, dim = q.shape
+    prefix = plan.num_prefix_tokens
+    if tensors is None:
+        tensors = plan.tensors(q.dtype, q.device)
+    grid_q = q[:, :, prefix:]
+    differentiable = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
+    if plan.query_identity:
+        q_rows = grid_q
+    elif differentiable:
+        q_rows = gather_rows(grid_q, tensors.query_index, tensors.token_slot)
+    else:
+        q_rows = select_rows(grid_q, tensors.query_index)
+    q_tiles = q_rows.reshape(b * h, plan.num_tiles, plan.tile_queries, dim)
+    if plan.key_identity:
+        k_tiles, v_tiles = key_tiles(plan, k), key_tiles(plan, v)
+    else:
+        k_tiles = key_tiles(plan, select_rows(k, tensors.key_index))
+        v_tiles = key_tiles(plan, select_rows(v, tensors.key_index))
+    outs = [F.scaled_dot_product_attention(q_tiles[:, run.start : run.stop], k_tiles[:, run.start : run.stop],
+                                           v_tiles[:, run.start : run.stop], attn_mask=mask, scale=scale,
+                                           dropout_p=dropout_p)
+            for run, mask in zip(plan.runs, tensors.masks, strict=True)]
+    out = outs[0] if len(outs) == 1 else torch.cat(outs, dim=1)
+    out = out.view(b, h, plan.num_tiles * plan.tile_queries, v.shape[-1])
+    if tensors.empty is not None:
+        out = out.masked_fill(tensors.empty, 0.0)
+    if plan.query_identity:
+        grid_out = out
+    elif differentiable:
+        grid_out = scatter_rows(out, tensors.token_slot)
+    else:
+        grid_out = select_rows(out, tensors.token_slot)
+    if not prefix:
+        return grid_out
+    prefix_out = F.scaled_dot_product_attention(q[:, :, :prefix], k, v, scale=scale, dropout_p=dropout_p)
+    return torch.cat([prefix_out, grid_out], dim=2)
+
+
+def key_tiles(plan: TilePlan, rows: Tensor) -> Tensor:
+    """``[B * heads, num_tiles, tile_keys, dim]`` key tiles from the rows ``[B, heads, key_rows, dim]`` gathered with
+    ``plan.key_index``: an overlapping strided view along the unfold axis, a plain view otherwise (reads only int
+    attributes of the plan, so it traces under ``torch.compile``)."""
+    b, h, _, dim = rows.shape
+    if plan.unfold_axis is None:
+        return rows.reshape(b * h, plan.num_tiles, plan.tile_keys, dim)
+    buffer = rows.reshape(b * h, rows.shape[2] // plan.unfold_rest, plan.unfold_rest, dim)
+    return unfold_windows(buffer, plan.unfold_window, plan.unfold_step).flatten(2, 3)
+
+
+@torch.compiler.assume_constant_result
+def prepared_plan(mask: Mask, shape: Shape, num_prefix_tokens: int, tile_sizes: tuple[int, ...] | None,
+                  dtype: torch.dtype, device: torch.device) -> tuple[TilePlan, PlanTensors]:
+    """:func:`tile_plan` and its tensors for ``dtype`` on ``device``, a constant under ``torch.compile`` (planning
+    is index arithmetic in NumPy, run once per mask and grid, never traced)."""
+    plan = tile_plan(mask, shape, num_prefix_tokens, tile_sizes)
+    return plan, plan.tensors(dtype, device)
+
+
+def _worth_tiling(plan: TilePlan, shape: Shape) -> bool:
+    """Decline where the tiles would compute more scores than dense attention over all the tokens."""
+    n = num_tokens(shape) + plan.num_prefix_tokens
+    return plan.score_elements <= n * n
+
+
+@register_fast_path(SeparableMask)
+def separable_fast_path(q: Tensor, k: Tensor, v: Tensor, mask: SeparableMask, shape: Shape, num_prefix_tokens: int,
+                        scale: float | None) -> Tensor | None:
+    """``masked_attention``'s fast path for every separable mask (None where tiling would not pay)."""
+    plan, tensors = prepared_plan(mask, shape, num_prefix_tokens, None, q.dtype, q.device)
+    return run_tile_plan(plan, q, k, v, scale, tensors=tensors) if _worth_tiling(plan, shape) else None
+
+
+@register_fast_path(SequenceMask)
+def sequence_fast_path(q: Tensor, k: Tensor, v: Tensor, mask: SequenceMask, shape: Shape, num_prefix_tokens: int,
+                       scale: float | None) -> Tensor | None:
+    """``masked_attention``'s fast path for sliding windows; full and causal masks are left to plain SDPA."""
+    if not isinstance(mask, SlidingWindowMask):
+        return None
+    plan, tensors = prepared_plan(mask, shape, num_prefix_tokens, None, q.dtype, q.device)
+    return run_tile_plan(plan, q, k, v, scale, tensors=tensors) if _worth_tiling(plan, shape) else None
