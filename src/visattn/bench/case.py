@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import inspect
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,14 +30,20 @@ def _polar_grid(shape: tuple[int, ...]) -> dict[str, Any]:
     return {"num_rings": shape[0], "num_angles": shape[-1]}
 
 
+def _token_count(shape: tuple[int, ...]) -> dict[str, Any]:
+    return {"num_tokens": math.prod(shape)}
+
+
 BENCH_PRESETS: dict[str, BenchPreset] = {
     "window": BenchPreset({"window_size": 8}),
+    "sparsifiner": BenchPreset(grid_kwargs=_token_count),
     "grid": BenchPreset({"grid_size": 8}),
     "radial_strip": BenchPreset(grid_kwargs=_polar_grid, layout="2d"),
 }
 """Presets by registry name. MaxViT's partitions need the partition size to divide every axis, and the registry
 default 7 divides none of the benchmark's default sides (multiples of 8); radial strips run on a polar grid of
-``(num_rings, num_angles)`` tokens, which the benchmark takes to be the grid itself."""
+``(num_rings, num_angles)`` tokens, which the benchmark takes to be the grid itself; Sparsifiner's learned key
+projection is sized by the token count."""
 
 @dataclass(frozen=True)
 class BenchCase:

@@ -165,10 +165,14 @@ def _measure(prepared: _Prepared, size: Size, settings: BenchSettings, history: 
 def _time(record: BenchRecord, mixer: Any, shape: tuple[int, ...], settings: BenchSettings,
           history: list[tuple[int, float]], sdpa_history: list[tuple[int, float]]) -> None:
     """Fill ``record``'s timings, GFLOP/s, ratio and peak memory: warm-up, alternating repeats, one profiled call
-    each. The SDPA baseline has its own budget checks; when it is skipped the mixer is still timed."""
+    each. Mixers that need calibration (``calibrate_qk``, e.g. PARO) are calibrated on the run's own q, k first,
+    outside the timed calls. The SDPA baseline has its own budget checks; when it is skipped the mixer is still
+    timed."""
     s, tokens = settings, record.tokens
     q, k, v, x = _inputs(s, tokens)
     params = [p for p in mixer.parameters() if p.requires_grad] if isinstance(mixer, torch.nn.Module) else []
+    if callable(getattr(mixer, "calibrate_qk", None)):
+        mixer.calibrate_qk(q.detach(), k.detach(), shape)
     if getattr(mixer, "uses_input", False):
         call = _call(lambda: mixer(q, k, v, shape, x=x), (q, k, v, x, *params), s.backward)
     else:
