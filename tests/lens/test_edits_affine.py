@@ -11,16 +11,6 @@ from visattn.lens.edits import AffineAttentionScaling
 from visattn.nn.affine_scaled import affine_scaled_weights, linear_clip
 
 
-@pytest.fixture(autouse=True)
-def clean_state():
-    edits, recorders = list(STATE.edits), list(STATE.recorders)
-    STATE.edits.clear()
-    STATE.recorders.clear()
-    yield
-    STATE.edits[:] = edits
-    STATE.recorders[:] = recorders
-
-
 def run(call: AttentionCall, *edits) -> torch.Tensor:
     STATE.edits[:] = list(edits)
     try:

@@ -15,16 +15,6 @@ SYSTEM = [0, 1, 2]
 IMAGE = [3, 4, 5, 6, 7]
 
 
-@pytest.fixture(autouse=True)
-def clean_state():
-    edits, recorders = list(STATE.edits), list(STATE.recorders)
-    STATE.edits.clear()
-    STATE.recorders.clear()
-    yield
-    STATE.edits[:] = edits
-    STATE.recorders[:] = recorders
-
-
 def run(call: AttentionCall, *edits) -> torch.Tensor:
     STATE.edits[:] = list(edits)
     try:

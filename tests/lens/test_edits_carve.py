@@ -22,16 +22,6 @@ from visattn.lens.edits import (
 )
 
 
-@pytest.fixture(autouse=True)
-def clean_state():
-    edits, recorders = list(STATE.edits), list(STATE.recorders)
-    STATE.edits.clear()
-    STATE.recorders.clear()
-    yield
-    STATE.edits[:] = edits
-    STATE.recorders[:] = recorders
-
-
 def flood_fill_count(mask: torch.Tensor) -> tuple[int, list[set[tuple[int, int]]]]:
     h, w = mask.shape
     seen: set[tuple[int, int]] = set()

@@ -13,16 +13,6 @@ TEXT = [6, 7, 8]
 IMAGE = [0, 1, 2, 3, 4, 5]
 
 
-@pytest.fixture(autouse=True)
-def clean_state():
-    edits, recorders = list(STATE.edits), list(STATE.recorders)
-    STATE.edits.clear()
-    STATE.recorders.clear()
-    yield
-    STATE.edits[:] = edits
-    STATE.recorders[:] = recorders
-
-
 def used_qkv(call: AttentionCall, edit: ConsistEditControl) -> tuple[torch.Tensor, ...]:
     seen = []
     STATE.recorders[:] = [lambda c, t: seen.append((c.q, c.k, c.v))]

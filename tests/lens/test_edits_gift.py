@@ -17,16 +17,6 @@ IMAGE = list(range(1, 7))
 QUERY = [8, 9, 10, 11]
 
 
-@pytest.fixture(autouse=True)
-def clean_state():
-    edits, recorders = list(STATE.edits), list(STATE.recorders)
-    STATE.edits.clear()
-    STATE.recorders.clear()
-    yield
-    STATE.edits[:] = edits
-    STATE.recorders[:] = recorders
-
-
 def run(call: AttentionCall, *edits) -> torch.Tensor:
     STATE.edits[:] = list(edits)
     try:

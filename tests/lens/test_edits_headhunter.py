@@ -13,16 +13,6 @@ from visattn.lens.edits import SoftPerturbedAttention, head_hunter
 HEADS = [(layer, head) for layer in range(3) for head in range(4)]
 
 
-@pytest.fixture(autouse=True)
-def clean_state():
-    edits, recorders = list(STATE.edits), list(STATE.recorders)
-    STATE.edits.clear()
-    STATE.recorders.clear()
-    yield
-    STATE.edits[:] = edits
-    STATE.recorders[:] = recorders
-
-
 def test_picks_planted_heads_in_order_of_value():
     value = {head: 0.01 * i for i, head in enumerate(HEADS)}
     value.update({(2, 1): 5.0, (0, 3): 4.0, (1, 0): 3.0, (1, 2): 2.0})

@@ -12,16 +12,6 @@ from visattn.lens import STATE, AttentionCall, lens_attention
 from visattn.lens.edits import AttentionReweighting
 
 
-@pytest.fixture(autouse=True)
-def clean_state():
-    edits, recorders = list(STATE.edits), list(STATE.recorders)
-    STATE.edits.clear()
-    STATE.recorders.clear()
-    yield
-    STATE.edits[:] = edits
-    STATE.recorders[:] = recorders
-
-
 def run(call: AttentionCall, *edits) -> torch.Tensor:
     STATE.edits[:] = list(edits)
     try:

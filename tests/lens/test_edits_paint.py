@@ -13,16 +13,6 @@ from visattn.lens import STATE, AttentionCall, lens_attention
 from visattn.lens.edits import ImbalancedAttentionBoost, paint_token_sets
 
 
-@pytest.fixture(autouse=True)
-def clean_state():
-    edits, recorders = list(STATE.edits), list(STATE.recorders)
-    STATE.edits.clear()
-    STATE.recorders.clear()
-    yield
-    STATE.edits[:] = edits
-    STATE.recorders[:] = recorders
-
-
 def logits_of(call: AttentionCall, *edits) -> torch.Tensor:
     seen = []
     STATE.recorders[:] = [lambda c, t: seen.append(t["logits"])]

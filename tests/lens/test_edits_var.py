@@ -14,16 +14,6 @@ from visattn.lens.edits import VisualAttentionRedistribution
 SINK_DIMS = (3, 7)
 
 
-@pytest.fixture(autouse=True)
-def clean_state():
-    edits, recorders = list(STATE.edits), list(STATE.recorders)
-    STATE.edits.clear()
-    STATE.recorders.clear()
-    yield
-    STATE.edits[:] = edits
-    STATE.recorders[:] = recorders
-
-
 def run(call: AttentionCall, *edits) -> tuple[torch.Tensor, torch.Tensor]:
     STATE.edits[:] = list(edits)
     try:

@@ -12,16 +12,6 @@ from visattn.lens.edits import VisionHeadReinforcement
 HEADS, DIM, LAYERS = 4, 16, 3
 
 
-@pytest.fixture(autouse=True)
-def clean_state():
-    edits, recorders = list(STATE.edits), list(STATE.recorders)
-    STATE.edits.clear()
-    STATE.recorders.clear()
-    yield
-    STATE.edits[:] = edits
-    STATE.recorders[:] = recorders
-
-
 class TinyAttentionStack:
     """Attention-only residual layers routed through ``lens_attention``; ``image`` prepends 5 image tokens."""
 
