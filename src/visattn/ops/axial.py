@@ -1,0 +1,89 @@
+"""Axial attention computed line by line: the attended axis moved last, one SDPA call over all lines.
+
+Paper: Ho et al., "Axial Attention in Multidimensional Transformers" (arXiv 1912.12180); used along time and
+space by MORPH ("MORPH: Shape-agnostic PDE Foundation Models", arXiv 2509.21670). A token at
+grid coordinate ``x`` attends to the tokens that differ from it only along ``axis``:
+
+``out_x = sum_{t=0}^{L-1} softmax_t(q_x . k_{x[axis <- t]} * scale) v_{x[axis <- t]}``
+
+so the grid splits into ``prod(shape) / L`` independent lines of ``L = shape[axis]`` tokens. No mask is built:
+the lines are a batch dimension of ``scaled_dot_product_attention``. Prefix tokens (seen by every token, and
+seeing every token) join every line as ``P`` extra keys; prefix queries attend densely.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .._checks import Shape, as_shape, check_qkv, check_tokens, num_tokens
+from ..masks import AxialMask
+from .masked import register_fast_path
+
+
+def to_lines(x: Tensor, shape: Shape, axis: int) -> Tensor:
+    """``(B, heads, prod(shape), dim)`` grid tokens as ``(B * heads, lines, L, dim)`` lines along ``axis``."""
+    b, h, _, dim = x.shape
+    grid = x.reshape(b * h, *shape, dim).movedim(1 + axis, -2)
+    return grid.reshape(b * h, -1, shape[axis], dim)
+
+
+def from_lines(lines: Tensor, batch: int, heads: int, shape: Shape, axis: int) -> Tensor:
+    """Inverse of :func:`to_lines`: ``(B * heads, lines, L, dim)`` back to ``(B, heads, prod(shape), dim)``."""
+    others = tuple(size for a, size in enumerate(shape) if a != axis)
+    grid = lines.reshape(batch * heads, *others, shape[axis], lines.shape[-1]).movedim(-2, 1 + axis)
+    return grid.reshape(batch, heads, num_tokens(shape), lines.shape[-1])
+
+
+def axial_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    axis: int,
+    shape: int | tuple[int, ...],
+    num_prefix_tokens: int = 0,
+    scale: float | None = None,
+    dropout_p: float = 0.0,
+) -> Tensor:
+    """Softmax attention along one axis of the token grid (equal to ``masked_attention`` with ``axial_mask(axis)``).
+
+    Args:
+        q, k, v: ``(B, heads, N, head_dim)`` with ``N = num_prefix_tokens + prod(shape)`` (v may have its own
+            head_dim).
+        axis: the grid axis attended along (negative counts from the end).
+        shape: the grid of the non-prefix tokens, row-major.
+        num_prefix_tokens: global tokens in front.
+        scale: logit scale, ``head_dim ** -0.5`` by default.
+        dropout_p: attention dropout probability.
+    """
+    check_qkv(q, k, v)
+    shape, prefix = AxialMask(axis).bind(as_shape(shape), num_prefix_tokens)
+    check_tokens(q.shape[2], shape, prefix, "q")
+    check_tokens(k.shape[2], shape, prefix, "k")
+    return _lines_attention(q, k, v, axis % len(shape), shape, prefix, scale, dropout_p)
+
+
+def _lines_attention(q: Tensor, k: Tensor, v: Tensor, axis: int, shape: Shape, prefix: int, scale: float | None,
+                     dropout_p: float) -> Tensor:
+    b, h = q.shape[:2]
+    q_lines, k_lines, v_lines = (to_lines(x[:, :, prefix:], shape, axis) for x in (q, k, v))
+    if prefix:
+        lines = q_lines.shape[1]
+        k_lines, v_lines = (
+            torch.cat([x[:, :, :prefix].reshape(b * h, 1, prefix, x.shape[-1]).expand(-1, lines, -1, -1), y], 2)
+            for x, y in ((k, k_lines), (v, v_lines))
+        )
+    out = from_lines(F.scaled_dot_product_attention(q_lines, k_lines, v_lines, scale=scale, dropout_p=dropout_p),
+                     b, h, shape, axis)
+    if not prefix:
+        return out
+    prefix_out = F.scaled_dot_product_attention(q[:, :, :prefix], k, v, scale=scale, dropout_p=dropout_p)
+    return torch.cat([prefix_out, out], dim=2)
+
+
+@register_fast_path(AxialMask)
+def axial_fast_path(q: Tensor, k: Tensor, v: Tensor, mask: AxialMask, shape: Shape, num_prefix_tokens: int,
+                    scale: float | None) -> Tensor:
+    """``masked_attention``'s fast path for axial masks: SDPA over the lines, no mask."""
+    return _lines_attention(q, k, v, mask.axis % len(shape), shape, num_prefix_tokens, scale, 0.0)
