@@ -48,8 +48,7 @@ def _allowed(n: int, is_causal: bool, attn_mask: Tensor | None, device: torch.de
 def _check_mask(attn_mask: Tensor | None, q: Tensor) -> None:
     if attn_mask is None:
         return
-    b, h, n, _ = q.shape
-    reference.check_attn_mask(attn_mask, b, h, n, n, "attn_mask")
+    reference.check_self_attn_mask(attn_mask, q)
     if attn_mask.dtype != torch.bool:
         raise TypeError(f"attn_mask must be bool (True = attend) for affine-scaled attention, whose offset is spread "
                         f"over the visible keys; got {attn_mask.dtype}")

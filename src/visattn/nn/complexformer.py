@@ -116,12 +116,11 @@ class ComplexAttentionMixer(TokenMixer):
 
     def _allowed(self, attn_mask: Tensor | None, q: Tensor) -> tuple[Tensor | None, Tensor | None]:
         """``(allowed, bias)`` for :func:`sdpa_bool_mask` from the causal flag and ``attn_mask``."""
-        b, h, n, _ = q.shape
-        if attn_mask is not None:
-            reference.check_attn_mask(attn_mask, b, h, n, n, "attn_mask")
+        reference.check_self_attn_mask(attn_mask, q)
         is_bool = attn_mask is not None and attn_mask.dtype == torch.bool
         allowed = attn_mask if is_bool else None
         if self.is_causal:
+            n = q.shape[2]
             causal = torch.ones(n, n, dtype=torch.bool, device=q.device).tril()
             allowed = causal if allowed is None else allowed & causal
         bias = attn_mask if attn_mask is not None and not is_bool else None

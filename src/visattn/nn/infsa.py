@@ -102,8 +102,7 @@ class InfSAMixer(_RhoMixer):
 
     def _weights(self, q: Tensor, k: Tensor, attn_mask: Tensor | None) -> Tensor:
         if attn_mask is not None:
-            b, h, n, _ = q.shape
-            reference.check_attn_mask(attn_mask, b, h, n, n, "attn_mask")
+            reference.check_self_attn_mask(attn_mask, q)
             if attn_mask.dtype != torch.bool:
                 raise TypeError(f"attn_mask must be bool (True = attend) for InfSA, which has no logits to add a "
                                 f"float mask to; got {attn_mask.dtype}")

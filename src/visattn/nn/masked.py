@@ -40,8 +40,7 @@ class MaskedMixer(TokenMixer):
         if attn_mask is None:
             return masked_attention(q, k, v, self.mask, shape, prefix, backend=self.backend, scale=self.scale,
                                     dropout_p=self.dropout_p)
-        b, h, n, _ = q.shape
-        reference.check_attn_mask(attn_mask, b, h, n, n, "attn_mask")
+        reference.check_self_attn_mask(attn_mask, q)
         allowed = dense_mask(self.mask, shape, prefix, q.device)
         if attn_mask.dtype == torch.bool:
             return sdpa_bool_mask(q, k, v, allowed & attn_mask, self.scale, self.dropout_p)

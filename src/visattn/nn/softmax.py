@@ -23,8 +23,7 @@ class SoftmaxMixer(TokenMixer):
                 attn_mask: Tensor | None = None) -> Tensor:
         self.prepare(q, k, v, shape)
         if attn_mask is not None:
-            b, h, n, _ = q.shape
-            reference.check_attn_mask(attn_mask, b, h, n, n, "attn_mask")
+            reference.check_self_attn_mask(attn_mask, q)
             allowed = attn_mask if attn_mask.dtype == torch.bool else torch.ones((), dtype=torch.bool,
                                                                                          device=q.device)
             bias = None if attn_mask.dtype == torch.bool else attn_mask

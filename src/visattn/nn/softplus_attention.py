@@ -55,9 +55,7 @@ class SoftplusAttentionMixer(TokenMixer):
     def forward(self, q: Tensor, k: Tensor, v: Tensor, shape: int | tuple[int, ...],
                 attn_mask: Tensor | None = None) -> Tensor:
         self.prepare(q, k, v, shape)
-        if attn_mask is not None:
-            b, h, n, _ = q.shape
-            reference.check_attn_mask(attn_mask, b, h, n, n, "attn_mask")
+        reference.check_self_attn_mask(attn_mask, q)
         return lssa_attention(q, k, v, self.is_causal, attn_mask, self.p, self.offset_rows, self.dropout_p,
                               self.chunk_size)
 

@@ -23,6 +23,13 @@ def check_attn_mask(mask: Tensor, batch: int, heads: int, n_q: int, n_k: int, na
         raise ValueError(f"{name} of shape {tuple(mask.shape)} does not broadcast to (B, heads, Nq, Nk)={target}")
 
 
+def check_self_attn_mask(attn_mask: Tensor | None, q: Tensor, name: str = "attn_mask") -> None:
+    """Check an optional self-attention mask against ``q``'s ``(B, heads, N)``: see :func:`check_attn_mask`."""
+    if attn_mask is not None:
+        batch, heads, n, _ = q.shape
+        check_attn_mask(attn_mask, batch, heads, n, n, name)
+
+
 def attention(
     q: Tensor,
     k: Tensor,
