@@ -1,4 +1,4 @@
-"""Every lens test starts and ends with no active edits or recorders, whatever it leaves behind."""
+"""Every lens test starts and ends with no active edits or recorders; ``calls`` spies on the lens."""
 
 from __future__ import annotations
 
@@ -15,3 +15,16 @@ def clean_state():
     yield
     STATE.edits[:] = edits
     STATE.recorders[:] = recorders
+
+
+@pytest.fixture
+def calls():
+    """Every AttentionCall the lens makes while the test runs (a recorder owned by no context)."""
+    seen = []
+
+    def spy(call, tensors):
+        seen.append(call)
+
+    STATE.recorders.append(spy)
+    yield seen
+    STATE.recorders.remove(spy)

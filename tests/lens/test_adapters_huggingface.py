@@ -6,7 +6,6 @@ import pytest
 import torch
 
 from visattn import lens
-from visattn.lens import STATE
 
 transformers = pytest.importorskip("transformers")
 
@@ -69,19 +68,6 @@ def qwen_inputs() -> dict:
     ids = torch.tensor([[1, 2, 96] + [97] * 4 + [5, 6, 7]])
     return {"input_ids": ids, "pixel_values": torch.randn(16, 3 * 2 * 4 * 4),
             "image_grid_thw": torch.tensor([[1, 4, 4]]), "mm_token_type_ids": (ids == 97).int()}
-
-
-@pytest.fixture
-def calls():
-    """Every AttentionCall the lens makes while the test runs (a recorder owned by no context)."""
-    seen = []
-
-    def spy(call, tensors):
-        seen.append(call)
-
-    STATE.recorders.append(spy)
-    yield seen
-    STATE.recorders.remove(spy)
 
 
 def output_of(result) -> torch.Tensor:

@@ -26,19 +26,6 @@ def tiny_eva(**kwargs) -> torch.nn.Module:
                ref_feat_shape=(4, 4), **kwargs).eval()
 
 
-@pytest.fixture
-def calls():
-    """Every AttentionCall the lens makes while the test runs (a recorder owned by no context)."""
-    seen = []
-
-    def spy(call, tensors):
-        seen.append(call)
-
-    STATE.recorders.append(spy)
-    yield seen
-    STATE.recorders.remove(spy)
-
-
 def test_probs_logits_head_outputs_equal_recomputation_from_q_k_v():
     model = tiny_vit().double()
     x = torch.randn(2, 3, 32, 32, dtype=torch.float64)

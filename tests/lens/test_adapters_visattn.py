@@ -12,22 +12,8 @@ from hypothesis import strategies as st
 
 import visattn
 from visattn import lens
-from visattn.lens import STATE
 from visattn.masks import materialize, neighborhood_mask
 from visattn.ops import reference
-
-
-@pytest.fixture
-def calls():
-    """Every AttentionCall the lens makes while the test runs (a recorder owned by no context)."""
-    seen = []
-
-    def spy(call, tensors):
-        seen.append(call)
-
-    STATE.recorders.append(spy)
-    yield seen
-    STATE.recorders.remove(spy)
 
 
 @settings(max_examples=25, deadline=None)
