@@ -70,7 +70,7 @@ class _TiledMask(masks.Mask):
 
 
 @register_fast_path(_TiledMask)
-def _declining_fast_path(q, k, v, mask, shape, num_prefix_tokens, scale):
+def _declining_fast_path(q, k, v, mask, shape, num_prefix_tokens, scale, dropout_p=0.0):
     return None
 
 

@@ -125,10 +125,21 @@ def test_flex_falls_back_to_eager_with_one_log_message(monkeypatch, caplog):
     assert torch.allclose(a, expected(q, k, v, mask, shape, 0)) and torch.equal(a, b)
 
 
-def test_dropout_runs_only_on_dense():
-    mask, shape = M.window_mask(2), (4, 4)
-    q, k, v = qkv(16)
-    out = masked_attention(q, k, v, mask, shape, dropout_p=0.5)
+def test_dropout_runs_on_the_fast_path_not_dense(monkeypatch):
+    from visattn.ops import masked as masked_module
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("dropout on a separable mask must not fall back to dense attention")
+
+    mask, shape = M.neighborhood_mask(3), (9, 9)
+    q, k, v = qkv(81)
+    monkeypatch.setattr(masked_module, "sdpa_bool_mask", refuse)
+    torch.manual_seed(0)
+    dropped = masked_attention(q, k, v, mask, shape, dropout_p=0.5)
+    assert dropped.shape == q.shape and torch.isfinite(dropped).all()
+    assert not torch.allclose(dropped, masked_attention(q, k, v, mask, shape))
+    monkeypatch.undo()
+    out = masked_attention(q, k, v, mask, shape, backend="dense", dropout_p=0.5)
     assert out.shape == q.shape
     with pytest.raises(ValueError, match="dropout_p"):
         masked_attention(q, k, v, mask, shape, backend="flex", dropout_p=0.1)

@@ -84,6 +84,6 @@ def _lines_attention(q: Tensor, k: Tensor, v: Tensor, axis: int, shape: Shape, p
 
 @register_fast_path(AxialMask)
 def axial_fast_path(q: Tensor, k: Tensor, v: Tensor, mask: AxialMask, shape: Shape, num_prefix_tokens: int,
-                    scale: float | None) -> Tensor:
+                    scale: float | None, dropout_p: float = 0.0) -> Tensor:
     """``masked_attention``'s fast path for axial masks: SDPA over the lines, no mask."""
-    return _lines_attention(q, k, v, mask.axis % len(shape), shape, num_prefix_tokens, scale, 0.0)
+    return _lines_attention(q, k, v, mask.axis % len(shape), shape, num_prefix_tokens, scale, dropout_p)

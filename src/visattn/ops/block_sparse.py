@@ -453,9 +453,11 @@ def block_sparse_attention(
 
 @register_fast_path(RadialMask)
 def radial_fast_path(q: Tensor, k: Tensor, v: Tensor, mask: RadialMask, shape: Shape, num_prefix_tokens: int,
-                     scale: float | None) -> Tensor | None:
+                     scale: float | None, dropout_p: float = 0.0) -> Tensor | None:
     """``masked_attention``'s fast path for radial masks: block-sparse, declined where the blocks would cover more
-    than ``MAX_BLOCK_DENSITY`` of the N^2 scores (dense attention is then as fast)."""
+    than ``MAX_BLOCK_DENSITY`` of the N^2 scores (dense attention is then as fast) and with attention dropout."""
+    if dropout_p:
+        return None
     plan = block_sparse_plan(mask, shape, num_prefix_tokens, *default_blocks(mask, shape))
     if plan.block_density > MAX_BLOCK_DENSITY:
         return None

@@ -28,13 +28,14 @@ from .flex import run_flex_attention
 BACKENDS = ("auto", "dense", "flex", "fast", "reference")
 DENSE_MAX_TOKENS = 16384
 
-FastPath = Callable[[Tensor, Tensor, Tensor, Mask, tuple[int, ...], int, float | None], Tensor | None]
+FastPath = Callable[[Tensor, Tensor, Tensor, Mask, tuple[int, ...], int, float | None, float], Tensor | None]
 _FAST_PATHS: dict[type[Mask], FastPath] = {}
 
 
 def register_fast_path(mask_type: type[Mask]) -> Callable[[FastPath], FastPath]:
-    """Register ``fn(q, k, v, mask, shape, num_prefix_tokens, scale) -> Tensor | None`` as the fast path for
-    ``mask_type`` and its subclasses; returning None declines the call (``auto`` then uses a generic backend)."""
+    """Register ``fn(q, k, v, mask, shape, num_prefix_tokens, scale, dropout_p) -> Tensor | None`` as the fast path
+    for ``mask_type`` and its subclasses; returning None declines the call (``auto`` then uses a generic backend),
+    which a fast path without attention dropout does when ``dropout_p > 0``."""
 
     def register(fn: FastPath) -> FastPath:
         _FAST_PATHS[mask_type] = fn
@@ -102,7 +103,7 @@ def masked_attention(
         num_prefix_tokens: global tokens in front (they see, and are seen by, every token).
         backend: one of ``"auto"``, ``"dense"``, ``"flex"``, ``"fast"``, ``"reference"``.
         scale: logit scale, ``head_dim ** -0.5`` by default.
-        dropout_p: attention dropout probability (``dense`` and ``auto`` only).
+        dropout_p: attention dropout probability (``auto``, ``dense``, and fast paths that support it).
     """
     check_qkv(q, k, v)
     if not isinstance(mask, Mask):
@@ -114,12 +115,12 @@ def masked_attention(
     check_tokens(k.shape[2], shape, prefix, "k")
     if not 0.0 <= dropout_p < 1.0:
         raise ValueError(f"dropout_p must be in [0, 1), got {dropout_p!r}")
-    if dropout_p and backend not in ("auto", "dense"):
-        raise ValueError(f"dropout_p > 0 needs backend 'dense' or 'auto', got backend={backend!r}")
+    if dropout_p and backend not in ("auto", "dense", "fast"):
+        raise ValueError(f"dropout_p > 0 needs backend 'auto', 'dense' or 'fast', got backend={backend!r}")
 
-    if backend in ("auto", "fast") and not dropout_p:
+    if backend in ("auto", "fast"):
         fast = fast_path_for(mask)
-        out = fast(q, k, v, mask, shape, prefix, scale) if fast is not None else None
+        out = fast(q, k, v, mask, shape, prefix, scale, dropout_p) if fast is not None else None
         if out is not None:
             return out
         if backend == "fast":

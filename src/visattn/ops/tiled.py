@@ -138,17 +138,17 @@ def _worth_tiling(plan: TilePlan, shape: Shape) -> bool:
 
 @register_fast_path(SeparableMask)
 def separable_fast_path(q: Tensor, k: Tensor, v: Tensor, mask: SeparableMask, shape: Shape, num_prefix_tokens: int,
-                        scale: float | None) -> Tensor | None:
+                        scale: float | None, dropout_p: float = 0.0) -> Tensor | None:
     """``masked_attention``'s fast path for every separable mask (None where tiling would not pay)."""
     plan, tensors = prepared_plan(mask, shape, num_prefix_tokens, None, q.dtype, q.device)
-    return run_tile_plan(plan, q, k, v, scale, tensors=tensors) if _worth_tiling(plan, shape) else None
+    return run_tile_plan(plan, q, k, v, scale, dropout_p, tensors) if _worth_tiling(plan, shape) else None
 
 
 @register_fast_path(SequenceMask)
 def sequence_fast_path(q: Tensor, k: Tensor, v: Tensor, mask: SequenceMask, shape: Shape, num_prefix_tokens: int,
-                       scale: float | None) -> Tensor | None:
+                       scale: float | None, dropout_p: float = 0.0) -> Tensor | None:
     """``masked_attention``'s fast path for sliding windows; full and causal masks are left to plain SDPA."""
     if not isinstance(mask, SlidingWindowMask):
         return None
     plan, tensors = prepared_plan(mask, shape, num_prefix_tokens, None, q.dtype, q.device)
-    return run_tile_plan(plan, q, k, v, scale, tensors=tensors) if _worth_tiling(plan, shape) else None
+    return run_tile_plan(plan, q, k, v, scale, dropout_p, tensors) if _worth_tiling(plan, shape) else None
