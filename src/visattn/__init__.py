@@ -2,11 +2,13 @@
 
 - :mod:`visattn.masks`: which query sees which key (neighborhood, window, grid, halo, axial, radial, ...);
 - :mod:`visattn.ops`: functional token mixers and the naive reference;
-- :mod:`visattn.nn`: ``Attention`` with pluggable mixers, drop-in for timm;
+- :mod:`visattn.nn`: ``Attention`` with pluggable mixers, drop-in for timm, and modules per mechanism;
+- :mod:`visattn.transforms`: geometric transforms (polar resampling and its inverse);
+- :mod:`visattn.lens`: capture, measure and edit attention inside timm, Hugging Face and visattn models;
 - :func:`list_mixers` / :func:`create_mixer`: the registry.
 """
 
-from . import lens, masks, nn, ops
+from . import lens, masks, nn, ops, transforms
 from .nn import Attention, replace_attention
 from .papers import PAPERS
 from .registry import MixerSpec, create_mixer, create_mixer_for_layer, get_mixer_spec, list_mixers, register_mixer
@@ -27,4 +29,5 @@ __all__ = [
     "ops",
     "register_mixer",
     "replace_attention",
+    "transforms",
 ]
