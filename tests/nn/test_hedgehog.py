@@ -14,14 +14,7 @@ from visattn.nn.linear_attention import ROW_BLOCK
 FP64 = {"atol": 1e-10, "rtol": 1e-10}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors gain nothing from a second thread, and on a shared 2-core machine waking it costs milliseconds
-    per op; run this file's tests on one thread and restore the setting after each."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def qkv(b, h, n, d, dtype=torch.float64, seed=0):

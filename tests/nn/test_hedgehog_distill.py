@@ -11,15 +11,7 @@ from torch import nn
 from visattn.nn import Attention, HedgehogMixer, distill_attention, from_timm_attention, hedgehog_student
 from visattn.nn.hedgehog_distill import attention_distillation_losses, attention_layers, layer_attention_weights
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors gain nothing from a second thread, and on a shared 2-core machine waking it costs milliseconds
-    per op; run this file's tests on one thread and restore the setting after each."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class ToyBlock(nn.Module):

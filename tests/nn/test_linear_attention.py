@@ -18,14 +18,7 @@ FP32 = {"atol": 1e-5, "rtol": 1e-4}
 PHI = {"elu+1": lambda x: torch.where(x > 0, x + 1, torch.exp(x)), "relu": lambda x: x.clamp_min(0)}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors gain nothing from a second thread, and on a shared 2-core machine waking it costs milliseconds
-    per op; run this file's tests on one thread and restore the setting after each."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def naive_linear(q, k, v, feature_map="elu+1", is_causal=False, eps=1e-6):
