@@ -2,15 +2,25 @@
 
 Separable masks (neighborhood, window, grid, halo, axial, strips) are the AND of one rule per axis.
 Every rule is vectorised: ``allowed(xq, xk, length)`` takes broadcastable int64 tensors and uses only
-elementwise tensor arithmetic, so it runs under ``torch.vmap`` inside FlexAttention.
+elementwise tensor arithmetic, so it runs under ``torch.vmap`` inside FlexAttention. Every rule here also gives
+its key sets in closed form, ``progression(length)``: the keys of query coordinate ``x`` are
+``start[x] + i * step[x]`` for ``i < count[x]`` (the fused local kernel's input).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import Tensor
+
+Progression = tuple[np.ndarray, np.ndarray, np.ndarray]
+
+
+def _progression(start: np.ndarray, count: np.ndarray, step: np.ndarray | int = 1) -> Progression:
+    start, count = np.asarray(start, dtype=np.int64), np.asarray(count, dtype=np.int64)
+    return start, count, np.broadcast_to(np.asarray(step, dtype=np.int64), start.shape).copy()
 
 
 class AxisRule:
@@ -31,6 +41,11 @@ class AxisRule:
         """Number of keys each query coordinate sees, shape ``[length]`` (int64)."""
         return self.table(length).sum(-1)
 
+    def progression(self, length: int) -> Progression | None:
+        """``(start, count, step)`` int64 arrays ``[length]`` with query coordinate ``x`` seeing keys
+        ``start[x] + i * step[x]``, ``i < count[x]``; None for a rule whose key sets are not progressions."""
+        return None
+
 
 @dataclass(frozen=True)
 class FullAxis(AxisRule):
@@ -43,6 +58,9 @@ class FullAxis(AxisRule):
         return torch.full((length,), length, dtype=torch.long)
 
 
+    def progression(self, length: int) -> Progression:
+        return _progression(np.zeros(length), np.full(length, length))
+
 @dataclass(frozen=True)
 class EqualAxis(AxisRule):
     """A coordinate sees only itself (used for the axes an axial attention does not run along)."""
@@ -53,6 +71,9 @@ class EqualAxis(AxisRule):
     def key_counts(self, length: int) -> Tensor:
         return torch.ones(length, dtype=torch.long)
 
+
+    def progression(self, length: int) -> Progression:
+        return _progression(np.arange(length), np.ones(length))
 
 @dataclass(frozen=True)
 class NeighborhoodAxis(AxisRule):
@@ -108,6 +129,20 @@ class NeighborhoodAxis(AxisRule):
         return pq - torch.clamp(leader - k + 1, min=0) + 1
 
 
+    def progression(self, length: int) -> Progression:
+        k, d, s = self.kernel_size, self.dilation, self.stride
+        x = np.arange(length)
+        group, pq = x % d, x // d
+        group_len = length // d + (group < length % d)
+        if self.is_causal:
+            leader = np.minimum((pq // s) * s + (s - 1), group_len - 1)
+            first = np.maximum(leader - k + 1, 0)
+            return _progression(first * d + group, pq - first + 1, d)
+        left, right = k // 2, k // 2 - (1 - k % 2)
+        leader = np.minimum((pq // s) * s + s // 2, group_len - 1)
+        center = np.maximum(np.minimum(leader, group_len - 1 - right), left)
+        return _progression((center - left) * d + group, np.full(length, k), d)
+
 @dataclass(frozen=True)
 class BlockAxis(AxisRule):
     """Window (block) partition: coordinates in the same block of ``size`` see each other (MaxViT block)."""
@@ -129,6 +164,10 @@ class BlockAxis(AxisRule):
         return torch.full((length,), self.size, dtype=torch.long)
 
 
+    def progression(self, length: int) -> Progression:
+        x = np.arange(length)
+        return _progression((x // self.size) * self.size, np.full(length, self.size))
+
 @dataclass(frozen=True)
 class GridAxis(AxisRule):
     """Grid (dilated) partition: a ``cells``-long grid of tokens spaced ``L / cells`` apart (MaxViT grid)."""
@@ -149,6 +188,10 @@ class GridAxis(AxisRule):
     def key_counts(self, length: int) -> Tensor:
         return torch.full((length,), self.cells, dtype=torch.long)
 
+
+    def progression(self, length: int) -> Progression:
+        step = length // self.cells
+        return _progression(np.arange(length) % step, np.full(length, self.cells), step)
 
 @dataclass(frozen=True)
 class HaloAxis(AxisRule):
@@ -175,6 +218,11 @@ class HaloAxis(AxisRule):
         hi = torch.clamp(start + self.block + self.halo, max=length)
         return hi - lo
 
+
+    def progression(self, length: int) -> Progression:
+        start = (np.arange(length) // self.block) * self.block
+        lo = np.maximum(start - self.halo, 0)
+        return _progression(lo, np.minimum(start + self.block + self.halo, length) - lo)
 
 @dataclass(frozen=True)
 class SlidingAxis(AxisRule):
@@ -203,6 +251,14 @@ class SlidingAxis(AxisRule):
         return hi - lo + 1
 
 
+    def progression(self, length: int) -> Progression:
+        x, w = np.arange(length), self.window
+        if self.is_causal:
+            lo = np.maximum(x - w + 1, 0)
+            return _progression(lo, x - lo + 1)
+        lo = np.maximum(x - w // 2, 0)
+        return _progression(lo, np.minimum(x + w // 2 - (1 - w % 2), length - 1) - lo + 1)
+
 @dataclass(frozen=True)
 class CausalAxis(AxisRule):
     """A coordinate sees itself and every earlier coordinate."""
@@ -212,3 +268,6 @@ class CausalAxis(AxisRule):
 
     def key_counts(self, length: int) -> Tensor:
         return torch.arange(1, length + 1)
+
+    def progression(self, length: int) -> Progression:
+        return _progression(np.zeros(length), np.arange(1, length + 1))

@@ -1,0 +1,393 @@
+// Exact local softmax attention for masks whose key set is, along every axis, an arithmetic progression
+// of coordinates (neighborhood, window, grid, halo, axial, strip, sliding window), plus P prefix tokens.
+//
+// For every spatial query i with per-axis progressions (start_a, count_a, step_a):
+//   out_i = sum_{j in M(i)} softmax_j(scale * q_i . k_j) v_j,   lse_i = log sum_{j in M(i)} exp(scale * q_i . k_j)
+// computing exactly the |M(i)| attended pairs: no tile padding, no mask tensor. The backward pass
+// (Faster Neighborhood Attention's recomputation scheme) runs query-major for dQ and key-major for dK, dV
+// over the transposed progressions, so that no two threads write the same row.
+//
+// Built on demand by visattn/ops/local_kernel.py and called through ctypes; tensors arrive as raw pointers
+// with (batch, head, token) element strides and a contiguous last dimension.
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <type_traits>
+#include <vector>
+
+namespace {
+
+constexpr int kMaxDims = 4;
+
+inline float exp_approx(float x) {
+    // Cephes-style expf: x = n ln2 + r, |r| <= ln2 / 2, degree-6 polynomial for e^r, 2^n from the exponent bits.
+    // Branch-free so loops over it vectorise; relative error about 2e-7. Inputs below -87 flush to 0.
+    const float lo = -87.0f;
+    float xc = std::min(std::max(x, lo), 88.0f);
+    float n = std::nearbyint(xc * 1.44269504088896341f);
+    float r = xc - n * 0.693359375f;
+    r = r - n * -2.12194440e-4f;
+    float p = 1.9875691500e-4f;
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    p = p * r * r + r + 1.0f;
+    int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
+    float scale;
+    std::memcpy(&scale, &bits, sizeof(scale));
+    return x < lo ? 0.0f : p * scale;
+}
+
+inline float exp_of(float x) { return exp_approx(x); }
+inline double exp_of(double x) { return std::exp(x); }
+
+struct Layout {
+    int64_t ndim;
+    int64_t shape[kMaxDims];
+    const int64_t* start[kMaxDims];
+    const int64_t* count[kMaxDims];
+    const int64_t* step[kMaxDims];
+    int64_t prefix;
+    int64_t spatial;  // prod(shape)
+};
+
+Layout make_layout(int64_t ndim, const int64_t* shape, const int64_t* start, const int64_t* count,
+                   const int64_t* step, int64_t prefix) {
+    Layout layout{};
+    layout.ndim = ndim;
+    layout.prefix = prefix;
+    layout.spatial = 1;
+    int64_t offset = 0;
+    for (int64_t a = 0; a < ndim; ++a) {
+        layout.shape[a] = shape[a];
+        layout.start[a] = start + offset;
+        layout.count[a] = count + offset;
+        layout.step[a] = step + offset;
+        offset += shape[a];
+        layout.spatial *= shape[a];
+    }
+    return layout;
+}
+
+int64_t max_keys(const Layout& layout) {
+    int64_t total = 1;
+    for (int64_t a = 0; a < layout.ndim; ++a) {
+        int64_t most = 0;
+        for (int64_t x = 0; x < layout.shape[a]; ++x) most = std::max(most, layout.count[a][x]);
+        total *= most;
+    }
+    return total + layout.prefix;
+}
+
+// Token indices (prefix included) that spatial token ``index`` pairs with; returns how many.
+int64_t pair_list(const Layout& layout, int64_t index, int64_t* out) {
+    int64_t coord[kMaxDims];
+    int64_t rest = index;
+    for (int64_t a = layout.ndim - 1; a >= 0; --a) {
+        coord[a] = rest % layout.shape[a];
+        rest /= layout.shape[a];
+    }
+    int64_t n = 0;
+    for (int64_t j = 0; j < layout.prefix; ++j) out[n++] = j;
+    int64_t first = n;
+    out[n++] = 0;
+    int64_t stride = 1;
+    for (int64_t a = layout.ndim - 1; a >= 0; --a) {
+        const int64_t c = coord[a];
+        const int64_t s = layout.start[a][c], cnt = layout.count[a][c], st = layout.step[a][c];
+        const int64_t have = n - first;
+        if (cnt == 0) return layout.prefix;
+        // out[first:] holds partial offsets over the later axes; extend by this axis, keeping row-major order.
+        for (int64_t i = cnt - 1; i >= 0; --i) {
+            const int64_t add = (s + i * st) * stride;
+            for (int64_t r = 0; r < have; ++r) out[first + i * have + r] = out[first + r] + add;
+        }
+        n = first + have * cnt;
+        stride *= layout.shape[a];
+    }
+    for (int64_t j = first; j < n; ++j) out[j] += layout.prefix;
+    return n;
+}
+
+// 64-byte vectors through GCC's vector extensions (lowered to AVX-512, AVX2 or SSE by -march=native).
+template <typename T>
+struct Simd {
+    static constexpr int lanes = 64 / sizeof(T);
+    typedef T vec __attribute__((vector_size(64)));
+    static vec load(const T* p) {
+        vec v;
+        std::memcpy(&v, p, sizeof(v));
+        return v;
+    }
+    static void store(T* p, vec v) { std::memcpy(p, &v, sizeof(v)); }
+};
+
+inline float hsum(Simd<float>::vec v) {
+    typedef float half __attribute__((vector_size(32)));
+    typedef float quarter __attribute__((vector_size(16)));
+    half h = __builtin_shufflevector(v, v, 0, 1, 2, 3, 4, 5, 6, 7) +
+             __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15);
+    quarter r = __builtin_shufflevector(h, h, 0, 1, 2, 3) + __builtin_shufflevector(h, h, 4, 5, 6, 7);
+    return (r[0] + r[2]) + (r[1] + r[3]);
+}
+
+inline double hsum(Simd<double>::vec v) {
+    typedef double half __attribute__((vector_size(32)));
+    typedef double quarter __attribute__((vector_size(16)));
+    half h = __builtin_shufflevector(v, v, 0, 1, 2, 3) + __builtin_shufflevector(v, v, 4, 5, 6, 7);
+    quarter r = __builtin_shufflevector(h, h, 0, 1) + __builtin_shufflevector(h, h, 2, 3);
+    return r[0] + r[1];
+}
+
+// Sums of 16 float vectors, one per lane: lane j of the result is the sum of the lanes of v[j]. Four levels of
+// two-source shuffles halve the partial sums per key, about two shuffles per key instead of a horizontal sum each.
+inline Simd<float>::vec hsum16(Simd<float>::vec* v) {
+    using vec = Simd<float>::vec;
+    vec u[8], w[4], x[2];
+    for (int m = 0; m < 8; ++m)
+        u[m] = __builtin_shufflevector(v[2 * m], v[2 * m + 1], 0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23) +
+               __builtin_shufflevector(v[2 * m], v[2 * m + 1], 8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29,
+                                       30, 31);
+    for (int m = 0; m < 4; ++m)
+        w[m] = __builtin_shufflevector(u[2 * m], u[2 * m + 1], 0, 1, 2, 3, 8, 9, 10, 11, 16, 17, 18, 19, 24, 25, 26, 27) +
+               __builtin_shufflevector(u[2 * m], u[2 * m + 1], 4, 5, 6, 7, 12, 13, 14, 15, 20, 21, 22, 23, 28, 29, 30,
+                                       31);
+    for (int m = 0; m < 2; ++m)
+        x[m] = __builtin_shufflevector(w[2 * m], w[2 * m + 1], 0, 1, 4, 5, 8, 9, 12, 13, 16, 17, 20, 21, 24, 25, 28, 29) +
+               __builtin_shufflevector(w[2 * m], w[2 * m + 1], 2, 3, 6, 7, 10, 11, 14, 15, 18, 19, 22, 23, 26, 27, 30,
+                                       31);
+    return __builtin_shufflevector(x[0], x[1], 0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30) +
+           __builtin_shufflevector(x[0], x[1], 1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+}
+
+template <typename T>
+inline T dot(const T* __restrict a, const T* __restrict b, int64_t dim) {
+    using S = Simd<T>;
+    typename S::vec acc = {};
+    int64_t d = 0;
+    for (; d + S::lanes <= dim; d += S::lanes) acc += S::load(a + d) * S::load(b + d);
+    T total = hsum(acc);
+    for (; d < dim; ++d) total += a[d] * b[d];
+    return total;
+}
+
+// out[j] = x . base[rows[j] * stride] for j < n. With C > 0 the dim is C * lanes and x sits in C registers; float
+// rows go 16 at a time through hsum16.
+template <typename T, int C>
+void gathered_dots(const T* x, const T* base, const int64_t* rows, int64_t n, int64_t stride, int64_t dim,
+                   T* out) {
+    using S = Simd<T>;
+    int64_t j = 0;
+    if constexpr (C > 0) {
+        typename S::vec xv[C];
+        for (int c = 0; c < C; ++c) xv[c] = S::load(x + c * S::lanes);
+        if constexpr (std::is_same_v<T, float>) {
+            for (; j + 16 <= n; j += 16) {
+                typename S::vec prod[16];
+                for (int l = 0; l < 16; ++l) {
+                    const T* r = base + rows[j + l] * stride;
+                    prod[l] = xv[0] * S::load(r);
+                    for (int c = 1; c < C; ++c) prod[l] += xv[c] * S::load(r + c * S::lanes);
+                }
+                S::store(out + j, hsum16(prod));
+            }
+        }
+        for (; j < n; ++j) {
+            const T* r = base + rows[j] * stride;
+            typename S::vec prod = xv[0] * S::load(r);
+            for (int c = 1; c < C; ++c) prod += xv[c] * S::load(r + c * S::lanes);
+            out[j] = hsum(prod);
+        }
+    } else {
+        for (; j < n; ++j) out[j] = dot(x, base + rows[j] * stride, dim);
+    }
+}
+
+// out = scale * sum_j w[j] base[rows[j] * stride] (C registers of accumulators when C > 0, ``acc`` otherwise).
+template <typename T, int C>
+void gathered_sum(const T* w, const T* base, const int64_t* rows, int64_t n, int64_t stride, int64_t dim, T scale,
+                  T* acc, T* out) {
+    using S = Simd<T>;
+    if constexpr (C > 0) {
+        typename S::vec sum[C] = {};
+        for (int64_t j = 0; j < n; ++j) {
+            const T* r = base + rows[j] * stride;
+            for (int c = 0; c < C; ++c) sum[c] += w[j] * S::load(r + c * S::lanes);
+        }
+        for (int c = 0; c < C; ++c) S::store(out + c * S::lanes, sum[c] * scale);
+    } else {
+        std::fill(acc, acc + dim, T(0));
+        for (int64_t j = 0; j < n; ++j) {
+            const T* r = base + rows[j] * stride;
+            int64_t d = 0;
+            for (; d + S::lanes <= dim; d += S::lanes)
+                S::store(acc + d, S::load(acc + d) + w[j] * S::load(r + d));
+            for (; d < dim; ++d) acc[d] += w[j] * r[d];
+        }
+        for (int64_t d = 0; d < dim; ++d) out[d] = acc[d] * scale;
+    }
+}
+
+struct Strides {
+    int64_t b, h, n;
+};
+
+struct Problem {
+    int64_t batch, heads, dim, dim_v;
+    Strides qs, ks, vs;
+};
+
+// Per-thread scratch: a pair list and three score-sized arrays, plus a head-dim accumulator.
+template <typename T>
+struct Scratch {
+    std::vector<int64_t> pairs;
+    std::vector<T> a, b, c, acc;
+    Scratch(int64_t width, int64_t dim) : pairs(width), a(width), b(width), c(width), acc(dim) {}
+};
+
+template <typename T, int C>
+void forward(const T* q, const T* k, const T* v, T* out, T* lse, const Problem& pr, const Layout& layout, T scale,
+             int threads) {
+    const int64_t rows = pr.batch * pr.heads * layout.spatial;
+#pragma omp parallel num_threads(threads)
+    {
+        Scratch<T> sc(max_keys(layout), std::max(pr.dim, pr.dim_v));
+#pragma omp for schedule(static)
+        for (int64_t row = 0; row < rows; ++row) {
+            const int64_t bh = row / layout.spatial, i = row % layout.spatial;
+            const int64_t b = bh / pr.heads, h = bh % pr.heads;
+            T* oi = out + row * pr.dim_v;
+            const int64_t n = pair_list(layout, i, sc.pairs.data());
+            if (n == 0) {
+                std::fill(oi, oi + pr.dim_v, T(0));
+                lse[row] = -INFINITY;
+                continue;
+            }
+            T* score = sc.a.data();
+            gathered_dots<T, C>(q + b * pr.qs.b + h * pr.qs.h + (layout.prefix + i) * pr.qs.n,
+                                k + b * pr.ks.b + h * pr.ks.h, sc.pairs.data(), n, pr.ks.n, pr.dim, score);
+            T top = -INFINITY;
+#pragma omp simd reduction(max : top)
+            for (int64_t j = 0; j < n; ++j) {
+                score[j] *= scale;
+                top = std::max(top, score[j]);
+            }
+            T total = 0;
+#pragma omp simd reduction(+ : total)
+            for (int64_t j = 0; j < n; ++j) {
+                score[j] = exp_of(score[j] - top);
+                total += score[j];
+            }
+            gathered_sum<T, C>(score, v + b * pr.vs.b + h * pr.vs.h, sc.pairs.data(), n, pr.vs.n, pr.dim_v,
+                               T(1) / total, sc.acc.data(), oi);
+            lse[row] = top + std::log(total);
+        }
+    }
+}
+
+// dQ for spatial queries: dq_i = scale * sum_j p_ij (do_i . v_j - delta_i) k_j with p_ij = exp(s_ij - lse_i).
+template <typename T, int C>
+void backward_query(const T* q, const T* k, const T* v, const T* dout, const T* lse, const T* delta, T* dq,
+                    const Problem& pr, const Layout& layout, T scale, int threads) {
+    const int64_t rows = pr.batch * pr.heads * layout.spatial;
+#pragma omp parallel num_threads(threads)
+    {
+        Scratch<T> sc(max_keys(layout), std::max(pr.dim, pr.dim_v));
+#pragma omp for schedule(static)
+        for (int64_t row = 0; row < rows; ++row) {
+            const int64_t bh = row / layout.spatial, i = row % layout.spatial;
+            const int64_t b = bh / pr.heads, h = bh % pr.heads;
+            const T* kb = k + b * pr.ks.b + h * pr.ks.h;
+            const int64_t n = pair_list(layout, i, sc.pairs.data());
+            T *s = sc.a.data(), *dp = sc.b.data();
+            gathered_dots<T, C>(q + b * pr.qs.b + h * pr.qs.h + (layout.prefix + i) * pr.qs.n, kb, sc.pairs.data(),
+                                n, pr.ks.n, pr.dim, s);
+            gathered_dots<T, C>(dout + row * pr.dim_v, v + b * pr.vs.b + h * pr.vs.h, sc.pairs.data(), n, pr.vs.n,
+                                pr.dim_v, dp);
+            const T l = lse[row], dl = delta[row];
+#pragma omp simd
+            for (int64_t j = 0; j < n; ++j) s[j] = exp_of(s[j] * scale - l) * (dp[j] - dl);
+            gathered_sum<T, C>(s, kb, sc.pairs.data(), n, pr.ks.n, pr.dim, scale, sc.acc.data(), dq + row * pr.dim);
+        }
+    }
+}
+
+// dK, dV for spatial keys from spatial queries, key-major over the transposed layout (queries that see key j):
+// dv_j = sum_i p_ij do_i, dk_j = scale * sum_i p_ij (do_i . v_j - delta_i) q_i.
+template <typename T, int C>
+void backward_key(const T* q, const T* k, const T* v, const T* dout, const T* lse, const T* delta, T* dk, T* dv,
+                  const Problem& pr, const Layout& transposed, T scale, int threads) {
+    const int64_t spatial = transposed.spatial, prefix = transposed.prefix;
+    const int64_t rows = pr.batch * pr.heads * spatial;
+#pragma omp parallel num_threads(threads)
+    {
+        Scratch<T> sc(max_keys(transposed), std::max(pr.dim, pr.dim_v));
+        std::vector<int64_t> query_rows(max_keys(transposed));
+#pragma omp for schedule(static)
+        for (int64_t row = 0; row < rows; ++row) {
+            const int64_t bh = row / spatial, j = row % spatial;
+            const int64_t b = bh / pr.heads, h = bh % pr.heads;
+            const int64_t n = pair_list(transposed, j, sc.pairs.data()) - prefix;
+            int64_t* qi = sc.pairs.data() + prefix;  // token indices of the spatial queries that see key j
+            for (int64_t t = 0; t < n; ++t) query_rows[t] = bh * spatial + qi[t] - prefix;
+            T *s = sc.a.data(), *dp = sc.b.data(), *p = sc.c.data();
+            const T* qb = q + b * pr.qs.b + h * pr.qs.h;
+            gathered_dots<T, C>(k + b * pr.ks.b + h * pr.ks.h + (prefix + j) * pr.ks.n, qb, qi, n, pr.qs.n, pr.dim,
+                                s);
+            gathered_dots<T, C>(v + b * pr.vs.b + h * pr.vs.h + (prefix + j) * pr.vs.n, dout, query_rows.data(), n,
+                                pr.dim_v, pr.dim_v, dp);
+            for (int64_t t = 0; t < n; ++t) {
+                p[t] = exp_of(s[t] * scale - lse[query_rows[t]]);
+                s[t] = p[t] * (dp[t] - delta[query_rows[t]]);
+            }
+            gathered_sum<T, C>(p, dout, query_rows.data(), n, pr.dim_v, pr.dim_v, T(1), sc.acc.data(),
+                               dv + row * pr.dim_v);
+            gathered_sum<T, C>(s, qb, qi, n, pr.qs.n, pr.dim, scale, sc.acc.data(), dk + row * pr.dim);
+        }
+    }
+}
+
+// Runs KERNEL<T, C> with C = dim / lanes for the dims that have a register path, C = 0 otherwise.
+#define VISATTN_DISPATCH(KERNEL, T, PR, ...)                                                       \
+    switch ((PR).dim == (PR).dim_v && (PR).dim % Simd<T>::lanes == 0 ? (PR).dim / Simd<T>::lanes : 0) { \
+        case 1: KERNEL<T, 1>(__VA_ARGS__); break;                                                   \
+        case 2: KERNEL<T, 2>(__VA_ARGS__); break;                                                   \
+        case 4: KERNEL<T, 4>(__VA_ARGS__); break;                                                   \
+        case 8: KERNEL<T, 8>(__VA_ARGS__); break;                                                   \
+        default: KERNEL<T, 0>(__VA_ARGS__); break;                                                  \
+    }
+
+}  // namespace
+
+#define VISATTN_ENTRY_POINTS(T, SUFFIX)                                                                            \
+    extern "C" void visattn_local_forward_##SUFFIX(                                                                \
+        const T* q, const T* k, const T* v, T* out, T* lse, int64_t batch, int64_t heads, int64_t dim,           \
+        int64_t dim_v, const int64_t* qs, const int64_t* ks, const int64_t* vs, int64_t ndim,                      \
+        const int64_t* shape, const int64_t* start, const int64_t* count, const int64_t* step, int64_t prefix,   \
+        double scale, int threads) {                                                                               \
+        const Problem pr{batch, heads, dim, dim_v, {qs[0], qs[1], qs[2]}, {ks[0], ks[1], ks[2]},                  \
+                         {vs[0], vs[1], vs[2]}};                                                                   \
+        const Layout layout = make_layout(ndim, shape, start, count, step, prefix);                                \
+        VISATTN_DISPATCH(forward, T, pr, q, k, v, out, lse, pr, layout, T(scale), threads)                        \
+    }                                                                                                              \
+    extern "C" void visattn_local_backward_##SUFFIX(                                                               \
+        const T* q, const T* k, const T* v, const T* dout, const T* lse, const T* delta, T* dq, T* dk, T* dv,   \
+        int64_t batch, int64_t heads, int64_t dim, int64_t dim_v, const int64_t* qs, const int64_t* ks,          \
+        const int64_t* vs, int64_t ndim, const int64_t* shape, const int64_t* start, const int64_t* count,       \
+        const int64_t* step, const int64_t* t_start, const int64_t* t_count, const int64_t* t_step,              \
+        int64_t prefix, double scale, int threads) {                                                               \
+        const Problem pr{batch, heads, dim, dim_v, {qs[0], qs[1], qs[2]}, {ks[0], ks[1], ks[2]},                  \
+                         {vs[0], vs[1], vs[2]}};                                                                   \
+        const Layout layout = make_layout(ndim, shape, start, count, step, prefix);                                \
+        const Layout transposed = make_layout(ndim, shape, t_start, t_count, t_step, prefix);                      \
+        VISATTN_DISPATCH(backward_query, T, pr, q, k, v, dout, lse, delta, dq, pr, layout, T(scale), threads)     \
+        VISATTN_DISPATCH(backward_key, T, pr, q, k, v, dout, lse, delta, dk, dv, pr, transposed, T(scale),       \
+                         threads)                                                                                  \
+    }
+
+VISATTN_ENTRY_POINTS(float, f32)
+VISATTN_ENTRY_POINTS(double, f64)

@@ -1,0 +1,72 @@
+"""Build and load visattn's C++ CPU kernels (``ops/csrc``) on first use, through ctypes.
+
+The source is compiled once per source text, compiler and CPU (``-O3 -march=native -fopenmp``) into
+``$VISATTN_CACHE_DIR`` (default ``~/.cache/visattn``) and loaded with ``ctypes``; nothing is built at install time
+and no torch headers are needed, so a build takes about a second. Where no C++ compiler is found, the build fails,
+or ``VISATTN_NATIVE=0`` is set, :func:`native_library` returns None and callers fall back to their PyTorch paths
+(logged once).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+log = logging.getLogger("visattn")
+
+SOURCE_DIR = Path(__file__).parent / "csrc"
+FLAGS = ("-O3", "-march=native", "-fopenmp", "-fPIC", "-shared", "-std=c++17")
+
+
+def cache_dir() -> Path:
+    """Where compiled kernels are kept: ``$VISATTN_CACHE_DIR`` or ``~/.cache/visattn``."""
+    return Path(os.environ.get("VISATTN_CACHE_DIR", Path.home() / ".cache" / "visattn"))
+
+
+def _cpu_signature() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line for line in f if line.startswith("flags")), "")
+    except OSError:
+        flags = ""
+    return platform.machine() + flags
+
+
+def _compiler() -> str | None:
+    return os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++") or shutil.which("clang++")
+
+
+@functools.cache
+def native_library(name: str) -> ctypes.CDLL | None:
+    """The compiled ``csrc/<name>.cpp`` as a ``ctypes.CDLL``, or None where it cannot be built (logged once)."""
+    if os.environ.get("VISATTN_NATIVE", "1") == "0":
+        log.info("visattn: native kernels disabled by VISATTN_NATIVE=0")
+        return None
+    compiler = _compiler()
+    if compiler is None:
+        log.warning("visattn: no C++ compiler found; %s runs on its PyTorch fallback", name)
+        return None
+    source = (SOURCE_DIR / f"{name}.cpp").read_text()
+    key = hashlib.sha256("\0".join([source, compiler, *FLAGS, _cpu_signature()]).encode()).hexdigest()[:16]
+    target = cache_dir() / f"{name}-{key}.so"
+    if not target.exists():
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+                built = Path(tmp) / target.name
+                subprocess.run([compiler, *FLAGS, str(SOURCE_DIR / f"{name}.cpp"), "-o", str(built)],
+                               check=True, capture_output=True, text=True, timeout=300)
+                os.replace(built, target)
+        except (OSError, subprocess.SubprocessError) as err:
+            detail = getattr(err, "stderr", "") or str(err)
+            log.warning("visattn: building the %s kernel failed, using the PyTorch fallback: %s", name, detail[-2000:])
+            return None
+    return ctypes.CDLL(str(target))
