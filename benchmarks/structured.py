@@ -1,11 +1,14 @@
-"""Structured attention on the tiled fast path against dense SDPA and compiled FlexAttention, ratios in one run.
+"""Structured attention on its fast paths against dense SDPA and compiled FlexAttention, ratios in one run.
 
-The tiled engine (:mod:`visattn.ops.tiled`; Faster Neighborhood Attention, arXiv 2403.04690, as batched SDPA over
-tiles) runs neighborhood attention in 1-3 dims and MaxViT window / grid (arXiv 2204.01697), HaloNet
-(arXiv 2103.12731) and axial attention. For each case, on ``(B, heads, N, head_dim)`` float32 inputs (default
-B = 1, 4 heads, head_dim 32, 2 threads), the script prints median wall time of
+Two engines run neighborhood attention in 1-3 dims and MaxViT window / grid (arXiv 2204.01697), HaloNet
+(arXiv 2103.12731) and axial attention, both after Faster Neighborhood Attention (arXiv 2403.04690): the fused
+C++ kernel (:mod:`visattn.ops.local_kernel`, exactly the attended pairs) and tiles of batched SDPA
+(:mod:`visattn.ops.tiled`). For each case, on ``(B, heads, N, head_dim)`` float32 inputs (default B = 1, 4 heads,
+head_dim 32, 2 threads), the script prints median wall time of
 
-- the fast path, ``masked_attention(..., backend="fast")``;
+- the fast path, ``masked_attention(..., backend="fast")``, which picks the kernel or the tiles (the ``path``
+  column says which);
+- the tiles alone (``tiled_attention``), so that both engines are measured in the same run;
 - dense ``scaled_dot_product_attention`` without a mask (all N^2 pairs: the speed reference) and, where N^2 fits,
   with the mask's bool matrix (the exact dense alternative);
 - for the 2-D neighborhood, FlexAttention compiled with the same mask (block-mask build and compile times are
@@ -37,7 +40,8 @@ from rich.table import Table
 from visattn import masks
 from visattn.bench import peak_memory_bytes, summarize
 from visattn.masks import Mask
-from visattn.ops import masked_attention, run_flex_attention, sdpa_bool_mask, tile_plan
+from visattn.ops import masked_attention, run_flex_attention, sdpa_bool_mask, tile_plan, tiled_attention
+from visattn.ops.local_kernel import kernel_preferred, local_layout
 from visattn.ops.masked import dense_mask
 
 
@@ -57,6 +61,7 @@ class Case:
 class Result:
     case: Case
     pairs: int
+    path: str = "tiles"
     times: dict[str, float] = field(default_factory=dict)
     cpu: dict[str, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
@@ -113,15 +118,21 @@ def run_case(case: Case, args: argparse.Namespace, console: Console) -> Result:
     result = Result(case, case.mask.pair_count(case.shape))
     plan = tile_plan(case.mask, case.shape)
     result.notes.append(f"plan {plan.describe()}; key rows/bh={plan.key_rows}, mask elements={plan.mask_elements}")
+    layout = local_layout(case.mask, case.shape)
+    result.path = "kernel" if layout is not None and kernel_preferred(layout, plan.score_elements) else "tiles"
 
     def fast() -> torch.Tensor:
         return masked_attention(q, k, v, case.mask, case.shape, backend="fast")
 
+    def tiles() -> torch.Tensor:
+        return tiled_attention(q, k, v, case.mask, case.shape)
+
     def dense() -> torch.Tensor:
         return F.scaled_dot_product_attention(q, k, v)
 
-    fns: dict[str, Callable[[], object]] = {"fast": fast, "dense": dense}
-    repeats = {"fast": args.repeats, "dense": max(1, args.repeats // 2) if n <= 16384 else 1}
+    fns: dict[str, Callable[[], object]] = {"fast": fast, "tiles": tiles, "dense": dense}
+    repeats = {"fast": args.repeats, "tiles": args.repeats,
+               "dense": max(1, args.repeats // 2) if n <= 16384 else 1}
     if case.backward:
         leaves = [t.clone().requires_grad_() for t in (q, k, v)]
         grad = torch.randn_like(q)
@@ -130,11 +141,16 @@ def run_case(case: Case, args: argparse.Namespace, console: Console) -> Result:
             out = masked_attention(*leaves, case.mask, case.shape, backend="fast")
             torch.autograd.grad(out, leaves, grad)
 
+        def tiles_bwd() -> None:
+            out = tiled_attention(*leaves, case.mask, case.shape)
+            torch.autograd.grad(out, leaves, grad)
+
         def dense_bwd() -> None:
             out = F.scaled_dot_product_attention(*leaves)
             torch.autograd.grad(out, leaves, grad)
 
-        fns, repeats = {"fast": fast_bwd, "dense": dense_bwd}, {"fast": args.repeats, "dense": 1}
+        fns = {"fast": fast_bwd, "tiles": tiles_bwd, "dense": dense_bwd}
+        repeats = {"fast": args.repeats, "tiles": args.repeats, "dense": 1}
     elif n <= args.masked_dense_max:
         allowed = dense_mask(case.mask, case.shape, 0, q.device)
         fns["dense_masked"] = lambda: sdpa_bool_mask(q, k, v, allowed)
@@ -164,18 +180,19 @@ def gflops(pairs: int, ms: float, args: argparse.Namespace, backward: bool) -> f
 
 
 def report(results: list[Result], args: argparse.Namespace, console: Console) -> None:
-    table = Table(title=f"tiled fast path vs dense SDPA, {args.threads} thread(s), B={args.batch}, "
+    table = Table(title=f"fast paths vs dense SDPA, {args.threads} thread(s), B={args.batch}, "
                         f"heads={args.heads}, head_dim={args.head_dim}, float32 (median wall ms)")
-    for col in ("case", "shape", "fast ms", "dense ms", "dense+mask ms", "flex ms", "x dense", "x dense (cpu)",
-                "useful GF/s", "dense GF/s"):
-        table.add_column(col, justify="right" if col not in ("case", "shape") else "left")
+    for col in ("case", "shape", "path", "fast ms", "tiles ms", "dense ms", "dense+mask ms", "flex ms", "x dense",
+                "x dense (cpu)", "x tiles", "useful GF/s", "dense GF/s"):
+        table.add_column(col, justify="right" if col not in ("case", "shape", "path") else "left")
     for r in results:
         n = math.prod(r.case.shape)
         t = r.times
         table.add_row(
-            r.case.name, "x".join(map(str, r.case.shape)), f"{t['fast']:.1f}", f"{t['dense']:.0f}",
-            f"{t['dense_masked']:.0f}" if "dense_masked" in t else "-", f"{t['flex']:.1f}" if "flex" in t else "-",
-            f"{t['dense'] / t['fast']:.1f}", f"{r.cpu['dense'] / r.cpu['fast']:.1f}",
+            r.case.name, "x".join(map(str, r.case.shape)), r.path, f"{t['fast']:.1f}", f"{t['tiles']:.1f}",
+            f"{t['dense']:.0f}", f"{t['dense_masked']:.0f}" if "dense_masked" in t else "-",
+            f"{t['flex']:.1f}" if "flex" in t else "-",
+            f"{t['dense'] / t['fast']:.1f}", f"{r.cpu['dense'] / r.cpu['fast']:.1f}", f"{t['tiles'] / t['fast']:.2f}",
             f"{gflops(r.pairs, t['fast'], args, r.case.backward):.1f}",
             f"{gflops(n * n, t['dense'], args, r.case.backward):.1f}")
     console.print(table)

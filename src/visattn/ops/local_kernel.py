@@ -33,7 +33,8 @@ from ..masks import Mask, SeparableMask, SlidingWindowMask
 from ..masks.axis import AxisRule, Progression
 from .native import native_library
 
-__all__ = ["LocalLayout", "axis_progression", "local_attention", "local_layout", "transposed_progression"]
+__all__ = ["LocalLayout", "axis_progression", "kernel_preferred", "local_attention", "local_layout",
+           "transposed_progression"]
 
 MAX_DIMS = 4
 _SUFFIX = {torch.float32: "f32", torch.float64: "f64"}
@@ -125,6 +126,26 @@ class LocalLayout:
     def max_keys(self) -> int:
         """Most keys any spatial query sees (prefix tokens not counted)."""
         return math.prod(int(p[1].max()) for p in self.axes)
+
+    @property
+    def pairs(self) -> int:
+        """Attended (query, key) pairs among the spatial tokens, per batch and head."""
+        return math.prod(int(p[1].sum()) for p in self.axes)
+
+
+SMALL_WINDOW_KEYS = 64
+TILE_WASTE_RATIO = 2.0
+
+
+def kernel_preferred(layout: LocalLayout, tiled_score_elements: int) -> bool:
+    """Whether the fused kernel should beat the tiled SDPA path, from measurements on 2 cores (fp32, d = 32,
+    ``benchmarks/structured.py``): the kernel costs about 3.5 dense-SDPA pair-times per attended pair, SDPA on
+    tiles about 1.5-2 per computed score once tiles hold more than 64 keys, much more below. So: the kernel where
+    the tiles would compute at least ``TILE_WASTE_RATIO`` times the attended pairs (neighborhood in 2-D and 3-D) or
+    a query sees at most ``SMALL_WINDOW_KEYS`` keys (windows of 7x7 or 8x8, grids); tiles otherwise (16x16
+    windows, axial lines, long 1-D windows)."""
+    return (layout.max_keys <= SMALL_WINDOW_KEYS
+            or tiled_score_elements >= TILE_WASTE_RATIO * max(layout.pairs, 1))
 
 
 @functools.lru_cache(maxsize=64)

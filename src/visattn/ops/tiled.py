@@ -23,6 +23,7 @@ from torch import Tensor
 
 from .._checks import Shape, as_shape, check_qkv, check_tokens, num_tokens
 from ..masks import Mask, SeparableMask, SequenceMask, SlidingWindowMask
+from .local_kernel import kernel_preferred, local_attention, local_layout
 from .masked import register_fast_path
 from .tiled_autograd import gather_rows, scatter_rows, select_rows, unfold_windows
 from .tiled_plan import PlanTensors, TilePlan, tile_plan
@@ -136,12 +137,25 @@ def _worth_tiling(plan: TilePlan, shape: Shape) -> bool:
     return plan.score_elements <= n * n
 
 
+def _fast_path(q: Tensor, k: Tensor, v: Tensor, mask: Mask, shape: Shape, num_prefix_tokens: int,
+               scale: float | None, dropout_p: float) -> Tensor | None:
+    """The fused local kernel where :func:`~visattn.ops.local_kernel.kernel_preferred` says it wins and it can run,
+    the tile plan otherwise (None where tiling would not pay either)."""
+    plan, tensors = prepared_plan(mask, shape, num_prefix_tokens, None, q.dtype, q.device)
+    layout = None if torch.compiler.is_compiling() else local_layout(mask, shape)
+    if layout is not None and kernel_preferred(layout, plan.score_elements):
+        out = local_attention(q, k, v, mask, shape, num_prefix_tokens, scale, dropout_p)
+        if out is not None:
+            return out
+    return run_tile_plan(plan, q, k, v, scale, dropout_p, tensors) if _worth_tiling(plan, shape) else None
+
+
 @register_fast_path(SeparableMask)
 def separable_fast_path(q: Tensor, k: Tensor, v: Tensor, mask: SeparableMask, shape: Shape, num_prefix_tokens: int,
                         scale: float | None, dropout_p: float = 0.0) -> Tensor | None:
-    """``masked_attention``'s fast path for every separable mask (None where tiling would not pay)."""
-    plan, tensors = prepared_plan(mask, shape, num_prefix_tokens, None, q.dtype, q.device)
-    return run_tile_plan(plan, q, k, v, scale, dropout_p, tensors) if _worth_tiling(plan, shape) else None
+    """``masked_attention``'s fast path for every separable mask: the fused kernel or tiles (None where neither
+    would pay)."""
+    return _fast_path(q, k, v, mask, shape, num_prefix_tokens, scale, dropout_p)
 
 
 @register_fast_path(SequenceMask)
@@ -150,5 +164,4 @@ def sequence_fast_path(q: Tensor, k: Tensor, v: Tensor, mask: SequenceMask, shap
     """``masked_attention``'s fast path for sliding windows; full and causal masks are left to plain SDPA."""
     if not isinstance(mask, SlidingWindowMask):
         return None
-    plan, tensors = prepared_plan(mask, shape, num_prefix_tokens, None, q.dtype, q.device)
-    return run_tile_plan(plan, q, k, v, scale, dropout_p, tensors) if _worth_tiling(plan, shape) else None
+    return _fast_path(q, k, v, mask, shape, num_prefix_tokens, scale, dropout_p)

@@ -1,0 +1,247 @@
+"""The fused local kernel equals the naive dense reference on every progression mask, forward and backward."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from visattn import masks
+from visattn._checks import Shape
+from visattn.bench import peak_memory_bytes
+from visattn.masks import AxisRule, SeparableMask
+from visattn.ops import local_kernel, masked_attention, tile_plan
+from visattn.ops.local_kernel import (
+    axis_progression,
+    kernel_preferred,
+    local_attention,
+    local_layout,
+    progression_table,
+    transposed_progression,
+)
+from visattn.ops.native import native_library
+
+pytestmark = [
+    pytest.mark.usefixtures("one_thread"),
+    pytest.mark.skipif(native_library("local_attention") is None, reason="no C++ compiler: the kernel cannot build"),
+]
+
+
+def qkv(batch: int, heads: int, n: int, dim: int, dtype: torch.dtype = torch.float64, seed: int = 0,
+        contiguous: bool = True, scale: float = 1.0) -> tuple[torch.Tensor, ...]:
+    gen = torch.Generator().manual_seed(seed)
+    if contiguous:
+        return tuple(scale * torch.randn(batch, heads, n, dim, generator=gen, dtype=dtype) for _ in range(3))
+    return tuple(scale * torch.randn(batch, n, heads, dim, generator=gen, dtype=dtype).transpose(1, 2)
+                 for _ in range(3))
+
+
+def reference(q, k, v, mask, shape, prefix=0):
+    return masked_attention(q, k, v, mask, shape, prefix, backend="reference")
+
+
+def assert_kernel_matches_reference(mask, shape, prefix=0, batch=2, heads=2, dim=4, contiguous=True, seed=0,
+                                    tol=1e-10):
+    q, k, v = qkv(batch, heads, prefix + math.prod(shape), dim, seed=seed, contiguous=contiguous)
+    leaves = [t.detach().clone().requires_grad_() for t in (q, k, v)]
+    out = local_attention(*leaves, mask, tuple(shape), prefix)
+    assert out is not None, "the kernel declined"
+    expected = reference(q, k, v, mask, shape, prefix)
+    torch.testing.assert_close(out, expected, rtol=tol, atol=tol)
+    grad = torch.randn(out.shape, generator=torch.Generator().manual_seed(seed + 1), dtype=out.dtype)
+    got = torch.autograd.grad(out, leaves, grad)
+    ref_leaves = [t.detach().clone().requires_grad_() for t in (q, k, v)]
+    want = torch.autograd.grad(reference(*ref_leaves, mask, shape, prefix), ref_leaves, grad)
+    for name, g, w in zip("qkv", got, want, strict=True):
+        torch.testing.assert_close(g, w, rtol=tol * 10, atol=tol * 10, msg=lambda m, name=name: f"grad {name}: {m}")
+
+
+@st.composite
+def neighborhood_cases(draw):
+    ndim = draw(st.integers(1, 3))
+    kernel, dilation, stride, causal, shape = [], [], [], [], []
+    for _ in range(ndim):
+        k = draw(st.integers(1, 5))
+        d = draw(st.integers(1, 2))
+        kernel.append(k)
+        dilation.append(d)
+        stride.append(draw(st.integers(1, k)))
+        causal.append(draw(st.booleans()))
+        shape.append(draw(st.integers(k * d, k * d + 4)))
+    mask = masks.neighborhood_mask(tuple(kernel), tuple(dilation), tuple(stride), tuple(causal))
+    return mask, tuple(shape)
+
+
+@settings(max_examples=40, deadline=None)
+@given(case=neighborhood_cases(), prefix=st.integers(0, 2), batch=st.integers(1, 2), dim=st.sampled_from([3, 8, 16]),
+       contiguous=st.booleans())
+def test_neighborhood_matches_reference(case, prefix, batch, dim, contiguous):
+    mask, shape = case
+    assert_kernel_matches_reference(mask, shape, prefix, batch=batch, dim=dim, contiguous=contiguous)
+
+
+@pytest.mark.parametrize(("mask", "shape"), [
+    (masks.window_mask(3), (6, 9)),
+    (masks.window_mask((2, 3)), (4, 9)),
+    (masks.grid_mask(3), (6, 9)),
+    (masks.halo_mask(4, 2), (8, 12)),
+    (masks.halo_mask(3, 1), (9, 6)),
+    (masks.axial_mask(0), (5, 7)),
+    (masks.axial_mask(-1), (3, 4, 5)),
+    (masks.strip_mask("rows", 2), (6, 5)),
+    (masks.strip_mask("columns", 3), (4, 9)),
+    (masks.sliding_window_mask(5), (17,)),
+    (masks.sliding_window_mask(4, is_causal=True), (3, 5)),
+])
+@pytest.mark.parametrize("prefix", [0, 1])
+def test_structured_masks_match_reference(mask, shape, prefix):
+    assert_kernel_matches_reference(mask, shape, prefix, dim=8)
+
+
+@pytest.mark.parametrize("dim", [7, 16, 32, 64])
+def test_float32_within_stated_tolerance(dim):
+    """float32: outputs within 2e-5 and gradients within 1e-4 of the float64 reference (unit-variance inputs,
+    logits up to about 3 * sqrt(dim)); 16-key blocks and the tail both run at 49 keys."""
+    mask, shape = masks.neighborhood_mask(7), (11, 13)
+    q, k, v = qkv(2, 2, 1 + 143, dim, dtype=torch.float32, seed=3, scale=1.5)
+    leaves = [t.clone().requires_grad_() for t in (q, k, v)]
+    out = local_attention(*leaves, mask, shape, 1)
+    ref_leaves = [t.double().requires_grad_() for t in (q, k, v)]
+    expected = reference(*ref_leaves, mask, shape, 1)
+    torch.testing.assert_close(out.double(), expected, rtol=2e-5, atol=2e-5)
+    grad = torch.randn_like(out)
+    got = torch.autograd.grad(out, leaves, grad)
+    want = torch.autograd.grad(expected, ref_leaves, grad.double())
+    for g, w in zip(got, want, strict=True):
+        torch.testing.assert_close(g.double(), w, rtol=1e-4, atol=1e-4)
+
+
+def test_large_logits_stay_finite():
+    """Logits of order 1e4: float64 stays exact; float32 stays finite, off only by the rounding of its logits
+    (about 1e-3 absolute at this size, as any float32 attention)."""
+    mask, shape = masks.neighborhood_mask(5), (9, 9)
+    for dtype, tol in ((torch.float64, 1e-10), (torch.float32, 1e-2)):
+        q, k, v = qkv(1, 2, 81, 16, dtype=dtype, scale=30.0)
+        out = local_attention(q, k, v, mask, shape)
+        assert torch.isfinite(out).all()
+        torch.testing.assert_close(out.double(), reference(q.double(), k.double(), v.double(), mask, shape),
+                                   rtol=tol, atol=tol)
+
+
+@dataclass(frozen=True)
+class _EvenRowsAxis(AxisRule):
+    """Odd coordinates see nothing; even ones see themselves and the next one (a progression found from the
+    table, with empty rows)."""
+
+    def allowed(self, xq, xk, length):
+        return (xq % 2 == 0) & (xk >= xq) & (xk <= xq + 1)
+
+
+@dataclass(frozen=True)
+class _ScatterAxis(AxisRule):
+    """Not a progression: a coordinate sees itself and the coordinates 1 and 3 after it."""
+
+    def allowed(self, xq, xk, length):
+        return (xk == xq) | (xk == xq + 1) | (xk == xq + 3)
+
+
+@dataclass(frozen=True)
+class _CustomMask(SeparableMask):
+    rules: tuple[AxisRule, ...]
+
+    def axis_rules(self, shape: Shape) -> tuple[AxisRule, ...]:
+        return self.rules
+
+
+def test_queries_that_see_no_key_give_zero_and_rules_without_closed_form_are_scanned():
+    mask = _CustomMask((_EvenRowsAxis(), masks.NeighborhoodAxis(3)))
+    assert_kernel_matches_reference(mask, (7, 5), dim=8)
+    q, k, v = qkv(1, 1, 35, 8)
+    out = local_attention(q, k, v, mask, (7, 5)).view(7, 5, 8)
+    assert bool((out[1::2] == 0).all())
+
+
+def test_masks_that_are_not_progressions_are_declined():
+    mask = _CustomMask((_ScatterAxis(), masks.FullAxis()))
+    assert local_layout(mask, (8, 3)) is None
+    q, k, v = qkv(1, 1, 24, 4)
+    assert local_attention(q, k, v, mask, (8, 3)) is None
+    torch.testing.assert_close(masked_attention(q, k, v, mask, (8, 3)), reference(q, k, v, mask, (8, 3)))
+    assert local_layout(masks.radial_mask("paper", block_size=4), (4, 16)) is None
+
+
+def test_declines_dropout_other_dtypes_and_mixed_dtypes():
+    mask, shape = masks.neighborhood_mask(3), (5, 5)
+    q, k, v = qkv(1, 1, 25, 4, dtype=torch.float32)
+    assert local_attention(q, k, v, mask, shape, dropout_p=0.1) is None
+    assert local_attention(q.bfloat16(), k.bfloat16(), v.bfloat16(), mask, shape) is None
+    assert local_attention(q, k.double(), v, mask, shape) is None
+
+
+def test_value_head_dim_of_its_own_and_empty_batch():
+    q, k = qkv(2, 3, 1 + 35, 4)[:2]
+    v = torch.randn(2, 3, 36, 6, dtype=torch.float64)
+    mask = masks.neighborhood_mask(3)
+    torch.testing.assert_close(local_attention(q, k, v, mask, (5, 7), 1), reference(q, k, v, mask, (5, 7), 1))
+    empty = torch.randn(0, 3, 36, 4, dtype=torch.float64, requires_grad=True)
+    out = local_attention(empty, empty, empty, mask, (5, 7), 1)
+    out.sum().backward()
+    assert out.shape == empty.grad.shape == (0, 3, 36, 4)
+
+
+def test_gradcheck_small():
+    q, k, v = (t.requires_grad_() for t in qkv(1, 2, 1 + 18, 3, seed=5))
+    mask = masks.neighborhood_mask((3, 3), dilation=(1, 2))
+    assert torch.autograd.gradcheck(lambda a, b, c: local_attention(a, b, c, mask, (3, 6), 1), (q, k, v))
+
+
+RULES = [masks.FullAxis(), masks.EqualAxis(), masks.BlockAxis(3), masks.GridAxis(4), masks.HaloAxis(4, 2),
+         masks.SlidingAxis(5), masks.SlidingAxis(4, True), masks.SlidingAxis(6), masks.CausalAxis()]
+RULES += [masks.NeighborhoodAxis(k, d, s, c) for k in (1, 2, 3, 4, 5) for d in (1, 2, 3) for s in (1, 2, 3)
+          for c in (False, True) if s <= k]
+
+
+@pytest.mark.parametrize("rule", RULES, ids=repr)
+def test_closed_form_progressions_equal_the_rule_tables(rule):
+    for length in (12, 13, 16, 24):
+        try:
+            rule.check(length, 0)
+        except ValueError:
+            continue
+        table = rule.table(length).numpy()
+        progression = rule.progression(length)
+        np.testing.assert_array_equal(progression_table(progression, length), table)
+        np.testing.assert_array_equal(progression_table(axis_progression(table), length), table)
+        np.testing.assert_array_equal(progression_table(transposed_progression(progression, length), length),
+                                      table.T)
+
+
+def test_routing_prefers_the_kernel_where_tiles_waste_work():
+    for mask, shape, kernel in [(masks.neighborhood_mask(7), (64, 64), True), (masks.window_mask(8), (64, 64), True),
+                                (masks.axial_mask(1), (128, 128), False), (masks.window_mask(16), (64, 64), False)]:
+        plan = tile_plan(mask, shape)
+        assert kernel_preferred(local_layout(mask, shape), plan.score_elements) is kernel, mask
+
+
+def test_fast_backend_falls_back_to_tiles_without_the_kernel(monkeypatch):
+    monkeypatch.setattr(local_kernel, "native_library", lambda name: None)
+    mask, shape = masks.neighborhood_mask(3), (5, 6)
+    q, k, v = qkv(1, 2, 30, 4)
+    assert local_attention(q, k, v, mask, shape) is None
+    torch.testing.assert_close(masked_attention(q, k, v, mask, shape, backend="fast"), reference(q, k, v, mask, shape))
+
+
+def test_intermediate_memory_is_linear_in_tokens():
+    """No score, tile or mask tensor: one call allocates its output and log-sum-exp, O(N), at two grid sizes."""
+    mask = masks.neighborhood_mask(7)
+    for side in (32, 64):
+        q, k, v = qkv(1, 2, side * side, 16, dtype=torch.float32)
+        with torch.no_grad():
+            peak = peak_memory_bytes(lambda q=q, k=k, v=v, side=side: local_attention(q, k, v, mask, (side, side)))
+        output_bytes = q.numel() * q.element_size()
+        assert peak is not None and peak <= 1.5 * output_bytes, (side, peak, output_bytes)
