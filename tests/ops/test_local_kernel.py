@@ -15,7 +15,7 @@ from visattn import masks
 from visattn._checks import Shape
 from visattn.bench import peak_memory_bytes
 from visattn.masks import AxisRule, SeparableMask
-from visattn.ops import local_kernel, masked_attention, tile_plan
+from visattn.ops import local_kernel, masked_attention, tile_kernel, tile_plan, tiled
 from visattn.ops.local_kernel import (
     axis_progression,
     kernel_preferred,
@@ -25,6 +25,7 @@ from visattn.ops.local_kernel import (
     transposed_progression,
 )
 from visattn.ops.native import native_library
+from visattn.ops.tiled import run_tile_plan
 
 pytestmark = [
     pytest.mark.usefixtures("one_thread"),
@@ -228,12 +229,25 @@ def test_routing_prefers_the_kernel_where_tiles_waste_work():
         assert kernel_preferred(local_layout(mask, shape), plan.score_elements) is kernel, mask
 
 
-def test_fast_backend_falls_back_to_tiles_without_the_kernel(monkeypatch):
+def test_fast_backend_falls_back_to_tiles_without_the_kernels(monkeypatch):
     monkeypatch.setattr(local_kernel, "native_library", lambda name: None)
+    monkeypatch.setattr(tile_kernel, "native_library", lambda name: None)
     mask, shape = masks.neighborhood_mask(3), (5, 6)
     q, k, v = qkv(1, 2, 30, 4)
     assert local_attention(q, k, v, mask, shape) is None
+    calls = []
+    monkeypatch.setattr(tiled, "run_tile_plan", lambda *a, **kw: calls.append(1) or run_tile_plan(*a, **kw))
     torch.testing.assert_close(masked_attention(q, k, v, mask, shape, backend="fast"), reference(q, k, v, mask, shape))
+    assert calls
+
+
+def test_fast_backend_routes_training_to_the_per_query_kernel(monkeypatch):
+    calls = []
+    monkeypatch.setattr(tiled, "local_attention", lambda *a, **kw: calls.append(1) or local_attention(*a, **kw))
+    mask, shape = masks.neighborhood_mask(7), (16, 16)
+    q, k, v = (t.requires_grad_() for t in qkv(1, 2, 256, 8))
+    out = masked_attention(q, k, v, mask, shape, backend="fast")
+    assert calls and out.requires_grad
 
 
 def test_intermediate_memory_is_linear_in_tokens():

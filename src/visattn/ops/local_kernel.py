@@ -104,7 +104,7 @@ def _pack(parts: list[Progression]) -> tuple[Tensor, Tensor, Tensor]:
     return tuple(torch.from_numpy(np.ascontiguousarray(np.concatenate([p[i] for p in parts]))) for i in range(3))
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class LocalLayout:
     """The per-axis progressions of a mask on a grid (``shape``; one axis of ``prod(shape)`` tokens for a
     sliding window), kept as numpy arrays and packed into int64 tensors concatenated over axes for the kernel."""

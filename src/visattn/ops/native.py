@@ -1,10 +1,10 @@
 """Build and load visattn's C++ CPU kernels (``ops/csrc``) on first use, through ctypes.
 
-The source is compiled once per source text, compiler and CPU (``-O3 -march=native -fopenmp``) into
-``$VISATTN_CACHE_DIR`` (default ``~/.cache/visattn``) and loaded with ``ctypes``; nothing is built at install time
-and no torch headers are needed, so a build takes about a second. Where no C++ compiler is found, the build fails,
-or ``VISATTN_NATIVE=0`` is set, :func:`native_library` returns None and callers fall back to their PyTorch paths
-(logged once).
+Each source (with the shared headers in ``csrc``) is compiled once per source text, compiler and CPU
+(``-O3 -march=native -fopenmp``) into ``$VISATTN_CACHE_DIR`` (default ``~/.cache/visattn``) and loaded with
+``ctypes``; nothing is built at install time and no torch headers are needed, so a build takes about a second.
+Where no C++ compiler is found, the build fails, or ``VISATTN_NATIVE=0`` is set, :func:`native_library` returns
+None and callers fall back to their PyTorch paths (logged once).
 """
 
 from __future__ import annotations
@@ -54,8 +54,8 @@ def native_library(name: str) -> ctypes.CDLL | None:
     if compiler is None:
         log.warning("visattn: no C++ compiler found; %s runs on its PyTorch fallback", name)
         return None
-    source = (SOURCE_DIR / f"{name}.cpp").read_text()
-    key = hashlib.sha256("\0".join([source, compiler, *FLAGS, _cpu_signature()]).encode()).hexdigest()[:16]
+    sources = [(SOURCE_DIR / f"{name}.cpp").read_text()] + [h.read_text() for h in sorted(SOURCE_DIR.glob("*.h"))]
+    key = hashlib.sha256("\0".join([*sources, compiler, *FLAGS, _cpu_signature()]).encode()).hexdigest()[:16]
     target = cache_dir() / f"{name}-{key}.so"
     if not target.exists():
         try:

@@ -17,33 +17,13 @@
 #include <type_traits>
 #include <vector>
 
+#include "common.h"
+
 namespace {
 
+using namespace visattn;
+
 constexpr int kMaxDims = 4;
-
-inline float exp_approx(float x) {
-    // Cephes-style expf: x = n ln2 + r, |r| <= ln2 / 2, degree-6 polynomial for e^r, 2^n from the exponent bits.
-    // Branch-free so loops over it vectorise; relative error about 2e-7. Inputs below -87 flush to 0.
-    const float lo = -87.0f;
-    float xc = std::min(std::max(x, lo), 88.0f);
-    float n = std::nearbyint(xc * 1.44269504088896341f);
-    float r = xc - n * 0.693359375f;
-    r = r - n * -2.12194440e-4f;
-    float p = 1.9875691500e-4f;
-    p = p * r + 1.3981999507e-3f;
-    p = p * r + 8.3334519073e-3f;
-    p = p * r + 4.1665795894e-2f;
-    p = p * r + 1.6666665459e-1f;
-    p = p * r + 5.0000001201e-1f;
-    p = p * r * r + r + 1.0f;
-    int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
-    float scale;
-    std::memcpy(&scale, &bits, sizeof(scale));
-    return x < lo ? 0.0f : p * scale;
-}
-
-inline float exp_of(float x) { return exp_approx(x); }
-inline double exp_of(double x) { return std::exp(x); }
 
 struct Layout {
     int64_t ndim;
@@ -112,19 +92,6 @@ int64_t pair_list(const Layout& layout, int64_t index, int64_t* out) {
     for (int64_t j = first; j < n; ++j) out[j] += layout.prefix;
     return n;
 }
-
-// 64-byte vectors through GCC's vector extensions (lowered to AVX-512, AVX2 or SSE by -march=native).
-template <typename T>
-struct Simd {
-    static constexpr int lanes = 64 / sizeof(T);
-    typedef T vec __attribute__((vector_size(64)));
-    static vec load(const T* p) {
-        vec v;
-        std::memcpy(&v, p, sizeof(v));
-        return v;
-    }
-    static void store(T* p, vec v) { std::memcpy(p, &v, sizeof(v)); }
-};
 
 inline float hsum(Simd<float>::vec v) {
     typedef float half __attribute__((vector_size(32)));
@@ -231,10 +198,6 @@ void gathered_sum(const T* w, const T* base, const int64_t* rows, int64_t n, int
         for (int64_t d = 0; d < dim; ++d) out[d] = acc[d] * scale;
     }
 }
-
-struct Strides {
-    int64_t b, h, n;
-};
 
 struct Problem {
     int64_t batch, heads, dim, dim_v;

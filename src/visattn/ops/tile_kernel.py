@@ -1,0 +1,261 @@
+"""Fused tile attention in C++: query tiles against key segments, register-blocked, online softmax.
+
+Paper: Hassani et al., "Faster Neighborhood Attention" (arXiv 2403.04690) for the tiling of masked attention into
+GEMM tiles, and Dao et al., "FlashAttention" (arXiv 2205.14135) for the online softmax that folds key chunks
+into running row maxima ``m`` and sums ``l``:
+
+``S = scale * Q_t K_c^T (masked to -inf), m' = max(m, rowmax S), l' = l e^{m - m'} + rowsum e^{S - m'},
+O' = O e^{m - m'} + e^{S - m'} V_c``, and ``out = O / l`` at the end.
+
+A :class:`TileList` names, per tile, its query tokens and its key segments, each segment with an optional bool
+mask ``[tile queries, segment keys]``. :func:`progression_tiles` builds one for masks whose per-axis key sets are
+arithmetic progressions (window, grid, halo, axial, strip, neighborhood): per axis the coordinates are ordered so
+that those with equal key sets are adjacent (MaxViT's grid groups become contiguous), cut into tiles of ``T_a``,
+and an N-D tile's keys are the product of its per-axis key unions under the outer AND of per-axis membership
+tables, which is all-True (no mask) for windows and grids. Scores live in per-thread scratch only.
+
+Forward only: :func:`tile_attention` returns None where autograd needs a backward (and for dtypes other than
+float32/float64, non-CPU tensors, dropout, or without a compiler); callers then take another path.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import itertools
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..masks.axis import Progression
+from .local_kernel import LocalLayout
+from .native import native_library
+
+__all__ = ["TileList", "build_tiles", "progression_tiles", "tile_attention", "tile_attention_available"]
+
+KEY_CHUNK = 64
+ROW_BLOCK = 4
+MAX_TILE_QUERIES = 64
+_SUFFIX = {torch.float32: "f32", torch.float64: "f64"}
+
+
+@dataclass(frozen=True, eq=False)
+class TileList:
+    """Tiles in CSR form (int64 tensors): tile ``t`` has queries ``q_idx[q_ptr[t]:q_ptr[t+1]]`` (token indices)
+    and segments ``seg_ptr[t]:seg_ptr[t+1]``; segment ``s`` has keys ``k_idx[key_ptr[s]:key_ptr[s+1]]`` and its
+    mask at ``masks[mask_off[s]:]`` (``[queries, keys]`` uint8, row-major), or no mask where ``mask_off[s] < 0``."""
+
+    q_ptr: Tensor
+    q_idx: Tensor
+    seg_ptr: Tensor
+    key_ptr: Tensor
+    k_idx: Tensor
+    mask_off: Tensor
+    masks: Tensor
+    tile_sizes: tuple[int, ...] = ()
+
+    @property
+    def count(self) -> int:
+        return len(self.q_ptr) - 1
+
+    @property
+    def cost(self) -> float:
+        """:func:`tile_cost` summed over the tiles (per batch and head)."""
+        nq = torch.diff(self.q_ptr)
+        tile_of_seg = torch.repeat_interleave(torch.arange(self.count), torch.diff(self.seg_ptr))
+        keys = torch.zeros(self.count, dtype=torch.int64).index_add_(0, tile_of_seg, torch.diff(self.key_ptr))
+        return float(sum(tile_cost(int(r), int(k)) for r, k in zip(nq, keys, strict=True)))
+
+    @property
+    def score_elements(self) -> int:
+        """Scores computed per batch and head, padding included (queries to 4, key chunks to 64)."""
+        nq = torch.diff(self.q_ptr)
+        nq_pad = (nq + ROW_BLOCK - 1) // ROW_BLOCK * ROW_BLOCK
+        seg_keys = torch.diff(self.key_ptr)
+        seg_pad = (seg_keys + KEY_CHUNK - 1) // KEY_CHUNK * KEY_CHUNK
+        tile_of_seg = torch.repeat_interleave(torch.arange(self.count), torch.diff(self.seg_ptr))
+        return int((nq_pad[tile_of_seg] * seg_pad).sum())
+
+
+def build_tiles(tiles: list[tuple[np.ndarray, list[tuple[np.ndarray, np.ndarray | None]]]],
+                tile_sizes: tuple[int, ...] = ()) -> TileList:
+    """A :class:`TileList` from ``[(query tokens, [(segment keys, bool mask or None), ...]), ...]``."""
+    q_ptr, seg_ptr, key_ptr, mask_off = [0], [0], [0], []
+    q_parts, k_parts, m_parts = [], [], []
+    mask_len = 0
+    for queries, segments in tiles:
+        q_parts.append(np.asarray(queries, dtype=np.int64))
+        q_ptr.append(q_ptr[-1] + len(queries))
+        for keys, mask in segments:
+            k_parts.append(np.asarray(keys, dtype=np.int64))
+            key_ptr.append(key_ptr[-1] + len(keys))
+            if mask is None or mask.all():
+                mask_off.append(-1)
+            else:
+                mask_off.append(mask_len)
+                m_parts.append(np.ascontiguousarray(mask, dtype=np.uint8).reshape(-1))
+                mask_len += mask.size
+        seg_ptr.append(seg_ptr[-1] + len(segments))
+
+    def cat(parts: list[np.ndarray], dtype: type) -> Tensor:
+        return torch.from_numpy(np.concatenate(parts).astype(dtype) if parts else np.zeros(0, dtype=dtype))
+
+    return TileList(torch.tensor(q_ptr), cat(q_parts, np.int64), torch.tensor(seg_ptr), torch.tensor(key_ptr),
+                    cat(k_parts, np.int64), torch.tensor(mask_off, dtype=torch.int64), cat(m_parts, np.uint8),
+                    tile_sizes)
+
+
+@dataclass(frozen=True)
+class _AxisTiling:
+    members: list[np.ndarray]
+    unions: list[np.ndarray]
+    tables: list[np.ndarray]
+
+
+def _order(progression: Progression) -> np.ndarray:
+    """Coordinates ordered by (step, start mod step, start, count): equal key sets become adjacent, and so do the
+    coordinates of one dilation group or one MaxViT grid cell."""
+    start, count, step = progression
+    return np.lexsort((count, start, start % step, step))
+
+
+def _axis_tiling(progression: Progression, size: int) -> _AxisTiling:
+    start, count, step = progression
+    order = _order(progression)
+    members, unions, tables = [], [], []
+    for lo in range(0, len(order), size):
+        coords = np.sort(order[lo : lo + size])
+        keys = [start[c] + step[c] * np.arange(count[c]) for c in coords]
+        union = np.unique(np.concatenate(keys)) if keys else np.zeros(0, dtype=np.int64)
+        offset = union[None, :] - start[coords][:, None]
+        table = (offset >= 0) & (offset % step[coords][:, None] == 0) & (offset // step[coords][:, None]
+                                                                          < count[coords][:, None])
+        members.append(coords)
+        unions.append(union)
+        tables.append(table)
+    return _AxisTiling(members, unions, tables)
+
+
+def _candidate_sizes(progression: Progression, length: int) -> list[int]:
+    start, count, step = progression
+    keys = np.stack([start, count, step], 1)[_order(progression)]
+    change = np.flatnonzero(np.any(np.diff(keys, axis=0) != 0, axis=1))
+    runs = np.diff(np.concatenate([[0], change + 1, [length]]))
+    group = int(np.bincount(runs).argmax()) if len(runs) else 1
+    sizes = {1, 2, 4, 8, 16, 32, 64, group, 2 * group}
+    return sorted(s for s in sizes if 1 <= s <= min(length, MAX_TILE_QUERIES))
+
+
+def _axis_cost(progression: Progression, size: int) -> tuple[int, float]:
+    """(tiles, estimated mean key union) along one axis with tiles of ``size`` consecutive ordered coordinates:
+    the union is bounded by the members' total keys and by their span (over the step where all members share
+    step and phase); vectorised, the chosen tiling is then built exactly."""
+    start, count, step = (a[_order(progression)] for a in progression)
+    last = start + (np.maximum(count, 1) - 1) * step
+    cuts = np.arange(0, len(start), size)
+    total = np.add.reduceat(count, cuts)
+    span = np.maximum.reduceat(last, cuts) - np.minimum.reduceat(start, cuts)
+    phase = start % step
+    aligned = ((np.maximum.reduceat(phase, cuts) == np.minimum.reduceat(phase, cuts))
+               & (np.maximum.reduceat(step, cuts) == np.minimum.reduceat(step, cuts)))
+    union = np.minimum(total, np.where(aligned, span // np.minimum.reduceat(step, cuts), span) + 1)
+    return len(cuts), float(union.mean())
+
+
+def tile_cost(rows: int, keys: int) -> float:
+    """Modelled cost of one tile in dense-SDPA pair-times (2 cores, float32, head_dim 32, measured with
+    ``benchmarks/structured.py``): 1.4 per padded score plus 8 per padded key (transpose, copy and the softmax
+    fold of each key chunk)."""
+    rows_pad = -(-rows // ROW_BLOCK) * ROW_BLOCK
+    keys_pad = -(-keys // KEY_CHUNK) * KEY_CHUNK
+    return 1.4 * rows_pad * keys_pad + 8.0 * keys_pad
+
+
+def _choose_sizes(layout: LocalLayout, prefix: int) -> tuple[int, ...]:
+    """Tile sizes minimising :func:`tile_cost` over all tiles, at most 64 queries a tile."""
+    per_axis = [{s: _axis_cost(p, s) for s in _candidate_sizes(p, length)}
+                for p, length in zip(layout.axes, layout.shape, strict=True)]
+    best, best_cost = None, math.inf
+    for sizes in itertools.product(*[sorted(c) for c in per_axis]):
+        queries = math.prod(sizes)
+        if queries > MAX_TILE_QUERIES:
+            continue
+        tiles = math.prod(per_axis[a][s][0] for a, s in enumerate(sizes))
+        keys = math.prod(per_axis[a][s][1] for a, s in enumerate(sizes)) + prefix
+        cost = tiles * tile_cost(queries, math.ceil(keys))
+        if cost < best_cost:
+            best, best_cost = sizes, cost
+    return best
+
+
+@functools.lru_cache(maxsize=32)
+def progression_tiles(layout: LocalLayout, num_prefix_tokens: int = 0,
+                      tile_sizes: tuple[int, ...] | None = None) -> TileList:
+    """The :class:`TileList` of a progression layout (grid queries only; prefix keys are a first, unmasked segment
+    of every tile). ``tile_sizes`` per axis, or None for the cost model's choice."""
+    prefix = num_prefix_tokens
+    sizes = tile_sizes if tile_sizes is not None else _choose_sizes(layout, prefix)
+    tilings = [_axis_tiling(p, s) for p, s in zip(layout.axes, sizes, strict=True)]
+    strides = [math.prod(layout.shape[a + 1 :]) for a in range(len(layout.shape))]
+    prefix_segment = [(np.arange(prefix), None)] if prefix else []
+    tiles = []
+    for combo in itertools.product(*[range(len(t.members)) for t in tilings]):
+        queries = keys = np.zeros(1, dtype=np.int64)
+        mask = np.ones((1, 1), dtype=bool)
+        for tiling, index, stride in zip(tilings, combo, strides, strict=True):
+            queries = (queries[:, None] + tiling.members[index][None, :] * stride).reshape(-1)
+            keys = (keys[:, None] + tiling.unions[index][None, :] * stride).reshape(-1)
+            table = tiling.tables[index]
+            mask = (mask[:, None, :, None] & table[None, :, None, :]).reshape(len(queries), len(keys))
+        tiles.append((queries + prefix, [*prefix_segment, (keys + prefix, mask)]))
+    return build_tiles(tiles, tuple(sizes))
+
+
+def _ptr(t: Tensor | None) -> ctypes.c_void_p:
+    return ctypes.c_void_p(0 if t is None else t.data_ptr())
+
+
+def _strides(t: Tensor) -> ctypes.Array:
+    return (ctypes.c_int64 * 3)(*t.stride()[:3])
+
+
+def run_tiles(q: Tensor, k: Tensor, v: Tensor, tiles: TileList, out: Tensor, scale: float,
+              lse: Tensor | None = None) -> None:
+    """Write the rows of ``out`` (``[B, heads, N, dv]``) that ``tiles`` names (and of ``lse``, ``[B, heads, N]``)."""
+    lib = native_library("tile_attention")
+    b, h, _, dim = q.shape
+    getattr(lib, f"visattn_tile_forward_{_SUFFIX[q.dtype]}")(
+        _ptr(q), _ptr(k), _ptr(v), _ptr(out), _ptr(lse), ctypes.c_int64(b), ctypes.c_int64(h),
+        ctypes.c_int64(dim), ctypes.c_int64(v.shape[-1]), _strides(q), _strides(k), _strides(v), _strides(out),
+        _strides(lse) if lse is not None else _strides(out), ctypes.c_int64(tiles.count), _ptr(tiles.q_ptr),
+        _ptr(tiles.q_idx), _ptr(tiles.seg_ptr), _ptr(tiles.key_ptr), _ptr(tiles.k_idx), _ptr(tiles.mask_off),
+        _ptr(tiles.masks), ctypes.c_double(scale), ctypes.c_int(torch.get_num_threads()))
+
+
+def tile_attention_available(q: Tensor, k: Tensor, v: Tensor, dropout_p: float = 0.0) -> bool:
+    """Whether :func:`tile_attention` can run on these tensors (see the module docstring)."""
+    if dropout_p or q.device.type != "cpu" or q.dtype not in _SUFFIX or not (q.dtype == k.dtype == v.dtype):
+        return False
+    if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad):
+        return False
+    return not torch.compiler.is_compiling() and native_library("tile_attention") is not None
+
+
+def tile_attention(q: Tensor, k: Tensor, v: Tensor, tiles: TileList, num_prefix_tokens: int = 0,
+                   scale: float | None = None, dropout_p: float = 0.0) -> Tensor | None:
+    """Attention of the grid queries over ``tiles`` (prefix queries attend densely through SDPA), or None where
+    the kernel cannot run (see the module docstring). ``q, k, v``: ``(B, heads, N, head_dim)``."""
+    if not tile_attention_available(q, k, v, dropout_p):
+        return None
+    scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
+    q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
+    out = q.new_empty(*q.shape[:3], v.shape[-1])
+    run_tiles(q, k, v, tiles, out, scale)
+    prefix = num_prefix_tokens
+    if prefix:
+        out[:, :, :prefix] = F.scaled_dot_product_attention(q[:, :, :prefix], k, v, scale=scale)
+    return out

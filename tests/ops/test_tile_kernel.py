@@ -1,0 +1,169 @@
+"""The fused tile kernel equals the naive dense reference on every progression mask and on hand-built tile lists."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from visattn import masks
+from visattn.bench import peak_memory_bytes
+from visattn.ops import attention, masked_attention, tiled
+from visattn.ops.local_kernel import local_layout
+from visattn.ops.native import native_library
+from visattn.ops.tile_kernel import build_tiles, progression_tiles, tile_attention
+
+pytestmark = [
+    pytest.mark.usefixtures("one_thread"),
+    pytest.mark.skipif(native_library("tile_attention") is None, reason="no C++ compiler: the kernel cannot build"),
+]
+
+
+def qkv(batch, heads, n, dim, dtype=torch.float64, seed=0, contiguous=True, scale=1.0):
+    gen = torch.Generator().manual_seed(seed)
+    if contiguous:
+        return tuple(scale * torch.randn(batch, heads, n, dim, generator=gen, dtype=dtype) for _ in range(3))
+    return tuple(scale * torch.randn(batch, n, heads, dim, generator=gen, dtype=dtype).transpose(1, 2)
+                 for _ in range(3))
+
+
+def reference(q, k, v, mask, shape, prefix=0):
+    return masked_attention(q.double(), k.double(), v.double(), mask, shape, prefix, backend="reference")
+
+
+def run(mask, shape, prefix, q, k, v, tile_sizes=None):
+    layout = local_layout(mask, tuple(shape))
+    return tile_attention(q, k, v, progression_tiles(layout, prefix, tile_sizes), prefix)
+
+
+@st.composite
+def neighborhood_cases(draw):
+    ndim = draw(st.integers(1, 3))
+    kernel, dilation, stride, causal, shape = [], [], [], [], []
+    for _ in range(ndim):
+        k = draw(st.integers(1, 5))
+        d = draw(st.integers(1, 2))
+        kernel.append(k)
+        dilation.append(d)
+        stride.append(draw(st.integers(1, k)))
+        causal.append(draw(st.booleans()))
+        shape.append(draw(st.integers(k * d, k * d + 4)))
+    return masks.neighborhood_mask(tuple(kernel), tuple(dilation), tuple(stride), tuple(causal)), tuple(shape)
+
+
+@settings(max_examples=40, deadline=None)
+@given(case=neighborhood_cases(), prefix=st.integers(0, 2), batch=st.integers(1, 2), dim=st.sampled_from([3, 8, 16]),
+       contiguous=st.booleans(), data=st.data())
+def test_neighborhood_matches_reference(case, prefix, batch, dim, contiguous, data):
+    mask, shape = case
+    sizes = data.draw(st.one_of(st.none(), st.tuples(*[st.integers(1, 8) for _ in shape])))
+    q, k, v = qkv(batch, 2, prefix + math.prod(shape), dim, contiguous=contiguous)
+    torch.testing.assert_close(run(mask, shape, prefix, q, k, v, sizes), reference(q, k, v, mask, shape, prefix),
+                               rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize(("mask", "shape"), [
+    (masks.window_mask(3), (6, 9)),
+    (masks.window_mask(8), (16, 24)),
+    (masks.grid_mask(3), (6, 9)),
+    (masks.halo_mask(4, 2), (8, 12)),
+    (masks.axial_mask(0), (100, 3)),
+    (masks.axial_mask(-1), (3, 4, 5)),
+    (masks.strip_mask("rows", 2), (6, 5)),
+    (masks.sliding_window_mask(5), (17,)),
+    (masks.sliding_window_mask(70, is_causal=True), (150,)),
+])
+@pytest.mark.parametrize("prefix", [0, 3])
+def test_structured_masks_match_reference(mask, shape, prefix):
+    q, k, v = qkv(2, 2, prefix + math.prod(shape), 16)
+    torch.testing.assert_close(run(mask, shape, prefix, q, k, v), reference(q, k, v, mask, shape, prefix),
+                               rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("dim", [7, 16, 32, 64])
+def test_float32_within_stated_tolerance(dim):
+    """float32 outputs within 2e-5 of the float64 reference (unit-variance inputs scaled by 1.5)."""
+    mask, shape = masks.neighborhood_mask(7), (11, 13)
+    q, k, v = qkv(2, 2, 1 + 143, dim, dtype=torch.float32, seed=3, scale=1.5)
+    torch.testing.assert_close(run(mask, shape, 1, q, k, v).double(), reference(q, k, v, mask, shape, 1),
+                               rtol=2e-5, atol=2e-5)
+
+
+def test_large_logits_stay_finite():
+    mask, shape = masks.window_mask(4), (8, 8)
+    for dtype, tol in ((torch.float64, 1e-10), (torch.float32, 1e-2)):
+        q, k, v = qkv(1, 2, 64, 16, dtype=dtype, scale=30.0)
+        out = run(mask, shape, 0, q, k, v)
+        assert torch.isfinite(out).all()
+        torch.testing.assert_close(out.double(), reference(q, k, v, mask, shape), rtol=tol, atol=tol)
+
+
+def test_hand_built_tiles_with_segments_chunks_and_empty_rows():
+    """Two tiles over 150 tokens: several segments (masked and not), a segment longer than one 64-key chunk, and
+    query rows that no segment lets see anything (output 0)."""
+    gen = np.random.default_rng(0)
+    n = 150
+    allowed = np.zeros((n, n), dtype=bool)
+    tiles = []
+    for first, queries in enumerate((np.arange(0, 70), np.arange(70, 150))):
+        segments = []
+        for keys in (np.arange(0, 10), np.arange(20, 120), np.arange(130, 150)):
+            if first == 1 and keys[0] == 0:
+                allowed[np.ix_(queries, keys)] = True
+                segments.append((keys, None))
+                continue
+            seg_mask = gen.random((len(queries), len(keys))) < 0.6
+            if first == 0:
+                seg_mask[:5] = False
+            allowed[np.ix_(queries, keys)] = seg_mask
+            segments.append((keys, seg_mask))
+        tiles.append((queries, segments))
+    q, k, v = qkv(1, 2, n, 8)
+    got = tile_attention(q, k, v, build_tiles(tiles))
+    torch.testing.assert_close(got, attention(q, k, v, mask=torch.from_numpy(allowed)), rtol=1e-10, atol=1e-10)
+    assert bool((got[:, :, :5] == 0).all())
+
+
+def test_declines_autograd_dropout_and_other_dtypes():
+    mask, shape = masks.window_mask(2), (4, 4)
+    tiles = progression_tiles(local_layout(mask, shape), 0)
+    q, k, v = qkv(1, 1, 16, 4, dtype=torch.float32)
+    assert tile_attention(q.requires_grad_(), k, v, tiles) is None
+    with torch.no_grad():
+        assert tile_attention(q, k, v, tiles) is not None
+    q = q.detach()
+    assert tile_attention(q, k, v, tiles, dropout_p=0.1) is None
+    assert tile_attention(q.bfloat16(), k.bfloat16(), v.bfloat16(), tiles) is None
+
+
+def test_tile_choice_has_no_waste_on_windows_and_grids():
+    for mask in (masks.window_mask(8), masks.grid_mask(8)):
+        layout = local_layout(mask, (64, 64))
+        tiles = progression_tiles(layout, 0)
+        assert tiles.tile_sizes == (8, 8)
+        assert tiles.score_elements == layout.pairs
+
+
+def test_fast_backend_uses_the_tile_kernel_without_autograd(monkeypatch):
+    calls = []
+    monkeypatch.setattr(tiled, "tile_attention", lambda *a, **kw: calls.append(1) or tile_attention(*a, **kw))
+    mask, shape = masks.window_mask(4), (8, 8)
+    q, k, v = qkv(1, 2, 1 + 64, 8)
+    torch.testing.assert_close(masked_attention(q, k, v, mask, shape, 1, backend="fast"),
+                               reference(q, k, v, mask, shape, 1))
+    assert calls
+
+
+def test_intermediate_memory_is_linear_in_tokens():
+    """No score, tile or mask tensor: a call allocates its output, O(N), at two grid sizes."""
+    mask = masks.window_mask(8)
+    for side in (32, 64):
+        q, k, v = qkv(1, 2, side * side, 16, dtype=torch.float32)
+        tiles = progression_tiles(local_layout(mask, (side, side)), 0)
+        with torch.no_grad():
+            peak = peak_memory_bytes(lambda q=q, k=k, v=v, tiles=tiles: tile_attention(q, k, v, tiles))
+        assert peak is not None and peak <= 1.5 * q.numel() * q.element_size(), (side, peak)
