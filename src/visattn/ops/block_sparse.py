@@ -20,6 +20,7 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -28,6 +29,7 @@ from .._checks import Shape, as_shape, check_qkv, check_tokens, num_tokens
 from ..masks import Mask, RadialMask
 from ..masks.base import ROW_BUDGET
 from .masked import register_fast_path
+from .tile_kernel import MAX_TILE_QUERIES, TileList, build_tiles, tile_attention, tile_attention_available
 
 FULL_TILE = 0
 EMPTY_TILE = 1
@@ -43,6 +45,7 @@ __all__ = [
     "QueryGroup",
     "block_sparse_attention",
     "block_sparse_plan",
+    "block_tiles",
     "default_blocks",
     "run_block_sparse_plan",
 ]
@@ -410,6 +413,40 @@ def default_blocks(mask: Mask, shape: Shape) -> tuple[int, int]:
     return query, max(MIN_BLOCK // 2, min(KEY_BLOCK, query // 2))
 
 
+@functools.lru_cache(maxsize=8)
+def block_tiles(mask: Mask, shape: Shape, num_prefix_tokens: int, query_block: int, key_block: int) -> TileList:
+    """The mask's present blocks as a :class:`~visattn.ops.tile_kernel.TileList` for the fused tile kernel: per
+    query block (split into tiles of at most ``MAX_TILE_QUERIES`` queries), the prefix keys, each run of
+    consecutive full key blocks as one unmasked segment, and each partial block as a segment under its exact
+    tile mask. Empty blocks appear nowhere."""
+    grid, prefix = num_tokens(shape), num_prefix_tokens
+    occupancy = _occupancy(mask, shape, query_block, key_block)
+    nq = occupancy.present.shape[0]
+    tiles = []
+    for qb in range(nq):
+        q_lo, q_hi = qb * query_block, min(grid, (qb + 1) * query_block)
+        blocks = occupancy.present[qb].nonzero().flatten().tolist()
+        ids = occupancy.tile_ids[qb].tolist()
+        for t_lo in range(q_lo, q_hi, MAX_TILE_QUERIES):
+            t_hi = min(q_hi, t_lo + MAX_TILE_QUERIES)
+            segments = [(np.arange(prefix), None)] if prefix else []
+            run_start = None
+            for i, kb in enumerate(blocks):
+                k_lo, k_hi = kb * key_block, min(grid, (kb + 1) * key_block)
+                if ids[kb] == FULL_TILE:
+                    run_start = k_lo if run_start is None else run_start
+                    if i + 1 == len(blocks) or blocks[i + 1] != kb + 1 or ids[blocks[i + 1]] != FULL_TILE:
+                        segments.append((prefix + np.arange(run_start, k_hi), None))
+                        run_start = None
+                    continue
+                tile = occupancy.partial[ids[kb] - 2].numpy()
+                rows = tile[t_lo - q_lo : t_hi - q_lo, : k_hi - k_lo]
+                if rows.any():
+                    segments.append((prefix + np.arange(k_lo, k_hi), rows))
+            tiles.append((prefix + np.arange(t_lo, t_hi), segments))
+    return build_tiles(tiles)
+
+
 def _check_block(name: str, value: object) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{name} must be an int >= 1, got {value!r}")
@@ -455,10 +492,14 @@ def block_sparse_attention(
 def radial_fast_path(q: Tensor, k: Tensor, v: Tensor, mask: RadialMask, shape: Shape, num_prefix_tokens: int,
                      scale: float | None, dropout_p: float = 0.0) -> Tensor | None:
     """``masked_attention``'s fast path for radial masks: block-sparse, declined where the blocks would cover more
-    than ``MAX_BLOCK_DENSITY`` of the N^2 scores (dense attention is then as fast) and with attention dropout."""
+    than ``MAX_BLOCK_DENSITY`` of the N^2 scores (dense attention is then as fast) and with attention dropout.
+    Without autograd the blocks run on the fused tile kernel (:func:`block_tiles`), else on SDPA."""
     if dropout_p:
         return None
-    plan = block_sparse_plan(mask, shape, num_prefix_tokens, *default_blocks(mask, shape))
+    blocks = default_blocks(mask, shape)
+    plan = block_sparse_plan(mask, shape, num_prefix_tokens, *blocks)
     if plan.block_density > MAX_BLOCK_DENSITY:
         return None
+    if tile_attention_available(q, k, v):
+        return tile_attention(q, k, v, block_tiles(mask, shape, num_prefix_tokens, *blocks), num_prefix_tokens, scale)
     return run_block_sparse_plan(plan, q, k, v, scale)
