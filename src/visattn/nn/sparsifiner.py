@@ -36,6 +36,7 @@ from timm.layers import trunc_normal_
 from torch import Tensor, nn
 
 from ..ops import reference, sdpa_bool_mask
+from ..ops.local_kernel import index_attention
 from ..registry import register_mixer
 from .token_mixer import TokenMixer
 
@@ -197,9 +198,15 @@ class SparsifinerMixer(TokenMixer):
         return torch.cat([head, rows], dim=2)
 
     def _gathered_attention(self, q: Tensor, k: Tensor, v: Tensor, idx: Tensor) -> Tensor:
-        """``out_i = softmax_{j in idx_i}(q_i . k_j scale) v_j`` with the kept keys gathered, chunk by chunk."""
+        """``out_i = softmax_{j in idx_i}(q_i . k_j scale) v_j``: in the fused kernel's row loop without autograd
+        or dropout (:func:`~visattn.ops.local_kernel.index_attention`), else with the kept keys gathered, chunk by
+        chunk."""
         b, h, rows, kept = idx.shape
         scale = q.shape[-1] ** -0.5 if self.scale is None else self.scale
+        if not self.dropout_p:
+            out = index_attention(q, k, v, idx, scale)
+            if out is not None:
+                return out
         chunk = max(1, GATHER_BUDGET // max(1, b * h * kept * max(q.shape[-1], v.shape[-1])))
         outs = []
         for s in range(0, rows, chunk):

@@ -33,7 +33,7 @@ from ..masks import Mask, SeparableMask, SlidingWindowMask
 from ..masks.axis import AxisRule, Progression
 from .native import native_library
 
-__all__ = ["LocalLayout", "axis_progression", "kernel_preferred", "local_attention", "local_layout",
+__all__ = ["LocalLayout", "axis_progression", "index_attention", "kernel_preferred", "local_attention", "local_layout",
            "transposed_progression"]
 
 MAX_DIMS = 4
@@ -235,6 +235,32 @@ class _LocalAttention(torch.autograd.Function):
         dv_p = probs.transpose(-1, -2) @ dout
         dq = torch.cat([torch.zeros_like(q[:, :, :prefix]), dq_s], dim=2)
         return dq, torch.cat([dk_p, dk_s], dim=2), torch.cat([dv_p, dv_s], dim=2), None, None, None
+
+
+def index_attention(q: Tensor, k: Tensor, v: Tensor, index: Tensor, scale: float | None = None) -> Tensor | None:
+    """``out_i = sum_{j in index[..., i, :]} softmax_j(scale * q_i . k_j) v_j`` for per-query key lists (token
+    indices into k; a negative entry ends a list), in the kernel's row loop without gathering keys: Sparsifiner's
+    top-k execution. ``q``: ``(B, heads, Nq, d)``, ``k, v``: ``(B, heads, N, d)``, ``index``: ``(B, heads, Nq, kk)``
+    int64. None where the kernel cannot run (autograd, see the module docstring)."""
+    if q.device.type != "cpu" or q.dtype not in _SUFFIX or not (q.dtype == k.dtype == v.dtype):
+        return None
+    if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad):
+        return None
+    if torch.compiler.is_compiling() or native_library("local_attention") is None:
+        return None
+    if index.dtype != torch.int64 or tuple(index.shape[:3]) != tuple(q.shape[:3]):
+        raise ValueError(f"index must be int64 of shape (B, heads, Nq, kk) with (B, heads, Nq)={tuple(q.shape[:3])}, "
+                         f"got {index.dtype} {tuple(index.shape)}")
+    scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
+    q, k, v = _row_major(q), _row_major(k), _row_major(v)
+    index = index.contiguous()
+    b, h, rows, dim = q.shape
+    out = q.new_empty(b, h, rows, v.shape[-1])
+    getattr(native_library("local_attention"), f"visattn_index_forward_{_SUFFIX[q.dtype]}")(
+        _ptr(q), _ptr(k), _ptr(v), _ptr(out), _ptr(index), ctypes.c_int64(rows), ctypes.c_int64(index.shape[-1]),
+        ctypes.c_int64(b), ctypes.c_int64(h), ctypes.c_int64(dim), ctypes.c_int64(v.shape[-1]), _strides(q),
+        _strides(k), _strides(v), ctypes.c_double(scale), ctypes.c_int(torch.get_num_threads()))
+    return out
 
 
 def local_attention(q: Tensor, k: Tensor, v: Tensor, mask: Mask, shape: Shape, num_prefix_tokens: int = 0,

@@ -7,9 +7,11 @@ key blocks are gathered and
     out_i = sum_{j in kept tiles of I} softmax_j(q^_i . k^_j * scale) v_j
 
 is evaluated over those tiles only (``q^, k^`` per-block fake-quantised when ``qk_bits`` is set; the softmax
-weights fake-quantised per ``block x block`` tile when ``p_bits`` is set), batched over query blocks in one
-``scaled_dot_product_attention`` (or matmul, when P is quantised) call per chunk. Work is ``density`` times that
-of dense attention. A query block with no kept tile outputs 0.
+weights fake-quantised per ``block x block`` tile when ``p_bits`` is set). Without autograd, dropout or P
+quantisation, each head's kept tiles run on the fused tile kernel (:func:`~visattn.ops.tile_kernel.bitmap_tiles`,
+runs of kept key blocks as segments); otherwise query blocks are batched in one ``scaled_dot_product_attention``
+(or matmul, when P is quantised) call per chunk. Work is ``density`` times that of dense attention. A query block
+with no kept tile outputs 0.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from torch import Tensor
 from .._checks import check_qkv
 from .masked import sdpa_bool_mask
 from .paro_quant import fake_quant_tiles, fake_quant_tokens
+from .tile_kernel import bitmap_tiles, run_tiles, tile_attention_available
 
 __all__ = ["bitmap_token_mask", "paro_block_sparse_attention"]
 
@@ -63,6 +66,13 @@ def paro_block_sparse_attention(q: Tensor, k: Tensor, v: Tensor, bitmap: Tensor,
     scale = d ** -0.5 if scale is None else scale
     if qk_bits is not None:
         q, k = fake_quant_tokens(q, block, qk_bits), fake_quant_tokens(k, block, qk_bits)
+    if p_bits is None and tile_attention_available(q, k, v, dropout_p):
+        out = q.new_empty(*q.shape[:3], v.shape[-1])
+        q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
+        for head, head_bitmap in enumerate(bitmap.cpu().numpy()):
+            run_tiles(q[:, head : head + 1], k[:, head : head + 1], v[:, head : head + 1],
+                      bitmap_tiles(head_bitmap, block, n), out[:, head : head + 1], scale)
+        return out
     pad = nb * block - n
     qb, kb, vb = (F.pad(t, (0, 0, 0, pad)).unflatten(2, (nb, block)) for t in (q, k, v))
     bitmap = bitmap.to(q.device)

@@ -35,7 +35,7 @@ from ..masks.axis import Progression
 from .local_kernel import LocalLayout
 from .native import native_library
 
-__all__ = ["TileList", "build_tiles", "progression_tiles", "tile_attention", "tile_attention_available"]
+__all__ = ["TileList", "bitmap_tiles", "build_tiles", "progression_tiles", "tile_attention", "tile_attention_available"]
 
 KEY_CHUNK = 64
 ROW_BLOCK = 4
@@ -107,6 +107,29 @@ def build_tiles(tiles: list[tuple[np.ndarray, list[tuple[np.ndarray, np.ndarray 
     return TileList(torch.tensor(q_ptr), cat(q_parts, np.int64), torch.tensor(seg_ptr), torch.tensor(key_ptr),
                     cat(k_parts, np.int64), torch.tensor(mask_off, dtype=torch.int64), cat(m_parts, np.uint8),
                     tile_sizes)
+
+
+def bitmap_tiles(bitmap: np.ndarray, block: int, num_tokens: int) -> TileList:
+    """Tiles of a block bitmap ``[nb, nb]`` (True = compute the tile; PARO's static block mask): one tile per query
+    block of ``block`` tokens, one unmasked segment per run of consecutive kept key blocks (cut at
+    ``num_tokens``). Built without Python loops."""
+    nb = bitmap.shape[0]
+    edges = np.diff(np.pad(bitmap.astype(np.int8), ((0, 0), (1, 1))), axis=1)
+    rows, starts = np.nonzero(edges == 1)
+    ends = np.nonzero(edges == -1)[1]
+    lo = starts * block
+    lengths = np.minimum(ends * block, num_tokens) - lo
+    key_ptr = np.concatenate([[0], np.cumsum(lengths)])
+    k_idx = np.repeat(lo - key_ptr[:-1], lengths) + np.arange(key_ptr[-1])
+    q_len = np.minimum(np.arange(1, nb + 1) * block, num_tokens) - np.arange(nb) * block
+    seg_ptr = np.concatenate([[0], np.cumsum(np.bincount(rows, minlength=nb))])
+
+    def t(a: np.ndarray) -> Tensor:
+        return torch.from_numpy(np.ascontiguousarray(a, dtype=np.int64))
+
+    return TileList(t(np.concatenate([[0], np.cumsum(q_len)])), t(np.arange(num_tokens)), t(seg_ptr), t(key_ptr),
+                    t(k_idx), torch.full((len(lengths),), -1, dtype=torch.int64), torch.zeros(0, dtype=torch.uint8),
+                    (block,))
 
 
 @dataclass(frozen=True)

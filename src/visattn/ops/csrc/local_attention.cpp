@@ -212,6 +212,32 @@ struct Scratch {
     Scratch(int64_t width, int64_t dim) : pairs(width), a(width), b(width), c(width), acc(dim) {}
 };
 
+// One query row over its ``n`` keys (token indices ``keys``): out = softmax(scale q . k_j) v_j; returns the
+// log-sum-exp (-inf and a zero row when n == 0).
+template <typename T, int C>
+T softmax_row(const T* qi, const T* kb, const T* vb, const int64_t* keys, int64_t n, const Problem& pr, T scale,
+              T* score, T* acc, T* oi) {
+    if (n == 0) {
+        std::fill(oi, oi + pr.dim_v, T(0));
+        return -INFINITY;
+    }
+    gathered_dots<T, C>(qi, kb, keys, n, pr.ks.n, pr.dim, score);
+    T top = -INFINITY;
+#pragma omp simd reduction(max : top)
+    for (int64_t j = 0; j < n; ++j) {
+        score[j] *= scale;
+        top = std::max(top, score[j]);
+    }
+    T total = 0;
+#pragma omp simd reduction(+ : total)
+    for (int64_t j = 0; j < n; ++j) {
+        score[j] = exp_of(score[j] - top);
+        total += score[j];
+    }
+    gathered_sum<T, C>(score, vb, keys, n, pr.vs.n, pr.dim_v, T(1) / total, acc, oi);
+    return top + std::log(total);
+}
+
 template <typename T, int C>
 void forward(const T* q, const T* k, const T* v, T* out, T* lse, const Problem& pr, const Layout& layout, T scale,
              int threads) {
@@ -223,31 +249,34 @@ void forward(const T* q, const T* k, const T* v, T* out, T* lse, const Problem& 
         for (int64_t row = 0; row < rows; ++row) {
             const int64_t bh = row / layout.spatial, i = row % layout.spatial;
             const int64_t b = bh / pr.heads, h = bh % pr.heads;
-            T* oi = out + row * pr.dim_v;
             const int64_t n = pair_list(layout, i, sc.pairs.data());
-            if (n == 0) {
-                std::fill(oi, oi + pr.dim_v, T(0));
-                lse[row] = -INFINITY;
-                continue;
-            }
-            T* score = sc.a.data();
-            gathered_dots<T, C>(q + b * pr.qs.b + h * pr.qs.h + (layout.prefix + i) * pr.qs.n,
-                                k + b * pr.ks.b + h * pr.ks.h, sc.pairs.data(), n, pr.ks.n, pr.dim, score);
-            T top = -INFINITY;
-#pragma omp simd reduction(max : top)
-            for (int64_t j = 0; j < n; ++j) {
-                score[j] *= scale;
-                top = std::max(top, score[j]);
-            }
-            T total = 0;
-#pragma omp simd reduction(+ : total)
-            for (int64_t j = 0; j < n; ++j) {
-                score[j] = exp_of(score[j] - top);
-                total += score[j];
-            }
-            gathered_sum<T, C>(score, v + b * pr.vs.b + h * pr.vs.h, sc.pairs.data(), n, pr.vs.n, pr.dim_v,
-                               T(1) / total, sc.acc.data(), oi);
-            lse[row] = top + std::log(total);
+            lse[row] = softmax_row<T, C>(q + b * pr.qs.b + h * pr.qs.h + (layout.prefix + i) * pr.qs.n,
+                                         k + b * pr.ks.b + h * pr.ks.h, v + b * pr.vs.b + h * pr.vs.h,
+                                         sc.pairs.data(), n, pr, scale, sc.a.data(), sc.acc.data(),
+                                         out + row * pr.dim_v);
+        }
+    }
+}
+
+// Every query row ``i`` of ``q`` (``rows`` per batch-head) over its own ``width`` keys ``index[bh, i, :]``
+// (token indices of k; negative entries end the list early): Sparsifiner's top-k execution.
+template <typename T, int C>
+void index_forward(const T* q, const T* k, const T* v, T* out, const int64_t* index, int64_t rows, int64_t width,
+                   const Problem& pr, T scale, int threads) {
+    const int64_t total = pr.batch * pr.heads * rows;
+#pragma omp parallel num_threads(threads)
+    {
+        Scratch<T> sc(width, std::max(pr.dim, pr.dim_v));
+#pragma omp for schedule(static)
+        for (int64_t row = 0; row < total; ++row) {
+            const int64_t bh = row / rows, i = row % rows;
+            const int64_t b = bh / pr.heads, h = bh % pr.heads;
+            const int64_t* keys = index + row * width;
+            int64_t n = 0;
+            while (n < width && keys[n] >= 0) ++n;
+            softmax_row<T, C>(q + b * pr.qs.b + h * pr.qs.h + i * pr.qs.n, k + b * pr.ks.b + h * pr.ks.h,
+                              v + b * pr.vs.b + h * pr.vs.h, keys, n, pr, scale, sc.a.data(), sc.acc.data(),
+                              out + row * pr.dim_v);
         }
     }
 }
@@ -352,5 +381,17 @@ void backward_key(const T* q, const T* k, const T* v, const T* dout, const T* ls
                          threads)                                                                                  \
     }
 
+#define VISATTN_INDEX_ENTRY(T, SUFFIX)                                                                             \
+    extern "C" void visattn_index_forward_##SUFFIX(                                                                \
+        const T* q, const T* k, const T* v, T* out, const int64_t* index, int64_t rows, int64_t width,           \
+        int64_t batch, int64_t heads, int64_t dim, int64_t dim_v, const int64_t* qs, const int64_t* ks,          \
+        const int64_t* vs, double scale, int threads) {                                                            \
+        const Problem pr{batch, heads, dim, dim_v, {qs[0], qs[1], qs[2]}, {ks[0], ks[1], ks[2]},                  \
+                         {vs[0], vs[1], vs[2]}};                                                                   \
+        VISATTN_DISPATCH(index_forward, T, pr, q, k, v, out, index, rows, width, pr, T(scale), threads)           \
+    }
+
+VISATTN_INDEX_ENTRY(float, f32)
+VISATTN_INDEX_ENTRY(double, f64)
 VISATTN_ENTRY_POINTS(float, f32)
 VISATTN_ENTRY_POINTS(double, f64)
