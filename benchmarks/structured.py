@@ -1,23 +1,25 @@
 """Structured attention on its fast paths against dense SDPA and compiled FlexAttention, ratios in one run.
 
-Two engines run neighborhood attention in 1-3 dims and MaxViT window / grid (arXiv 2204.01697), HaloNet
-(arXiv 2103.12731) and axial attention, both after Faster Neighborhood Attention (arXiv 2403.04690): the fused
-C++ kernel (:mod:`visattn.ops.local_kernel`, exactly the attended pairs) and tiles of batched SDPA
-(:mod:`visattn.ops.tiled`). For each case, on ``(B, heads, N, head_dim)`` float32 inputs (default B = 1, 4 heads,
-head_dim 32, 2 threads), the script prints median wall time of
+Neighborhood attention in 1-3 dims, MaxViT window / grid (arXiv 2204.01697), HaloNet (arXiv 2103.12731), axial,
+sliding-window and Radial Attention (arXiv 2506.19852). Three engines after Faster Neighborhood Attention
+(arXiv 2403.04690): the fused tile kernel (:mod:`visattn.ops.tile_kernel`, register-blocked tiles with an online
+softmax; the forward path), the per-query kernel (:mod:`visattn.ops.local_kernel`, exactly the attended pairs,
+with a backward; training of neighborhood masks) and batched SDPA over tiles or blocks (:mod:`visattn.ops.tiled`,
+:mod:`visattn.ops.block_sparse`; the fallback). For each case, on ``(B, heads, N, head_dim)`` float32 inputs
+(default B = 1, 4 heads, head_dim 32, 2 threads), the script prints median wall time of
 
-- the fast path, ``masked_attention(..., backend="fast")``, which picks the kernel or the tiles (the ``path``
-  column says which);
-- the tiles alone (``tiled_attention``), so that both engines are measured in the same run;
+- the fast path, ``masked_attention(..., backend="fast")`` (the ``path`` column says which engine ran);
+- the SDPA engine for the same structure (``tiled_attention``, or ``block_sparse_attention`` for radial masks),
+  so that both are measured in the same run;
 - dense ``scaled_dot_product_attention`` without a mask (all N^2 pairs: the speed reference) and, where N^2 fits,
   with the mask's bool matrix (the exact dense alternative);
 - for the 2-D neighborhood, FlexAttention compiled with the same mask (block-mask build and compile times are
   reported separately and excluded from its median);
 
-useful GFLOP/s (``4 * attended_pairs * head_dim * heads * B``, forward; 3x that for forward + backward), the
-intermediates the tile plan holds per batch-head (scores computed, gathered key rows, mask elements; all
-O(N * W^d)), peak bytes one fast call allocates, and the ratio lines of issue 3's targets. Baselines and the fast
-path are timed alternately so that load on a shared machine hits both; CPU time (all threads) is printed too.
+useful GFLOP/s (``4 * attended_pairs * head_dim * heads * B``, forward; 3x that for forward + backward), the scores
+each engine computes per attended pair, peak bytes one fast call allocates, and the ratio lines of issue 3's
+targets. Baselines and the fast path are timed alternately so that load on a shared machine hits both; CPU time
+(all threads) is printed too.
 
     python benchmarks/structured.py                  # all cases, about 5-10 minutes on 2 busy cores
     python benchmarks/structured.py --threads 1      # the same at one thread
@@ -40,9 +42,18 @@ from rich.table import Table
 from visattn import masks
 from visattn.bench import peak_memory_bytes, summarize
 from visattn.masks import Mask
-from visattn.ops import masked_attention, run_flex_attention, sdpa_bool_mask, tile_plan, tiled_attention
+from visattn.ops import (
+    block_sparse_attention,
+    masked_attention,
+    run_flex_attention,
+    sdpa_bool_mask,
+    tile_plan,
+    tiled_attention,
+)
+from visattn.ops.block_sparse import block_sparse_plan, default_blocks
 from visattn.ops.local_kernel import kernel_preferred, local_layout
 from visattn.ops.masked import dense_mask
+from visattn.ops.tile_kernel import progression_tiles
 
 
 @dataclass
@@ -69,6 +80,7 @@ class Result:
 
 def cases(quick: bool) -> list[Case]:
     side, seq, t3 = (64, 16384, (8, 16, 16)) if quick else (128, 65536, (16, 32, 32))
+    radial = (8, 1024) if quick else (32, 1024)
     return [
         Case("neighborhood 2-D k=7", masks.neighborhood_mask(7), (side, side), "na2d", flex=not quick),
         Case("neighborhood 2-D k=7 fwd+bwd", masks.neighborhood_mask(7), (side, side), "na2d_bwd", backward=True),
@@ -83,6 +95,8 @@ def cases(quick: bool) -> list[Case]:
         Case("halo b=8 h=3", masks.halo_mask(8, 3), (side, side), "pair"),
         Case("sliding w=257", masks.sliding_window_mask(257), (seq,), "info"),
         Case("sliding w=257 causal", masks.sliding_window_mask(257, is_causal=True), (seq,), "info"),
+        Case("radial (paper rule)", masks.radial_mask("paper"), radial, "radial"),
+        Case("radial (code rule)", masks.radial_mask("code"), radial, "radial"),
     ]
 
 
@@ -116,16 +130,37 @@ def run_case(case: Case, args: argparse.Namespace, console: Console) -> Result:
     gen = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(args.batch, args.heads, n, args.head_dim, generator=gen) for _ in range(3))
     result = Result(case, case.mask.pair_count(case.shape))
-    plan = tile_plan(case.mask, case.shape)
-    result.notes.append(f"plan {plan.describe()}; key rows/bh={plan.key_rows}, mask elements={plan.mask_elements}")
-    layout = local_layout(case.mask, case.shape)
-    result.path = "kernel" if layout is not None and kernel_preferred(layout, plan.score_elements) else "tiles"
+    if case.kind == "radial":
+        blocks = default_blocks(case.mask, case.shape)
+        block_plan = block_sparse_plan(case.mask, case.shape, 0, *blocks)
+        result.notes.append(f"blocks {blocks}: computed scores / N^2 = {block_plan.block_density:.3f}, "
+                            f"mask density {result.pairs / n**2:.3f}")
+        result.path = "fused blocks" if not case.backward else "SDPA blocks"
+    else:
+        plan = tile_plan(case.mask, case.shape)
+        result.notes.append(f"plan {plan.describe()}; key rows/bh={plan.key_rows}, mask elements={plan.mask_elements}")
+        layout = local_layout(case.mask, case.shape)
+        if layout is not None and not case.backward:
+            tiles_list = progression_tiles(layout, 0)
+            result.path = "fused tiles"
+            result.notes.append(f"fused tiles {tiles_list.tile_sizes}: scores / attended pairs = "
+                                f"{tiles_list.score_elements / result.pairs:.2f}")
+        elif layout is not None and kernel_preferred(layout, plan.score_elements):
+            result.path = "per-query kernel"
+        else:
+            result.path = "SDPA tiles"
 
     def fast() -> torch.Tensor:
         return masked_attention(q, k, v, case.mask, case.shape, backend="fast")
 
+    def alternative(*args: torch.Tensor) -> torch.Tensor:
+        """The SDPA engine of the same structure: tiles, or blocks for radial masks."""
+        if case.kind == "radial":
+            return block_sparse_attention(*args, case.mask, case.shape)
+        return tiled_attention(*args, case.mask, case.shape)
+
     def tiles() -> torch.Tensor:
-        return tiled_attention(q, k, v, case.mask, case.shape)
+        return alternative(q, k, v)
 
     def dense() -> torch.Tensor:
         return F.scaled_dot_product_attention(q, k, v)
@@ -142,7 +177,7 @@ def run_case(case: Case, args: argparse.Namespace, console: Console) -> Result:
             torch.autograd.grad(out, leaves, grad)
 
         def tiles_bwd() -> None:
-            out = tiled_attention(*leaves, case.mask, case.shape)
+            out = alternative(*leaves)
             torch.autograd.grad(out, leaves, grad)
 
         def dense_bwd() -> None:
@@ -182,8 +217,8 @@ def gflops(pairs: int, ms: float, args: argparse.Namespace, backward: bool) -> f
 def report(results: list[Result], args: argparse.Namespace, console: Console) -> None:
     table = Table(title=f"fast paths vs dense SDPA, {args.threads} thread(s), B={args.batch}, "
                         f"heads={args.heads}, head_dim={args.head_dim}, float32 (median wall ms)")
-    for col in ("case", "shape", "path", "fast ms", "tiles ms", "dense ms", "dense+mask ms", "flex ms", "x dense",
-                "x dense (cpu)", "x tiles", "useful GF/s", "dense GF/s"):
+    for col in ("case", "shape", "path", "fast ms", "SDPA engine ms", "dense ms", "dense+mask ms", "flex ms", "x dense",
+                "x dense (cpu)", "x SDPA engine", "useful GF/s", "dense GF/s"):
         table.add_column(col, justify="right" if col not in ("case", "shape", "path") else "left")
     for r in results:
         n = math.prod(r.case.shape)
@@ -223,6 +258,10 @@ def report(results: list[Result], args: argparse.Namespace, console: Console) ->
             line("2-D NA fwd+bwd: x faster than dense SDPA (>= 10)", t["dense"] / t["fast"], 10, "{:.1f}x")
         elif kind in ("na1d", "na3d"):
             line(f"{r.case.name} fwd: x faster than dense SDPA (>= 10)", t["dense"] / t["fast"], 10, "{:.1f}x")
+        elif kind == "radial":
+            density = r.pairs / (n * n)
+            line(f"{r.case.name}: time / dense SDPA's (<= 2 x density {density:.3f})", t["fast"] / t["dense"],
+                 2 * density, "{:.3f}", higher=False)
         elif kind == "pair":
             per_pair = (t["fast"] / r.pairs) / (t["dense"] / (n * n))
             line(f"{r.case.name}: time per attended pair / dense SDPA's (<= 1.5)", per_pair, 1.5, "{:.2f}",

@@ -15,8 +15,10 @@ from visattn import masks
 from visattn._checks import Shape
 from visattn.masks import Mask
 from visattn.ops import block_sparse, block_sparse_attention, block_sparse_plan, masked_attention
-from visattn.ops.block_sparse import default_blocks, radial_fast_path
+from visattn.ops.block_sparse import block_tiles, default_blocks, radial_fast_path
 from visattn.ops.masked import fast_path_for
+from visattn.ops.native import native_library
+from visattn.ops.tile_kernel import tile_attention
 
 
 @pytest.fixture(autouse=True)
@@ -80,6 +82,20 @@ def test_equals_reference(case, batch, heads):
     out = block_sparse_attention(q, k, v, mask, shape, prefix, query_block=case["query_block"],
                                  key_block=case["key_block"])
     torch.testing.assert_close(out, reference(q, k, v, mask, shape, prefix), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.skipif(native_library("tile_attention") is None, reason="no C++ compiler")
+@settings(max_examples=40, deadline=None)
+@given(case=radial_cases, batch=st.integers(1, 2), heads=st.integers(1, 2))
+def test_block_tiles_on_the_fused_kernel_equal_reference(case, batch, heads):
+    mask = masks.radial_mask(case["rule"], block_size=case["mask_block"], model_type=case["model_type"],
+                             decimation_threshold=8)
+    shape = (case["frames"], *case["spatial"])
+    prefix = case["prefix"]
+    q, k, v = qkv(batch, heads, prefix + math.prod(shape), 4, dim_v=3)
+    tiles = block_tiles(mask, shape, prefix, case["query_block"], case["key_block"])
+    torch.testing.assert_close(tile_attention(q, k, v, tiles, prefix), reference(q, k, v, mask, shape, prefix),
+                               rtol=1e-12, atol=1e-12)
 
 
 @settings(max_examples=25, deadline=None)

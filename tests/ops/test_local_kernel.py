@@ -259,3 +259,26 @@ def test_intermediate_memory_is_linear_in_tokens():
             peak = peak_memory_bytes(lambda q=q, k=k, v=v, side=side: local_attention(q, k, v, mask, (side, side)))
         output_bytes = q.numel() * q.element_size()
         assert peak is not None and peak <= 1.5 * output_bytes, (side, peak, output_bytes)
+
+
+def test_index_attention_matches_gathered_softmax():
+    """Per-query key lists (Sparsifiner's top-k execution); a negative entry ends a list early."""
+    from visattn.ops.local_kernel import index_attention
+
+    gen = torch.Generator().manual_seed(0)
+    for dim in (5, 16):
+        q = torch.randn(2, 3, 11, dim, dtype=torch.float64, generator=gen)
+        k, v = (torch.randn(2, 3, 20, dim, dtype=torch.float64, generator=gen) for _ in range(2))
+        index = torch.rand(2, 3, 11, 20, generator=gen).topk(7, dim=-1)[1]
+        index[0, 0, 0, 4:] = -1
+        allowed = torch.zeros(2, 3, 11, 20, dtype=torch.bool)
+        allowed.scatter_(-1, index.clamp(min=0), True)
+        allowed[0, 0, 0] = False
+        allowed[0, 0, 0, index[0, 0, 0, :4]] = True
+        from visattn.ops import attention
+
+        torch.testing.assert_close(index_attention(q, k, v, index), attention(q, k, v, mask=allowed),
+                                   rtol=1e-10, atol=1e-10)
+    with pytest.raises(ValueError, match="index must be int64"):
+        index_attention(q, k, v, index.int())
+    assert index_attention(q.requires_grad_(), k, v, index) is None

@@ -167,3 +167,19 @@ def test_intermediate_memory_is_linear_in_tokens():
         with torch.no_grad():
             peak = peak_memory_bytes(lambda q=q, k=k, v=v, tiles=tiles: tile_attention(q, k, v, tiles))
         assert peak is not None and peak <= 1.5 * q.numel() * q.element_size(), (side, peak)
+
+
+@pytest.mark.parametrize(("n", "block"), [(100, 16), (130, 64), (64, 8)])
+def test_bitmap_tiles_match_the_token_mask(n, block):
+    """PARO's block bitmap as tiles: runs of kept key blocks, a last partial block, query blocks with none."""
+    from visattn.ops.paro_attention import bitmap_token_mask
+    from visattn.ops.tile_kernel import bitmap_tiles
+
+    nb = -(-n // block)
+    bitmap = torch.rand(nb, nb, generator=torch.Generator().manual_seed(n)) < 0.4
+    bitmap[1] = False
+    q, k, v = qkv(2, 1, n, 8)
+    got = tile_attention(q, k, v, bitmap_tiles(bitmap.numpy(), block, n))
+    allowed = bitmap_token_mask(bitmap[None], block, n)
+    want = torch.nan_to_num(attention(q, k, v, mask=allowed))
+    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
