@@ -38,6 +38,7 @@ from .native import native_library
 __all__ = ["TileList", "bitmap_tiles", "build_tiles", "progression_tiles", "tile_attention", "tile_attention_available"]
 
 KEY_CHUNK = 64
+KEY_BLOCK = 32
 ROW_BLOCK = 4
 MAX_TILE_QUERIES = 64
 _SUFFIX = {torch.float32: "f32", torch.float64: "f64"}
@@ -72,11 +73,11 @@ class TileList:
 
     @property
     def score_elements(self) -> int:
-        """Scores computed per batch and head, padding included (queries to 4, key chunks to 64)."""
+        """Scores computed per batch and head, padding included (queries to 4, keys to 32 per segment)."""
         nq = torch.diff(self.q_ptr)
         nq_pad = (nq + ROW_BLOCK - 1) // ROW_BLOCK * ROW_BLOCK
         seg_keys = torch.diff(self.key_ptr)
-        seg_pad = (seg_keys + KEY_CHUNK - 1) // KEY_CHUNK * KEY_CHUNK
+        seg_pad = (seg_keys + KEY_BLOCK - 1) // KEY_BLOCK * KEY_BLOCK
         tile_of_seg = torch.repeat_interleave(torch.arange(self.count), torch.diff(self.seg_ptr))
         return int((nq_pad[tile_of_seg] * seg_pad).sum())
 
@@ -194,7 +195,7 @@ def tile_cost(rows: int, keys: int) -> float:
     ``benchmarks/structured.py``): 1.4 per padded score plus 8 per padded key (transpose, copy and the softmax
     fold of each key chunk)."""
     rows_pad = -(-rows // ROW_BLOCK) * ROW_BLOCK
-    keys_pad = -(-keys // KEY_CHUNK) * KEY_CHUNK
+    keys_pad = -(-keys // KEY_BLOCK) * KEY_BLOCK
     return 1.4 * rows_pad * keys_pad + 8.0 * keys_pad
 
 

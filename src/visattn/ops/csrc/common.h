@@ -50,6 +50,40 @@ struct Strides {
     int64_t b, h, n;
 };
 
+// Horizontal max and sum of a vector by halving: log2(lanes) shuffles, lane 0 holds the result.
+template <typename V, int L, int H, size_t... I>
+inline V fold_half(V v, std::index_sequence<I...>) {
+    return __builtin_shufflevector(v, v, ((I + H) % L)...);
+}
+
+template <typename T>
+inline T reduce_max(typename Simd<T>::vec v) {
+    constexpr int L = Simd<T>::lanes;
+    using V = typename Simd<T>::vec;
+    V x = fold_half<V, L, L / 2>(v, std::make_index_sequence<L>{});
+    v = v > x ? v : x;
+    x = fold_half<V, L, L / 4>(v, std::make_index_sequence<L>{});
+    v = v > x ? v : x;
+    x = fold_half<V, L, L / 8>(v, std::make_index_sequence<L>{});
+    v = v > x ? v : x;
+    if constexpr (L == 16) {
+        x = fold_half<V, L, 1>(v, std::make_index_sequence<L>{});
+        v = v > x ? v : x;
+    }
+    return v[0];
+}
+
+template <typename T>
+inline T reduce_sum(typename Simd<T>::vec v) {
+    constexpr int L = Simd<T>::lanes;
+    using V = typename Simd<T>::vec;
+    v += fold_half<V, L, L / 2>(v, std::make_index_sequence<L>{});
+    v += fold_half<V, L, L / 4>(v, std::make_index_sequence<L>{});
+    v += fold_half<V, L, L / 8>(v, std::make_index_sequence<L>{});
+    if constexpr (L == 16) v += fold_half<V, L, 1>(v, std::make_index_sequence<L>{});
+    return v[0];
+}
+
 // Transpose of a lanes x lanes block held in ``lanes`` vectors, in log2(lanes) butterfly stages: the stage for
 // bit s swaps bit s of the row index with bit s of the column index between rows i and i | s, one two-source
 // shuffle per output row.

@@ -51,12 +51,13 @@ struct Workspace {
           l(nq_pad) {}
 };
 
-// S[nq_pad x kChunk] = Q[nq_pad x d] Kt[d x kChunk], 4 rows x 2 vectors per register block.
+// S[nq_pad x width] = Q[nq_pad x d] Kt[d x width] (rows of S and Kt kChunk apart), 4 rows x 2 vectors per
+// register block.
 template <typename T>
-void scores(Workspace<T>& w) {
+void scores(Workspace<T>& w, int64_t width) {
     using S = Simd<T>;
     for (int64_t u = 0; u < w.nq_pad; u += kRows) {
-        for (int64_t j = 0; j < kChunk; j += 2 * S::lanes) {
+        for (int64_t j = 0; j < width; j += 2 * S::lanes) {
             typename S::vec acc[kRows][2] = {};
             for (int64_t c = 0; c < w.d; ++c) {
                 const typename S::vec k0 = S::load(&w.kt[c * kChunk + j]);
@@ -107,8 +108,8 @@ void accumulate(Workspace<T>& w, int64_t keys) {
 // Kt[d x kChunk] (keys transposed, zero past kc) and Vs[kChunk x dv_pad] from the key rows ``idx[0:kc]``; when
 // the head dim is a multiple of the vector width, lanes x lanes blocks are transposed in registers.
 template <typename T>
-void load_chunk(Workspace<T>& w, const T* kb, const T* vb, const int64_t* idx, int64_t kc, int64_t dim,
-                int64_t dim_v, int64_t kn, int64_t vn) {
+void load_chunk(Workspace<T>& w, const T* kb, const T* vb, const int64_t* idx, int64_t kc, int64_t width,
+                int64_t dim, int64_t dim_v, int64_t kn, int64_t vn) {
     using S = Simd<T>;
     constexpr int64_t L = S::lanes;
     for (int64_t j = 0; j < kc; ++j) {
@@ -117,7 +118,7 @@ void load_chunk(Workspace<T>& w, const T* kb, const T* vb, const int64_t* idx, i
     }
     if (dim % L == 0) {
         typename S::vec rows[L];
-        for (int64_t j0 = 0; j0 < kChunk; j0 += L) {
+        for (int64_t j0 = 0; j0 < width; j0 += L) {
             for (int64_t c0 = 0; c0 < dim; c0 += L) {
                 for (int64_t r = 0; r < L; ++r)
                     rows[r] = j0 + r < kc ? S::load(kb + idx[j0 + r] * kn + c0) : typename S::vec{};
@@ -127,38 +128,37 @@ void load_chunk(Workspace<T>& w, const T* kb, const T* vb, const int64_t* idx, i
         }
         return;
     }
-    for (int64_t j = 0; j < kChunk; ++j) {
+    for (int64_t j = 0; j < width; ++j) {
         const T* krow = j < kc ? kb + idx[j] * kn : nullptr;
         for (int64_t c = 0; c < dim; ++c) w.kt[c * kChunk + j] = krow ? krow[c] : T(0);
     }
 }
 
-// Folds one row of a score chunk into the online softmax: masks it (and the padding past ``kc``) to -inf,
+// Folds one row of a score chunk into the online softmax: masks it (and the padding from ``kc`` to ``width``, a
+// multiple of two vectors) to -inf,
 // rescales the running sum ``l`` and output row ``o`` to the new maximum ``m``, and leaves exp(s - m) in ``s``
 // (0 where masked). Whole-chunk vector loops; a row that has seen no key yet keeps m = -inf and s = 0.
 template <typename T>
-void fold_row(T* s, const uint8_t* mask, int64_t kc, T& m, T& l, T* o, int64_t dv_pad) {
+void fold_row(T* s, const uint8_t* mask, int64_t kc, int64_t width, T& m, T& l, T* o, int64_t dv_pad) {
     using S = Simd<T>;
-    for (int64_t j = kc; j < kChunk; ++j) s[j] = T(-INFINITY);
+    for (int64_t j = kc; j < width; ++j) s[j] = T(-INFINITY);
     if (mask)
         for (int64_t j = 0; j < kc; ++j) s[j] = mask[j] ? s[j] : T(-INFINITY);
     typename S::vec top = S::load(s);
-    for (int64_t c = S::lanes; c < kChunk; c += S::lanes) {
+    for (int64_t c = S::lanes; c < width; c += S::lanes) {
         const typename S::vec x = S::load(s + c);
         top = x > top ? x : top;
     }
-    T new_m = m;
-    for (int64_t i = 0; i < S::lanes; ++i) new_m = std::max(new_m, top[i]);
+    const T new_m = std::max(m, reduce_max<T>(top));
     if (new_m == T(-INFINITY)) {
-        std::fill(s, s + kChunk, T(0));
+        std::fill(s, s + width, T(0));
         return;
     }
 #pragma omp simd
-    for (int64_t j = 0; j < kChunk; ++j) s[j] = exp_of(s[j] - new_m);
+    for (int64_t j = 0; j < width; ++j) s[j] = exp_of(s[j] - new_m);
     typename S::vec sum = S::load(s);
-    for (int64_t c = S::lanes; c < kChunk; c += S::lanes) sum += S::load(s + c);
-    T total = 0;
-    for (int64_t i = 0; i < S::lanes; ++i) total += sum[i];
+    for (int64_t c = S::lanes; c < width; c += S::lanes) sum += S::load(s + c);
+    const T total = reduce_sum<T>(sum);
     const T alpha = exp_of(m - new_m);
     if (alpha != T(1))
         for (int64_t c = 0; c < dv_pad; c += S::lanes) S::store(o + c, S::load(o + c) * alpha);
@@ -185,10 +185,11 @@ void run_tile(const T* qb, const T* kb, const T* vb, T* ob, T* lseb, int64_t dim
         const uint8_t* mask = tiles.mask_off[seg] >= 0 ? tiles.masks + tiles.mask_off[seg] : nullptr;
         for (int64_t j0 = 0; j0 < nk; j0 += kChunk) {
             const int64_t kc = std::min(kChunk, nk - j0);
-            load_chunk(w, kb, vb, tiles.k_idx + k0 + j0, kc, dim, dim_v, ks.n, vs.n);
-            scores(w);
+            const int64_t width = round_up(kc, 2 * Simd<T>::lanes);
+            load_chunk(w, kb, vb, tiles.k_idx + k0 + j0, kc, width, dim, dim_v, ks.n, vs.n);
+            scores(w, width);
             for (int64_t u = 0; u < nq; ++u)
-                fold_row(&w.s[u * kChunk], mask ? mask + u * nk + j0 : nullptr, kc, w.m[u], w.l[u],
+                fold_row(&w.s[u * kChunk], mask ? mask + u * nk + j0 : nullptr, kc, width, w.m[u], w.l[u],
                          &w.o[u * w.dv_pad], w.dv_pad);
             accumulate(w, kc);
         }
