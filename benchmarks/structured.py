@@ -130,15 +130,18 @@ def run_case(case: Case, args: argparse.Namespace, console: Console) -> Result:
     gen = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(args.batch, args.heads, n, args.head_dim, generator=gen) for _ in range(3))
     result = Result(case, case.mask.pair_count(case.shape))
-    if case.kind == "radial":
+    if isinstance(case.mask, masks.AxialMask):
+        result.path = "axial lines (SDPA)"
+    elif case.kind == "radial":
         blocks = default_blocks(case.mask, case.shape)
         block_plan = block_sparse_plan(case.mask, case.shape, 0, *blocks)
         result.notes.append(f"blocks {blocks}: computed scores / N^2 = {block_plan.block_density:.3f}, "
                             f"mask density {result.pairs / n**2:.3f}")
         result.path = "fused blocks" if not case.backward else "SDPA blocks"
-    else:
+    if case.kind != "radial":
         plan = tile_plan(case.mask, case.shape)
         result.notes.append(f"plan {plan.describe()}; key rows/bh={plan.key_rows}, mask elements={plan.mask_elements}")
+    if case.kind != "radial" and not isinstance(case.mask, masks.AxialMask):
         layout = local_layout(case.mask, case.shape)
         if layout is not None and not case.backward:
             tiles_list = progression_tiles(layout, 0)
