@@ -1,12 +1,12 @@
 // Fused tile attention: softmax attention over lists of (query tile, key segments), each segment optionally under
-// a bool mask, with GEMM-style register blocking. The engine behind the window, grid, halo, axial and block-sparse
-// (radial) fast paths.
+// a bool mask, with GEMM-style register blocking: the forward engine of the neighborhood, window, grid, halo, strip,
+// sliding-window and block-sparse (radial, PARO) fast paths.
 //
 // Per batch-head and tile, with the tile's queries Q (nq x d) and the keys of its segments taken in chunks of
-// KC = 64, it computes S = scale * Q K^T for the chunk (4 queries x 2 vectors of keys per register block, K
+// KC = 64, it computes S = scale * Q K^T for the chunk (8 queries x 2 vectors of keys per register block, K
 // transposed into scratch), masks S to -inf where the segment's mask says 0, and folds the chunk into the online
 // softmax (Flash Attention's running max m and sum l, rescaling the output accumulator by exp(m_old - m_new)),
-// then O += P V (4 queries x one vector of the value dims per block). Finally out_i = O_i / l_i and
+// then O += P V (8 queries x two vectors of the value dims per block). Finally out_i = O_i / l_i and
 // lse_i = m_i + log l_i; a query that saw no key gets 0 and lse = -inf. Scores never leave per-thread scratch.
 //
 // Built on demand by visattn/ops/native.py and called through ctypes (visattn/ops/tile_kernel.py).
@@ -24,7 +24,7 @@ namespace {
 using namespace visattn;
 
 constexpr int64_t kChunk = 64;
-constexpr int64_t kRows = 4;
+constexpr int64_t kRows = 8;
 
 inline int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 
@@ -51,7 +51,7 @@ struct Workspace {
           l(nq_pad) {}
 };
 
-// S[nq_pad x width] = Q[nq_pad x d] Kt[d x width] (rows of S and Kt kChunk apart), 4 rows x 2 vectors per
+// S[nq_pad x width] = Q[nq_pad x d] Kt[d x width] (rows of S and Kt kChunk apart), 8 rows x 2 vectors per
 // register block.
 template <typename T>
 void scores(Workspace<T>& w, int64_t width) {
@@ -76,7 +76,7 @@ void scores(Workspace<T>& w, int64_t width) {
     }
 }
 
-// O[nq_pad x dv_pad] += P[nq_pad x kChunk] V[kChunk x dv_pad], register blocks of 4 rows x B vectors.
+// O[nq_pad x dv_pad] += P[nq_pad x kChunk] V[kChunk x dv_pad], register blocks of 8 rows x B vectors.
 template <typename T, int B>
 void accumulate_block(Workspace<T>& w, int64_t keys, int64_t u, int64_t c) {
     using S = Simd<T>;
