@@ -39,7 +39,7 @@ __all__ = ["TileList", "bitmap_tiles", "build_tiles", "progression_tiles", "tile
 
 KEY_CHUNK = 64
 KEY_BLOCK = 32
-ROW_BLOCK = 8
+ROW_BLOCK = 4
 MAX_TILE_QUERIES = 64
 _SUFFIX = {torch.float32: "f32", torch.float64: "f64"}
 
@@ -73,7 +73,7 @@ class TileList:
 
     @property
     def score_elements(self) -> int:
-        """Scores computed per batch and head, padding included (queries to 8, keys to 32 per segment)."""
+        """Scores computed per batch and head, padding included (queries to 4, keys to 32 per segment)."""
         nq = torch.diff(self.q_ptr)
         nq_pad = (nq + ROW_BLOCK - 1) // ROW_BLOCK * ROW_BLOCK
         seg_keys = torch.diff(self.key_ptr)

@@ -6,7 +6,7 @@
 // KC = 64, it computes S = scale * Q K^T for the chunk (8 queries x 2 vectors of keys per register block, K
 // transposed into scratch), masks S to -inf where the segment's mask says 0, and folds the chunk into the online
 // softmax (Flash Attention's running max m and sum l, rescaling the output accumulator by exp(m_old - m_new)),
-// then O += P V (8 queries x two vectors of the value dims per block). Finally out_i = O_i / l_i and
+// then O += P V (8 or 4 queries x two vectors of the value dims per block). Finally out_i = O_i / l_i and
 // lse_i = m_i + log l_i; a query that saw no key gets 0 and lse = -inf. Scores never leave per-thread scratch.
 //
 // Built on demand by visattn/ops/native.py and called through ctypes (visattn/ops/tile_kernel.py).
@@ -39,7 +39,7 @@ struct Workspace {
     int64_t nq_pad, d, dv_pad;
     std::vector<T> q, kt, vs, s, o, m, l;
     Workspace(int64_t max_q, int64_t d, int64_t dv)
-        : nq_pad(round_up(std::max<int64_t>(max_q, 1), kRows)),
+        : nq_pad(round_up(std::max<int64_t>(max_q, 1), kRows / 2)),
           d(d),
           dv_pad(round_up(dv, Simd<T>::lanes)),
           q(nq_pad * d),
@@ -51,58 +51,70 @@ struct Workspace {
           l(nq_pad) {}
 };
 
-// S[nq_pad x width] = Q[nq_pad x d] Kt[d x width] (rows of S and Kt kChunk apart), 8 rows x 2 vectors per
-// register block.
-template <typename T>
-void scores(Workspace<T>& w, int64_t width) {
+// Rows of a tile are taken 8 at a time, then 4 (tiles are padded to a multiple of 4 rows).
+template <typename T, int R>
+void scores_block(Workspace<T>& w, int64_t width, int64_t u) {
     using S = Simd<T>;
-    for (int64_t u = 0; u < w.nq_pad; u += kRows) {
-        for (int64_t j = 0; j < width; j += 2 * S::lanes) {
-            typename S::vec acc[kRows][2] = {};
-            for (int64_t c = 0; c < w.d; ++c) {
-                const typename S::vec k0 = S::load(&w.kt[c * kChunk + j]);
-                const typename S::vec k1 = S::load(&w.kt[c * kChunk + j + S::lanes]);
-                for (int64_t r = 0; r < kRows; ++r) {
-                    const T qv = w.q[(u + r) * w.d + c];
-                    acc[r][0] += qv * k0;
-                    acc[r][1] += qv * k1;
-                }
+    for (int64_t j = 0; j < width; j += 2 * S::lanes) {
+        typename S::vec acc[R][2] = {};
+        for (int64_t c = 0; c < w.d; ++c) {
+            const typename S::vec k0 = S::load(&w.kt[c * kChunk + j]);
+            const typename S::vec k1 = S::load(&w.kt[c * kChunk + j + S::lanes]);
+            for (int r = 0; r < R; ++r) {
+                const T qv = w.q[(u + r) * w.d + c];
+                acc[r][0] += qv * k0;
+                acc[r][1] += qv * k1;
             }
-            for (int64_t r = 0; r < kRows; ++r) {
-                S::store(&w.s[(u + r) * kChunk + j], acc[r][0]);
-                S::store(&w.s[(u + r) * kChunk + j + S::lanes], acc[r][1]);
-            }
+        }
+        for (int r = 0; r < R; ++r) {
+            S::store(&w.s[(u + r) * kChunk + j], acc[r][0]);
+            S::store(&w.s[(u + r) * kChunk + j + S::lanes], acc[r][1]);
         }
     }
 }
 
-// O[nq_pad x dv_pad] += P[nq_pad x kChunk] V[kChunk x dv_pad], register blocks of 8 rows x B vectors.
-template <typename T, int B>
+// S[rows x width] = Q[rows x d] Kt[d x width] (rows of S and Kt kChunk apart), register blocks of 8 (then 4) rows x
+// 2 vectors.
+template <typename T>
+void scores(Workspace<T>& w, int64_t width, int64_t rows) {
+    int64_t u = 0;
+    for (; u + kRows <= rows; u += kRows) scores_block<T, kRows>(w, width, u);
+    for (; u < rows; u += kRows / 2) scores_block<T, kRows / 2>(w, width, u);
+}
+
+// O[u:u+R] += P[u:u+R, :keys] V[keys x dv_pad] on the value dims [c, c + B lanes).
+template <typename T, int R, int B>
 void accumulate_block(Workspace<T>& w, int64_t keys, int64_t u, int64_t c) {
     using S = Simd<T>;
-    typename S::vec acc[kRows][B];
-    for (int64_t r = 0; r < kRows; ++r)
+    typename S::vec acc[R][B];
+    for (int r = 0; r < R; ++r)
         for (int b = 0; b < B; ++b) acc[r][b] = S::load(&w.o[(u + r) * w.dv_pad + c + b * S::lanes]);
     for (int64_t j = 0; j < keys; ++j) {
         typename S::vec vv[B];
         for (int b = 0; b < B; ++b) vv[b] = S::load(&w.vs[j * w.dv_pad + c + b * S::lanes]);
-        for (int64_t r = 0; r < kRows; ++r) {
+        for (int r = 0; r < R; ++r) {
             const T p = w.s[(u + r) * kChunk + j];
             for (int b = 0; b < B; ++b) acc[r][b] += p * vv[b];
         }
     }
-    for (int64_t r = 0; r < kRows; ++r)
+    for (int r = 0; r < R; ++r)
         for (int b = 0; b < B; ++b) S::store(&w.o[(u + r) * w.dv_pad + c + b * S::lanes], acc[r][b]);
 }
 
-template <typename T>
-void accumulate(Workspace<T>& w, int64_t keys) {
+template <typename T, int R>
+void accumulate_rows(Workspace<T>& w, int64_t keys, int64_t u) {
     const int64_t lanes = Simd<T>::lanes;
-    for (int64_t u = 0; u < w.nq_pad; u += kRows) {
-        int64_t c = 0;
-        for (; c + 2 * lanes <= w.dv_pad; c += 2 * lanes) accumulate_block<T, 2>(w, keys, u, c);
-        if (c < w.dv_pad) accumulate_block<T, 1>(w, keys, u, c);
-    }
+    int64_t c = 0;
+    for (; c + 2 * lanes <= w.dv_pad; c += 2 * lanes) accumulate_block<T, R, 2>(w, keys, u, c);
+    if (c < w.dv_pad) accumulate_block<T, R, 1>(w, keys, u, c);
+}
+
+// O[rows x dv_pad] += P[rows x keys] V[keys x dv_pad], register blocks of 8 (then 4) rows x 2 vectors.
+template <typename T>
+void accumulate(Workspace<T>& w, int64_t keys, int64_t rows) {
+    int64_t u = 0;
+    for (; u + kRows <= rows; u += kRows) accumulate_rows<T, kRows>(w, keys, u);
+    for (; u < rows; u += kRows / 2) accumulate_rows<T, kRows / 2>(w, keys, u);
 }
 
 // Kt[d x kChunk] (keys transposed, zero past kc) and Vs[kChunk x dv_pad] from the key rows ``idx[0:kc]``; when
@@ -170,14 +182,14 @@ template <typename T>
 void run_tile(const T* qb, const T* kb, const T* vb, T* ob, T* lseb, int64_t dim, int64_t dim_v, Strides qs,
               Strides ks, Strides vs, Strides os, int64_t lse_n, const Tiles& tiles, int64_t t, T scale,
               Workspace<T>& w) {
-    const int64_t q0 = tiles.q_ptr[t], nq = tiles.q_ptr[t + 1] - q0;
+    const int64_t q0 = tiles.q_ptr[t], nq = tiles.q_ptr[t + 1] - q0, rows = round_up(nq, kRows / 2);
     const int64_t* qi = tiles.q_idx + q0;
-    std::fill(w.q.begin(), w.q.end(), T(0));
+    std::fill(w.q.begin(), w.q.begin() + rows * dim, T(0));
     for (int64_t u = 0; u < nq; ++u) {
         const T* row = qb + qi[u] * qs.n;
         for (int64_t c = 0; c < dim; ++c) w.q[u * dim + c] = row[c] * scale;
     }
-    std::fill(w.o.begin(), w.o.end(), T(0));
+    std::fill(w.o.begin(), w.o.begin() + rows * w.dv_pad, T(0));
     std::fill(w.m.begin(), w.m.end(), T(-INFINITY));
     std::fill(w.l.begin(), w.l.end(), T(0));
     for (int64_t seg = tiles.seg_ptr[t]; seg < tiles.seg_ptr[t + 1]; ++seg) {
@@ -187,11 +199,11 @@ void run_tile(const T* qb, const T* kb, const T* vb, T* ob, T* lseb, int64_t dim
             const int64_t kc = std::min(kChunk, nk - j0);
             const int64_t width = round_up(kc, 2 * Simd<T>::lanes);
             load_chunk(w, kb, vb, tiles.k_idx + k0 + j0, kc, width, dim, dim_v, ks.n, vs.n);
-            scores(w, width);
+            scores(w, width, rows);
             for (int64_t u = 0; u < nq; ++u)
                 fold_row(&w.s[u * kChunk], mask ? mask + u * nk + j0 : nullptr, kc, width, w.m[u], w.l[u],
                          &w.o[u * w.dv_pad], w.dv_pad);
-            accumulate(w, kc);
+            accumulate(w, kc, rows);
         }
     }
     for (int64_t u = 0; u < nq; ++u) {
