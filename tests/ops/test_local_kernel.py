@@ -26,20 +26,12 @@ from visattn.ops.local_kernel import (
 )
 from visattn.ops.native import native_library
 from visattn.ops.tiled import run_tile_plan
+from visattn.testing import random_qkv as qkv
 
 pytestmark = [
     pytest.mark.usefixtures("one_thread"),
     pytest.mark.skipif(native_library("local_attention") is None, reason="no C++ compiler: the kernel cannot build"),
 ]
-
-
-def qkv(batch: int, heads: int, n: int, dim: int, dtype: torch.dtype = torch.float64, seed: int = 0,
-        contiguous: bool = True, scale: float = 1.0) -> tuple[torch.Tensor, ...]:
-    gen = torch.Generator().manual_seed(seed)
-    if contiguous:
-        return tuple(scale * torch.randn(batch, heads, n, dim, generator=gen, dtype=dtype) for _ in range(3))
-    return tuple(scale * torch.randn(batch, n, heads, dim, generator=gen, dtype=dtype).transpose(1, 2)
-                 for _ in range(3))
 
 
 def reference(q, k, v, mask, shape, prefix=0):
@@ -62,27 +54,11 @@ def assert_kernel_matches_reference(mask, shape, prefix=0, batch=2, heads=2, dim
         torch.testing.assert_close(g, w, rtol=tol * 10, atol=tol * 10, msg=lambda m, name=name: f"grad {name}: {m}")
 
 
-@st.composite
-def neighborhood_cases(draw):
-    ndim = draw(st.integers(1, 3))
-    kernel, dilation, stride, causal, shape = [], [], [], [], []
-    for _ in range(ndim):
-        k = draw(st.integers(1, 5))
-        d = draw(st.integers(1, 2))
-        kernel.append(k)
-        dilation.append(d)
-        stride.append(draw(st.integers(1, k)))
-        causal.append(draw(st.booleans()))
-        shape.append(draw(st.integers(k * d, k * d + 4)))
-    mask = masks.neighborhood_mask(tuple(kernel), tuple(dilation), tuple(stride), tuple(causal))
-    return mask, tuple(shape)
-
-
 @settings(max_examples=40, deadline=None)
-@given(case=neighborhood_cases(), prefix=st.integers(0, 2), batch=st.integers(1, 2), dim=st.sampled_from([3, 8, 16]),
-       contiguous=st.booleans())
-def test_neighborhood_matches_reference(case, prefix, batch, dim, contiguous):
-    mask, shape = case
+@given(prefix=st.integers(0, 2), batch=st.integers(1, 2), dim=st.sampled_from([3, 8, 16]), contiguous=st.booleans(),
+       data=st.data())
+def test_neighborhood_matches_reference(neighborhood_cases, prefix, batch, dim, contiguous, data):
+    mask, shape = data.draw(neighborhood_cases)
     assert_kernel_matches_reference(mask, shape, prefix, batch=batch, dim=dim, contiguous=contiguous)
 
 

@@ -16,19 +16,12 @@ from visattn.ops import attention, masked_attention, tiled
 from visattn.ops.local_kernel import local_layout
 from visattn.ops.native import native_library
 from visattn.ops.tile_kernel import build_tiles, progression_tiles, tile_attention
+from visattn.testing import random_qkv as qkv
 
 pytestmark = [
     pytest.mark.usefixtures("one_thread"),
     pytest.mark.skipif(native_library("tile_attention") is None, reason="no C++ compiler: the kernel cannot build"),
 ]
-
-
-def qkv(batch, heads, n, dim, dtype=torch.float64, seed=0, contiguous=True, scale=1.0):
-    gen = torch.Generator().manual_seed(seed)
-    if contiguous:
-        return tuple(scale * torch.randn(batch, heads, n, dim, generator=gen, dtype=dtype) for _ in range(3))
-    return tuple(scale * torch.randn(batch, n, heads, dim, generator=gen, dtype=dtype).transpose(1, 2)
-                 for _ in range(3))
 
 
 def reference(q, k, v, mask, shape, prefix=0):
@@ -40,26 +33,11 @@ def run(mask, shape, prefix, q, k, v, tile_sizes=None):
     return tile_attention(q, k, v, progression_tiles(layout, prefix, tile_sizes), prefix)
 
 
-@st.composite
-def neighborhood_cases(draw):
-    ndim = draw(st.integers(1, 3))
-    kernel, dilation, stride, causal, shape = [], [], [], [], []
-    for _ in range(ndim):
-        k = draw(st.integers(1, 5))
-        d = draw(st.integers(1, 2))
-        kernel.append(k)
-        dilation.append(d)
-        stride.append(draw(st.integers(1, k)))
-        causal.append(draw(st.booleans()))
-        shape.append(draw(st.integers(k * d, k * d + 4)))
-    return masks.neighborhood_mask(tuple(kernel), tuple(dilation), tuple(stride), tuple(causal)), tuple(shape)
-
-
 @settings(max_examples=40, deadline=None)
-@given(case=neighborhood_cases(), prefix=st.integers(0, 2), batch=st.integers(1, 2), dim=st.sampled_from([3, 8, 16]),
-       contiguous=st.booleans(), data=st.data())
-def test_neighborhood_matches_reference(case, prefix, batch, dim, contiguous, data):
-    mask, shape = case
+@given(prefix=st.integers(0, 2), batch=st.integers(1, 2), dim=st.sampled_from([3, 8, 16]), contiguous=st.booleans(),
+       data=st.data())
+def test_neighborhood_matches_reference(neighborhood_cases, prefix, batch, dim, contiguous, data):
+    mask, shape = data.draw(neighborhood_cases)
     sizes = data.draw(st.one_of(st.none(), st.tuples(*[st.integers(1, 8) for _ in shape])))
     q, k, v = qkv(batch, 2, prefix + math.prod(shape), dim, contiguous=contiguous)
     torch.testing.assert_close(run(mask, shape, prefix, q, k, v, sizes), reference(q, k, v, mask, shape, prefix),

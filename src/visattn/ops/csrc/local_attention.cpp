@@ -120,11 +120,13 @@ inline Simd<float>::vec hsum16(Simd<float>::vec* v) {
                __builtin_shufflevector(v[2 * m], v[2 * m + 1], 8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29,
                                        30, 31);
     for (int m = 0; m < 4; ++m)
-        w[m] = __builtin_shufflevector(u[2 * m], u[2 * m + 1], 0, 1, 2, 3, 8, 9, 10, 11, 16, 17, 18, 19, 24, 25, 26, 27) +
+        w[m] = __builtin_shufflevector(u[2 * m], u[2 * m + 1], 0, 1, 2, 3, 8, 9, 10, 11, 16, 17, 18, 19, 24, 25, 26,
+                                       27) +
                __builtin_shufflevector(u[2 * m], u[2 * m + 1], 4, 5, 6, 7, 12, 13, 14, 15, 20, 21, 22, 23, 28, 29, 30,
                                        31);
     for (int m = 0; m < 2; ++m)
-        x[m] = __builtin_shufflevector(w[2 * m], w[2 * m + 1], 0, 1, 4, 5, 8, 9, 12, 13, 16, 17, 20, 21, 24, 25, 28, 29) +
+        x[m] = __builtin_shufflevector(w[2 * m], w[2 * m + 1], 0, 1, 4, 5, 8, 9, 12, 13, 16, 17, 20, 21, 24, 25, 28,
+                                       29) +
                __builtin_shufflevector(w[2 * m], w[2 * m + 1], 2, 3, 6, 7, 10, 11, 14, 15, 18, 19, 22, 23, 26, 27, 30,
                                        31);
     return __builtin_shufflevector(x[0], x[1], 0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30) +
@@ -207,10 +209,21 @@ struct Problem {
 // Per-thread scratch: a pair list and three score-sized arrays, plus a head-dim accumulator.
 template <typename T>
 struct Scratch {
-    std::vector<int64_t> pairs;
+    std::vector<int64_t> pairs, rows;
     std::vector<T> a, b, c, acc;
-    Scratch(int64_t width, int64_t dim) : pairs(width), a(width), b(width), c(width), acc(dim) {}
+    Scratch(int64_t width, int64_t dim) : pairs(width), rows(width), a(width), b(width), c(width), acc(dim) {}
 };
+
+// Runs body(row, scratch) for row < rows on ``threads`` OpenMP threads, one Scratch per thread.
+template <typename T, typename Body>
+void parallel_rows(int64_t rows, int64_t width, int64_t dim, int threads, Body&& body) {
+#pragma omp parallel num_threads(threads)
+    {
+        Scratch<T> sc(width, dim);
+#pragma omp for schedule(static)
+        for (int64_t row = 0; row < rows; ++row) body(row, sc);
+    }
+}
 
 // One query row over its ``n`` keys (token indices ``keys``): out = softmax(scale q . k_j) v_j; returns the
 // log-sum-exp (-inf and a zero row when n == 0).
@@ -241,21 +254,16 @@ T softmax_row(const T* qi, const T* kb, const T* vb, const int64_t* keys, int64_
 template <typename T, int C>
 void forward(const T* q, const T* k, const T* v, T* out, T* lse, const Problem& pr, const Layout& layout, T scale,
              int threads) {
-    const int64_t rows = pr.batch * pr.heads * layout.spatial;
-#pragma omp parallel num_threads(threads)
-    {
-        Scratch<T> sc(max_keys(layout), std::max(pr.dim, pr.dim_v));
-#pragma omp for schedule(static)
-        for (int64_t row = 0; row < rows; ++row) {
-            const int64_t bh = row / layout.spatial, i = row % layout.spatial;
-            const int64_t b = bh / pr.heads, h = bh % pr.heads;
-            const int64_t n = pair_list(layout, i, sc.pairs.data());
-            lse[row] = softmax_row<T, C>(q + b * pr.qs.b + h * pr.qs.h + (layout.prefix + i) * pr.qs.n,
-                                         k + b * pr.ks.b + h * pr.ks.h, v + b * pr.vs.b + h * pr.vs.h,
-                                         sc.pairs.data(), n, pr, scale, sc.a.data(), sc.acc.data(),
-                                         out + row * pr.dim_v);
-        }
-    }
+    parallel_rows<T>(pr.batch * pr.heads * layout.spatial, max_keys(layout), std::max(pr.dim, pr.dim_v), threads,
+                     [&](int64_t row, Scratch<T>& sc) {
+                         const int64_t bh = row / layout.spatial, i = row % layout.spatial;
+                         const int64_t b = bh / pr.heads, h = bh % pr.heads;
+                         const int64_t n = pair_list(layout, i, sc.pairs.data());
+                         lse[row] = softmax_row<T, C>(
+                             q + b * pr.qs.b + h * pr.qs.h + (layout.prefix + i) * pr.qs.n,
+                             k + b * pr.ks.b + h * pr.ks.h, v + b * pr.vs.b + h * pr.vs.h, sc.pairs.data(), n, pr,
+                             scale, sc.a.data(), sc.acc.data(), out + row * pr.dim_v);
+                     });
 }
 
 // Every query row ``i`` of ``q`` (``rows`` per batch-head) over its own ``width`` keys ``index[bh, i, :]``
@@ -263,49 +271,40 @@ void forward(const T* q, const T* k, const T* v, T* out, T* lse, const Problem& 
 template <typename T, int C>
 void index_forward(const T* q, const T* k, const T* v, T* out, const int64_t* index, int64_t rows, int64_t width,
                    const Problem& pr, T scale, int threads) {
-    const int64_t total = pr.batch * pr.heads * rows;
-#pragma omp parallel num_threads(threads)
-    {
-        Scratch<T> sc(width, std::max(pr.dim, pr.dim_v));
-#pragma omp for schedule(static)
-        for (int64_t row = 0; row < total; ++row) {
-            const int64_t bh = row / rows, i = row % rows;
-            const int64_t b = bh / pr.heads, h = bh % pr.heads;
-            const int64_t* keys = index + row * width;
-            int64_t n = 0;
-            while (n < width && keys[n] >= 0) ++n;
-            softmax_row<T, C>(q + b * pr.qs.b + h * pr.qs.h + i * pr.qs.n, k + b * pr.ks.b + h * pr.ks.h,
-                              v + b * pr.vs.b + h * pr.vs.h, keys, n, pr, scale, sc.a.data(), sc.acc.data(),
-                              out + row * pr.dim_v);
-        }
-    }
+    parallel_rows<T>(pr.batch * pr.heads * rows, width, std::max(pr.dim, pr.dim_v), threads,
+                     [&](int64_t row, Scratch<T>& sc) {
+                         const int64_t bh = row / rows, i = row % rows;
+                         const int64_t b = bh / pr.heads, h = bh % pr.heads;
+                         const int64_t* keys = index + row * width;
+                         int64_t n = 0;
+                         while (n < width && keys[n] >= 0) ++n;
+                         softmax_row<T, C>(q + b * pr.qs.b + h * pr.qs.h + i * pr.qs.n,
+                                           k + b * pr.ks.b + h * pr.ks.h, v + b * pr.vs.b + h * pr.vs.h, keys, n,
+                                           pr, scale, sc.a.data(), sc.acc.data(), out + row * pr.dim_v);
+                     });
 }
 
 // dQ for spatial queries: dq_i = scale * sum_j p_ij (do_i . v_j - delta_i) k_j with p_ij = exp(s_ij - lse_i).
 template <typename T, int C>
 void backward_query(const T* q, const T* k, const T* v, const T* dout, const T* lse, const T* delta, T* dq,
                     const Problem& pr, const Layout& layout, T scale, int threads) {
-    const int64_t rows = pr.batch * pr.heads * layout.spatial;
-#pragma omp parallel num_threads(threads)
-    {
-        Scratch<T> sc(max_keys(layout), std::max(pr.dim, pr.dim_v));
-#pragma omp for schedule(static)
-        for (int64_t row = 0; row < rows; ++row) {
-            const int64_t bh = row / layout.spatial, i = row % layout.spatial;
-            const int64_t b = bh / pr.heads, h = bh % pr.heads;
-            const T* kb = k + b * pr.ks.b + h * pr.ks.h;
-            const int64_t n = pair_list(layout, i, sc.pairs.data());
-            T *s = sc.a.data(), *dp = sc.b.data();
-            gathered_dots<T, C>(q + b * pr.qs.b + h * pr.qs.h + (layout.prefix + i) * pr.qs.n, kb, sc.pairs.data(),
-                                n, pr.ks.n, pr.dim, s);
-            gathered_dots<T, C>(dout + row * pr.dim_v, v + b * pr.vs.b + h * pr.vs.h, sc.pairs.data(), n, pr.vs.n,
-                                pr.dim_v, dp);
-            const T l = lse[row], dl = delta[row];
+    parallel_rows<T>(pr.batch * pr.heads * layout.spatial, max_keys(layout), std::max(pr.dim, pr.dim_v), threads,
+                     [&](int64_t row, Scratch<T>& sc) {
+                         const int64_t bh = row / layout.spatial, i = row % layout.spatial;
+                         const int64_t b = bh / pr.heads, h = bh % pr.heads;
+                         const T* kb = k + b * pr.ks.b + h * pr.ks.h;
+                         const int64_t n = pair_list(layout, i, sc.pairs.data());
+                         T *s = sc.a.data(), *dp = sc.b.data();
+                         gathered_dots<T, C>(q + b * pr.qs.b + h * pr.qs.h + (layout.prefix + i) * pr.qs.n, kb,
+                                             sc.pairs.data(), n, pr.ks.n, pr.dim, s);
+                         gathered_dots<T, C>(dout + row * pr.dim_v, v + b * pr.vs.b + h * pr.vs.h, sc.pairs.data(),
+                                             n, pr.vs.n, pr.dim_v, dp);
+                         const T l = lse[row], dl = delta[row];
 #pragma omp simd
-            for (int64_t j = 0; j < n; ++j) s[j] = exp_of(s[j] * scale - l) * (dp[j] - dl);
-            gathered_sum<T, C>(s, kb, sc.pairs.data(), n, pr.ks.n, pr.dim, scale, sc.acc.data(), dq + row * pr.dim);
-        }
-    }
+                         for (int64_t j = 0; j < n; ++j) s[j] = exp_of(s[j] * scale - l) * (dp[j] - dl);
+                         gathered_sum<T, C>(s, kb, sc.pairs.data(), n, pr.ks.n, pr.dim, scale, sc.acc.data(),
+                                            dq + row * pr.dim);
+                     });
 }
 
 // dK, dV for spatial keys from spatial queries, key-major over the transposed layout (queries that see key j):
@@ -314,33 +313,28 @@ template <typename T, int C>
 void backward_key(const T* q, const T* k, const T* v, const T* dout, const T* lse, const T* delta, T* dk, T* dv,
                   const Problem& pr, const Layout& transposed, T scale, int threads) {
     const int64_t spatial = transposed.spatial, prefix = transposed.prefix;
-    const int64_t rows = pr.batch * pr.heads * spatial;
-#pragma omp parallel num_threads(threads)
-    {
-        Scratch<T> sc(max_keys(transposed), std::max(pr.dim, pr.dim_v));
-        std::vector<int64_t> query_rows(max_keys(transposed));
-#pragma omp for schedule(static)
-        for (int64_t row = 0; row < rows; ++row) {
-            const int64_t bh = row / spatial, j = row % spatial;
-            const int64_t b = bh / pr.heads, h = bh % pr.heads;
-            const int64_t n = pair_list(transposed, j, sc.pairs.data()) - prefix;
-            int64_t* qi = sc.pairs.data() + prefix;  // token indices of the spatial queries that see key j
-            for (int64_t t = 0; t < n; ++t) query_rows[t] = bh * spatial + qi[t] - prefix;
-            T *s = sc.a.data(), *dp = sc.b.data(), *p = sc.c.data();
-            const T* qb = q + b * pr.qs.b + h * pr.qs.h;
-            gathered_dots<T, C>(k + b * pr.ks.b + h * pr.ks.h + (prefix + j) * pr.ks.n, qb, qi, n, pr.qs.n, pr.dim,
-                                s);
-            gathered_dots<T, C>(v + b * pr.vs.b + h * pr.vs.h + (prefix + j) * pr.vs.n, dout, query_rows.data(), n,
-                                pr.dim_v, pr.dim_v, dp);
-            for (int64_t t = 0; t < n; ++t) {
-                p[t] = exp_of(s[t] * scale - lse[query_rows[t]]);
-                s[t] = p[t] * (dp[t] - delta[query_rows[t]]);
-            }
-            gathered_sum<T, C>(p, dout, query_rows.data(), n, pr.dim_v, pr.dim_v, T(1), sc.acc.data(),
-                               dv + row * pr.dim_v);
-            gathered_sum<T, C>(s, qb, qi, n, pr.qs.n, pr.dim, scale, sc.acc.data(), dk + row * pr.dim);
-        }
-    }
+    parallel_rows<T>(pr.batch * pr.heads * spatial, max_keys(transposed), std::max(pr.dim, pr.dim_v), threads,
+                     [&](int64_t row, Scratch<T>& sc) {
+                         const int64_t bh = row / spatial, j = row % spatial;
+                         const int64_t b = bh / pr.heads, h = bh % pr.heads;
+                         const int64_t n = pair_list(transposed, j, sc.pairs.data()) - prefix;
+                         int64_t* qi = sc.pairs.data() + prefix;  // token indices of the spatial queries seeing j
+                         int64_t* query_rows = sc.rows.data();
+                         for (int64_t t = 0; t < n; ++t) query_rows[t] = bh * spatial + qi[t] - prefix;
+                         T *s = sc.a.data(), *dp = sc.b.data(), *p = sc.c.data();
+                         const T* qb = q + b * pr.qs.b + h * pr.qs.h;
+                         gathered_dots<T, C>(k + b * pr.ks.b + h * pr.ks.h + (prefix + j) * pr.ks.n, qb, qi, n,
+                                             pr.qs.n, pr.dim, s);
+                         gathered_dots<T, C>(v + b * pr.vs.b + h * pr.vs.h + (prefix + j) * pr.vs.n, dout,
+                                             query_rows, n, pr.dim_v, pr.dim_v, dp);
+                         for (int64_t t = 0; t < n; ++t) {
+                             p[t] = exp_of(s[t] * scale - lse[query_rows[t]]);
+                             s[t] = p[t] * (dp[t] - delta[query_rows[t]]);
+                         }
+                         gathered_sum<T, C>(p, dout, query_rows, n, pr.dim_v, pr.dim_v, T(1), sc.acc.data(),
+                                            dv + row * pr.dim_v);
+                         gathered_sum<T, C>(s, qb, qi, n, pr.qs.n, pr.dim, scale, sc.acc.data(), dk + row * pr.dim);
+                     });
 }
 
 // Runs KERNEL<T, C> with C = dim / lanes for the dims that have a register path, C = 0 otherwise.
