@@ -18,7 +18,6 @@ cannot run (no compiler, non-CPU tensors, dtypes other than float32/float64, att
 
 from __future__ import annotations
 
-import ctypes
 import functools
 import math
 from dataclasses import dataclass
@@ -31,15 +30,12 @@ from torch import Tensor
 from .._checks import Shape
 from ..masks import Mask, SeparableMask, SlidingWindowMask
 from ..masks.axis import AxisRule, Progression
-from .native import native_library
+from .native import DTYPE_SUFFIX, call, native_library, needs_grad, row_major, strides, supported
 
 __all__ = ["LocalLayout", "axis_progression", "index_attention", "kernel_preferred", "local_attention", "local_layout",
            "transposed_progression"]
 
 MAX_DIMS = 4
-_SUFFIX = {torch.float32: "f32", torch.float64: "f64"}
-
-
 TABLE_MAX_LENGTH = 4096
 TRANSPOSE_MAX_PAIRS = 1 << 25
 
@@ -160,50 +156,27 @@ def local_layout(mask: Mask, shape: Shape) -> LocalLayout | None:
     return None if any(p is None for p in axes) else LocalLayout(shape, tuple(axes))
 
 
-def _ptr(t: Tensor | None) -> ctypes.c_void_p:
-    return ctypes.c_void_p(0 if t is None else t.data_ptr())
-
-
-def _strides(t: Tensor) -> ctypes.Array:
-    return (ctypes.c_int64 * 3)(*t.stride()[:3])
-
-
-def _row_major(t: Tensor) -> Tensor:
-    return t if t.stride(-1) == 1 else t.contiguous()
-
-
 def _kernel_forward(q: Tensor, k: Tensor, v: Tensor, layout: LocalLayout, prefix: int, scale: float
                     ) -> tuple[Tensor, Tensor]:
-    lib = native_library("local_attention")
     b, h, n, dim = q.shape
-    spatial = n - prefix
-    out = q.new_empty(b, h, spatial, v.shape[-1])
-    lse = q.new_empty(b, h, spatial)
+    out = q.new_empty(b, h, n - prefix, v.shape[-1])
+    lse = q.new_empty(b, h, n - prefix)
     shape = torch.tensor(layout.shape, dtype=torch.int64)
-    start, count, step = layout.forward
-    getattr(lib, f"visattn_local_forward_{_SUFFIX[q.dtype]}")(
-        _ptr(q), _ptr(k), _ptr(v), _ptr(out), _ptr(lse), ctypes.c_int64(b), ctypes.c_int64(h), ctypes.c_int64(dim),
-        ctypes.c_int64(v.shape[-1]), _strides(q), _strides(k), _strides(v), ctypes.c_int64(len(layout.shape)),
-        _ptr(shape), _ptr(start), _ptr(count), _ptr(step), ctypes.c_int64(prefix), ctypes.c_double(scale),
-        ctypes.c_int(torch.get_num_threads()))
+    call("local_attention", f"visattn_local_forward_{DTYPE_SUFFIX[q.dtype]}", q, k, v, out, lse, b, h, dim,
+         v.shape[-1], strides(q), strides(k), strides(v), len(layout.shape), shape, *layout.forward, prefix, scale)
     return out, lse
 
 
 def _kernel_backward(q: Tensor, k: Tensor, v: Tensor, dout: Tensor, lse: Tensor, delta: Tensor,
                      layout: LocalLayout, prefix: int, scale: float) -> tuple[Tensor, Tensor, Tensor]:
-    lib = native_library("local_attention")
     b, h, n, dim = q.shape
-    spatial = n - prefix
-    dq = q.new_empty(b, h, spatial, dim)
-    dk = q.new_empty(b, h, spatial, dim)
-    dv = q.new_empty(b, h, spatial, v.shape[-1])
+    dq = q.new_empty(b, h, n - prefix, dim)
+    dk = q.new_empty(b, h, n - prefix, dim)
+    dv = q.new_empty(b, h, n - prefix, v.shape[-1])
     shape = torch.tensor(layout.shape, dtype=torch.int64)
-    getattr(lib, f"visattn_local_backward_{_SUFFIX[q.dtype]}")(
-        _ptr(q), _ptr(k), _ptr(v), _ptr(dout), _ptr(lse), _ptr(delta), _ptr(dq), _ptr(dk), _ptr(dv),
-        ctypes.c_int64(b), ctypes.c_int64(h), ctypes.c_int64(dim), ctypes.c_int64(v.shape[-1]), _strides(q),
-        _strides(k), _strides(v), ctypes.c_int64(len(layout.shape)), _ptr(shape), *map(_ptr, layout.forward),
-        *map(_ptr, layout.transposed), ctypes.c_int64(prefix), ctypes.c_double(scale),
-        ctypes.c_int(torch.get_num_threads()))
+    call("local_attention", f"visattn_local_backward_{DTYPE_SUFFIX[q.dtype]}", q, k, v, dout, lse, delta, dq, dk,
+         dv, b, h, dim, v.shape[-1], strides(q), strides(k), strides(v), len(layout.shape), shape, *layout.forward,
+         *layout.transposed, prefix, scale)
     return dq, dk, dv
 
 
@@ -242,24 +215,20 @@ def index_attention(q: Tensor, k: Tensor, v: Tensor, index: Tensor, scale: float
     indices into k; a negative entry ends a list), in the kernel's row loop without gathering keys: Sparsifiner's
     top-k execution. ``q``: ``(B, heads, Nq, d)``, ``k, v``: ``(B, heads, N, d)``, ``index``: ``(B, heads, Nq, kk)``
     int64. None where the kernel cannot run (autograd, see the module docstring)."""
-    if q.device.type != "cpu" or q.dtype not in _SUFFIX or not (q.dtype == k.dtype == v.dtype):
+    if not supported(q, k, v) or needs_grad(q, k, v) or torch.compiler.is_compiling():
         return None
-    if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad):
-        return None
-    if torch.compiler.is_compiling() or native_library("local_attention") is None:
+    if native_library("local_attention") is None:
         return None
     if index.dtype != torch.int64 or tuple(index.shape[:3]) != tuple(q.shape[:3]):
         raise ValueError(f"index must be int64 of shape (B, heads, Nq, kk) with (B, heads, Nq)={tuple(q.shape[:3])}, "
                          f"got {index.dtype} {tuple(index.shape)}")
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
-    q, k, v = _row_major(q), _row_major(k), _row_major(v)
+    q, k, v = row_major(q), row_major(k), row_major(v)
     index = index.contiguous()
     b, h, rows, dim = q.shape
     out = q.new_empty(b, h, rows, v.shape[-1])
-    getattr(native_library("local_attention"), f"visattn_index_forward_{_SUFFIX[q.dtype]}")(
-        _ptr(q), _ptr(k), _ptr(v), _ptr(out), _ptr(index), ctypes.c_int64(rows), ctypes.c_int64(index.shape[-1]),
-        ctypes.c_int64(b), ctypes.c_int64(h), ctypes.c_int64(dim), ctypes.c_int64(v.shape[-1]), _strides(q),
-        _strides(k), _strides(v), ctypes.c_double(scale), ctypes.c_int(torch.get_num_threads()))
+    call("local_attention", f"visattn_index_forward_{DTYPE_SUFFIX[q.dtype]}", q, k, v, out, index, rows,
+         index.shape[-1], b, h, dim, v.shape[-1], strides(q), strides(k), strides(v), scale)
     return out
 
 
@@ -269,18 +238,17 @@ def local_attention(q: Tensor, k: Tensor, v: Tensor, mask: Mask, shape: Shape, n
 
     Args: as :func:`~visattn.ops.masked_attention` with a checked, bound ``shape`` and ``num_prefix_tokens``.
     """
-    if dropout_p or q.device.type != "cpu" or q.dtype not in _SUFFIX or not (q.dtype == k.dtype == v.dtype):
+    if dropout_p or not supported(q, k, v) or torch.compiler.is_compiling():
         return None
-    if torch.compiler.is_compiling() or native_library("local_attention") is None:
+    if native_library("local_attention") is None:
         return None
     layout = local_layout(mask, shape)
     if layout is None:
         return None
-    differentiable = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
-    if differentiable and layout.transposed is None:
+    if needs_grad(q, k, v) and layout.transposed is None:
         return None
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
-    q, k, v = _row_major(q), _row_major(k), _row_major(v)
+    q, k, v = row_major(q), row_major(k), row_major(v)
     prefix = num_prefix_tokens
     grid_out = _LocalAttention.apply(q, k, v, layout, prefix, scale)
     if not prefix:

@@ -20,6 +20,9 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+import torch
+from torch import Tensor
+
 log = logging.getLogger("visattn")
 
 SOURCE_DIR = Path(__file__).parent / "csrc"
@@ -70,3 +73,43 @@ def native_library(name: str) -> ctypes.CDLL | None:
             log.warning("visattn: building the %s kernel failed, using the PyTorch fallback: %s", name, detail[-2000:])
             return None
     return ctypes.CDLL(str(target))
+
+
+DTYPE_SUFFIX = {torch.float32: "f32", torch.float64: "f64"}
+
+
+def supported(q: Tensor, k: Tensor, v: Tensor) -> bool:
+    """Whether the kernels take these tensors: CPU, float32 or float64, one dtype."""
+    return q.device.type == "cpu" and q.dtype in DTYPE_SUFFIX and q.dtype == k.dtype == v.dtype
+
+
+def needs_grad(*tensors: Tensor) -> bool:
+    """Whether autograd records an op on ``tensors``."""
+    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+
+
+def row_major(t: Tensor) -> Tensor:
+    """``t`` itself when its last dim is contiguous (the kernels take any other strides), else a contiguous copy."""
+    return t if t.stride(-1) == 1 else t.contiguous()
+
+
+def strides(t: Tensor) -> ctypes.Array:
+    """The element strides of the first three dims of ``t`` (batch, head, token) as an int64 array."""
+    return (ctypes.c_int64 * 3)(*t.stride()[:3])
+
+
+def _c_arg(arg: object) -> object:
+    if arg is None or isinstance(arg, Tensor):
+        return ctypes.c_void_p(0 if arg is None else arg.data_ptr())
+    if isinstance(arg, int) and not isinstance(arg, bool):
+        return ctypes.c_int64(arg)
+    if isinstance(arg, float):
+        return ctypes.c_double(arg)
+    return arg
+
+
+def call(library: str, function: str, *args: object) -> None:
+    """Call ``function`` of the compiled ``library`` with tensors passed as data pointers (None as NULL), ints as
+    int64, floats as double and ctypes objects as they are, on ``torch.get_num_threads()`` threads (the last C
+    argument)."""
+    getattr(native_library(library), function)(*map(_c_arg, args), ctypes.c_int(torch.get_num_threads()))

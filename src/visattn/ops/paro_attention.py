@@ -22,6 +22,7 @@ from torch import Tensor
 
 from .._checks import check_qkv
 from .masked import sdpa_bool_mask
+from .native import row_major
 from .paro_quant import fake_quant_tiles, fake_quant_tokens
 from .tile_kernel import bitmap_tiles, run_tiles, tile_attention_available
 
@@ -68,7 +69,7 @@ def paro_block_sparse_attention(q: Tensor, k: Tensor, v: Tensor, bitmap: Tensor,
         q, k = fake_quant_tokens(q, block, qk_bits), fake_quant_tokens(k, block, qk_bits)
     if p_bits is None and tile_attention_available(q, k, v, dropout_p):
         out = q.new_empty(*q.shape[:3], v.shape[-1])
-        q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
+        q, k, v = row_major(q), row_major(k), row_major(v)
         for head, head_bitmap in enumerate(bitmap.cpu().numpy()):
             run_tiles(q[:, head : head + 1], k[:, head : head + 1], v[:, head : head + 1],
                       bitmap_tiles(head_bitmap, block, n), out[:, head : head + 1], scale)

@@ -20,7 +20,6 @@ float32/float64, non-CPU tensors, dropout, or without a compiler); callers then 
 
 from __future__ import annotations
 
-import ctypes
 import functools
 import itertools
 import math
@@ -33,7 +32,7 @@ from torch import Tensor
 
 from ..masks.axis import Progression
 from .local_kernel import LocalLayout
-from .native import native_library
+from .native import DTYPE_SUFFIX, call, native_library, needs_grad, row_major, strides, supported
 
 __all__ = ["TileList", "bitmap_tiles", "build_tiles", "progression_tiles", "tile_attention", "tile_attention_available"]
 
@@ -41,7 +40,6 @@ KEY_CHUNK = 64
 KEY_BLOCK = 32
 ROW_BLOCK = 4
 MAX_TILE_QUERIES = 64
-_SUFFIX = {torch.float32: "f32", torch.float64: "f64"}
 
 
 @dataclass(frozen=True, eq=False)
@@ -239,34 +237,21 @@ def progression_tiles(layout: LocalLayout, num_prefix_tokens: int = 0,
     return build_tiles(tiles, tuple(sizes))
 
 
-def _ptr(t: Tensor | None) -> ctypes.c_void_p:
-    return ctypes.c_void_p(0 if t is None else t.data_ptr())
-
-
-def _strides(t: Tensor) -> ctypes.Array:
-    return (ctypes.c_int64 * 3)(*t.stride()[:3])
-
-
 def run_tiles(q: Tensor, k: Tensor, v: Tensor, tiles: TileList, out: Tensor, scale: float,
               lse: Tensor | None = None) -> None:
     """Write the rows of ``out`` (``[B, heads, N, dv]``) that ``tiles`` names (and of ``lse``, ``[B, heads, N]``)."""
-    lib = native_library("tile_attention")
     b, h, _, dim = q.shape
-    getattr(lib, f"visattn_tile_forward_{_SUFFIX[q.dtype]}")(
-        _ptr(q), _ptr(k), _ptr(v), _ptr(out), _ptr(lse), ctypes.c_int64(b), ctypes.c_int64(h),
-        ctypes.c_int64(dim), ctypes.c_int64(v.shape[-1]), _strides(q), _strides(k), _strides(v), _strides(out),
-        _strides(lse) if lse is not None else _strides(out), ctypes.c_int64(tiles.count), _ptr(tiles.q_ptr),
-        _ptr(tiles.q_idx), _ptr(tiles.seg_ptr), _ptr(tiles.key_ptr), _ptr(tiles.k_idx), _ptr(tiles.mask_off),
-        _ptr(tiles.masks), ctypes.c_double(scale), ctypes.c_int(torch.get_num_threads()))
+    call("tile_attention", f"visattn_tile_forward_{DTYPE_SUFFIX[q.dtype]}", q, k, v, out, lse, b, h, dim,
+         v.shape[-1], strides(q), strides(k), strides(v), strides(out), strides(out if lse is None else lse),
+         tiles.count, tiles.q_ptr, tiles.q_idx, tiles.seg_ptr, tiles.key_ptr, tiles.k_idx, tiles.mask_off,
+         tiles.masks, scale)
 
 
 def tile_attention_available(q: Tensor, k: Tensor, v: Tensor, dropout_p: float = 0.0) -> bool:
     """Whether :func:`tile_attention` can run on these tensors (see the module docstring)."""
-    if dropout_p or q.device.type != "cpu" or q.dtype not in _SUFFIX or not (q.dtype == k.dtype == v.dtype):
+    if dropout_p or not supported(q, k, v) or needs_grad(q, k, v) or torch.compiler.is_compiling():
         return False
-    if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad):
-        return False
-    return not torch.compiler.is_compiling() and native_library("tile_attention") is not None
+    return native_library("tile_attention") is not None
 
 
 def tile_attention(q: Tensor, k: Tensor, v: Tensor, tiles: TileList, num_prefix_tokens: int = 0,
@@ -276,7 +261,7 @@ def tile_attention(q: Tensor, k: Tensor, v: Tensor, tiles: TileList, num_prefix_
     if not tile_attention_available(q, k, v, dropout_p):
         return None
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
-    q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
+    q, k, v = row_major(q), row_major(k), row_major(v)
     out = q.new_empty(*q.shape[:3], v.shape[-1])
     run_tiles(q, k, v, tiles, out, scale)
     prefix = num_prefix_tokens

@@ -25,6 +25,7 @@ from .._checks import Shape, as_shape, check_qkv, check_tokens, num_tokens
 from ..masks import Mask, SeparableMask, SequenceMask, SlidingWindowMask
 from .local_kernel import kernel_preferred, local_attention, local_layout
 from .masked import register_fast_path
+from .native import needs_grad
 from .tile_kernel import progression_tiles, tile_attention, tile_attention_available
 from .tiled_autograd import gather_rows, scatter_rows, select_rows, unfold_windows
 from .tiled_plan import PlanTensors, TilePlan, tile_plan
@@ -138,10 +139,6 @@ def _worth_tiling(plan: TilePlan, shape: Shape) -> bool:
     return plan.score_elements <= n * n
 
 
-def _needs_grad(*tensors: Tensor) -> bool:
-    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
-
-
 def _fast_path(q: Tensor, k: Tensor, v: Tensor, mask: Mask, shape: Shape, num_prefix_tokens: int,
                scale: float | None, dropout_p: float) -> Tensor | None:
     """The fastest engine that can run the call, by measurement (``benchmarks/structured.py``, 2 cores):
@@ -156,7 +153,7 @@ def _fast_path(q: Tensor, k: Tensor, v: Tensor, mask: Mask, shape: Shape, num_pr
     plan, tensors = prepared_plan(mask, shape, num_prefix_tokens, None, q.dtype, q.device)
     layout = None if torch.compiler.is_compiling() else local_layout(mask, shape)
     if layout is not None:
-        if not _needs_grad(q, k, v) and tile_attention_available(q, k, v, dropout_p):
+        if not needs_grad(q, k, v) and tile_attention_available(q, k, v, dropout_p):
             tiles = progression_tiles(layout, num_prefix_tokens)
             return tile_attention(q, k, v, tiles, num_prefix_tokens, scale, dropout_p)
         if kernel_preferred(layout, plan.score_elements):
