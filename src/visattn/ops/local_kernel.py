@@ -129,19 +129,16 @@ class LocalLayout:
         return math.prod(int(p[1].sum()) for p in self.axes)
 
 
-SMALL_WINDOW_KEYS = 64
 TILE_WASTE_RATIO = 2.0
 
 
 def kernel_preferred(layout: LocalLayout, tiled_score_elements: int) -> bool:
-    """Whether the fused kernel should beat the tiled SDPA path, from measurements on 2 cores (fp32, d = 32,
-    ``benchmarks/structured.py``): the kernel costs about 3.5 dense-SDPA pair-times per attended pair, SDPA on
-    tiles about 1.5-2 per computed score once tiles hold more than 64 keys, much more below. So: the kernel where
-    the tiles would compute at least ``TILE_WASTE_RATIO`` times the attended pairs (neighborhood in 2-D and 3-D) or
-    a query sees at most ``SMALL_WINDOW_KEYS`` keys (windows of 7x7 or 8x8, grids); tiles otherwise (16x16
-    windows, axial lines, long 1-D windows)."""
-    return (layout.max_keys <= SMALL_WINDOW_KEYS
-            or tiled_score_elements >= TILE_WASTE_RATIO * max(layout.pairs, 1))
+    """Whether this kernel should beat SDPA on tiles in training (forward + backward), from measurements on 2 cores
+    (fp32, d = 32): it costs about 3.5 dense-SDPA pair-times per attended pair, SDPA tiles 1.5-4 per computed
+    score. So: this kernel where the tiles would compute at least ``TILE_WASTE_RATIO`` times the attended pairs
+    (neighborhood in 2-D and 3-D: 2.5-2.8x faster forward + backward), tiles otherwise (windows, grids and halo,
+    whose tiles waste nothing: 1.2-1.4x faster there)."""
+    return tiled_score_elements >= TILE_WASTE_RATIO * max(layout.pairs, 1)
 
 
 @functools.lru_cache(maxsize=64)
