@@ -14,14 +14,7 @@ from visattn import masks
 from visattn.nn import AxialAttention, LineAttention, MorphAxialAttention
 from visattn.ops import masked_attention
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny problems: one intra-op thread avoids OpenMP stalls on a shared CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def line_reference(line: LineAttention, x: torch.Tensor, axis: int) -> torch.Tensor:

@@ -14,13 +14,7 @@ from visattn.ops import masked_attention
 MODULES = {1: NeighborhoodAttention1d, 2: NeighborhoodAttention2d, 3: NeighborhoodAttention3d}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small problems: one intra-op thread keeps them fast where OpenMP barriers stall on a shared CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def definition(module, x):

@@ -14,14 +14,7 @@ from visattn.ops import axial_attention, masked_attention
 from visattn.ops.axial import axial_fast_path, from_lines, to_lines
 from visattn.ops.masked import fast_path_for
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny problems: one intra-op thread avoids OpenMP stalls on a shared CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def qkv(batch, heads, n, dim, dim_v=None, dtype=torch.float64, seed=0, contiguous=True):

@@ -20,14 +20,7 @@ from visattn.ops.masked import fast_path_for
 from visattn.ops.native import native_library
 from visattn.ops.tile_kernel import tile_attention
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny problems: one intra-op thread avoids OpenMP stalls on a shared CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def qkv(batch, heads, n, dim, dim_v=None, dtype=torch.float64, seed=0):

@@ -16,23 +16,9 @@ from visattn.masks import AxisRule, SeparableMask
 from visattn.ops import masked_attention, tile_plan, tiled_attention
 from visattn.ops.masked import fast_path_for
 from visattn.ops.tiled import key_tiles, run_tile_plan
+from visattn.testing import random_qkv as qkv
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """These problems are tiny: one intra-op thread keeps them fast where OpenMP barriers stall on a shared CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def qkv(batch: int, heads: int, n: int, dim: int, dtype: torch.dtype = torch.float64, seed: int = 0,
-        contiguous: bool = True) -> tuple[torch.Tensor, ...]:
-    gen = torch.Generator().manual_seed(seed)
-    if contiguous:
-        return tuple(torch.randn(batch, heads, n, dim, generator=gen, dtype=dtype) for _ in range(3))
-    return tuple(torch.randn(batch, n, heads, dim, generator=gen, dtype=dtype).transpose(1, 2) for _ in range(3))
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def reference(q, k, v, mask, shape, prefix=0):
