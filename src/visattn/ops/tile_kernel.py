@@ -37,8 +37,8 @@ from .native import DTYPE_SUFFIX, call, native_library, needs_grad, row_major, s
 __all__ = ["TileList", "bitmap_tiles", "build_tiles", "progression_tiles", "tile_attention", "tile_attention_available"]
 
 KEY_CHUNK = 64
-KEY_BLOCK = 32
-ROW_BLOCK = 4
+MASK_ALIGN = 16
+ROW_BLOCK = 16
 MAX_TILE_QUERIES = 64
 
 
@@ -46,7 +46,9 @@ MAX_TILE_QUERIES = 64
 class TileList:
     """Tiles in CSR form (int64 tensors): tile ``t`` has queries ``q_idx[q_ptr[t]:q_ptr[t+1]]`` (token indices)
     and segments ``seg_ptr[t]:seg_ptr[t+1]``; segment ``s`` has keys ``k_idx[key_ptr[s]:key_ptr[s+1]]`` and its
-    mask at ``masks[mask_off[s]:]`` (``[queries, keys]`` uint8, row-major), or no mask where ``mask_off[s] < 0``."""
+    mask at ``masks[mask_off[s]:]``, or no mask where ``mask_off[s] < 0``. Masks are stored key-major, as the kernel
+    reads them (one query per vector lane): uint8 ``[keys, queries]`` with the query axis zero-padded to a multiple
+    of ``MASK_ALIGN``."""
 
     q_ptr: Tensor
     q_idx: Tensor
@@ -71,13 +73,12 @@ class TileList:
 
     @property
     def score_elements(self) -> int:
-        """Scores computed per batch and head, padding included (queries to 4, keys to 32 per segment)."""
+        """Scores computed per batch and head, padding included (queries to a multiple of ``ROW_BLOCK``, the
+        float32 vector width; keys are not padded)."""
         nq = torch.diff(self.q_ptr)
         nq_pad = (nq + ROW_BLOCK - 1) // ROW_BLOCK * ROW_BLOCK
-        seg_keys = torch.diff(self.key_ptr)
-        seg_pad = (seg_keys + KEY_BLOCK - 1) // KEY_BLOCK * KEY_BLOCK
         tile_of_seg = torch.repeat_interleave(torch.arange(self.count), torch.diff(self.seg_ptr))
-        return int((nq_pad[tile_of_seg] * seg_pad).sum())
+        return int((nq_pad[tile_of_seg] * torch.diff(self.key_ptr)).sum())
 
 
 def build_tiles(tiles: list[tuple[np.ndarray, list[tuple[np.ndarray, np.ndarray | None]]]],
@@ -96,8 +97,10 @@ def build_tiles(tiles: list[tuple[np.ndarray, list[tuple[np.ndarray, np.ndarray 
                 mask_off.append(-1)
             else:
                 mask_off.append(mask_len)
-                m_parts.append(np.ascontiguousarray(mask, dtype=np.uint8).reshape(-1))
-                mask_len += mask.size
+                stored = np.zeros((len(keys), -(-len(queries) // MASK_ALIGN) * MASK_ALIGN), dtype=np.uint8)
+                stored[:, : len(queries)] = np.asarray(mask, dtype=bool).T
+                m_parts.append(stored.reshape(-1))
+                mask_len += stored.size
         seg_ptr.append(seg_ptr[-1] + len(segments))
 
     def cat(parts: list[np.ndarray], dtype: type) -> Tensor:
@@ -193,8 +196,7 @@ def tile_cost(rows: int, keys: int) -> float:
     ``benchmarks/structured.py``): 1.4 per padded score plus 8 per padded key (transpose, copy and the softmax
     fold of each key chunk)."""
     rows_pad = -(-rows // ROW_BLOCK) * ROW_BLOCK
-    keys_pad = -(-keys // KEY_BLOCK) * KEY_BLOCK
-    return 1.4 * rows_pad * keys_pad + 8.0 * keys_pad
+    return 1.4 * rows_pad * keys + 8.0 * keys
 
 
 def _choose_sizes(layout: LocalLayout, prefix: int) -> tuple[int, ...]:

@@ -6,6 +6,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 #include <utility>
 
 namespace visattn {
@@ -38,51 +39,60 @@ template <typename T>
 struct Simd {
     static constexpr int64_t lanes = 64 / sizeof(T);
     typedef T vec __attribute__((vector_size(64)));
+    using Int = std::conditional_t<sizeof(T) == 4, int32_t, int64_t>;
+    typedef Int mask __attribute__((vector_size(64)));  // lane masks, as vector comparisons return them
+    typedef uint8_t bytes __attribute__((vector_size(lanes)));
     static vec load(const T* p) {
         vec v;
         std::memcpy(&v, p, sizeof(v));
         return v;
     }
     static void store(T* p, vec v) { std::memcpy(p, &v, sizeof(v)); }
+    static vec splat(T x) { return vec{} + x; }
+    static vec max(vec a, vec b) { return a > b ? a : b; }
+    static vec select(mask m, vec a, vec b) { return m ? a : b; }
+    // Lanes whose byte in the bool array ``p`` is nonzero.
+    static mask allowed(const uint8_t* p) {
+        bytes b;
+        std::memcpy(&b, p, sizeof(b));
+        return __builtin_convertvector(b, mask) != 0;
+    }
 };
+
+// Bool masks read a vector of bytes at a time are stored with rows padded to this many bytes.
+constexpr int64_t kMaskAlign = 16;
+
+// exp of every lane: exp_approx's Cephes polynomial on whole vectors for float, std::exp per lane for double.
+template <typename T>
+inline typename Simd<T>::vec exp_vec(typename Simd<T>::vec x) {
+    for (int64_t i = 0; i < Simd<T>::lanes; ++i) x[i] = std::exp(x[i]);
+    return x;
+}
+
+template <>
+inline Simd<float>::vec exp_vec<float>(Simd<float>::vec x) {
+    using S = Simd<float>;
+    const S::vec lo = S::splat(-87.0f), magic = S::splat(12582912.0f);  // 1.5 * 2^23 rounds to nearest
+    const S::vec xc = S::max(lo, x < 88.0f ? x : S::splat(88.0f));
+    const S::vec n = (xc * 1.44269504088896341f + magic) - magic;
+    S::vec r = xc - n * 0.693359375f;
+    r = r - n * -2.12194440e-4f;
+    S::vec p = S::splat(1.9875691500e-4f);
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    p = p * r * r + r + 1.0f;
+    const S::mask bits = (__builtin_convertvector(n, S::mask) + 127) << 23;
+    S::vec scale;
+    std::memcpy(&scale, &bits, sizeof(scale));
+    return S::select(x < lo, S::splat(0.0f), p * scale);
+}
 
 struct Strides {
     int64_t b, h, n;
 };
-
-// Horizontal max and sum of a vector by halving: log2(lanes) shuffles, lane 0 holds the result.
-template <typename V, int L, int H, size_t... I>
-inline V fold_half(V v, std::index_sequence<I...>) {
-    return __builtin_shufflevector(v, v, ((I + H) % L)...);
-}
-
-template <typename T>
-inline T reduce_max(typename Simd<T>::vec v) {
-    constexpr int L = Simd<T>::lanes;
-    using V = typename Simd<T>::vec;
-    V x = fold_half<V, L, L / 2>(v, std::make_index_sequence<L>{});
-    v = v > x ? v : x;
-    x = fold_half<V, L, L / 4>(v, std::make_index_sequence<L>{});
-    v = v > x ? v : x;
-    x = fold_half<V, L, L / 8>(v, std::make_index_sequence<L>{});
-    v = v > x ? v : x;
-    if constexpr (L == 16) {
-        x = fold_half<V, L, 1>(v, std::make_index_sequence<L>{});
-        v = v > x ? v : x;
-    }
-    return v[0];
-}
-
-template <typename T>
-inline T reduce_sum(typename Simd<T>::vec v) {
-    constexpr int L = Simd<T>::lanes;
-    using V = typename Simd<T>::vec;
-    v += fold_half<V, L, L / 2>(v, std::make_index_sequence<L>{});
-    v += fold_half<V, L, L / 4>(v, std::make_index_sequence<L>{});
-    v += fold_half<V, L, L / 8>(v, std::make_index_sequence<L>{});
-    if constexpr (L == 16) v += fold_half<V, L, 1>(v, std::make_index_sequence<L>{});
-    return v[0];
-}
 
 // Transpose of a lanes x lanes block held in ``lanes`` vectors, in log2(lanes) butterfly stages: the stage for
 // bit s swaps bit s of the row index with bit s of the column index between rows i and i | s, one two-source

@@ -2,12 +2,15 @@
 // a bool mask, with GEMM-style register blocking: the forward engine of the neighborhood, window, grid, halo, strip,
 // sliding-window and block-sparse (radial, PARO) fast paths.
 //
-// Per batch-head and tile, with the tile's queries Q (nq x d) and the keys of its segments taken in chunks of
-// KC = 64, it computes S = scale * Q K^T for the chunk (8 queries x 2 vectors of keys per register block, K
-// transposed into scratch), masks S to -inf where the segment's mask says 0, and folds the chunk into the online
-// softmax (Flash Attention's running max m and sum l, rescaling the output accumulator by exp(m_old - m_new)),
-// then O += P V (8 or 4 queries x two vectors of the value dims per block). Finally out_i = O_i / l_i and
-// lse_i = m_i + log l_i; a query that saw no key gets 0 and lse = -inf. Scores never leave per-thread scratch.
+// Everything per tile is kept query-major across vector lanes ("transposed"): Qt [d x rows], the scores St
+// [keys x rows] and the output accumulator Ot [dv x rows], rows padded to the vector width. Then
+//   St[j, :] = sum_c K[j, c] * Qt[c, :]      (8 keys x 2 vectors of queries per register block, K broadcast from
+//                                              its own row: no key transpose, copy or padding),
+// masking is one byte-vector compare per key, and the online softmax (Flash Attention's running max m and sum l,
+// rescaling Ot by exp(m_old - m_new)) runs down the keys with one query per lane, free of horizontal reductions;
+//   Ot[c, :] += sum_j V[j, c] * P[j, :]      (8 value dims x 2 vectors of queries per register block).
+// Finally out = Ot^T / l and lse = m + log l; a query that saw no key gets 0 and lse = -inf. Scores never leave
+// per-thread scratch.
 //
 // Built on demand by visattn/ops/native.py and called through ctypes (visattn/ops/tile_kernel.py).
 
@@ -24,7 +27,7 @@ namespace {
 using namespace visattn;
 
 constexpr int64_t kChunk = 64;
-constexpr int64_t kRows = 8;
+constexpr int kBlock = 8;
 
 inline int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 
@@ -36,160 +39,195 @@ struct Tiles {
 
 template <typename T>
 struct Workspace {
-    int64_t nq_pad, d, dv_pad;
-    std::vector<T> q, kt, vs, s, o, m, l;
+    int64_t rows;  // query rows per tile, padded to the vector width: the stride of every transposed array
+    int64_t d, dv;
+    std::vector<T> qt, kc, vc, st, ot, m, l;
     Workspace(int64_t max_q, int64_t d, int64_t dv)
-        : nq_pad(round_up(std::max<int64_t>(max_q, 1), kRows / 2)),
+        : rows(round_up(std::max<int64_t>(max_q, 1), Simd<T>::lanes)),
           d(d),
-          dv_pad(round_up(dv, Simd<T>::lanes)),
-          q(nq_pad * d),
-          kt(d * kChunk),
-          vs(kChunk * dv_pad),
-          s(nq_pad * kChunk),
-          o(nq_pad * dv_pad),
-          m(nq_pad),
-          l(nq_pad) {}
+          dv(dv),
+          qt(d * rows),
+          kc(kChunk * d),
+          vc(kChunk * dv),
+          st(kChunk * rows),
+          ot(dv * rows),
+          m(rows),
+          l(rows) {}
 };
 
-// Rows of a tile are taken 8 at a time, then 4 (tiles are padded to a multiple of 4 rows).
-template <typename T, int R>
-void scores_block(Workspace<T>& w, int64_t width, int64_t u) {
+// St[j0 + r, u : u + V lanes] = sum_c K[j0 + r, c] Qt[c, u : ...] for r < R keys.
+template <typename T, int R, int V>
+void scores_block(Workspace<T>& w, int64_t dim, int64_t j0, int64_t u) {
     using S = Simd<T>;
-    for (int64_t j = 0; j < width; j += 2 * S::lanes) {
-        typename S::vec acc[R][2] = {};
-        for (int64_t c = 0; c < w.d; ++c) {
-            const typename S::vec k0 = S::load(&w.kt[c * kChunk + j]);
-            const typename S::vec k1 = S::load(&w.kt[c * kChunk + j + S::lanes]);
-            for (int r = 0; r < R; ++r) {
-                const T qv = w.q[(u + r) * w.d + c];
-                acc[r][0] += qv * k0;
-                acc[r][1] += qv * k1;
-            }
-        }
+    typename S::vec acc[R][V] = {};
+    const T* k = &w.kc[j0 * dim];
+    for (int64_t c = 0; c < dim; ++c) {
+        typename S::vec qv[V];
+        for (int b = 0; b < V; ++b) qv[b] = S::load(&w.qt[c * w.rows + u + b * S::lanes]);
         for (int r = 0; r < R; ++r) {
-            S::store(&w.s[(u + r) * kChunk + j], acc[r][0]);
-            S::store(&w.s[(u + r) * kChunk + j + S::lanes], acc[r][1]);
+            const T kv = k[r * dim + c];
+            for (int b = 0; b < V; ++b) acc[r][b] += kv * qv[b];
         }
     }
-}
-
-// S[rows x width] = Q[rows x d] Kt[d x width] (rows of S and Kt kChunk apart), register blocks of 8 (then 4) rows x
-// 2 vectors.
-template <typename T>
-void scores(Workspace<T>& w, int64_t width, int64_t rows) {
-    int64_t u = 0;
-    for (; u + kRows <= rows; u += kRows) scores_block<T, kRows>(w, width, u);
-    for (; u < rows; u += kRows / 2) scores_block<T, kRows / 2>(w, width, u);
-}
-
-// O[u:u+R] += P[u:u+R, :keys] V[keys x dv_pad] on the value dims [c, c + B lanes).
-template <typename T, int R, int B>
-void accumulate_block(Workspace<T>& w, int64_t keys, int64_t u, int64_t c) {
-    using S = Simd<T>;
-    typename S::vec acc[R][B];
     for (int r = 0; r < R; ++r)
-        for (int b = 0; b < B; ++b) acc[r][b] = S::load(&w.o[(u + r) * w.dv_pad + c + b * S::lanes]);
+        for (int b = 0; b < V; ++b) S::store(&w.st[(j0 + r) * w.rows + u + b * S::lanes], acc[r][b]);
+}
+
+template <typename T, int V>
+void scores_rows(Workspace<T>& w, int64_t dim, int64_t keys, int64_t u) {
+    int64_t j = 0;
+    for (; j + kBlock <= keys; j += kBlock) scores_block<T, kBlock, V>(w, dim, j, u);
+    for (; j + 2 <= keys; j += 2) scores_block<T, 2, V>(w, dim, j, u);
+    if (j < keys) scores_block<T, 1, V>(w, dim, j, u);
+}
+
+// St[:keys, :rows] = K[:keys] Qt[:, :rows], queries two vectors at a time (then one).
+template <typename T>
+void scores(Workspace<T>& w, int64_t dim, int64_t keys, int64_t rows) {
+    constexpr int64_t L = Simd<T>::lanes;
+    int64_t u = 0;
+    for (; u + 2 * L <= rows; u += 2 * L) scores_rows<T, 2>(w, dim, keys, u);
+    if (u < rows) scores_rows<T, 1>(w, dim, keys, u);
+}
+
+// Ot[c0 + r, u : ...] += sum_j V[j, c0 + r] P[j, u : ...] for r < R value dims.
+template <typename T, int R, int V>
+void accumulate_block(Workspace<T>& w, int64_t keys, int64_t c0, int64_t u) {
+    using S = Simd<T>;
+    typename S::vec acc[R][V];
+    for (int r = 0; r < R; ++r)
+        for (int b = 0; b < V; ++b) acc[r][b] = S::load(&w.ot[(c0 + r) * w.rows + u + b * S::lanes]);
     for (int64_t j = 0; j < keys; ++j) {
-        typename S::vec vv[B];
-        for (int b = 0; b < B; ++b) vv[b] = S::load(&w.vs[j * w.dv_pad + c + b * S::lanes]);
+        typename S::vec p[V];
+        for (int b = 0; b < V; ++b) p[b] = S::load(&w.st[j * w.rows + u + b * S::lanes]);
+        const T* vj = &w.vc[j * w.dv + c0];
         for (int r = 0; r < R; ++r) {
-            const T p = w.s[(u + r) * kChunk + j];
-            for (int b = 0; b < B; ++b) acc[r][b] += p * vv[b];
+            const T vv = vj[r];
+            for (int b = 0; b < V; ++b) acc[r][b] += vv * p[b];
         }
     }
     for (int r = 0; r < R; ++r)
-        for (int b = 0; b < B; ++b) S::store(&w.o[(u + r) * w.dv_pad + c + b * S::lanes], acc[r][b]);
+        for (int b = 0; b < V; ++b) S::store(&w.ot[(c0 + r) * w.rows + u + b * S::lanes], acc[r][b]);
 }
 
-template <typename T, int R>
-void accumulate_rows(Workspace<T>& w, int64_t keys, int64_t u) {
-    const int64_t lanes = Simd<T>::lanes;
+template <typename T, int V>
+void accumulate_rows(Workspace<T>& w, int64_t dim_v, int64_t keys, int64_t u) {
     int64_t c = 0;
-    for (; c + 2 * lanes <= w.dv_pad; c += 2 * lanes) accumulate_block<T, R, 2>(w, keys, u, c);
-    if (c < w.dv_pad) accumulate_block<T, R, 1>(w, keys, u, c);
+    for (; c + kBlock <= dim_v; c += kBlock) accumulate_block<T, kBlock, V>(w, keys, c, u);
+    for (; c < dim_v; ++c) accumulate_block<T, 1, V>(w, keys, c, u);
 }
 
-// O[rows x dv_pad] += P[rows x keys] V[keys x dv_pad], register blocks of 8 (then 4) rows x 2 vectors.
+// Ot[:dim_v, :rows] += V[:keys]^T P[:keys, :rows], queries two vectors at a time (then one).
 template <typename T>
-void accumulate(Workspace<T>& w, int64_t keys, int64_t rows) {
+void accumulate(Workspace<T>& w, int64_t dim_v, int64_t keys, int64_t rows) {
+    constexpr int64_t L = Simd<T>::lanes;
     int64_t u = 0;
-    for (; u + kRows <= rows; u += kRows) accumulate_rows<T, kRows>(w, keys, u);
-    for (; u < rows; u += kRows / 2) accumulate_rows<T, kRows / 2>(w, keys, u);
+    for (; u + 2 * L <= rows; u += 2 * L) accumulate_rows<T, 2>(w, dim_v, keys, u);
+    if (u < rows) accumulate_rows<T, 1>(w, dim_v, keys, u);
 }
 
-// Kt[d x kChunk] (keys transposed, zero past kc) and Vs[kChunk x dv_pad] from the key rows ``idx[0:kc]``; when
-// the head dim is a multiple of the vector width, lanes x lanes blocks are transposed in registers.
+// Sets St[j, u] = -inf where the segment's key-major mask (rows padded to ``stride`` bytes) is 0.
 template <typename T>
-void load_chunk(Workspace<T>& w, const T* kb, const T* vb, const int64_t* idx, int64_t kc, int64_t width,
-                int64_t dim, int64_t dim_v, int64_t kn, int64_t vn) {
+void apply_mask(Workspace<T>& w, const uint8_t* mask, int64_t stride, int64_t keys, int64_t rows) {
+    using S = Simd<T>;
+    const typename S::vec blocked = S::splat(T(-INFINITY));
+    for (int64_t j = 0; j < keys; ++j)
+        for (int64_t u = 0; u < rows; u += S::lanes) {
+            T* s = &w.st[j * w.rows + u];
+            S::store(s, S::select(S::allowed(mask + j * stride + u), S::load(s), blocked));
+        }
+}
+
+// Folds a chunk of scores into the online softmax, one query per lane: m' = max(m, max_j S), P = exp(S - m')
+// (0 where S = -inf), l' = l exp(m - m') + sum_j P, Ot *= exp(m - m'). Lanes still without a key keep m = -inf.
+template <typename T>
+void fold(Workspace<T>& w, int64_t dim_v, int64_t keys, int64_t rows) {
+    using S = Simd<T>;
+    const typename S::vec none = S::splat(T(-INFINITY)), zero = S::splat(T(0));
+    for (int64_t u = 0; u < rows; u += S::lanes) {
+        const typename S::vec old_m = S::load(&w.m[u]);
+        typename S::vec top = old_m;
+        for (int64_t j = 0; j < keys; ++j) top = S::max(top, S::load(&w.st[j * w.rows + u]));
+        const typename S::vec shift = S::select(top == none, zero, top);
+        typename S::vec total = zero;
+        for (int64_t j = 0; j < keys; ++j) {
+            T* s = &w.st[j * w.rows + u];
+            const typename S::vec p = exp_vec<T>(S::load(s) - shift);
+            S::store(s, p);
+            total += p;
+        }
+        const typename S::vec alpha = exp_vec<T>(old_m - shift);
+        S::store(&w.l[u], S::load(&w.l[u]) * alpha + total);
+        S::store(&w.m[u], top);
+        for (int64_t c = 0; c < dim_v; ++c) S::store(&w.ot[c * w.rows + u], S::load(&w.ot[c * w.rows + u]) * alpha);
+    }
+}
+
+// The chunk's key and value rows, copied together: rows of a tile's keys can lie a power of two apart (grid
+// cells), where reading them in place would thrash a few L1 sets.
+template <typename T>
+void load_keys(Workspace<T>& w, const T* kb, const T* vb, const int64_t* idx, int64_t keys, int64_t kn, int64_t vn) {
+    for (int64_t j = 0; j < keys; ++j) {
+        std::copy_n(kb + idx[j] * kn, w.d, &w.kc[j * w.d]);
+        std::copy_n(vb + idx[j] * vn, w.dv, &w.vc[j * w.dv]);
+    }
+}
+
+// Qt[:dim, :rows] = scale * Q[tile queries]^T, zero past the tile's nq queries.
+template <typename T>
+void load_queries(Workspace<T>& w, const T* qb, const int64_t* qi, int64_t nq, int64_t qn, int64_t dim, T scale) {
     using S = Simd<T>;
     constexpr int64_t L = S::lanes;
-    for (int64_t j = 0; j < kc; ++j) {
-        std::memcpy(&w.vs[j * w.dv_pad], vb + idx[j] * vn, dim_v * sizeof(T));
-        std::fill(&w.vs[j * w.dv_pad + dim_v], &w.vs[(j + 1) * w.dv_pad], T(0));
-    }
-    if (dim % L == 0) {
-        typename S::vec rows[L];
-        for (int64_t j0 = 0; j0 < width; j0 += L) {
-            for (int64_t c0 = 0; c0 < dim; c0 += L) {
-                for (int64_t r = 0; r < L; ++r)
-                    rows[r] = j0 + r < kc ? S::load(kb + idx[j0 + r] * kn + c0) : typename S::vec{};
-                transpose_block<T>(rows);
-                for (int64_t r = 0; r < L; ++r) S::store(&w.kt[(c0 + r) * kChunk + j0], rows[r]);
-            }
-        }
+    if (dim % L != 0) {
+        std::fill(w.qt.begin(), w.qt.begin() + dim * w.rows, T(0));
+        for (int64_t u = 0; u < nq; ++u)
+            for (int64_t c = 0; c < dim; ++c) w.qt[c * w.rows + u] = qb[qi[u] * qn + c] * scale;
         return;
     }
-    for (int64_t j = 0; j < width; ++j) {
-        const T* krow = j < kc ? kb + idx[j] * kn : nullptr;
-        for (int64_t c = 0; c < dim; ++c) w.kt[c * kChunk + j] = krow ? krow[c] : T(0);
-    }
+    typename S::vec block[L];
+    for (int64_t u0 = 0; u0 < nq; u0 += L)
+        for (int64_t c0 = 0; c0 < dim; c0 += L) {
+            for (int64_t r = 0; r < L; ++r) block[r] = u0 + r < nq ? S::load(qb + qi[u0 + r] * qn + c0) : S::splat(0);
+            transpose_block<T>(block);
+            for (int64_t r = 0; r < L; ++r) S::store(&w.qt[(c0 + r) * w.rows + u0], block[r] * scale);
+        }
 }
 
-// Folds one row of a score chunk into the online softmax: masks it (and the padding from ``kc`` to ``width``, a
-// multiple of two vectors) to -inf,
-// rescales the running sum ``l`` and output row ``o`` to the new maximum ``m``, and leaves exp(s - m) in ``s``
-// (0 where masked). Whole-chunk vector loops; a row that has seen no key yet keeps m = -inf and s = 0.
+// out[tile queries] = (Ot / l)^T and lse = m + log l (0 and -inf for queries that saw no key).
 template <typename T>
-void fold_row(T* s, const uint8_t* mask, int64_t kc, int64_t width, T& m, T& l, T* o, int64_t dv_pad) {
+void store_outputs(Workspace<T>& w, T* ob, T* lseb, const int64_t* qi, int64_t nq, int64_t on, int64_t lse_n,
+                   int64_t dim_v) {
     using S = Simd<T>;
-    for (int64_t j = kc; j < width; ++j) s[j] = T(-INFINITY);
-    if (mask)
-        for (int64_t j = 0; j < kc; ++j) s[j] = mask[j] ? s[j] : T(-INFINITY);
-    typename S::vec top = S::load(s);
-    for (int64_t c = S::lanes; c < width; c += S::lanes) {
-        const typename S::vec x = S::load(s + c);
-        top = x > top ? x : top;
+    constexpr int64_t L = S::lanes;
+    for (int64_t u0 = 0; u0 < nq; u0 += L) {
+        const typename S::vec l = S::load(&w.l[u0]);
+        const typename S::vec inv = S::select(l > S::splat(0), S::splat(1) / l, S::splat(0));
+        if (dim_v % L == 0) {
+            typename S::vec block[L];
+            for (int64_t c0 = 0; c0 < dim_v; c0 += L) {
+                for (int64_t r = 0; r < L; ++r) block[r] = S::load(&w.ot[(c0 + r) * w.rows + u0]) * inv;
+                transpose_block<T>(block);
+                for (int64_t r = 0; r < L && u0 + r < nq; ++r) S::store(ob + qi[u0 + r] * on + c0, block[r]);
+            }
+        } else {
+            for (int64_t r = 0; r < L && u0 + r < nq; ++r)
+                for (int64_t c = 0; c < dim_v; ++c) ob[qi[u0 + r] * on + c] = w.ot[c * w.rows + u0 + r] * inv[r];
+        }
+        if (lseb)
+            for (int64_t r = 0; r < L && u0 + r < nq; ++r)
+                lseb[qi[u0 + r] * lse_n] = l[r] > 0 ? w.m[u0 + r] + std::log(l[r]) : T(-INFINITY);
     }
-    const T new_m = std::max(m, reduce_max<T>(top));
-    if (new_m == T(-INFINITY)) {
-        std::fill(s, s + width, T(0));
-        return;
-    }
-#pragma omp simd
-    for (int64_t j = 0; j < width; ++j) s[j] = exp_of(s[j] - new_m);
-    typename S::vec sum = S::load(s);
-    for (int64_t c = S::lanes; c < width; c += S::lanes) sum += S::load(s + c);
-    const T total = reduce_sum<T>(sum);
-    const T alpha = exp_of(m - new_m);
-    if (alpha != T(1))
-        for (int64_t c = 0; c < dv_pad; c += S::lanes) S::store(o + c, S::load(o + c) * alpha);
-    l = l * alpha + total;
-    m = new_m;
 }
 
 template <typename T>
 void run_tile(const T* qb, const T* kb, const T* vb, T* ob, T* lseb, int64_t dim, int64_t dim_v, Strides qs,
               Strides ks, Strides vs, Strides os, int64_t lse_n, const Tiles& tiles, int64_t t, T scale,
               Workspace<T>& w) {
-    const int64_t q0 = tiles.q_ptr[t], nq = tiles.q_ptr[t + 1] - q0, rows = round_up(nq, kRows / 2);
+    const int64_t q0 = tiles.q_ptr[t], nq = tiles.q_ptr[t + 1] - q0;
+    const int64_t rows = round_up(nq, Simd<T>::lanes), mask_stride = round_up(nq, kMaskAlign);
     const int64_t* qi = tiles.q_idx + q0;
-    std::fill(w.q.begin(), w.q.begin() + rows * dim, T(0));
-    for (int64_t u = 0; u < nq; ++u) {
-        const T* row = qb + qi[u] * qs.n;
-        for (int64_t c = 0; c < dim; ++c) w.q[u * dim + c] = row[c] * scale;
-    }
-    std::fill(w.o.begin(), w.o.begin() + rows * w.dv_pad, T(0));
+    load_queries(w, qb, qi, nq, qs.n, dim, scale);
+    std::fill(w.ot.begin(), w.ot.begin() + dim_v * w.rows, T(0));
     std::fill(w.m.begin(), w.m.end(), T(-INFINITY));
     std::fill(w.l.begin(), w.l.end(), T(0));
     for (int64_t seg = tiles.seg_ptr[t]; seg < tiles.seg_ptr[t + 1]; ++seg) {
@@ -197,22 +235,38 @@ void run_tile(const T* qb, const T* kb, const T* vb, T* ob, T* lseb, int64_t dim
         const uint8_t* mask = tiles.mask_off[seg] >= 0 ? tiles.masks + tiles.mask_off[seg] : nullptr;
         for (int64_t j0 = 0; j0 < nk; j0 += kChunk) {
             const int64_t kc = std::min(kChunk, nk - j0);
-            const int64_t width = round_up(kc, 2 * Simd<T>::lanes);
-            load_chunk(w, kb, vb, tiles.k_idx + k0 + j0, kc, width, dim, dim_v, ks.n, vs.n);
-            scores(w, width, rows);
-            for (int64_t u = 0; u < nq; ++u)
-                fold_row(&w.s[u * kChunk], mask ? mask + u * nk + j0 : nullptr, kc, width, w.m[u], w.l[u],
-                         &w.o[u * w.dv_pad], w.dv_pad);
-            accumulate(w, kc, rows);
+            load_keys(w, kb, vb, tiles.k_idx + k0 + j0, kc, ks.n, vs.n);
+            scores(w, dim, kc, rows);
+            if (mask) apply_mask(w, mask + j0 * mask_stride, mask_stride, kc, rows);
+            fold(w, dim_v, kc, rows);
+            accumulate(w, dim_v, kc, rows);
         }
     }
-    for (int64_t u = 0; u < nq; ++u) {
-        T* orow = ob + qi[u] * os.n;
-        const T inv = w.l[u] > 0 ? T(1) / w.l[u] : T(0);
-        for (int64_t c = 0; c < dim_v; ++c) orow[c] = w.o[u * w.dv_pad + c] * inv;
-        if (lseb) lseb[qi[u] * lse_n] = w.l[u] > 0 ? w.m[u] + std::log(w.l[u]) : T(-INFINITY);
+    store_outputs(w, ob, lseb, qi, nq, os.n, lse_n, dim_v);
+}
+
+// Asks for the rows one tile reads (queries, keys, values) and writes (outputs) to be brought into L2 while the
+// previous tile computes: tiles gather rows from all over the token grid, which the hardware prefetchers do not
+// follow.
+template <typename T>
+void prefetch_tile(const T* qb, const T* kb, const T* vb, T* ob, int64_t dim, int64_t dim_v, Strides qs, Strides ks,
+                   Strides vs, Strides os, const Tiles& tiles, int64_t t) {
+    constexpr int64_t line = 64 / sizeof(T);
+    const int64_t q0 = tiles.q_ptr[t], q1 = tiles.q_ptr[t + 1];
+    for (int64_t u = q0; u < q1; ++u) {
+        for (int64_t c = 0; c < dim; c += line) __builtin_prefetch(qb + tiles.q_idx[u] * qs.n + c, 0, 2);
+        for (int64_t c = 0; c < dim_v; c += line) __builtin_prefetch(ob + tiles.q_idx[u] * os.n + c, 1, 2);
+    }
+    const int64_t k0 = tiles.key_ptr[tiles.seg_ptr[t]], k1 = tiles.key_ptr[tiles.seg_ptr[t + 1]];
+    for (int64_t j = k0; j < k1; ++j) {
+        for (int64_t c = 0; c < dim; c += line) __builtin_prefetch(kb + tiles.k_idx[j] * ks.n + c, 0, 2);
+        for (int64_t c = 0; c < dim_v; c += line) __builtin_prefetch(vb + tiles.k_idx[j] * vs.n + c, 0, 2);
     }
 }
+
+// Work items are (batch-head, tile) pairs, handed out in runs of kRun consecutive items so that each thread knows
+// its next tile and prefetches it.
+constexpr int64_t kRun = 8;
 
 template <typename T>
 void forward(const T* q, const T* k, const T* v, T* out, T* lse, int64_t batch, int64_t heads, int64_t dim,
@@ -221,16 +275,24 @@ void forward(const T* q, const T* k, const T* v, T* out, T* lse, int64_t batch, 
     int64_t max_q = 0;
     for (int64_t t = 0; t < tiles.count; ++t) max_q = std::max(max_q, tiles.q_ptr[t + 1] - tiles.q_ptr[t]);
     const int64_t work = batch * heads * tiles.count;
+    const auto at = [&](auto* tensor, Strides st, int64_t item) {
+        const int64_t bh = item / tiles.count;
+        return tensor + (bh / heads) * st.b + (bh % heads) * st.h;
+    };
 #pragma omp parallel num_threads(threads)
     {
         Workspace<T> w(max_q, dim, dim_v);
 #pragma omp for schedule(dynamic, 1)
-        for (int64_t item = 0; item < work; ++item) {
-            const int64_t bh = item / tiles.count, t = item % tiles.count;
-            const int64_t b = bh / heads, h = bh % heads;
-            run_tile<T>(q + b * qs.b + h * qs.h, k + b * ks.b + h * ks.h, v + b * vs.b + h * vs.h,
-                        out + b * os.b + h * os.h, lse ? lse + b * ls.b + h * ls.h : nullptr, dim, dim_v, qs, ks, vs,
-                        os, ls.n, tiles, t, scale, w);
+        for (int64_t run = 0; run < (work + kRun - 1) / kRun; ++run) {
+            const int64_t end = std::min(work, (run + 1) * kRun);
+            for (int64_t item = run * kRun; item < end; ++item) {
+                if (item + 1 < end)
+                    prefetch_tile<T>(at(q, qs, item + 1), at(k, ks, item + 1), at(v, vs, item + 1),
+                                     at(out, os, item + 1), dim, dim_v, qs, ks, vs, os, tiles, (item + 1) % tiles.count);
+                run_tile<T>(at(q, qs, item), at(k, ks, item), at(v, vs, item), at(out, os, item),
+                            lse ? at(lse, ls, item) : nullptr, dim, dim_v, qs, ks, vs, os, ls.n, tiles,
+                            item % tiles.count, scale, w);
+            }
         }
     }
 }
