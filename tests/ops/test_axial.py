@@ -84,6 +84,26 @@ def test_auto_backend_uses_the_line_path():
                                rtol=1e-5, atol=1e-5)
 
 
+def test_fast_path_runs_the_tile_kernel_without_autograd(monkeypatch):
+    """Without autograd the lines run as fused tiles; with it, through SDPA (both checked against the reference
+    above: ``masked_attention(backend="fast")`` and ``axial_attention``)."""
+    from visattn.ops import axial as axial_module
+    from visattn.ops.native import native_library
+
+    if native_library("tile_attention") is None:
+        pytest.skip("no C++ compiler for the tile kernel")
+    calls = []
+    kernel = axial_module.tile_attention
+    monkeypatch.setattr(axial_module, "tile_attention", lambda *args: calls.append(args[3]) or kernel(*args))
+    q, k, v = qkv(1, 2, 2 + 6 * 5, 4)
+    with torch.no_grad():
+        masked_attention(q, k, v, masks.axial_mask(1), (6, 5), 2, backend="fast")
+    assert len(calls) == 1
+    leaves = [t.requires_grad_() for t in (q, k, v)]
+    masked_attention(*leaves, masks.axial_mask(1), (6, 5), 2, backend="fast").sum().backward()
+    assert len(calls) == 1
+
+
 def test_float32_and_bfloat16_tolerances():
     """float32 within 1e-5 of the float64 reference at 4096 tokens; bfloat16 within 2e-2."""
     shape = (16, 16, 16)

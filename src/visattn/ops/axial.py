@@ -9,6 +9,10 @@ grid coordinate ``x`` attends to the tokens that differ from it only along ``axi
 so the grid splits into ``prod(shape) / L`` independent lines of ``L = shape[axis]`` tokens. No mask is built:
 the lines are a batch dimension of ``scaled_dot_product_attention``. Prefix tokens (seen by every token, and
 seeing every token) join every line as ``P`` extra keys; prefix queries attend densely.
+
+Without autograd, ``masked_attention``'s fast path runs the lines as tiles of the fused tile kernel instead
+(:mod:`visattn.ops.tile_kernel`; 1.15-1.6x faster than SDPA over the lines on 2 cores), which reads the lines in
+place rather than moving the axis last.
 """
 
 from __future__ import annotations
@@ -19,7 +23,9 @@ from torch import Tensor
 
 from .._checks import Shape, as_shape, check_qkv, check_tokens, num_tokens
 from ..masks import AxialMask
+from .local_kernel import local_layout
 from .masked import register_fast_path
+from .tile_kernel import progression_tiles, tile_attention, tile_attention_available
 
 
 def to_lines(x: Tensor, shape: Shape, axis: int) -> Tensor:
@@ -85,5 +91,10 @@ def _lines_attention(q: Tensor, k: Tensor, v: Tensor, axis: int, shape: Shape, p
 @register_fast_path(AxialMask)
 def axial_fast_path(q: Tensor, k: Tensor, v: Tensor, mask: AxialMask, shape: Shape, num_prefix_tokens: int,
                     scale: float | None, dropout_p: float = 0.0) -> Tensor:
-    """``masked_attention``'s fast path for axial masks: SDPA over the lines, no mask."""
+    """``masked_attention``'s fast path for axial masks: the fused tile kernel where it can run, else SDPA over the
+    lines; no mask either way."""
+    if not torch.compiler.is_compiling() and tile_attention_available(q, k, v, dropout_p):
+        layout = local_layout(mask, shape)
+        if layout is not None:
+            return tile_attention(q, k, v, progression_tiles(layout, num_prefix_tokens), num_prefix_tokens, scale)
     return _lines_attention(q, k, v, mask.axis % len(shape), shape, num_prefix_tokens, scale, dropout_p)

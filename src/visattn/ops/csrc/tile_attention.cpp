@@ -53,12 +53,24 @@ struct Workspace {
           ot(dv * rows),
           m(rows),
           l(rows) {}
+
+    // Cache lines of the next tile, prefetched a few at a time between register blocks of this one, so that the
+    // requests overlap with compute instead of queueing up at once.
+    std::vector<const T*> ahead;
+    size_t ahead_next = 0;
+    void prefetch_ahead(size_t lines) {
+        for (const size_t end = std::min(ahead.size(), ahead_next + lines); ahead_next < end; ++ahead_next)
+            __builtin_prefetch(ahead[ahead_next], 0, 2);
+    }
 };
+
+constexpr size_t kAheadLines = 16;
 
 // St[j0 + r, u : u + V lanes] = sum_c K[j0 + r, c] Qt[c, u : ...] for r < R keys.
 template <typename T, int R, int V>
 void scores_block(Workspace<T>& w, int64_t dim, int64_t j0, int64_t u) {
     using S = Simd<T>;
+    w.prefetch_ahead(kAheadLines);
     typename S::vec acc[R][V] = {};
     const T* k = &w.kc[j0 * dim];
     for (int64_t c = 0; c < dim; ++c) {
@@ -94,6 +106,7 @@ void scores(Workspace<T>& w, int64_t dim, int64_t keys, int64_t rows) {
 template <typename T, int R, int V>
 void accumulate_block(Workspace<T>& w, int64_t keys, int64_t c0, int64_t u) {
     using S = Simd<T>;
+    w.prefetch_ahead(kAheadLines);
     typename S::vec acc[R][V];
     for (int r = 0; r < R; ++r)
         for (int b = 0; b < V; ++b) acc[r][b] = S::load(&w.ot[(c0 + r) * w.rows + u + b * S::lanes]);
@@ -167,6 +180,14 @@ void fold(Workspace<T>& w, int64_t dim_v, int64_t keys, int64_t rows) {
 // cells), where reading them in place would thrash a few L1 sets.
 template <typename T>
 void load_keys(Workspace<T>& w, const T* kb, const T* vb, const int64_t* idx, int64_t keys, int64_t kn, int64_t vn) {
+    using S = Simd<T>;
+    if (w.d % S::lanes == 0 && w.dv % S::lanes == 0) {
+        for (int64_t j = 0; j < keys; ++j) {
+            for (int64_t c = 0; c < w.d; c += S::lanes) S::store(&w.kc[j * w.d + c], S::load(kb + idx[j] * kn + c));
+            for (int64_t c = 0; c < w.dv; c += S::lanes) S::store(&w.vc[j * w.dv + c], S::load(vb + idx[j] * vn + c));
+        }
+        return;
+    }
     for (int64_t j = 0; j < keys; ++j) {
         std::copy_n(kb + idx[j] * kn, w.d, &w.kc[j * w.d]);
         std::copy_n(vb + idx[j] * vn, w.dv, &w.vc[j * w.dv]);
@@ -245,22 +266,25 @@ void run_tile(const T* qb, const T* kb, const T* vb, T* ob, T* lseb, int64_t dim
     store_outputs(w, ob, lseb, qi, nq, os.n, lse_n, dim_v);
 }
 
-// Asks for the rows one tile reads (queries, keys, values) and writes (outputs) to be brought into L2 while the
-// previous tile computes: tiles gather rows from all over the token grid, which the hardware prefetchers do not
-// follow.
+// Queues the cache lines the next tile reads (queries, keys, values) and writes (outputs) for prefetching into L2
+// while this tile computes (first flushing what is left of the current queue): tiles gather rows from all over the
+// token grid, which the hardware prefetchers do not follow.
 template <typename T>
-void prefetch_tile(const T* qb, const T* kb, const T* vb, T* ob, int64_t dim, int64_t dim_v, Strides qs, Strides ks,
-                   Strides vs, Strides os, const Tiles& tiles, int64_t t) {
+void prefetch_tile(Workspace<T>& w, const T* qb, const T* kb, const T* vb, T* ob, int64_t dim, int64_t dim_v,
+                   Strides qs, Strides ks, Strides vs, Strides os, const Tiles& tiles, int64_t t) {
     constexpr int64_t line = 64 / sizeof(T);
+    w.prefetch_ahead(w.ahead.size());
+    w.ahead.clear();
+    w.ahead_next = 0;
     const int64_t q0 = tiles.q_ptr[t], q1 = tiles.q_ptr[t + 1];
     for (int64_t u = q0; u < q1; ++u) {
-        for (int64_t c = 0; c < dim; c += line) __builtin_prefetch(qb + tiles.q_idx[u] * qs.n + c, 0, 2);
-        for (int64_t c = 0; c < dim_v; c += line) __builtin_prefetch(ob + tiles.q_idx[u] * os.n + c, 1, 2);
+        for (int64_t c = 0; c < dim; c += line) w.ahead.push_back(qb + tiles.q_idx[u] * qs.n + c);
+        for (int64_t c = 0; c < dim_v; c += line) w.ahead.push_back(ob + tiles.q_idx[u] * os.n + c);
     }
     const int64_t k0 = tiles.key_ptr[tiles.seg_ptr[t]], k1 = tiles.key_ptr[tiles.seg_ptr[t + 1]];
     for (int64_t j = k0; j < k1; ++j) {
-        for (int64_t c = 0; c < dim; c += line) __builtin_prefetch(kb + tiles.k_idx[j] * ks.n + c, 0, 2);
-        for (int64_t c = 0; c < dim_v; c += line) __builtin_prefetch(vb + tiles.k_idx[j] * vs.n + c, 0, 2);
+        for (int64_t c = 0; c < dim; c += line) w.ahead.push_back(kb + tiles.k_idx[j] * ks.n + c);
+        for (int64_t c = 0; c < dim_v; c += line) w.ahead.push_back(vb + tiles.k_idx[j] * vs.n + c);
     }
 }
 
@@ -287,7 +311,7 @@ void forward(const T* q, const T* k, const T* v, T* out, T* lse, int64_t batch, 
             const int64_t end = std::min(work, (run + 1) * kRun);
             for (int64_t item = run * kRun; item < end; ++item) {
                 if (item + 1 < end)
-                    prefetch_tile<T>(at(q, qs, item + 1), at(k, ks, item + 1), at(v, vs, item + 1),
+                    prefetch_tile<T>(w, at(q, qs, item + 1), at(k, ks, item + 1), at(v, vs, item + 1),
                                      at(out, os, item + 1), dim, dim_v, qs, ks, vs, os, tiles, (item + 1) % tiles.count);
                 run_tile<T>(at(q, qs, item), at(k, ks, item), at(v, vs, item), at(out, os, item),
                             lse ? at(lse, ls, item) : nullptr, dim, dim_v, qs, ks, vs, os, ls.n, tiles,
