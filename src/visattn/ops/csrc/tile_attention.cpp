@@ -54,23 +54,41 @@ struct Workspace {
           m(rows),
           l(rows) {}
 
-    // Cache lines of the next tile, prefetched a few at a time between register blocks of this one, so that the
-    // requests overlap with compute instead of queueing up at once.
-    std::vector<const T*> ahead;
-    size_t ahead_next = 0;
-    void prefetch_ahead(size_t lines) {
-        for (const size_t end = std::min(ahead.size(), ahead_next + lines); ahead_next < end; ++ahead_next)
-            __builtin_prefetch(ahead[ahead_next], 0, 2);
+    // The next tile's rows, prefetched into L2 a few at a time between register blocks of this one, so that the
+    // requests overlap with compute instead of queueing up at once: rows [0, nq) are its query (and output) rows,
+    // rows [nq, nq + nk) its key (and value) rows.
+    struct Ahead {
+        const T *qb = nullptr, *kb = nullptr, *vb = nullptr, *ob = nullptr;
+        const int64_t *q_idx = nullptr, *k_idx = nullptr;
+        int64_t nq = 0, nk = 0, next = 0;
+        Strides qs{}, ks{}, vs{}, os{};
+    } ahead;
+    void prefetch_ahead(int64_t count) {
+        constexpr int64_t line = 64 / sizeof(T);
+        const auto lines = [](const T* row, int64_t width, int rw) {
+            for (int64_t c = 0; c < width; c += line)
+                rw ? __builtin_prefetch(row + c, 1, 2) : __builtin_prefetch(row + c, 0, 2);
+        };
+        Ahead& a = ahead;
+        for (const int64_t end = std::min(a.nq + a.nk, a.next + count); a.next < end; ++a.next) {
+            if (a.next < a.nq) {
+                lines(a.qb + a.q_idx[a.next] * a.qs.n, d, 0);
+                lines(a.ob + a.q_idx[a.next] * a.os.n, dv, 1);
+            } else {
+                lines(a.kb + a.k_idx[a.next - a.nq] * a.ks.n, d, 0);
+                lines(a.vb + a.k_idx[a.next - a.nq] * a.vs.n, dv, 0);
+            }
+        }
     }
 };
 
-constexpr size_t kAheadLines = 16;
+constexpr int64_t kAheadRows = 8;
 
 // St[j0 + r, u : u + V lanes] = sum_c K[j0 + r, c] Qt[c, u : ...] for r < R keys.
 template <typename T, int R, int V>
 void scores_block(Workspace<T>& w, int64_t dim, int64_t j0, int64_t u) {
     using S = Simd<T>;
-    w.prefetch_ahead(kAheadLines);
+    w.prefetch_ahead(kAheadRows);
     typename S::vec acc[R][V] = {};
     const T* k = &w.kc[j0 * dim];
     for (int64_t c = 0; c < dim; ++c) {
@@ -106,7 +124,7 @@ void scores(Workspace<T>& w, int64_t dim, int64_t keys, int64_t rows) {
 template <typename T, int R, int V>
 void accumulate_block(Workspace<T>& w, int64_t keys, int64_t c0, int64_t u) {
     using S = Simd<T>;
-    w.prefetch_ahead(kAheadLines);
+    w.prefetch_ahead(kAheadRows);
     typename S::vec acc[R][V];
     for (int r = 0; r < R; ++r)
         for (int b = 0; b < V; ++b) acc[r][b] = S::load(&w.ot[(c0 + r) * w.rows + u + b * S::lanes]);
@@ -266,26 +284,15 @@ void run_tile(const T* qb, const T* kb, const T* vb, T* ob, T* lseb, int64_t dim
     store_outputs(w, ob, lseb, qi, nq, os.n, lse_n, dim_v);
 }
 
-// Queues the cache lines the next tile reads (queries, keys, values) and writes (outputs) for prefetching into L2
-// while this tile computes (first flushing what is left of the current queue): tiles gather rows from all over the
-// token grid, which the hardware prefetchers do not follow.
+// Points the prefetcher at the next tile (first issuing what is left for the current one): tiles gather rows from
+// all over the token grid, which the hardware prefetchers do not follow.
 template <typename T>
-void prefetch_tile(Workspace<T>& w, const T* qb, const T* kb, const T* vb, T* ob, int64_t dim, int64_t dim_v,
-                   Strides qs, Strides ks, Strides vs, Strides os, const Tiles& tiles, int64_t t) {
-    constexpr int64_t line = 64 / sizeof(T);
-    w.prefetch_ahead(w.ahead.size());
-    w.ahead.clear();
-    w.ahead_next = 0;
-    const int64_t q0 = tiles.q_ptr[t], q1 = tiles.q_ptr[t + 1];
-    for (int64_t u = q0; u < q1; ++u) {
-        for (int64_t c = 0; c < dim; c += line) w.ahead.push_back(qb + tiles.q_idx[u] * qs.n + c);
-        for (int64_t c = 0; c < dim_v; c += line) w.ahead.push_back(ob + tiles.q_idx[u] * os.n + c);
-    }
-    const int64_t k0 = tiles.key_ptr[tiles.seg_ptr[t]], k1 = tiles.key_ptr[tiles.seg_ptr[t + 1]];
-    for (int64_t j = k0; j < k1; ++j) {
-        for (int64_t c = 0; c < dim; c += line) w.ahead.push_back(kb + tiles.k_idx[j] * ks.n + c);
-        for (int64_t c = 0; c < dim_v; c += line) w.ahead.push_back(vb + tiles.k_idx[j] * vs.n + c);
-    }
+void prefetch_tile(Workspace<T>& w, const T* qb, const T* kb, const T* vb, T* ob, Strides qs, Strides ks, Strides vs,
+                   Strides os, const Tiles& tiles, int64_t t) {
+    w.prefetch_ahead(w.ahead.nq + w.ahead.nk);
+    const int64_t q0 = tiles.q_ptr[t], k0 = tiles.key_ptr[tiles.seg_ptr[t]];
+    w.ahead = {qb, kb, vb, ob, tiles.q_idx + q0, tiles.k_idx + k0, tiles.q_ptr[t + 1] - q0,
+               tiles.key_ptr[tiles.seg_ptr[t + 1]] - k0, 0, qs, ks, vs, os};
 }
 
 // Work items are (batch-head, tile) pairs, handed out in runs of kRun consecutive items so that each thread knows
@@ -312,7 +319,7 @@ void forward(const T* q, const T* k, const T* v, T* out, T* lse, int64_t batch, 
             for (int64_t item = run * kRun; item < end; ++item) {
                 if (item + 1 < end)
                     prefetch_tile<T>(w, at(q, qs, item + 1), at(k, ks, item + 1), at(v, vs, item + 1),
-                                     at(out, os, item + 1), dim, dim_v, qs, ks, vs, os, tiles, (item + 1) % tiles.count);
+                                     at(out, os, item + 1), qs, ks, vs, os, tiles, (item + 1) % tiles.count);
                 run_tile<T>(at(q, qs, item), at(k, ks, item), at(v, vs, item), at(out, os, item),
                             lse ? at(lse, ls, item) : nullptr, dim, dim_v, qs, ks, vs, os, ls.n, tiles,
                             item % tiles.count, scale, w);
