@@ -91,7 +91,7 @@ def test_fast_path_runs_the_tile_kernel_without_autograd(monkeypatch):
     from visattn.ops.native import native_library
 
     if native_library("tile_attention") is None:
-        pytest.skip("no C++ compiler for the tile kernel")
+        pytest.skip("no native tile kernel on this machine")
     calls = []
     kernel = axial_module.tile_attention
     monkeypatch.setattr(axial_module, "tile_attention", lambda *args: calls.append(args[3]) or kernel(*args))

@@ -77,7 +77,7 @@ def test_equals_reference(case, batch, heads):
     torch.testing.assert_close(out, reference(q, k, v, mask, shape, prefix), rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.skipif(native_library("tile_attention") is None, reason="no C++ compiler")
+@pytest.mark.skipif(native_library("tile_attention") is None, reason="no native tile kernel on this machine")
 @settings(max_examples=40, deadline=None)
 @given(case=radial_cases, batch=st.integers(1, 2), heads=st.integers(1, 2))
 def test_block_tiles_on_the_fused_kernel_equal_reference(case, batch, heads):

@@ -18,7 +18,7 @@ def fresh(monkeypatch, tmp_path):
     native.native_library.cache_clear()
 
 
-@pytest.mark.skipif(native._compiler() is None, reason="no C++ compiler")
+@pytest.mark.skipif(native._compiler() is None or not native.has_avx512(), reason="no C++ compiler or AVX-512")
 def test_builds_once_into_the_cache_dir(fresh):
     lib = native.native_library("local_attention")
     assert lib is not None and hasattr(lib, "visattn_local_forward_f32")
@@ -33,6 +33,14 @@ def test_builds_once_into_the_cache_dir(fresh):
 def test_disabled_by_environment(fresh, monkeypatch):
     monkeypatch.setenv("VISATTN_NATIVE", "0")
     assert native.native_library("local_attention") is None
+
+
+def test_cpus_without_avx512_fall_back_with_a_warning(fresh, monkeypatch, caplog):
+    monkeypatch.setattr(native, "_cpu_flags", lambda: "flags : fpu sse sse2 avx avx2 fma")
+    with caplog.at_level(logging.WARNING, logger="visattn"):
+        assert native.native_library("tile_attention") is None
+    assert "need AVX-512" in caplog.text
+    assert not list(fresh.glob("*.so"))
 
 
 def test_no_compiler_falls_back_with_a_warning(fresh, monkeypatch, caplog):

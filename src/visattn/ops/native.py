@@ -3,8 +3,9 @@
 Each source (with the shared headers in ``csrc``) is compiled once per source text, compiler and CPU
 (``-O3 -march=native -fopenmp``) into ``$VISATTN_CACHE_DIR`` (default ``~/.cache/visattn``) and loaded with
 ``ctypes``; nothing is built at install time and no torch headers are needed, so a build takes about a second.
-Where no C++ compiler is found, the build fails, or ``VISATTN_NATIVE=0`` is set, :func:`native_library` returns
-None and callers fall back to their PyTorch paths (logged once).
+Where the CPU lacks AVX-512 (:func:`has_avx512`), no C++ compiler is found, the build fails, or
+``VISATTN_NATIVE=0`` is set, :func:`native_library` returns None and callers fall back to their PyTorch paths
+(logged once).
 """
 
 from __future__ import annotations
@@ -34,13 +35,24 @@ def cache_dir() -> Path:
     return Path(os.environ.get("VISATTN_CACHE_DIR", Path.home() / ".cache" / "visattn"))
 
 
-def _cpu_signature() -> str:
+def _cpu_flags() -> str:
+    """The ``flags`` line of ``/proc/cpuinfo`` ("" where there is none)."""
     try:
         with open("/proc/cpuinfo") as f:
-            flags = next((line for line in f if line.startswith("flags")), "")
+            return next((line for line in f if line.startswith("flags")), "")
     except OSError:
-        flags = ""
-    return platform.machine() + flags
+        return ""
+
+
+def _cpu_signature() -> str:
+    return platform.machine() + _cpu_flags()
+
+
+def has_avx512() -> bool:
+    """Whether the CPU has AVX-512F, which the kernels' register blocking is written for: 64-byte vectors in 32
+    registers. Built for AVX2 (16 registers of 32 bytes) they spill and ran 30-50x slower per attended pair than
+    dense SDPA, so they are not used there."""
+    return "avx512f" in _cpu_flags().split()
 
 
 def _compiler() -> str | None:
@@ -52,6 +64,9 @@ def native_library(name: str) -> ctypes.CDLL | None:
     """The compiled ``csrc/<name>.cpp`` as a ``ctypes.CDLL``, or None where it cannot be built (logged once)."""
     if os.environ.get("VISATTN_NATIVE", "1") == "0":
         log.info("visattn: native kernels disabled by VISATTN_NATIVE=0")
+        return None
+    if not has_avx512():
+        log.warning("visattn: the C++ kernels need AVX-512, which this CPU lacks; %s runs on its PyTorch fallback", name)
         return None
     compiler = _compiler()
     if compiler is None:

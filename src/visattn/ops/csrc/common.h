@@ -75,26 +75,11 @@ inline typename Simd<T>::vec exp_vec(typename Simd<T>::vec x) {
 
 template <>
 inline Simd<float>::vec exp_vec<float>(Simd<float>::vec x) {
+    // exp_approx on whole vectors: n = round(x log2 e) (adding and subtracting 1.5 * 2^23), r = x - n ln 2 in two
+    // parts, Cephes' polynomial p(r) ~ e^r, then p 2^n: vscalefps on AVX-512 (zeroing lanes below -87 in the same
+    // step), exponent bits elsewhere.
     using S = Simd<float>;
-    const S::vec lo = S::splat(-87.0f);
-#if defined(__AVX512F__)
-    // AVX-512: round with vrndscaleps and multiply by 2^n with vscalefps, zeroing lanes below -87 in the same step.
-    const __m512 xc = _mm512_max_ps(_mm512_min_ps(__m512(x), _mm512_set1_ps(88.0f)), __m512(lo));
-    const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(xc, _mm512_set1_ps(1.44269504088896341f)),
-                                          _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), xc);
-    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
-    __m512 p = _mm512_set1_ps(1.9875691500e-4f);
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
-    p = _mm512_fmadd_ps(_mm512_mul_ps(p, r), r, _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
-    const __mmask16 kept = _mm512_cmp_ps_mask(__m512(x), __m512(lo), _CMP_GE_OQ);
-    return S::vec(_mm512_maskz_scalef_ps(kept, p, n));
-#else
-    const S::vec magic = S::splat(12582912.0f);  // 1.5 * 2^23 rounds to nearest
+    const S::vec lo = S::splat(-87.0f), magic = S::splat(12582912.0f);
     const S::vec xc = S::max(lo, x < 88.0f ? x : S::splat(88.0f));
     const S::vec n = (xc * 1.44269504088896341f + magic) - magic;
     S::vec r = xc - n * 0.693359375f;
@@ -106,6 +91,10 @@ inline Simd<float>::vec exp_vec<float>(Simd<float>::vec x) {
     p = p * r + 1.6666665459e-1f;
     p = p * r + 5.0000001201e-1f;
     p = p * r * r + r + 1.0f;
+#if defined(__AVX512F__)
+    const __mmask16 kept = _mm512_cmp_ps_mask(__m512(x), __m512(lo), _CMP_GE_OQ);
+    return S::vec(_mm512_maskz_scalef_ps(kept, __m512(p), __m512(n)));
+#else
     const S::mask bits = (__builtin_convertvector(n, S::mask) + 127) << 23;
     S::vec scale;
     std::memcpy(&scale, &bits, sizeof(scale));

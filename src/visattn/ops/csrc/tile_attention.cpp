@@ -18,6 +18,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 #include "common.h"
@@ -28,6 +29,9 @@ using namespace visattn;
 
 constexpr int64_t kChunk = 64;
 constexpr int kBlock = 8;
+// A tile whose query count exceeds a multiple of the vector width by at most this many rows runs those rows one at a
+// time (tail_rows) instead of in a vector of mostly padding: a 7x7 window is 48 rows in lanes and one alone.
+constexpr int64_t kTailRows = 3;
 
 inline int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 
@@ -42,6 +46,7 @@ struct Workspace {
     int64_t rows;  // query rows per tile, padded to the vector width: the stride of every transposed array
     int64_t d, dv;
     std::vector<T> qt, kc, vc, st, ot, m, l;
+    std::vector<T> q_tail, o_tail, s_tail;  // tail rows, query-major (see tail_rows)
     Workspace(int64_t max_q, int64_t d, int64_t dv)
         : rows(round_up(std::max<int64_t>(max_q, 1), Simd<T>::lanes)),
           d(d),
@@ -52,7 +57,10 @@ struct Workspace {
           st(kChunk * rows),
           ot(dv * rows),
           m(rows),
-          l(rows) {}
+          l(rows),
+          q_tail(kTailRows * d),
+          o_tail(kTailRows * dv),
+          s_tail(kChunk) {}
 
     // The next tile's rows, prefetched into L2 a few at a time between register blocks of this one, so that the
     // requests overlap with compute instead of queueing up at once: rows [0, nq) are its query (and output) rows,
@@ -111,13 +119,25 @@ void scores_rows(Workspace<T>& w, int64_t dim, int64_t keys, int64_t u) {
     if (j < keys) scores_block<T, 1, V>(w, dim, j, u);
 }
 
-// St[:keys, :rows] = K[:keys] Qt[:, :rows], queries two vectors at a time (then one).
+// Calls body(std::integral_constant<int, V>, u) over the query vectors of ``rows`` lanes in register blocks of V = 3 vectors
+// (once, where their count is odd and at least 3), then 2, then 1: 48 rows (a 7x7 window's) are one block.
+template <typename T, typename Body>
+void row_blocks(int64_t rows, Body&& body) {
+    constexpr int64_t L = Simd<T>::lanes;
+    int64_t n = rows / L, u = 0;
+    if (n % 2 == 1 && n >= 3) {
+        body(std::integral_constant<int, 3>{}, u);
+        u += 3 * L;
+        n -= 3;
+    }
+    for (; n >= 2; n -= 2, u += 2 * L) body(std::integral_constant<int, 2>{}, u);
+    if (n == 1) body(std::integral_constant<int, 1>{}, u);
+}
+
+// St[:keys, :rows] = K[:keys] Qt[:, :rows].
 template <typename T>
 void scores(Workspace<T>& w, int64_t dim, int64_t keys, int64_t rows) {
-    constexpr int64_t L = Simd<T>::lanes;
-    int64_t u = 0;
-    for (; u + 2 * L <= rows; u += 2 * L) scores_rows<T, 2>(w, dim, keys, u);
-    if (u < rows) scores_rows<T, 1>(w, dim, keys, u);
+    row_blocks<T>(rows, [&](auto v, int64_t u) { scores_rows<T, decltype(v)::value>(w, dim, keys, u); });
 }
 
 // Ot[c0 + r, u : ...] += sum_j V[j, c0 + r] P[j, u : ...] for r < R value dims.
@@ -148,13 +168,10 @@ void accumulate_rows(Workspace<T>& w, int64_t dim_v, int64_t keys, int64_t u) {
     for (; c < dim_v; ++c) accumulate_block<T, 1, V>(w, keys, c, u);
 }
 
-// Ot[:dim_v, :rows] += V[:keys]^T P[:keys, :rows], queries two vectors at a time (then one).
+// Ot[:dim_v, :rows] += V[:keys]^T P[:keys, :rows].
 template <typename T>
 void accumulate(Workspace<T>& w, int64_t dim_v, int64_t keys, int64_t rows) {
-    constexpr int64_t L = Simd<T>::lanes;
-    int64_t u = 0;
-    for (; u + 2 * L <= rows; u += 2 * L) accumulate_rows<T, 2>(w, dim_v, keys, u);
-    if (u < rows) accumulate_rows<T, 1>(w, dim_v, keys, u);
+    row_blocks<T>(rows, [&](auto v, int64_t u) { accumulate_rows<T, decltype(v)::value>(w, dim_v, keys, u); });
 }
 
 // Sets St[j, u] = -inf where the segment's key-major mask (rows padded to ``stride`` bytes) is 0.
@@ -212,11 +229,70 @@ void load_keys(Workspace<T>& w, const T* kb, const T* vb, const int64_t* idx, in
     }
 }
 
-// Qt[:dim, :rows] = scale * Q[tile queries]^T, zero past the tile's nq queries.
+// Query-major softmax attention of the tile's last ``tail`` rows over a chunk of keys, for tiles that would otherwise
+// pad a vector of queries for them: per row, S_j = q . k_j (16 keys at a time, reduced by one in-register transpose),
+// masked, then the same online softmax as ``fold`` and o += sum_j P_j v_j. Row i keeps m and l at index
+// ``first + i`` of the workspace.
 template <typename T>
-void load_queries(Workspace<T>& w, const T* qb, const int64_t* qi, int64_t nq, int64_t qn, int64_t dim, T scale) {
+void tail_rows(Workspace<T>& w, int64_t first, int64_t tail, int64_t keys, const uint8_t* mask, int64_t stride) {
     using S = Simd<T>;
     constexpr int64_t L = S::lanes;
+    T* s = w.s_tail.data();
+    for (int64_t i = 0; i < tail; ++i) {
+        const T* q = &w.q_tail[i * w.d];
+        for (int64_t j0 = 0; j0 < keys; j0 += L) {
+            if (w.d % L == 0) {
+                typename S::vec prod[L];
+                for (int64_t r = 0; r < L; ++r) {
+                    prod[r] = S::splat(0);
+                    if (j0 + r < keys)
+                        for (int64_t c = 0; c < w.d; c += L) prod[r] += S::load(q + c) * S::load(&w.kc[(j0 + r) * w.d + c]);
+                }
+                transpose_block<T>(prod);
+                for (int64_t r = 1; r < L; ++r) prod[0] += prod[r];
+                S::store(s + j0, prod[0]);
+            } else {
+                for (int64_t j = j0; j < std::min(keys, j0 + L); ++j) {
+                    T dot = 0;
+                    for (int64_t c = 0; c < w.d; ++c) dot += q[c] * w.kc[j * w.d + c];
+                    s[j] = dot;
+                }
+            }
+        }
+        const int64_t width = round_up(keys, L);
+        for (int64_t j = 0; j < width; ++j)
+            if (j >= keys || (mask && !mask[j * stride + first + i])) s[j] = T(-INFINITY);
+        T& m = w.m[first + i];
+        T top = m;
+        for (int64_t j = 0; j < keys; ++j) top = std::max(top, s[j]);
+        const T shift = top == T(-INFINITY) ? T(0) : top;
+        typename S::vec total = S::splat(0);
+        for (int64_t j0 = 0; j0 < width; j0 += L) {
+            const typename S::vec p = exp_vec<T>(S::load(s + j0) - shift);
+            S::store(s + j0, p);
+            total += p;
+        }
+        const T alpha = exp_vec<T>(S::splat(m - shift))[0];
+        T sum = 0;
+        for (int64_t r = 0; r < L; ++r) sum += total[r];
+        w.l[first + i] = w.l[first + i] * alpha + sum;
+        m = top;
+        T* o = &w.o_tail[i * w.dv];
+        for (int64_t c = 0; c < w.dv; ++c) o[c] *= alpha;
+        for (int64_t j = 0; j < keys; ++j)
+            for (int64_t c = 0; c < w.dv; ++c) o[c] += s[j] * w.vc[j * w.dv + c];
+    }
+}
+
+// Qt[:dim, :rows] = scale * Q[tile queries]^T for the first nq (zero past them), and the ``tail`` rows after them
+// query-major.
+template <typename T>
+void load_queries(Workspace<T>& w, const T* qb, const int64_t* qi, int64_t nq, int64_t tail, int64_t qn, int64_t dim,
+                  T scale) {
+    using S = Simd<T>;
+    constexpr int64_t L = S::lanes;
+    for (int64_t i = 0; i < tail; ++i)
+        for (int64_t c = 0; c < dim; ++c) w.q_tail[i * dim + c] = qb[qi[nq + i] * qn + c] * scale;
     if (dim % L != 0) {
         std::fill(w.qt.begin(), w.qt.begin() + dim * w.rows, T(0));
         for (int64_t u = 0; u < nq; ++u)
@@ -232,10 +308,11 @@ void load_queries(Workspace<T>& w, const T* qb, const int64_t* qi, int64_t nq, i
         }
 }
 
-// out[tile queries] = (Ot / l)^T and lse = m + log l (0 and -inf for queries that saw no key).
+// out[tile queries] = (Ot / l)^T for the first nq and from the tail rows after them; lse = m + log l (0 and -inf
+// for queries that saw no key).
 template <typename T>
-void store_outputs(Workspace<T>& w, T* ob, T* lseb, const int64_t* qi, int64_t nq, int64_t on, int64_t lse_n,
-                   int64_t dim_v) {
+void store_outputs(Workspace<T>& w, T* ob, T* lseb, const int64_t* qi, int64_t nq, int64_t tail, int64_t on,
+                   int64_t lse_n, int64_t dim_v) {
     using S = Simd<T>;
     constexpr int64_t L = S::lanes;
     for (int64_t u0 = 0; u0 < nq; u0 += L) {
@@ -256,17 +333,24 @@ void store_outputs(Workspace<T>& w, T* ob, T* lseb, const int64_t* qi, int64_t n
             for (int64_t r = 0; r < L && u0 + r < nq; ++r)
                 lseb[qi[u0 + r] * lse_n] = l[r] > 0 ? w.m[u0 + r] + std::log(l[r]) : T(-INFINITY);
     }
+    for (int64_t i = 0; i < tail; ++i) {
+        const T l = w.l[nq + i], inv = l > 0 ? T(1) / l : T(0);
+        for (int64_t c = 0; c < dim_v; ++c) ob[qi[nq + i] * on + c] = w.o_tail[i * dim_v + c] * inv;
+        if (lseb) lseb[qi[nq + i] * lse_n] = l > 0 ? w.m[nq + i] + std::log(l) : T(-INFINITY);
+    }
 }
 
 template <typename T>
 void run_tile(const T* qb, const T* kb, const T* vb, T* ob, T* lseb, int64_t dim, int64_t dim_v, Strides qs,
               Strides ks, Strides vs, Strides os, int64_t lse_n, const Tiles& tiles, int64_t t, T scale,
               Workspace<T>& w) {
-    const int64_t q0 = tiles.q_ptr[t], nq = tiles.q_ptr[t + 1] - q0;
-    const int64_t rows = round_up(nq, Simd<T>::lanes), mask_stride = round_up(nq, kMaskAlign);
+    const int64_t q0 = tiles.q_ptr[t], nq = tiles.q_ptr[t + 1] - q0, mask_stride = round_up(nq, kMaskAlign);
+    const int64_t tail = nq % Simd<T>::lanes <= kTailRows ? nq % Simd<T>::lanes : 0;
+    const int64_t lanes = nq - tail, rows = round_up(lanes, Simd<T>::lanes);
     const int64_t* qi = tiles.q_idx + q0;
-    load_queries(w, qb, qi, nq, qs.n, dim, scale);
+    load_queries(w, qb, qi, lanes, tail, qs.n, dim, scale);
     std::fill(w.ot.begin(), w.ot.begin() + dim_v * w.rows, T(0));
+    std::fill(w.o_tail.begin(), w.o_tail.end(), T(0));
     std::fill(w.m.begin(), w.m.end(), T(-INFINITY));
     std::fill(w.l.begin(), w.l.end(), T(0));
     for (int64_t seg = tiles.seg_ptr[t]; seg < tiles.seg_ptr[t + 1]; ++seg) {
@@ -279,9 +363,10 @@ void run_tile(const T* qb, const T* kb, const T* vb, T* ob, T* lseb, int64_t dim
             if (mask) apply_mask(w, mask + j0 * mask_stride, mask_stride, kc, rows);
             fold(w, dim_v, kc, rows);
             accumulate(w, dim_v, kc, rows);
+            if (tail) tail_rows(w, lanes, tail, kc, mask ? mask + j0 * mask_stride : nullptr, mask_stride);
         }
     }
-    store_outputs(w, ob, lseb, qi, nq, os.n, lse_n, dim_v);
+    store_outputs(w, ob, lseb, qi, lanes, tail, os.n, lse_n, dim_v);
 }
 
 // Points the prefetcher at the next tile (first issuing what is left for the current one): tiles gather rows from
