@@ -30,7 +30,7 @@ from visattn.testing import random_qkv as qkv
 
 pytestmark = [
     pytest.mark.usefixtures("one_thread"),
-    pytest.mark.skipif(native_library("local_attention") is None, reason="no native kernel on this machine (C++ compiler or AVX-512 missing)"),
+    pytest.mark.skipif(native_library("local_attention") is None, reason="no native kernel here"),
 ]
 
 

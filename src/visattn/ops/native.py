@@ -66,7 +66,8 @@ def native_library(name: str) -> ctypes.CDLL | None:
         log.info("visattn: native kernels disabled by VISATTN_NATIVE=0")
         return None
     if not has_avx512():
-        log.warning("visattn: the C++ kernels need AVX-512, which this CPU lacks; %s runs on its PyTorch fallback", name)
+        log.warning("visattn: the C++ kernels need AVX-512, which this CPU lacks; %s runs on its PyTorch fallback",
+                    name)
         return None
     compiler = _compiler()
     if compiler is None:
