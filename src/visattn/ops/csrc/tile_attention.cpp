@@ -45,7 +45,7 @@ template <typename T>
 struct Workspace {
     int64_t rows;  // query rows per tile, padded to the vector width: the stride of every transposed array
     int64_t d, dv;
-    std::vector<T> qt, kc, vc, st, ot, m, l;
+    std::vector<T> qt, kc, vc, st, ot, m, l, top;
     std::vector<T> q_tail, o_tail, s_tail;  // tail rows, query-major (see tail_rows)
     Workspace(int64_t max_q, int64_t d, int64_t dv)
         : rows(round_up(std::max<int64_t>(max_q, 1), Simd<T>::lanes)),
@@ -58,6 +58,7 @@ struct Workspace {
           ot(dv * rows),
           m(rows),
           l(rows),
+          top(rows),
           q_tail(kTailRows * d),
           o_tail(kTailRows * dv),
           s_tail(kChunk) {}
@@ -92,9 +93,10 @@ struct Workspace {
 
 constexpr int64_t kAheadRows = 8;
 
-// St[j0 + r, u : u + V lanes] = sum_c K[j0 + r, c] Qt[c, u : ...] for r < R keys.
+// St[j0 + r, u : u + V lanes] = sum_c K[j0 + r, c] Qt[c, u : ...] for r < R keys, -inf where the key-major mask
+// (if any; rows ``stride`` bytes apart) is 0, and the running maximum top[u : ...] of each lane.
 template <typename T, int R, int V>
-void scores_block(Workspace<T>& w, int64_t dim, int64_t j0, int64_t u) {
+void scores_block(Workspace<T>& w, int64_t dim, int64_t j0, int64_t u, const uint8_t* mask, int64_t stride) {
     using S = Simd<T>;
     w.prefetch_ahead(kAheadRows);
     typename S::vec acc[R][V] = {};
@@ -107,16 +109,25 @@ void scores_block(Workspace<T>& w, int64_t dim, int64_t j0, int64_t u) {
             for (int b = 0; b < V; ++b) acc[r][b] += kv * qv[b];
         }
     }
+    typename S::vec top[V];
+    for (int b = 0; b < V; ++b) top[b] = S::load(&w.top[u + b * S::lanes]);
     for (int r = 0; r < R; ++r)
-        for (int b = 0; b < V; ++b) S::store(&w.st[(j0 + r) * w.rows + u + b * S::lanes], acc[r][b]);
+        for (int b = 0; b < V; ++b) {
+            if (mask)
+                acc[r][b] = S::select(S::allowed(mask + (j0 + r) * stride + u + b * S::lanes), acc[r][b],
+                                      S::splat(T(-INFINITY)));
+            top[b] = S::max(top[b], acc[r][b]);
+            S::store(&w.st[(j0 + r) * w.rows + u + b * S::lanes], acc[r][b]);
+        }
+    for (int b = 0; b < V; ++b) S::store(&w.top[u + b * S::lanes], top[b]);
 }
 
 template <typename T, int V>
-void scores_rows(Workspace<T>& w, int64_t dim, int64_t keys, int64_t u) {
+void scores_rows(Workspace<T>& w, int64_t dim, int64_t keys, int64_t u, const uint8_t* mask, int64_t stride) {
     int64_t j = 0;
-    for (; j + kBlock <= keys; j += kBlock) scores_block<T, kBlock, V>(w, dim, j, u);
-    for (; j + 2 <= keys; j += 2) scores_block<T, 2, V>(w, dim, j, u);
-    if (j < keys) scores_block<T, 1, V>(w, dim, j, u);
+    for (; j + kBlock <= keys; j += kBlock) scores_block<T, kBlock, V>(w, dim, j, u, mask, stride);
+    for (; j + 2 <= keys; j += 2) scores_block<T, 2, V>(w, dim, j, u, mask, stride);
+    if (j < keys) scores_block<T, 1, V>(w, dim, j, u, mask, stride);
 }
 
 // Calls body(std::integral_constant<int, V>, u) over the query vectors of ``rows`` lanes in register blocks of V = 3 vectors
@@ -134,10 +145,13 @@ void row_blocks(int64_t rows, Body&& body) {
     if (n == 1) body(std::integral_constant<int, 1>{}, u);
 }
 
-// St[:keys, :rows] = K[:keys] Qt[:, :rows].
+// St[:keys, :rows] = K[:keys] Qt[:, :rows] under the chunk's mask, and top = max(m, max_j St) per lane.
 template <typename T>
-void scores(Workspace<T>& w, int64_t dim, int64_t keys, int64_t rows) {
-    row_blocks<T>(rows, [&](auto v, int64_t u) { scores_rows<T, decltype(v)::value>(w, dim, keys, u); });
+void scores(Workspace<T>& w, int64_t dim, int64_t keys, int64_t rows, const uint8_t* mask, int64_t stride) {
+    std::copy_n(w.m.begin(), rows, w.top.begin());
+    row_blocks<T>(rows, [&](auto v, int64_t u) {
+        scores_rows<T, decltype(v)::value>(w, dim, keys, u, mask, stride);
+    });
 }
 
 // Ot[c0 + r, u : ...] += sum_j V[j, c0 + r] P[j, u : ...] for r < R value dims.
@@ -174,28 +188,14 @@ void accumulate(Workspace<T>& w, int64_t dim_v, int64_t keys, int64_t rows) {
     row_blocks<T>(rows, [&](auto v, int64_t u) { accumulate_rows<T, decltype(v)::value>(w, dim_v, keys, u); });
 }
 
-// Sets St[j, u] = -inf where the segment's key-major mask (rows padded to ``stride`` bytes) is 0.
-template <typename T>
-void apply_mask(Workspace<T>& w, const uint8_t* mask, int64_t stride, int64_t keys, int64_t rows) {
-    using S = Simd<T>;
-    const typename S::vec blocked = S::splat(T(-INFINITY));
-    for (int64_t j = 0; j < keys; ++j)
-        for (int64_t u = 0; u < rows; u += S::lanes) {
-            T* s = &w.st[j * w.rows + u];
-            S::store(s, S::select(S::allowed(mask + j * stride + u), S::load(s), blocked));
-        }
-}
-
-// Folds a chunk of scores into the online softmax, one query per lane: m' = max(m, max_j S), P = exp(S - m')
+// Folds a chunk of scores into the online softmax, one query per lane: m' = top = max(m, max_j S), P = exp(S - m')
 // (0 where S = -inf), l' = l exp(m - m') + sum_j P, Ot *= exp(m - m'). Lanes still without a key keep m = -inf.
 template <typename T>
 void fold(Workspace<T>& w, int64_t dim_v, int64_t keys, int64_t rows) {
     using S = Simd<T>;
     const typename S::vec none = S::splat(T(-INFINITY)), zero = S::splat(T(0));
     for (int64_t u = 0; u < rows; u += S::lanes) {
-        const typename S::vec old_m = S::load(&w.m[u]);
-        typename S::vec top = old_m;
-        for (int64_t j = 0; j < keys; ++j) top = S::max(top, S::load(&w.st[j * w.rows + u]));
+        const typename S::vec old_m = S::load(&w.m[u]), top = S::load(&w.top[u]);
         const typename S::vec shift = S::select(top == none, zero, top);
         typename S::vec total = zero;
         for (int64_t j = 0; j < keys; ++j) {
@@ -359,8 +359,7 @@ void run_tile(const T* qb, const T* kb, const T* vb, T* ob, T* lseb, int64_t dim
         for (int64_t j0 = 0; j0 < nk; j0 += kChunk) {
             const int64_t kc = std::min(kChunk, nk - j0);
             load_keys(w, kb, vb, tiles.k_idx + k0 + j0, kc, ks.n, vs.n);
-            scores(w, dim, kc, rows);
-            if (mask) apply_mask(w, mask + j0 * mask_stride, mask_stride, kc, rows);
+            scores(w, dim, kc, rows, mask ? mask + j0 * mask_stride : nullptr, mask_stride);
             fold(w, dim_v, kc, rows);
             accumulate(w, dim_v, kc, rows);
             if (tail) tail_rows(w, lanes, tail, kc, mask ? mask + j0 * mask_stride : nullptr, mask_stride);
