@@ -106,6 +106,37 @@ def test_hand_built_tiles_with_segments_chunks_and_empty_rows():
     assert bool((got[:, :, :5] == 0).all())
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize(("queries", "dim", "dim_v"), [(1, 16, 32), (2, 5, 3), (3, 32, 32), (17, 32, 32),
+                                                       (19, 5, 7), (20, 16, 16), (49, 32, 32), (51, 32, 48)])
+def test_tail_rows_and_register_blocks_match_reference(queries, dim, dim_v, dtype):
+    """Tiles of every remainder past a vector of queries: up to 3 rows run one at a time (vector and scalar head
+    dims), more are padded; 48 rows are one 3-vector register block. Masked and unmasked segments, one longer than a
+    64-key chunk, and a tail row that sees no key."""
+    gen = np.random.default_rng(queries)
+    n = queries + 90
+    allowed = np.zeros((n, n), dtype=bool)
+    tile_queries = np.arange(queries)
+    segments = []
+    for keys in (np.arange(queries, queries + 70), np.arange(queries + 70, n)):
+        seg_mask = gen.random((queries, len(keys))) < 0.5
+        seg_mask[-1] = False
+        allowed[np.ix_(tile_queries, keys)] = seg_mask
+        segments.append((keys, seg_mask))
+    all_keys = np.arange(queries)
+    allowed[np.ix_(tile_queries, all_keys)] = True
+    allowed[queries - 1] = False
+    segments.append((all_keys, allowed[np.ix_(tile_queries, all_keys)]))
+    gen_t = torch.Generator().manual_seed(queries)
+    q, k = (torch.randn(1, 2, n, dim, generator=gen_t, dtype=dtype) for _ in range(2))
+    v = torch.randn(1, 2, n, dim_v, generator=gen_t, dtype=dtype)
+    got = tile_attention(q, k, v, build_tiles([(tile_queries, segments)]))[:, :, :queries]
+    expected = attention(q.double(), k.double(), v.double(), mask=torch.from_numpy(allowed))[:, :, :queries]
+    tol = 1e-10 if dtype == torch.float64 else 2e-5
+    torch.testing.assert_close(got.double(), expected, rtol=tol, atol=tol)
+    assert bool((got[:, :, queries - 1] == 0).all())
+
+
 def test_declines_autograd_dropout_and_other_dtypes():
     mask, shape = masks.window_mask(2), (4, 4)
     tiles = progression_tiles(local_layout(mask, shape), 0)

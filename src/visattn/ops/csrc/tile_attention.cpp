@@ -278,9 +278,21 @@ void tail_rows(Workspace<T>& w, int64_t first, int64_t tail, int64_t keys, const
         w.l[first + i] = w.l[first + i] * alpha + sum;
         m = top;
         T* o = &w.o_tail[i * w.dv];
-        for (int64_t c = 0; c < w.dv; ++c) o[c] *= alpha;
-        for (int64_t j = 0; j < keys; ++j)
-            for (int64_t c = 0; c < w.dv; ++c) o[c] += s[j] * w.vc[j * w.dv + c];
+        int64_t c = 0;
+        for (; c + 2 * L <= w.dv; c += 2 * L) {
+            typename S::vec acc0 = S::load(o + c) * alpha, acc1 = S::load(o + c + L) * alpha;
+            for (int64_t j = 0; j < keys; ++j) {
+                acc0 += s[j] * S::load(&w.vc[j * w.dv + c]);
+                acc1 += s[j] * S::load(&w.vc[j * w.dv + c + L]);
+            }
+            S::store(o + c, acc0);
+            S::store(o + c + L, acc1);
+        }
+        for (; c < w.dv; ++c) {
+            T acc = o[c] * alpha;
+            for (int64_t j = 0; j < keys; ++j) acc += s[j] * w.vc[j * w.dv + c];
+            o[c] = acc;
+        }
     }
 }
 
