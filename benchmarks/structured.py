@@ -9,8 +9,8 @@ with a backward; training of neighborhood masks) and batched SDPA over tiles or 
 (default B = 1, 4 heads, head_dim 32, 2 threads), the script prints median wall time of
 
 - the fast path, ``masked_attention(..., backend="fast")`` (the ``path`` column says which engine ran);
-- the SDPA engine for the same structure (``tiled_attention``, or ``block_sparse_attention`` for radial masks),
-  so that both are measured in the same run;
+- the SDPA engine for the same structure (``tiled_attention``; ``axial_attention`` over lines for axial masks,
+  ``block_sparse_attention`` for radial masks), so that both are measured in the same run;
 - dense ``scaled_dot_product_attention`` without a mask (all N^2 pairs: the speed reference) and, where N^2 fits,
   with the mask's bool matrix (the exact dense alternative);
 - for the 2-D neighborhood, FlexAttention compiled with the same mask (block-mask build and compile times are
@@ -43,6 +43,7 @@ from visattn import masks
 from visattn.bench import peak_memory_bytes, summarize
 from visattn.masks import Mask
 from visattn.ops import (
+    axial_attention,
     block_sparse_attention,
     masked_attention,
     run_flex_attention,
@@ -130,9 +131,7 @@ def run_case(case: Case, args: argparse.Namespace, console: Console) -> Result:
     gen = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(args.batch, args.heads, n, args.head_dim, generator=gen) for _ in range(3))
     result = Result(case, case.mask.pair_count(case.shape))
-    if isinstance(case.mask, masks.AxialMask):
-        result.path = "axial lines (SDPA)"
-    elif case.kind == "radial":
+    if case.kind == "radial":
         blocks = default_blocks(case.mask, case.shape)
         block_plan = block_sparse_plan(case.mask, case.shape, 0, *blocks)
         result.notes.append(f"blocks {blocks}: computed scores / N^2 = {block_plan.block_density:.3f}, "
@@ -141,7 +140,7 @@ def run_case(case: Case, args: argparse.Namespace, console: Console) -> Result:
     if case.kind != "radial":
         plan = tile_plan(case.mask, case.shape)
         result.notes.append(f"plan {plan.describe()}; key rows/bh={plan.key_rows}, mask elements={plan.mask_elements}")
-    if case.kind != "radial" and not isinstance(case.mask, masks.AxialMask):
+    if case.kind != "radial":
         layout = local_layout(case.mask, case.shape)
         if layout is not None and not case.backward:
             tiles_list = progression_tiles(layout, 0)
@@ -157,9 +156,11 @@ def run_case(case: Case, args: argparse.Namespace, console: Console) -> Result:
         return masked_attention(q, k, v, case.mask, case.shape, backend="fast")
 
     def alternative(*args: torch.Tensor) -> torch.Tensor:
-        """The SDPA engine of the same structure: tiles, or blocks for radial masks."""
+        """The SDPA engine of the same structure: tiles, lines for axial masks, blocks for radial masks."""
         if case.kind == "radial":
             return block_sparse_attention(*args, case.mask, case.shape)
+        if isinstance(case.mask, masks.AxialMask):
+            return axial_attention(*args, case.mask.axis, case.shape)
         return tiled_attention(*args, case.mask, case.shape)
 
     def tiles() -> torch.Tensor:
