@@ -39,6 +39,7 @@ __all__ = ["TileList", "bitmap_tiles", "build_tiles", "progression_tiles", "tile
 KEY_CHUNK = 64
 MASK_ALIGN = 16
 ROW_BLOCK = 16
+TAIL_ROWS = 3
 MAX_TILE_QUERIES = 64
 
 
@@ -73,10 +74,10 @@ class TileList:
 
     @property
     def score_elements(self) -> int:
-        """Scores computed per batch and head, padding included (queries to a multiple of ``ROW_BLOCK``, the
-        float32 vector width; keys are not padded)."""
+        """Scores computed per batch and head, padding included (:func:`padded_rows` queries a tile; keys are not
+        padded)."""
         nq = torch.diff(self.q_ptr)
-        nq_pad = (nq + ROW_BLOCK - 1) // ROW_BLOCK * ROW_BLOCK
+        nq_pad = torch.where(nq % ROW_BLOCK <= TAIL_ROWS, nq, (nq + ROW_BLOCK - 1) // ROW_BLOCK * ROW_BLOCK)
         tile_of_seg = torch.repeat_interleave(torch.arange(self.count), torch.diff(self.seg_ptr))
         return int((nq_pad[tile_of_seg] * torch.diff(self.key_ptr)).sum())
 
@@ -191,13 +192,21 @@ def _axis_cost(progression: Progression, size: int) -> tuple[int, float]:
     return len(cuts), float(union.mean())
 
 
+def padded_rows(rows: int) -> int:
+    """Query rows the kernel computes for a tile of ``rows`` queries: a multiple of ``ROW_BLOCK`` (the float32 vector
+    width), except that up to ``TAIL_ROWS`` queries past one run one at a time, unpadded (``kTailRows`` in
+    ``csrc/tile_attention.cpp``)."""
+    return rows if rows % ROW_BLOCK <= TAIL_ROWS else -(-rows // ROW_BLOCK) * ROW_BLOCK
+
+
 def tile_cost(rows: int, keys: int) -> float:
     """Modelled cost of one tile in dense-SDPA pair-times (2 cores, float32, head_dim 32, measured with
-    ``benchmarks/structured.py``): 1.4 per score, queries padded to the vector width, plus 8 per key (its copy,
-    and the masking and softmax fold of each key row). Checked by timing every candidate tiling of 1-D, 2-D and 3-D
-    neighborhoods and of halo masks: the model's choice was the fastest or within 3% of it."""
-    rows_pad = -(-rows // ROW_BLOCK) * ROW_BLOCK
-    return 1.4 * rows_pad * keys + 8.0 * keys
+    ``benchmarks/structured.py``): 1.4 per score in a vector of queries, padding included, 5.6 per score of a tail
+    row run alone (its dot products reduce across lanes), plus 8 per key (its copy, and the masking and softmax fold
+    of each key row). Checked by timing every candidate tiling of 1-D, 2-D and 3-D neighborhoods and of halo masks:
+    the model's choice was the fastest or within 3% of it."""
+    tail = rows % ROW_BLOCK if rows % ROW_BLOCK <= TAIL_ROWS else 0
+    return 1.4 * (padded_rows(rows) - tail) * keys + 5.6 * tail * keys + 8.0 * keys
 
 
 def _choose_sizes(layout: LocalLayout, prefix: int) -> tuple[int, ...]:
