@@ -142,8 +142,8 @@ def _fast_path(q: Tensor, k: Tensor, v: Tensor, mask: Mask, shape: Shape, num_pr
                scale: float | None, dropout_p: float) -> Tensor | None:
     """The fastest engine that can run the call, by measurement (``benchmarks/structured.py``, 2 cores):
 
-    - without autograd, the fused tile kernel (:mod:`visattn.ops.tile_kernel`), 1.4-2x dense SDPA's time per
-      computed score where SDPA on tiles takes 1.4-4x;
+    - without autograd, the fused tile kernel (:mod:`visattn.ops.tile_kernel`), 1.1-1.9x dense SDPA's time per
+      computed score where SDPA on tiles takes 1.4-5x;
     - with autograd, the per-query kernel (:mod:`visattn.ops.local_kernel`, which has a backward) where tiles
       would waste work (:func:`~visattn.ops.local_kernel.kernel_preferred`), else SDPA on tiles;
     - SDPA on tiles where no kernel can run (no compiler, dropout, other dtypes or devices, ``torch.compile``).
