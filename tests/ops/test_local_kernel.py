@@ -258,3 +258,29 @@ def test_index_attention_matches_gathered_softmax():
     with pytest.raises(ValueError, match="index must be int64"):
         index_attention(q, k, v, index.int())
     assert index_attention(q.requires_grad_(), k, v, index) is None
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_index_attention_long_lists_end_anywhere(dtype):
+    """Lists of 37 keys ended at every kind of position (first entry, inside and at the edge of the kernel's 8-entry
+    scan blocks and 16-key vectors, not at all), and a list that ends and then continues (ignored)."""
+    from visattn.ops import attention
+    from visattn.ops.local_kernel import index_attention
+
+    gen = torch.Generator().manual_seed(1)
+    q = torch.randn(1, 2, 7, 32, dtype=dtype, generator=gen)
+    k, v = (torch.randn(1, 2, 50, 32, dtype=dtype, generator=gen) for _ in range(2))
+    index = torch.rand(1, 2, 7, 50, generator=gen).topk(37, dim=-1)[1]
+    lengths = [0, 5, 8, 16, 17, 33, 37]
+    for row, length in enumerate(lengths):
+        index[0, 0, row, length:] = -1
+    index[0, 1, 2, 20:] = -1
+    index[0, 1, 2, 30] = 3
+    allowed = torch.zeros(1, 2, 7, 50, dtype=torch.bool)
+    for h in range(2):
+        for row in range(7):
+            entries = index[0, h, row]
+            end = int((entries < 0).nonzero()[0]) if bool((entries < 0).any()) else len(entries)
+            allowed[0, h, row, entries[:end]] = True
+    tol = 1e-10 if dtype == torch.float64 else 2e-5
+    torch.testing.assert_close(index_attention(q, k, v, index), attention(q, k, v, mask=allowed), rtol=tol, atol=tol)

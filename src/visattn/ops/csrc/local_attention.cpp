@@ -182,12 +182,21 @@ void gathered_sum(const T* w, const T* base, const int64_t* rows, int64_t n, int
                   T* acc, T* out) {
     using S = Simd<T>;
     if constexpr (C > 0) {
-        typename S::vec sum[C] = {};
-        for (int64_t j = 0; j < n; ++j) {
+        // Four independent accumulator sets, so that consecutive keys do not wait on each other's FMA latency.
+        constexpr int U = 4;
+        typename S::vec sum[U][C] = {};
+        int64_t j = 0;
+        for (; j + U <= n; j += U)
+            for (int u = 0; u < U; ++u) {
+                const T* r = base + rows[j + u] * stride;
+                for (int c = 0; c < C; ++c) sum[u][c] += w[j + u] * S::load(r + c * S::lanes);
+            }
+        for (; j < n; ++j) {
             const T* r = base + rows[j] * stride;
-            for (int c = 0; c < C; ++c) sum[c] += w[j] * S::load(r + c * S::lanes);
+            for (int c = 0; c < C; ++c) sum[0][c] += w[j] * S::load(r + c * S::lanes);
         }
-        for (int c = 0; c < C; ++c) S::store(out + c * S::lanes, sum[c] * scale);
+        for (int c = 0; c < C; ++c)
+            S::store(out + c * S::lanes, ((sum[0][c] + sum[1][c]) + (sum[2][c] + sum[3][c])) * scale);
     } else {
         std::fill(acc, acc + dim, T(0));
         for (int64_t j = 0; j < n; ++j) {
@@ -235,9 +244,17 @@ T softmax_row(const T* qi, const T* kb, const T* vb, const int64_t* keys, int64_
         return -INFINITY;
     }
     gathered_dots<T, C>(qi, kb, keys, n, pr.ks.n, pr.dim, score);
+    using S = Simd<T>;
+    typename S::vec tops = S::splat(T(-INFINITY));
+    int64_t j = 0;
+    for (; j + S::lanes <= n; j += S::lanes) {
+        const typename S::vec x = S::load(score + j) * scale;
+        S::store(score + j, x);
+        tops = S::max(tops, x);
+    }
     T top = -INFINITY;
-#pragma omp simd reduction(max : top)
-    for (int64_t j = 0; j < n; ++j) {
+    for (int64_t l = 0; l < S::lanes; ++l) top = std::max(top, tops[l]);
+    for (; j < n; ++j) {
         score[j] *= scale;
         top = std::max(top, score[j]);
     }
@@ -276,7 +293,13 @@ void index_forward(const T* q, const T* k, const T* v, T* out, const int64_t* in
                          const int64_t bh = row / rows, i = row % rows;
                          const int64_t b = bh / pr.heads, h = bh % pr.heads;
                          const int64_t* keys = index + row * width;
+                         if (row + 1 < pr.batch * pr.heads * rows)  // the next row's list, read while this one runs
+                             for (int64_t j = 0; j < width; j += 8) __builtin_prefetch(keys + width + j, 0, 2);
                          int64_t n = 0;
+                         for (int64_t any = 0; n + 8 <= width; n += 8) {  // 8 entries at a time: OR keeps a sign
+                             for (int u = 0; u < 8; ++u) any |= keys[n + u];
+                             if (any < 0) break;
+                         }
                          while (n < width && keys[n] >= 0) ++n;
                          softmax_row<T, C>(q + b * pr.qs.b + h * pr.qs.h + i * pr.qs.n,
                                            k + b * pr.ks.b + h * pr.ks.h, v + b * pr.vs.b + h * pr.vs.h, keys, n,
