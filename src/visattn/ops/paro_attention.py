@@ -16,6 +16,9 @@ with no kept tile outputs 0.
 
 from __future__ import annotations
 
+import functools
+
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -24,7 +27,7 @@ from .._checks import check_qkv
 from .masked import sdpa_bool_mask
 from .native import row_major
 from .paro_quant import fake_quant_tiles, fake_quant_tokens
-from .tile_kernel import bitmap_tiles, run_tiles, tile_attention_available
+from .tile_kernel import TileList, bitmap_tiles, run_tiles, tile_attention_available
 
 __all__ = ["bitmap_token_mask", "paro_block_sparse_attention"]
 
@@ -43,6 +46,13 @@ def _check_bitmap(bitmap: Tensor, heads: int, blocks: int) -> None:
     if tuple(bitmap.shape) != (heads, blocks, blocks):
         raise ValueError(f"bitmap must be (heads, n_blocks, n_blocks)={(heads, blocks, blocks)}, "
                          f"got {tuple(bitmap.shape)}")
+
+
+@functools.lru_cache(maxsize=64)
+def _head_tiles(bitmap: bytes, nb: int, block: int, num_tokens: int) -> TileList:
+    """:func:`~visattn.ops.tile_kernel.bitmap_tiles` of one head's bitmap (given as its bytes), cached: PARO's
+    bitmaps are static after calibration, so each call reuses them."""
+    return bitmap_tiles(np.frombuffer(bitmap, dtype=bool).reshape(nb, nb), block, num_tokens)
 
 
 def paro_block_sparse_attention(q: Tensor, k: Tensor, v: Tensor, bitmap: Tensor, block: int = 64,
@@ -72,7 +82,7 @@ def paro_block_sparse_attention(q: Tensor, k: Tensor, v: Tensor, bitmap: Tensor,
         q, k, v = row_major(q), row_major(k), row_major(v)
         for head, head_bitmap in enumerate(bitmap.cpu().numpy()):
             run_tiles(q[:, head : head + 1], k[:, head : head + 1], v[:, head : head + 1],
-                      bitmap_tiles(head_bitmap, block, n), out[:, head : head + 1], scale)
+                      _head_tiles(head_bitmap.tobytes(), nb, block, n), out[:, head : head + 1], scale)
         return out
     pad = nb * block - n
     qb, kb, vb = (F.pad(t, (0, 0, 0, pad)).unflatten(2, (nb, block)) for t in (q, k, v))
