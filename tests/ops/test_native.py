@@ -35,19 +35,16 @@ def test_disabled_by_environment(fresh, monkeypatch):
     assert native.native_library("local_attention") is None
 
 
-def test_cpus_without_avx512_fall_back_with_a_warning(fresh, monkeypatch, caplog):
-    monkeypatch.setattr(native, "_cpu_flags", lambda: "flags : fpu sse sse2 avx avx2 fma")
+@pytest.mark.parametrize(("attribute", "value", "message"), [
+    ("_cpu_flags", lambda: "flags : fpu sse sse2 avx avx2 fma", "need AVX-512"),
+    ("_compiler", lambda: None, "no C++ compiler"),
+])
+def test_falls_back_with_a_warning_without_avx512_or_compiler(fresh, monkeypatch, caplog, attribute, value, message):
+    monkeypatch.setattr(native, attribute, value)
     with caplog.at_level(logging.WARNING, logger="visattn"):
         assert native.native_library("tile_attention") is None
-    assert "need AVX-512" in caplog.text
+    assert message in caplog.text
     assert not list(fresh.glob("*.so"))
-
-
-def test_no_compiler_falls_back_with_a_warning(fresh, monkeypatch, caplog):
-    monkeypatch.setattr(native, "_compiler", lambda: None)
-    with caplog.at_level(logging.WARNING, logger="visattn"):
-        assert native.native_library("local_attention") is None
-    assert "no C++ compiler" in caplog.text
 
 
 def test_failing_build_falls_back_with_the_compiler_message(fresh, monkeypatch, caplog):

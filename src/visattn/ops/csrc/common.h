@@ -15,21 +15,28 @@
 
 namespace visattn {
 
-inline float exp_approx(float x) {
-    // Cephes-style expf: x = n ln2 + r, |r| <= ln2 / 2, degree-6 polynomial for e^r, 2^n from the exponent bits.
-    // Branch-free so loops over it vectorise; relative error about 2e-7. Inputs below -87 (and -inf) give 0.
-    const float lo = -87.0f;
-    float xc = std::min(std::max(x, lo), 88.0f);
-    float n = std::nearbyint(xc * 1.44269504088896341f);
-    float r = xc - n * 0.693359375f;
+// Cephes' expf after range reduction: with x = n ln 2 + r (n = round(x log2 e), ln 2 in two parts), the degree-7
+// polynomial p(r) ~ e^r on |r| <= ln 2 / 2; V is float or a float vector.
+template <typename V>
+inline V exp_reduced(V x, V n) {
+    V r = x - n * 0.693359375f;
     r = r - n * -2.12194440e-4f;
-    float p = 1.9875691500e-4f;
+    V p = V{} + 1.9875691500e-4f;
     p = p * r + 1.3981999507e-3f;
     p = p * r + 8.3334519073e-3f;
     p = p * r + 4.1665795894e-2f;
     p = p * r + 1.6666665459e-1f;
     p = p * r + 5.0000001201e-1f;
-    p = p * r * r + r + 1.0f;
+    return p * r * r + r + 1.0f;
+}
+
+inline float exp_approx(float x) {
+    // Cephes-style expf: exp_reduced, then 2^n from the exponent bits. Branch-free so loops over it vectorise;
+    // relative error about 2e-7. Inputs below -87 (and -inf) give 0.
+    const float lo = -87.0f;
+    const float xc = std::min(std::max(x, lo), 88.0f);
+    const float n = std::nearbyint(xc * 1.44269504088896341f);
+    const float p = exp_reduced(xc, n);
     int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
     float scale;
     std::memcpy(&scale, &bits, sizeof(scale));
@@ -75,22 +82,13 @@ inline typename Simd<T>::vec exp_vec(typename Simd<T>::vec x) {
 
 template <>
 inline Simd<float>::vec exp_vec<float>(Simd<float>::vec x) {
-    // exp_approx on whole vectors: n = round(x log2 e) (adding and subtracting 1.5 * 2^23), r = x - n ln 2 in two
-    // parts, Cephes' polynomial p(r) ~ e^r, then p 2^n: vscalefps on AVX-512 (zeroing lanes below -87 in the same
+    // exp_approx on whole vectors: n = round(x log2 e) (adding and subtracting 1.5 * 2^23), exp_reduced, then p 2^n: vscalefps on AVX-512 (zeroing lanes below -87 in the same
     // step), exponent bits elsewhere.
     using S = Simd<float>;
     const S::vec lo = S::splat(-87.0f), magic = S::splat(12582912.0f);
     const S::vec xc = S::max(lo, x < 88.0f ? x : S::splat(88.0f));
     const S::vec n = (xc * 1.44269504088896341f + magic) - magic;
-    S::vec r = xc - n * 0.693359375f;
-    r = r - n * -2.12194440e-4f;
-    S::vec p = S::splat(1.9875691500e-4f);
-    p = p * r + 1.3981999507e-3f;
-    p = p * r + 8.3334519073e-3f;
-    p = p * r + 4.1665795894e-2f;
-    p = p * r + 1.6666665459e-1f;
-    p = p * r + 5.0000001201e-1f;
-    p = p * r * r + r + 1.0f;
+    const S::vec p = exp_reduced(xc, n);
 #if defined(__AVX512F__)
     const __mmask16 kept = _mm512_cmp_ps_mask(__m512(x), __m512(lo), _CMP_GE_OQ);
     return S::vec(_mm512_maskz_scalef_ps(kept, __m512(p), __m512(n)));
