@@ -82,8 +82,8 @@ inline typename Simd<T>::vec exp_vec(typename Simd<T>::vec x) {
 
 template <>
 inline Simd<float>::vec exp_vec<float>(Simd<float>::vec x) {
-    // exp_approx on whole vectors: n = round(x log2 e) (adding and subtracting 1.5 * 2^23), exp_reduced, then p 2^n: vscalefps on AVX-512 (zeroing lanes below -87 in the same
-    // step), exponent bits elsewhere.
+    // exp_approx on whole vectors: n = round(x log2 e) (adding and subtracting 1.5 * 2^23), exp_reduced, then p 2^n:
+    // vscalefps on AVX-512 (zeroing lanes below -87 in the same step), exponent bits elsewhere.
     using S = Simd<float>;
     const S::vec lo = S::splat(-87.0f), magic = S::splat(12582912.0f);
     const S::vec xc = S::max(lo, x < 88.0f ? x : S::splat(88.0f));

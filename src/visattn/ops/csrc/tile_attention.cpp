@@ -1,16 +1,19 @@
 // Fused tile attention: softmax attention over lists of (query tile, key segments), each segment optionally under
-// a bool mask, with GEMM-style register blocking: the forward engine of the neighborhood, window, grid, halo, strip,
-// sliding-window and block-sparse (radial, PARO) fast paths.
+// a bool mask, with GEMM-style register blocking: the forward engine of the neighborhood, window, grid, halo, axial,
+// strip, sliding-window and block-sparse (radial, PARO) fast paths.
 //
 // Everything per tile is kept query-major across vector lanes ("transposed"): Qt [d x rows], the scores St
-// [keys x rows] and the output accumulator Ot [dv x rows], rows padded to the vector width. Then
-//   St[j, :] = sum_c K[j, c] * Qt[c, :]      (8 keys x 2 vectors of queries per register block, K broadcast from
-//                                              its own row: no key transpose, copy or padding),
-// masking is one byte-vector compare per key, and the online softmax (Flash Attention's running max m and sum l,
-// rescaling Ot by exp(m_old - m_new)) runs down the keys with one query per lane, free of horizontal reductions;
-//   Ot[c, :] += sum_j V[j, c] * P[j, :]      (8 value dims x 2 vectors of queries per register block).
-// Finally out = Ot^T / l and lse = m + log l; a query that saw no key gets 0 and lse = -inf. Scores never leave
-// per-thread scratch.
+// [keys x rows] and the output accumulator Ot [dv x rows], rows padded to the vector width. Per chunk of 64 keys
+// (their K and V rows copied to scratch, neither transposed nor padded):
+//   St[j, :] = sum_c K[j, c] * Qt[c, :]      (8 keys x 2-3 vectors of queries per register block, each K element
+//                                              broadcast), masked by one byte-vector compare per key and folded into
+//                                              a running per-lane maximum as the block is stored;
+// then the online softmax (Flash Attention's running max m and sum l, rescaling Ot by exp(m_old - m_new)) runs down
+// the keys with one query per lane, free of horizontal reductions, and
+//   Ot[c, :] += sum_j V[j, c] * P[j, :]      (8 value dims x 2-3 vectors of queries per register block).
+// Finally out = Ot^T / l and lse = m + log l; a query that saw no key gets 0 and lse = -inf. Up to kTailRows
+// queries past a multiple of the vector width run one at a time (tail_rows). Scores never leave per-thread scratch;
+// the next tile's rows are prefetched while this one computes.
 //
 // Built on demand by visattn/ops/native.py and called through ctypes (visattn/ops/tile_kernel.py).
 
@@ -96,8 +99,9 @@ constexpr int64_t kAheadRows = 8;
 // St[j0 + r, u : u + V lanes] = sum_c K[j0 + r, c] Qt[c, u : ...] for r < R keys, -inf where the key-major mask
 // (if any; rows ``stride`` bytes apart) is 0, and the running maximum top[u : ...] of each lane.
 template <typename T, int R, int V>
-void scores_block(Workspace<T>& w, int64_t dim, int64_t j0, int64_t u, const uint8_t* mask, int64_t stride) {
+void scores_block(Workspace<T>& w, int64_t j0, int64_t u, const uint8_t* mask, int64_t stride) {
     using S = Simd<T>;
+    const int64_t dim = w.d;
     w.prefetch_ahead(kAheadRows);
     typename S::vec acc[R][V] = {};
     const T* k = &w.kc[j0 * dim];
@@ -123,15 +127,15 @@ void scores_block(Workspace<T>& w, int64_t dim, int64_t j0, int64_t u, const uin
 }
 
 template <typename T, int V>
-void scores_rows(Workspace<T>& w, int64_t dim, int64_t keys, int64_t u, const uint8_t* mask, int64_t stride) {
+void scores_rows(Workspace<T>& w, int64_t keys, int64_t u, const uint8_t* mask, int64_t stride) {
     int64_t j = 0;
-    for (; j + kBlock <= keys; j += kBlock) scores_block<T, kBlock, V>(w, dim, j, u, mask, stride);
-    for (; j + 2 <= keys; j += 2) scores_block<T, 2, V>(w, dim, j, u, mask, stride);
-    if (j < keys) scores_block<T, 1, V>(w, dim, j, u, mask, stride);
+    for (; j + kBlock <= keys; j += kBlock) scores_block<T, kBlock, V>(w, j, u, mask, stride);
+    for (; j + 2 <= keys; j += 2) scores_block<T, 2, V>(w, j, u, mask, stride);
+    if (j < keys) scores_block<T, 1, V>(w, j, u, mask, stride);
 }
 
-// Calls body(std::integral_constant<int, V>, u) over the query vectors of ``rows`` lanes in register blocks of V = 3 vectors
-// (once, where their count is odd and at least 3), then 2, then 1: 48 rows (a 7x7 window's) are one block.
+// Calls body(std::integral_constant<int, V>, u) over the query vectors of ``rows`` lanes in register blocks of V = 3
+// vectors (once, where their count is odd and at least 3), then 2, then 1: 48 rows (a 7x7 window's) are one block.
 template <typename T, typename Body>
 void row_blocks(int64_t rows, Body&& body) {
     constexpr int64_t L = Simd<T>::lanes;
@@ -147,11 +151,9 @@ void row_blocks(int64_t rows, Body&& body) {
 
 // St[:keys, :rows] = K[:keys] Qt[:, :rows] under the chunk's mask, and top = max(m, max_j St) per lane.
 template <typename T>
-void scores(Workspace<T>& w, int64_t dim, int64_t keys, int64_t rows, const uint8_t* mask, int64_t stride) {
+void scores(Workspace<T>& w, int64_t keys, int64_t rows, const uint8_t* mask, int64_t stride) {
     std::copy_n(w.m.begin(), rows, w.top.begin());
-    row_blocks<T>(rows, [&](auto v, int64_t u) {
-        scores_rows<T, decltype(v)::value>(w, dim, keys, u, mask, stride);
-    });
+    row_blocks<T>(rows, [&](auto v, int64_t u) { scores_rows<T, decltype(v)::value>(w, keys, u, mask, stride); });
 }
 
 // Ot[c0 + r, u : ...] += sum_j V[j, c0 + r] P[j, u : ...] for r < R value dims.
@@ -176,22 +178,22 @@ void accumulate_block(Workspace<T>& w, int64_t keys, int64_t c0, int64_t u) {
 }
 
 template <typename T, int V>
-void accumulate_rows(Workspace<T>& w, int64_t dim_v, int64_t keys, int64_t u) {
+void accumulate_rows(Workspace<T>& w, int64_t keys, int64_t u) {
     int64_t c = 0;
-    for (; c + kBlock <= dim_v; c += kBlock) accumulate_block<T, kBlock, V>(w, keys, c, u);
-    for (; c < dim_v; ++c) accumulate_block<T, 1, V>(w, keys, c, u);
+    for (; c + kBlock <= w.dv; c += kBlock) accumulate_block<T, kBlock, V>(w, keys, c, u);
+    for (; c < w.dv; ++c) accumulate_block<T, 1, V>(w, keys, c, u);
 }
 
-// Ot[:dim_v, :rows] += V[:keys]^T P[:keys, :rows].
+// Ot[:, :rows] += V[:keys]^T P[:keys, :rows].
 template <typename T>
-void accumulate(Workspace<T>& w, int64_t dim_v, int64_t keys, int64_t rows) {
-    row_blocks<T>(rows, [&](auto v, int64_t u) { accumulate_rows<T, decltype(v)::value>(w, dim_v, keys, u); });
+void accumulate(Workspace<T>& w, int64_t keys, int64_t rows) {
+    row_blocks<T>(rows, [&](auto v, int64_t u) { accumulate_rows<T, decltype(v)::value>(w, keys, u); });
 }
 
 // Folds a chunk of scores into the online softmax, one query per lane: m' = top = max(m, max_j S), P = exp(S - m')
 // (0 where S = -inf), l' = l exp(m - m') + sum_j P, Ot *= exp(m - m'). Lanes still without a key keep m = -inf.
 template <typename T>
-void fold(Workspace<T>& w, int64_t dim_v, int64_t keys, int64_t rows) {
+void fold(Workspace<T>& w, int64_t keys, int64_t rows) {
     using S = Simd<T>;
     const typename S::vec none = S::splat(T(-INFINITY)), zero = S::splat(T(0));
     for (int64_t u = 0; u < rows; u += S::lanes) {
@@ -207,7 +209,7 @@ void fold(Workspace<T>& w, int64_t dim_v, int64_t keys, int64_t rows) {
         const typename S::vec alpha = exp_vec<T>(old_m - shift);
         S::store(&w.l[u], S::load(&w.l[u]) * alpha + total);
         S::store(&w.m[u], top);
-        for (int64_t c = 0; c < dim_v; ++c) S::store(&w.ot[c * w.rows + u], S::load(&w.ot[c * w.rows + u]) * alpha);
+        for (int64_t c = 0; c < w.dv; ++c) S::store(&w.ot[c * w.rows + u], S::load(&w.ot[c * w.rows + u]) * alpha);
     }
 }
 
@@ -230,7 +232,7 @@ void load_keys(Workspace<T>& w, const T* kb, const T* vb, const int64_t* idx, in
 }
 
 // Query-major softmax attention of the tile's last ``tail`` rows over a chunk of keys, for tiles that would otherwise
-// pad a vector of queries for them: per row, S_j = q . k_j (16 keys at a time, reduced by one in-register transpose),
+// pad a vector of queries for them: per row, S_j = q . k_j (a vector of keys at a time, reduced by one transpose),
 // masked, then the same online softmax as ``fold`` and o += sum_j P_j v_j. Row i keeps m and l at index
 // ``first + i`` of the workspace.
 template <typename T>
@@ -245,8 +247,9 @@ void tail_rows(Workspace<T>& w, int64_t first, int64_t tail, int64_t keys, const
                 typename S::vec prod[L];
                 for (int64_t r = 0; r < L; ++r) {
                     prod[r] = S::splat(0);
+                    const T* k = &w.kc[(j0 + r) * w.d];
                     if (j0 + r < keys)
-                        for (int64_t c = 0; c < w.d; c += L) prod[r] += S::load(q + c) * S::load(&w.kc[(j0 + r) * w.d + c]);
+                        for (int64_t c = 0; c < w.d; c += L) prod[r] += S::load(q + c) * S::load(k + c);
                 }
                 transpose_block<T>(prod);
                 for (int64_t r = 1; r < L; ++r) prod[0] += prod[r];
@@ -370,11 +373,12 @@ void run_tile(const T* qb, const T* kb, const T* vb, T* ob, T* lseb, int64_t dim
         const uint8_t* mask = tiles.mask_off[seg] >= 0 ? tiles.masks + tiles.mask_off[seg] : nullptr;
         for (int64_t j0 = 0; j0 < nk; j0 += kChunk) {
             const int64_t kc = std::min(kChunk, nk - j0);
+            const uint8_t* chunk_mask = mask ? mask + j0 * mask_stride : nullptr;
             load_keys(w, kb, vb, tiles.k_idx + k0 + j0, kc, ks.n, vs.n);
-            scores(w, dim, kc, rows, mask ? mask + j0 * mask_stride : nullptr, mask_stride);
-            fold(w, dim_v, kc, rows);
-            accumulate(w, dim_v, kc, rows);
-            if (tail) tail_rows(w, lanes, tail, kc, mask ? mask + j0 * mask_stride : nullptr, mask_stride);
+            scores(w, kc, rows, chunk_mask, mask_stride);
+            fold(w, kc, rows);
+            accumulate(w, kc, rows);
+            if (tail) tail_rows(w, lanes, tail, kc, chunk_mask, mask_stride);
         }
     }
     store_outputs(w, ob, lseb, qi, lanes, tail, os.n, lse_n, dim_v);
