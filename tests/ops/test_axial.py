@@ -87,14 +87,14 @@ def test_auto_backend_uses_the_line_path():
 def test_fast_path_runs_the_tile_kernel_without_autograd(monkeypatch):
     """Without autograd the lines run as fused tiles; with it, through SDPA (both checked against the reference
     above: ``masked_attention(backend="fast")`` and ``axial_attention``)."""
-    from visattn.ops import axial as axial_module
+    from visattn.ops import tile_kernel
     from visattn.ops.native import native_library
 
     if native_library("tile_attention") is None:
         pytest.skip("no native tile kernel on this machine")
     calls = []
-    kernel = axial_module.tile_attention
-    monkeypatch.setattr(axial_module, "tile_attention", lambda *args: calls.append(args[3]) or kernel(*args))
+    kernel = tile_kernel.tile_attention
+    monkeypatch.setattr(tile_kernel, "tile_attention", lambda *args: calls.append(args[3]) or kernel(*args))
     q, k, v = qkv(1, 2, 2 + 6 * 5, 4)
     with torch.no_grad():
         masked_attention(q, k, v, masks.axial_mask(1), (6, 5), 2, backend="fast")

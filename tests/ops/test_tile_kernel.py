@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from visattn import masks
 from visattn.bench import peak_memory_bytes
-from visattn.ops import attention, masked_attention, tiled
+from visattn.ops import attention, masked_attention, tile_kernel
 from visattn.ops.local_kernel import local_layout
 from visattn.ops.native import native_library
 from visattn.ops.tile_kernel import build_tiles, progression_tiles, tile_attention
@@ -159,7 +159,7 @@ def test_tile_choice_has_no_waste_on_windows_and_grids():
 
 def test_fast_backend_uses_the_tile_kernel_without_autograd(monkeypatch):
     calls = []
-    monkeypatch.setattr(tiled, "tile_attention", lambda *a, **kw: calls.append(1) or tile_attention(*a, **kw))
+    monkeypatch.setattr(tile_kernel, "tile_attention", lambda *a, **kw: calls.append(1) or tile_attention(*a, **kw))
     mask, shape = masks.window_mask(4), (8, 8)
     q, k, v = qkv(1, 2, 1 + 64, 8)
     torch.testing.assert_close(masked_attention(q, k, v, mask, shape, 1, backend="fast"),

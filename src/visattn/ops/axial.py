@@ -23,9 +23,8 @@ from torch import Tensor
 
 from .._checks import Shape, as_shape, check_qkv, check_tokens, num_tokens
 from ..masks import AxialMask
-from .local_kernel import local_layout
 from .masked import register_fast_path
-from .tile_kernel import progression_tiles, tile_attention, tile_attention_available
+from .tile_kernel import progression_attention
 
 
 def to_lines(x: Tensor, shape: Shape, axis: int) -> Tensor:
@@ -93,8 +92,7 @@ def axial_fast_path(q: Tensor, k: Tensor, v: Tensor, mask: AxialMask, shape: Sha
                     scale: float | None, dropout_p: float = 0.0) -> Tensor:
     """``masked_attention``'s fast path for axial masks: the fused tile kernel where it can run, else SDPA over the
     lines; no mask either way."""
-    if not torch.compiler.is_compiling() and tile_attention_available(q, k, v, dropout_p):
-        layout = local_layout(mask, shape)
-        if layout is not None:
-            return tile_attention(q, k, v, progression_tiles(layout, num_prefix_tokens), num_prefix_tokens, scale)
+    out = progression_attention(q, k, v, mask, shape, num_prefix_tokens, scale, dropout_p)
+    if out is not None:
+        return out
     return _lines_attention(q, k, v, mask.axis % len(shape), shape, num_prefix_tokens, scale, dropout_p)

@@ -30,11 +30,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..masks import Mask
 from ..masks.axis import Progression
-from .local_kernel import LocalLayout
+from .local_kernel import LocalLayout, local_layout
 from .native import DTYPE_SUFFIX, call, native_library, needs_grad, row_major, strides, supported
 
-__all__ = ["TileList", "bitmap_tiles", "build_tiles", "progression_tiles", "tile_attention", "tile_attention_available"]
+__all__ = ["TileList", "bitmap_tiles", "build_tiles", "progression_attention", "progression_tiles", "tile_attention",
+           "tile_attention_available"]
 
 KEY_CHUNK = 64
 MASK_ALIGN = 16
@@ -49,7 +51,7 @@ class TileList:
     and segments ``seg_ptr[t]:seg_ptr[t+1]``; segment ``s`` has keys ``k_idx[key_ptr[s]:key_ptr[s+1]]`` and its
     mask at ``masks[mask_off[s]:]``, or no mask where ``mask_off[s] < 0``. Masks are stored key-major, as the kernel
     reads them (one query per vector lane): uint8 ``[keys, queries]`` with the query axis zero-padded to a multiple
-    of ``MASK_ALIGN``."""
+    of ``MASK_ALIGN`` (``kMaskAlign`` in ``csrc/common.h``)."""
 
     q_ptr: Tensor
     q_idx: Tensor
@@ -76,8 +78,7 @@ class TileList:
     def score_elements(self) -> int:
         """Scores computed per batch and head, padding included (:func:`padded_rows` queries a tile; keys are not
         padded)."""
-        nq = torch.diff(self.q_ptr)
-        nq_pad = torch.where(nq % ROW_BLOCK <= TAIL_ROWS, nq, (nq + ROW_BLOCK - 1) // ROW_BLOCK * ROW_BLOCK)
+        nq_pad = torch.tensor([padded_rows(rows) for rows in torch.diff(self.q_ptr).tolist()], dtype=torch.int64)
         tile_of_seg = torch.repeat_interleave(torch.arange(self.count), torch.diff(self.seg_ptr))
         return int((nq_pad[tile_of_seg] * torch.diff(self.key_ptr)).sum())
 
@@ -192,11 +193,17 @@ def _axis_cost(progression: Progression, size: int) -> tuple[int, float]:
     return len(cuts), float(union.mean())
 
 
+def tail_rows(rows: int) -> int:
+    """Queries of a tile of ``rows`` that the kernel runs one at a time: up to ``TAIL_ROWS`` past a multiple of
+    ``ROW_BLOCK`` (the float32 vector width; ``kTailRows`` in ``csrc/tile_attention.cpp``), else none."""
+    return rows % ROW_BLOCK if rows % ROW_BLOCK <= TAIL_ROWS else 0
+
+
 def padded_rows(rows: int) -> int:
-    """Query rows the kernel computes for a tile of ``rows`` queries: a multiple of ``ROW_BLOCK`` (the float32 vector
-    width), except that up to ``TAIL_ROWS`` queries past one run one at a time, unpadded (``kTailRows`` in
-    ``csrc/tile_attention.cpp``)."""
-    return rows if rows % ROW_BLOCK <= TAIL_ROWS else -(-rows // ROW_BLOCK) * ROW_BLOCK
+    """Query rows the kernel computes for a tile of ``rows`` queries: the vector part padded to a multiple of
+    ``ROW_BLOCK``, plus the :func:`tail_rows` unpadded."""
+    tail = tail_rows(rows)
+    return tail + -(-(rows - tail) // ROW_BLOCK) * ROW_BLOCK
 
 
 def tile_cost(rows: int, keys: int) -> float:
@@ -205,7 +212,7 @@ def tile_cost(rows: int, keys: int) -> float:
     row run alone (its dot products reduce across lanes), plus 8 per key (its copy, and the masking and softmax fold
     of each key row). Checked by timing every candidate tiling of 1-D, 2-D and 3-D neighborhoods and of halo masks:
     the model's choice was the fastest or within 3% of it."""
-    tail = rows % ROW_BLOCK if rows % ROW_BLOCK <= TAIL_ROWS else 0
+    tail = tail_rows(rows)
     return 1.4 * (padded_rows(rows) - tail) * keys + 5.6 * tail * keys + 8.0 * keys
 
 
@@ -280,3 +287,16 @@ def tile_attention(q: Tensor, k: Tensor, v: Tensor, tiles: TileList, num_prefix_
     if prefix:
         out[:, :, :prefix] = F.scaled_dot_product_attention(q[:, :, :prefix], k, v, scale=scale)
     return out
+
+
+def progression_attention(q: Tensor, k: Tensor, v: Tensor, mask: Mask, shape: tuple[int, ...],
+                          num_prefix_tokens: int = 0, scale: float | None = None,
+                          dropout_p: float = 0.0) -> Tensor | None:
+    """:func:`tile_attention` over :func:`progression_tiles` of ``mask`` on ``shape``, or None where the kernel cannot
+    run (see the module docstring; also under ``torch.compile``) or the mask has no progression layout."""
+    if torch.compiler.is_compiling() or not tile_attention_available(q, k, v, dropout_p):
+        return None
+    layout = local_layout(mask, shape)
+    if layout is None:
+        return None
+    return tile_attention(q, k, v, progression_tiles(layout, num_prefix_tokens), num_prefix_tokens, scale)

@@ -25,7 +25,7 @@ from .._checks import Shape, as_shape, check_qkv, check_tokens, num_tokens
 from ..masks import Mask, SeparableMask, SequenceMask, SlidingWindowMask
 from .local_kernel import kernel_preferred, local_attention, local_layout
 from .masked import register_fast_path
-from .tile_kernel import progression_tiles, tile_attention, tile_attention_available
+from .tile_kernel import progression_attention
 from .tiled_autograd import gather_rows, scatter_rows, select_rows, unfold_windows
 from .tiled_plan import PlanTensors, TilePlan, tile_plan
 
@@ -149,9 +149,10 @@ def _fast_path(q: Tensor, k: Tensor, v: Tensor, mask: Mask, shape: Shape, num_pr
     - SDPA on tiles where no kernel can run (no compiler, dropout, other dtypes or devices, ``torch.compile``).
 
     None where tiling would not pay either."""
+    out = progression_attention(q, k, v, mask, shape, num_prefix_tokens, scale, dropout_p)
+    if out is not None:
+        return out
     layout = None if torch.compiler.is_compiling() else local_layout(mask, shape)
-    if layout is not None and tile_attention_available(q, k, v, dropout_p):
-        return tile_attention(q, k, v, progression_tiles(layout, num_prefix_tokens), num_prefix_tokens, scale)
     plan, tensors = prepared_plan(mask, shape, num_prefix_tokens, None, q.dtype, q.device)
     if layout is not None and kernel_preferred(layout, plan.score_elements):
         out = local_attention(q, k, v, mask, shape, num_prefix_tokens, scale, dropout_p)
