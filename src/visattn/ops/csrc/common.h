@@ -137,4 +137,33 @@ inline void transpose_block(typename Simd<T>::vec* rows) {
     if constexpr (Simd<T>::lanes == 16) transpose_stage<T, 8>(rows);
 }
 
+// Sums of ``lanes`` vectors, one per lane: lane j of the result is the sum of the lanes of v[j] (v is overwritten).
+// Each level adds pairs of vectors after two two-source shuffles that keep alternate blocks of H lanes, halving both
+// the number of vectors and the lanes each partial sum spans: about two shuffles per vector, against four for a
+// transpose and a horizontal sum per vector otherwise.
+template <typename V, int L, int H, bool Upper, size_t... I>
+inline V pick_blocks(V a, V b, std::index_sequence<I...>) {
+    return __builtin_shufflevector(
+        a, b, ((int(I) < L / 2 ? 0 : L) + int(I) % (L / 2) / H * 2 * H + int(I) % H + (Upper ? H : 0))...);
+}
+
+template <typename T, int H>
+inline void sum_level(typename Simd<T>::vec* v) {
+    constexpr int L = Simd<T>::lanes;
+    using V = typename Simd<T>::vec;
+    for (int m = 0; m < H; ++m)
+        v[m] = pick_blocks<V, L, H, false>(v[2 * m], v[2 * m + 1], std::make_index_sequence<L>{}) +
+               pick_blocks<V, L, H, true>(v[2 * m], v[2 * m + 1], std::make_index_sequence<L>{});
+}
+
+template <typename T>
+inline typename Simd<T>::vec row_sums(typename Simd<T>::vec* v) {
+    constexpr int L = Simd<T>::lanes;
+    if constexpr (L == 16) sum_level<T, 8>(v);
+    sum_level<T, 4>(v);
+    sum_level<T, 2>(v);
+    sum_level<T, 1>(v);
+    return v[0];
+}
+
 }  // namespace visattn

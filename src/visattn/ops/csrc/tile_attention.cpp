@@ -4,13 +4,15 @@
 //
 // Everything per tile is kept query-major across vector lanes ("transposed"): Qt [d x rows], the scores St
 // [keys x rows] and the output accumulator Ot [dv x rows], rows padded to the vector width. Per chunk of 64 keys
-// (their K and V rows copied to scratch, neither transposed nor padded):
+// (their K and V rows read in place, neither copied, transposed nor padded):
 //   St[j, :] = sum_c K[j, c] * Qt[c, :]      (8 keys x 2-3 vectors of queries per register block, each K element
 //                                              broadcast), masked by one byte-vector compare per key and folded into
 //                                              a running per-lane maximum as the block is stored;
-// then the online softmax (Flash Attention's running max m and sum l, rescaling Ot by exp(m_old - m_new)) runs down
-// the keys with one query per lane, free of horizontal reductions, and
-//   Ot[c, :] += sum_j V[j, c] * P[j, :]      (8 value dims x 2-3 vectors of queries per register block).
+// then the online softmax (Flash Attention's running max m and sum l) runs down the keys with one query per lane,
+// free of horizontal reductions, and
+//   Ot[c, :] = Ot[c, :] exp(m_old - m_new) + sum_j V[j, c] * P[j, :]
+//                                            (8 value dims x 2-3 vectors of queries per register block; the first
+//                                             chunk starts from zero).
 // Finally out = Ot^T / l and lse = m + log l; a query that saw no key gets 0 and lse = -inf. Up to kTailRows
 // queries past a multiple of the vector width run one at a time (tail_rows). Scores never leave per-thread scratch;
 // the next tile's rows are prefetched while this one computes.
@@ -48,20 +50,22 @@ template <typename T>
 struct Workspace {
     int64_t rows;  // query rows per tile, padded to the vector width: the stride of every transposed array
     int64_t d, dv;
-    std::vector<T> qt, kc, vc, st, ot, m, l, top;
+    std::vector<T> qt, st, ot, m, l, top, alpha;
+    bool fresh = true;  // Ot holds nothing yet: the next accumulate starts from zero instead of rescaling
+    const T* krow[kChunk];  // the chunk's key and value rows, read in place
+    const T* vrow[kChunk];
     std::vector<T> q_tail, o_tail, s_tail;  // tail rows, query-major (see tail_rows)
     Workspace(int64_t max_q, int64_t d, int64_t dv)
         : rows(round_up(std::max<int64_t>(max_q, 1), Simd<T>::lanes)),
           d(d),
           dv(dv),
           qt(d * rows),
-          kc(kChunk * d),
-          vc(kChunk * dv),
           st(kChunk * rows),
           ot(dv * rows),
           m(rows),
           l(rows),
           top(rows),
+          alpha(rows),
           q_tail(kTailRows * d),
           o_tail(kTailRows * dv),
           s_tail(kChunk) {}
@@ -94,22 +98,23 @@ struct Workspace {
     }
 };
 
-constexpr int64_t kAheadRows = 8;
-
 // St[j0 + r, u : u + V lanes] = sum_c K[j0 + r, c] Qt[c, u : ...] for r < R keys, -inf where the key-major mask
 // (if any; rows ``stride`` bytes apart) is 0, and the running maximum top[u : ...] of each lane.
+constexpr int64_t kAheadRows = 8;
+
 template <typename T, int R, int V>
 void scores_block(Workspace<T>& w, int64_t j0, int64_t u, const uint8_t* mask, int64_t stride) {
     using S = Simd<T>;
     const int64_t dim = w.d;
     w.prefetch_ahead(kAheadRows);
     typename S::vec acc[R][V] = {};
-    const T* k = &w.kc[j0 * dim];
+    const T* k[R];
+    for (int r = 0; r < R; ++r) k[r] = w.krow[j0 + r];
     for (int64_t c = 0; c < dim; ++c) {
         typename S::vec qv[V];
         for (int b = 0; b < V; ++b) qv[b] = S::load(&w.qt[c * w.rows + u + b * S::lanes]);
         for (int r = 0; r < R; ++r) {
-            const T kv = k[r * dim + c];
+            const T kv = k[r][c];
             for (int b = 0; b < V; ++b) acc[r][b] += kv * qv[b];
         }
     }
@@ -156,18 +161,22 @@ void scores(Workspace<T>& w, int64_t keys, int64_t rows, const uint8_t* mask, in
     row_blocks<T>(rows, [&](auto v, int64_t u) { scores_rows<T, decltype(v)::value>(w, keys, u, mask, stride); });
 }
 
-// Ot[c0 + r, u : ...] += sum_j V[j, c0 + r] P[j, u : ...] for r < R value dims.
+// Ot[c0 + r, u : ...] = alpha[u : ...] Ot[c0 + r, u : ...] + sum_j V[j, c0 + r] P[j, u : ...] for r < R value dims
+// (the first chunk starts from zero).
 template <typename T, int R, int V>
 void accumulate_block(Workspace<T>& w, int64_t keys, int64_t c0, int64_t u) {
     using S = Simd<T>;
     w.prefetch_ahead(kAheadRows);
-    typename S::vec acc[R][V];
-    for (int r = 0; r < R; ++r)
-        for (int b = 0; b < V; ++b) acc[r][b] = S::load(&w.ot[(c0 + r) * w.rows + u + b * S::lanes]);
+    typename S::vec acc[R][V] = {};
+    if (!w.fresh)
+        for (int b = 0; b < V; ++b) {
+            const typename S::vec alpha = S::load(&w.alpha[u + b * S::lanes]);
+            for (int r = 0; r < R; ++r) acc[r][b] = S::load(&w.ot[(c0 + r) * w.rows + u + b * S::lanes]) * alpha;
+        }
     for (int64_t j = 0; j < keys; ++j) {
         typename S::vec p[V];
         for (int b = 0; b < V; ++b) p[b] = S::load(&w.st[j * w.rows + u + b * S::lanes]);
-        const T* vj = &w.vc[j * w.dv + c0];
+        const T* vj = w.vrow[j] + c0;
         for (int r = 0; r < R; ++r) {
             const T vv = vj[r];
             for (int b = 0; b < V; ++b) acc[r][b] += vv * p[b];
@@ -184,14 +193,16 @@ void accumulate_rows(Workspace<T>& w, int64_t keys, int64_t u) {
     for (; c < w.dv; ++c) accumulate_block<T, 1, V>(w, keys, c, u);
 }
 
-// Ot[:, :rows] += V[:keys]^T P[:keys, :rows].
+// Ot[:, :rows] = alpha Ot[:, :rows] + V[:keys]^T P[:keys, :rows].
 template <typename T>
 void accumulate(Workspace<T>& w, int64_t keys, int64_t rows) {
     row_blocks<T>(rows, [&](auto v, int64_t u) { accumulate_rows<T, decltype(v)::value>(w, keys, u); });
+    w.fresh = false;
 }
 
 // Folds a chunk of scores into the online softmax, one query per lane: m' = top = max(m, max_j S), P = exp(S - m')
-// (0 where S = -inf), l' = l exp(m - m') + sum_j P, Ot *= exp(m - m'). Lanes still without a key keep m = -inf.
+// (0 where S = -inf), alpha = exp(m - m') (applied to Ot by ``accumulate``), l' = l alpha + sum_j P. Lanes still
+// without a key keep m = -inf.
 template <typename T>
 void fold(Workspace<T>& w, int64_t keys, int64_t rows) {
     using S = Simd<T>;
@@ -209,30 +220,23 @@ void fold(Workspace<T>& w, int64_t keys, int64_t rows) {
         const typename S::vec alpha = exp_vec<T>(old_m - shift);
         S::store(&w.l[u], S::load(&w.l[u]) * alpha + total);
         S::store(&w.m[u], top);
-        for (int64_t c = 0; c < w.dv; ++c) S::store(&w.ot[c * w.rows + u], S::load(&w.ot[c * w.rows + u]) * alpha);
+        S::store(&w.alpha[u], alpha);
     }
 }
 
-// The chunk's key and value rows, copied together: rows of a tile's keys can lie a power of two apart (grid
-// cells), where reading them in place would thrash a few L1 sets.
+// Points the workspace at the chunk's key and value rows. They are read in place: copying them to scratch, against
+// L1 set conflicts where rows lie a power of two apart (grid cells, columns), measured no faster for such tiles and
+// 10-20% slower for windows.
 template <typename T>
-void load_keys(Workspace<T>& w, const T* kb, const T* vb, const int64_t* idx, int64_t keys, int64_t kn, int64_t vn) {
-    using S = Simd<T>;
-    if (w.d % S::lanes == 0 && w.dv % S::lanes == 0) {
-        for (int64_t j = 0; j < keys; ++j) {
-            for (int64_t c = 0; c < w.d; c += S::lanes) S::store(&w.kc[j * w.d + c], S::load(kb + idx[j] * kn + c));
-            for (int64_t c = 0; c < w.dv; c += S::lanes) S::store(&w.vc[j * w.dv + c], S::load(vb + idx[j] * vn + c));
-        }
-        return;
-    }
+void key_rows(Workspace<T>& w, const T* kb, const T* vb, const int64_t* idx, int64_t keys, int64_t kn, int64_t vn) {
     for (int64_t j = 0; j < keys; ++j) {
-        std::copy_n(kb + idx[j] * kn, w.d, &w.kc[j * w.d]);
-        std::copy_n(vb + idx[j] * vn, w.dv, &w.vc[j * w.dv]);
+        w.krow[j] = kb + idx[j] * kn;
+        w.vrow[j] = vb + idx[j] * vn;
     }
 }
 
 // Query-major softmax attention of the tile's last ``tail`` rows over a chunk of keys, for tiles that would otherwise
-// pad a vector of queries for them: per row, S_j = q . k_j (a vector of keys at a time, reduced by one transpose),
+// pad a vector of queries for them: per row, S_j = q . k_j (a vector of keys at a time, reduced by ``row_sums``),
 // masked, then the same online softmax as ``fold`` and o += sum_j P_j v_j. Row i keeps m and l at index
 // ``first + i`` of the workspace.
 template <typename T>
@@ -247,27 +251,29 @@ void tail_rows(Workspace<T>& w, int64_t first, int64_t tail, int64_t keys, const
                 typename S::vec prod[L];
                 for (int64_t r = 0; r < L; ++r) {
                     prod[r] = S::splat(0);
-                    const T* k = &w.kc[(j0 + r) * w.d];
+                    const T* k = w.krow[j0 + r];
                     if (j0 + r < keys)
                         for (int64_t c = 0; c < w.d; c += L) prod[r] += S::load(q + c) * S::load(k + c);
                 }
-                transpose_block<T>(prod);
-                for (int64_t r = 1; r < L; ++r) prod[0] += prod[r];
-                S::store(s + j0, prod[0]);
+                S::store(s + j0, row_sums<T>(prod));
             } else {
                 for (int64_t j = j0; j < std::min(keys, j0 + L); ++j) {
                     T dot = 0;
-                    for (int64_t c = 0; c < w.d; ++c) dot += q[c] * w.kc[j * w.d + c];
+                    for (int64_t c = 0; c < w.d; ++c) dot += q[c] * w.krow[j][c];
                     s[j] = dot;
                 }
             }
         }
         const int64_t width = round_up(keys, L);
-        for (int64_t j = 0; j < width; ++j)
-            if (j >= keys || (mask && !mask[j * stride + first + i])) s[j] = T(-INFINITY);
+        std::fill(s + keys, s + width, T(-INFINITY));
+        if (mask)
+            for (int64_t j = 0; j < keys; ++j)
+                if (!mask[j * stride + first + i]) s[j] = T(-INFINITY);
         T& m = w.m[first + i];
-        T top = m;
-        for (int64_t j = 0; j < keys; ++j) top = std::max(top, s[j]);
+        typename S::vec tops = S::splat(m);
+        for (int64_t j0 = 0; j0 < width; j0 += L) tops = S::max(tops, S::load(s + j0));
+        T top = tops[0];
+        for (int64_t r = 1; r < L; ++r) top = std::max(top, tops[r]);
         const T shift = top == T(-INFINITY) ? T(0) : top;
         typename S::vec total = S::splat(0);
         for (int64_t j0 = 0; j0 < width; j0 += L) {
@@ -283,17 +289,25 @@ void tail_rows(Workspace<T>& w, int64_t first, int64_t tail, int64_t keys, const
         T* o = &w.o_tail[i * w.dv];
         int64_t c = 0;
         for (; c + 2 * L <= w.dv; c += 2 * L) {
-            typename S::vec acc0 = S::load(o + c) * alpha, acc1 = S::load(o + c + L) * alpha;
-            for (int64_t j = 0; j < keys; ++j) {
-                acc0 += s[j] * S::load(&w.vc[j * w.dv + c]);
-                acc1 += s[j] * S::load(&w.vc[j * w.dv + c + L]);
+            // Even and odd keys in separate accumulators: four independent FMA chains.
+            typename S::vec even0 = S::load(o + c) * alpha, even1 = S::load(o + c + L) * alpha, odd0 = {}, odd1 = {};
+            int64_t j = 0;
+            for (; j + 2 <= keys; j += 2) {
+                even0 += s[j] * S::load(w.vrow[j] + c);
+                even1 += s[j] * S::load(w.vrow[j] + c + L);
+                odd0 += s[j + 1] * S::load(w.vrow[j + 1] + c);
+                odd1 += s[j + 1] * S::load(w.vrow[j + 1] + c + L);
             }
-            S::store(o + c, acc0);
-            S::store(o + c + L, acc1);
+            if (j < keys) {
+                even0 += s[j] * S::load(w.vrow[j] + c);
+                even1 += s[j] * S::load(w.vrow[j] + c + L);
+            }
+            S::store(o + c, even0 + odd0);
+            S::store(o + c + L, even1 + odd1);
         }
         for (; c < w.dv; ++c) {
             T acc = o[c] * alpha;
-            for (int64_t j = 0; j < keys; ++j) acc += s[j] * w.vc[j * w.dv + c];
+            for (int64_t j = 0; j < keys; ++j) acc += s[j] * w.vrow[j][c];
             o[c] = acc;
         }
     }
@@ -364,7 +378,7 @@ void run_tile(const T* qb, const T* kb, const T* vb, T* ob, T* lseb, int64_t dim
     const int64_t lanes = nq - tail, rows = round_up(lanes, Simd<T>::lanes);
     const int64_t* qi = tiles.q_idx + q0;
     load_queries(w, qb, qi, lanes, tail, qs.n, dim, scale);
-    std::fill(w.ot.begin(), w.ot.begin() + dim_v * w.rows, T(0));
+    w.fresh = true;
     std::fill(w.o_tail.begin(), w.o_tail.end(), T(0));
     std::fill(w.m.begin(), w.m.end(), T(-INFINITY));
     std::fill(w.l.begin(), w.l.end(), T(0));
@@ -374,13 +388,14 @@ void run_tile(const T* qb, const T* kb, const T* vb, T* ob, T* lseb, int64_t dim
         for (int64_t j0 = 0; j0 < nk; j0 += kChunk) {
             const int64_t kc = std::min(kChunk, nk - j0);
             const uint8_t* chunk_mask = mask ? mask + j0 * mask_stride : nullptr;
-            load_keys(w, kb, vb, tiles.k_idx + k0 + j0, kc, ks.n, vs.n);
+            key_rows(w, kb, vb, tiles.k_idx + k0 + j0, kc, ks.n, vs.n);
             scores(w, kc, rows, chunk_mask, mask_stride);
             fold(w, kc, rows);
             accumulate(w, kc, rows);
             if (tail) tail_rows(w, lanes, tail, kc, chunk_mask, mask_stride);
         }
     }
+    if (w.fresh) std::fill(w.ot.begin(), w.ot.begin() + dim_v * w.rows, T(0));
     store_outputs(w, ob, lseb, qi, lanes, tail, os.n, lse_n, dim_v);
 }
 
