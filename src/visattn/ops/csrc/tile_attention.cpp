@@ -20,6 +20,7 @@
 // Built on demand by visattn/ops/native.py and called through ctypes (visattn/ops/tile_kernel.py).
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -410,9 +411,12 @@ void prefetch_tile(Workspace<T>& w, const T* qb, const T* kb, const T* vb, T* ob
                tiles.key_ptr[tiles.seg_ptr[t + 1]] - k0, 0, qs, ks, vs, os};
 }
 
-// Work items are (batch-head, tile) pairs, handed out in runs of kRun consecutive items so that each thread knows
-// its next tile and prefetches it.
-constexpr int64_t kRun = 8;
+// Work items are (batch-head, tile) pairs, handed out in runs of consecutive items (neighbouring tiles, whose rows
+// the hardware prefetchers partly follow): up to kMaxRun items, and at least kRunsPerThread runs per thread for
+// balance. A thread claims its next run when it starts one, so that it knows every next tile, the first of the next
+// run included, and prefetches it.
+constexpr int64_t kMaxRun = 32;
+constexpr int64_t kRunsPerThread = 8;
 
 template <typename T>
 void forward(const T* q, const T* k, const T* v, T* out, T* lse, int64_t batch, int64_t heads, int64_t dim,
@@ -421,24 +425,28 @@ void forward(const T* q, const T* k, const T* v, T* out, T* lse, int64_t batch, 
     int64_t max_q = 0;
     for (int64_t t = 0; t < tiles.count; ++t) max_q = std::max(max_q, tiles.q_ptr[t + 1] - tiles.q_ptr[t]);
     const int64_t work = batch * heads * tiles.count;
+    const int64_t run_items = std::clamp<int64_t>(work / (kRunsPerThread * threads), 1, kMaxRun);
+    const int64_t runs = (work + run_items - 1) / run_items;
     const auto at = [&](auto* tensor, Strides st, int64_t item) {
         const int64_t bh = item / tiles.count;
         return tensor + (bh / heads) * st.b + (bh % heads) * st.h;
     };
+    std::atomic<int64_t> claimed{0};
 #pragma omp parallel num_threads(threads)
     {
         Workspace<T> w(max_q, dim, dim_v);
-#pragma omp for schedule(dynamic, 1)
-        for (int64_t run = 0; run < (work + kRun - 1) / kRun; ++run) {
-            const int64_t end = std::min(work, (run + 1) * kRun);
-            for (int64_t item = run * kRun; item < end; ++item) {
-                if (item + 1 < end)
-                    prefetch_tile<T>(w, at(q, qs, item + 1), at(k, ks, item + 1), at(v, vs, item + 1),
-                                     at(out, os, item + 1), qs, ks, vs, os, tiles, (item + 1) % tiles.count);
+        for (int64_t run = claimed.fetch_add(1); run < runs;) {
+            const int64_t following = claimed.fetch_add(1), end = std::min(work, (run + 1) * run_items);
+            for (int64_t item = run * run_items; item < end; ++item) {
+                const int64_t next = item + 1 < end ? item + 1 : following * run_items;
+                if (next < work)
+                    prefetch_tile<T>(w, at(q, qs, next), at(k, ks, next), at(v, vs, next), at(out, os, next), qs, ks,
+                                     vs, os, tiles, next % tiles.count);
                 run_tile<T>(at(q, qs, item), at(k, ks, item), at(v, vs, item), at(out, os, item),
                             lse ? at(lse, ls, item) : nullptr, dim, dim_v, qs, ks, vs, os, ls.n, tiles,
                             item % tiles.count, scale, w);
             }
+            run = following;
         }
     }
 }
