@@ -19,7 +19,10 @@ with a backward; training of neighborhood masks) and batched SDPA over tiles or 
 useful GFLOP/s (``4 * attended_pairs * head_dim * heads * B``, forward; 3x that for forward + backward), the scores
 each engine computes per attended pair, peak bytes one fast call allocates, and the ratio lines of issue 3's
 targets. Baselines and the fast path are timed alternately so that load on a shared machine hits both; CPU time
-(all threads) is printed too.
+(all threads) is printed too. Each timing sample is a burst of consecutive calls of at least ``--min-sample``
+seconds (timeit's autorange): timed alone, a call of a few milliseconds right after a one-second dense call measured
+up to 1.5x slower than in a burst, the machine's clock and caches still adjusting. Dense SDPA, at hundreds of
+milliseconds per call, is one call per sample either way.
 
     python benchmarks/structured.py                  # all cases, about 5-10 minutes on 2 busy cores
     python benchmarks/structured.py --threads 1      # the same at one thread
@@ -40,7 +43,7 @@ from rich.console import Console
 from rich.table import Table
 
 from visattn import masks
-from visattn.bench import peak_memory_bytes, summarize
+from visattn.bench import calls_per_sample, peak_memory_bytes, summarize, time_burst
 from visattn.masks import Mask
 from visattn.ops import (
     axial_attention,
@@ -101,25 +104,19 @@ def cases(quick: bool) -> list[Case]:
     ]
 
 
-def timed(fn: Callable[[], object]) -> tuple[float, float]:
-    """Wall and CPU seconds of one call."""
-    wall, cpu = time.perf_counter(), time.process_time()
-    fn()
-    return time.perf_counter() - wall, time.process_time() - cpu
-
-
-def alternate(fns: dict[str, Callable[[], object]], repeats: dict[str, int]) -> tuple[dict, dict]:
-    """Median wall and CPU ms of each function, calls interleaved round by round (one warm-up call each, except
-    for functions timed once)."""
+def alternate(fns: dict[str, Callable[[], object]], repeats: dict[str, int],
+              min_sample_s: float) -> tuple[dict, dict]:
+    """Median wall and CPU ms per call of each function, rounds interleaved. Each sample is a burst of consecutive
+    calls lasting at least ``min_sample_s`` (sized from one warm-up call), except for functions timed once."""
+    calls = {}
     for key, fn in fns.items():
-        if repeats[key] > 1:
-            fn()
+        calls[key] = calls_per_sample(time_burst(fn, 1)[0], min_sample_s) if repeats[key] > 1 else 1
     walls: dict[str, list[float]] = {k: [] for k in fns}
     cpus: dict[str, list[float]] = {k: [] for k in fns}
     for r in range(max(repeats.values())):
         for key, fn in fns.items():
             if r < repeats[key]:
-                wall, cpu = timed(fn)
+                wall, cpu = time_burst(fn, calls[key])
                 walls[key].append(wall * 1e3)
                 cpus[key].append(cpu * 1e3)
     return ({k: summarize(v).median_ms for k, v in walls.items()},
@@ -204,7 +201,7 @@ def run_case(case: Case, args: argparse.Namespace, console: Console) -> Result:
         fns["flex"] = lambda: run_flex_attention(q, k, v, block)
         repeats["flex"] = max(1, args.repeats // 2)
     console.log(f"{case.name} {case.shape}: timing {', '.join(fns)}")
-    result.times, result.cpu = alternate(fns, repeats)
+    result.times, result.cpu = alternate(fns, repeats, args.min_sample)
     if not case.backward:
         with torch.no_grad():
             peak = peak_memory_bytes(fast)
@@ -279,7 +276,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--heads", type=int, default=4)
     parser.add_argument("--head-dim", type=int, default=32)
-    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--repeats", type=int, default=7, help="timing samples per function")
+    parser.add_argument("--min-sample", type=float, default=0.1,
+                        help="seconds of consecutive calls per timing sample (0: one call each)")
     parser.add_argument("--masked-dense-max", type=int, default=16384,
                         help="largest N for dense SDPA with the materialised bool mask")
     parser.add_argument("--quick", action="store_true", help="smaller sizes and no FlexAttention compile")

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from visattn.bench import summarize
-from visattn.bench.timing import synchronizer, time_call
+from visattn.bench.timing import calls_per_sample, synchronizer, time_burst, time_call
 
 
 def test_summary_of_known_samples():
@@ -36,3 +36,28 @@ def test_time_call_runs_once_and_syncs_around_it():
 
 def test_cpu_synchronizer_is_a_no_op():
     assert synchronizer(torch.device("cpu"))() is None
+
+
+@pytest.mark.parametrize(("per_call", "min_sample", "calls"),
+                         [(0.003, 0.1, 34), (0.5, 0.1, 1), (0.1, 0.1, 1), (0.0, 0.0, 1), (0.02, 0.0, 1)])
+def test_calls_per_sample_fills_the_minimum(per_call, min_sample, calls):
+    assert calls_per_sample(per_call, min_sample) == calls
+
+
+@pytest.mark.parametrize(("per_call", "min_sample", "name"), [(-1.0, 0.1, "seconds_per_call"),
+                                                              (0.1, -0.5, "min_sample_s")])
+def test_calls_per_sample_rejects_negative_times(per_call, min_sample, name):
+    with pytest.raises(ValueError, match=name):
+        calls_per_sample(per_call, min_sample)
+
+
+def test_time_burst_calls_the_function_that_many_times():
+    count = []
+    wall, cpu = time_burst(lambda: count.append(sum(range(1000))), 5)
+    assert len(count) == 5
+    assert wall > 0 and cpu >= 0
+
+
+def test_time_burst_needs_a_call():
+    with pytest.raises(ValueError, match="calls"):
+        time_burst(lambda: None, 0)

@@ -18,7 +18,7 @@ from .plot import plot_report
 from .record import BenchRecord, BenchReport
 from .runner import DEFAULT_SIZES, default_cases, iter_bench, run_bench
 from .settings import DTYPES, BenchSettings
-from .timing import Timing, summarize
+from .timing import Timing, calls_per_sample, summarize, time_burst
 
 __all__ = [
     "BENCH_PRESETS",
@@ -31,6 +31,7 @@ __all__ = [
     "Timing",
     "attended_pairs",
     "build_mixer",
+    "calls_per_sample",
     "default_cases",
     "estimate_memory_bytes",
     "fit_exponent",
@@ -47,5 +48,6 @@ __all__ = [
     "resolve_shape",
     "run_bench",
     "summarize",
+    "time_burst",
     "useful_flops",
 ]

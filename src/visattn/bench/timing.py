@@ -1,7 +1,9 @@
-"""Wall-clock timing: one call, and the summary of repeated calls (median with interquartile spread)."""
+"""Wall-clock timing: one call, a burst of calls, and the summary of repeated timings (median with interquartile
+spread)."""
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -51,3 +53,24 @@ def time_call(fn: Callable[[], object], sync: Callable[[], None]) -> float:
     fn()
     sync()
     return time.perf_counter() - start
+
+
+def calls_per_sample(seconds_per_call: float, min_sample_s: float) -> int:
+    """How many consecutive calls make one timing sample of at least ``min_sample_s`` seconds (timeit's autorange):
+    a call of a few milliseconds timed alone, right after a long call of something else, measures the transition
+    (clock and cache warm-up) more than itself."""
+    if seconds_per_call < 0:
+        raise ValueError(f"seconds_per_call must be >= 0, got {seconds_per_call}")
+    if min_sample_s < 0:
+        raise ValueError(f"min_sample_s must be >= 0, got {min_sample_s}")
+    return max(1, math.ceil(min_sample_s / max(seconds_per_call, 1e-9)))
+
+
+def time_burst(fn: Callable[[], object], calls: int) -> tuple[float, float]:
+    """Wall and CPU (all threads) seconds per call of ``calls`` consecutive calls of ``fn`` on the CPU."""
+    if calls < 1:
+        raise ValueError(f"calls must be >= 1, got {calls}")
+    wall, cpu = time.perf_counter(), time.process_time()
+    for _ in range(calls):
+        fn()
+    return (time.perf_counter() - wall) / calls, (time.process_time() - cpu) / calls
