@@ -14,7 +14,6 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
-#include <type_traits>
 #include <vector>
 
 #include "common.h"
@@ -110,29 +109,6 @@ inline double hsum(Simd<double>::vec v) {
     return r[0] + r[1];
 }
 
-// Sums of 16 float vectors, one per lane: lane j of the result is the sum of the lanes of v[j]. Four levels of
-// two-source shuffles halve the partial sums per key, about two shuffles per key instead of a horizontal sum each.
-inline Simd<float>::vec hsum16(Simd<float>::vec* v) {
-    using vec = Simd<float>::vec;
-    vec u[8], w[4], x[2];
-    for (int m = 0; m < 8; ++m)
-        u[m] = __builtin_shufflevector(v[2 * m], v[2 * m + 1], 0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23) +
-               __builtin_shufflevector(v[2 * m], v[2 * m + 1], 8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29,
-                                       30, 31);
-    for (int m = 0; m < 4; ++m)
-        w[m] = __builtin_shufflevector(u[2 * m], u[2 * m + 1], 0, 1, 2, 3, 8, 9, 10, 11, 16, 17, 18, 19, 24, 25, 26,
-                                       27) +
-               __builtin_shufflevector(u[2 * m], u[2 * m + 1], 4, 5, 6, 7, 12, 13, 14, 15, 20, 21, 22, 23, 28, 29, 30,
-                                       31);
-    for (int m = 0; m < 2; ++m)
-        x[m] = __builtin_shufflevector(w[2 * m], w[2 * m + 1], 0, 1, 4, 5, 8, 9, 12, 13, 16, 17, 20, 21, 24, 25, 28,
-                                       29) +
-               __builtin_shufflevector(w[2 * m], w[2 * m + 1], 2, 3, 6, 7, 10, 11, 14, 15, 18, 19, 22, 23, 26, 27, 30,
-                                       31);
-    return __builtin_shufflevector(x[0], x[1], 0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30) +
-           __builtin_shufflevector(x[0], x[1], 1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
-}
-
 template <typename T>
 inline T dot(const T* __restrict a, const T* __restrict b, int64_t dim) {
     using S = Simd<T>;
@@ -144,8 +120,8 @@ inline T dot(const T* __restrict a, const T* __restrict b, int64_t dim) {
     return total;
 }
 
-// out[j] = x . base[rows[j] * stride] for j < n. With C > 0 the dim is C * lanes and x sits in C registers; float
-// rows go 16 at a time through hsum16.
+// out[j] = x . base[rows[j] * stride] for j < n. With C > 0 the dim is C * lanes and x sits in C registers; rows go
+// a vector of them at a time through row_sums.
 template <typename T, int C>
 void gathered_dots(const T* x, const T* base, const int64_t* rows, int64_t n, int64_t stride, int64_t dim,
                    T* out) {
@@ -154,16 +130,14 @@ void gathered_dots(const T* x, const T* base, const int64_t* rows, int64_t n, in
     if constexpr (C > 0) {
         typename S::vec xv[C];
         for (int c = 0; c < C; ++c) xv[c] = S::load(x + c * S::lanes);
-        if constexpr (std::is_same_v<T, float>) {
-            for (; j + 16 <= n; j += 16) {
-                typename S::vec prod[16];
-                for (int l = 0; l < 16; ++l) {
-                    const T* r = base + rows[j + l] * stride;
-                    prod[l] = xv[0] * S::load(r);
-                    for (int c = 1; c < C; ++c) prod[l] += xv[c] * S::load(r + c * S::lanes);
-                }
-                S::store(out + j, hsum16(prod));
+        for (; j + S::lanes <= n; j += S::lanes) {
+            typename S::vec prod[S::lanes];
+            for (int l = 0; l < S::lanes; ++l) {
+                const T* r = base + rows[j + l] * stride;
+                prod[l] = xv[0] * S::load(r);
+                for (int c = 1; c < C; ++c) prod[l] += xv[c] * S::load(r + c * S::lanes);
             }
+            S::store(out + j, row_sums<T>(prod));
         }
         for (; j < n; ++j) {
             const T* r = base + rows[j] * stride;
