@@ -106,6 +106,18 @@ def test_hand_built_tiles_with_segments_chunks_and_empty_rows():
     assert bool((got[:, :, :5] == 0).all())
 
 
+def test_tile_without_keys_outputs_zero_after_a_tile_that_left_nan():
+    """A tile with no key segment after one whose values are NaN, on one thread (one workspace): the accumulator the
+    first tile leaves behind must not leak into the second's output."""
+    n = 40
+    tiles = [(np.arange(0, 20), [(np.arange(0, 20), None)]), (np.arange(20, 40), [])]
+    q, k, v = qkv(1, 1, n, 16)
+    v[:, :, :20] = float("nan")
+    got = tile_attention(q, k, v, build_tiles(tiles))
+    assert bool(got[:, :, :20].isnan().all())
+    assert bool((got[:, :, 20:] == 0).all())
+
+
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize(("queries", "dim", "dim_v"), [(1, 16, 32), (2, 5, 3), (3, 32, 32), (17, 32, 32),
                                                        (19, 5, 7), (20, 16, 16), (49, 32, 32), (51, 32, 48)])
