@@ -149,16 +149,121 @@ def test_tail_rows_and_register_blocks_match_reference(queries, dim, dim_v, dtyp
     assert bool((got[:, :, queries - 1] == 0).all())
 
 
-def test_declines_autograd_dropout_and_other_dtypes():
-    mask, shape = masks.window_mask(2), (4, 4)
-    tiles = progression_tiles(local_layout(mask, shape), 0)
+def test_declines_shared_keys_under_autograd_dropout_and_other_dtypes():
+    """Autograd runs on key-disjoint tiles only (not neighborhoods, not with prefix tokens)."""
     q, k, v = qkv(1, 1, 16, 4, dtype=torch.float32)
-    assert tile_attention(q.requires_grad_(), k, v, tiles) is None
+    windows = progression_tiles(local_layout(masks.window_mask(2), (4, 4)), 0)
+    neighborhood = progression_tiles(local_layout(masks.neighborhood_mask(3), (16, 1)), 0, (4, 1))
+    assert windows.keys_disjoint and not neighborhood.keys_disjoint
+    assert tile_attention(q.requires_grad_(), k, v, windows) is not None
+    assert tile_attention(q, k, v, neighborhood) is None
+    q1, k1, v1 = (torch.cat([t[:, :, :1], t], dim=2) for t in (q, k, v))
+    assert tile_attention(q1, k1, v1, progression_tiles(local_layout(masks.window_mask(2), (4, 4)), 1), 1) is None
     with torch.no_grad():
-        assert tile_attention(q, k, v, tiles) is not None
+        assert tile_attention(q, k, v, neighborhood) is not None
     q = q.detach()
-    assert tile_attention(q, k, v, tiles, dropout_p=0.1) is None
-    assert tile_attention(q.bfloat16(), k.bfloat16(), v.bfloat16(), tiles) is None
+    assert tile_attention(q, k, v, windows, dropout_p=0.1) is None
+    assert tile_attention(q.bfloat16(), k.bfloat16(), v.bfloat16(), windows) is None
+
+
+def gradients(out, inputs, grad):
+    return torch.autograd.grad(out, inputs, grad)
+
+
+@settings(max_examples=25, deadline=None)
+@given(kind=st.sampled_from(["window", "grid", "window_1d"]), size=st.integers(1, 5), counts=st.tuples(
+    st.integers(1, 3), st.integers(1, 3)), batch=st.integers(1, 2), dim=st.sampled_from([3, 8, 16, 32]),
+    dim_v=st.sampled_from([5, 16, 48]), contiguous=st.booleans())
+def test_backward_on_disjoint_tiles_matches_reference(kind, size, counts, batch, dim, dim_v, contiguous):
+    """Gradients of windows and grids (odd sizes, head dims off the vector width, dv != d, non-contiguous inputs)
+    through the kernel's backward equal the float64 reference's."""
+    if kind == "window_1d":
+        mask, shape = masks.window_mask(size), (size * counts[0],)
+    else:
+        mask = masks.window_mask(size) if kind == "window" else masks.grid_mask(size)
+        shape = (size * counts[0], size * counts[1])
+    tiles = progression_tiles(local_layout(mask, shape), 0)
+    assert tiles.keys_disjoint
+    n = math.prod(shape)
+    q, k = qkv(batch, 2, n, dim)[:2]
+    v = qkv(batch, 2, n, dim_v)[2]
+    if not contiguous:
+        q, k, v = (t.transpose(1, 2).contiguous().transpose(1, 2) for t in (q, k, v))
+    leaves = [t.requires_grad_() for t in (q, k, v)]
+    out = tile_attention(*leaves, tiles)
+    expected = reference(*leaves, mask, shape)
+    torch.testing.assert_close(out, expected, rtol=1e-10, atol=1e-10)
+    grad = torch.randn_like(out)
+    for got, want in zip(gradients(out, leaves, grad), gradients(expected, leaves, grad), strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-9)
+
+
+def test_backward_on_hand_built_tiles_with_masks_and_empty_rows():
+    """Disjoint tiles with several masked segments, one longer than a 64-key chunk, tokens in no tile, and queries
+    that see no key (zero output, zero gradient)."""
+    gen = np.random.default_rng(1)
+    n = 170
+    allowed = np.zeros((n, n), dtype=bool)
+    key_sets = [(np.arange(0, 10), np.arange(20, 100)), (np.arange(100, 120), np.arange(130, 165))]
+    tiles = []
+    for queries, keys_of_tile in zip((np.arange(0, 70), np.arange(70, 150)), key_sets, strict=True):
+        segments = []
+        for keys in keys_of_tile:
+            seg_mask = gen.random((len(queries), len(keys))) < 0.6
+            seg_mask[:3] = False
+            allowed[np.ix_(queries, keys)] = seg_mask
+            segments.append((keys, seg_mask))
+        tiles.append((queries, segments))
+    tile_list = build_tiles(tiles)
+    assert tile_list.keys_disjoint
+    leaves = [t.requires_grad_() for t in qkv(1, 2, n, 8)]
+    out = tile_attention(*leaves, tile_list)
+    expected = attention(*leaves, mask=torch.from_numpy(allowed))
+    torch.testing.assert_close(out, expected, rtol=1e-10, atol=1e-10)
+    grad = torch.randn_like(out)
+    got = gradients(out, leaves, grad)
+    for g, want in zip(got, gradients(expected, leaves, grad), strict=True):
+        torch.testing.assert_close(g, want, rtol=1e-9, atol=1e-9)
+    assert bool((got[0][:, :, :3] == 0).all())
+
+
+@pytest.mark.parametrize(("dim", "dim_v"), [(32, 32), (64, 64), (24, 40)])
+def test_backward_float32_within_stated_tolerance(dim, dim_v):
+    mask, shape = masks.window_mask(7), (14, 21)
+    tiles = progression_tiles(local_layout(mask, shape), 0)
+    n = math.prod(shape)
+    gen = torch.Generator().manual_seed(dim)
+    q, k = (torch.randn(2, 3, n, dim, generator=gen) * 1.5 for _ in range(2))
+    v = torch.randn(2, 3, n, dim_v, generator=gen)
+    grad = torch.randn(2, 3, n, dim_v, generator=gen)
+    leaves = [t.requires_grad_() for t in (q, k, v)]
+    got = gradients(tile_attention(*leaves, tiles), leaves, grad)
+    leaves64 = [t.detach().double().requires_grad_() for t in (q, k, v)]
+    want = gradients(reference(*leaves64, mask, shape), leaves64, grad.double())
+    for g, w in zip(got, want, strict=True):
+        torch.testing.assert_close(g.double(), w, rtol=1e-4, atol=1e-4)
+
+
+def test_backward_rejects_shared_keys():
+    tiles = progression_tiles(local_layout(masks.neighborhood_mask(3), (16, 1)), 0, (4, 1))
+    q, k, v = qkv(1, 1, 16, 4)
+    out, lse = torch.zeros_like(q), torch.zeros(1, 1, 16, dtype=q.dtype)
+    with pytest.raises(ValueError, match="keys_disjoint"):
+        tile_kernel.run_tiles_backward(q, k, v, out, lse, torch.ones_like(q), tiles, 0.5)
+
+
+def test_fast_backend_trains_windows_on_the_kernel(monkeypatch):
+    calls = []
+    backward = tile_kernel.run_tiles_backward
+    monkeypatch.setattr(tile_kernel, "run_tiles_backward", lambda *a: calls.append(1) or backward(*a))
+    mask, shape = masks.window_mask(4), (8, 8)
+    leaves = [t.requires_grad_() for t in qkv(1, 2, 64, 8)]
+    out = masked_attention(*leaves, mask, shape, backend="fast")
+    grad = torch.randn_like(out)
+    got = gradients(out, leaves, grad)
+    assert calls
+    for g, want in zip(got, gradients(reference(*leaves, mask, shape), leaves, grad), strict=True):
+        torch.testing.assert_close(g, want)
 
 
 def test_tile_choice_has_no_waste_on_windows_and_grids():

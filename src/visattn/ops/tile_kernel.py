@@ -14,8 +14,12 @@ that those with equal key sets are adjacent (MaxViT's grid groups become contigu
 and an N-D tile's keys are the product of its per-axis key unions under the outer AND of per-axis membership
 tables, which is all-True (no mask) for windows and grids. Scores live in per-thread scratch only.
 
-Forward only: :func:`tile_attention` returns None where autograd needs a backward (and for dtypes other than
-float32/float64, non-CPU tensors, dropout, or without a compiler); callers then take another path.
+Backward: for tile lists whose tiles share no key (:attr:`TileList.keys_disjoint`: windows, grids, lines, without
+prefix tokens) the kernel also computes the gradients, FlashAttention-2's backward (Dao, arXiv 2307.08691)
+recomputing ``P = e^{S - lse}`` from the forward's log-sum-exp: ``dV = P^T dO``, ``dP = dO V^T``,
+``dS = P (dP - D)`` with ``D = rowsum(dO * O)``, ``dQ = scale dS K``, ``dK = scale dS^T Q``; every key's gradient
+is written by its one tile. Elsewhere :func:`tile_attention` returns None where autograd needs a backward (and for
+dtypes other than float32/float64, non-CPU tensors, dropout, or without a compiler); callers then take another path.
 """
 
 from __future__ import annotations
@@ -35,8 +39,8 @@ from ..masks.axis import Progression
 from .local_kernel import LocalLayout, local_layout
 from .native import DTYPE_SUFFIX, call, native_library, needs_grad, row_major, strides, supported
 
-__all__ = ["TileList", "bitmap_tiles", "build_tiles", "progression_attention", "progression_tiles", "tile_attention",
-           "tile_attention_available"]
+__all__ = ["TileList", "bitmap_tiles", "build_tiles", "progression_attention", "progression_tiles", "run_tiles_backward",
+           "tile_attention", "tile_attention_available"]
 
 KEY_CHUNK = 64
 MASK_ALIGN = 16
@@ -73,6 +77,11 @@ class TileList:
         tile_of_seg = torch.repeat_interleave(torch.arange(self.count), torch.diff(self.seg_ptr))
         keys = torch.zeros(self.count, dtype=torch.int64).index_add_(0, tile_of_seg, torch.diff(self.key_ptr))
         return float(sum(tile_cost(int(r), int(k)) for r, k in zip(nq, keys, strict=True)))
+
+    @functools.cached_property
+    def keys_disjoint(self) -> bool:
+        """Whether no key token appears twice (in two tiles or segments): the condition for the kernel's backward."""
+        return int(torch.unique(self.k_idx).numel()) == int(self.k_idx.numel())
 
     @property
     def score_elements(self) -> int:
@@ -266,20 +275,67 @@ def run_tiles(q: Tensor, k: Tensor, v: Tensor, tiles: TileList, out: Tensor, sca
          tiles.masks, scale)
 
 
-def tile_attention_available(q: Tensor, k: Tensor, v: Tensor, dropout_p: float = 0.0) -> bool:
-    """Whether :func:`tile_attention` can run on these tensors (see the module docstring)."""
-    if dropout_p or not supported(q, k, v) or needs_grad(q, k, v) or torch.compiler.is_compiling():
+def _kernel_runs(q: Tensor, k: Tensor, v: Tensor, dropout_p: float) -> bool:
+    if dropout_p or not supported(q, k, v) or torch.compiler.is_compiling():
         return False
     return native_library("tile_attention") is not None
+
+
+def tile_attention_available(q: Tensor, k: Tensor, v: Tensor, dropout_p: float = 0.0) -> bool:
+    """Whether :func:`tile_attention` can run its forward on these tensors without autograd (see the module
+    docstring)."""
+    return not needs_grad(q, k, v) and _kernel_runs(q, k, v, dropout_p)
+
+
+def run_tiles_backward(q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, grad_out: Tensor, tiles: TileList,
+                       scale: float) -> tuple[Tensor, Tensor, Tensor]:
+    """``dq, dk, dv`` of the attention :func:`run_tiles` computed (with ``lse``) over ``tiles``, whose keys must be
+    disjoint; rows no tile names get zero."""
+    if not tiles.keys_disjoint:
+        raise ValueError("tiles must not share keys (TileList.keys_disjoint) for the kernel's backward")
+    grad_out = row_major(grad_out)
+    delta = (grad_out * out).sum(-1)
+    dq, dk, dv = torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
+    b, h, _, dim = q.shape
+    call("tile_attention", f"visattn_tile_backward_{DTYPE_SUFFIX[q.dtype]}", q, k, v, grad_out, lse, delta, dq, dk,
+         dv, b, h, dim, v.shape[-1], strides(q), strides(k), strides(v), strides(grad_out), strides(lse), strides(dq),
+         strides(dk), strides(dv), tiles.count, tiles.q_ptr, tiles.q_idx, tiles.seg_ptr, tiles.key_ptr, tiles.k_idx,
+         tiles.mask_off, tiles.masks, scale)
+    return dq, dk, dv
+
+
+class _TileAttentionFunction(torch.autograd.Function):
+    """The kernel's forward (saving the log-sum-exp) and backward over a key-disjoint tile list."""
+
+    @staticmethod
+    def forward(ctx, q: Tensor, k: Tensor, v: Tensor, tiles: TileList, scale: float) -> Tensor:
+        q, k, v = row_major(q), row_major(k), row_major(v)
+        out = q.new_zeros(*q.shape[:3], v.shape[-1])
+        lse = q.new_full(q.shape[:3], float("-inf"))
+        run_tiles(q, k, v, tiles, out, scale, lse)
+        ctx.save_for_backward(q, k, v, out, lse)
+        ctx.tiles, ctx.scale = tiles, scale
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor) -> tuple[Tensor | None, ...]:
+        q, k, v, out, lse = ctx.saved_tensors
+        dq, dk, dv = run_tiles_backward(q, k, v, out, lse, grad_out, ctx.tiles, ctx.scale)
+        return dq, dk, dv, None, None
 
 
 def tile_attention(q: Tensor, k: Tensor, v: Tensor, tiles: TileList, num_prefix_tokens: int = 0,
                    scale: float | None = None, dropout_p: float = 0.0) -> Tensor | None:
     """Attention of the grid queries over ``tiles`` (prefix queries attend densely through SDPA), or None where
-    the kernel cannot run (see the module docstring). ``q, k, v``: ``(B, heads, N, head_dim)``."""
-    if not tile_attention_available(q, k, v, dropout_p):
+    the kernel cannot run (see the module docstring). ``q, k, v``: ``(B, heads, N, head_dim)``. With autograd it runs
+    for key-disjoint tiles without prefix tokens (the kernel's backward), else returns None."""
+    if not _kernel_runs(q, k, v, dropout_p):
         return None
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
+    if needs_grad(q, k, v):
+        if num_prefix_tokens or not tiles.keys_disjoint:
+            return None
+        return _TileAttentionFunction.apply(q, k, v, tiles, scale)
     q, k, v = row_major(q), row_major(k), row_major(v)
     out = q.new_empty(*q.shape[:3], v.shape[-1])
     run_tiles(q, k, v, tiles, out, scale)
@@ -294,7 +350,7 @@ def progression_attention(q: Tensor, k: Tensor, v: Tensor, mask: Mask, shape: tu
                           dropout_p: float = 0.0) -> Tensor | None:
     """:func:`tile_attention` over :func:`progression_tiles` of ``mask`` on ``shape``, or None where the kernel cannot
     run (see the module docstring; also under ``torch.compile``) or the mask has no progression layout."""
-    if torch.compiler.is_compiling() or not tile_attention_available(q, k, v, dropout_p):
+    if not _kernel_runs(q, k, v, dropout_p) or (needs_grad(q, k, v) and num_prefix_tokens):
         return None
     layout = local_layout(mask, shape)
     if layout is None:
