@@ -3,7 +3,7 @@
 Neighborhood attention in 1-3 dims, MaxViT window / grid (arXiv 2204.01697), HaloNet (arXiv 2103.12731), axial,
 sliding-window and Radial Attention (arXiv 2506.19852). Three engines after Faster Neighborhood Attention
 (arXiv 2403.04690): the fused tile kernel (:mod:`visattn.ops.tile_kernel`, register-blocked tiles with an online
-softmax; the forward path), the per-query kernel (:mod:`visattn.ops.local_kernel`, exactly the attended pairs,
+softmax; the forward path, and the training path of windows and grids), the per-query kernel (:mod:`visattn.ops.local_kernel`, exactly the attended pairs,
 with a backward; training of neighborhood masks) and batched SDPA over tiles or blocks (:mod:`visattn.ops.tiled`,
 :mod:`visattn.ops.block_sparse`; the fallback). For each case, on ``(B, heads, N, head_dim)`` float32 inputs
 (default B = 1, 4 heads, head_dim 32, 2 threads), the script prints median wall time of
@@ -91,9 +91,11 @@ def cases(quick: bool) -> list[Case]:
         Case("neighborhood 1-D k=257", masks.neighborhood_mask(257), (seq,), "na1d"),
         Case("neighborhood 3-D k=(3,7,7)", masks.neighborhood_mask((3, 7, 7)), t3, "na3d"),
         Case("window P=8", masks.window_mask(8), (side, side), "pair"),
+        Case("window P=8 fwd+bwd", masks.window_mask(8), (side, side), "train", backward=True),
         Case("window P=7 (MaxViT)", masks.window_mask(7), (side - side // 8, side - side // 8), "pair"),
         Case("window P=16", masks.window_mask(16), (side, side), "pair"),
         Case("grid G=8", masks.grid_mask(8), (side, side), "pair"),
+        Case("grid G=8 fwd+bwd", masks.grid_mask(8), (side, side), "train", backward=True),
         Case("grid G=16", masks.grid_mask(16), (side, side), "pair"),
         Case("axial (rows)", masks.axial_mask(1), (side, side), "pair"),
         Case("halo b=8 h=3", masks.halo_mask(8, 3), (side, side), "pair"),
@@ -139,8 +141,8 @@ def run_case(case: Case, args: argparse.Namespace, console: Console) -> Result:
         result.notes.append(f"plan {plan.describe()}; key rows/bh={plan.key_rows}, mask elements={plan.mask_elements}")
     if case.kind != "radial":
         layout = local_layout(case.mask, case.shape)
-        if layout is not None and not case.backward:
-            tiles_list = progression_tiles(layout, 0)
+        tiles_list = progression_tiles(layout, 0) if layout is not None else None
+        if tiles_list is not None and (not case.backward or tiles_list.keys_disjoint):
             result.path = "fused tiles"
             result.notes.append(f"fused tiles {tiles_list.tile_sizes}: scores / attended pairs = "
                                 f"{tiles_list.score_elements / result.pairs:.2f}")

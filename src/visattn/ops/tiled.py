@@ -142,10 +142,12 @@ def _fast_path(q: Tensor, k: Tensor, v: Tensor, mask: Mask, shape: Shape, num_pr
                scale: float | None, dropout_p: float) -> Tensor | None:
     """The fastest engine that can run the call, by measurement (``benchmarks/structured.py``, 2 cores):
 
-    - without autograd, the fused tile kernel (:mod:`visattn.ops.tile_kernel`), 1.1-1.9x dense SDPA's time per
+    - without autograd, the fused tile kernel (:mod:`visattn.ops.tile_kernel`), 1.0-1.4x dense SDPA's time per
       computed score where SDPA on tiles takes 1.4-5x;
-    - with autograd, the per-query kernel (:mod:`visattn.ops.local_kernel`, which has a backward) where tiles
-      would waste work (:func:`~visattn.ops.local_kernel.kernel_preferred`), else SDPA on tiles;
+    - with autograd, the fused tile kernel's backward where tiles share no key (windows and grids of up to 64
+      tokens), 2-4x faster than SDPA on tiles; the per-query kernel (:mod:`visattn.ops.local_kernel`, which has a
+      backward) where tiles would waste work (:func:`~visattn.ops.local_kernel.kernel_preferred`); else SDPA on
+      tiles;
     - SDPA on tiles where no kernel can run (no compiler, dropout, other dtypes or devices, ``torch.compile``).
 
     None where tiling would not pay either."""
