@@ -1,10 +1,9 @@
 """Structured attention on its fast paths against dense SDPA and compiled FlexAttention, ratios in one run.
 
 Neighborhood attention in 1-3 dims, MaxViT window / grid (arXiv 2204.01697), HaloNet (arXiv 2103.12731), axial,
-sliding-window and Radial Attention (arXiv 2506.19852). Three engines after Faster Neighborhood Attention
+sliding-window and Radial Attention (arXiv 2506.19852). Two engines after Faster Neighborhood Attention
 (arXiv 2403.04690): the fused tile kernel (:mod:`visattn.ops.tile_kernel`, register-blocked tiles with an online
-softmax; the forward path, and the training path of windows and grids), the per-query kernel (:mod:`visattn.ops.local_kernel`, exactly the attended pairs,
-with a backward; training of neighborhood masks) and batched SDPA over tiles or blocks (:mod:`visattn.ops.tiled`,
+softmax, forward and backward) and batched SDPA over tiles or blocks (:mod:`visattn.ops.tiled`,
 :mod:`visattn.ops.block_sparse`; the fallback). For each case, on ``(B, heads, N, head_dim)`` float32 inputs
 (default B = 1, 4 heads, head_dim 32, 2 threads), the script prints median wall time of
 
@@ -55,7 +54,7 @@ from visattn.ops import (
     tiled_attention,
 )
 from visattn.ops.block_sparse import block_sparse_plan, default_blocks
-from visattn.ops.local_kernel import kernel_preferred, local_layout
+from visattn.ops.local_kernel import local_layout
 from visattn.ops.masked import dense_mask
 from visattn.ops.tile_kernel import progression_tiles
 
@@ -142,12 +141,10 @@ def run_case(case: Case, args: argparse.Namespace, console: Console) -> Result:
     if case.kind != "radial":
         layout = local_layout(case.mask, case.shape)
         tiles_list = progression_tiles(layout, 0) if layout is not None else None
-        if tiles_list is not None and (not case.backward or tiles_list.keys_disjoint):
+        if tiles_list is not None:
             result.path = "fused tiles"
             result.notes.append(f"fused tiles {tiles_list.tile_sizes}: scores / attended pairs = "
                                 f"{tiles_list.score_elements / result.pairs:.2f}")
-        elif layout is not None and kernel_preferred(layout, plan.score_elements):
-            result.path = "per-query kernel"
         else:
             result.path = "SDPA tiles"
 

@@ -84,9 +84,8 @@ def test_auto_backend_uses_the_line_path():
                                rtol=1e-5, atol=1e-5)
 
 
-def test_fast_path_runs_the_tile_kernel_without_autograd(monkeypatch):
-    """Without autograd the lines run as fused tiles; with it, through SDPA (both checked against the reference
-    above: ``masked_attention(backend="fast")`` and ``axial_attention``)."""
+def test_fast_path_runs_the_tile_kernel_with_and_without_autograd(monkeypatch):
+    """The lines run as fused tiles, forward and (with autograd) backward; gradients equal the reference's."""
     from visattn.ops import tile_kernel
     from visattn.ops.native import native_library
 
@@ -100,8 +99,12 @@ def test_fast_path_runs_the_tile_kernel_without_autograd(monkeypatch):
         masked_attention(q, k, v, masks.axial_mask(1), (6, 5), 2, backend="fast")
     assert len(calls) == 1
     leaves = [t.requires_grad_() for t in (q, k, v)]
-    masked_attention(*leaves, masks.axial_mask(1), (6, 5), 2, backend="fast").sum().backward()
-    assert len(calls) == 1
+    got = torch.autograd.grad(masked_attention(*leaves, masks.axial_mask(1), (6, 5), 2, backend="fast").sum(), leaves)
+    assert len(calls) == 2
+    want = torch.autograd.grad(masked_attention(*leaves, masks.axial_mask(1), (6, 5), 2, backend="reference").sum(),
+                               leaves)
+    for g, w in zip(got, want, strict=True):
+        torch.testing.assert_close(g, w)
 
 
 def test_float32_and_bfloat16_tolerances():

@@ -18,7 +18,6 @@ from visattn.masks import AxisRule, SeparableMask
 from visattn.ops import local_kernel, masked_attention, tile_kernel, tile_plan, tiled
 from visattn.ops.local_kernel import (
     axis_progression,
-    kernel_preferred,
     local_attention,
     local_layout,
     progression_table,
@@ -198,13 +197,6 @@ def test_closed_form_progressions_equal_the_rule_tables(rule):
                                       table.T)
 
 
-def test_routing_prefers_the_kernel_where_tiles_waste_work():
-    for mask, shape, kernel in [(masks.neighborhood_mask(7), (64, 64), True), (masks.window_mask(8), (64, 64), False),
-                                (masks.axial_mask(1), (128, 128), False), (masks.window_mask(16), (64, 64), False)]:
-        plan = tile_plan(mask, shape)
-        assert kernel_preferred(local_layout(mask, shape), plan.score_elements) is kernel, mask
-
-
 def test_fast_backend_falls_back_to_tiles_without_the_kernels(monkeypatch):
     monkeypatch.setattr(local_kernel, "native_library", lambda name: None)
     monkeypatch.setattr(tile_kernel, "native_library", lambda name: None)
@@ -215,15 +207,6 @@ def test_fast_backend_falls_back_to_tiles_without_the_kernels(monkeypatch):
     monkeypatch.setattr(tiled, "run_tile_plan", lambda *a, **kw: calls.append(1) or run_tile_plan(*a, **kw))
     torch.testing.assert_close(masked_attention(q, k, v, mask, shape, backend="fast"), reference(q, k, v, mask, shape))
     assert calls
-
-
-def test_fast_backend_routes_training_to_the_per_query_kernel(monkeypatch):
-    calls = []
-    monkeypatch.setattr(tiled, "local_attention", lambda *a, **kw: calls.append(1) or local_attention(*a, **kw))
-    mask, shape = masks.neighborhood_mask(7), (16, 16)
-    q, k, v = (t.requires_grad_() for t in qkv(1, 2, 256, 8))
-    out = masked_attention(q, k, v, mask, shape, backend="fast")
-    assert calls and out.requires_grad
 
 
 def test_intermediate_memory_is_linear_in_tokens():

@@ -149,18 +149,13 @@ def test_tail_rows_and_register_blocks_match_reference(queries, dim, dim_v, dtyp
     assert bool((got[:, :, queries - 1] == 0).all())
 
 
-def test_declines_shared_keys_under_autograd_dropout_and_other_dtypes():
-    """Autograd runs on key-disjoint tiles only (not neighborhoods, not with prefix tokens)."""
+def test_runs_under_autograd_declines_dropout_and_other_dtypes():
     q, k, v = qkv(1, 1, 16, 4, dtype=torch.float32)
     windows = progression_tiles(local_layout(masks.window_mask(2), (4, 4)), 0)
     neighborhood = progression_tiles(local_layout(masks.neighborhood_mask(3), (16, 1)), 0, (4, 1))
     assert windows.keys_disjoint and not neighborhood.keys_disjoint
     assert tile_attention(q.requires_grad_(), k, v, windows) is not None
-    assert tile_attention(q, k, v, neighborhood) is None
-    q1, k1, v1 = (torch.cat([t[:, :, :1], t], dim=2) for t in (q, k, v))
-    assert tile_attention(q1, k1, v1, progression_tiles(local_layout(masks.window_mask(2), (4, 4)), 1), 1) is None
-    with torch.no_grad():
-        assert tile_attention(q, k, v, neighborhood) is not None
+    assert tile_attention(q, k, v, neighborhood) is not None
     q = q.detach()
     assert tile_attention(q, k, v, windows, dropout_p=0.1) is None
     assert tile_attention(q.bfloat16(), k.bfloat16(), v.bfloat16(), windows) is None
@@ -244,25 +239,40 @@ def test_backward_float32_within_stated_tolerance(dim, dim_v):
         torch.testing.assert_close(g.double(), w, rtol=1e-4, atol=1e-4)
 
 
-def test_backward_rejects_shared_keys():
-    tiles = progression_tiles(local_layout(masks.neighborhood_mask(3), (16, 1)), 0, (4, 1))
-    q, k, v = qkv(1, 1, 16, 4)
-    out, lse = torch.zeros_like(q), torch.zeros(1, 1, 16, dtype=q.dtype)
-    with pytest.raises(ValueError, match="keys_disjoint"):
-        tile_kernel.run_tiles_backward(q, k, v, out, lse, torch.ones_like(q), tiles, 0.5)
+@settings(max_examples=30, deadline=None)
+@given(prefix=st.integers(0, 2), dim=st.sampled_from([3, 16]), threads=st.sampled_from([1, 2, 3]), data=st.data())
+def test_backward_with_shared_keys_matches_reference(neighborhood_cases, prefix, dim, threads, data):
+    """Neighborhoods (every kernel, dilation, stride and causal combination the cases draw) and prefix tokens: tiles
+    share keys, so each thread adds into its own dK, dV copy; 1-3 threads."""
+    mask, shape = data.draw(neighborhood_cases)
+    q, k, v = qkv(2, 2, prefix + math.prod(shape), dim)
+    leaves = [t.requires_grad_() for t in (q, k, v)]
+    saved = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        out = run(mask, shape, prefix, *leaves)
+        grad = torch.randn_like(out)
+        got = gradients(out, leaves, grad)
+    finally:
+        torch.set_num_threads(saved)
+    expected = reference(*leaves, mask, shape, prefix)
+    torch.testing.assert_close(out, expected, rtol=1e-10, atol=1e-10)
+    for g, want in zip(got, gradients(expected, leaves, grad), strict=True):
+        torch.testing.assert_close(g, want, rtol=1e-9, atol=1e-9)
 
 
-def test_fast_backend_trains_windows_on_the_kernel(monkeypatch):
+@pytest.mark.parametrize(("mask", "shape", "prefix"), [(masks.window_mask(4), (8, 8), 0),
+                                                     (masks.neighborhood_mask(7), (16, 16), 1)])
+def test_fast_backend_trains_on_the_kernel(monkeypatch, mask, shape, prefix):
     calls = []
     backward = tile_kernel.run_tiles_backward
     monkeypatch.setattr(tile_kernel, "run_tiles_backward", lambda *a: calls.append(1) or backward(*a))
-    mask, shape = masks.window_mask(4), (8, 8)
-    leaves = [t.requires_grad_() for t in qkv(1, 2, 64, 8)]
-    out = masked_attention(*leaves, mask, shape, backend="fast")
+    leaves = [t.requires_grad_() for t in qkv(1, 2, prefix + math.prod(shape), 8)]
+    out = masked_attention(*leaves, mask, shape, prefix, backend="fast")
     grad = torch.randn_like(out)
     got = gradients(out, leaves, grad)
     assert calls
-    for g, want in zip(got, gradients(reference(*leaves, mask, shape), leaves, grad), strict=True):
+    for g, want in zip(got, gradients(reference(*leaves, mask, shape, prefix), leaves, grad), strict=True):
         torch.testing.assert_close(g, want)
 
 

@@ -13,7 +13,10 @@ over the transposed progressions (the queries that see each key), so threads nev
 
 The kernel is built on first use (:mod:`visattn.ops.native`); :func:`local_attention` returns None where it
 cannot run (no compiler, non-CPU tensors, dtypes other than float32/float64, attention dropout, tracing under
-``torch.compile``, or a mask that is not a progression per axis) and callers take the tiled path.
+``torch.compile``, or a mask that is not a progression per axis). ``masked_attention`` trains progression masks on
+the fused tile kernel's backward (:mod:`visattn.ops.tile_kernel`), measured 1.05-2.5x faster than this kernel
+(2-D and 1-D neighborhoods); this kernel serves direct calls and Sparsifiner's per-query key lists
+(:func:`index_attention`).
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from ..masks import Mask, SeparableMask, SlidingWindowMask
 from ..masks.axis import AxisRule, Progression
 from .native import DTYPE_SUFFIX, call, native_library, needs_grad, row_major, strides, supported
 
-__all__ = ["LocalLayout", "axis_progression", "index_attention", "kernel_preferred", "local_attention", "local_layout",
+__all__ = ["LocalLayout", "axis_progression", "index_attention", "local_attention", "local_layout",
            "transposed_progression"]
 
 MAX_DIMS = 4
@@ -127,18 +130,6 @@ class LocalLayout:
     def pairs(self) -> int:
         """Attended (query, key) pairs among the spatial tokens, per batch and head."""
         return math.prod(int(p[1].sum()) for p in self.axes)
-
-
-TILE_WASTE_RATIO = 2.0
-
-
-def kernel_preferred(layout: LocalLayout, tiled_score_elements: int) -> bool:
-    """Whether this kernel should beat SDPA on tiles in training (forward + backward), from measurements on 2 cores
-    (fp32, d = 32): it costs about 3.5 dense-SDPA pair-times per attended pair, SDPA tiles 1.5-4 per computed
-    score. So: this kernel where the tiles would compute at least ``TILE_WASTE_RATIO`` times the attended pairs
-    (neighborhood in 2-D and 3-D: 2.5-2.8x faster forward + backward), tiles otherwise (windows, grids and halo,
-    whose tiles waste nothing: 1.2-1.4x faster there)."""
-    return tiled_score_elements >= TILE_WASTE_RATIO * max(layout.pairs, 1)
 
 
 @functools.lru_cache(maxsize=64)

@@ -124,8 +124,9 @@ def _c_arg(arg: object) -> object:
     return arg
 
 
-def call(library: str, function: str, *args: object) -> None:
+def call(library: str, function: str, *args: object, threads: int | None = None) -> None:
     """Call ``function`` of the compiled ``library`` with tensors passed as data pointers (None as NULL), ints as
-    int64, floats as double and ctypes objects as they are, on ``torch.get_num_threads()`` threads (the last C
-    argument)."""
-    getattr(native_library(library), function)(*map(_c_arg, args), ctypes.c_int(torch.get_num_threads()))
+    int64, floats as double and ctypes objects as they are, on ``threads`` threads (default
+    ``torch.get_num_threads()``; the last C argument)."""
+    threads = torch.get_num_threads() if threads is None else threads
+    getattr(native_library(library), function)(*map(_c_arg, args), ctypes.c_int(threads))

@@ -14,12 +14,12 @@ that those with equal key sets are adjacent (MaxViT's grid groups become contigu
 and an N-D tile's keys are the product of its per-axis key unions under the outer AND of per-axis membership
 tables, which is all-True (no mask) for windows and grids. Scores live in per-thread scratch only.
 
-Backward: for tile lists whose tiles share no key (:attr:`TileList.keys_disjoint`: windows, grids, lines, without
-prefix tokens) the kernel also computes the gradients, FlashAttention-2's backward (Dao, arXiv 2307.08691)
-recomputing ``P = e^{S - lse}`` from the forward's log-sum-exp: ``dV = P^T dO``, ``dP = dO V^T``,
-``dS = P (dP - D)`` with ``D = rowsum(dO * O)``, ``dQ = scale dS K``, ``dK = scale dS^T Q``; every key's gradient
-is written by its one tile. Elsewhere :func:`tile_attention` returns None where autograd needs a backward (and for
-dtypes other than float32/float64, non-CPU tensors, dropout, or without a compiler); callers then take another path.
+Backward: the kernel also computes the gradients, FlashAttention-2's backward (Dao, arXiv 2307.08691) recomputing
+``P = e^{S - lse}`` from the forward's log-sum-exp: ``dV = P^T dO``, ``dP = dO V^T``, ``dS = P (dP - D)`` with
+``D = rowsum(dO * O)``, ``dQ = scale dS K``, ``dK = scale dS^T Q``. Where tiles share no key
+(:attr:`TileList.keys_disjoint`: windows and grids) every key's gradient is added by its one tile; elsewhere each
+thread adds into its own zeroed ``dK, dV`` and the copies are summed. :func:`tile_attention` returns None for dtypes
+other than float32/float64, non-CPU tensors, dropout, or without a compiler; callers then take another path.
 """
 
 from __future__ import annotations
@@ -47,6 +47,7 @@ MASK_ALIGN = 16
 ROW_BLOCK = 16
 TAIL_ROWS = 3
 MAX_TILE_QUERIES = 64
+MAX_GRADIENT_COPIES = 8
 
 
 @dataclass(frozen=True, eq=False)
@@ -289,18 +290,28 @@ def tile_attention_available(q: Tensor, k: Tensor, v: Tensor, dropout_p: float =
 
 def run_tiles_backward(q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, grad_out: Tensor, tiles: TileList,
                        scale: float) -> tuple[Tensor, Tensor, Tensor]:
-    """``dq, dk, dv`` of the attention :func:`run_tiles` computed (with ``lse``) over ``tiles``, whose keys must be
-    disjoint; rows no tile names get zero."""
-    if not tiles.keys_disjoint:
-        raise ValueError("tiles must not share keys (TileList.keys_disjoint) for the kernel's backward")
+    """``dq, dk, dv`` of the attention :func:`run_tiles` computed (with ``lse``) over ``tiles``; rows no tile names
+    get zero. Tiles that share keys cost one zeroed copy of ``dk`` and ``dv`` per thread, on at most
+    ``MAX_GRADIENT_COPIES`` threads."""
     grad_out = row_major(grad_out)
     delta = (grad_out * out).sum(-1)
-    dq, dk, dv = torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
+    dq = torch.zeros_like(q)
+    shared = not tiles.keys_disjoint
+    threads = torch.get_num_threads()
+    if shared:
+        threads = min(threads, MAX_GRADIENT_COPIES)
+        dk_parts, dv_parts = k.new_zeros(threads, *k.shape), v.new_zeros(threads, *v.shape)
+        dk, dv = dk_parts[0], dv_parts[0]
+    else:
+        dk, dv = torch.zeros_like(k), torch.zeros_like(v)
     b, h, _, dim = q.shape
-    call("tile_attention", f"visattn_tile_backward_{DTYPE_SUFFIX[q.dtype]}", q, k, v, grad_out, lse, delta, dq, dk,
-         dv, b, h, dim, v.shape[-1], strides(q), strides(k), strides(v), strides(grad_out), strides(lse), strides(dq),
-         strides(dk), strides(dv), tiles.count, tiles.q_ptr, tiles.q_idx, tiles.seg_ptr, tiles.key_ptr, tiles.k_idx,
-         tiles.mask_off, tiles.masks, scale)
+    call("tile_attention", f"visattn_tile_backward_{DTYPE_SUFFIX[q.dtype]}", q, k, v, grad_out, lse, delta, dq,
+         dk, dv, b, h, dim, v.shape[-1], strides(q), strides(k), strides(v), strides(grad_out), strides(lse),
+         strides(dq), strides(dk), strides(dv), tiles.count, tiles.q_ptr, tiles.q_idx, tiles.seg_ptr, tiles.key_ptr,
+         tiles.k_idx, tiles.mask_off, tiles.masks, k.numel() if shared else 0, v.numel() if shared else 0, scale,
+         threads=threads)
+    if shared:
+        dk, dv = dk_parts.sum(0), dv_parts.sum(0)
     return dq, dk, dv
 
 
@@ -327,15 +338,18 @@ class _TileAttentionFunction(torch.autograd.Function):
 def tile_attention(q: Tensor, k: Tensor, v: Tensor, tiles: TileList, num_prefix_tokens: int = 0,
                    scale: float | None = None, dropout_p: float = 0.0) -> Tensor | None:
     """Attention of the grid queries over ``tiles`` (prefix queries attend densely through SDPA), or None where
-    the kernel cannot run (see the module docstring). ``q, k, v``: ``(B, heads, N, head_dim)``. With autograd it runs
-    for key-disjoint tiles without prefix tokens (the kernel's backward), else returns None."""
+    the kernel cannot run (see the module docstring). ``q, k, v``: ``(B, heads, N, head_dim)``; differentiable
+    through the kernel's backward."""
     if not _kernel_runs(q, k, v, dropout_p):
         return None
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
     if needs_grad(q, k, v):
-        if num_prefix_tokens or not tiles.keys_disjoint:
-            return None
-        return _TileAttentionFunction.apply(q, k, v, tiles, scale)
+        out = _TileAttentionFunction.apply(q, k, v, tiles, scale)
+        prefix = num_prefix_tokens
+        if not prefix:
+            return out
+        prefix_out = F.scaled_dot_product_attention(q[:, :, :prefix], k, v, scale=scale)
+        return torch.cat([prefix_out, out[:, :, prefix:]], dim=2)
     q, k, v = row_major(q), row_major(k), row_major(v)
     out = q.new_empty(*q.shape[:3], v.shape[-1])
     run_tiles(q, k, v, tiles, out, scale)
@@ -350,7 +364,7 @@ def progression_attention(q: Tensor, k: Tensor, v: Tensor, mask: Mask, shape: tu
                           dropout_p: float = 0.0) -> Tensor | None:
     """:func:`tile_attention` over :func:`progression_tiles` of ``mask`` on ``shape``, or None where the kernel cannot
     run (see the module docstring; also under ``torch.compile``) or the mask has no progression layout."""
-    if not _kernel_runs(q, k, v, dropout_p) or (needs_grad(q, k, v) and num_prefix_tokens):
+    if not _kernel_runs(q, k, v, dropout_p):
         return None
     layout = local_layout(mask, shape)
     if layout is None:

@@ -23,7 +23,6 @@ from torch import Tensor
 
 from .._checks import Shape, as_shape, check_qkv, check_tokens, num_tokens
 from ..masks import Mask, SeparableMask, SequenceMask, SlidingWindowMask
-from .local_kernel import kernel_preferred, local_attention, local_layout
 from .masked import register_fast_path
 from .tile_kernel import progression_attention
 from .tiled_autograd import gather_rows, scatter_rows, select_rows, unfold_windows
@@ -140,26 +139,15 @@ def _worth_tiling(plan: TilePlan, shape: Shape) -> bool:
 
 def _fast_path(q: Tensor, k: Tensor, v: Tensor, mask: Mask, shape: Shape, num_prefix_tokens: int,
                scale: float | None, dropout_p: float) -> Tensor | None:
-    """The fastest engine that can run the call, by measurement (``benchmarks/structured.py``, 2 cores):
-
-    - without autograd, the fused tile kernel (:mod:`visattn.ops.tile_kernel`), 1.0-1.4x dense SDPA's time per
-      computed score where SDPA on tiles takes 1.4-5x;
-    - with autograd, the fused tile kernel's backward where tiles share no key (windows and grids of up to 64
-      tokens), 2-4x faster than SDPA on tiles; the per-query kernel (:mod:`visattn.ops.local_kernel`, which has a
-      backward) where tiles would waste work (:func:`~visattn.ops.local_kernel.kernel_preferred`); else SDPA on
-      tiles;
-    - SDPA on tiles where no kernel can run (no compiler, dropout, other dtypes or devices, ``torch.compile``).
-
-    None where tiling would not pay either."""
+    """The fastest engine that can run the call, by measurement (``benchmarks/structured.py``, 2 cores): the fused
+    tile kernel (:mod:`visattn.ops.tile_kernel`) forward and backward, 1.0-1.4x dense SDPA's time per computed score
+    forward where SDPA on tiles takes 1.4-5x, and 1.1-2.5x faster than SDPA on tiles (or than the per-query kernel
+    on neighborhoods) forward + backward; SDPA on tiles where the kernel cannot run (no compiler, dropout, other
+    dtypes or devices, ``torch.compile``). None where tiling would not pay either."""
     out = progression_attention(q, k, v, mask, shape, num_prefix_tokens, scale, dropout_p)
     if out is not None:
         return out
-    layout = None if torch.compiler.is_compiling() else local_layout(mask, shape)
     plan, tensors = prepared_plan(mask, shape, num_prefix_tokens, None, q.dtype, q.device)
-    if layout is not None and kernel_preferred(layout, plan.score_elements):
-        out = local_attention(q, k, v, mask, shape, num_prefix_tokens, scale, dropout_p)
-        if out is not None:
-            return out
     return run_tile_plan(plan, q, k, v, scale, dropout_p, tensors) if _worth_tiling(plan, shape) else None
 
 

@@ -27,6 +27,8 @@
 #include <type_traits>
 #include <vector>
 
+#include <omp.h>
+
 #include "common.h"
 
 namespace {
@@ -451,13 +453,14 @@ void forward(const T* q, const T* k, const T* v, T* out, T* lse, int64_t batch, 
     }
 }
 
-// Backward, for tile lists whose tiles share no key (windows, grids, lines), so that every key row's gradient is
-// written by one tile. FlashAttention-2's backward recomputing P from the forward's lse, with D = rowsum(dO * O) per
-// query and queries in vector lanes again (no tail rows):
+// Backward: FlashAttention-2's backward recomputing P from the forward's lse, with D = rowsum(dO * O) per query and
+// queries in vector lanes again (no tail rows):
 //   St = K Qt (Qt scaled), P = exp(St - lse) (0 where masked), dPt = V dOt, dSt = P (dPt - D),
 //   dQt = sum over chunks K^T dSt, dQ = scale dQt^T,
-//   dV[j] = sum_u P[j, u] dO[u] and dK[j] = scale sum_u dSt[j, u] Q[u], per key row (each key's column of P and dS
-//   against the query rows, read in place).
+//   dV[j] += sum_u P[j, u] dO[u] and dK[j] += scale sum_u dSt[j, u] Q[u], per key row (each key's column of P and
+//   dS against the query rows, read in place).
+// Where tiles share keys (neighborhoods, halo, prefix tokens) each thread adds its dK and dV into its own zeroed copy
+// (``dk_part`` and ``dv_part`` elements apart), which the caller sums; where they do not, all threads add into one.
 template <typename T>
 struct Gradients : Workspace<T> {
     std::vector<T> dot, dpt, dqt, lse, delta;
@@ -536,7 +539,7 @@ void lane_accumulate(const Workspace<T>& w, const T* const* rows, const T* x, T*
     });
 }
 
-// out[idx[j], :] = factor * sum_{u < nq} x[j, u] rows[u][:C lanes] for the chunk's keys: R keys x C vectors of
+// out[idx[j], :] += factor * sum_{u < nq} x[j, u] rows[u][:C lanes] for the chunk's keys: R keys x C vectors of
 // columns per register block, each x element broadcast.
 template <typename T, int C>
 void key_gradient_rows(const Workspace<T>& w, const T* x, const T* const* rows, int64_t nq, T factor, T* ob,
@@ -554,7 +557,10 @@ void key_gradient_rows(const Workspace<T>& w, const T* x, const T* const* rows, 
             }
         }
         for (int r = 0; r < R && j0 + r < keys; ++r)
-            for (int c = 0; c < C; ++c) S::store(ob + idx[j0 + r] * on + c * S::lanes, acc[r][c] * factor);
+            for (int c = 0; c < C; ++c) {
+                T* dst = ob + idx[j0 + r] * on + c * S::lanes;
+                S::store(dst, S::load(dst) + acc[r][c] * factor);
+            }
     }
 }
 
@@ -575,7 +581,7 @@ void key_gradients(const Workspace<T>& w, const T* x, const T* const* rows, int6
         for (int64_t c = 0; c < dim; ++c) {
             T acc = 0;
             for (int64_t u = 0; u < nq; ++u) acc += x[j * w.rows + u] * rows[u][c];
-            ob[idx[j] * on + c] = acc * factor;
+            ob[idx[j] * on + c] += acc * factor;
         }
 }
 
@@ -651,7 +657,7 @@ void backward_tile(const T* qb, const T* kb, const T* vb, const T* dob, const T*
 template <typename T>
 void backward(const T* q, const T* k, const T* v, const T* dout, const T* lse, const T* delta, T* dq, T* dk, T* dv,
               int64_t batch, int64_t heads, int64_t dim, int64_t dim_v, const GradientStrides& s, const Tiles& tiles,
-              T scale, int threads) {
+              int64_t dk_part, int64_t dv_part, T scale, int threads) {
     int64_t max_q = 0;
     for (int64_t t = 0; t < tiles.count; ++t) max_q = std::max(max_q, tiles.q_ptr[t + 1] - tiles.q_ptr[t]);
     const int64_t work = batch * heads * tiles.count;
@@ -662,11 +668,14 @@ void backward(const T* q, const T* k, const T* v, const T* dout, const T* lse, c
 #pragma omp parallel num_threads(threads)
     {
         Gradients<T> w(max_q, dim, dim_v);
+        const int64_t thread = omp_get_thread_num();
 #pragma omp for schedule(dynamic, 1)
         for (int64_t item = 0; item < work; ++item)
             backward_tile<T>(at(q, s.q, item), at(k, s.k, item), at(v, s.v, item), at(dout, s.dout, item),
-                             at(lse, s.lse, item), at(delta, s.lse, item), at(dq, s.dq, item), at(dk, s.dk, item),
-                             at(dv, s.dv, item), dim, dim_v, s, tiles, item % tiles.count, scale, w);
+                             at(lse, s.lse, item), at(delta, s.lse, item), at(dq, s.dq, item),
+                             at(dk + thread * dk_part, s.dk, item), at(dv + thread * dv_part, s.dv, item), dim,
+                             dim_v, s, tiles,
+                             item % tiles.count, scale, w);
     }
 }
 
@@ -694,12 +703,13 @@ VISATTN_TILE_ENTRY(double, f64)
         int64_t batch, int64_t heads, int64_t dim, int64_t dim_v, const int64_t* qs, const int64_t* ks,           \
         const int64_t* vs, const int64_t* dos, const int64_t* ls, const int64_t* dqs, const int64_t* dks,         \
         const int64_t* dvs, int64_t count, const int64_t* q_ptr, const int64_t* q_idx, const int64_t* seg_ptr,    \
-        const int64_t* key_ptr, const int64_t* k_idx, const int64_t* mask_off, const uint8_t* masks, double scale, \
-        int threads) {                                                                                             \
+        const int64_t* key_ptr, const int64_t* k_idx, const int64_t* mask_off, const uint8_t* masks,               \
+        int64_t dk_part, int64_t dv_part, double scale, int threads) {                                             \
         const Tiles tiles{count, q_ptr, q_idx, seg_ptr, key_ptr, k_idx, mask_off, masks};                         \
         const auto st = [](const int64_t* x) { return Strides{x[0], x[1], x[2]}; };                              \
         const GradientStrides s{st(qs), st(ks), st(vs), st(dos), st(ls), st(dqs), st(dks), st(dvs)};              \
-        backward<T>(q, k, v, dout, lse, delta, dq, dk, dv, batch, heads, dim, dim_v, s, tiles, T(scale), threads); \
+        backward<T>(q, k, v, dout, lse, delta, dq, dk, dv, batch, heads, dim, dim_v, s, tiles, dk_part, dv_part, \
+                    T(scale), threads);                                                                            \
     }
 
 VISATTN_TILE_BACKWARD_ENTRY(float, f32)
