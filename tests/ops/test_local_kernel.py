@@ -15,7 +15,7 @@ from visattn import masks
 from visattn._checks import Shape
 from visattn.bench import peak_memory_bytes
 from visattn.masks import AxisRule, SeparableMask
-from visattn.ops import local_kernel, masked_attention, tile_kernel, tile_plan, tiled
+from visattn.ops import local_kernel, masked_attention, tile_kernel, tiled
 from visattn.ops.local_kernel import (
     axis_progression,
     local_attention,

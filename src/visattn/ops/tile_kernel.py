@@ -39,8 +39,8 @@ from ..masks.axis import Progression
 from .local_kernel import LocalLayout, local_layout
 from .native import DTYPE_SUFFIX, call, native_library, needs_grad, row_major, strides, supported
 
-__all__ = ["TileList", "bitmap_tiles", "build_tiles", "progression_attention", "progression_tiles", "run_tiles_backward",
-           "tile_attention", "tile_attention_available"]
+__all__ = ["TileList", "bitmap_tiles", "build_tiles", "progression_attention", "progression_tiles",
+           "run_tiles_backward", "tile_attention", "tile_attention_available"]
 
 KEY_CHUNK = 64
 MASK_ALIGN = 16
