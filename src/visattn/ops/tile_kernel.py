@@ -81,8 +81,14 @@ class TileList:
 
     @functools.cached_property
     def keys_disjoint(self) -> bool:
-        """Whether no key token appears twice (in two tiles or segments): the condition for the kernel's backward."""
+        """Whether no key token appears twice (in two tiles or segments): the backward then needs no per-thread
+        gradient copies."""
         return int(torch.unique(self.k_idx).numel()) == int(self.k_idx.numel())
+
+    @functools.cached_property
+    def queries_disjoint(self) -> bool:
+        """Whether no query token appears in two tiles."""
+        return int(torch.unique(self.q_idx).numel()) == int(self.q_idx.numel())
 
     @property
     def score_elements(self) -> int:
@@ -292,10 +298,13 @@ def run_tiles_backward(q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor
                        scale: float) -> tuple[Tensor, Tensor, Tensor]:
     """``dq, dk, dv`` of the attention :func:`run_tiles` computed (with ``lse``) over ``tiles``; rows no tile names
     get zero. Tiles that share keys cost one zeroed copy of ``dk`` and ``dv`` per thread, on at most
-    ``MAX_GRADIENT_COPIES`` threads."""
+    ``MAX_GRADIENT_COPIES`` threads; where every row is in exactly one tile the gradients are written once, into
+    uninitialised tensors."""
     grad_out = row_major(grad_out)
-    delta = (grad_out * out).sum(-1)
-    dq = torch.zeros_like(q)
+    n = q.shape[2]
+    every_query_once = tiles.queries_disjoint and tiles.q_idx.numel() == n
+    every_key_once = tiles.keys_disjoint and tiles.k_idx.numel() == k.shape[2]
+    dq = torch.empty_like(q) if every_query_once else torch.zeros_like(q)
     shared = not tiles.keys_disjoint
     threads = torch.get_num_threads()
     if shared:
@@ -303,13 +312,14 @@ def run_tiles_backward(q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor
         dk_parts, dv_parts = k.new_zeros(threads, *k.shape), v.new_zeros(threads, *v.shape)
         dk, dv = dk_parts[0], dv_parts[0]
     else:
-        dk, dv = torch.zeros_like(k), torch.zeros_like(v)
+        new = torch.empty_like if every_key_once else torch.zeros_like
+        dk, dv = new(k), new(v)
     b, h, _, dim = q.shape
-    call("tile_attention", f"visattn_tile_backward_{DTYPE_SUFFIX[q.dtype]}", q, k, v, grad_out, lse, delta, dq,
-         dk, dv, b, h, dim, v.shape[-1], strides(q), strides(k), strides(v), strides(grad_out), strides(lse),
+    call("tile_attention", f"visattn_tile_backward_{DTYPE_SUFFIX[q.dtype]}", q, k, v, out, grad_out, lse, dq, dk, dv,
+         b, h, dim, v.shape[-1], strides(q), strides(k), strides(v), strides(out), strides(grad_out), strides(lse),
          strides(dq), strides(dk), strides(dv), tiles.count, tiles.q_ptr, tiles.q_idx, tiles.seg_ptr, tiles.key_ptr,
-         tiles.k_idx, tiles.mask_off, tiles.masks, k.numel() if shared else 0, v.numel() if shared else 0, scale,
-         threads=threads)
+         tiles.k_idx, tiles.mask_off, tiles.masks, k.numel() if shared else 0, v.numel() if shared else 0,
+         0 if every_key_once else 1, scale, threads=threads)
     if shared:
         dk, dv = dk_parts.sum(0), dv_parts.sum(0)
     return dq, dk, dv

@@ -460,10 +460,11 @@ void forward(const T* q, const T* k, const T* v, T* out, T* lse, int64_t batch, 
 //   dV[j] += sum_u P[j, u] dO[u] and dK[j] += scale sum_u dSt[j, u] Q[u], per key row (each key's column of P and
 //   dS against the query rows, read in place).
 // Where tiles share keys (neighborhoods, halo, prefix tokens) each thread adds its dK and dV into its own zeroed copy
-// (``dk_part`` and ``dv_part`` elements apart), which the caller sums; where they do not, all threads add into one.
+// (``dk_part`` and ``dv_part`` elements apart), which the caller sums; where every key is in exactly one tile, its
+// rows are stored (``add_keys`` = 0) into the one dK and dV.
 template <typename T>
 struct Gradients : Workspace<T> {
-    std::vector<T> dot, dpt, dqt, lse, delta;
+    std::vector<T> dot, dpt, dqt, lse, delta;  // delta: D = rowsum(dO * O) per lane
     std::vector<const T*> qrow, dorow;
     Gradients(int64_t max_q, int64_t d, int64_t dv)
         : Workspace<T>(max_q, d, dv),
@@ -539,10 +540,10 @@ void lane_accumulate(const Workspace<T>& w, const T* const* rows, const T* x, T*
     });
 }
 
-// out[idx[j], :] += factor * sum_{u < nq} x[j, u] rows[u][:C lanes] for the chunk's keys: R keys x C vectors of
+// out[idx[j], :] (+)= factor * sum_{u < nq} x[j, u] rows[u][:C lanes] for the chunk's keys: R keys x C vectors of
 // columns per register block, each x element broadcast.
 template <typename T, int C>
-void key_gradient_rows(const Workspace<T>& w, const T* x, const T* const* rows, int64_t nq, T factor, T* ob,
+void key_gradient_rows(const Workspace<T>& w, const T* x, const T* const* rows, int64_t nq, T factor, bool add, T* ob,
                        const int64_t* idx, int64_t keys, int64_t on) {
     using S = Simd<T>;
     constexpr int R = C <= 2 ? 8 : 4;
@@ -559,29 +560,30 @@ void key_gradient_rows(const Workspace<T>& w, const T* x, const T* const* rows, 
         for (int r = 0; r < R && j0 + r < keys; ++r)
             for (int c = 0; c < C; ++c) {
                 T* dst = ob + idx[j0 + r] * on + c * S::lanes;
-                S::store(dst, S::load(dst) + acc[r][c] * factor);
+                S::store(dst, add ? S::load(dst) + acc[r][c] * factor : acc[r][c] * factor);
             }
     }
 }
 
 // key_gradient_rows for any width.
 template <typename T>
-void key_gradients(const Workspace<T>& w, const T* x, const T* const* rows, int64_t nq, int64_t dim, T factor, T* ob,
-                   const int64_t* idx, int64_t keys, int64_t on) {
+void key_gradients(const Workspace<T>& w, const T* x, const T* const* rows, int64_t nq, int64_t dim, T factor,
+                   bool add, T* ob, const int64_t* idx, int64_t keys, int64_t on) {
     constexpr int64_t L = Simd<T>::lanes;
     if (dim % L == 0 && dim / L <= 4) {
         switch (dim / L) {
-            case 1: return key_gradient_rows<T, 1>(w, x, rows, nq, factor, ob, idx, keys, on);
-            case 2: return key_gradient_rows<T, 2>(w, x, rows, nq, factor, ob, idx, keys, on);
-            case 3: return key_gradient_rows<T, 3>(w, x, rows, nq, factor, ob, idx, keys, on);
-            default: return key_gradient_rows<T, 4>(w, x, rows, nq, factor, ob, idx, keys, on);
+            case 1: return key_gradient_rows<T, 1>(w, x, rows, nq, factor, add, ob, idx, keys, on);
+            case 2: return key_gradient_rows<T, 2>(w, x, rows, nq, factor, add, ob, idx, keys, on);
+            case 3: return key_gradient_rows<T, 3>(w, x, rows, nq, factor, add, ob, idx, keys, on);
+            default: return key_gradient_rows<T, 4>(w, x, rows, nq, factor, add, ob, idx, keys, on);
         }
     }
     for (int64_t j = 0; j < keys; ++j)
         for (int64_t c = 0; c < dim; ++c) {
             T acc = 0;
             for (int64_t u = 0; u < nq; ++u) acc += x[j * w.rows + u] * rows[u][c];
-            ob[idx[j] * on + c] += acc * factor;
+            T& dst = ob[idx[j] * on + c];
+            dst = (add ? dst : T(0)) + acc * factor;
         }
 }
 
@@ -612,13 +614,13 @@ void store_rows(const Workspace<T>& w, const T* src, bool zero, T factor, T* ob,
 }
 
 struct GradientStrides {
-    Strides q, k, v, dout, lse, dq, dk, dv;
+    Strides q, k, v, out, dout, lse, dq, dk, dv;
 };
 
 template <typename T>
-void backward_tile(const T* qb, const T* kb, const T* vb, const T* dob, const T* lseb, const T* deltab, T* dqb,
-                   T* dkb, T* dvb, int64_t dim, int64_t dim_v, const GradientStrides& s, const Tiles& tiles,
-                   int64_t t, T scale, Gradients<T>& w) {
+void backward_tile(const T* qb, const T* kb, const T* vb, const T* ob, const T* dob, const T* lseb, T* dqb, T* dkb,
+                   T* dvb, int64_t dim, int64_t dim_v, const GradientStrides& s, const Tiles& tiles, int64_t t,
+                   bool add_keys, T scale, Gradients<T>& w) {
     constexpr int64_t L = Simd<T>::lanes;
     const int64_t q0 = tiles.q_ptr[t], nq = tiles.q_ptr[t + 1] - q0, mask_stride = round_up(nq, kMaskAlign);
     const int64_t lanes = round_up(nq, L);
@@ -628,7 +630,9 @@ void backward_tile(const T* qb, const T* kb, const T* vb, const T* dob, const T*
     for (int64_t u = 0; u < lanes; ++u) {
         const T lse = u < nq ? lseb[qi[u] * s.lse.n] : T(INFINITY);
         w.lse[u] = lse == T(-INFINITY) ? T(INFINITY) : lse;
-        w.delta[u] = u < nq ? deltab[qi[u] * s.lse.n] : T(0);
+        T delta = 0;
+        for (int64_t c = 0; u < nq && c < dim_v; ++c) delta += dob[qi[u] * s.dout.n + c] * ob[qi[u] * s.out.n + c];
+        w.delta[u] = delta;
     }
     for (int64_t u = 0; u < nq; ++u) {
         w.qrow[u] = qb + qi[u] * s.q.n;
@@ -645,8 +649,8 @@ void backward_tile(const T* qb, const T* kb, const T* vb, const T* dob, const T*
             lane_product(w, w.krow, w.qt.data(), w.st.data(), dim, kc, lanes);
             lane_product(w, w.vrow, w.dot.data(), w.dpt.data(), dim_v, kc, lanes);
             softmax_gradient(w, kc, lanes, mask ? mask + j0 * mask_stride : nullptr, mask_stride);
-            key_gradients(w, w.st.data(), w.dorow.data(), nq, dim_v, T(1), dvb, idx, kc, s.dv.n);
-            key_gradients(w, w.dpt.data(), w.qrow.data(), nq, dim, scale, dkb, idx, kc, s.dk.n);
+            key_gradients(w, w.st.data(), w.dorow.data(), nq, dim_v, T(1), add_keys, dvb, idx, kc, s.dv.n);
+            key_gradients(w, w.dpt.data(), w.qrow.data(), nq, dim, scale, add_keys, dkb, idx, kc, s.dk.n);
             lane_accumulate(w, w.krow, w.dpt.data(), w.dqt.data(), dim, fresh, kc, lanes);
             fresh = false;
         }
@@ -655,9 +659,9 @@ void backward_tile(const T* qb, const T* kb, const T* vb, const T* dob, const T*
 }
 
 template <typename T>
-void backward(const T* q, const T* k, const T* v, const T* dout, const T* lse, const T* delta, T* dq, T* dk, T* dv,
+void backward(const T* q, const T* k, const T* v, const T* out, const T* dout, const T* lse, T* dq, T* dk, T* dv,
               int64_t batch, int64_t heads, int64_t dim, int64_t dim_v, const GradientStrides& s, const Tiles& tiles,
-              int64_t dk_part, int64_t dv_part, T scale, int threads) {
+              int64_t dk_part, int64_t dv_part, bool add_keys, T scale, int threads) {
     int64_t max_q = 0;
     for (int64_t t = 0; t < tiles.count; ++t) max_q = std::max(max_q, tiles.q_ptr[t + 1] - tiles.q_ptr[t]);
     const int64_t work = batch * heads * tiles.count;
@@ -671,11 +675,10 @@ void backward(const T* q, const T* k, const T* v, const T* dout, const T* lse, c
         const int64_t thread = omp_get_thread_num();
 #pragma omp for schedule(dynamic, 1)
         for (int64_t item = 0; item < work; ++item)
-            backward_tile<T>(at(q, s.q, item), at(k, s.k, item), at(v, s.v, item), at(dout, s.dout, item),
-                             at(lse, s.lse, item), at(delta, s.lse, item), at(dq, s.dq, item),
+            backward_tile<T>(at(q, s.q, item), at(k, s.k, item), at(v, s.v, item), at(out, s.out, item),
+                             at(dout, s.dout, item), at(lse, s.lse, item), at(dq, s.dq, item),
                              at(dk + thread * dk_part, s.dk, item), at(dv + thread * dv_part, s.dv, item), dim,
-                             dim_v, s, tiles,
-                             item % tiles.count, scale, w);
+                             dim_v, s, tiles, item % tiles.count, add_keys, scale, w);
     }
 }
 
@@ -696,20 +699,19 @@ void backward(const T* q, const T* k, const T* v, const T* dout, const T* lse, c
 VISATTN_TILE_ENTRY(float, f32)
 VISATTN_TILE_ENTRY(double, f64)
 
-// lse and delta share strides (ls); every other tensor has its own.
 #define VISATTN_TILE_BACKWARD_ENTRY(T, SUFFIX)                                                                    \
     extern "C" void visattn_tile_backward_##SUFFIX(                                                                \
-        const T* q, const T* k, const T* v, const T* dout, const T* lse, const T* delta, T* dq, T* dk, T* dv,     \
+        const T* q, const T* k, const T* v, const T* out, const T* dout, const T* lse, T* dq, T* dk, T* dv,       \
         int64_t batch, int64_t heads, int64_t dim, int64_t dim_v, const int64_t* qs, const int64_t* ks,           \
-        const int64_t* vs, const int64_t* dos, const int64_t* ls, const int64_t* dqs, const int64_t* dks,         \
-        const int64_t* dvs, int64_t count, const int64_t* q_ptr, const int64_t* q_idx, const int64_t* seg_ptr,    \
-        const int64_t* key_ptr, const int64_t* k_idx, const int64_t* mask_off, const uint8_t* masks,               \
-        int64_t dk_part, int64_t dv_part, double scale, int threads) {                                             \
+        const int64_t* vs, const int64_t* os, const int64_t* dos, const int64_t* ls, const int64_t* dqs,          \
+        const int64_t* dks, const int64_t* dvs, int64_t count, const int64_t* q_ptr, const int64_t* q_idx,        \
+        const int64_t* seg_ptr, const int64_t* key_ptr, const int64_t* k_idx, const int64_t* mask_off,            \
+        const uint8_t* masks, int64_t dk_part, int64_t dv_part, int64_t add_keys, double scale, int threads) {    \
         const Tiles tiles{count, q_ptr, q_idx, seg_ptr, key_ptr, k_idx, mask_off, masks};                         \
         const auto st = [](const int64_t* x) { return Strides{x[0], x[1], x[2]}; };                              \
-        const GradientStrides s{st(qs), st(ks), st(vs), st(dos), st(ls), st(dqs), st(dks), st(dvs)};              \
-        backward<T>(q, k, v, dout, lse, delta, dq, dk, dv, batch, heads, dim, dim_v, s, tiles, dk_part, dv_part, \
-                    T(scale), threads);                                                                            \
+        const GradientStrides s{st(qs), st(ks), st(vs), st(os), st(dos), st(ls), st(dqs), st(dks), st(dvs)};      \
+        backward<T>(q, k, v, out, dout, lse, dq, dk, dv, batch, heads, dim, dim_v, s, tiles, dk_part, dv_part,   \
+                    add_keys != 0, T(scale), threads);                                                             \
     }
 
 VISATTN_TILE_BACKWARD_ENTRY(float, f32)
