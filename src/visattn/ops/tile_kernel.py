@@ -211,7 +211,7 @@ def _axis_cost(progression: Progression, size: int) -> tuple[int, float]:
 
 def tail_rows(rows: int) -> int:
     """Queries of a tile of ``rows`` that the kernel runs one at a time: up to ``TAIL_ROWS`` past a multiple of
-    ``ROW_BLOCK`` (the float32 vector width; ``kTailRows`` in ``csrc/tile_attention.cpp``), else none."""
+    ``ROW_BLOCK`` (the float32 vector width; ``kTailRows`` in ``csrc/tile_common.h``), else none."""
     return rows % ROW_BLOCK if rows % ROW_BLOCK <= TAIL_ROWS else 0
 
 
@@ -315,7 +315,7 @@ def run_tiles_backward(q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor
         new = torch.empty_like if every_key_once else torch.zeros_like
         dk, dv = new(k), new(v)
     b, h, _, dim = q.shape
-    call("tile_attention", f"visattn_tile_backward_{DTYPE_SUFFIX[q.dtype]}", q, k, v, out, grad_out, lse, dq, dk, dv,
+    call("tile_attention_backward", f"visattn_tile_backward_{DTYPE_SUFFIX[q.dtype]}", q, k, v, out, grad_out, lse, dq, dk, dv,
          b, h, dim, v.shape[-1], strides(q), strides(k), strides(v), strides(out), strides(grad_out), strides(lse),
          strides(dq), strides(dk), strides(dv), tiles.count, tiles.q_ptr, tiles.q_idx, tiles.seg_ptr, tiles.key_ptr,
          tiles.k_idx, tiles.mask_off, tiles.masks, k.numel() if shared else 0, v.numel() if shared else 0,
@@ -354,6 +354,8 @@ def tile_attention(q: Tensor, k: Tensor, v: Tensor, tiles: TileList, num_prefix_
         return None
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
     if needs_grad(q, k, v):
+        if native_library("tile_attention_backward") is None:
+            return None
         out = _TileAttentionFunction.apply(q, k, v, tiles, scale)
         prefix = num_prefix_tokens
         if not prefix:

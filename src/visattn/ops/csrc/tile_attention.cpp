@@ -27,84 +27,17 @@
 #include <type_traits>
 #include <vector>
 
-#include <omp.h>
-
-#include "common.h"
+#include "tile_common.h"
 
 namespace {
 
 using namespace visattn;
+using namespace visattn::tile;
 
-constexpr int64_t kChunk = 64;
-constexpr int kBlock = 8;
-// A tile whose query count exceeds a multiple of the vector width by at most this many rows runs those rows one at a
-// time (tail_rows) instead of in a vector of mostly padding: a 7x7 window is 48 rows in lanes and one alone.
-constexpr int64_t kTailRows = 3;
-
-inline int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
-
-struct Tiles {
-    int64_t count;
-    const int64_t *q_ptr, *q_idx, *seg_ptr, *key_ptr, *k_idx, *mask_off;
-    const uint8_t* masks;
-};
-
-template <typename T>
-struct Workspace {
-    int64_t rows;  // query rows per tile, padded to the vector width: the stride of every transposed array
-    int64_t d, dv;
-    std::vector<T> qt, st, ot, m, l, top, alpha;
-    bool fresh = true;  // Ot holds nothing yet: the next accumulate starts from zero instead of rescaling
-    const T* krow[kChunk];  // the chunk's key and value rows, read in place
-    const T* vrow[kChunk];
-    std::vector<T> q_tail, o_tail, s_tail;  // tail rows, query-major (see tail_rows)
-    Workspace(int64_t max_q, int64_t d, int64_t dv)
-        : rows(round_up(std::max<int64_t>(max_q, 1), Simd<T>::lanes)),
-          d(d),
-          dv(dv),
-          qt(d * rows),
-          st(kChunk * rows),
-          ot(dv * rows),
-          m(rows),
-          l(rows),
-          top(rows),
-          alpha(rows),
-          q_tail(kTailRows * d),
-          o_tail(kTailRows * dv),
-          s_tail(kChunk) {}
-
-    // The next tile's rows, prefetched into L2 a few at a time between register blocks of this one, so that the
-    // requests overlap with compute instead of queueing up at once: rows [0, nq) are its query (and output) rows,
-    // rows [nq, nq + nk) its key (and value) rows.
-    struct Ahead {
-        const T *qb = nullptr, *kb = nullptr, *vb = nullptr, *ob = nullptr;
-        const int64_t *q_idx = nullptr, *k_idx = nullptr;
-        int64_t nq = 0, nk = 0, next = 0;
-        Strides qs{}, ks{}, vs{}, os{};
-    } ahead;
-    void prefetch_ahead(int64_t count) {
-        constexpr int64_t line = 64 / sizeof(T);
-        const auto lines = [](const T* row, int64_t width, int rw) {
-            for (int64_t c = 0; c < width; c += line)
-                rw ? __builtin_prefetch(row + c, 1, 2) : __builtin_prefetch(row + c, 0, 2);
-        };
-        Ahead& a = ahead;
-        for (const int64_t end = std::min(a.nq + a.nk, a.next + count); a.next < end; ++a.next) {
-            if (a.next < a.nq) {
-                lines(a.qb + a.q_idx[a.next] * a.qs.n, d, 0);
-                lines(a.ob + a.q_idx[a.next] * a.os.n, dv, 1);
-            } else {
-                lines(a.kb + a.k_idx[a.next - a.nq] * a.ks.n, d, 0);
-                lines(a.vb + a.k_idx[a.next - a.nq] * a.vs.n, dv, 0);
-            }
-        }
-    }
-};
+constexpr int64_t kAheadRows = 8;
 
 // St[j0 + r, u : u + V lanes] = sum_c K[j0 + r, c] Qt[c, u : ...] for r < R keys, -inf where the key-major mask
 // (if any; rows ``stride`` bytes apart) is 0, and the running maximum top[u : ...] of each lane.
-constexpr int64_t kAheadRows = 8;
-
 template <typename T, int R, int V>
 void scores_block(Workspace<T>& w, int64_t j0, int64_t u, const uint8_t* mask, int64_t stride) {
     using S = Simd<T>;
@@ -140,21 +73,6 @@ void scores_rows(Workspace<T>& w, int64_t keys, int64_t u, const uint8_t* mask, 
     for (; j + kBlock <= keys; j += kBlock) scores_block<T, kBlock, V>(w, j, u, mask, stride);
     for (; j + 2 <= keys; j += 2) scores_block<T, 2, V>(w, j, u, mask, stride);
     if (j < keys) scores_block<T, 1, V>(w, j, u, mask, stride);
-}
-
-// Calls body(std::integral_constant<int, V>, u) over the query vectors of ``rows`` lanes in register blocks of V = 3
-// vectors (once, where their count is odd and at least 3), then 2, then 1: 48 rows (a 7x7 window's) are one block.
-template <typename T, typename Body>
-void row_blocks(int64_t rows, Body&& body) {
-    constexpr int64_t L = Simd<T>::lanes;
-    int64_t n = rows / L, u = 0;
-    if (n % 2 == 1 && n >= 3) {
-        body(std::integral_constant<int, 3>{}, u);
-        u += 3 * L;
-        n -= 3;
-    }
-    for (; n >= 2; n -= 2, u += 2 * L) body(std::integral_constant<int, 2>{}, u);
-    if (n == 1) body(std::integral_constant<int, 1>{}, u);
 }
 
 // St[:keys, :rows] = K[:keys] Qt[:, :rows] under the chunk's mask, and top = max(m, max_j St) per lane.
@@ -224,17 +142,6 @@ void fold(Workspace<T>& w, int64_t keys, int64_t rows) {
         S::store(&w.l[u], S::load(&w.l[u]) * alpha + total);
         S::store(&w.m[u], top);
         S::store(&w.alpha[u], alpha);
-    }
-}
-
-// Points the workspace at the chunk's key and value rows. They are read in place: copying them to scratch, against
-// L1 set conflicts where rows lie a power of two apart (grid cells, columns), measured no faster for such tiles and
-// 10-20% slower for windows.
-template <typename T>
-void key_rows(Workspace<T>& w, const T* kb, const T* vb, const int64_t* idx, int64_t keys, int64_t kn, int64_t vn) {
-    for (int64_t j = 0; j < keys; ++j) {
-        w.krow[j] = kb + idx[j] * kn;
-        w.vrow[j] = vb + idx[j] * vn;
     }
 }
 
@@ -314,30 +221,6 @@ void tail_rows(Workspace<T>& w, int64_t first, int64_t tail, int64_t keys, const
             o[c] = acc;
         }
     }
-}
-
-// dst[:dim, :rows] = scale * Q[tile queries]^T for the first nq (zero past them), and the ``tail`` rows after them
-// query-major (Qt; the backward's dOt too).
-template <typename T>
-void load_queries(Workspace<T>& w, T* dst, const T* qb, const int64_t* qi, int64_t nq, int64_t tail, int64_t qn,
-                  int64_t dim, T scale) {
-    using S = Simd<T>;
-    constexpr int64_t L = S::lanes;
-    for (int64_t i = 0; i < tail; ++i)
-        for (int64_t c = 0; c < dim; ++c) w.q_tail[i * dim + c] = qb[qi[nq + i] * qn + c] * scale;
-    if (dim % L != 0) {
-        std::fill(dst, dst + dim * w.rows, T(0));
-        for (int64_t u = 0; u < nq; ++u)
-            for (int64_t c = 0; c < dim; ++c) dst[c * w.rows + u] = qb[qi[u] * qn + c] * scale;
-        return;
-    }
-    typename S::vec block[L];
-    for (int64_t u0 = 0; u0 < nq; u0 += L)
-        for (int64_t c0 = 0; c0 < dim; c0 += L) {
-            for (int64_t r = 0; r < L; ++r) block[r] = u0 + r < nq ? S::load(qb + qi[u0 + r] * qn + c0) : S::splat(0);
-            transpose_block<T>(block);
-            for (int64_t r = 0; r < L; ++r) S::store(&dst[(c0 + r) * w.rows + u0], block[r] * scale);
-        }
 }
 
 // out[tile queries] = (Ot / l)^T for the first nq and from the tail rows after them; lse = m + log l (0 and -inf
@@ -453,235 +336,6 @@ void forward(const T* q, const T* k, const T* v, T* out, T* lse, int64_t batch, 
     }
 }
 
-// Backward: FlashAttention-2's backward recomputing P from the forward's lse, with D = rowsum(dO * O) per query and
-// queries in vector lanes again (no tail rows):
-//   St = K Qt (Qt scaled), P = exp(St - lse) (0 where masked), dPt = V dOt, dSt = P (dPt - D),
-//   dQt = sum over chunks K^T dSt, dQ = scale dQt^T,
-//   dV[j] += sum_u P[j, u] dO[u] and dK[j] += scale sum_u dSt[j, u] Q[u], per key row (each key's column of P and
-//   dS against the query rows, read in place).
-// Where tiles share keys (neighborhoods, halo, prefix tokens) each thread adds its dK and dV into its own zeroed copy
-// (``dk_part`` and ``dv_part`` elements apart), which the caller sums; where every key is in exactly one tile, its
-// rows are stored (``add_keys`` = 0) into the one dK and dV.
-template <typename T>
-struct Gradients : Workspace<T> {
-    std::vector<T> dot, dpt, dqt, lse, delta;  // delta: D = rowsum(dO * O) per lane
-    std::vector<const T*> qrow, dorow;
-    Gradients(int64_t max_q, int64_t d, int64_t dv)
-        : Workspace<T>(max_q, d, dv),
-          dot(dv * this->rows),
-          dpt(kChunk * this->rows),
-          dqt(d * this->rows),
-          lse(this->rows),
-          delta(this->rows),
-          qrow(std::max<int64_t>(max_q, 1)),
-          dorow(std::max<int64_t>(max_q, 1)) {}
-};
-
-// y[j0 + r, u : u + V lanes] = sum_c rows[j0 + r][c] x[c, u : ...] for r < R keys.
-template <typename T, int R, int V>
-void lane_product_block(const Workspace<T>& w, const T* const* rows, const T* x, T* y, int64_t dim, int64_t j0,
-                        int64_t u) {
-    using S = Simd<T>;
-    typename S::vec acc[R][V] = {};
-    for (int64_t c = 0; c < dim; ++c) {
-        typename S::vec xv[V];
-        for (int b = 0; b < V; ++b) xv[b] = S::load(&x[c * w.rows + u + b * S::lanes]);
-        for (int r = 0; r < R; ++r) {
-            const T kv = rows[j0 + r][c];
-            for (int b = 0; b < V; ++b) acc[r][b] += kv * xv[b];
-        }
-    }
-    for (int r = 0; r < R; ++r)
-        for (int b = 0; b < V; ++b) S::store(&y[(j0 + r) * w.rows + u + b * S::lanes], acc[r][b]);
-}
-
-// y[:keys, :lanes] = rows[:keys, :dim] x[:dim, :lanes] (St from K and Qt, dPt from V and dOt).
-template <typename T>
-void lane_product(const Workspace<T>& w, const T* const* rows, const T* x, T* y, int64_t dim, int64_t keys,
-                  int64_t lanes) {
-    row_blocks<T>(lanes, [&](auto v, int64_t u) {
-        constexpr int V = decltype(v)::value;
-        int64_t j = 0;
-        for (; j + kBlock <= keys; j += kBlock) lane_product_block<T, kBlock, V>(w, rows, x, y, dim, j, u);
-        for (; j < keys; ++j) lane_product_block<T, 1, V>(w, rows, x, y, dim, j, u);
-    });
-}
-
-// y[c0 + r, u : ...] (+)= sum_j rows[j][c0 + r] x[j, u : ...] for r < R dims (a fresh y starts from zero).
-template <typename T, int R, int V>
-void lane_accumulate_block(const Workspace<T>& w, const T* const* rows, const T* x, T* y, bool fresh, int64_t keys,
-                           int64_t c0, int64_t u) {
-    using S = Simd<T>;
-    typename S::vec acc[R][V] = {};
-    if (!fresh)
-        for (int r = 0; r < R; ++r)
-            for (int b = 0; b < V; ++b) acc[r][b] = S::load(&y[(c0 + r) * w.rows + u + b * S::lanes]);
-    for (int64_t j = 0; j < keys; ++j) {
-        typename S::vec xv[V];
-        for (int b = 0; b < V; ++b) xv[b] = S::load(&x[j * w.rows + u + b * S::lanes]);
-        for (int r = 0; r < R; ++r) {
-            const T kv = rows[j][c0 + r];
-            for (int b = 0; b < V; ++b) acc[r][b] += kv * xv[b];
-        }
-    }
-    for (int r = 0; r < R; ++r)
-        for (int b = 0; b < V; ++b) S::store(&y[(c0 + r) * w.rows + u + b * S::lanes], acc[r][b]);
-}
-
-// y[:dim, :lanes] (+)= rows[:keys, :dim]^T x[:keys, :lanes] (dQt from K and dSt).
-template <typename T>
-void lane_accumulate(const Workspace<T>& w, const T* const* rows, const T* x, T* y, int64_t dim, bool fresh,
-                     int64_t keys, int64_t lanes) {
-    row_blocks<T>(lanes, [&](auto v, int64_t u) {
-        constexpr int V = decltype(v)::value;
-        int64_t c = 0;
-        for (; c + kBlock <= dim; c += kBlock) lane_accumulate_block<T, kBlock, V>(w, rows, x, y, fresh, keys, c, u);
-        for (; c < dim; ++c) lane_accumulate_block<T, 1, V>(w, rows, x, y, fresh, keys, c, u);
-    });
-}
-
-// out[idx[j], :] (+)= factor * sum_{u < nq} x[j, u] rows[u][:C lanes] for the chunk's keys: R keys x C vectors of
-// columns per register block, each x element broadcast.
-template <typename T, int C>
-void key_gradient_rows(const Workspace<T>& w, const T* x, const T* const* rows, int64_t nq, T factor, bool add, T* ob,
-                       const int64_t* idx, int64_t keys, int64_t on) {
-    using S = Simd<T>;
-    constexpr int R = C <= 2 ? 8 : 4;
-    for (int64_t j0 = 0; j0 < keys; j0 += R) {
-        typename S::vec acc[R][C] = {};
-        for (int64_t u = 0; u < nq; ++u) {
-            typename S::vec row[C];
-            for (int c = 0; c < C; ++c) row[c] = S::load(rows[u] + c * S::lanes);
-            for (int r = 0; r < R; ++r) {
-                const T p = x[(j0 + r) * w.rows + u];
-                for (int c = 0; c < C; ++c) acc[r][c] += p * row[c];
-            }
-        }
-        for (int r = 0; r < R && j0 + r < keys; ++r)
-            for (int c = 0; c < C; ++c) {
-                T* dst = ob + idx[j0 + r] * on + c * S::lanes;
-                S::store(dst, add ? S::load(dst) + acc[r][c] * factor : acc[r][c] * factor);
-            }
-    }
-}
-
-// key_gradient_rows for any width.
-template <typename T>
-void key_gradients(const Workspace<T>& w, const T* x, const T* const* rows, int64_t nq, int64_t dim, T factor,
-                   bool add, T* ob, const int64_t* idx, int64_t keys, int64_t on) {
-    constexpr int64_t L = Simd<T>::lanes;
-    if (dim % L == 0 && dim / L <= 4) {
-        switch (dim / L) {
-            case 1: return key_gradient_rows<T, 1>(w, x, rows, nq, factor, add, ob, idx, keys, on);
-            case 2: return key_gradient_rows<T, 2>(w, x, rows, nq, factor, add, ob, idx, keys, on);
-            case 3: return key_gradient_rows<T, 3>(w, x, rows, nq, factor, add, ob, idx, keys, on);
-            default: return key_gradient_rows<T, 4>(w, x, rows, nq, factor, add, ob, idx, keys, on);
-        }
-    }
-    for (int64_t j = 0; j < keys; ++j)
-        for (int64_t c = 0; c < dim; ++c) {
-            T acc = 0;
-            for (int64_t u = 0; u < nq; ++u) acc += x[j * w.rows + u] * rows[u][c];
-            T& dst = ob[idx[j] * on + c];
-            dst = (add ? dst : T(0)) + acc * factor;
-        }
-}
-
-// P = exp(St - lse) (0 where the mask is 0 and for lanes past the tile's queries, whose lse is +inf) into St, and
-// dSt = P (dPt - D) into dPt.
-template <typename T>
-void softmax_gradient(Gradients<T>& w, int64_t keys, int64_t lanes, const uint8_t* mask, int64_t stride) {
-    using S = Simd<T>;
-    for (int64_t u = 0; u < lanes; u += S::lanes) {
-        const typename S::vec lse = S::load(&w.lse[u]), delta = S::load(&w.delta[u]);
-        for (int64_t j = 0; j < keys; ++j) {
-            T* st = &w.st[j * w.rows + u];
-            T* dpt = &w.dpt[j * w.rows + u];
-            typename S::vec p = exp_vec<T>(S::load(st) - lse);
-            if (mask) p = S::select(S::allowed(mask + j * stride + u), p, S::splat(T(0)));
-            S::store(st, p);
-            S::store(dpt, p * (S::load(dpt) - delta));
-        }
-    }
-}
-
-// dq[tile queries] = factor * src^T (src [dim x lanes], zero where ``zero``).
-template <typename T>
-void store_rows(const Workspace<T>& w, const T* src, bool zero, T factor, T* ob, const int64_t* qi, int64_t nq,
-                int64_t on, int64_t dim) {
-    for (int64_t u = 0; u < nq; ++u)
-        for (int64_t c = 0; c < dim; ++c) ob[qi[u] * on + c] = zero ? T(0) : src[c * w.rows + u] * factor;
-}
-
-struct GradientStrides {
-    Strides q, k, v, out, dout, lse, dq, dk, dv;
-};
-
-template <typename T>
-void backward_tile(const T* qb, const T* kb, const T* vb, const T* ob, const T* dob, const T* lseb, T* dqb, T* dkb,
-                   T* dvb, int64_t dim, int64_t dim_v, const GradientStrides& s, const Tiles& tiles, int64_t t,
-                   bool add_keys, T scale, Gradients<T>& w) {
-    constexpr int64_t L = Simd<T>::lanes;
-    const int64_t q0 = tiles.q_ptr[t], nq = tiles.q_ptr[t + 1] - q0, mask_stride = round_up(nq, kMaskAlign);
-    const int64_t lanes = round_up(nq, L);
-    const int64_t* qi = tiles.q_idx + q0;
-    load_queries(w, w.qt.data(), qb, qi, nq, 0, s.q.n, dim, scale);
-    load_queries(w, w.dot.data(), dob, qi, nq, 0, s.dout.n, dim_v, T(1));
-    for (int64_t u = 0; u < lanes; ++u) {
-        const T lse = u < nq ? lseb[qi[u] * s.lse.n] : T(INFINITY);
-        w.lse[u] = lse == T(-INFINITY) ? T(INFINITY) : lse;
-        T delta = 0;
-        for (int64_t c = 0; u < nq && c < dim_v; ++c) delta += dob[qi[u] * s.dout.n + c] * ob[qi[u] * s.out.n + c];
-        w.delta[u] = delta;
-    }
-    for (int64_t u = 0; u < nq; ++u) {
-        w.qrow[u] = qb + qi[u] * s.q.n;
-        w.dorow[u] = dob + qi[u] * s.dout.n;
-    }
-    bool fresh = true;
-    for (int64_t seg = tiles.seg_ptr[t]; seg < tiles.seg_ptr[t + 1]; ++seg) {
-        const int64_t k0 = tiles.key_ptr[seg], nk = tiles.key_ptr[seg + 1] - k0;
-        const uint8_t* mask = tiles.mask_off[seg] >= 0 ? tiles.masks + tiles.mask_off[seg] : nullptr;
-        for (int64_t j0 = 0; j0 < nk; j0 += kChunk) {
-            const int64_t kc = std::min(kChunk, nk - j0);
-            const int64_t* idx = tiles.k_idx + k0 + j0;
-            key_rows(w, kb, vb, idx, kc, s.k.n, s.v.n);
-            lane_product(w, w.krow, w.qt.data(), w.st.data(), dim, kc, lanes);
-            lane_product(w, w.vrow, w.dot.data(), w.dpt.data(), dim_v, kc, lanes);
-            softmax_gradient(w, kc, lanes, mask ? mask + j0 * mask_stride : nullptr, mask_stride);
-            key_gradients(w, w.st.data(), w.dorow.data(), nq, dim_v, T(1), add_keys, dvb, idx, kc, s.dv.n);
-            key_gradients(w, w.dpt.data(), w.qrow.data(), nq, dim, scale, add_keys, dkb, idx, kc, s.dk.n);
-            lane_accumulate(w, w.krow, w.dpt.data(), w.dqt.data(), dim, fresh, kc, lanes);
-            fresh = false;
-        }
-    }
-    store_rows(w, w.dqt.data(), fresh, scale, dqb, qi, nq, s.dq.n, dim);
-}
-
-template <typename T>
-void backward(const T* q, const T* k, const T* v, const T* out, const T* dout, const T* lse, T* dq, T* dk, T* dv,
-              int64_t batch, int64_t heads, int64_t dim, int64_t dim_v, const GradientStrides& s, const Tiles& tiles,
-              int64_t dk_part, int64_t dv_part, bool add_keys, T scale, int threads) {
-    int64_t max_q = 0;
-    for (int64_t t = 0; t < tiles.count; ++t) max_q = std::max(max_q, tiles.q_ptr[t + 1] - tiles.q_ptr[t]);
-    const int64_t work = batch * heads * tiles.count;
-    const auto at = [&](auto* tensor, Strides st, int64_t item) {
-        const int64_t bh = item / tiles.count;
-        return tensor + (bh / heads) * st.b + (bh % heads) * st.h;
-    };
-#pragma omp parallel num_threads(threads)
-    {
-        Gradients<T> w(max_q, dim, dim_v);
-        const int64_t thread = omp_get_thread_num();
-#pragma omp for schedule(dynamic, 1)
-        for (int64_t item = 0; item < work; ++item)
-            backward_tile<T>(at(q, s.q, item), at(k, s.k, item), at(v, s.v, item), at(out, s.out, item),
-                             at(dout, s.dout, item), at(lse, s.lse, item), at(dq, s.dq, item),
-                             at(dk + thread * dk_part, s.dk, item), at(dv + thread * dv_part, s.dv, item), dim,
-                             dim_v, s, tiles, item % tiles.count, add_keys, scale, w);
-    }
-}
-
 }  // namespace
 
 #define VISATTN_TILE_ENTRY(T, SUFFIX)                                                                              \
@@ -698,21 +352,3 @@ void backward(const T* q, const T* k, const T* v, const T* out, const T* dout, c
 
 VISATTN_TILE_ENTRY(float, f32)
 VISATTN_TILE_ENTRY(double, f64)
-
-#define VISATTN_TILE_BACKWARD_ENTRY(T, SUFFIX)                                                                    \
-    extern "C" void visattn_tile_backward_##SUFFIX(                                                                \
-        const T* q, const T* k, const T* v, const T* out, const T* dout, const T* lse, T* dq, T* dk, T* dv,       \
-        int64_t batch, int64_t heads, int64_t dim, int64_t dim_v, const int64_t* qs, const int64_t* ks,           \
-        const int64_t* vs, const int64_t* os, const int64_t* dos, const int64_t* ls, const int64_t* dqs,          \
-        const int64_t* dks, const int64_t* dvs, int64_t count, const int64_t* q_ptr, const int64_t* q_idx,        \
-        const int64_t* seg_ptr, const int64_t* key_ptr, const int64_t* k_idx, const int64_t* mask_off,            \
-        const uint8_t* masks, int64_t dk_part, int64_t dv_part, int64_t add_keys, double scale, int threads) {    \
-        const Tiles tiles{count, q_ptr, q_idx, seg_ptr, key_ptr, k_idx, mask_off, masks};                         \
-        const auto st = [](const int64_t* x) { return Strides{x[0], x[1], x[2]}; };                              \
-        const GradientStrides s{st(qs), st(ks), st(vs), st(os), st(dos), st(ls), st(dqs), st(dks), st(dvs)};      \
-        backward<T>(q, k, v, out, dout, lse, dq, dk, dv, batch, heads, dim, dim_v, s, tiles, dk_part, dv_part,   \
-                    add_keys != 0, T(scale), threads);                                                             \
-    }
-
-VISATTN_TILE_BACKWARD_ENTRY(float, f32)
-VISATTN_TILE_BACKWARD_ENTRY(double, f64)
