@@ -316,10 +316,10 @@ def run_tiles_backward(q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor
         dk, dv = new(k), new(v)
     b, h, _, dim = q.shape
     call("tile_attention_backward", f"visattn_tile_backward_{DTYPE_SUFFIX[q.dtype]}", q, k, v, out, grad_out, lse,
-         dq, dk, dv, b, h, dim, v.shape[-1], strides(q), strides(k), strides(v), strides(out), strides(grad_out), strides(lse),
-         strides(dq), strides(dk), strides(dv), tiles.count, tiles.q_ptr, tiles.q_idx, tiles.seg_ptr, tiles.key_ptr,
-         tiles.k_idx, tiles.mask_off, tiles.masks, k.numel() if shared else 0, v.numel() if shared else 0,
-         0 if every_key_once else 1, scale, threads=threads)
+         dq, dk, dv, b, h, dim, v.shape[-1], strides(q), strides(k), strides(v), strides(out), strides(grad_out),
+         strides(lse), strides(dq), strides(dk), strides(dv), tiles.count, tiles.q_ptr, tiles.q_idx, tiles.seg_ptr,
+         tiles.key_ptr, tiles.k_idx, tiles.mask_off, tiles.masks, k.numel() if shared else 0,
+         v.numel() if shared else 0, 0 if every_key_once else 1, scale, threads=threads)
     if shared:
         dk, dv = dk_parts.sum(0), dv_parts.sum(0)
     return dq, dk, dv
