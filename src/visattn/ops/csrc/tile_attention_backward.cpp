@@ -168,12 +168,52 @@ void softmax_gradient(Gradients<T>& w, int64_t keys, int64_t lanes, const uint8_
     }
 }
 
-// dq[tile queries] = factor * src^T (src [dim x lanes], zero where ``zero``).
+// dq[tile queries] = factor * src^T (src [dim x lanes], zero where ``zero``), a vector block at a time through
+// transpose_block where dim is a multiple of the vector width.
 template <typename T>
 void store_rows(const Workspace<T>& w, const T* src, bool zero, T factor, T* ob, const int64_t* qi, int64_t nq,
                 int64_t on, int64_t dim) {
-    for (int64_t u = 0; u < nq; ++u)
-        for (int64_t c = 0; c < dim; ++c) ob[qi[u] * on + c] = zero ? T(0) : src[c * w.rows + u] * factor;
+    using S = Simd<T>;
+    constexpr int64_t L = S::lanes;
+    if (zero || dim % L != 0) {
+        for (int64_t u = 0; u < nq; ++u)
+            for (int64_t c = 0; c < dim; ++c) ob[qi[u] * on + c] = zero ? T(0) : src[c * w.rows + u] * factor;
+        return;
+    }
+    typename S::vec block[L];
+    for (int64_t u0 = 0; u0 < nq; u0 += L)
+        for (int64_t c0 = 0; c0 < dim; c0 += L) {
+            for (int64_t r = 0; r < L; ++r) block[r] = S::load(&src[(c0 + r) * w.rows + u0]) * factor;
+            transpose_block<T>(block);
+            for (int64_t r = 0; r < L && u0 + r < nq; ++r) S::store(ob + qi[u0 + r] * on + c0, block[r]);
+        }
+}
+
+// delta[u] = D_u = dO[u] . O[u] for the tile's queries (0 past them): a vector of rows at a time through row_sums
+// where dim_v is a multiple of the vector width.
+template <typename T>
+void row_deltas(T* delta, const T* dob, const T* ob, const int64_t* qi, int64_t nq, int64_t lanes, int64_t don,
+                int64_t on, int64_t dim_v) {
+    using S = Simd<T>;
+    constexpr int64_t L = S::lanes;
+    if (dim_v % L != 0) {
+        for (int64_t u = 0; u < lanes; ++u) {
+            T sum = 0;
+            for (int64_t c = 0; u < nq && c < dim_v; ++c) sum += dob[qi[u] * don + c] * ob[qi[u] * on + c];
+            delta[u] = sum;
+        }
+        return;
+    }
+    typename S::vec prod[L];
+    for (int64_t u0 = 0; u0 < lanes; u0 += L) {
+        for (int64_t r = 0; r < L; ++r) {
+            prod[r] = S::splat(T(0));
+            if (u0 + r < nq)
+                for (int64_t c = 0; c < dim_v; c += L)
+                    prod[r] += S::load(dob + qi[u0 + r] * don + c) * S::load(ob + qi[u0 + r] * on + c);
+        }
+        S::store(delta + u0, row_sums<T>(prod));
+    }
 }
 
 struct GradientStrides {
@@ -193,10 +233,8 @@ void backward_tile(const T* qb, const T* kb, const T* vb, const T* ob, const T* 
     for (int64_t u = 0; u < lanes; ++u) {
         const T lse = u < nq ? lseb[qi[u] * s.lse.n] : T(INFINITY);
         w.lse[u] = lse == T(-INFINITY) ? T(INFINITY) : lse;
-        T delta = 0;
-        for (int64_t c = 0; u < nq && c < dim_v; ++c) delta += dob[qi[u] * s.dout.n + c] * ob[qi[u] * s.out.n + c];
-        w.delta[u] = delta;
     }
+    row_deltas(w.delta.data(), dob, ob, qi, nq, lanes, s.dout.n, s.out.n, dim_v);
     for (int64_t u = 0; u < nq; ++u) {
         w.qrow[u] = qb + qi[u] * s.q.n;
         w.dorow[u] = dob + qi[u] * s.dout.n;
