@@ -15,7 +15,7 @@ from visattn.bench import peak_memory_bytes
 from visattn.ops import attention, masked_attention, tile_kernel
 from visattn.ops.local_kernel import local_layout
 from visattn.ops.native import native_library
-from visattn.ops.tile_kernel import build_tiles, progression_tiles, tile_attention
+from visattn.ops.tile_kernel import build_tiles, disjoint_tile_sizes, progression_tiles, tile_attention
 from visattn.testing import random_qkv as qkv
 
 pytestmark = [
@@ -319,3 +319,39 @@ def test_bitmap_tiles_match_the_token_mask(n, block):
     allowed = bitmap_token_mask(bitmap[None], block, n)
     want = torch.nan_to_num(attention(q, k, v, mask=allowed))
     torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize(("mask", "shape", "sizes"), [
+    (masks.window_mask(16), (32, 48), (16, 16)),
+    (masks.grid_mask(4), (8, 12), (4, 4)),
+    (masks.axial_mask(1), (6, 100), (1, 100)),
+    (masks.strip_mask("rows", 2), (6, 5), (2, 5)),
+    (masks.window_mask(3), (6, 9, 3), (3, 3, 3)),
+    (masks.halo_mask(4, 1), (8, 8), None),
+    (masks.neighborhood_mask(3), (8, 8), None),
+    (masks.axial_mask(1), (4, 300), None),
+])
+def test_disjoint_tile_sizes(mask, shape, sizes):
+    """Training tiles: one window, grid cell or line each (at most 256 queries), their key sets disjoint; None for
+    overlapping neighborhoods and halos and for lines too long."""
+    layout = local_layout(mask, shape)
+    assert disjoint_tile_sizes(layout) == sizes
+    if sizes is not None:
+        assert progression_tiles(layout, 0, sizes).keys_disjoint
+
+
+def test_training_uses_the_disjoint_tiling(monkeypatch):
+    seen = []
+    kernel = tile_kernel.tile_attention
+    monkeypatch.setattr(tile_kernel, "tile_attention", lambda *a: seen.append(a[3].tile_sizes) or kernel(*a))
+    mask, shape = masks.window_mask(16), (32, 16)
+    q, k, v = qkv(1, 2, 512, 8)
+    with torch.no_grad():
+        masked_attention(q, k, v, mask, shape, backend="fast")
+    leaves = [t.requires_grad_() for t in (q, k, v)]
+    out = masked_attention(*leaves, mask, shape, backend="fast")
+    assert seen[0] != (16, 16) and seen[1] == (16, 16)
+    grad = torch.randn_like(out)
+    for g, want in zip(gradients(out, leaves, grad), gradients(reference(*leaves, mask, shape), leaves, grad),
+                       strict=True):
+        torch.testing.assert_close(g, want)

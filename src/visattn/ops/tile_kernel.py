@@ -39,14 +39,15 @@ from ..masks.axis import Progression
 from .local_kernel import LocalLayout, local_layout
 from .native import DTYPE_SUFFIX, call, native_library, needs_grad, row_major, strides, supported
 
-__all__ = ["TileList", "bitmap_tiles", "build_tiles", "progression_attention", "progression_tiles",
-           "run_tiles_backward", "tile_attention", "tile_attention_available"]
+__all__ = ["TileList", "bitmap_tiles", "build_tiles", "disjoint_tile_sizes", "progression_attention",
+           "progression_tiles", "run_tiles_backward", "tile_attention", "tile_attention_available"]
 
 KEY_CHUNK = 64
 MASK_ALIGN = 16
 ROW_BLOCK = 16
 TAIL_ROWS = 3
 MAX_TILE_QUERIES = 64
+MAX_TRAINING_TILE_QUERIES = 256
 MAX_GRADIENT_COPIES = 8
 
 
@@ -249,6 +250,32 @@ def _choose_sizes(layout: LocalLayout, prefix: int) -> tuple[int, ...]:
     return best
 
 
+def _key_groups(progression: Progression) -> int | None:
+    """Along one axis, the size of the groups of coordinates that share a key set, where all groups have one size and
+    their key sets are disjoint (window, grid, axial); else None."""
+    start, count, step = (a[_order(progression)] for a in progression)
+    keys = np.stack([start, count, step], 1)
+    first = np.concatenate([[0], np.flatnonzero(np.any(np.diff(keys, axis=0) != 0, axis=1)) + 1])
+    runs = np.diff(np.concatenate([first, [len(start)]]))
+    if len(set(runs.tolist())) != 1:
+        return None
+    members = np.concatenate([s + t * np.arange(c) for s, c, t in zip(start[first], count[first], step[first],
+                                                                      strict=True)])
+    return int(runs[0]) if len(np.unique(members)) == len(members) else None
+
+
+@functools.lru_cache(maxsize=32)
+def disjoint_tile_sizes(layout: LocalLayout) -> tuple[int, ...] | None:
+    """Per-axis tile sizes whose tiles share no key (each tile one window, grid cell or line), or None where the
+    mask has none within ``MAX_TRAINING_TILE_QUERIES`` queries a tile. Training on them needs no per-thread gradient
+    copies and measured 14-29% faster than on the cost model's 64-query tiles (16 x 16 windows and grids, axial
+    lines of 128), whose forward alone is 5-10% faster."""
+    sizes = [_key_groups(p) for p in layout.axes]
+    if any(s is None for s in sizes) or math.prod(sizes) > MAX_TRAINING_TILE_QUERIES:
+        return None
+    return tuple(sizes)
+
+
 @functools.lru_cache(maxsize=32)
 def progression_tiles(layout: LocalLayout, num_prefix_tokens: int = 0,
                       tile_sizes: tuple[int, ...] | None = None) -> TileList:
@@ -381,4 +408,5 @@ def progression_attention(q: Tensor, k: Tensor, v: Tensor, mask: Mask, shape: tu
     layout = local_layout(mask, shape)
     if layout is None:
         return None
-    return tile_attention(q, k, v, progression_tiles(layout, num_prefix_tokens), num_prefix_tokens, scale)
+    sizes = disjoint_tile_sizes(layout) if needs_grad(q, k, v) else None
+    return tile_attention(q, k, v, progression_tiles(layout, num_prefix_tokens, sizes), num_prefix_tokens, scale)
