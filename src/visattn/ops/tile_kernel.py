@@ -353,7 +353,7 @@ def run_tiles_backward(q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor
 
 
 class _TileAttentionFunction(torch.autograd.Function):
-    """The kernel's forward (saving the log-sum-exp) and backward over a key-disjoint tile list."""
+    """The kernel's forward (saving the log-sum-exp) and backward over a tile list."""
 
     @staticmethod
     def forward(ctx, q: Tensor, k: Tensor, v: Tensor, tiles: TileList, scale: float) -> Tensor:
@@ -384,17 +384,17 @@ def tile_attention(q: Tensor, k: Tensor, v: Tensor, tiles: TileList, num_prefix_
         if native_library("tile_attention_backward") is None:
             return None
         out = _TileAttentionFunction.apply(q, k, v, tiles, scale)
-        prefix = num_prefix_tokens
-        if not prefix:
-            return out
-        prefix_out = F.scaled_dot_product_attention(q[:, :, :prefix], k, v, scale=scale)
-        return torch.cat([prefix_out, out[:, :, prefix:]], dim=2)
-    q, k, v = row_major(q), row_major(k), row_major(v)
-    out = q.new_empty(*q.shape[:3], v.shape[-1])
-    run_tiles(q, k, v, tiles, out, scale)
+    else:
+        q, k, v = row_major(q), row_major(k), row_major(v)
+        out = q.new_empty(*q.shape[:3], v.shape[-1])
+        run_tiles(q, k, v, tiles, out, scale)
     prefix = num_prefix_tokens
-    if prefix:
-        out[:, :, :prefix] = F.scaled_dot_product_attention(q[:, :, :prefix], k, v, scale=scale)
+    if not prefix:
+        return out
+    prefix_out = F.scaled_dot_product_attention(q[:, :, :prefix], k, v, scale=scale)
+    if out.requires_grad:
+        return torch.cat([prefix_out, out[:, :, prefix:]], dim=2)
+    out[:, :, :prefix] = prefix_out
     return out
 
 
