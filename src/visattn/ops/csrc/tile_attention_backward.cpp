@@ -16,8 +16,7 @@ namespace {
 using namespace visattn;
 using namespace visattn::tile;
 
-// Backward: FlashAttention-2's backward recomputing P from the forward's lse, with D = rowsum(dO * O) per query and
-// queries in vector lanes again (no tail rows):
+// Per tile, with D = rowsum(dO * O) per query and the queries in vector lanes again (no tail rows):
 //   St = K Qt (Qt scaled), P = exp(St - lse) (0 where masked), dPt = V dOt, dSt = P (dPt - D),
 //   dQt = sum over chunks K^T dSt, dQ = scale dQt^T,
 //   dV[j] += sum_u P[j, u] dO[u] and dK[j] += scale sum_u dSt[j, u] Q[u], per key row (each key's column of P and
