@@ -70,7 +70,8 @@ def test_tiny_bench_json_and_plot(tmp_path):
     assert data["sdpa_exponent"] is None
 
 
-def test_forced_skip_is_reported_not_crashed(tmp_path, capsys):
+def test_forced_skip_is_reported_not_crashed(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "200")  # the reason sits in a table cell; a narrow console would fold it
     out_json = tmp_path / "skip.json"
     status = cli.main(["bench", "--mixers", "softmax", "window:window_size=4", "--sizes", "8", "10", "--repeats",
                        "1", "--memory-budget", "1K", "--json", str(out_json)])

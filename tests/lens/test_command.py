@@ -137,7 +137,7 @@ def test_bad_input_exits_2_with_a_message(astronaut, tmp_path, capsys, args, mes
 
 def test_bad_model_and_image(astronaut, tmp_path, capsys):
     assert lens(astronaut, "--model", "no_such_model_xyz", "--out", tmp_path) == 2
-    assert "neither a checkpoint file nor a timm model name" in capsys.readouterr().err
+    assert "neither a checkpoint file nor a timm model name" in " ".join(capsys.readouterr().err.split())
     assert lens(tmp_path / "missing.png", "--model", "vit_tiny_patch16_224", "--out", tmp_path) == 2
     assert "is not a file" in capsys.readouterr().err
     (tmp_path / "bad.png").write_text("not an image")
