@@ -355,3 +355,25 @@ def test_training_uses_the_disjoint_tiling(monkeypatch):
     for g, want in zip(gradients(out, leaves, grad), gradients(reference(*leaves, mask, shape), leaves, grad),
                        strict=True):
         torch.testing.assert_close(g, want)
+
+
+def test_training_falls_back_to_the_per_query_kernel_past_the_copy_budget(monkeypatch):
+    """Where the per-thread dK, dV copies would exceed the budget, the per-query kernel (no copies) trains."""
+    from visattn.ops import local_kernel
+
+    calls = []
+    per_query = local_kernel.local_attention
+    monkeypatch.setattr(tile_kernel, "GRADIENT_COPY_BYTES", 0)
+    monkeypatch.setattr(tile_kernel, "local_attention", lambda *a: calls.append(1) or per_query(*a))
+    mask, shape = masks.neighborhood_mask(5), (12, 12)
+    leaves = [t.requires_grad_() for t in qkv(1, 2, 1 + 144, 8)]
+    out = masked_attention(*leaves, mask, shape, 1, backend="fast")
+    assert calls
+    grad = torch.randn_like(out)
+    for g, want in zip(gradients(out, leaves, grad), gradients(reference(*leaves, mask, shape, 1), leaves, grad),
+                       strict=True):
+        torch.testing.assert_close(g, want)
+    monkeypatch.setattr(tile_kernel, "GRADIENT_COPY_BYTES", 1 << 30)
+    calls.clear()
+    masked_attention(*leaves, mask, shape, 1, backend="fast")
+    assert not calls

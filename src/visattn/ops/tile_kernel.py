@@ -36,7 +36,7 @@ from torch import Tensor
 
 from ..masks import Mask
 from ..masks.axis import Progression
-from .local_kernel import LocalLayout, local_layout
+from .local_kernel import LocalLayout, local_attention, local_layout
 from .native import DTYPE_SUFFIX, call, native_library, needs_grad, row_major, strides, supported
 
 __all__ = ["TileList", "bitmap_tiles", "build_tiles", "disjoint_tile_sizes", "progression_attention",
@@ -49,6 +49,7 @@ TAIL_ROWS = 3
 MAX_TILE_QUERIES = 64
 MAX_TRAINING_TILE_QUERIES = 256
 MAX_GRADIENT_COPIES = 8
+GRADIENT_COPY_BYTES = 1 << 30
 
 
 @dataclass(frozen=True, eq=False)
@@ -321,6 +322,16 @@ def tile_attention_available(q: Tensor, k: Tensor, v: Tensor, dropout_p: float =
     return not needs_grad(q, k, v) and _kernel_runs(q, k, v, dropout_p)
 
 
+def gradient_copies() -> int:
+    """Threads, and so per-thread ``dk, dv`` copies, of the backward over tiles that share keys."""
+    return min(torch.get_num_threads(), MAX_GRADIENT_COPIES)
+
+
+def gradient_copy_bytes(k: Tensor, v: Tensor) -> int:
+    """Bytes of the per-thread ``dk, dv`` copies the backward over tiles that share keys would hold."""
+    return gradient_copies() * (k.numel() * k.element_size() + v.numel() * v.element_size())
+
+
 def run_tiles_backward(q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, grad_out: Tensor, tiles: TileList,
                        scale: float) -> tuple[Tensor, Tensor, Tensor]:
     """``dq, dk, dv`` of the attention :func:`run_tiles` computed (with ``lse``) over ``tiles``; rows no tile names
@@ -335,7 +346,7 @@ def run_tiles_backward(q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor
     shared = not tiles.keys_disjoint
     threads = torch.get_num_threads()
     if shared:
-        threads = min(threads, MAX_GRADIENT_COPIES)
+        threads = gradient_copies()
         dk_parts, dv_parts = k.new_zeros(threads, *k.shape), v.new_zeros(threads, *v.shape)
         dk, dv = dk_parts[0], dv_parts[0]
     else:
@@ -402,11 +413,16 @@ def progression_attention(q: Tensor, k: Tensor, v: Tensor, mask: Mask, shape: tu
                           num_prefix_tokens: int = 0, scale: float | None = None,
                           dropout_p: float = 0.0) -> Tensor | None:
     """:func:`tile_attention` over :func:`progression_tiles` of ``mask`` on ``shape``, or None where the kernel cannot
-    run (see the module docstring; also under ``torch.compile``) or the mask has no progression layout."""
+    run (see the module docstring; also under ``torch.compile``) or the mask has no progression layout. Training
+    tiles are :func:`disjoint_tile_sizes` where the mask has them; where tiles share keys and the per-thread gradient
+    copies would exceed ``GRADIENT_COPY_BYTES``, the per-query kernel (no copies) trains instead."""
     if not _kernel_runs(q, k, v, dropout_p):
         return None
     layout = local_layout(mask, shape)
     if layout is None:
         return None
-    sizes = disjoint_tile_sizes(layout) if needs_grad(q, k, v) else None
-    return tile_attention(q, k, v, progression_tiles(layout, num_prefix_tokens, sizes), num_prefix_tokens, scale)
+    training = needs_grad(q, k, v)
+    tiles = progression_tiles(layout, num_prefix_tokens, disjoint_tile_sizes(layout) if training else None)
+    if training and not tiles.keys_disjoint and gradient_copy_bytes(k, v) > GRADIENT_COPY_BYTES:
+        return local_attention(q, k, v, mask, shape, num_prefix_tokens, scale, dropout_p)
+    return tile_attention(q, k, v, tiles, num_prefix_tokens, scale)
