@@ -167,8 +167,8 @@ def gradients(out, inputs, grad):
 
 @settings(max_examples=25, deadline=None)
 @given(kind=st.sampled_from(["window", "grid", "window_1d"]), size=st.integers(1, 5), counts=st.tuples(
-    st.integers(1, 3), st.integers(1, 3)), batch=st.integers(1, 2), dim=st.sampled_from([3, 8, 16, 32]),
-    dim_v=st.sampled_from([5, 16, 48]), contiguous=st.booleans())
+    st.integers(1, 3), st.integers(1, 3)), batch=st.integers(1, 2), dim=st.sampled_from([3, 8, 16, 32, 128]),
+    dim_v=st.sampled_from([5, 16, 48, 80]), contiguous=st.booleans())
 def test_backward_on_disjoint_tiles_matches_reference(kind, size, counts, batch, dim, dim_v, contiguous):
     """Gradients of windows and grids (odd sizes, head dims off the vector width, dv != d, non-contiguous inputs)
     through the kernel's backward equal the float64 reference's."""
@@ -222,7 +222,7 @@ def test_backward_on_hand_built_tiles_with_masks_and_empty_rows():
     assert bool((got[0][:, :, :3] == 0).all())
 
 
-@pytest.mark.parametrize(("dim", "dim_v"), [(32, 32), (64, 64), (24, 40)])
+@pytest.mark.parametrize(("dim", "dim_v"), [(32, 32), (64, 64), (24, 40), (128, 80)])
 def test_backward_float32_within_stated_tolerance(dim, dim_v):
     mask, shape = masks.window_mask(7), (14, 21)
     tiles = progression_tiles(local_layout(mask, shape), 0)

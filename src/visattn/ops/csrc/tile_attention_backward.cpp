@@ -106,18 +106,18 @@ void lane_accumulate(const Workspace<T>& w, const T* const* rows, const T* x, T*
     });
 }
 
-// out[idx[j], :] (+)= factor * sum_{u < nq} x[j, u] rows[u][:C lanes] for the chunk's keys: R keys x C vectors of
-// columns per register block, each x element broadcast.
+// out[idx[j], col : col + C lanes] (+)= factor * sum_{u < nq} x[j, u] rows[u][col : ...] for the chunk's keys: R
+// keys x C vectors of columns per register block, each x element broadcast.
 template <typename T, int C>
 void key_gradient_rows(const Workspace<T>& w, const T* x, const T* const* rows, int64_t nq, T factor, bool add, T* ob,
-                       const int64_t* idx, int64_t keys, int64_t on) {
+                       const int64_t* idx, int64_t keys, int64_t on, int64_t col) {
     using S = Simd<T>;
     constexpr int R = C <= 2 ? 8 : 4;
     for (int64_t j0 = 0; j0 < keys; j0 += R) {
         typename S::vec acc[R][C] = {};
         for (int64_t u = 0; u < nq; ++u) {
             typename S::vec row[C];
-            for (int c = 0; c < C; ++c) row[c] = S::load(rows[u] + c * S::lanes);
+            for (int c = 0; c < C; ++c) row[c] = S::load(rows[u] + col + c * S::lanes);
             for (int r = 0; r < R; ++r) {
                 const T p = x[(j0 + r) * w.rows + u];
                 for (int c = 0; c < C; ++c) acc[r][c] += p * row[c];
@@ -125,23 +125,27 @@ void key_gradient_rows(const Workspace<T>& w, const T* x, const T* const* rows, 
         }
         for (int r = 0; r < R && j0 + r < keys; ++r)
             for (int c = 0; c < C; ++c) {
-                T* dst = ob + idx[j0 + r] * on + c * S::lanes;
+                T* dst = ob + idx[j0 + r] * on + col + c * S::lanes;
                 S::store(dst, add ? S::load(dst) + acc[r][c] * factor : acc[r][c] * factor);
             }
     }
 }
 
-// key_gradient_rows for any width.
+// key_gradient_rows for any width: 4 vectors of columns at a time, then the 1-3 left; scalar where the width is not
+// a multiple of the vector width.
 template <typename T>
 void key_gradients(const Workspace<T>& w, const T* x, const T* const* rows, int64_t nq, int64_t dim, T factor,
                    bool add, T* ob, const int64_t* idx, int64_t keys, int64_t on) {
     constexpr int64_t L = Simd<T>::lanes;
-    if (dim % L == 0 && dim / L <= 4) {
-        switch (dim / L) {
-            case 1: return key_gradient_rows<T, 1>(w, x, rows, nq, factor, add, ob, idx, keys, on);
-            case 2: return key_gradient_rows<T, 2>(w, x, rows, nq, factor, add, ob, idx, keys, on);
-            case 3: return key_gradient_rows<T, 3>(w, x, rows, nq, factor, add, ob, idx, keys, on);
-            default: return key_gradient_rows<T, 4>(w, x, rows, nq, factor, add, ob, idx, keys, on);
+    if (dim % L == 0) {
+        int64_t col = 0;
+        for (; col + 4 * L <= dim; col += 4 * L)
+            key_gradient_rows<T, 4>(w, x, rows, nq, factor, add, ob, idx, keys, on, col);
+        switch ((dim - col) / L) {
+            case 1: return key_gradient_rows<T, 1>(w, x, rows, nq, factor, add, ob, idx, keys, on, col);
+            case 2: return key_gradient_rows<T, 2>(w, x, rows, nq, factor, add, ob, idx, keys, on, col);
+            case 3: return key_gradient_rows<T, 3>(w, x, rows, nq, factor, add, ob, idx, keys, on, col);
+            default: return;
         }
     }
     for (int64_t j = 0; j < keys; ++j)
