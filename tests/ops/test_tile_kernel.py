@@ -357,13 +357,15 @@ def test_training_uses_the_disjoint_tiling(monkeypatch):
         torch.testing.assert_close(g, want)
 
 
-def test_training_falls_back_to_the_per_query_kernel_past_the_copy_budget(monkeypatch):
-    """Where the per-thread dK, dV copies would exceed the budget, the per-query kernel (no copies) trains."""
+@pytest.mark.parametrize("limit", ["GRADIENT_COPY_BYTES", "MAX_GRADIENT_COPIES"])
+def test_training_falls_back_to_the_per_query_kernel_past_the_copy_limits(monkeypatch, limit):
+    """Where the per-thread dK, dV copies would exceed the byte budget, or the backward would leave threads idle,
+    the per-query kernel (no copies) trains."""
     from visattn.ops import local_kernel
 
     calls = []
     per_query = local_kernel.local_attention
-    monkeypatch.setattr(tile_kernel, "GRADIENT_COPY_BYTES", 0)
+    monkeypatch.setattr(tile_kernel, limit, 0)
     monkeypatch.setattr(tile_kernel, "local_attention", lambda *a: calls.append(1) or per_query(*a))
     mask, shape = masks.neighborhood_mask(5), (12, 12)
     leaves = [t.requires_grad_() for t in qkv(1, 2, 1 + 144, 8)]
@@ -374,6 +376,7 @@ def test_training_falls_back_to_the_per_query_kernel_past_the_copy_budget(monkey
                        strict=True):
         torch.testing.assert_close(g, want)
     monkeypatch.setattr(tile_kernel, "GRADIENT_COPY_BYTES", 1 << 30)
+    monkeypatch.setattr(tile_kernel, "MAX_GRADIENT_COPIES", 8)
     calls.clear()
     masked_attention(*leaves, mask, shape, 1, backend="fast")
     assert not calls

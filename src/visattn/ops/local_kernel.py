@@ -15,8 +15,9 @@ The kernel is built on first use (:mod:`visattn.ops.native`); :func:`local_atten
 cannot run (no compiler, non-CPU tensors, dtypes other than float32/float64, attention dropout, tracing under
 ``torch.compile``, or a mask that is not a progression per axis). ``masked_attention`` trains progression masks on
 the fused tile kernel's backward (:mod:`visattn.ops.tile_kernel`), measured 1.05-2.5x faster than this kernel
-(2-D and 1-D neighborhoods), except where that backward's per-thread gradient copies would exceed
-``tile_kernel.GRADIENT_COPY_BYTES``: this kernel needs none. It also serves direct calls and Sparsifiner's per-query
+(2-D and 1-D neighborhoods), except where tiles share keys and that backward would run on more than
+``tile_kernel.MAX_GRADIENT_COPIES`` threads or hold more than ``tile_kernel.GRADIENT_COPY_BYTES`` of per-thread
+gradient copies: this kernel needs none. It also serves direct calls and Sparsifiner's per-query
 key lists (:func:`index_attention`).
 """
 

@@ -414,8 +414,9 @@ def progression_attention(q: Tensor, k: Tensor, v: Tensor, mask: Mask, shape: tu
                           dropout_p: float = 0.0) -> Tensor | None:
     """:func:`tile_attention` over :func:`progression_tiles` of ``mask`` on ``shape``, or None where the kernel cannot
     run (see the module docstring; also under ``torch.compile``) or the mask has no progression layout. Training
-    tiles are :func:`disjoint_tile_sizes` where the mask has them; where tiles share keys and the per-thread gradient
-    copies would exceed ``GRADIENT_COPY_BYTES``, the per-query kernel (no copies) trains instead."""
+    tiles are :func:`disjoint_tile_sizes` where the mask has them. Where tiles share keys and the backward would leave
+    threads idle (more than ``MAX_GRADIENT_COPIES``) or its per-thread gradient copies would exceed
+    ``GRADIENT_COPY_BYTES``, the per-query kernel (no copies, every thread) trains instead."""
     if not _kernel_runs(q, k, v, dropout_p):
         return None
     layout = local_layout(mask, shape)
@@ -423,6 +424,7 @@ def progression_attention(q: Tensor, k: Tensor, v: Tensor, mask: Mask, shape: tu
         return None
     training = needs_grad(q, k, v)
     tiles = progression_tiles(layout, num_prefix_tokens, disjoint_tile_sizes(layout) if training else None)
-    if training and not tiles.keys_disjoint and gradient_copy_bytes(k, v) > GRADIENT_COPY_BYTES:
+    if training and not tiles.keys_disjoint and (torch.get_num_threads() > MAX_GRADIENT_COPIES
+                                                 or gradient_copy_bytes(k, v) > GRADIENT_COPY_BYTES):
         return local_attention(q, k, v, mask, shape, num_prefix_tokens, scale, dropout_p)
     return tile_attention(q, k, v, tiles, num_prefix_tokens, scale)
