@@ -307,19 +307,14 @@ template <typename T>
 void forward(const T* q, const T* k, const T* v, T* out, T* lse, int64_t batch, int64_t heads, int64_t dim,
              int64_t dim_v, Strides qs, Strides ks, Strides vs, Strides os, Strides ls, const Tiles& tiles,
              T scale, int threads) {
-    int64_t max_q = 0;
-    for (int64_t t = 0; t < tiles.count; ++t) max_q = std::max(max_q, tiles.q_ptr[t + 1] - tiles.q_ptr[t]);
     const int64_t work = batch * heads * tiles.count;
     const int64_t run_items = std::clamp<int64_t>(work / (kRunsPerThread * threads), 1, kMaxRun);
     const int64_t runs = (work + run_items - 1) / run_items;
-    const auto at = [&](auto* tensor, Strides st, int64_t item) {
-        const int64_t bh = item / tiles.count;
-        return tensor + (bh / heads) * st.b + (bh % heads) * st.h;
-    };
+    const auto at = [&](auto* tensor, Strides st, int64_t item) { return item_slice(tensor, st, item, tiles, heads); };
     std::atomic<int64_t> claimed{0};
 #pragma omp parallel num_threads(threads)
     {
-        Workspace<T> w(max_q, dim, dim_v);
+        Workspace<T> w(tiles.max_queries(), dim, dim_v);
         for (int64_t run = claimed.fetch_add(1); run < runs;) {
             const int64_t following = claimed.fetch_add(1), end = std::min(work, (run + 1) * run_items);
             for (int64_t item = run * run_items; item < end; ++item) {

@@ -270,16 +270,11 @@ template <typename T>
 void backward(const T* q, const T* k, const T* v, const T* out, const T* dout, const T* lse, T* dq, T* dk, T* dv,
               int64_t batch, int64_t heads, int64_t dim, int64_t dim_v, const GradientStrides& s, const Tiles& tiles,
               int64_t dk_part, int64_t dv_part, bool add_keys, T scale, int threads) {
-    int64_t max_q = 0;
-    for (int64_t t = 0; t < tiles.count; ++t) max_q = std::max(max_q, tiles.q_ptr[t + 1] - tiles.q_ptr[t]);
     const int64_t work = batch * heads * tiles.count;
-    const auto at = [&](auto* tensor, Strides st, int64_t item) {
-        const int64_t bh = item / tiles.count;
-        return tensor + (bh / heads) * st.b + (bh % heads) * st.h;
-    };
+    const auto at = [&](auto* tensor, Strides st, int64_t item) { return item_slice(tensor, st, item, tiles, heads); };
 #pragma omp parallel num_threads(threads)
     {
-        Gradients<T> w(max_q, dim, dim_v);
+        Gradients<T> w(tiles.max_queries(), dim, dim_v);
         const int64_t thread = omp_get_thread_num();
 #pragma omp for schedule(dynamic, 1)
         for (int64_t item = 0; item < work; ++item)

@@ -24,7 +24,21 @@ struct Tiles {
     int64_t count;
     const int64_t *q_ptr, *q_idx, *seg_ptr, *key_ptr, *k_idx, *mask_off;
     const uint8_t* masks;
+
+    int64_t max_queries() const {
+        int64_t most = 0;
+        for (int64_t t = 0; t < count; ++t) most = std::max(most, q_ptr[t + 1] - q_ptr[t]);
+        return most;
+    }
 };
+
+// The (batch, head) slice of ``tensor`` that work item ``item`` (a batch-head times tile count plus a tile) reads or
+// writes.
+template <typename P>
+P* item_slice(P* tensor, Strides st, int64_t item, const Tiles& tiles, int64_t heads) {
+    const int64_t bh = item / tiles.count;
+    return tensor + (bh / heads) * st.b + (bh % heads) * st.h;
+}
 
 template <typename T>
 struct Workspace {
