@@ -6,9 +6,15 @@
 - :mod:`visattn.transforms`: geometric transforms (polar resampling and its inverse);
 - :mod:`visattn.lens`: capture, measure and edit attention inside timm, Hugging Face and visattn models;
 - :func:`list_mixers` / :func:`create_mixer`: the registry.
+
+:mod:`visattn.lens` and :mod:`visattn.cli` are imported on first access (``visattn.lens``), not with the package,
+so that ``import visattn`` stays fast.
 """
 
-from . import lens, masks, nn, ops, transforms
+import importlib
+from types import ModuleType
+
+from . import masks, nn, ops, transforms
 from .nn import Attention, replace_attention
 from .papers import PAPERS
 from .registry import MixerSpec, create_mixer, create_mixer_for_layer, get_mixer_spec, list_mixers, register_mixer
@@ -31,3 +37,16 @@ __all__ = [
     "replace_attention",
     "transforms",
 ]
+
+_LAZY_MODULES = ("cli", "docgen", "lens")
+
+
+def __getattr__(name: str) -> ModuleType:
+    """Import the heavier submodules (the lens, the command line) when first used."""
+    if name in _LAZY_MODULES:
+        return importlib.import_module(f".{name}", __name__)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY_MODULES})

@@ -34,6 +34,12 @@ class MixerSpec:
     def paper(self) -> Paper:
         return PAPERS[self.paper_key]
 
+    @property
+    def causal_default(self) -> bool:
+        """True when the factory's ``is_causal`` defaults to True (a causal mask unless told otherwise)."""
+        parameter = inspect.signature(self.factory).parameters.get("is_causal")
+        return parameter is not None and parameter.default is True
+
 
 _REGISTRY: dict[str, MixerSpec] = {}
 

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import Tensor
-from torch.nn.attention.flex_attention import BlockMask
 
 from .._checks import num_tokens
 from .base import ROW_BUDGET, Mask
+
+if TYPE_CHECKING:
+    from torch.nn.attention.flex_attention import BlockMask
 
 
 def _check_mask(mask: object) -> Mask:
@@ -53,7 +57,10 @@ def to_block_mask(
     The block structure is computed from row chunks of the dense mask (``block_size`` rows at a time, so memory
     stays O(block_size * N)) rather than by ``create_block_mask``'s vmap over all N^2 pairs, which on a CPU
     takes seconds at 16k tokens. Blocks that are entirely allowed are marked full and skip the mask_mod.
+    FlexAttention is imported here, on first use, so that ``import visattn`` stays fast.
     """
+    from torch.nn.attention.flex_attention import BlockMask
+
     _check_mask(mask)
     shape, prefix = mask.bind(shape, num_prefix_tokens)
     if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1:

@@ -5,7 +5,7 @@ from .affine_scaled import AffineScaledMixer
 from .attention import Attention
 from .axial import AxialAttention, LineAttention, MorphAxialAttention
 from .complexformer import ComplexAttentionMixer
-from .davit import ChannelAttention, ChannelGroupMixer, ConvPosEnc, SpatialWindowAttention
+from .davit import ChannelAttention, ChannelGroupMixer, SpatialWindowAttention
 from .deconstructed import DecoupledQKAttention, ElementwiseQKMixer, GatedMLP, TaylorMixer
 from .halo import HaloAttention
 from .hedgehog import HedgehogFeatureMap, HedgehogMixer, softmax_mimicry_loss
@@ -69,3 +69,12 @@ __all__ += ["SparsifinerMixer"]
 __all__ += ["ParoMixer"]
 __all__ += ["HierarchicalMixer"]
 __all__ += ["AxialAttention", "LineAttention", "MorphAxialAttention"]
+
+
+def __getattr__(name: str) -> object:
+    """``ConvPosEnc`` (timm's) is imported on first access: importing timm.models takes seconds."""
+    if name == "ConvPosEnc":
+        from .davit import ConvPosEnc
+
+        return ConvPosEnc
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -9,7 +9,8 @@ tokens and channels: per group (head) of ``C_g = C / heads`` channels, in the re
 with ``s = C_g ** -0.5``, so the cost is O(N C_g^2) per group and q is applied last. The parameter names follow
 ``timm.models.davit`` (``qkv``, ``proj``) so its ``WindowAttention`` and ``ChannelAttention`` weights load
 unchanged and give the same output. The depthwise 3 x 3 convolutional position encoding that precedes both
-attentions is timm's :class:`~timm.models.davit.ConvPosEnc`, re-exported here.
+attentions is timm's :class:`~timm.models.davit.ConvPosEnc`, re-exported here on first access (importing
+``timm.models`` takes seconds, so it is not imported with visattn).
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
-from timm.models.davit import ConvPosEnc
 from torch import Tensor, nn
 
 from .._checks import per_axis
@@ -26,7 +26,8 @@ from ..registry import register_mixer
 from .swin_v2 import window_merge, window_partition
 from .token_mixer import TokenMixer
 
-__all__ = ["ChannelAttention", "ChannelGroupMixer", "ConvPosEnc", "SpatialWindowAttention", "channel_attention"]
+# ConvPosEnc comes from the module __getattr__ below.
+__all__ = ["ChannelAttention", "ChannelGroupMixer", "ConvPosEnc", "SpatialWindowAttention", "channel_attention"]  # noqa: F822
 
 
 def _check_heads(dim: int, num_heads: int) -> None:
@@ -167,3 +168,12 @@ class SpatialWindowAttention(nn.Module):
         x = F.pad(x, (0, 0, 0, pad_w, 0, pad_h))
         out = self.attend_windows(window_partition(x, self.window_size))
         return window_merge(out, self.window_size, (h + pad_h, w + pad_w))[:, :h, :w, :].contiguous()
+
+
+def __getattr__(name: str) -> object:
+    """``ConvPosEnc`` is timm's class, imported from ``timm.models.davit`` on first access."""
+    if name == "ConvPosEnc":
+        from timm.models.davit import ConvPosEnc
+
+        return ConvPosEnc
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

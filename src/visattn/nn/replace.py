@@ -1,13 +1,38 @@
-"""``replace_attention``: swap the attention of a timm vision transformer for visattn's, weights kept."""
+"""``replace_attention``: swap the attention of a timm vision transformer for visattn's, weights kept.
+
+timm is imported on first use, not with visattn: importing timm imports torchvision and torch._dynamo (seconds).
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from timm.layers import Attention as TimmAttention
 from torch import nn
 
+from ..registry import get_mixer_spec
 from .attention import Attention
+
+if TYPE_CHECKING:
+    from timm.layers import Attention as TimmAttention
+
+
+def _timm_attention() -> type[nn.Module]:
+    from timm.layers import Attention as TimmAttention
+
+    return TimmAttention
+
+
+def _check_not_causal_by_default(mixer: str, mixer_kwargs: dict[str, Any]) -> None:
+    """Refuse a mixer that is causal by default unless ``is_causal`` is given: in an image model a causal mask
+    would let each patch see only the patches before it in raster order, silently."""
+    if "is_causal" in mixer_kwargs or not isinstance(mixer, str):
+        return
+    if get_mixer_spec(mixer).causal_default:
+        raise ValueError(
+            f"mixer {mixer!r} is causal by default (is_causal=True): in an image model every patch would see only "
+            "the patches before it in raster order; pass is_causal=False for bidirectional attention over the "
+            "image, or is_causal=True to keep the causal mask on purpose"
+        )
 
 
 def _grid_and_prefix(model: nn.Module) -> tuple[tuple[int, ...] | None, int]:
@@ -25,7 +50,7 @@ def from_timm_attention(module: TimmAttention, mixer: str = "softmax", *, shape:
     The mixer's own parameters (feature maps, gates, temperatures), which timm's module does not have, keep their
     initialisation.
     """
-    if not isinstance(module, TimmAttention):
+    if not isinstance(module, _timm_attention()):
         raise TypeError(f"module must be a timm Attention, got {type(module).__name__}")
     q_norm = module.q_norm
     norm_layer = type(q_norm) if not isinstance(q_norm, nn.Identity) else (
@@ -64,12 +89,17 @@ def replace_attention(model: nn.Module, mixer: str = "softmax", **mixer_kwargs: 
     """Replace every timm ``Attention`` in ``model`` (a timm VisionTransformer or relative) by visattn's
     :class:`Attention` with ``mixer``, keeping the weights, the grid size and the prefix tokens.
 
-    The model is changed in place and returned. With ``mixer="softmax"`` the outputs are unchanged.
+    The model is changed in place and returned. With ``mixer="softmax"`` the outputs are unchanged. A mixer that
+    is causal by default (``lssa``, ``lssar``: the paper's language-model setting) is refused with a
+    ``ValueError`` unless ``is_causal`` is passed explicitly, since a causal mask over image patches is almost
+    never wanted and would change the model silently.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    _check_not_causal_by_default(mixer, mixer_kwargs)
     shape, prefix = _grid_and_prefix(model)
-    targets = [(name, m) for name, m in model.named_modules() if isinstance(m, TimmAttention)]
+    timm_attention = _timm_attention()
+    targets = [(name, m) for name, m in model.named_modules() if isinstance(m, timm_attention)]
     if not targets:
         raise ValueError(f"model ({type(model).__name__}) has no timm Attention module to replace")
     for name, module in targets:
