@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Sequence
 
 import torch
@@ -111,3 +112,19 @@ def check_tokens(n: int, shape: Shape, num_prefix_tokens: int, name: str = "q") 
             f"{name} has N={n} tokens but shape={shape} with num_prefix_tokens={num_prefix_tokens} "
             f"describes {expected} (prod(shape) + num_prefix_tokens)"
         )
+
+
+def check_scale(scale: object, name: str = "scale") -> float | None:
+    """``scale`` as a Python float (None stays None): an int, float or NumPy real scalar that is finite; a tensor,
+    a bool or a non-finite value raises, so nothing else reaches a kernel's ``double`` argument."""
+    if scale is None:
+        return None
+    if isinstance(scale, torch.Tensor):
+        raise TypeError(f"{name} must be a Python float or None, got a tensor ({scale.dtype}, shape "
+                        f"{tuple(scale.shape)}); pass float({name}) (it is a constant of the call, not data)")
+    if isinstance(scale, bool) or not isinstance(scale, numbers.Real):
+        raise TypeError(f"{name} must be a real number or None, got {type(scale).__name__}")
+    value = float(scale)
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value!r}")
+    return value

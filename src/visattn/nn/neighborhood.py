@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from .._checks import per_axis, per_axis_bool
 from ..masks import neighborhood_mask
-from ..ops import tiled_attention
+from ..ops.engines.sdpa_tiles import tiled_attention
 
 
 class NeighborhoodAttention(nn.Module):

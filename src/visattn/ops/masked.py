@@ -23,7 +23,7 @@ from torch.nn.attention.flex_attention import BlockMask
 from .._checks import as_shape, check_qkv, check_tokens
 from ..masks import CausalMask, FullMask, Mask, materialize, to_block_mask
 from . import reference
-from .flex import run_flex_attention
+from .engines.flex import run_flex_attention
 
 BACKENDS = ("auto", "dense", "flex", "fast", "reference")
 DENSE_MAX_TOKENS = 16384

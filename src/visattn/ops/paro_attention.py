@@ -27,7 +27,7 @@ from .._checks import check_qkv
 from .masked import sdpa_bool_mask
 from .native import row_major
 from .paro_quant import fake_quant_tiles, fake_quant_tokens
-from .tile_kernel import TileList, bitmap_tiles, run_tiles, tile_attention_available
+from .engines.fused_tiles import TileList, bitmap_tiles, run_tiles, tile_attention_available
 
 __all__ = ["bitmap_token_mask", "paro_block_sparse_attention"]
 

@@ -92,30 +92,13 @@ int64_t pair_list(const Layout& layout, int64_t index, int64_t* out) {
     return n;
 }
 
-inline float hsum(Simd<float>::vec v) {
-    typedef float half __attribute__((vector_size(32)));
-    typedef float quarter __attribute__((vector_size(16)));
-    half h = __builtin_shufflevector(v, v, 0, 1, 2, 3, 4, 5, 6, 7) +
-             __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15);
-    quarter r = __builtin_shufflevector(h, h, 0, 1, 2, 3) + __builtin_shufflevector(h, h, 4, 5, 6, 7);
-    return (r[0] + r[2]) + (r[1] + r[3]);
-}
-
-inline double hsum(Simd<double>::vec v) {
-    typedef double half __attribute__((vector_size(32)));
-    typedef double quarter __attribute__((vector_size(16)));
-    half h = __builtin_shufflevector(v, v, 0, 1, 2, 3) + __builtin_shufflevector(v, v, 4, 5, 6, 7);
-    quarter r = __builtin_shufflevector(h, h, 0, 1) + __builtin_shufflevector(h, h, 2, 3);
-    return r[0] + r[1];
-}
-
 template <typename T>
 inline T dot(const T* __restrict a, const T* __restrict b, int64_t dim) {
     using S = Simd<T>;
     typename S::vec acc = {};
     int64_t d = 0;
     for (; d + S::lanes <= dim; d += S::lanes) acc += S::load(a + d) * S::load(b + d);
-    T total = hsum(acc);
+    T total = hsum<T>(acc);
     for (; d < dim; ++d) total += a[d] * b[d];
     return total;
 }
@@ -143,7 +126,7 @@ void gathered_dots(const T* x, const T* base, const int64_t* rows, int64_t n, in
             const T* r = base + rows[j] * stride;
             typename S::vec prod = xv[0] * S::load(r);
             for (int c = 1; c < C; ++c) prod += xv[c] * S::load(r + c * S::lanes);
-            out[j] = hsum(prod);
+            out[j] = hsum<T>(prod);
         }
     } else {
         for (; j < n; ++j) out[j] = dot(x, base + rows[j] * stride, dim);

@@ -183,7 +183,7 @@ void tail_rows(Workspace<T>& w, int64_t first, int64_t tail, int64_t keys, const
         typename S::vec tops = S::splat(m);
         for (int64_t j0 = 0; j0 < width; j0 += L) tops = S::max(tops, S::load(s + j0));
         T top = tops[0];
-        for (int64_t r = 1; r < L; ++r) top = std::max(top, tops[r]);
+        for (int64_t r = 1; r < L; ++r) top = max_of(top, tops[r]);
         const T shift = top == T(-INFINITY) ? T(0) : top;
         typename S::vec total = S::splat(0);
         for (int64_t j0 = 0; j0 < width; j0 += L) {
@@ -224,7 +224,7 @@ void tail_rows(Workspace<T>& w, int64_t first, int64_t tail, int64_t keys, const
 }
 
 // out[tile queries] = (Ot / l)^T for the first nq and from the tail rows after them; lse = m + log l (0 and -inf
-// for queries that saw no key).
+// for queries that saw no key, or whose scores were all -inf: l = 0; NaN rows keep their NaN l, out and lse).
 template <typename T>
 void store_outputs(Workspace<T>& w, T* ob, T* lseb, const int64_t* qi, int64_t nq, int64_t tail, int64_t on,
                    int64_t lse_n, int64_t dim_v) {
@@ -232,7 +232,7 @@ void store_outputs(Workspace<T>& w, T* ob, T* lseb, const int64_t* qi, int64_t n
     constexpr int64_t L = S::lanes;
     for (int64_t u0 = 0; u0 < nq; u0 += L) {
         const typename S::vec l = S::load(&w.l[u0]);
-        const typename S::vec inv = S::select(l > S::splat(0), S::splat(1) / l, S::splat(0));
+        const typename S::vec inv = S::select(l == S::splat(0), S::splat(0), S::splat(1) / l);
         if (dim_v % L == 0) {
             typename S::vec block[L];
             for (int64_t c0 = 0; c0 < dim_v; c0 += L) {
@@ -246,12 +246,12 @@ void store_outputs(Workspace<T>& w, T* ob, T* lseb, const int64_t* qi, int64_t n
         }
         if (lseb)
             for (int64_t r = 0; r < L && u0 + r < nq; ++r)
-                lseb[qi[u0 + r] * lse_n] = l[r] > 0 ? w.m[u0 + r] + std::log(l[r]) : T(-INFINITY);
+                lseb[qi[u0 + r] * lse_n] = l[r] == 0 ? T(-INFINITY) : w.m[u0 + r] + std::log(l[r]);
     }
     for (int64_t i = 0; i < tail; ++i) {
-        const T l = w.l[nq + i], inv = l > 0 ? T(1) / l : T(0);
+        const T l = w.l[nq + i], inv = l == 0 ? T(0) : T(1) / l;
         for (int64_t c = 0; c < dim_v; ++c) ob[qi[nq + i] * on + c] = w.o_tail[i * dim_v + c] * inv;
-        if (lseb) lseb[qi[nq + i] * lse_n] = l > 0 ? w.m[nq + i] + std::log(l) : T(-INFINITY);
+        if (lseb) lseb[qi[nq + i] * lse_n] = l == 0 ? T(-INFINITY) : w.m[nq + i] + std::log(l);
     }
 }
 

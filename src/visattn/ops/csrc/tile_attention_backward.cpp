@@ -7,7 +7,9 @@
 #include <cstdint>
 #include <vector>
 
+#ifdef _OPENMP
 #include <omp.h>
+#endif
 
 #include "tile_common.h"
 
@@ -112,7 +114,8 @@ template <typename T, int C>
 void key_gradient_rows(const Workspace<T>& w, const T* x, const T* const* rows, int64_t nq, T factor, bool add, T* ob,
                        const int64_t* idx, int64_t keys, int64_t on, int64_t col) {
     using S = Simd<T>;
-    constexpr int R = C <= 2 ? 8 : 4;
+    // R x C accumulators, C row vectors and a broadcast within the register file (32 or 16 vectors).
+    constexpr int R = kVectorRegisters >= 32 ? (C <= 2 ? 8 : 4) : (C == 1 ? 8 : C == 2 ? 4 : 2);
     for (int64_t j0 = 0; j0 < keys; j0 += R) {
         typename S::vec acc[R][C] = {};
         for (int64_t u = 0; u < nq; ++u) {
@@ -275,7 +278,11 @@ void backward(const T* q, const T* k, const T* v, const T* out, const T* dout, c
 #pragma omp parallel num_threads(threads)
     {
         Gradients<T> w(tiles.max_queries(), dim, dim_v);
+#ifdef _OPENMP
         const int64_t thread = omp_get_thread_num();
+#else
+        const int64_t thread = 0;
+#endif
 #pragma omp for schedule(dynamic, 1)
         for (int64_t item = 0; item < work; ++item)
             backward_tile<T>(at(q, s.q, item), at(k, s.k, item), at(v, s.v, item), at(out, s.out, item),

@@ -13,7 +13,9 @@
 namespace visattn::tile {
 
 constexpr int64_t kChunk = 64;
-constexpr int kBlock = 8;
+// Keys (scores) or value dims (output) per register block: kBlock x 3 vectors of accumulators, 3 of queries and a
+// broadcast fit in 32 vector registers (AVX-512, AArch64) with 8; with the 16 of AVX2 and SSE, 4.
+constexpr int kBlock = kVectorRegisters >= 32 ? 8 : 4;
 // A tile whose query count exceeds a multiple of the vector width by at most this many rows runs those rows one at a
 // time (tail_rows) instead of in a vector of mostly padding: a 7x7 window is 48 rows in lanes and one alone.
 constexpr int64_t kTailRows = 3;

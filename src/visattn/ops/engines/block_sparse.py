@@ -25,11 +25,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .._checks import Shape, as_shape, check_qkv, check_tokens, num_tokens
-from ..masks import Mask, RadialMask
-from ..masks.base import ROW_BUDGET
-from .masked import register_fast_path
-from .tile_kernel import MAX_TILE_QUERIES, TileList, build_tiles, tile_attention, tile_attention_available
+from ..._checks import Shape, as_shape, check_qkv, check_tokens, num_tokens
+from ...masks import Mask, RadialMask
+from ...masks.base import ROW_BUDGET
+from ..masked import register_fast_path
+from .fused_tiles import MAX_TILE_QUERIES, TileList, build_tiles, tile_attention, tile_attention_available
 
 FULL_TILE = 0
 EMPTY_TILE = 1

@@ -34,10 +34,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..masks import Mask
-from ..masks.axis import Progression
-from .local_kernel import LocalLayout, local_attention, local_layout
-from .native import DTYPE_SUFFIX, call, native_library, needs_grad, row_major, strides, supported
+from ...masks import Mask
+from ...masks.axis import Progression
+from .per_query import LocalLayout, local_attention, local_layout
+from ..native import DTYPE_SUFFIX, call, native_library, needs_grad, row_major, strides, supported
 
 __all__ = ["TileList", "bitmap_tiles", "build_tiles", "disjoint_tile_sizes", "progression_attention",
            "progression_tiles", "run_tiles_backward", "tile_attention", "tile_attention_available"]

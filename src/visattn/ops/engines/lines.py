@@ -21,10 +21,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .._checks import Shape, as_shape, check_qkv, check_tokens, num_tokens
-from ..masks import AxialMask
-from .masked import register_fast_path
-from .tile_kernel import progression_attention
+from ..._checks import Shape, as_shape, check_qkv, check_tokens, num_tokens
+from ...masks import AxialMask
+from ..masked import register_fast_path
+from .fused_tiles import progression_attention
 
 
 def to_lines(x: Tensor, shape: Shape, axis: int) -> Tensor:

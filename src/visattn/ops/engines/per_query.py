@@ -32,10 +32,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .._checks import Shape
-from ..masks import Mask, SeparableMask, SlidingWindowMask
-from ..masks.axis import AxisRule, Progression
-from .native import DTYPE_SUFFIX, call, native_library, needs_grad, row_major, strides, supported
+from ..._checks import Shape
+from ...masks import Mask, SeparableMask, SlidingWindowMask
+from ...masks.axis import AxisRule, Progression
+from ..native import DTYPE_SUFFIX, call, native_library, needs_grad, row_major, strides, supported
 
 __all__ = ["LocalLayout", "axis_progression", "index_attention", "local_attention", "local_layout",
            "transposed_progression"]

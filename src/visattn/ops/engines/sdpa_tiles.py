@@ -21,12 +21,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .._checks import Shape, as_shape, check_qkv, check_tokens, num_tokens
-from ..masks import Mask, SeparableMask, SequenceMask, SlidingWindowMask
-from .masked import register_fast_path
-from .tile_kernel import progression_attention
-from .tiled_autograd import gather_rows, scatter_rows, select_rows, unfold_windows
-from .tiled_plan import PlanTensors, TilePlan, tile_plan
+from ..._checks import Shape, as_shape, check_qkv, check_tokens, num_tokens
+from ...masks import Mask, SeparableMask, SequenceMask, SlidingWindowMask
+from ..masked import register_fast_path
+from .fused_tiles import progression_attention
+from .tile_autograd import gather_rows, scatter_rows, select_rows, unfold_windows
+from .tile_plan import PlanTensors, TilePlan, tile_plan
 
 __all__ = ["TilePlan", "key_tiles", "run_tile_plan", "tile_plan", "tiled_attention"]
 

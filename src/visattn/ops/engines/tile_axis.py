@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..masks import (
+from ...masks import (
     AxisRule,
     BlockAxis,
     CausalAxis,

@@ -38,10 +38,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .._checks import Shape, num_tokens
-from ..masks import Mask, SeparableMask, SequenceMask
-from ..masks.axis import AxisRule
-from .tiled_axis import AxisTiles, axis_layout
+from ..._checks import Shape, num_tokens
+from ...masks import Mask, SeparableMask, SequenceMask
+from ...masks.axis import AxisRule
+from .tile_axis import AxisTiles, axis_layout
 
 BLOCK_COST = 690.0
 KEY_COST = 12.4

@@ -1,0 +1,1 @@
+"""The engines that compute masked attention: how, never when (:mod:`visattn.ops.dispatch` decides when)."""
