@@ -46,7 +46,12 @@ def test_json_round_trip(tmp_path):
     path = tmp_path / "report.json"
     report.write_json(path)
     data = json.loads(path.read_text())
-    assert set(data) == {"environment", "settings", "records", "exponents", "sdpa_exponent"}
+    assert set(data) == {"environment", "settings", "records", "exponents", "sdpa_exponent", "exponent_fits",
+                         "sdpa_exponent_fit", "fit_rule", "noisy_records"}
+    assert data["exponent_fits"]["local"] == {"alpha": pytest.approx(1.0), "stderr": pytest.approx(0.0, abs=1e-9),
+                                              "points": 3, "sound": True}
+    assert data["exponent_fits"]["never"] is None and data["sdpa_exponent_fit"]["points"] == 3
+    assert data["fit_rule"] == {"min_points": 3, "max_stderr": 0.1}
     assert data["records"][0]["kwargs"] == {"kernel_size": [3, 5], "rule": "code"}
     assert data["settings"]["heads"] == 4 and data["environment"]["torch_threads"] >= 1
     assert len(data["records"]) == 9 and data["records"][2]["median_ms"] is None

@@ -12,11 +12,11 @@ from visattn.bench.budget import predict_memory_bytes
 from visattn.bench.runner import _measure, _prepare, _Prepared, default_cases
 from visattn.nn import TokenMixer
 
-FAST = {"repeats": 2, "measure_memory": False}
+FAST = {"repeats": 2, "measure_memory": False, "min_sample_s": 0.0}
 
 
 def test_records_are_consistent():
-    settings = BenchSettings(heads=2, head_dim=8, batch=2, measure_memory=True, repeats=3)
+    settings = BenchSettings(heads=2, head_dim=8, batch=2, measure_memory=True, repeats=3, min_sample_s=0.0)
     seen = []
     report = run_bench(["softmax", "neighborhood:kernel_size=3", "sliding:window_size=5"], [6, 4], settings,
                        on_record=seen.append)
@@ -42,8 +42,10 @@ def test_records_are_consistent():
     assert report.records[2].shape == [16] and report.records[1].shape == [4, 4]
     data = json.loads(json.dumps(report.to_dict()))
     assert set(data["exponents"]) == {"softmax", "neighborhood(kernel_size=3)", "sliding(window_size=5)"}
-    assert all(isinstance(e, float) for e in data["exponents"].values())
-    assert isinstance(data["sdpa_exponent"], float)
+    assert all(e is None for e in data["exponents"].values())  # two sizes: no error estimate, no exponent
+    assert data["sdpa_exponent"] is None
+    assert all(f["points"] == 2 and f["stderr"] is None and isinstance(f["alpha"], float)
+               for f in data["exponent_fits"].values())
 
 
 def test_backward_counts_three_times_the_forward_flops():
@@ -84,7 +86,7 @@ def test_mixer_skip_skips_the_baseline():
 
 
 def test_memory_estimate_follows_measured_peaks():
-    settings = BenchSettings(repeats=1, measure_memory=True)
+    settings = BenchSettings(repeats=1, measure_memory=True, min_sample_s=0.0)
     records = run_bench(["axial"], [8, 12, 16], settings).records
     assert all(r.skipped is None and r.peak_memory_bytes > 0 for r in records)
     mixer = visattn.create_mixer("axial")
@@ -187,4 +189,4 @@ def test_mixers_that_use_the_layer_input_get_x(backward):
     assert record.skipped is None and record.attended_pairs is None and record.gflops is None
     assert record.ratio_to_sdpa > 0
     assert set(mixer.seen) == {((3, 10, 8), torch.float64, backward)}
-    assert len(mixer.seen) == 1 + settings.repeats
+    assert len(mixer.seen) == settings.warmup + 1 + settings.repeats  # warm-up, probe, one call per sample

@@ -1,5 +1,6 @@
 """Results of a benchmark run: one :class:`BenchRecord` per (mixer, size), and the :class:`BenchReport` with
-the fitted scaling exponents, written to JSON."""
+the fitted scaling exponents (reported only where the fit is sound, see :mod:`visattn.bench.fit`), written to
+JSON."""
 
 from __future__ import annotations
 
@@ -12,14 +13,17 @@ from typing import Any
 
 import torch
 
-from .fit import fit_exponent
+from .fit import MAX_FIT_ERROR, MIN_FIT_POINTS, ExponentFit, fit_exponent_with_error
 from .settings import BenchSettings
 
 
 @dataclass
 class BenchRecord:
-    """One (mixer, size). Times in milliseconds (median and quartiles over ``repeats`` calls); ``spread_ms`` is
-    ``p75_ms - p25_ms``. ``density = attended_pairs / tokens^2``; ``gflops`` is useful GFLOP/s
+    """One (mixer, size). Times in milliseconds per call (median and quartiles over ``repeats`` samples, each a
+    burst of ``calls_per_sample`` consecutive calls, raw in ``samples_ms``); ``spread_ms`` is ``p75_ms - p25_ms``
+    and ``relative_spread`` is ``spread_ms / median_ms`` (``sdpa_`` fields: the same for the baseline). ``noisy``
+    is True when the relative spread of the mixer or of the timed baseline exceeds the settings' ``spread_limit``
+    (None when the mixer was not timed). ``density = attended_pairs / tokens^2``; ``gflops`` is useful GFLOP/s
     (:mod:`visattn.bench.flops`); ``ratio_to_sdpa = sdpa_median_ms / median_ms`` (> 1: faster than dense SDPA
     on the same q, k, v, measured alternately in the same run). ``peak_memory_bytes`` is what the call allocates
     (:mod:`visattn.bench.memory`), ``estimated_memory_bytes`` the estimate, inputs included, that the memory
@@ -50,13 +54,22 @@ class BenchRecord:
     spread_ms: float | None = None
     min_ms: float | None = None
     max_ms: float | None = None
+    relative_spread: float | None = None
+    calls_per_sample: int | None = None
+    samples_ms: list[float] | None = None
     gflops: float | None = None
     peak_memory_bytes: int | None = None
     sdpa_median_ms: float | None = None
+    sdpa_p25_ms: float | None = None
+    sdpa_p75_ms: float | None = None
     sdpa_spread_ms: float | None = None
+    sdpa_relative_spread: float | None = None
+    sdpa_calls_per_sample: int | None = None
+    sdpa_samples_ms: list[float] | None = None
     sdpa_gflops: float | None = None
     sdpa_peak_memory_bytes: int | None = None
     ratio_to_sdpa: float | None = None
+    noisy: bool | None = None
     skipped: str | None = None
     sdpa_skipped: str | None = None
 
@@ -74,13 +87,22 @@ def _jsonable(value: Any) -> Any:
     return repr(value)
 
 
-def exponents_by_label(records: list[BenchRecord]) -> dict[str, float | None]:
-    """Per mixer label: the fitted exponent of ``median_ms`` against ``tokens`` over its timed sizes."""
-    out: dict[str, float | None] = {}
+def exponent_fits(records: list[BenchRecord]) -> dict[str, ExponentFit | None]:
+    """Per mixer label: the fit of ``median_ms`` against ``tokens`` over its timed sizes (None below two)."""
+    out: dict[str, ExponentFit | None] = {}
     for label in dict.fromkeys(r.label for r in records):
         timed = [r for r in records if r.label == label and r.median_ms is not None]
-        out[label] = fit_exponent([r.tokens for r in timed], [r.median_ms for r in timed]) if timed else None
+        out[label] = fit_exponent_with_error([r.tokens for r in timed], [r.median_ms for r in timed]) if timed else None
     return out
+
+
+def _sound(fit: ExponentFit | None) -> float | None:
+    return fit.alpha if fit is not None and fit.sound() else None
+
+
+def exponents_by_label(records: list[BenchRecord]) -> dict[str, float | None]:
+    """Per mixer label: the fitted exponent where the fit is sound (:meth:`ExponentFit.sound`), else None."""
+    return {label: _sound(fit) for label, fit in exponent_fits(records).items()}
 
 
 def sdpa_times(records: list[BenchRecord]) -> dict[int, float]:
@@ -92,10 +114,21 @@ def sdpa_times(records: list[BenchRecord]) -> dict[int, float]:
     return {n: statistics.median(ts) for n, ts in sorted(by_tokens.items())}
 
 
-def sdpa_exponent(records: list[BenchRecord]) -> float | None:
-    """The fitted exponent of dense SDPA's time against tokens."""
+def sdpa_exponent_fit(records: list[BenchRecord]) -> ExponentFit | None:
+    """The fit of dense SDPA's time against tokens."""
     times = sdpa_times(records)
-    return fit_exponent(list(times), list(times.values())) if times else None
+    return fit_exponent_with_error(list(times), list(times.values())) if times else None
+
+
+def sdpa_exponent(records: list[BenchRecord]) -> float | None:
+    """The fitted exponent of dense SDPA's time against tokens where the fit is sound, else None."""
+    return _sound(sdpa_exponent_fit(records))
+
+
+def _fit_dict(fit: ExponentFit | None) -> dict[str, Any] | None:
+    if fit is None:
+        return None
+    return {"alpha": fit.alpha, "stderr": fit.stderr, "points": fit.points, "sound": fit.sound()}
 
 
 def environment() -> dict[str, Any]:
@@ -127,6 +160,10 @@ class BenchReport:
             "records": [r.to_dict() for r in self.records],
             "exponents": exponents_by_label(self.records),
             "sdpa_exponent": sdpa_exponent(self.records),
+            "exponent_fits": {k: _fit_dict(v) for k, v in exponent_fits(self.records).items()},
+            "sdpa_exponent_fit": _fit_dict(sdpa_exponent_fit(self.records)),
+            "fit_rule": {"min_points": MIN_FIT_POINTS, "max_stderr": MAX_FIT_ERROR},
+            "noisy_records": sum(bool(r.noisy) for r in self.records),
         }
 
     def write_json(self, path: str | os.PathLike[str]) -> None:

@@ -1,10 +1,12 @@
 """Run the benchmark: every mixer at every size, timed against dense SDPA on the same q, k, v in the same run.
 
-For each (mixer, size): count the attended pairs, estimate the memory, skip if a budget would be exceeded,
-make q, k, v, make ``warmup`` calls (the first timed against the time budget), then ``repeats`` timed calls
-of the mixer alternating with dense ``scaled_dot_product_attention`` (no mask), so both see the same machine
-load; finally one profiled call of each for peak memory. Sizes run smallest first, so each mixer's time at a
-size can be predicted from the smaller ones.
+Before anything is timed, every native kernel library is built (:mod:`visattn.bench.prebuild`), so that no build
+counts against a budget or a time. For each (mixer, size): count the attended pairs, estimate the memory, skip if
+a budget would be exceeded, make q, k, v, make ``warmup`` untimed calls (one-time set-up), one probe call timed
+against the time budget, then ``repeats`` samples of the mixer interleaved with as many of dense
+``scaled_dot_product_attention`` (no mask), so both see the same machine load. Each sample is a burst of
+consecutive calls lasting at least ``min_sample_s`` (sized by the probe call). Finally one profiled call of each
+for peak memory. Sizes run smallest first, so each mixer's time at a size can be predicted from the smaller ones.
 """
 
 from __future__ import annotations
@@ -31,9 +33,10 @@ from .case import BenchCase, build_mixer, mixer_kwargs, parse_case, preset_for
 from .flops import attended_pairs, gflops_per_second, useful_flops
 from .layout import Size, infer_layout, nominal_tokens, resolve_shape
 from .memory import peak_memory_bytes
+from .prebuild import prebuild_native_kernels
 from .record import BenchRecord, BenchReport
 from .settings import BenchSettings
-from .timing import summarize, synchronizer, time_call
+from .timing import Timing, calls_per_sample, interleaved_bursts, summarize, synchronizer, time_call
 
 DEFAULT_SIZES: tuple[int, ...] = (32, 48, 64)
 """Default nominal sides: 1,024, 2,304 and 4,096 tokens (every registered mixer in well under 3 minutes on two
@@ -114,13 +117,17 @@ def _call(fn: Callable[[], Tensor], inputs: Sequence[Tensor], backward: bool) ->
     return forward_backward
 
 
-def _first_call(call: Call, sync: Call, budget_s: float) -> str | None:
-    """Make the first (warm-up) call; why the size is skipped after it, or None."""
+def _warm_up_and_probe(call: Call, sync: Call, warmup: int, budget_s: float) -> tuple[float | None, str | None]:
+    """Make ``warmup`` untimed calls, then one probe call timed against ``budget_s``: its seconds and None, or
+    None and why the size is skipped."""
     try:
+        for _ in range(warmup):
+            call()
         seconds = time_call(call, sync)
     except SKIPPABLE_ERRORS as err:
-        return f"{type(err).__name__}: {err}"
-    return measured_time_skip_reason(seconds, budget_s)
+        return None, f"{type(err).__name__}: {err}"
+    reason = measured_time_skip_reason(seconds, budget_s)
+    return (None, reason) if reason else (seconds, None)
 
 
 def _measure(prepared: _Prepared, size: Size, settings: BenchSettings, history: list[tuple[int, float]],
@@ -162,12 +169,22 @@ def _measure(prepared: _Prepared, size: Size, settings: BenchSettings, history: 
     return record
 
 
+def _store(record: BenchRecord, timing: Timing, calls: int, sdpa: bool) -> None:
+    prefix = "sdpa_" if sdpa else ""
+    for name in ("median_ms", "p25_ms", "p75_ms", "spread_ms", "relative_spread"):
+        setattr(record, prefix + name, getattr(timing, name))
+    setattr(record, prefix + "calls_per_sample", calls)
+    setattr(record, prefix + "samples_ms", list(timing.samples_ms))
+    if not sdpa:
+        record.min_ms, record.max_ms = timing.min_ms, timing.max_ms
+
+
 def _time(record: BenchRecord, mixer: Any, shape: tuple[int, ...], settings: BenchSettings,
           history: list[tuple[int, float]], sdpa_history: list[tuple[int, float]]) -> None:
-    """Fill ``record``'s timings, GFLOP/s, ratio and peak memory: warm-up, alternating repeats, one profiled call
-    each. Mixers that need calibration (``calibrate_qk``, e.g. PARO) are calibrated on the run's own q, k first,
-    outside the timed calls. The SDPA baseline has its own budget checks; when it is skipped the mixer is still
-    timed."""
+    """Fill ``record``'s timings, GFLOP/s, ratio and peak memory: warm-up and probe, interleaved bursts, one
+    profiled call each. Mixers that need calibration (``calibrate_qk``, e.g. PARO) are calibrated on the run's
+    own q, k first, outside the timed calls. The SDPA baseline has its own budget checks; when it is skipped the
+    mixer is still timed."""
     s, tokens = settings, record.tokens
     q, k, v, x = _inputs(s, tokens)
     params = [p for p in mixer.parameters() if p.requires_grad] if isinstance(mixer, torch.nn.Module) else []
@@ -180,25 +197,24 @@ def _time(record: BenchRecord, mixer: Any, shape: tuple[int, ...], settings: Ben
     sdpa = _call(lambda: F.scaled_dot_product_attention(q, k, v), (q, k, v), s.backward)
     sync = synchronizer(s.torch_device)
 
-    record.skipped = _first_call(call, sync, s.time_budget_s)
+    seconds, record.skipped = _warm_up_and_probe(call, sync, s.warmup, s.time_budget_s)
     if record.skipped:
         return
     sdpa_estimate = sdpa_memory_bytes(s.batch, s.heads, tokens, s.head_dim, s.torch_dtype.itemsize, s.backward)
     record.sdpa_skipped = (memory_skip_reason(sdpa_estimate, s.memory_budget)
-                           or predicted_time_skip_reason(sdpa_history, tokens, s.time_budget_s)
-                           or _first_call(sdpa, sync, s.time_budget_s))
-    calls = [call] if record.sdpa_skipped else [call, sdpa]
-    for _ in range(s.warmup - 1):
-        for fn in calls:
-            fn()
-    samples: list[list[float]] = [[] for _ in calls]
-    for _ in range(s.repeats):
-        for fn, times in zip(calls, samples, strict=True):
-            times.append(1e3 * time_call(fn, sync))
+                           or predicted_time_skip_reason(sdpa_history, tokens, s.time_budget_s))
+    probes = [seconds]
+    if not record.sdpa_skipped:
+        sdpa_seconds, record.sdpa_skipped = _warm_up_and_probe(sdpa, sync, s.warmup, s.time_budget_s)
+        if sdpa_seconds is not None:
+            probes.append(sdpa_seconds)
+    fns = [call, sdpa][:len(probes)]
+    calls = [calls_per_sample(p, s.min_sample_s) for p in probes]
+    samples = interleaved_bursts(fns, calls, s.repeats, sync)
 
     timing = summarize(samples[0])
-    record.median_ms, record.p25_ms, record.p75_ms = timing.median_ms, timing.p25_ms, timing.p75_ms
-    record.spread_ms, record.min_ms, record.max_ms = timing.spread_ms, timing.min_ms, timing.max_ms
+    _store(record, timing, calls[0], sdpa=False)
+    record.noisy = timing.relative_spread > s.spread_limit
     history.append((tokens, timing.median_ms / 1e3))
     if record.flops is not None:
         record.gflops = gflops_per_second(record.flops, timing.median_ms)
@@ -207,8 +223,9 @@ def _time(record: BenchRecord, mixer: Any, shape: tuple[int, ...], settings: Ben
     if record.sdpa_skipped:
         return
     sdpa_timing = summarize(samples[1])
-    record.sdpa_median_ms, record.sdpa_spread_ms = sdpa_timing.median_ms, sdpa_timing.spread_ms
+    _store(record, sdpa_timing, calls[1], sdpa=True)
     record.ratio_to_sdpa = sdpa_timing.median_ms / timing.median_ms
+    record.noisy = record.noisy or sdpa_timing.relative_spread > s.spread_limit
     dense_flops = useful_flops(tokens * tokens, s.heads, s.head_dim, s.batch, s.backward)
     record.sdpa_gflops = gflops_per_second(dense_flops, sdpa_timing.median_ms)
     sdpa_history.append((tokens, sdpa_timing.median_ms / 1e3))
@@ -246,6 +263,8 @@ def iter_bench(cases: Iterable[BenchCase | str] | None = None, sizes: Iterable[S
         raise ValueError("sizes must hold at least one size, got none")
     for size in sizes:
         resolve_shape(size, "2d")
+    if settings.torch_device.type == "cpu":
+        prebuild_native_kernels()
     prepared = [_prepare(case, settings) for case in cases]
     histories: list[list[tuple[int, float]]] = [[] for _ in prepared]
     memory_histories: list[list[tuple[int, int]]] = [[] for _ in prepared]

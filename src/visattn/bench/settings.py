@@ -22,10 +22,13 @@ class BenchSettings:
     """How every (mixer, size) is measured.
 
     q, k, v are ``(batch, heads, num_prefix_tokens + prod(shape), head_dim)`` standard-normal tensors of
-    ``dtype`` on ``device``. Each measurement makes ``warmup`` untimed calls (the first is timed against the
-    time budget and pays one-time set-up such as building masks), then ``repeats`` timed calls alternating
-    with the same number of dense SDPA calls on the same q, k, v. ``backward`` times forward + backward of
-    ``out.sum()``. ``memory_budget`` (bytes) and ``time_budget_s`` (seconds per call) decide skips;
+    ``dtype`` on ``device``. Each measurement makes ``warmup`` untimed calls (they pay one-time set-up such as
+    building masks, and count against no budget), then one probe call timed against ``time_budget_s``, then
+    ``repeats`` samples of the mixer interleaved with as many of dense SDPA on the same q, k, v. A sample is a
+    burst of consecutive calls lasting at least ``min_sample_s`` seconds (by the probe), so that calls of a few
+    milliseconds are not measured in the machine's transitions. A record whose interquartile range exceeds
+    ``spread_limit`` times its median (mixer or SDPA) is flagged as noisy. ``backward`` times forward +
+    backward of ``out.sum()``. ``memory_budget`` (bytes) and ``time_budget_s`` (seconds per call) decide skips;
     ``measure_memory`` adds one profiled call per mixer and per SDPA baseline.
     """
 
@@ -35,8 +38,10 @@ class BenchSettings:
     dtype: str = "float32"
     device: str = "cpu"
     backward: bool = False
-    repeats: int = 3
+    repeats: int = 5
     warmup: int = 1
+    min_sample_s: float = 0.1
+    spread_limit: float = 0.25
     num_prefix_tokens: int = 0
     memory_budget: int = field(default_factory=default_memory_budget)
     time_budget_s: float = 5.0
@@ -61,6 +66,10 @@ class BenchSettings:
         budget = self.time_budget_s
         if isinstance(budget, bool) or not isinstance(budget, (int, float)) or not budget > 0:
             raise ValueError(f"time_budget_s must be a number > 0, got {budget!r}")
+        for name in ("min_sample_s", "spread_limit"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < float("inf"):
+                raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
         for name in ("backward", "measure_memory"):
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(f"{name} must be a bool, got {getattr(self, name)!r}")

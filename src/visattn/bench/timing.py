@@ -1,5 +1,5 @@
-"""Wall-clock timing: one call, a burst of calls, and the summary of repeated timings (median with interquartile
-spread)."""
+"""Wall-clock timing: one call, a burst of calls, bursts of several functions interleaved sample by sample, and the
+summary of repeated timings (median with interquartile spread)."""
 
 from __future__ import annotations
 
@@ -27,6 +27,13 @@ class Timing:
     def spread_ms(self) -> float:
         """The interquartile range ``p75 - p25``."""
         return self.p75_ms - self.p25_ms
+
+    @property
+    def relative_spread(self) -> float:
+        """The interquartile range as a fraction of the median (inf for a zero median with a spread)."""
+        if self.median_ms > 0:
+            return self.spread_ms / self.median_ms
+        return 0.0 if self.spread_ms == 0 else math.inf
 
 
 def summarize(samples_ms: Sequence[float]) -> Timing:
@@ -74,3 +81,27 @@ def time_burst(fn: Callable[[], object], calls: int) -> tuple[float, float]:
     for _ in range(calls):
         fn()
     return (time.perf_counter() - wall) / calls, (time.process_time() - cpu) / calls
+
+
+def interleaved_bursts(fns: Sequence[Callable[[], object]], calls: Sequence[int], repeats: int,
+                       sync: Callable[[], None]) -> list[list[float]]:
+    """Milliseconds per call of each function in ``fns``, ``repeats`` samples each, taken in rounds: one burst of
+    ``calls[i]`` consecutive calls of ``fns[0]``, then of ``fns[1]``, ... then the next round. Each function so
+    sees the same drift of machine load as the others, and a ratio of medians compares like with like. ``sync``
+    waits for the device before and after each burst (inside the timed span after it)."""
+    if len(fns) != len(calls):
+        raise ValueError(f"calls must give one count per function, got {len(calls)} counts for {len(fns)} functions")
+    if any(isinstance(c, bool) or not isinstance(c, int) or c < 1 for c in calls):
+        raise ValueError(f"calls must all be ints >= 1, got {list(calls)!r}")
+    if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
+        raise ValueError(f"repeats must be an int >= 1, got {repeats!r}")
+    samples: list[list[float]] = [[] for _ in fns]
+    for _ in range(repeats):
+        for fn, count, times in zip(fns, calls, samples, strict=True):
+            sync()
+            start = time.perf_counter()
+            for _ in range(count):
+                fn()
+            sync()
+            times.append(1e3 * (time.perf_counter() - start) / count)
+    return samples
