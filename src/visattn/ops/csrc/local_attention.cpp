@@ -215,11 +215,17 @@ T softmax_row(const T* qi, const T* kb, const T* vb, const int64_t* keys, int64_
         score[j] *= scale;
         top = std::max(top, score[j]);
     }
+    // A NaN score need not survive the max (Simd::max): its exp is NaN, and so are total, the row and its lse.
+    const T shift = top == T(-INFINITY) ? T(0) : top;
     T total = 0;
 #pragma omp simd reduction(+ : total)
     for (int64_t j = 0; j < n; ++j) {
-        score[j] = exp_of(score[j] - top);
+        score[j] = exp_of(score[j] - shift);
         total += score[j];
+    }
+    if (total == 0) {  // every score -inf (a -inf in q): a row without keys, as in the reference
+        std::fill(oi, oi + pr.dim_v, T(0));
+        return -INFINITY;
     }
     gathered_sum<T, C>(score, vb, keys, n, pr.vs.n, pr.dim_v, T(1) / total, acc, oi);
     return top + std::log(total);
@@ -279,7 +285,7 @@ void backward_query(const T* q, const T* k, const T* v, const T* dout, const T* 
                                              sc.pairs.data(), n, pr.ks.n, pr.dim, s);
                          gathered_dots<T, C>(dout + row * pr.dim_v, v + b * pr.vs.b + h * pr.vs.h, sc.pairs.data(),
                                              n, pr.vs.n, pr.dim_v, dp);
-                         const T l = lse[row], dl = delta[row];
+                         const T l = lse[row] == T(-INFINITY) ? T(INFINITY) : lse[row], dl = delta[row];
 #pragma omp simd
                          for (int64_t j = 0; j < n; ++j) s[j] = exp_of(s[j] * scale - l) * (dp[j] - dl);
                          gathered_sum<T, C>(s, kb, sc.pairs.data(), n, pr.ks.n, pr.dim, scale, sc.acc.data(),
@@ -308,7 +314,8 @@ void backward_key(const T* q, const T* k, const T* v, const T* dout, const T* ls
                          gathered_dots<T, C>(v + b * pr.vs.b + h * pr.vs.h + (prefix + j) * pr.vs.n, dout,
                                              query_rows, n, pr.dim_v, pr.dim_v, dp);
                          for (int64_t t = 0; t < n; ++t) {
-                             p[t] = exp_of(s[t] * scale - lse[query_rows[t]]);
+                             const T l = lse[query_rows[t]];
+                             p[t] = exp_of(s[t] * scale - (l == T(-INFINITY) ? T(INFINITY) : l));
                              s[t] = p[t] * (dp[t] - delta[query_rows[t]]);
                          }
                          gathered_sum<T, C>(p, dout, query_rows, n, pr.dim_v, pr.dim_v, T(1), sc.acc.data(),

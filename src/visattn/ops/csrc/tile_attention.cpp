@@ -183,7 +183,7 @@ void tail_rows(Workspace<T>& w, int64_t first, int64_t tail, int64_t keys, const
         typename S::vec tops = S::splat(m);
         for (int64_t j0 = 0; j0 < width; j0 += L) tops = S::max(tops, S::load(s + j0));
         T top = tops[0];
-        for (int64_t r = 1; r < L; ++r) top = max_of(top, tops[r]);
+        for (int64_t r = 1; r < L; ++r) top = std::max(top, tops[r]);
         const T shift = top == T(-INFINITY) ? T(0) : top;
         typename S::vec total = S::splat(0);
         for (int64_t j0 = 0; j0 < width; j0 += L) {

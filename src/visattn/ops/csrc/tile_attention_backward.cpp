@@ -170,10 +170,16 @@ void softmax_gradient(Gradients<T>& w, int64_t keys, int64_t lanes, const uint8_
         for (int64_t j = 0; j < keys; ++j) {
             T* st = &w.st[j * w.rows + u];
             T* dpt = &w.dpt[j * w.rows + u];
-            typename S::vec p = exp_vec<T>(S::load(st) - lse);
-            if (mask) p = S::select(S::allowed(mask + j * stride + u), p, S::splat(T(0)));
+            typename S::vec p = exp_vec<T>(S::load(st) - lse), ds = p * (S::load(dpt) - delta);
+            if (mask) {
+                // Both zeroed under the mask (not only P): a NaN D (the row's output is NaN) or dPt (a NaN in v)
+                // must not reach the keys the row does not attend, whose gradients the reference keeps finite.
+                const typename S::mask allowed = S::allowed(mask + j * stride + u);
+                p = S::select(allowed, p, S::splat(T(0)));
+                ds = S::select(allowed, ds, S::splat(T(0)));
+            }
             S::store(st, p);
-            S::store(dpt, p * (S::load(dpt) - delta));
+            S::store(dpt, ds);
         }
     }
 }
