@@ -117,3 +117,55 @@ def create_mixer_for_layer(name: str, *, dim: int, num_heads: int, head_dim: int
         if arg in accepted and arg not in kwargs:
             kwargs[arg] = value
     return create_mixer(name, **kwargs)
+
+
+MODULE_FACES = ("definition", "official", "attn_layer")
+
+
+@dataclass(frozen=True)
+class ModuleSpec:
+    """A feature-map module entry (``(B, C, H, W)`` in and out, not a token mixer). ``factory(channels, **kwargs)``
+    builds it; faces: ``definition`` (the paper's equations), ``official`` (the released code's form as a
+    variant), ``attn_layer`` (drops into timm blocks as ``attn_layer``)."""
+
+    name: str
+    factory: Callable[..., Any]
+    paper_key: str
+    complexity: str
+    family: str
+    faces: tuple[str, ...]
+    summary: str
+
+    @property
+    def paper(self) -> Paper:
+        return PAPERS[self.paper_key]
+
+
+_MODULES: dict[str, ModuleSpec] = {}
+
+
+def register_module(name: str, factory: Callable[..., Any], *, paper: str, complexity: str,
+                    faces: tuple[str, ...] = ("definition",), summary: str = "", family: str = "modules") -> None:
+    """Register the feature-map module ``name`` (family ``"modules"``), kept apart from the token mixers so that
+    :func:`list_mixers` consumers only ever see token mixers."""
+    if not isinstance(name, str) or not name or name != name.lower():
+        raise ValueError(f"name must be a non-empty lowercase string, got {name!r}")
+    if paper not in PAPERS:
+        raise ValueError(f"paper must be a key of visattn.papers.PAPERS, got {paper!r}")
+    if any(f not in MODULE_FACES for f in faces):
+        raise ValueError(f"faces must be drawn from {MODULE_FACES}, got {faces!r}")
+    if name in _MODULES or name in _REGISTRY:
+        raise ValueError(f"a mixer or module named {name!r} is already registered")
+    _MODULES[name] = ModuleSpec(name, factory, paper, complexity, family, tuple(faces), summary)
+
+
+def list_modules(family: str | None = None) -> list[str]:
+    """Registered feature-map module names, sorted; only those of ``family`` when given."""
+    return sorted(n for n, s in _MODULES.items() if family is None or s.family == family)
+
+
+def get_module_spec(name: str) -> ModuleSpec:
+    """The module entry for ``name``; ``ValueError`` listing the known names otherwise."""
+    if name not in _MODULES:
+        raise ValueError(f"unknown module {name!r}; known modules: {', '.join(list_modules())}")
+    return _MODULES[name]
