@@ -15,7 +15,7 @@ import importlib
 from types import ModuleType
 
 from . import masks, nn, ops, transforms
-from .nn import Attention, replace_attention
+from .nn import Attention, create_attn, get_attn, replace_attention
 from .papers import PAPERS
 from .registry import MixerSpec, create_mixer, create_mixer_for_layer, get_mixer_spec, list_mixers, register_mixer
 
@@ -25,8 +25,10 @@ __all__ = [
     "PAPERS",
     "Attention",
     "MixerSpec",
+    "create_attn",
     "create_mixer",
     "create_mixer_for_layer",
+    "get_attn",
     "get_mixer_spec",
     "lens",
     "list_mixers",

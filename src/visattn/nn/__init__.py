@@ -5,8 +5,22 @@ from .affine_scaled import AffineScaledMixer
 from .attention import Attention
 from .axial import AxialAttention, LineAttention, MorphAxialAttention
 from .complexformer import ComplexAttentionMixer
+from .create_attn import AttnLayer, create_attn, get_attn, insert_attn
 from .davit import ChannelAttention, ChannelGroupMixer, SpatialWindowAttention
 from .deconstructed import DecoupledQKAttention, ElementwiseQKMixer, GatedMLP, TaylorMixer
+from .feature_maps import (
+    FasterNetBlock,
+    HybridBlock,
+    PartialChannelAttention,
+    PartialConv2d,
+    PartialSelfAttention,
+    PartialSpatialAttention,
+    PATBlock,
+    PolarizedSelfAttention,
+    RadialEmbedding2d,
+    SubspaceAttention,
+    add_ulsam,
+)
 from .halo import HaloAttention
 from .hedgehog import HedgehogFeatureMap, HedgehogMixer, softmax_mimicry_loss
 from .hedgehog_distill import distill_attention, hedgehog_student
@@ -69,6 +83,10 @@ __all__ += ["SparsifinerMixer"]
 __all__ += ["ParoMixer"]
 __all__ += ["HierarchicalMixer"]
 __all__ += ["AxialAttention", "LineAttention", "MorphAxialAttention"]
+__all__ += ["AttnLayer", "create_attn", "get_attn", "insert_attn", "add_ulsam"]
+__all__ += ["FasterNetBlock", "HybridBlock", "PATBlock", "PartialChannelAttention", "PartialConv2d"]
+__all__ += ["PartialSelfAttention", "PartialSpatialAttention", "PolarizedSelfAttention", "RadialEmbedding2d"]
+__all__ += ["SubspaceAttention"]
 
 
 def __getattr__(name: str) -> object:

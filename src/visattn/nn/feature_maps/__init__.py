@@ -4,7 +4,7 @@ attention layers (PSA, ULSAM, PConv / PAT, RST's radial embedding, RTNet's Hybri
 from . import catalog as _catalog  # noqa: F401  (registers the modules)
 from .hybrid_block import HybridBlock, MixedPad2d
 from .partial_conv import FasterNetBlock, PartialConv2d
-from .pat import PATBlock, PartialChannelAttention, PartialSelfAttention, PartialSpatialAttention
+from .pat import PartialChannelAttention, PartialSelfAttention, PartialSpatialAttention, PATBlock
 from .pat_attention import RelativePositionMHSA, euclidean_buckets
 from .polarized import PolarizedSelfAttention
 from .radial_embedding import RadialEmbedding2d

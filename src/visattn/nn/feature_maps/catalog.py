@@ -8,7 +8,7 @@ from functools import partial
 from ...registry import register_module
 from .hybrid_block import HybridBlock
 from .partial_conv import FasterNetBlock, PartialConv2d
-from .pat import PATBlock, PartialChannelAttention, PartialSelfAttention, PartialSpatialAttention
+from .pat import PartialChannelAttention, PartialSelfAttention, PartialSpatialAttention, PATBlock
 from .polarized import PolarizedSelfAttention
 from .radial_embedding import RadialEmbedding2d
 from .ulsam import SubspaceAttention

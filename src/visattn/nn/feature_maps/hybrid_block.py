@@ -22,8 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ._checks import feature_map, positive_int
 from ...transforms.tanh_polar import tanh_cartesian_to_tanh_polar, tanh_polar_to_tanh_cartesian
+from ._checks import feature_map, positive_int
 
 __all__ = ["HybridBlock", "MixedPad2d"]
 
