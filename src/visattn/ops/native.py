@@ -222,6 +222,13 @@ def _compiler_identity(compiler: str) -> str | None:
     return f"{compiler}: {banner}"
 
 
+def available_compiler() -> str | None:
+    """The identity (path and version line) of the C++ compiler visattn would build with, or None where there is
+    no usable one."""
+    compiler = _compiler()
+    return _compiler_identity(compiler) if compiler else None
+
+
 # ---- cache --------------------------------------------------------------------------------------------------------
 
 
