@@ -52,7 +52,7 @@ def test_forms_agree_with_gradients():
     torch.testing.assert_close(ya, yb, atol=0, rtol=0)
     ga = torch.autograd.grad(ya.square().sum(), (x, a.partial_conv3.weight))
     gb = torch.autograd.grad(yb.square().sum(), (x, b.partial_conv3.weight))
-    for u, v in zip(ga, gb):
+    for u, v in zip(ga, gb, strict=True):
         torch.testing.assert_close(u, v)
 
 

@@ -138,8 +138,11 @@ def test_gradcheck(cls):
     x = torch.randn(1, 4, 3, 3, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(m, (x,))
     names = [n for n, _ in m.named_parameters()]
-    assert torch.autograd.gradcheck(lambda *p: torch.func.functional_call(m, dict(zip(names, p)), (x.detach(),)),
-                                    tuple(m.parameters()))
+
+    def by_params(*p: torch.Tensor) -> torch.Tensor:
+        return torch.func.functional_call(m, dict(zip(names, p, strict=True)), (x.detach(),))
+
+    assert torch.autograd.gradcheck(by_params, tuple(m.parameters()))
 
 
 def test_meta_device():
@@ -155,6 +158,8 @@ def test_bad_input():
         PartialChannelAttention(10)
     with pytest.raises(ValueError, match="channels=9 must be divisible by num_heads=6"):
         PartialSelfAttention(12, 4)
+    with pytest.raises(ValueError, match="at least 2 pixels"):
+        PartialChannelAttention(8)(torch.randn(2, 8, 1, 1))
     with pytest.raises(ValueError, match="mixer"):
         PATBlock(8, "spatial")
     with pytest.raises(ValueError, match="x must be"):

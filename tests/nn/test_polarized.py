@@ -111,7 +111,7 @@ def test_gradcheck(mode, variant):
     assert torch.autograd.gradcheck(m, (x,))
     params = tuple(m.parameters())
     assert torch.autograd.gradcheck(lambda *p: torch.func.functional_call(
-        m, dict(zip(dict(m.named_parameters()), p)), (x.detach(),)), params)
+        m, dict(zip(dict(m.named_parameters()), p, strict=True)), (x.detach(),)), params)
 
 
 def test_parameter_names_and_counts_follow_the_release():

@@ -74,8 +74,11 @@ def test_gradcheck():
     x = torch.randn(1, 2, 3, 4, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(m, (x,))
     names = [n for n, _ in m.named_parameters()]
-    assert torch.autograd.gradcheck(lambda *p: torch.func.functional_call(m, dict(zip(names, p)), (x.detach(),)),
-                                    tuple(m.parameters()))
+
+    def by_params(*p: torch.Tensor) -> torch.Tensor:
+        return torch.func.functional_call(m, dict(zip(names, p, strict=True)), (x.detach(),))
+
+    assert torch.autograd.gradcheck(by_params, tuple(m.parameters()))
 
 
 def test_meta_device_and_channels_first():

@@ -74,6 +74,8 @@ class PartialChannelAttention(_PartialMixer):
         return nn.functional.hardsigmoid(self.gate_norm(self.gate_conv(stats)))
 
     def attend(self, x: Tensor) -> Tensor:
+        if x.shape[-1] * x.shape[-2] < 2:
+            raise ValueError(f"x must have at least 2 pixels for PAT_ch's standard deviation, got {tuple(x.shape)}")
         return self.norm(x * self.gate(x))
 
 
