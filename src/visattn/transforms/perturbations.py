@@ -10,7 +10,8 @@ Three training-time perturbations of the image, following the authors' scripts (
   ``min(256 / w, 256 / h)``, sizes truncated to ints, centred) and mixed, ``x = lam x_main + (1 - lam) x_other``
   with ``lam ~ U[0.7, 0.9]``, so the main image dominates;
 - random rotation: ``angle ~ U[-180, 180]`` degrees (counter-clockwise on screen) about pixel ``(w // 2, h // 2)``
-  onto an expanded canvas of ``(int(h |cos| + w |sin|), int(h |sin| + w |cos|))``, bilinear, white fill.
+  onto an expanded canvas of ``(int(h |cos| + w |sin|), int(h |sin| + w |cos|))``, bilinear, white fill. As in
+  the authors' OpenCV code the canvas centre is ``new / 2``, so an odd side moves by half a pixel even at angle 0.
 
 Images are ``(C, H, W)`` or ``(B, C, H, W)`` tensors, float in ``[0, 1]`` (white = 1) or ``uint8`` (white = 255),
 or PIL images (converted to ``uint8`` tensors and back). Float outputs are clamped to ``[0, 1]`` (bicubic
@@ -127,13 +128,15 @@ def _letterbox(x: Tensor, size: int) -> Tensor:
     height, width = x.shape[-2:]
     ratio = min(size / width, size / height)
     new_w, new_h = max(int(width * ratio), 1), max(int(height * ratio), 1)
-    scaled = _resize(_work(x), (new_h, new_w), antialias=True)
+    white = _white(x.dtype)
+    scaled = _resize(_work(x), (new_h, new_w), antialias=True).clamp(0, white)
     top, left = (size - new_h) // 2, (size - new_w) // 2
-    return F.pad(scaled, (left, size - new_w - left, top, size - new_h - top), value=_white(x.dtype))
+    return F.pad(scaled, (left, size - new_w - left, top, size - new_h - top), value=white)
 
 
 def dominance_mixup(main: Image, other: Image, lam: float | Tensor, size: int = 256) -> Image:
-    """``lam letterbox(main) + (1 - lam) letterbox(other)`` on white ``size x size`` canvases (arXiv 2506.09736).
+    """``lam letterbox(main) + (1 - lam) letterbox(other)`` (each letterbox clipped to the value range, as the
+    authors' 8-bit images are) on white ``size x size`` canvases (arXiv 2506.09736).
 
     ``lam`` in ``[0, 1]`` (the paper draws it from ``U[0.7, 0.9]``; :class:`DominanceMixup` does), a float or a
     tensor broadcastable to the batch (it may require grad).
