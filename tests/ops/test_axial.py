@@ -11,8 +11,8 @@ from hypothesis import strategies as st
 
 from visattn import masks
 from visattn.ops import axial_attention, masked_attention
-from visattn.ops.axial import axial_fast_path, from_lines, to_lines
-from visattn.ops.masked import fast_path_for
+from visattn.ops import explain
+from visattn.ops.engines.lines import from_lines, to_lines
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -75,9 +75,10 @@ def test_lines_round_trip():
         assert torch.equal(from_lines(lines, 2, 3, (2, 3, 4), axis), x)
 
 
-def test_auto_backend_uses_the_line_path():
-    """The axial fast path wins over the generic separable one for axial masks."""
-    assert fast_path_for(masks.axial_mask(0)) is axial_fast_path
+def test_auto_backend_uses_the_line_path_off_the_kernels():
+    """Without the kernels (other devices), SDPA over the lines wins over the generic tiles for axial masks."""
+    assert explain(masks.axial_mask(0), (6, 5), device="cuda").engine == "sdpa_lines"
+    assert explain(masks.axial_mask(0), (6, 5), dtype=torch.bfloat16).engine == "sdpa_lines"
     q, k, v = qkv(1, 2, 6 * 5, 4, dtype=torch.float32)
     expected = masked_attention(q, k, v, masks.axial_mask(0), (6, 5), backend="dense")
     torch.testing.assert_close(masked_attention(q, k, v, masks.axial_mask(0), (6, 5)), expected,
@@ -86,14 +87,11 @@ def test_auto_backend_uses_the_line_path():
 
 def test_fast_path_runs_the_tile_kernel_with_and_without_autograd(monkeypatch):
     """The lines run as fused tiles, forward and (with autograd) backward; gradients equal the reference's."""
-    from visattn.ops import tile_kernel
-    from visattn.ops.native import native_library
+    from visattn.ops.engines import fused_tiles
 
-    if native_library("tile_attention") is None:
-        pytest.skip("no native tile kernel on this machine")
     calls = []
-    kernel = tile_kernel.tile_attention
-    monkeypatch.setattr(tile_kernel, "tile_attention", lambda *args: calls.append(args[3]) or kernel(*args))
+    kernel = fused_tiles.run_tiles
+    monkeypatch.setattr(fused_tiles, "run_tiles", lambda *args: calls.append(args[3]) or kernel(*args))
     q, k, v = qkv(1, 2, 2 + 6 * 5, 4)
     with torch.no_grad():
         masked_attention(q, k, v, masks.axial_mask(1), (6, 5), 2, backend="fast")

@@ -14,11 +14,11 @@ from hypothesis import strategies as st
 from visattn import masks
 from visattn._checks import Shape
 from visattn.masks import Mask
-from visattn.ops import block_sparse, block_sparse_attention, block_sparse_plan, masked_attention
-from visattn.ops.block_sparse import block_tiles, default_blocks, radial_fast_path
-from visattn.ops.masked import fast_path_for
+from visattn.ops import block_sparse_attention, block_sparse_plan, explain, masked_attention
+from visattn.ops.engines import block_sparse
+from visattn.ops.engines.block_sparse import block_tiles, default_blocks
+from visattn.ops.engines.kernel_ops import tile_attention
 from visattn.ops.native import native_library
-from visattn.ops.tile_kernel import tile_attention
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -165,10 +165,10 @@ def test_rows_that_see_nothing_give_zero(prefix):
     assert all(torch.isfinite(g).all() for g in grads)
 
 
-def test_registered_fast_path_is_used_for_radial_masks():
-    assert fast_path_for(masks.radial_mask()) is radial_fast_path
+def test_block_sparse_engine_is_chosen_for_radial_masks():
     mask = masks.radial_mask("code", block_size=8)
     shape = (12, 5, 5)
+    assert explain(mask, shape, 1).engine == "block_sparse"
     q, k, v = qkv(2, 2, 1 + 300, 4, seed=5)
     fast = masked_attention(q, k, v, mask, shape, 1, backend="fast")
     torch.testing.assert_close(fast, reference(q, k, v, mask, shape, 1), rtol=1e-12, atol=1e-12)
@@ -177,7 +177,7 @@ def test_registered_fast_path_is_used_for_radial_masks():
 def test_fast_path_declines_where_blocks_are_dense():
     mask = masks.radial_mask()
     q, k, v = qkv(1, 1, 4 * 6, 4)
-    assert radial_fast_path(q, k, v, mask, (4, 6), 0, None) is None
+    assert explain(mask, (4, 6)).engine == "dense"
     torch.testing.assert_close(masked_attention(q, k, v, mask, (4, 6)), reference(q, k, v, mask, (4, 6)))
 
 
@@ -186,7 +186,7 @@ def test_paper_rule_default_blocks_float32():
     mask = masks.radial_mask()
     shape = (16, 16, 16)
     q, k, v = qkv(1, 2, 1 + 4096, 8, seed=6)
-    assert radial_fast_path(q, k, v, mask, shape, 1, None) is not None
+    assert explain(mask, shape, 1).engine == "block_sparse"
     expected = reference(q, k, v, mask, shape, 1)
     got = masked_attention(q.float(), k.float(), v.float(), mask, shape, 1, backend="fast")
     torch.testing.assert_close(got.double(), expected, rtol=1e-5, atol=1e-5)

@@ -15,16 +15,11 @@ from visattn import masks
 from visattn._checks import Shape
 from visattn.bench import peak_memory_bytes
 from visattn.masks import AxisRule, SeparableMask
-from visattn.ops import local_kernel, masked_attention, tile_kernel, tiled
-from visattn.ops.local_kernel import (
-    axis_progression,
-    local_attention,
-    local_layout,
-    progression_table,
-    transposed_progression,
-)
+from visattn.ops import dispatch, local_attention, masked_attention
+from visattn.ops.engines import sdpa_tiles
+from visattn.ops.engines.layout import axis_progression, local_layout, progression_table, transposed_progression
 from visattn.ops.native import native_library
-from visattn.ops.tiled import run_tile_plan
+from visattn.ops.engines.sdpa_tiles import run_tile_plan
 from visattn.testing import random_qkv as qkv
 
 pytestmark = [
@@ -156,7 +151,8 @@ def test_declines_dropout_other_dtypes_and_mixed_dtypes():
     q, k, v = qkv(1, 1, 25, 4, dtype=torch.float32)
     assert local_attention(q, k, v, mask, shape, dropout_p=0.1) is None
     assert local_attention(q.bfloat16(), k.bfloat16(), v.bfloat16(), mask, shape) is None
-    assert local_attention(q, k.double(), v, mask, shape) is None
+    with pytest.raises(TypeError, match="share one dtype"):
+        local_attention(q, k.double(), v, mask, shape)
 
 
 def test_value_head_dim_of_its_own_and_empty_batch():
@@ -197,14 +193,20 @@ def test_closed_form_progressions_equal_the_rule_tables(rule):
                                       table.T)
 
 
-def test_fast_backend_falls_back_to_tiles_without_the_kernels(monkeypatch):
-    monkeypatch.setattr(local_kernel, "native_library", lambda name: None)
-    monkeypatch.setattr(tile_kernel, "native_library", lambda name: None)
+@pytest.fixture
+def fresh_decisions():
+    dispatch._chosen.cache_clear()
+    yield
+    dispatch._chosen.cache_clear()
+
+
+def test_fast_backend_falls_back_to_tiles_without_the_kernels(monkeypatch, fresh_decisions):
+    monkeypatch.setattr(dispatch, "_kernels_ready", lambda name: False)
     mask, shape = masks.neighborhood_mask(3), (5, 6)
     q, k, v = qkv(1, 2, 30, 4)
     assert local_attention(q, k, v, mask, shape) is None
     calls = []
-    monkeypatch.setattr(tiled, "run_tile_plan", lambda *a, **kw: calls.append(1) or run_tile_plan(*a, **kw))
+    monkeypatch.setattr(sdpa_tiles, "run_tile_plan", lambda *a, **kw: calls.append(1) or run_tile_plan(*a, **kw))
     torch.testing.assert_close(masked_attention(q, k, v, mask, shape, backend="fast"), reference(q, k, v, mask, shape))
     assert calls
 
@@ -222,7 +224,7 @@ def test_intermediate_memory_is_linear_in_tokens():
 
 def test_index_attention_matches_gathered_softmax():
     """Per-query key lists (Sparsifiner's top-k execution); a negative entry ends a list early."""
-    from visattn.ops.local_kernel import index_attention
+    from visattn.ops import index_attention
 
     gen = torch.Generator().manual_seed(0)
     for dim in (5, 16):
@@ -248,7 +250,7 @@ def test_index_attention_long_lists_end_anywhere(dtype):
     """Lists of 37 keys ended at every kind of position (first entry, inside and at the edge of the kernel's 8-entry
     scan blocks and 16-key vectors, not at all), and a list that ends and then continues (ignored)."""
     from visattn.ops import attention
-    from visattn.ops.local_kernel import index_attention
+    from visattn.ops import index_attention
 
     gen = torch.Generator().manual_seed(1)
     q = torch.randn(1, 2, 7, 32, dtype=dtype, generator=gen)

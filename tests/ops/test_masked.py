@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from visattn import masks as M
-from visattn.ops import flex, masked_attention, reference
-from visattn.ops.masked import dense_mask
+from visattn.ops import masked_attention, reference
+from visattn.ops.engines import flex
+from visattn.ops.engines.dense import dense_mask
 
 CASES = [
     (M.neighborhood_mask(3), (7, 5), 0),
@@ -126,7 +127,7 @@ def test_flex_falls_back_to_eager_with_one_log_message(monkeypatch, caplog):
 
 
 def test_dropout_runs_on_the_fast_path_not_dense(monkeypatch):
-    from visattn.ops import masked as masked_module
+    from visattn.ops.engines import dense as masked_module
 
     def refuse(*args, **kwargs):
         raise AssertionError("dropout on a separable mask must not fall back to dense attention")

@@ -12,10 +12,13 @@ from hypothesis import strategies as st
 
 from visattn import masks
 from visattn.bench import peak_memory_bytes
-from visattn.ops import attention, masked_attention, tile_kernel
-from visattn.ops.local_kernel import local_layout
+from visattn.ops import attention, masked_attention
+from visattn.ops.engines import fused_tiles as tile_kernel
+from visattn.ops.engines import per_query
+from visattn.ops.engines.fused_tiles import build_tiles, disjoint_tile_sizes, progression_tiles
+from visattn.ops.engines.kernel_ops import tile_attention
+from visattn.ops.engines.layout import local_layout
 from visattn.ops.native import native_library
-from visattn.ops.tile_kernel import build_tiles, disjoint_tile_sizes, progression_tiles, tile_attention
 from visattn.testing import random_qkv as qkv
 
 pytestmark = [
@@ -149,16 +152,17 @@ def test_tail_rows_and_register_blocks_match_reference(queries, dim, dim_v, dtyp
     assert bool((got[:, :, queries - 1] == 0).all())
 
 
-def test_runs_under_autograd_declines_dropout_and_other_dtypes():
+def test_runs_under_autograd_on_meta_and_refuses_other_dtypes():
     q, k, v = qkv(1, 1, 16, 4, dtype=torch.float32)
     windows = progression_tiles(local_layout(masks.window_mask(2), (4, 4)), 0)
-    neighborhood = progression_tiles(local_layout(masks.neighborhood_mask(3), (16, 1)), 0, (4, 1))
+    neighborhood = progression_tiles(local_layout(masks.neighborhood_mask((3, 1)), (16, 1)), 0, (4, 1))
     assert windows.keys_disjoint and not neighborhood.keys_disjoint
-    assert tile_attention(q.requires_grad_(), k, v, windows) is not None
-    assert tile_attention(q, k, v, neighborhood) is not None
+    assert tile_attention(q.requires_grad_(), k, v, windows).requires_grad
+    assert tile_attention(q, k, v, neighborhood).shape == q.shape
     q = q.detach()
-    assert tile_attention(q, k, v, windows, dropout_p=0.1) is None
-    assert tile_attention(q.bfloat16(), k.bfloat16(), v.bfloat16(), windows) is None
+    with pytest.raises(TypeError, match="float32 or float64"):
+        tile_attention(q.bfloat16(), k.bfloat16(), v.bfloat16(), windows)
+    assert tile_attention(q.to("meta"), k.to("meta"), v.to("meta"), windows).shape == q.shape  # the fake kernel
 
 
 def gradients(out, inputs, grad):
@@ -286,7 +290,8 @@ def test_tile_choice_has_no_waste_on_windows_and_grids():
 
 def test_fast_backend_uses_the_tile_kernel_without_autograd(monkeypatch):
     calls = []
-    monkeypatch.setattr(tile_kernel, "tile_attention", lambda *a, **kw: calls.append(1) or tile_attention(*a, **kw))
+    kernel = tile_kernel.run_tiles
+    monkeypatch.setattr(tile_kernel, "run_tiles", lambda *a, **kw: calls.append(1) or kernel(*a, **kw))
     mask, shape = masks.window_mask(4), (8, 8)
     q, k, v = qkv(1, 2, 1 + 64, 8)
     torch.testing.assert_close(masked_attention(q, k, v, mask, shape, 1, backend="fast"),
@@ -309,7 +314,7 @@ def test_intermediate_memory_is_linear_in_tokens():
 def test_bitmap_tiles_match_the_token_mask(n, block):
     """PARO's block bitmap as tiles: runs of kept key blocks, a last partial block, query blocks with none."""
     from visattn.ops.paro_attention import bitmap_token_mask
-    from visattn.ops.tile_kernel import bitmap_tiles
+    from visattn.ops.engines.fused_tiles import bitmap_tiles
 
     nb = -(-n // block)
     bitmap = torch.rand(nb, nb, generator=torch.Generator().manual_seed(n)) < 0.4
@@ -342,8 +347,8 @@ def test_disjoint_tile_sizes(mask, shape, sizes):
 
 def test_training_uses_the_disjoint_tiling(monkeypatch):
     seen = []
-    kernel = tile_kernel.tile_attention
-    monkeypatch.setattr(tile_kernel, "tile_attention", lambda *a: seen.append(a[3].tile_sizes) or kernel(*a))
+    kernel = tile_kernel.run_tiles
+    monkeypatch.setattr(tile_kernel, "run_tiles", lambda *a: seen.append(a[3].tile_sizes) or kernel(*a))
     mask, shape = masks.window_mask(16), (32, 16)
     q, k, v = qkv(1, 2, 512, 8)
     with torch.no_grad():
@@ -361,12 +366,10 @@ def test_training_uses_the_disjoint_tiling(monkeypatch):
 def test_training_falls_back_to_the_per_query_kernel_past_the_copy_limits(monkeypatch, limit):
     """Where the per-thread dK, dV copies would exceed the byte budget, or the backward would leave threads idle,
     the per-query kernel (no copies) trains."""
-    from visattn.ops import local_kernel
-
     calls = []
-    per_query = local_kernel.local_attention
+    forward = per_query.local_forward
     monkeypatch.setattr(tile_kernel, limit, 0)
-    monkeypatch.setattr(tile_kernel, "local_attention", lambda *a: calls.append(1) or per_query(*a))
+    monkeypatch.setattr(per_query, "local_forward", lambda *a: calls.append(1) or forward(*a))
     mask, shape = masks.neighborhood_mask(5), (12, 12)
     leaves = [t.requires_grad_() for t in qkv(1, 2, 1 + 144, 8)]
     out = masked_attention(*leaves, mask, shape, 1, backend="fast")

@@ -13,9 +13,8 @@ from hypothesis import strategies as st
 from visattn import masks
 from visattn._checks import Shape
 from visattn.masks import AxisRule, SeparableMask
-from visattn.ops import masked_attention, tile_plan, tiled_attention
-from visattn.ops.masked import fast_path_for
-from visattn.ops.tiled import key_tiles, run_tile_plan
+from visattn.ops import explain, masked_attention, tile_plan, tiled_attention
+from visattn.ops.engines.sdpa_tiles import key_tiles, run_tile_plan
 from visattn.testing import random_qkv as qkv
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -115,7 +114,8 @@ def test_explicit_tiles_and_both_key_layouts(mask, shape, tiles, unfold):
 
 def test_masked_attention_routes_structured_masks_to_the_tiled_path():
     for mask in (masks.neighborhood_mask(3), masks.window_mask(2), masks.sliding_window_mask(3)):
-        assert fast_path_for(mask).__module__ == "visattn.ops.tiled"
+        assert explain(mask, (6, 6), 1, device="cuda").engine == "sdpa_tiles"
+        assert explain(mask, (6, 6), 1, dtype=torch.bfloat16).engine == "sdpa_tiles"
     q, k, v = qkv(1, 2, 1 + 36, 4)
     expected = reference(q, k, v, masks.neighborhood_mask(3), (6, 6), 1)
     for backend in ("fast", "auto"):

@@ -30,7 +30,7 @@ from collections.abc import Sequence
 
 from ..masks import Mask
 from ..nn import SoftmaxMixer
-from ..ops.masked import fast_path_for
+from ..ops.dispatch import structured
 from .fit import fit_exponent
 
 WORKSPACE_BYTES = 64 << 20
@@ -89,7 +89,7 @@ def estimate_memory_bytes(mixer: object, batch: int, heads: int, tokens: int, he
         return base
     factor = 2 if backward else 1
     mask = getattr(mixer, "mask", None)
-    if isinstance(mask, Mask) and pairs is not None and fast_path_for(mask) is not None:
+    if isinstance(mask, Mask) and pairs is not None and structured(mask):
         return base + factor * 2 * batch * heads * pairs * itemsize
     masks = tokens * tokens * (1 + itemsize)
     return base + masks + factor * 2 * batch * heads * tokens * tokens * itemsize

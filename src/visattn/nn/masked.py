@@ -7,7 +7,7 @@ from torch import Tensor
 
 from ..masks import Mask
 from ..ops import BACKENDS, masked_attention, reference, sdpa_bool_mask
-from ..ops.masked import dense_mask
+from ..ops.engines.dense import dense_mask
 from .token_mixer import TokenMixer
 
 

@@ -8,8 +8,8 @@ strided and causal variants as in NATTEN):
     ``out_i = proj( concat_heads( sum_{j in N(i)} softmax_j(q_i . k_j * scale) v_j ) )``,
     ``q, k, v = qkv(x)``
 
-with ``N(i)`` given by :func:`visattn.masks.neighborhood_mask`, computed by the tiled engine
-(:func:`visattn.ops.tiled_attention`). Parameter names follow NATTEN's modules (``qkv``, ``proj``), so their
+with ``N(i)`` given by :func:`visattn.masks.neighborhood_mask`, computed by :func:`visattn.ops.masked_attention`
+(the engine :mod:`visattn.ops.dispatch` picks: the fused C++ kernels on the CPU). Parameter names follow NATTEN's modules (``qkv``, ``proj``), so their
 weights load unchanged.
 """
 
@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from .._checks import per_axis, per_axis_bool
 from ..masks import neighborhood_mask
-from ..ops.engines.sdpa_tiles import tiled_attention
+from ..ops import masked_attention
 
 
 class NeighborhoodAttention(nn.Module):
@@ -95,8 +95,8 @@ class NeighborhoodAttention(nn.Module):
         spatial = tuple(int(s) for s in x.shape[1:-1])
         qkv = self.qkv(x).reshape(batch, math.prod(spatial), 3, self.num_heads, self.head_dim)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
-        out = tiled_attention(q, k, v, self.mask, spatial, scale=self.scale,
-                              dropout_p=self.attn_drop if self.training else 0.0)
+        out = masked_attention(q, k, v, self.mask, spatial, scale=self.scale,
+                               dropout_p=self.attn_drop if self.training else 0.0)
         out = out.transpose(1, 2).reshape(x.shape)
         return self.proj_drop(self.proj(out))
 

@@ -32,7 +32,7 @@ from torchvision.ops import deform_conv2d
 
 from ..masks import StripMask, strip_mask
 from ..ops import reference, sdpa_bool_mask
-from ..ops.masked import dense_mask
+from ..ops.engines.dense import dense_mask
 from ..registry import register_mixer
 from ..transforms import polar_center, polar_inverse, polar_resample
 from .token_mixer import TokenMixer

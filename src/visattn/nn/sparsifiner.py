@@ -36,7 +36,7 @@ from timm.layers import trunc_normal_
 from torch import Tensor, nn
 
 from ..ops import reference, sdpa_bool_mask
-from ..ops.local_kernel import index_attention
+from ..ops.structured import index_attention
 from ..registry import register_mixer
 from .token_mixer import TokenMixer
 
@@ -199,7 +199,7 @@ class SparsifinerMixer(TokenMixer):
 
     def _gathered_attention(self, q: Tensor, k: Tensor, v: Tensor, idx: Tensor) -> Tensor:
         """``out_i = softmax_{j in idx_i}(q_i . k_j scale) v_j``: in the fused kernel's row loop without autograd
-        or dropout (:func:`~visattn.ops.local_kernel.index_attention`), else with the kept keys gathered, chunk by
+        or dropout (:func:`~visattn.ops.index_attention`), else with the kept keys gathered, chunk by
         chunk."""
         b, h, rows, kept = idx.shape
         scale = q.shape[-1] ** -0.5 if self.scale is None else self.scale

@@ -8,7 +8,7 @@ key blocks are gathered and
 
 is evaluated over those tiles only (``q^, k^`` per-block fake-quantised when ``qk_bits`` is set; the softmax
 weights fake-quantised per ``block x block`` tile when ``p_bits`` is set). Without autograd, dropout or P
-quantisation, each head's kept tiles run on the fused tile kernel (:func:`~visattn.ops.tile_kernel.bitmap_tiles`,
+quantisation, each head's kept tiles run on the fused tile kernel (:func:`~visattn.ops.engines.fused_tiles.bitmap_tiles`,
 runs of kept key blocks as segments); otherwise query blocks are batched in one ``scaled_dot_product_attention``
 (or matmul, when P is quantised) call per chunk. Work is ``density`` times that of dense attention. A query block
 with no kept tile outputs 0.
@@ -16,18 +16,16 @@ with no kept tile outputs 0.
 
 from __future__ import annotations
 
-import functools
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .._checks import check_qkv
-from .masked import sdpa_bool_mask
-from .native import row_major
+from .._checks import check_qkv, check_scale
+from .dispatch import kernel_refusal
+from .engines.dense import sdpa_bool_mask
+from .engines.kernel_ops import bitmap_tile_attention
 from .paro_quant import fake_quant_tiles, fake_quant_tokens
-from .engines.fused_tiles import TileList, bitmap_tiles, run_tiles, tile_attention_available
 
 __all__ = ["bitmap_token_mask", "paro_block_sparse_attention"]
 
@@ -46,13 +44,6 @@ def _check_bitmap(bitmap: Tensor, heads: int, blocks: int) -> None:
     if tuple(bitmap.shape) != (heads, blocks, blocks):
         raise ValueError(f"bitmap must be (heads, n_blocks, n_blocks)={(heads, blocks, blocks)}, "
                          f"got {tuple(bitmap.shape)}")
-
-
-@functools.lru_cache(maxsize=64)
-def _head_tiles(bitmap: bytes, nb: int, block: int, num_tokens: int) -> TileList:
-    """:func:`~visattn.ops.tile_kernel.bitmap_tiles` of one head's bitmap (given as its bytes), cached: PARO's
-    bitmaps are static after calibration, so each call reuses them."""
-    return bitmap_tiles(np.frombuffer(bitmap, dtype=bool).reshape(nb, nb), block, num_tokens)
 
 
 def paro_block_sparse_attention(q: Tensor, k: Tensor, v: Tensor, bitmap: Tensor, block: int = 64,
@@ -74,16 +65,14 @@ def paro_block_sparse_attention(q: Tensor, k: Tensor, v: Tensor, bitmap: Tensor,
         raise ValueError(f"self-attention needs as many keys as queries, got q N={n}, k N={k.shape[2]}")
     nb = -(-n // block)
     _check_bitmap(bitmap, h, nb)
+    scale = check_scale(scale)
     scale = d ** -0.5 if scale is None else scale
     if qk_bits is not None:
         q, k = fake_quant_tokens(q, block, qk_bits), fake_quant_tokens(k, block, qk_bits)
-    if p_bits is None and tile_attention_available(q, k, v, dropout_p):
-        out = q.new_empty(*q.shape[:3], v.shape[-1])
-        q, k, v = row_major(q), row_major(k), row_major(v)
-        for head, head_bitmap in enumerate(bitmap.cpu().numpy()):
-            run_tiles(q[:, head : head + 1], k[:, head : head + 1], v[:, head : head + 1],
-                      _head_tiles(head_bitmap.tobytes(), nb, block, n), out[:, head : head + 1], scale)
-        return out
+    needs_grad = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
+    if (p_bits is None and not dropout_p and not needs_grad
+            and kernel_refusal(q.dtype, q.device.type, ("tile_attention",)) is None):
+        return bitmap_tile_attention(q, k, v, bitmap, block, scale)
     pad = nb * block - n
     qb, kb, vb = (F.pad(t, (0, 0, 0, pad)).unflatten(2, (nb, block)) for t in (q, k, v))
     bitmap = bitmap.to(q.device)

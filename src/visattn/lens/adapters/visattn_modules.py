@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from ...nn import Attention, MaskedMixer, SoftmaxMixer, TokenMixer
 from ...ops import reference
-from ...ops.masked import dense_mask
+from ...ops.engines.dense import dense_mask
 from ..call import AttentionCall
 from .base import (
     WHAT,

@@ -25,11 +25,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..._checks import Shape, as_shape, check_qkv, check_tokens, num_tokens
+from ..._checks import Shape, as_shape, check_qkv, check_scale, check_tokens, num_tokens
 from ...masks import Mask, RadialMask
 from ...masks.base import ROW_BUDGET
-from ..masked import register_fast_path
-from .fused_tiles import MAX_TILE_QUERIES, TileList, build_tiles, tile_attention, tile_attention_available
+from .fused_tiles import MAX_TILE_QUERIES, TileList, build_tiles
 
 FULL_TILE = 0
 EMPTY_TILE = 1
@@ -38,7 +37,6 @@ PAD_WASTE = 0.125
 QUERY_BLOCK = 256
 KEY_BLOCK = 64
 MIN_BLOCK = 32
-MAX_BLOCK_DENSITY = 0.9
 
 __all__ = [
     "BlockSparsePlan",
@@ -480,26 +478,10 @@ def block_sparse_attention(
     shape, prefix = mask.bind(as_shape(shape), num_prefix_tokens)
     check_tokens(q.shape[2], shape, prefix, "q")
     check_tokens(k.shape[2], shape, prefix, "k")
+    scale = check_scale(scale)
     default_q, default_k = default_blocks(mask, shape)
     query_block = default_q if query_block is None else query_block
     key_block = default_k if key_block is None else key_block
     _check_block("query_block", query_block)
     _check_block("key_block", key_block)
     return run_block_sparse_plan(block_sparse_plan(mask, shape, prefix, query_block, key_block), q, k, v, scale)
-
-
-@register_fast_path(RadialMask)
-def radial_fast_path(q: Tensor, k: Tensor, v: Tensor, mask: RadialMask, shape: Shape, num_prefix_tokens: int,
-                     scale: float | None, dropout_p: float = 0.0) -> Tensor | None:
-    """``masked_attention``'s fast path for radial masks: block-sparse, declined where the blocks would cover more
-    than ``MAX_BLOCK_DENSITY`` of the N^2 scores (dense attention is then as fast) and with attention dropout.
-    Without autograd the blocks run on the fused tile kernel (:func:`block_tiles`), else on SDPA."""
-    if dropout_p:
-        return None
-    blocks = default_blocks(mask, shape)
-    plan = block_sparse_plan(mask, shape, num_prefix_tokens, *blocks)
-    if plan.block_density > MAX_BLOCK_DENSITY:
-        return None
-    if tile_attention_available(q, k, v):
-        return tile_attention(q, k, v, block_tiles(mask, shape, num_prefix_tokens, *blocks), num_prefix_tokens, scale)
-    return run_block_sparse_plan(plan, q, k, v, scale)

@@ -18,8 +18,10 @@ Backward: the kernel also computes the gradients, FlashAttention-2's backward (D
 ``P = e^{S - lse}`` from the forward's log-sum-exp: ``dV = P^T dO``, ``dP = dO V^T``, ``dS = P (dP - D)`` with
 ``D = rowsum(dO * O)``, ``dQ = scale dS K``, ``dK = scale dS^T Q``. Where tiles share no key
 (:attr:`TileList.keys_disjoint`: windows and grids) every key's gradient is added by its one tile; elsewhere each
-thread adds into its own zeroed ``dK, dV`` and the copies are summed. :func:`tile_attention` returns None for dtypes
-other than float32/float64, non-CPU tensors, dropout, or without a compiler; callers then take another path.
+thread adds into its own zeroed ``dK, dV`` and the copies are summed.
+
+These functions run on checked CPU tensors; :mod:`visattn.ops.engines.kernel_ops` wraps them as custom operators
+and :mod:`visattn.ops.dispatch` decides when they run.
 """
 
 from __future__ import annotations
@@ -31,16 +33,14 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
-from ...masks import Mask
 from ...masks.axis import Progression
-from .per_query import LocalLayout, local_attention, local_layout
-from ..native import DTYPE_SUFFIX, call, native_library, needs_grad, row_major, strides, supported
+from ..native import DTYPE_SUFFIX, call, row_major, strides
+from .layout import LocalLayout
 
-__all__ = ["TileList", "bitmap_tiles", "build_tiles", "disjoint_tile_sizes", "progression_attention",
-           "progression_tiles", "run_tiles_backward", "tile_attention", "tile_attention_available"]
+__all__ = ["TileList", "bitmap_tiles", "build_tiles", "disjoint_tile_sizes", "progression_tiles", "run_tiles",
+           "run_tiles_backward", "training_tiles"]
 
 KEY_CHUNK = 64
 MASK_ALIGN = 16
@@ -310,18 +310,6 @@ def run_tiles(q: Tensor, k: Tensor, v: Tensor, tiles: TileList, out: Tensor, sca
          tiles.masks, scale)
 
 
-def _kernel_runs(q: Tensor, k: Tensor, v: Tensor, dropout_p: float) -> bool:
-    if dropout_p or not supported(q, k, v) or torch.compiler.is_compiling():
-        return False
-    return native_library("tile_attention") is not None
-
-
-def tile_attention_available(q: Tensor, k: Tensor, v: Tensor, dropout_p: float = 0.0) -> bool:
-    """Whether :func:`tile_attention` can run its forward on these tensors without autograd (see the module
-    docstring)."""
-    return not needs_grad(q, k, v) and _kernel_runs(q, k, v, dropout_p)
-
-
 def gradient_copies() -> int:
     """Threads, and so per-thread ``dk, dv`` copies, of the backward over tiles that share keys."""
     return min(torch.get_num_threads(), MAX_GRADIENT_COPIES)
@@ -363,68 +351,15 @@ def run_tiles_backward(q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor
     return dq, dk, dv
 
 
-class _TileAttentionFunction(torch.autograd.Function):
-    """The kernel's forward (saving the log-sum-exp) and backward over a tile list."""
-
-    @staticmethod
-    def forward(ctx, q: Tensor, k: Tensor, v: Tensor, tiles: TileList, scale: float) -> Tensor:
-        q, k, v = row_major(q), row_major(k), row_major(v)
-        out = q.new_zeros(*q.shape[:3], v.shape[-1])
-        lse = q.new_full(q.shape[:3], float("-inf"))
-        run_tiles(q, k, v, tiles, out, scale, lse)
-        ctx.save_for_backward(q, k, v, out, lse)
-        ctx.tiles, ctx.scale = tiles, scale
-        return out
-
-    @staticmethod
-    def backward(ctx, grad_out: Tensor) -> tuple[Tensor | None, ...]:
-        q, k, v, out, lse = ctx.saved_tensors
-        dq, dk, dv = run_tiles_backward(q, k, v, out, lse, grad_out, ctx.tiles, ctx.scale)
-        return dq, dk, dv, None, None
-
-
-def tile_attention(q: Tensor, k: Tensor, v: Tensor, tiles: TileList, num_prefix_tokens: int = 0,
-                   scale: float | None = None, dropout_p: float = 0.0) -> Tensor | None:
-    """Attention of the grid queries over ``tiles`` (prefix queries attend densely through SDPA), or None where
-    the kernel cannot run (see the module docstring). ``q, k, v``: ``(B, heads, N, head_dim)``; differentiable
-    through the kernel's backward."""
-    if not _kernel_runs(q, k, v, dropout_p):
+def training_tiles(layout: LocalLayout, num_prefix_tokens: int, k: Tensor, v: Tensor) -> TileList | None:
+    """The tiles that train ``layout`` (:func:`disjoint_tile_sizes` where the mask has them), or None where the
+    per-query kernel should train instead: tiles that share keys when deterministic algorithms are requested (the
+    per-thread ``dK, dV`` copies are filled in scheduling order), when the backward would leave threads idle (more
+    than ``MAX_GRADIENT_COPIES``) or when its copies would exceed ``GRADIENT_COPY_BYTES``."""
+    tiles = progression_tiles(layout, num_prefix_tokens, disjoint_tile_sizes(layout))
+    if tiles.keys_disjoint:
+        return tiles
+    if (torch.are_deterministic_algorithms_enabled() or torch.get_num_threads() > MAX_GRADIENT_COPIES
+            or gradient_copy_bytes(k, v) > GRADIENT_COPY_BYTES):
         return None
-    scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
-    if needs_grad(q, k, v):
-        if native_library("tile_attention_backward") is None:
-            return None
-        out = _TileAttentionFunction.apply(q, k, v, tiles, scale)
-    else:
-        q, k, v = row_major(q), row_major(k), row_major(v)
-        out = q.new_empty(*q.shape[:3], v.shape[-1])
-        run_tiles(q, k, v, tiles, out, scale)
-    prefix = num_prefix_tokens
-    if not prefix:
-        return out
-    prefix_out = F.scaled_dot_product_attention(q[:, :, :prefix], k, v, scale=scale)
-    if out.requires_grad:
-        return torch.cat([prefix_out, out[:, :, prefix:]], dim=2)
-    out[:, :, :prefix] = prefix_out
-    return out
-
-
-def progression_attention(q: Tensor, k: Tensor, v: Tensor, mask: Mask, shape: tuple[int, ...],
-                          num_prefix_tokens: int = 0, scale: float | None = None,
-                          dropout_p: float = 0.0) -> Tensor | None:
-    """:func:`tile_attention` over :func:`progression_tiles` of ``mask`` on ``shape``, or None where the kernel cannot
-    run (see the module docstring; also under ``torch.compile``) or the mask has no progression layout. Training
-    tiles are :func:`disjoint_tile_sizes` where the mask has them. Where tiles share keys and the backward would leave
-    threads idle (more than ``MAX_GRADIENT_COPIES``) or its per-thread gradient copies would exceed
-    ``GRADIENT_COPY_BYTES``, the per-query kernel (no copies, every thread) trains instead."""
-    if not _kernel_runs(q, k, v, dropout_p):
-        return None
-    layout = local_layout(mask, shape)
-    if layout is None:
-        return None
-    training = needs_grad(q, k, v)
-    tiles = progression_tiles(layout, num_prefix_tokens, disjoint_tile_sizes(layout) if training else None)
-    if training and not tiles.keys_disjoint and (torch.get_num_threads() > MAX_GRADIENT_COPIES
-                                                 or gradient_copy_bytes(k, v) > GRADIENT_COPY_BYTES):
-        return local_attention(q, k, v, mask, shape, num_prefix_tokens, scale, dropout_p)
-    return tile_attention(q, k, v, tiles, num_prefix_tokens, scale)
+    return tiles

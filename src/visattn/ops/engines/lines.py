@@ -10,9 +10,9 @@ so the grid splits into ``prod(shape) / L`` independent lines of ``L = shape[axi
 the lines are a batch dimension of ``scaled_dot_product_attention``. Prefix tokens (seen by every token, and
 seeing every token) join every line as ``P`` extra keys; prefix queries attend densely.
 
-``masked_attention``'s fast path runs the lines as tiles of the fused tile kernel instead where it can
-(:mod:`visattn.ops.tile_kernel`; on 2 cores 1.15-1.6x faster than SDPA over the lines forward, and faster forward +
-backward on one tile per line: 1.27-1.55x), which reads the lines in place rather than moving the axis last.
+The dispatch runs the lines as tiles of the fused tile kernel instead where it can (:mod:`visattn.ops.engines.
+fused_tiles`; on 2 cores 1.15-1.6x faster than SDPA over the lines forward, and faster forward + backward on one tile
+per line: 1.27-1.55x), which reads the lines in place rather than moving the axis last.
 """
 
 from __future__ import annotations
@@ -21,10 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..._checks import Shape, as_shape, check_qkv, check_tokens, num_tokens
-from ...masks import AxialMask
-from ..masked import register_fast_path
-from .fused_tiles import progression_attention
+from ..._checks import Shape, num_tokens
 
 
 def to_lines(x: Tensor, shape: Shape, axis: int) -> Tensor:
@@ -41,36 +38,9 @@ def from_lines(lines: Tensor, batch: int, heads: int, shape: Shape, axis: int) -
     return grid.reshape(batch, heads, num_tokens(shape), lines.shape[-1])
 
 
-def axial_attention(
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    axis: int,
-    shape: int | tuple[int, ...],
-    num_prefix_tokens: int = 0,
-    scale: float | None = None,
-    dropout_p: float = 0.0,
-) -> Tensor:
-    """Softmax attention along one axis of the token grid (equal to ``masked_attention`` with ``axial_mask(axis)``).
-
-    Args:
-        q, k, v: ``(B, heads, N, head_dim)`` with ``N = num_prefix_tokens + prod(shape)`` (v may have its own
-            head_dim).
-        axis: the grid axis attended along (negative counts from the end).
-        shape: the grid of the non-prefix tokens, row-major.
-        num_prefix_tokens: global tokens in front.
-        scale: logit scale, ``head_dim ** -0.5`` by default.
-        dropout_p: attention dropout probability.
-    """
-    check_qkv(q, k, v)
-    shape, prefix = AxialMask(axis).bind(as_shape(shape), num_prefix_tokens)
-    check_tokens(q.shape[2], shape, prefix, "q")
-    check_tokens(k.shape[2], shape, prefix, "k")
-    return _lines_attention(q, k, v, axis % len(shape), shape, prefix, scale, dropout_p)
-
-
-def _lines_attention(q: Tensor, k: Tensor, v: Tensor, axis: int, shape: Shape, prefix: int, scale: float | None,
-                     dropout_p: float) -> Tensor:
+def lines_attention(q: Tensor, k: Tensor, v: Tensor, axis: int, shape: Shape, prefix: int, scale: float | None,
+                    dropout_p: float) -> Tensor:
+    """Attention along ``axis`` (non-negative) on checked arguments: one SDPA call over all lines."""
     b, h = q.shape[:2]
     q_lines, k_lines, v_lines = (to_lines(x[:, :, prefix:], shape, axis) for x in (q, k, v))
     if prefix:
@@ -85,14 +55,3 @@ def _lines_attention(q: Tensor, k: Tensor, v: Tensor, axis: int, shape: Shape, p
         return out
     prefix_out = F.scaled_dot_product_attention(q[:, :, :prefix], k, v, scale=scale, dropout_p=dropout_p)
     return torch.cat([prefix_out, out], dim=2)
-
-
-@register_fast_path(AxialMask)
-def axial_fast_path(q: Tensor, k: Tensor, v: Tensor, mask: AxialMask, shape: Shape, num_prefix_tokens: int,
-                    scale: float | None, dropout_p: float = 0.0) -> Tensor:
-    """``masked_attention``'s fast path for axial masks: the fused tile kernel where it can run, else SDPA over the
-    lines; no mask either way."""
-    out = progression_attention(q, k, v, mask, shape, num_prefix_tokens, scale, dropout_p)
-    if out is not None:
-        return out
-    return _lines_attention(q, k, v, mask.axis % len(shape), shape, num_prefix_tokens, scale, dropout_p)

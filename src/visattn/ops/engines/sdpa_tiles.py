@@ -21,10 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..._checks import Shape, as_shape, check_qkv, check_tokens, num_tokens
-from ...masks import Mask, SeparableMask, SequenceMask, SlidingWindowMask
-from ..masked import register_fast_path
-from .fused_tiles import progression_attention
+from ..._checks import Shape, as_shape, check_qkv, check_scale, check_tokens
+from ...masks import Mask, SeparableMask, SequenceMask
 from .tile_autograd import gather_rows, scatter_rows, select_rows, unfold_windows
 from .tile_plan import PlanTensors, TilePlan, tile_plan
 
@@ -61,6 +59,7 @@ def tiled_attention(
     shape, prefix = mask.bind(as_shape(shape), num_prefix_tokens)
     check_tokens(q.shape[2], shape, prefix, "q")
     check_tokens(k.shape[2], shape, prefix, "k")
+    scale = check_scale(scale)
     if tile_sizes is not None:
         tile_sizes = tuple(tile_sizes)
     if not 0.0 <= dropout_p < 1.0:
@@ -122,7 +121,6 @@ def key_tiles(plan: TilePlan, rows: Tensor) -> Tensor:
     return unfold_windows(buffer, plan.unfold_window, plan.unfold_step).flatten(2, 3)
 
 
-@torch.compiler.assume_constant_result
 def prepared_plan(mask: Mask, shape: Shape, num_prefix_tokens: int, tile_sizes: tuple[int, ...] | None,
                   dtype: torch.dtype, device: torch.device) -> tuple[TilePlan, PlanTensors]:
     """:func:`tile_plan` and its tensors for ``dtype`` on ``device``, a constant under ``torch.compile`` (planning
@@ -131,38 +129,4 @@ def prepared_plan(mask: Mask, shape: Shape, num_prefix_tokens: int, tile_sizes: 
     return plan, plan.tensors(dtype, device)
 
 
-def _worth_tiling(plan: TilePlan, shape: Shape) -> bool:
-    """Decline where the tiles would compute more scores than dense attention over all the tokens."""
-    n = num_tokens(shape) + plan.num_prefix_tokens
-    return plan.score_elements <= n * n
-
-
-def _fast_path(q: Tensor, k: Tensor, v: Tensor, mask: Mask, shape: Shape, num_prefix_tokens: int,
-               scale: float | None, dropout_p: float) -> Tensor | None:
-    """The fastest engine that can run the call, by measurement (``benchmarks/structured.py``, 2 cores): the fused
-    tile kernel (:mod:`visattn.ops.tile_kernel`) forward and backward, 1.0-1.4x dense SDPA's time per computed score
-    forward where SDPA on tiles takes 1.4-5x, and 1.1-2.5x faster than SDPA on tiles (or than the per-query kernel
-    on neighborhoods) forward + backward; SDPA on tiles where the kernel cannot run (no compiler, dropout, other
-    dtypes or devices, ``torch.compile``). None where tiling would not pay either."""
-    out = progression_attention(q, k, v, mask, shape, num_prefix_tokens, scale, dropout_p)
-    if out is not None:
-        return out
-    plan, tensors = prepared_plan(mask, shape, num_prefix_tokens, None, q.dtype, q.device)
-    return run_tile_plan(plan, q, k, v, scale, dropout_p, tensors) if _worth_tiling(plan, shape) else None
-
-
-@register_fast_path(SeparableMask)
-def separable_fast_path(q: Tensor, k: Tensor, v: Tensor, mask: SeparableMask, shape: Shape, num_prefix_tokens: int,
-                        scale: float | None, dropout_p: float = 0.0) -> Tensor | None:
-    """``masked_attention``'s fast path for every separable mask: the fused kernel or tiles (None where neither
-    would pay)."""
-    return _fast_path(q, k, v, mask, shape, num_prefix_tokens, scale, dropout_p)
-
-
-@register_fast_path(SequenceMask)
-def sequence_fast_path(q: Tensor, k: Tensor, v: Tensor, mask: SequenceMask, shape: Shape, num_prefix_tokens: int,
-                       scale: float | None, dropout_p: float = 0.0) -> Tensor | None:
-    """``masked_attention``'s fast path for sliding windows; full and causal masks are left to plain SDPA."""
-    if not isinstance(mask, SlidingWindowMask):
-        return None
-    return _fast_path(q, k, v, mask, shape, num_prefix_tokens, scale, dropout_p)
+prepared_plan._dynamo_marked_constant = True  # torch.compiler.assume_constant_result, without importing dynamo

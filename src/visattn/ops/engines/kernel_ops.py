@@ -1,0 +1,382 @@
+"""visattn's C++ kernels as PyTorch custom operators (``torch.library.custom_op``), as NATTEN registers its own.
+
+Each operator has a fake (meta) implementation, so ``torch.compile`` keeps it in the graph as one opaque node
+instead of stepping around it, and the trainable ones register their backward (``register_autograd``) as a second
+operator. That backward operator has no autograd formula of its own: a double backward (``create_graph=True``)
+through a kernel raises PyTorch's "autograd kernel was not registered" error instead of returning gradients that
+silently miss the second-order term.
+
+Operators take only tensors, ints, floats, bools and strings, so a mask is passed by :func:`mask_key` (its
+``repr``, remembered with the mask) and a plan is rebuilt (cached) inside the operator from ``(mask, shape,
+num_prefix_tokens)``. Every operator checks what reaches native code: CPU tensors of one float dtype, token counts
+that match the grid, index values in range, a finite Python float scale.
+
+- ``visattn::progression_attention`` (+ ``_backward``): masks whose per-axis key sets are arithmetic progressions,
+  on the fused tile kernel (``engine="fused_tiles"``; training where tiles share keys may take the per-query kernel,
+  :func:`~visattn.ops.engines.fused_tiles.training_tiles`) or the per-query kernel (``engine="per_query"``).
+- ``visattn::tile_list_attention`` (+ ``_backward``): any explicit
+  :class:`~visattn.ops.engines.fused_tiles.TileList` on the fused tile kernel (:func:`tile_attention`).
+- ``visattn::block_tile_attention``: a mask's present blocks on the fused tile kernel (Radial Attention), forward.
+- ``visattn::bitmap_tile_attention``: PARO's per-head block bitmaps on the fused tile kernel, forward.
+- ``visattn::index_attention``: per-query key lists (Sparsifiner) on the per-query kernel, forward.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ...masks import Mask
+from ..native import DTYPE_SUFFIX, row_major
+from . import fused_tiles, per_query
+from .layout import LocalLayout, local_layout
+
+__all__ = ["bitmap_tile_attention", "block_tile_attention", "index_attention", "mask_for", "mask_key",
+           "progression_attention", "tile_attention", "tile_list_attention"]
+
+ROUTE_TILES = 0
+ROUTE_PER_QUERY = 1
+_MASKS: dict[str, Mask] = {}
+
+
+def mask_key(mask: Mask) -> str:
+    """A string that names ``mask`` for the operators (its ``repr``), remembered so :func:`mask_for` finds the mask
+    again; kept on the mask, so reading it again under ``torch.compile`` is an attribute read."""
+    key = mask.__dict__.get("_operator_key")
+    if key is None:
+        key = repr(mask)
+        known = _MASKS.setdefault(key, mask)
+        if known != mask:
+            raise ValueError(f"two different masks share the repr {key!r}; give {type(mask).__name__} a repr that "
+                             f"tells them apart")
+        object.__setattr__(mask, "_operator_key", key)
+    return key
+
+
+def mask_for(key: str) -> Mask:
+    """The mask :func:`mask_key` named ``key``."""
+    try:
+        return _MASKS[key]
+    except KeyError:
+        raise ValueError(f"no mask is known under the key {key!r}; pass keys made by mask_key") from None
+
+
+def _check_tensors(**tensors: Tensor) -> None:
+    first = next(iter(tensors.values()))
+    for name, t in tensors.items():
+        if t.device.type != "cpu":
+            raise ValueError(f"{name} must be on the CPU for visattn's kernels, got {t.device}")
+        if t.dtype not in DTYPE_SUFFIX or t.dtype != first.dtype:
+            raise TypeError(f"{name} must be float32 or float64 like the others, got {t.dtype}")
+        if t.dim() != 4:
+            raise ValueError(f"{name} must be shaped (B, heads, N, dim), got {tuple(t.shape)}")
+
+
+def _check_scale(scale: float) -> None:
+    if not math.isfinite(scale):
+        raise ValueError(f"scale must be finite, got {scale!r}")
+
+
+def _check_grid(q: Tensor, k: Tensor, shape: list[int], prefix: int) -> None:
+    tokens = prefix + math.prod(shape)
+    for name, t in (("q", q), ("k", k)):
+        if t.shape[2] != tokens:
+            raise ValueError(f"{name} has {t.shape[2]} tokens, but num_prefix_tokens={prefix} and shape={tuple(shape)} "
+                             f"make {tokens}")
+
+
+def _layout(mask: str, shape: list[int]) -> LocalLayout:
+    layout = local_layout(mask_for(mask), tuple(shape))
+    if layout is None:
+        raise ValueError(f"mask {mask} has no per-axis progression layout on shape {tuple(shape)}")
+    return layout
+
+
+def _route(engine: str, training: bool, layout: LocalLayout, prefix: int, k: Tensor, v: Tensor
+           ) -> tuple[int, fused_tiles.TileList | None]:
+    if engine == "per_query":
+        return ROUTE_PER_QUERY, None
+    if engine != "fused_tiles":
+        raise ValueError(f"engine must be 'fused_tiles' or 'per_query', got {engine!r}")
+    if not training:
+        return ROUTE_TILES, fused_tiles.progression_tiles(layout, prefix)
+    tiles = fused_tiles.training_tiles(layout, prefix, k, v)
+    return (ROUTE_PER_QUERY, None) if tiles is None else (ROUTE_TILES, tiles)
+
+
+@torch.library.custom_op("visattn::progression_attention", mutates_args=())
+def progression_attention(q: Tensor, k: Tensor, v: Tensor, mask: str, shape: list[int], num_prefix_tokens: int,
+                          scale: float, training: bool, engine: str) -> tuple[Tensor, Tensor, Tensor]:
+    """Grid rows of masked attention for a progression mask: ``(out [B, H, N, dv], lse, route)``.
+
+    ``out``'s first ``num_prefix_tokens`` rows are not computed (prefix queries attend densely, outside); ``lse``
+    (``[B, H, N]``, empty unless ``training``) and the
+    0-dim int64 ``route`` are what the backward needs."""
+    _check_tensors(q=q, k=k, v=v)
+    _check_grid(q, k, shape, num_prefix_tokens)
+    _check_scale(scale)
+    layout = _layout(mask, shape)
+    q, k, v = row_major(q), row_major(k), row_major(v)
+    route, tiles = _route(engine, training, layout, num_prefix_tokens, k, v)
+    if route == ROUTE_PER_QUERY:
+        if training and layout.transposed is None:
+            raise ValueError(f"the per-query kernel cannot train mask {mask} on {tuple(shape)}: the queries that see "
+                             f"a key are not a progression")
+        out, lse = per_query.local_forward(q, k, v, layout, num_prefix_tokens, scale)
+        if num_prefix_tokens:
+            out = torch.cat([out.new_zeros(*out.shape[:2], num_prefix_tokens, out.shape[-1]), out], dim=2)
+            lse = torch.cat([lse.new_full((*lse.shape[:2], num_prefix_tokens), float("-inf")), lse], dim=2)
+    else:
+        out = q.new_empty(*q.shape[:3], v.shape[-1])
+        lse = q.new_full(q.shape[:3], float("-inf")) if training else None
+        fused_tiles.run_tiles(q, k, v, tiles, out, scale, lse)
+    if not training:
+        lse = q.new_empty(0)
+    return out, lse, torch.tensor(route, dtype=torch.int64)
+
+
+@progression_attention.register_fake
+def _(q, k, v, mask, shape, num_prefix_tokens, scale, training, engine):
+    out = q.new_empty(*q.shape[:3], v.shape[-1])
+    if not training:
+        return out, q.new_empty(0), torch.empty((), dtype=torch.int64)
+    return out, q.new_empty(q.shape[:3]), torch.empty((), dtype=torch.int64)
+
+
+@torch.library.custom_op("visattn::progression_attention_backward", mutates_args=())
+def progression_attention_backward(grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor,
+                                   route: Tensor, mask: str, shape: list[int], num_prefix_tokens: int, scale: float
+                                   ) -> tuple[Tensor, Tensor, Tensor]:
+    """``dq, dk, dv`` of :func:`progression_attention` (run with ``training=True``) for the gradient ``grad_out``
+    of its ``out``."""
+    layout = _layout(mask, shape)
+    prefix = num_prefix_tokens
+    q, k, v = row_major(q), row_major(k), row_major(v)
+    if int(route) == ROUTE_PER_QUERY:
+        return per_query.local_backward(q, k, v, out[:, :, prefix:], lse[:, :, prefix:].contiguous(),
+                                        grad_out[:, :, prefix:], layout, prefix, scale)
+    tiles = fused_tiles.training_tiles(layout, prefix, k, v)
+    if tiles is None:
+        tiles = fused_tiles.progression_tiles(layout, prefix, fused_tiles.disjoint_tile_sizes(layout))
+    return fused_tiles.run_tiles_backward(q, k, v, out, lse, grad_out, tiles, scale)
+
+
+@progression_attention_backward.register_fake
+def _(grad_out, q, k, v, out, lse, route, mask, shape, num_prefix_tokens, scale):
+    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+
+
+def _setup_context(ctx, inputs, output) -> None:
+    q, k, v, mask, shape, num_prefix_tokens, scale, training, engine = inputs
+    out, lse, route = output
+    if not training:
+        ctx.trained = False
+        return
+    ctx.trained = True
+    ctx.save_for_backward(q, k, v, out, lse, route)
+    ctx.mask, ctx.shape, ctx.num_prefix_tokens, ctx.scale = mask, shape, num_prefix_tokens, scale
+    ctx.mark_non_differentiable(lse, route)
+
+
+def _backward(ctx, grad_out: Tensor, grad_lse: Tensor, grad_route: Tensor) -> tuple[Tensor | None, ...]:
+    if not ctx.trained:
+        raise RuntimeError("visattn::progression_attention ran with training=False and saved nothing for a backward")
+    q, k, v, out, lse, route = ctx.saved_tensors
+    dq, dk, dv = progression_attention_backward(grad_out, q, k, v, out, lse, route, ctx.mask, ctx.shape,
+                                                ctx.num_prefix_tokens, ctx.scale)
+    return dq, dk, dv, None, None, None, None, None, None
+
+
+progression_attention.register_autograd(_backward, setup_context=_setup_context)
+
+
+def _tile_list(q_ptr: Tensor, q_idx: Tensor, seg_ptr: Tensor, key_ptr: Tensor, k_idx: Tensor, mask_off: Tensor,
+               masks: Tensor, tokens: int, keys: int) -> fused_tiles.TileList:
+    """A :class:`~visattn.ops.engines.fused_tiles.TileList` from its tensors, checked so that no index the kernel
+    follows leaves the arrays it reads."""
+    for name, t in (("q_ptr", q_ptr), ("q_idx", q_idx), ("seg_ptr", seg_ptr), ("key_ptr", key_ptr),
+                    ("k_idx", k_idx), ("mask_off", mask_off)):
+        if t.dtype != torch.int64 or t.dim() != 1 or t.device.type != "cpu":
+            raise ValueError(f"tiles.{name} must be a 1-D int64 CPU tensor, got {t.dtype} {tuple(t.shape)} on "
+                             f"{t.device}")
+    if masks.dtype != torch.uint8 or masks.dim() != 1:
+        raise ValueError(f"tiles.masks must be a 1-D uint8 tensor, got {masks.dtype} {tuple(masks.shape)}")
+    count = len(q_ptr) - 1
+    if count < 0 or len(seg_ptr) != count + 1 or len(mask_off) != len(key_ptr) - 1:
+        raise ValueError("tiles: q_ptr, seg_ptr, key_ptr and mask_off do not describe one tile list")
+    for name, ptr, size in (("q_ptr", q_ptr, len(q_idx)), ("seg_ptr", seg_ptr, len(key_ptr) - 1),
+                            ("key_ptr", key_ptr, len(k_idx))):
+        if len(ptr) and (int(ptr[0]) != 0 or int(ptr[-1]) != size or bool((ptr[1:] < ptr[:-1]).any())):
+            raise ValueError(f"tiles.{name} must rise from 0 to {size}")
+    for name, idx, bound in (("q_idx", q_idx, tokens), ("k_idx", k_idx, keys)):
+        if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= bound):
+            raise ValueError(f"tiles.{name} must hold token indices in [0, {bound})")
+    rows = torch.diff(q_ptr)
+    tile_of_seg = torch.repeat_interleave(torch.arange(count), torch.diff(seg_ptr))
+    stored = (rows[tile_of_seg] + fused_tiles.MASK_ALIGN - 1) // fused_tiles.MASK_ALIGN * fused_tiles.MASK_ALIGN
+    ends = mask_off + torch.diff(key_ptr) * stored
+    if bool(((mask_off >= 0) & (ends > masks.numel())).any()):
+        raise ValueError("tiles.mask_off points past the end of tiles.masks")
+    return fused_tiles.TileList(q_ptr, q_idx, seg_ptr, key_ptr, k_idx, mask_off, masks)
+
+
+@torch.library.custom_op("visattn::tile_list_attention", mutates_args=())
+def tile_list_attention(q: Tensor, k: Tensor, v: Tensor, q_ptr: Tensor, q_idx: Tensor, seg_ptr: Tensor,
+                        key_ptr: Tensor, k_idx: Tensor, mask_off: Tensor, masks: Tensor, scale: float,
+                        training: bool) -> tuple[Tensor, Tensor]:
+    """``(out [B, H, N, dv], lse)`` of the queries an explicit tile list names (other rows 0; ``lse`` empty unless
+    ``training``)."""
+    _check_tensors(q=q, k=k, v=v)
+    _check_scale(scale)
+    tiles = _tile_list(q_ptr, q_idx, seg_ptr, key_ptr, k_idx, mask_off, masks, q.shape[2], k.shape[2])
+    q, k, v = row_major(q), row_major(k), row_major(v)
+    out = q.new_zeros(*q.shape[:3], v.shape[-1])
+    lse = q.new_full(q.shape[:3], float("-inf")) if training else None
+    fused_tiles.run_tiles(q, k, v, tiles, out, scale, lse)
+    return out, (lse if training else q.new_empty(0))
+
+
+@tile_list_attention.register_fake
+def _(q, k, v, q_ptr, q_idx, seg_ptr, key_ptr, k_idx, mask_off, masks, scale, training):
+    return q.new_empty(*q.shape[:3], v.shape[-1]), q.new_empty(q.shape[:3] if training else (0,))
+
+
+@torch.library.custom_op("visattn::tile_list_attention_backward", mutates_args=())
+def tile_list_attention_backward(grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor,
+                                 q_ptr: Tensor, q_idx: Tensor, seg_ptr: Tensor, key_ptr: Tensor, k_idx: Tensor,
+                                 mask_off: Tensor, masks: Tensor, scale: float) -> tuple[Tensor, Tensor, Tensor]:
+    """``dq, dk, dv`` of :func:`tile_list_attention`."""
+    tiles = _tile_list(q_ptr, q_idx, seg_ptr, key_ptr, k_idx, mask_off, masks, q.shape[2], k.shape[2])
+    q, k, v = row_major(q), row_major(k), row_major(v)
+    return fused_tiles.run_tiles_backward(q, k, v, out, lse, grad_out, tiles, scale)
+
+
+@tile_list_attention_backward.register_fake
+def _(grad_out, q, k, v, out, lse, q_ptr, q_idx, seg_ptr, key_ptr, k_idx, mask_off, masks, scale):
+    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+
+
+def _tile_list_setup(ctx, inputs, output) -> None:
+    q, k, v, *tile_tensors, scale, training = inputs
+    out, lse = output
+    ctx.trained = training
+    ctx.scale = scale
+    if training:
+        ctx.save_for_backward(q, k, v, out, lse, *tile_tensors)
+    ctx.mark_non_differentiable(lse)
+
+
+def _tile_list_backward(ctx, grad_out: Tensor, grad_lse: Tensor) -> tuple[Tensor | None, ...]:
+    if not ctx.trained:
+        raise RuntimeError("visattn::tile_list_attention ran with training=False and saved nothing for a backward")
+    q, k, v, out, lse, *tile_tensors = ctx.saved_tensors
+    dq, dk, dv = tile_list_attention_backward(grad_out, q, k, v, out, lse, *tile_tensors, ctx.scale)
+    return dq, dk, dv, *([None] * 9)
+
+
+tile_list_attention.register_autograd(_tile_list_backward, setup_context=_tile_list_setup)
+
+
+def tile_attention(q: Tensor, k: Tensor, v: Tensor, tiles: fused_tiles.TileList, num_prefix_tokens: int = 0,
+                   scale: float | None = None) -> Tensor:
+    """Attention of the queries ``tiles`` names over their key segments on the fused tile kernel, differentiable;
+    the first ``num_prefix_tokens`` queries attend densely (SDPA). ``q, k, v``: CPU float32/float64 ``(B, heads,
+    N, head_dim)``; queries no tile names output 0."""
+    scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
+    training = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
+    out = tile_list_attention(q, k, v, tiles.q_ptr, tiles.q_idx, tiles.seg_ptr, tiles.key_ptr, tiles.k_idx,
+                              tiles.mask_off, tiles.masks, scale, training)[0]
+    if not num_prefix_tokens:
+        return out
+    prefix_out = torch.nn.functional.scaled_dot_product_attention(q[:, :, :num_prefix_tokens], k, v, scale=scale)
+    return torch.cat([prefix_out, out[:, :, num_prefix_tokens:]], dim=2)
+
+
+@torch.library.custom_op("visattn::block_tile_attention", mutates_args=())
+def block_tile_attention(q: Tensor, k: Tensor, v: Tensor, mask: str, shape: list[int], num_prefix_tokens: int,
+                         scale: float, query_block: int, key_block: int) -> Tensor:
+    """Grid rows (``[B, H, N, dv]``, prefix rows not computed) of ``mask`` over its present (query block, key
+    block) pairs (:func:`~visattn.ops.engines.block_sparse.block_tiles`), forward only."""
+    from .block_sparse import block_tiles
+
+    _check_tensors(q=q, k=k, v=v)
+    _check_grid(q, k, shape, num_prefix_tokens)
+    _check_scale(scale)
+    tiles = block_tiles(mask_for(mask), tuple(shape), num_prefix_tokens, query_block, key_block)
+    q, k, v = row_major(q), row_major(k), row_major(v)
+    out = q.new_empty(*q.shape[:3], v.shape[-1])
+    fused_tiles.run_tiles(q, k, v, tiles, out, scale)
+    return out
+
+
+@block_tile_attention.register_fake
+def _(q, k, v, mask, shape, num_prefix_tokens, scale, query_block, key_block):
+    return q.new_empty(*q.shape[:3], v.shape[-1])
+
+
+@torch.library.custom_op("visattn::bitmap_tile_attention", mutates_args=())
+def bitmap_tile_attention(q: Tensor, k: Tensor, v: Tensor, bitmap: Tensor, block: int, scale: float) -> Tensor:
+    """Attention of every head over the (query block, key block) tiles its ``bitmap`` (bool ``[heads, nb, nb]``)
+    keeps (PARO); a query block without kept tiles outputs 0. Forward only."""
+    _check_tensors(q=q, k=k, v=v)
+    _check_scale(scale)
+    n = q.shape[2]
+    nb = -(-n // block)
+    if bitmap.dtype != torch.bool or tuple(bitmap.shape) != (q.shape[1], nb, nb):
+        raise ValueError(f"bitmap must be bool of shape (heads, ceil(N / block), ceil(N / block))="
+                         f"{(q.shape[1], nb, nb)}, got {bitmap.dtype} {tuple(bitmap.shape)}")
+    q, k, v = row_major(q), row_major(k), row_major(v)
+    out = q.new_zeros(*q.shape[:3], v.shape[-1])
+    bitmaps = bitmap.cpu().numpy()
+    for head in range(q.shape[1]):
+        tiles = _bitmap_tiles(bitmaps[head].tobytes(), nb, block, n)
+        fused_tiles.run_tiles(q[:, head : head + 1], k[:, head : head + 1], v[:, head : head + 1], tiles,
+                              out[:, head : head + 1], scale)
+    return out
+
+
+@bitmap_tile_attention.register_fake
+def _(q, k, v, bitmap, block, scale):
+    return q.new_empty(*q.shape[:3], v.shape[-1])
+
+
+_BITMAP_CACHE: dict[tuple[bytes, int, int, int], fused_tiles.TileList] = {}
+
+
+def _bitmap_tiles(bitmap: bytes, nb: int, block: int, num_tokens: int) -> fused_tiles.TileList:
+    """PARO's bitmaps are static after calibration: their tiles are built once (at most 256 kept)."""
+    key = (bitmap, nb, block, num_tokens)
+    if key not in _BITMAP_CACHE:
+        if len(_BITMAP_CACHE) >= 256:
+            _BITMAP_CACHE.pop(next(iter(_BITMAP_CACHE)))
+        _BITMAP_CACHE[key] = fused_tiles.bitmap_tiles(np.frombuffer(bitmap, dtype=bool).reshape(nb, nb), block,
+                                                      num_tokens)
+    return _BITMAP_CACHE[key]
+
+
+@torch.library.custom_op("visattn::index_attention", mutates_args=())
+def index_attention(q: Tensor, k: Tensor, v: Tensor, index: Tensor, scale: float) -> Tensor:
+    """``out_i = sum_{j in index[..., i, :]} softmax_j(scale * q_i . k_j) v_j`` (a negative entry ends a list),
+    forward only."""
+    _check_tensors(q=q, k=k, v=v)
+    _check_scale(scale)
+    if q.shape[:2] != k.shape[:2] or k.shape[:3] != v.shape[:3] or q.shape[-1] != k.shape[-1]:
+        raise ValueError(f"q, k, v do not fit together: q={tuple(q.shape)}, k={tuple(k.shape)}, v={tuple(v.shape)}")
+    if index.dtype != torch.int64 or index.dim() != 4 or tuple(index.shape[:3]) != tuple(q.shape[:3]):
+        raise ValueError(f"index must be int64 of shape (B, heads, Nq, kk) with (B, heads, Nq)={tuple(q.shape[:3])}, "
+                         f"got {index.dtype} {tuple(index.shape)}")
+    if index.device.type != "cpu":
+        raise ValueError(f"index must be on the CPU, got {index.device}")
+    if index.numel() and int(index.max()) >= k.shape[2]:
+        raise ValueError(f"index must hold key indices below N={k.shape[2]} (negative ends a list), got "
+                         f"{int(index.max())}")
+    q, k, v = row_major(q), row_major(k), row_major(v)
+    return per_query.index_forward(q, k, v, index.contiguous(), scale)
+
+
+@index_attention.register_fake
+def _(q, k, v, index, scale):
+    return q.new_empty(*q.shape[:3], v.shape[-1])
