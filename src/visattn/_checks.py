@@ -100,6 +100,20 @@ def check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
         raise ValueError(f"q and k must agree on (B, heads), got q={tuple(q.shape)}, k={tuple(k.shape)}")
     if q.shape[-1] != k.shape[-1]:
         raise ValueError(f"q and k must share head_dim, got q={tuple(q.shape)}, k={tuple(k.shape)}")
+    if q.shape[-1] < 1:
+        raise ValueError(f"head_dim must be >= 1 (the last axis of q and k), got q={tuple(q.shape)}")
+
+
+def check_attn_mask(attn_mask: object) -> None:
+    """``attn_mask`` must be None or a bool (True = attend) or floating-point (additive) tensor; an integer mask is
+    ambiguous (0/1 as a keep-mask, or additive) and is refused with a ``TypeError``."""
+    if attn_mask is None:
+        return
+    if not isinstance(attn_mask, torch.Tensor):
+        raise TypeError(f"attn_mask must be a torch.Tensor or None, got {type(attn_mask).__name__}")
+    if attn_mask.dtype != torch.bool and not attn_mask.is_floating_point():
+        raise TypeError(f"attn_mask must be bool (True = attend) or floating point (additive), got {attn_mask.dtype}; "
+                        "for a 0/1 integer mask pass attn_mask.bool()")
 
 
 def check_tokens(n: int, shape: Shape, num_prefix_tokens: int, name: str = "q") -> None:

@@ -1,10 +1,16 @@
 """The ``visattn`` command: ``visattn list`` (the registry), ``visattn bench`` (time every mixer against
-dense SDPA) and ``visattn lens`` (a ViT's attention on one image: metrics, pictures, HTML report). Progress
-bars and tables are drawn with rich: the progress bar on stderr, tables on stdout."""
+dense SDPA), ``visattn lens`` (a ViT's attention on one image: metrics, pictures, HTML report) and ``visattn cite``
+(BibTeX of the papers behind a name). Progress bars and tables are drawn with rich: the progress bar on stderr,
+tables on stdout.
+
+Errors never end in a traceback: output paths are checked before any work starts, and a bad value
+(``ValueError``, ``TypeError``, exit status 2) or a failing file operation (``OSError``, exit status 1) is one line
+on stderr. The lens is imported only by ``visattn lens``."""
 
 from __future__ import annotations
 
 import argparse
+import inspect
 import logging
 import os
 import sys
@@ -13,24 +19,50 @@ from collections.abc import Callable, Sequence
 import torch
 from rich.console import Console
 from rich.logging import RichHandler
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from . import bench
-from .lens import command as lens_command
+from . import bench, cli_lens
+from .cite import cite
+from .cli_paths import check_output_file, check_output_folder
 from .registry import get_mixer_spec, list_mixers
 
 FILE_WIDTH = 160
 
 
-def _list_table(family: str | None) -> Table:
-    table = Table(title="visattn mixers")
-    for column in ("name", "family", "paper", "arXiv", "complexity", "faces"):
-        table.add_column(column, overflow="fold", no_wrap=column in ("name", "arXiv"))
-    for name in list_mixers(family):
+def _causal(name: str) -> str:
+    """``default`` when the mixer is causal unless told otherwise, ``option`` when ``is_causal`` can turn a causal
+    mask on, ``-`` when it has none."""
+    spec = get_mixer_spec(name)
+    if spec.causal_default:
+        return "default"
+    return "option" if "is_causal" in inspect.signature(spec.factory).parameters else "-"
+
+
+PAPER_TITLE_MIN_WIDTH = 140
+"""Consoles narrower than this get the mixer table without paper titles (the arXiv id names the paper)."""
+
+
+def _list_table(family: str | None, width: int = PAPER_TITLE_MIN_WIDTH) -> Table:
+    families = sorted({get_mixer_spec(n).family for n in list_mixers()})
+    if family is not None and family not in families:
+        raise ValueError(f"--family {family!r} is not a mixer family; choose from {', '.join(families)}")
+    names = list_mixers(family)
+    table = Table(title="visattn mixers", caption="causal: 'default' = causal unless is_causal=False is passed "
+                                                  "(replace_attention refuses these without is_causal)")
+    columns = ("name", "family", "causal", "paper", "arXiv", "complexity", "faces")
+    if width < PAPER_TITLE_MIN_WIDTH:
+        columns = tuple(c for c in columns if c != "paper")
+    words = {"name": max(map(len, names)), "family": 12, "causal": 7, "arXiv": 10, "complexity": 13}
+    for column in columns:
+        # names, ids and costs never fold; titles and faces wrap between words
+        table.add_column(column, no_wrap=column in words, min_width=words.get(column), overflow="ellipsis")
+    for name in names:
         spec = get_mixer_spec(name)
-        table.add_row(name, spec.family, spec.paper.title, spec.paper.arxiv or "-", spec.complexity,
-                      ", ".join(spec.faces))
+        cells = {"name": name, "family": spec.family, "causal": _causal(name), "paper": spec.paper.title,
+                 "arXiv": spec.paper.arxiv or "-", "complexity": spec.complexity, "faces": ", ".join(spec.faces)}
+        table.add_row(*(cells[c] for c in columns))
     return table
 
 
@@ -80,6 +112,17 @@ def _argument(parse: Callable[[str], object]) -> Callable[[str], object]:
     return convert
 
 
+class _Parser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` whose help and usage texts carry no reStructuredText double backticks (the help
+    strings share docstrings' markup; a terminal shows it literally)."""
+
+    def format_help(self) -> str:
+        return super().format_help().replace("``", "")
+
+    def format_usage(self) -> str:
+        return super().format_usage().replace("``", "")
+
+
 class _DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """Shows ``(default: ...)`` except for flags and for options whose default is decided later (None)."""
 
@@ -90,7 +133,7 @@ class _DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="visattn", description=__doc__.split("\n\n")[0])
+    parser = _Parser(prog="visattn", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
 
     listing = commands.add_parser("list", help="the registered mixers as a table")
@@ -123,8 +166,25 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--seed", type=int, default=defaults.seed, help="seed of the random q, k, v")
     run.add_argument("--json", metavar="PATH", default=None, help="write the records to this JSON file")
     run.add_argument("--plot", metavar="PATH", default=None, help="write a log-log PNG plot to this file")
-    lens_command.add_parser(commands)
+    cli_lens.add_parser(commands)
+    citing = commands.add_parser("cite", help="BibTeX of the paper(s) behind a mixer, edit, metric or paper",
+                                 description="Print the BibTeX of the paper(s) behind NAME, from the paper table "
+                                             "that feeds the docs; visattn's own entry without NAME.")
+    citing.add_argument("name", nargs="?", default=None, metavar="NAME",
+                        help="a mixer (neighborhood), edit (VisualAttentionRedistribution), metric "
+                             "(mean_attention_distance), transform (polar_resample), paper key or arXiv id")
     return parser
+
+
+def _check_outputs(args: argparse.Namespace) -> None:
+    """Every output path the command names, checked before the run starts."""
+    if args.command == "bench":
+        if args.json:
+            check_output_file(args.json, "--json", "bench.json")
+        if args.plot:
+            check_output_file(args.plot, "--plot", "bench.png")
+    elif args.command == "lens":
+        check_output_folder(args.out, "--out")
 
 
 def _settings(args: argparse.Namespace) -> bench.BenchSettings:
@@ -179,17 +239,34 @@ def main(argv: Sequence[str] | None = None) -> int:
     logger = logging.getLogger("visattn")
     logger.addHandler(handler)
     try:
+        _check_outputs(args)
         if args.command == "list":
-            out.print(_list_table(args.family))
+            out.print(_list_table(args.family, out.width))
+            return 0
+        if args.command == "cite":
+            out.print(cite(args.name), end="", highlight=False, markup=False, soft_wrap=True)
             return 0
         if args.command == "lens":
+            from .lens import command as lens_command
+
             return lens_command.execute(args, out)
         return _bench(args, out, err)
     except (ValueError, TypeError) as error:
-        err.print(f"[bold red]visattn {args.command}:[/] {error}", highlight=False)
+        _fail(err, args.command, error)
         return 2
+    except OSError as error:
+        _fail(err, args.command, error)
+        return 1
     finally:
         logger.removeHandler(handler)
+
+
+def _fail(err: Console, command: str, error: BaseException) -> None:
+    """``error`` as one line on stderr (messages that span lines, like PyTorch's, are joined)."""
+    message = " ".join(str(error).split()) or type(error).__name__
+    if isinstance(error, OSError) and not isinstance(error, (FileNotFoundError, PermissionError)):
+        message = f"{type(error).__name__}: {message}"
+    err.print(f"[bold red]visattn {command}:[/] {escape(message)}", highlight=False, soft_wrap=True)
 
 
 if __name__ == "__main__":

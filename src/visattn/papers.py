@@ -7,7 +7,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["FAMILIES", "FOUNDATIONAL", "PAPERS", "Paper", "get_paper"]
+__all__ = [
+    "FAMILIES",
+    "FOUNDATIONAL",
+    "IMPLEMENTATIONS",
+    "IMPLEMENTATION_KINDS",
+    "NOT_YET",
+    "PAPERS",
+    "Implementation",
+    "Paper",
+    "bibtex",
+    "get_paper",
+]
 
 FAMILIES: tuple[str, ...] = (
     "search",
@@ -487,6 +498,118 @@ PAPERS: dict[str, Paper] = {
         ),
     )
 }
+
+
+IMPLEMENTATION_KINDS: tuple[str, ...] = ("edit", "metric", "transform", "module", "tool")
+"""The allowed values of :attr:`Implementation.kind`; registered mixers are listed by the registry instead."""
+
+
+@dataclass(frozen=True)
+class Implementation:
+    """Something in visattn, other than a registered mixer, that implements (part of) a paper.
+
+    ``target`` is the dotted path of the object (``"visattn.lens.edits.VisualAttentionRedistribution"``); the tests
+    import every target, and check that its module docstring names the paper's arXiv id, so this table cannot
+    point at code that does not exist or that cites another paper.
+    """
+
+    paper: str
+    kind: str
+    target: str
+
+    @property
+    def name(self) -> str:
+        """The object's own name, the last part of :attr:`target`."""
+        return self.target.rpartition(".")[2]
+
+    @property
+    def label(self) -> str:
+        """``target`` without the leading ``visattn.``, as the docs show it."""
+        return self.target.removeprefix("visattn.")
+
+
+def _impl(paper: str, kind: str, *targets: str) -> tuple[Implementation, ...]:
+    return tuple(Implementation(paper, kind, target) for target in targets)
+
+
+IMPLEMENTATIONS: tuple[Implementation, ...] = (
+    *_impl("var_sink", "edit", "visattn.lens.edits.VisualAttentionRedistribution"),
+    *_impl("var_sink", "metric", "visattn.lens.metrics.sink_tokens", "visattn.lens.metrics.massive_activation_dims"),
+    *_impl("rst", "transform", "visattn.transforms.polar_resample", "visattn.transforms.polar_inverse"),
+    *_impl("rst", "module", "visattn.nn.RadialStripAttention", "visattn.nn.DynamicRadialEmbedding"),
+    *_impl("affine_scaled", "edit", "visattn.lens.edits.AffineAttentionScaling"),
+    *_impl("imbalanced_attention", "edit", "visattn.lens.edits.ImbalancedAttentionBoost"),
+    *_impl("dependency_vit", "module", "visattn.nn.ReversedEncoder", "visattn.nn.dependency_tree"),
+    *_impl("vhd", "edit", "visattn.lens.edits.VisionHeadReinforcement"),
+    *_impl("vhd", "metric", "visattn.lens.metrics.vision_head_divergence"),
+    *_impl("pavlovian", "tool", "visattn.ops.associative_memory.hebbian_memory",
+           "visattn.ops.associative_memory.retrieve"),
+    *_impl("cdfsod_astigmatism", "metric", "visattn.lens.metrics.mean_attention_distance"),
+    *_impl("morph", "module", "visattn.nn.MorphAxialAttention"),
+    *_impl("carve", "edit", "visattn.lens.edits.contrastive_attention", "visattn.lens.edits.refine_image"),
+    *_impl("carve", "metric", "visattn.lens.metrics.visual_attention_entropy"),
+    *_impl("headhunter", "edit", "visattn.lens.edits.SoftPerturbedAttention", "visattn.lens.edits.head_hunter"),
+    *_impl("hedgehog", "tool", "visattn.nn.distill_attention", "visattn.nn.hedgehog_student"),
+    *_impl("gift", "edit", "visattn.lens.edits.GazeShiftAmplification"),
+    *_impl("raptor", "metric", "visattn.lens.metrics.layer_dissimilarity", "visattn.lens.metrics.max_cut_phases"),
+    *_impl("faster_neighborhood", "module", "visattn.nn.NeighborhoodAttention2d"),
+    *_impl("softplus_attention", "edit", "visattn.lens.edits.AttentionReweighting"),
+    *_impl("foveated_retinotopy", "transform", "visattn.transforms.log_polar.log_polar",
+           "visattn.transforms.log_polar.inverse_log_polar", "visattn.transforms.fixation_grid.localize"),
+    *_impl("consistedit", "edit", "visattn.lens.edits.ConsistEditControl"),
+    *_impl("vas_avar", "edit", "visattn.lens.edits.VisualSystemModulation"),
+    *_impl("vas_avar", "metric", "visattn.lens.metrics.visual_attention_score"),
+)
+"""Edits, metrics, transforms, modules and tools that implement a paper, beside the registered mixers."""
+
+NOT_YET: dict[str, str] = {
+    "eccnet": "the eccNET visual-search model (eccentricity-dependent recognition, top-down target modulation)",
+    "rtnet": "the RoI tanh-polar warp and the HybridBlock face-parsing network",
+    "brain_encoder": "the transformer brain encoder (cross-attention from brain-region queries to image features)",
+    "psa": "the Polarized Self-Attention block (channel-only and spatial-only branches)",
+    "ulsam": "the ULSAM subspace attention module",
+    "trackvla_pp": "the TrackVLA++ reasoning and memory modules",
+    "oat": "the OAT object-level scanpath transformer",
+    "aps_vit": "adaptive polyphase sampling for shift-equivariant ViTs",
+    "vision_matters": "the visual perturbations (distractor concatenation, dominance-preserving mixup, rotation)",
+    "partialnet": "the partial visual attention blocks (PAT_ch, PAT_sp, PAT_sf) and PATNet",
+    "s2lic": "the adaptive channel-wise and global-inter attention context model (ACGC) and the codec",
+    "rst": "the full RST deblurring network",
+    "morph": "the MORPH foundation model",
+    "dependency_vit": "pretrained DependencyViT models and DependencyViT-Lite pruning schedules",
+    "pavlovian": "nothing beyond the associative-memory analysis (an analysis paper)",
+    "cdfsod_astigmatism": "the detector-side remedy modules of the paper",
+}
+"""Per paper: what visattn does not implement (yet). A paper with no implementation at all must be listed."""
+
+
+def _bibtex_escape(text: str) -> str:
+    out = []
+    for char in text:
+        if char in "&%$#_{}":
+            out.append("\\" + char)
+        elif char == "^":
+            out.append("\\^{}")
+        elif char == "~":
+            out.append("\\~{}")
+        else:
+            out.append(char)
+    return "".join(out)
+
+
+def bibtex(key: str) -> str:
+    """A BibTeX ``@misc`` entry for paper ``key``: title, year, arXiv eprint (``archivePrefix = {arXiv}``), URL and
+    code. The table holds no author lists, so the entry has none: complete it from the arXiv page it links."""
+    paper = get_paper(key)
+    fields = [("title", "{" + _bibtex_escape(paper.title) + "}")]
+    if paper.year is not None:
+        fields.append(("year", str(paper.year)))
+    if paper.arxiv:
+        fields += [("eprint", paper.arxiv), ("archivePrefix", "arXiv"), ("url", paper.url or "")]
+    if paper.code:
+        fields.append(("note", "Code: \\url{https://github.com/" + paper.code + "}"))
+    body = ",\n".join(f"  {name} = {{{value}}}" for name, value in fields)
+    return f"@misc{{{paper.key}{paper.year or ''},\n{body}\n}}\n"
 
 
 def get_paper(key: str) -> Paper:

@@ -117,6 +117,7 @@ def test_layer_selection_and_pretrained_flag(astronaut, tmp_path, monkeypatch):
         return create(name, pretrained=False, **kwargs)
 
     monkeypatch.setattr(timm, "create_model", spy)
+    monkeypatch.setattr("visattn.lens.command._hub_reachable", lambda: True)  # as if online: no offline stop
     # the run stops after building the model (layer 5 does not exist): enough to see how it was built
     assert lens(astronaut, "--model", "vit_tiny_patch16_224", "--model-kwargs", TINY, "--out", tmp_path / "p",
                 "--pretrained", "--layers", "5") == 2

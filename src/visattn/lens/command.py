@@ -1,7 +1,8 @@
 """``visattn lens IMAGE --model NAME_OR_CHECKPOINT``: capture a ViT's attention on one image, measure it, draw it.
 
-The model is a timm model name (visattn models are registered in timm) built with random weights unless
-``--pretrained`` is given (a warning says so), or a checkpoint file saved with ``torch.save(model.state_dict())``
+The model is a timm model name built with random weights unless ``--pretrained`` is given (a warning says so;
+the weights come from the Hugging Face cache, and when they are not there and the Hub cannot be reached the run
+stops at once and says how to provide them), or a checkpoint file saved with ``torch.save(model.state_dict())``
 together with ``--model-name`` (and the ``--model-kwargs`` it was built with). The image is resized and cropped as
 the model's timm data config says. The run writes into ``--out``: ``attention.png`` (rollout, gradient rollout and
 the last layer's attention over the image), ``heads.png`` (layers x heads), ``metrics.png`` (metrics by layer),
@@ -11,16 +12,21 @@ Metrics (``--metrics``, default all that apply): ``entropy`` (mean over heads an
 grid keys, CARVE), ``distance`` (mean attention distance in patches), ``sinks`` (largest ``|x|/RMS`` per layer,
 massive-activation dims and sink tokens, VAR), ``rollout``, ``grad_rollout`` (gradient rollout of the top class),
 ``phases`` (layer dissimilarity and max-cut phases, Raptor). Rollouts run over the captured layers only.
+
+The output folder is checked before the model is built; bad values and unreadable files raise ``ValueError``,
+which ``visattn`` prints as one line. The arguments are defined in :mod:`visattn.cli_lens`.
 """
 
 from __future__ import annotations
 
 import argparse
-import ast
 import importlib.util
 import json
 import logging
 import math
+import os
+import pickle
+import socket
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +40,8 @@ from rich.console import Console
 from rich.table import Table
 from torch import Tensor, nn
 
+from ..cli_lens import METRICS, parse_model_kwargs
+from ..cli_paths import check_output_folder
 from . import metrics, plots
 from .capture import capture
 from .metrics import SINK_TAU
@@ -41,7 +49,11 @@ from .report import Picture, Report, format_value
 
 logger = logging.getLogger("visattn.lens")
 
-METRICS = ("entropy", "distance", "sinks", "rollout", "grad_rollout", "phases")
+__all__ = ["METRICS", "LensOptions", "LensOutput", "build_model", "execute", "layout", "load_image",
+           "options_from", "parse_model_kwargs", "prepare", "run"]
+
+HUB_TIMEOUT_S = 3.0
+"""Seconds to wait for a connection to the Hugging Face Hub before calling it unreachable."""
 
 
 @dataclass
@@ -73,30 +85,6 @@ class LensOutput:
     summary: dict[str, str]
 
 
-def parse_model_kwargs(text: str) -> dict[str, Any]:
-    """``"img_size=32,depth=2"`` -> ``{"img_size": 32, "depth": 2}``; values are Python literals or bare words."""
-    if not text.strip():
-        return {}
-    try:
-        call = ast.parse(f"f({text})", mode="eval").body
-    except SyntaxError as err:
-        raise ValueError(f"--model-kwargs must look like key=value,key=value, got {text!r}") from err
-    if not isinstance(call, ast.Call) or call.args or any(k.arg is None for k in call.keywords):
-        raise ValueError(f"--model-kwargs must look like key=value,key=value, got {text!r}")
-    kwargs = {}
-    for keyword in call.keywords:
-        node = keyword.value
-        if isinstance(node, ast.Name):
-            kwargs[keyword.arg] = node.id
-            continue
-        try:
-            kwargs[keyword.arg] = ast.literal_eval(node)
-        except ValueError as err:
-            raise ValueError(f"--model-kwargs value of {keyword.arg} must be a Python literal, "
-                             f"got {ast.unparse(node)!r}") from err
-    return kwargs
-
-
 def _register_visattn_models() -> None:
     """Import ``visattn.models`` (which registers visattn's models in timm) where that subpackage exists."""
     if importlib.util.find_spec("visattn.models") is not None:
@@ -112,13 +100,12 @@ def build_model(options: LensOptions) -> nn.Module:
             raise ValueError(f"--model {options.model!r} is a checkpoint file: pass --model-name with the timm "
                              "name of the architecture it was saved from")
         model = _create(options.model_name, False, options.model_kwargs)
-        state = torch.load(source, map_location="cpu", weights_only=True)
-        if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
-            state = state["state_dict"]
-        if not isinstance(state, dict):
-            raise ValueError(f"checkpoint {options.model!r} must hold a state_dict (saved with "
-                             f"torch.save(model.state_dict(), path)), got {type(state).__name__}")
-        model.load_state_dict(state)
+        state = _load_checkpoint(source)
+        try:
+            model.load_state_dict(state)
+        except RuntimeError as err:
+            raise ValueError(f"checkpoint {options.model!r} does not fit {options.model_name} built with "
+                             f"--model-kwargs {options.model_kwargs}: {err}") from err
         return model.eval()
     if options.model_name:
         raise ValueError(f"--model-name is only for checkpoint files, and --model {options.model!r} is not a file")
@@ -130,14 +117,79 @@ def build_model(options: LensOptions) -> nn.Module:
     return model.eval()
 
 
+def _load_checkpoint(source: Path) -> dict[str, Any]:
+    """The state dict saved in ``source``; ``ValueError`` for an empty, truncated or foreign file."""
+    try:
+        state = torch.load(source, map_location="cpu", weights_only=True)
+    except (EOFError, OSError, RuntimeError, pickle.UnpicklingError) as err:
+        reason = "the file is empty" if source.stat().st_size == 0 else f"{type(err).__name__}: {err}"
+        raise ValueError(f"--model {str(source)!r} could not be read as a checkpoint saved with "
+                         f"torch.save(model.state_dict(), path): {reason}") from err
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise ValueError(f"checkpoint {str(source)!r} must hold a state_dict (saved with "
+                         f"torch.save(model.state_dict(), path)), got {type(state).__name__}")
+    return state
+
+
+def _hub_reachable() -> bool:
+    """False when Hugging Face is told to stay offline or its endpoint cannot be reached within a few seconds."""
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        return False
+    host = constants.ENDPOINT.split("://", 1)[-1].split("/", 1)[0]
+    name, _, port = host.partition(":")
+    try:
+        socket.create_connection((name, int(port or 443)), timeout=HUB_TIMEOUT_S).close()
+    except OSError:
+        return False
+    return True
+
+
+def _weights_cached(name: str) -> bool:
+    """Whether the Hugging Face cache already holds the pretrained weights of timm model ``name``."""
+    from huggingface_hub import try_to_load_from_cache
+    from timm.models import get_pretrained_cfg
+
+    cfg = get_pretrained_cfg(name)
+    repo = getattr(cfg, "hf_hub_id", None) if cfg is not None else None
+    if not repo:
+        return False
+    repo, _, revision = repo.partition("@")
+    for filename in ("model.safetensors", "open_clip_model.safetensors", "pytorch_model.bin",
+                     "open_clip_pytorch_model.bin"):
+        if isinstance(try_to_load_from_cache(repo, filename, revision=revision or None), str):
+            return True
+    return False
+
+
+def _not_cached_message(name: str) -> str:
+    return (f"--pretrained: the weights of {name} are not in the local cache and the Hugging Face Hub cannot be "
+            f"reached (offline); download them where there is a network with `python -c \"import timm; "
+            f"timm.create_model('{name}', pretrained=True)\"` and copy ~/.cache/huggingface (or set HF_HOME), or "
+            f"pass a checkpoint file: --model FILE --model-name {name}")
+
+
 def _create(name: str, pretrained: bool, kwargs: dict[str, Any]) -> nn.Module:
     if not timm.is_model(name):
         raise ValueError(f"--model {name!r} is neither a checkpoint file nor a timm model name "
                          f"(see timm.list_models(), e.g. 'vit_tiny_patch16_224')")
+    if pretrained and not _weights_cached(name) and not _hub_reachable():
+        raise ValueError(_not_cached_message(name))
     try:
         return timm.create_model(name, pretrained=pretrained, **kwargs)
     except TypeError as err:
         raise ValueError(f"--model-kwargs {kwargs} do not fit {name}: {err}") from err
+    except OSError as err:
+        if not pretrained:
+            raise
+        from huggingface_hub.errors import LocalEntryNotFoundError
+
+        if isinstance(err, LocalEntryNotFoundError):
+            raise ValueError(_not_cached_message(name)) from err
+        raise ValueError(f"--pretrained: the weights of {name} could not be loaded: {err}") from err
 
 
 def load_image(path: Path) -> Image.Image:
@@ -187,6 +239,7 @@ def _chosen_metrics(options: LensOptions) -> tuple[tuple[str, ...], bool]:
 def run(options: LensOptions) -> LensOutput:
     """Capture, measure, draw and write the report; returns what was written."""
     chosen, explicit = _chosen_metrics(options)
+    check_output_folder(options.out, "--out")
     image = load_image(Path(options.image))
     torch.manual_seed(options.seed)
     model = build_model(options)
@@ -337,49 +390,14 @@ class _Measurements:
         return LensOutput(report.write(out / "report.html"), json_path, written, self.per_layer, self.summary)
 
 
-def _layers(text: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(part) for part in text.replace(",", " ").split())
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(f"--layers must be integers, got {text!r}") from err
-
-
-def _model_kwargs(text: str) -> dict[str, Any]:
-    try:
-        return parse_model_kwargs(text)
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(str(err)) from err
-
-
-def add_parser(commands: argparse._SubParsersAction) -> None:
-    """Add the ``lens`` subcommand to the ``visattn`` parser."""
-    lens = commands.add_parser("lens", help="capture, measure and draw a ViT's attention on one image",
-                               description=__doc__.split("\n\n")[0])
-    lens.add_argument("image", type=Path, help="the input picture (PNG, JPEG, ...)")
-    lens.add_argument("--model", required=True, help="timm model name, or a checkpoint file (with --model-name)")
-    lens.add_argument("--model-name", default=None, help="timm name of the architecture a checkpoint was saved from")
-    lens.add_argument("--model-kwargs", type=_model_kwargs, default={},
-                      help="keyword arguments for timm.create_model, e.g. img_size=32,depth=2")
-    lens.add_argument("--pretrained", action="store_true", help="load timm's pretrained weights for a model name")
-    lens.add_argument("--layers", nargs="+", type=_layers, default=None, metavar="LAYER",
-                      help="attention layers to capture (default: all)")
-    lens.add_argument("--metrics", nargs="+", default=None, metavar="METRIC",
-                      help=f"metrics to compute, from {', '.join(METRICS)} (default: all that apply)")
-    lens.add_argument("--out", type=Path, default=Path("visattn-lens"), help="output folder (default: visattn-lens)")
-    lens.add_argument("--query", type=int, default=None,
-                      help="token whose attention is drawn (default: the class token, or the mean over queries)")
-    lens.add_argument("--sink-tau", type=float, default=SINK_TAU, help="VAR's sink threshold tau")
-    lens.add_argument("--phase-eps", type=float, default=0.1, help="max-cut phases stop at cut <= eps * total")
-    lens.add_argument("--seed", type=int, default=0, help="seed of the random weights")
-
-
 def options_from(args: argparse.Namespace) -> LensOptions:
     """The options of a parsed ``visattn lens`` command line."""
     layers = None if args.layers is None else tuple(i for group in args.layers for i in group)
     return LensOptions(image=args.image, model=args.model, model_name=args.model_name, model_kwargs=args.model_kwargs,
                        pretrained=args.pretrained, layers=layers,
                        metrics=None if args.metrics is None else tuple(args.metrics), out=args.out, query=args.query,
-                       sink_tau=args.sink_tau, phase_eps=args.phase_eps, seed=args.seed)
+                       sink_tau=SINK_TAU if args.sink_tau is None else args.sink_tau, phase_eps=args.phase_eps,
+                       seed=args.seed)
 
 
 def execute(args: argparse.Namespace, out: Console) -> int:

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .._checks import as_shape, check_tokens
+from .._checks import as_shape, check_attn_mask, check_tokens
 from ..registry import create_mixer_for_layer
 from .token_mixer import TokenMixer
 
@@ -125,6 +125,7 @@ class Attention(nn.Module):
         b, n, _ = x.shape
         grid = self.grid_shape(n, shape)
         check_tokens(n, grid, self.num_prefix_tokens, "x")
+        check_attn_mask(attn_mask)
         if is_causal:
             causal = torch.ones(n, n, dtype=torch.bool, device=x.device).tril()
             attn_mask = causal if attn_mask is None else (
