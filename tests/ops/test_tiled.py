@@ -125,10 +125,11 @@ def test_masked_attention_routes_structured_masks_to_the_tiled_path():
 
 def test_full_and_causal_sequence_masks_are_left_to_sdpa():
     q, k, v = qkv(1, 1, 8, 4)
-    for mask in (masks.full_mask(), masks.causal_mask()):
-        with pytest.raises(ValueError, match="no fast path accepts"):
-            masked_attention(q, k, v, mask, (8,), backend="fast")
-        torch.testing.assert_close(masked_attention(q, k, v, mask, (8,)), reference(q, k, v, mask, (8,)))
+    for mask, engine in ((masks.full_mask(), "sdpa"), (masks.causal_mask(), "sdpa_causal")):
+        assert explain(mask, (8,), backend="fast").engine == engine
+        for backend in ("fast", "auto"):
+            torch.testing.assert_close(masked_attention(q, k, v, mask, (8,), backend=backend),
+                                       reference(q, k, v, mask, (8,)))
 
 
 @dataclass(frozen=True)

@@ -228,7 +228,7 @@ def decide(facts: Facts, backend: str = "auto") -> Decision:
             return Decision(name, ENGINES[name].summary, tuple(passed))
         passed.append((name, refusal))
     reasons = "; ".join(f"{name}: {why}" for name, why in passed)
-    raise ValueError(f"no structured engine accepts mask={facts.mask!r} on shape={facts.shape} ({reasons}); "
+    raise ValueError(f"no fast path (structured engine) accepts mask={facts.mask!r} on shape={facts.shape} ({reasons}); "
                      f"use backend='auto'")
 
 
