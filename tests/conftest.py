@@ -2,8 +2,20 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
+
+
+def pytest_configure(config):
+    """Where a C++ compiler exists, the kernels must build: VISATTN_REQUIRE_NATIVE=1 for the session turns a failed
+    build into a RuntimeError (tests fail) instead of a silent PyTorch fallback (kernel tests skipped). The level
+    built is always one this CPU runs (visattn.ops.native.isa_level)."""
+    from visattn.ops import native
+
+    if "VISATTN_REQUIRE_NATIVE" not in os.environ and native.available_compiler() is not None:
+        os.environ["VISATTN_REQUIRE_NATIVE"] = "1"
 
 
 @pytest.fixture
