@@ -28,6 +28,14 @@ VARIANTS = ("paper", "official")
 OFFICIAL_BN_MOMENTUM = 0.9
 
 
+def _max_pool3x3(x: Tensor) -> Tensor:
+    """``max_pool2d(x, 3, stride=1, padding=1)`` as the maximum over three rows, then three columns."""
+    h, w = x.shape[-2:]
+    padded = F.pad(x, (1, 1, 1, 1), value=float("-inf"))
+    rows = torch.maximum(torch.maximum(padded[..., 0:h, :], padded[..., 1:h + 1, :]), padded[..., 2:h + 2, :])
+    return torch.maximum(torch.maximum(rows[..., 0:w], rows[..., 1:w + 1]), rows[..., 2:w + 2])
+
+
 class SubspaceAttention(nn.Module):
     """ULSAM subspace attention (Saini et al., arXiv 2006.15102) on ``(B, m, h, w)``; same shape out.
 
@@ -37,8 +45,10 @@ class SubspaceAttention(nn.Module):
         variant: ``"paper"`` (2m weights, no bias, no BN) or ``"official"`` (bias, BN + ReLU after both convs).
         device, dtype: factory arguments (timm passes them to attention layers).
 
-    The subspaces are computed together: the depthwise 1x1 convolution is one ``groups=m`` convolution and the
-    ``g`` pointwise ``G -> 1`` convolutions are one ``groups=g`` convolution from ``m`` to ``g`` channels.
+    The subspaces are computed together: the depthwise 1x1 convolution (parameters of a ``groups=m`` convolution)
+    is a per-channel scale, the ``g`` pointwise ``G -> 1`` convolutions are one ``groups=g`` convolution from ``m``
+    to ``g`` channels, and the 3x3 max-pool is the maximum of shifted views (on CPU ``max_pool2d`` at stride 1 took
+    about 20x longer for the same values).
     """
 
     def __init__(self, channels: int, groups: int = 4, variant: str = "paper",
@@ -64,8 +74,10 @@ class SubspaceAttention(nn.Module):
         """The ``g`` maps ``A_n``, shape ``(B, g, h, w)``; each sums to 1 over ``h, w``."""
         feature_map(x, self.channels)
         b, _, h, w = x.shape
-        y = self.act(self.dw_norm(self.dw(x)))
-        y = F.max_pool2d(y, kernel_size=3, stride=1, padding=1)
+        y = x * self.dw.weight.reshape(1, -1, 1, 1)
+        if self.dw.bias is not None:
+            y = y + self.dw.bias.reshape(1, -1, 1, 1)
+        y = _max_pool3x3(self.act(self.dw_norm(y)))
         y = self.act(self.pw_norm(self.pw(y)))
         return torch.softmax(y.reshape(b, self.groups, h * w), dim=-1).reshape(b, self.groups, h, w)
 
@@ -73,7 +85,7 @@ class SubspaceAttention(nn.Module):
         maps = self.attention_maps(x)
         b, _, h, w = x.shape
         grouped = x.reshape(b, self.groups, self.channels // self.groups, h, w)
-        return (grouped + maps.unsqueeze(2) * grouped).reshape(b, self.channels, h, w)
+        return (grouped * (1 + maps.unsqueeze(2))).reshape(b, self.channels, h, w)
 
     def extra_repr(self) -> str:
         return f"channels={self.channels}, groups={self.groups}, variant={self.variant!r}"
