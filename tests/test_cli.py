@@ -110,3 +110,123 @@ def test_bad_arguments_exit_2_with_argparse_usage(args, message, capsys):
         cli.main(args)
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- errors before work, one line, no traceback
+
+
+def _one_line(err: str) -> str:
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in err, err
+    return lines[0]
+
+
+@pytest.fixture
+def no_work(monkeypatch):
+    """Fail the test if a command gets past its up-front checks."""
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("the run started although an output path was bad")
+
+    monkeypatch.setattr(cli, "_bench", forbidden)
+    monkeypatch.setattr("visattn.lens.command.run", forbidden)
+
+
+@pytest.mark.parametrize(("option", "make", "message"), [
+    ("--json", lambda d: d, "is a folder; expected a file path, e.g."),
+    ("--plot", lambda d: d, "is a folder; expected a file path, e.g."),
+    ("--json", lambda d: d / "missing" / "out.json", "does not exist; create it first"),
+    ("--plot", lambda d: d / "a_file" / "out.png", "is not a folder"),
+])
+def test_bench_output_paths_are_checked_before_the_run(tmp_path, capsys, no_work, option, make, message):
+    (tmp_path / "a_file").write_text("")
+    path = make(tmp_path)
+    assert cli.main(["bench", "--mixers", "softmax", option, str(path)]) == 2
+    line = _one_line(capsys.readouterr().err)
+    assert f"visattn bench: {option} {str(path)!r}" in line and message in line
+
+
+def test_lens_out_that_is_a_file_is_refused_before_the_model_is_built(tmp_path, capsys, no_work):
+    out = tmp_path / "report"
+    out.write_text("")
+    assert cli.main(["lens", str(tmp_path / "x.png"), "--model", "vit_tiny_patch16_224", "--out", str(out)]) == 2
+    line = _one_line(capsys.readouterr().err)
+    assert f"visattn lens: --out {str(out)!r} is an existing file" in line
+
+
+def test_lens_empty_checkpoint_is_one_line(tmp_path, capsys):
+    from PIL import Image
+
+    Image.new("RGB", (32, 32)).save(tmp_path / "x.png")
+    (tmp_path / "empty.pt").write_bytes(b"")
+    assert cli.main(["lens", str(tmp_path / "x.png"), "--model", str(tmp_path / "empty.pt"), "--model-name",
+                     "vit_tiny_patch16_224", "--model-kwargs", "img_size=32,patch_size=8,embed_dim=32,depth=1,"
+                     "num_heads=2", "--out", str(tmp_path / "out")]) == 2
+    line = _one_line(capsys.readouterr().err)
+    assert "could not be read as a checkpoint" in line and "the file is empty" in line
+
+
+def test_lens_pretrained_offline_says_the_weights_are_not_cached(tmp_path, capsys, monkeypatch):
+    from huggingface_hub import constants
+    from PIL import Image
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    Image.new("RGB", (32, 32)).save(tmp_path / "x.png")
+    assert cli.main(["lens", str(tmp_path / "x.png"), "--model", "vit_tiny_patch16_224", "--pretrained", "--out",
+                     str(tmp_path / "out")]) == 2
+    line = _one_line(capsys.readouterr().err)
+    assert "not in the local cache" in line and "--model FILE --model-name vit_tiny_patch16_224" in line
+
+
+def test_os_error_during_a_run_is_one_line_exit_1(capsys, monkeypatch):
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(cli, "_bench", full_disk)
+    assert cli.main(["bench", "--mixers", "softmax"]) == 1
+    assert "visattn bench: OSError: [Errno 28] No space left on device" in _one_line(capsys.readouterr().err)
+
+
+def test_bad_output_path_in_a_subprocess_prints_no_traceback(tmp_path):
+    result = _run("bench", "--mixers", "softmax", "--json", str(tmp_path), module="visattn")
+    assert result.returncode == 2 and result.stdout == ""
+    assert "is a folder" in _one_line(result.stderr)
+
+
+# ---------------------------------------------------------------- list, help
+
+
+def test_list_unknown_family_names_the_families(capsys):
+    assert cli.main(["list", "--family", "nope"]) == 2
+    line = _one_line(capsys.readouterr().err)
+    assert "--family 'nope' is not a mixer family; choose from" in line and "structured" in line
+
+
+def test_list_shows_causal_defaults(capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "200")
+    assert cli.main(["list"]) == 0
+    rows = {line.split("│")[1].strip(): line for line in capsys.readouterr().out.splitlines() if line.count("│") > 3}
+    for name in visattn.list_mixers():
+        expected = "default" if visattn.get_mixer_spec(name).causal_default else None
+        if expected:
+            assert f"│ {expected} " in rows[name], rows[name]
+    assert "│ default " in rows["lssa"] and "│ default " not in rows["softmax"]
+
+
+def test_list_at_100_columns_keeps_every_name_on_one_line(capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "100")
+    assert cli.main(["list"]) == 0
+    out = capsys.readouterr().out
+    assert max(map(len, out.splitlines())) <= 100
+    names = [line.split("│")[1].strip() for line in out.splitlines() if line.count("│") > 3]
+    assert sorted(n for n in names if n) == visattn.list_mixers()
+
+
+@pytest.mark.parametrize("command", [[], ["list"], ["bench"], ["lens"], ["cite"]], ids=lambda c: "-".join(c))
+def test_help_has_no_rst_backticks(command, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main([*command, "--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    assert "usage: visattn" in text and "``" not in text

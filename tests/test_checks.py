@@ -1,0 +1,36 @@
+"""Shared argument checks: a zero head dim and an integer attention mask are refused, naming the argument."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import visattn
+from visattn import masks, ops
+from visattn._checks import check_attn_mask, check_qkv
+
+
+def test_head_dim_zero_is_a_value_error_naming_head_dim():
+    q = torch.randn(1, 2, 16, 0)
+    with pytest.raises(ValueError, match=r"head_dim must be >= 1 .*got q=\(1, 2, 16, 0\)"):
+        check_qkv(q, q, q)
+    with pytest.raises(ValueError, match="head_dim must be >= 1"):
+        ops.masked_attention(q, q, q, masks.neighborhood_mask(3), shape=(4, 4))
+    with pytest.raises(ValueError, match="head_dim must be >= 1"):
+        ops.attention(q, q, q)
+
+
+@pytest.mark.parametrize("dtype", [torch.int64, torch.int32, torch.uint8])
+@pytest.mark.parametrize("is_causal", [False, True])
+def test_integer_attn_mask_is_a_type_error_naming_attn_mask(dtype, is_causal):
+    attention = visattn.Attention(8, num_heads=2)
+    mask = torch.ones(16, 16, dtype=dtype)
+    with pytest.raises(TypeError, match=f"attn_mask must be bool .* got {dtype}"):
+        attention(torch.randn(1, 16, 8), attn_mask=mask, is_causal=is_causal)
+
+
+def test_check_attn_mask_accepts_bool_float_and_none():
+    for mask in (None, torch.ones(2, 2, dtype=torch.bool), torch.zeros(2, 2), torch.zeros(2, 2, dtype=torch.half)):
+        check_attn_mask(mask)
+    with pytest.raises(TypeError, match="attn_mask must be a torch.Tensor or None, got list"):
+        check_attn_mask([[True]])
