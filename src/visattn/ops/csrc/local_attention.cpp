@@ -5,7 +5,9 @@
 //   out_i = sum_{j in M(i)} softmax_j(scale * q_i . k_j) v_j,   lse_i = log sum_{j in M(i)} exp(scale * q_i . k_j)
 // computing exactly the |M(i)| attended pairs: no tile padding, no mask tensor. The backward pass
 // (Faster Neighborhood Attention's recomputation scheme) runs query-major for dQ and key-major for dK, dV
-// over the transposed progressions, so that no two threads write the same row.
+// over the transposed progressions, so that no two threads write the same row (and the same bits on every run).
+// NaN and inf follow the reference (docs/kernels.md, "Numerics"); a row whose scores are all -inf is a row without
+// keys (0, lse -inf).
 //
 // Built on demand by visattn/ops/local_kernel.py and called through ctypes; tensors arrive as raw pointers
 // with (batch, head, token) element strides and a contiguous last dimension.

@@ -15,7 +15,8 @@
 //                                             chunk starts from zero).
 // Finally out = Ot^T / l and lse = m + log l; a query that saw no key gets 0 and lse = -inf. Up to kTailRows
 // queries past a multiple of the vector width run one at a time (tail_rows). Scores never leave per-thread scratch;
-// the next tile's rows are prefetched while this one computes.
+// the next tile's rows are prefetched while this one computes. NaN and inf follow the reference (docs/kernels.md,
+// "Numerics"): a NaN score makes its P, hence l, the row and its lse NaN; a +inf one gives inf - inf = NaN.
 //
 // Built on demand by visattn/ops/native.py and called through ctypes (visattn/ops/tile_kernel.py).
 

@@ -24,8 +24,9 @@ using namespace visattn::tile;
 //   dV[j] += sum_u P[j, u] dO[u] and dK[j] += scale sum_u dSt[j, u] Q[u], per key row (each key's column of P and
 //   dS against the query rows, read in place).
 // Where tiles share keys (neighborhoods, halo, prefix tokens) each thread adds its dK and dV into its own zeroed copy
-// (``dk_part`` and ``dv_part`` elements apart), which the caller sums; where every key is in exactly one tile, its
-// rows are stored (``add_keys`` = 0) into the one dK and dV.
+// (``dk_part`` and ``dv_part`` elements apart), which the caller sums (not bit-reproducible: threads claim tiles
+// dynamically, so a tile's rounding lands in a different copy from run to run); where every key is in exactly one
+// tile, its rows are stored (``add_keys`` = 0) into the one dK and dV.
 template <typename T>
 struct Gradients : Workspace<T> {
     std::vector<T> dot, dpt, dqt, lse, delta;  // delta: D = rowsum(dO * O) per lane
