@@ -25,8 +25,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ._args import check_map as _check_map
+from ._args import pair as _pair
+from ._args import real as _real
+from ._args import work_dtype
 from .log_polar import log_polar_grid
-from .polar import _check_map, _pair, _real
 
 __all__ = ["Localization", "fit_gaussian_2d", "fixation_grid", "likelihood_map", "localize"]
 
@@ -89,7 +92,7 @@ def likelihood_map(classifier: Callable[[Tensor], Tensor], image: Tensor, target
         raise ValueError(f"fixations must be an (N, 2) tensor of (row, column) pixels, got {fixations!r}")
     batch, _, height, width = image.shape
     targets = torch.as_tensor(target, device=image.device).long().expand(batch)
-    work = torch.float32 if image.dtype in (torch.float16, torch.bfloat16) else image.dtype
+    work = work_dtype(image)
     short = min(height, width)
     base = log_polar_grid(out_size, radius=math.sqrt(height * width) * ratio / short, device=image.device,
                           dtype=work, **log_polar_kwargs)

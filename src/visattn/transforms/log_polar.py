@@ -31,11 +31,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .polar import _check_map, _pair, _real
+from ._args import check_map as _check_map
+from ._args import pair as _pair
+from ._args import real as _real
+from ._args import work_dtype
 
 __all__ = ["LogPolarFoveation", "inverse_log_polar", "log_polar", "log_polar_grid", "ring_ratio"]
 
-_REDUCED = (torch.float16, torch.bfloat16)
 _PADDING = ("zeros", "border", "reflection")
 
 
@@ -90,10 +92,6 @@ def _fixations(fixation: Tensor | Sequence[float] | None, batch: int, like: Tens
     return fixation.to(device=like.device, dtype=like.dtype)
 
 
-def _work_dtype(t: Tensor) -> torch.dtype:
-    return torch.float32 if t.dtype in _REDUCED else t.dtype
-
-
 def log_polar(x: Tensor, out_size: Sequence[int], fixation: Tensor | Sequence[float] | None = None,
               r_min_exp: float = -7.5, r_max_exp: float = 0.0, theta0: float = -math.pi / 4, radius: float = 1.0,
               padding_mode: str = "zeros") -> Tensor:
@@ -107,7 +105,7 @@ def log_polar(x: Tensor, out_size: Sequence[int], fixation: Tensor | Sequence[fl
     _check_map(x, "x", "(B, C, H, W)")
     if padding_mode not in _PADDING:
         raise ValueError(f"padding_mode must be one of {_PADDING}, got {padding_mode!r}")
-    work = _work_dtype(x)
+    work = work_dtype(x)
     base = log_polar_grid(out_size, r_min_exp, r_max_exp, theta0, radius, device=x.device, dtype=work)
     fix = _fixations(fixation, x.shape[0], x.new_empty(0, dtype=work))
     grid = base.unsqueeze(0) + fix[:, None, None, :]
@@ -133,7 +131,7 @@ def inverse_log_polar(p: Tensor, size: Sequence[int], fixation: Tensor | Sequenc
         raise ValueError(f"p must have at least 2 rings (dim -2), got shape {tuple(p.shape)}")
     lo, hi, rad = _geometry(r_min_exp, r_max_exp, radius)
     t0 = _real(theta0, "theta0")
-    work = _work_dtype(p)
+    work = work_dtype(p)
     fix = _fixations(fixation, p.shape[0], p.new_empty(0, dtype=work))
     qy = (2 * torch.arange(height, device=p.device, dtype=work) + 1) / height - 1
     qx = (2 * torch.arange(width, device=p.device, dtype=work) + 1) / width - 1

@@ -34,24 +34,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-_REDUCED = (torch.float16, torch.bfloat16)
-
-
-def _pair(value: Sequence[int], name: str, minimum: tuple[int, int]) -> tuple[int, int]:
-    if not isinstance(value, Sequence) or isinstance(value, str) or len(value) != 2:
-        raise TypeError(f"{name} must be a pair of ints, got {value!r}")
-    for v in value:
-        if isinstance(v, bool) or not isinstance(v, int):
-            raise TypeError(f"{name} must be a pair of ints, got {value!r}")
-    if value[0] < minimum[0] or value[1] < minimum[1]:
-        raise ValueError(f"{name} must be >= {minimum} elementwise, got {tuple(value)!r}")
-    return int(value[0]), int(value[1])
-
-
-def _real(value: object, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise TypeError(f"{name} must be a finite real number, got {value!r}")
-    return float(value)
+from ._args import check_map as _check_map
+from ._args import pair as _pair
+from ._args import real as _real
+from ._args import work_dtype
 
 
 def polar_center(size: Sequence[int], center: Sequence[float] | None = None) -> tuple[float, float]:
@@ -128,18 +114,9 @@ def _pixel_polar(size: Sequence[int], center: Sequence[float] | None, max_radius
     return rho, phi
 
 
-def _check_map(t: Tensor, name: str, layout: str) -> None:
-    if not isinstance(t, Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-    if t.dim() != 4:
-        raise ValueError(f"{name} must be shaped {layout}, got shape {tuple(t.shape)}")
-    if not t.is_floating_point():
-        raise TypeError(f"{name} must be floating point, got {t.dtype}")
-
-
 def _sample(t: Tensor, grid: Tensor, align_corners: bool) -> Tensor:
     """``grid_sample`` (bilinear, zeros padding); half-precision inputs are sampled in float32 and cast back."""
-    work = torch.float32 if t.dtype in _REDUCED else t.dtype
+    work = work_dtype(t)
     grid = grid.to(work).unsqueeze(0).expand(t.shape[0], *grid.shape)
     out = F.grid_sample(t.to(work), grid, mode="bilinear", padding_mode="zeros", align_corners=align_corners)
     return out.to(t.dtype)

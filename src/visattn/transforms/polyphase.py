@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .polar import _pair
+from ._args import pair as _pair
 
 __all__ = ["PolyphaseAnchor", "polyphase_anchor", "polyphase_index", "polyphase_norms", "polyphase_unanchor"]
 

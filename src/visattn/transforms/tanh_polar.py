@@ -41,7 +41,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .polar import _check_map, _pair
+from ._args import check_map as _check_map
+from ._args import pair as _pair
+from ._args import work_dtype
 
 __all__ = [
     "restore_probabilities",
@@ -53,12 +55,7 @@ __all__ = [
     "tanh_polar_to_tanh_cartesian",
 ]
 
-_REDUCED = (torch.float16, torch.bfloat16)
 _PADDING = ("zeros", "border", "reflection")
-
-
-def _work(t: Tensor) -> torch.dtype:
-    return torch.float32 if t.dtype in _REDUCED else t.dtype
 
 
 def _boxes(boxes: Tensor | Sequence[float], batch: int, size: tuple[int, int], like: Tensor) -> Tensor:
@@ -174,7 +171,7 @@ def _sample_polar(warped: Tensor, rho: Tensor, phi: Tensor, padding_mode: str) -
 
 def _prepare(x: Tensor, name: str, layout: str) -> tuple[Tensor, Tensor]:
     _check_map(x, name, layout)
-    work = x.to(_work(x))
+    work = x.to(work_dtype(x))
     return work, work.new_empty(0)
 
 
