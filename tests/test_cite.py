@@ -7,6 +7,7 @@ import importlib
 import inspect
 import re
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -86,3 +87,19 @@ def test_every_source_paper_has_an_implementation_or_says_what_is_missing():
     assert len(sources) == 42
     assert [key for key in sources if key not in implemented and key not in NOT_YET] == []
     assert set(NOT_YET) <= set(sources)
+
+
+def test_citation_cff_and_licence_agree_with_the_package():
+    tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
+    yaml = pytest.importorskip("yaml")
+    root = Path(__file__).resolve().parents[1]
+    cff = yaml.safe_load((root / "CITATION.cff").read_text())
+    project = tomllib.loads((root / "pyproject.toml").read_text())["project"]
+    assert cff["cff-version"] == "1.2.0" and cff["type"] == "software"
+    assert {"message", "title", "authors"} <= set(cff) and all("name" in a or "family-names" in a
+                                                                for a in cff["authors"])
+    assert str(cff["version"]) == project["version"] == visattn.__version__
+    assert cff["license"] == project["license"]["text"] == "Apache-2.0"
+    licence = (root / "LICENSE").read_text()
+    assert "Apache License\n                           Version 2.0, January 2004" in licence
+    assert "END OF TERMS AND CONDITIONS" in licence and licence.count("\n") > 190
