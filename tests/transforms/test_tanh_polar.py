@@ -193,7 +193,7 @@ def test_float32_and_meta():
 @pytest.mark.parametrize(
     ("box", "match"),
     [
-        ([70.0, 2.0, 80.0, 9.0], r"boxes\[0\].*overlap the image"),
+        ([70.0, 2.0, 80.0, 9.0], r"boxes\[0\].*an overlap with the image \[0, 15\] x \[0, 15\]"),
         ([5.0, 2.0, 5.0, 9.0], r"boxes\[0\].*x1 < x2"),
         ([1.0, 9.0, 5.0, 2.0], r"boxes\[0\].*y1 < y2"),
     ],
@@ -205,6 +205,11 @@ def test_bad_boxes(box, match):
 
 def test_other_bad_input():
     img = torch.zeros(2, 1, 16, 16)
+    with pytest.raises(ValueError, match=r"boxes\[1\] = \[3.0, 1.0, 2.0, 5.0\] must be .* x1 < x2 and y1 < y2"):
+        bad = torch.tensor([[1.0, 1.0, 5.0, 5.0], [3.0, 1.0, 2.0, 5.0]])
+        tanh_polar_to_tanh_cartesian(torch.zeros(2, 1, 8, 4), bad, (8, 8))
+    with pytest.raises(TypeError, match="boxes must be a"):
+        roi_tanh_warp(img, [1.0, 2.0, 3.0], (8, 8))
     with pytest.raises(ValueError, match=r"boxes must be shaped \(4,\) or \(B, 4\)"):
         roi_tanh_warp(img, torch.zeros(3, 4), (8, 8))
     with pytest.raises(ValueError, match="padding_mode must be one of"):

@@ -58,30 +58,46 @@ __all__ = [
 _PADDING = ("zeros", "border", "reflection")
 
 
-def _boxes(boxes: Tensor | Sequence[float], batch: int, size: tuple[int, int], like: Tensor) -> Tensor:
-    """``(B, 4)`` boxes on ``like``'s device and dtype. Values are checked on CPU tensors and sequences only
-    (checking a CUDA tensor would synchronise the device): ``x1 < x2``, ``y1 < y2`` and the box must overlap the
-    image ``[0, W - 1] x [0, H - 1]``."""
-    if not isinstance(boxes, Tensor):
-        if not isinstance(boxes, Sequence) or isinstance(boxes, str):
+def _sequence_box(boxes: object) -> list[float]:
+    """A single box given as a Python sequence of 4 finite numbers."""
+    if not isinstance(boxes, Sequence) or isinstance(boxes, str) or len(boxes) != 4:
+        raise TypeError(f"boxes must be a (B, 4) or (4,) tensor or a sequence of 4 numbers, got {boxes!r}")
+    values = []
+    for v in boxes:
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
             raise TypeError(f"boxes must be a (B, 4) or (4,) tensor or a sequence of 4 numbers, got {boxes!r}")
-        boxes = torch.tensor(boxes, dtype=torch.float64)
-    if boxes.shape == (4,):
-        boxes = boxes.expand(batch, 4)
-    if boxes.dim() != 2 or boxes.shape != (batch, 4):
-        raise ValueError(f"boxes must be shaped (4,) or (B, 4) = ({batch}, 4), got {tuple(boxes.shape)}")
-    if boxes.device.type == "cpu":
-        height, width = size
-        b = boxes.detach().to(torch.float64)
-        bad = ~torch.isfinite(b).all(1) | (b[:, 2] <= b[:, 0]) | (b[:, 3] <= b[:, 1])
-        bad |= (b[:, 2] < 0) | (b[:, 0] > width - 1) | (b[:, 3] < 0) | (b[:, 1] > height - 1)
-        if bool(bad.any()):
-            i = int(bad.nonzero()[0, 0])
-            raise ValueError(
-                f"boxes[{i}] = {b[i].tolist()} must be (x1, y1, x2, y2) with x1 < x2, y1 < y2 and overlap the image "
-                f"[0, {width - 1}] x [0, {height - 1}] (pixel centres)"
-            )
-    return boxes.to(device=like.device, dtype=like.dtype)
+        values.append(float(v))
+    return values
+
+
+def _box_problem(b: list[float], size: tuple[int, int] | None) -> str | None:
+    x1, y1, x2, y2 = b
+    if not all(math.isfinite(v) for v in b) or not (x1 < x2 and y1 < y2):
+        return "x1 < x2 and y1 < y2"
+    if size is not None and (x2 < 0 or x1 > size[1] - 1 or y2 < 0 or y1 > size[0] - 1):
+        return f"an overlap with the image [0, {size[1] - 1}] x [0, {size[0] - 1}] (pixel centres)"
+    return None
+
+
+def _boxes(boxes: Tensor | Sequence[float], batch: int, size: tuple[int, int] | None, like: Tensor) -> Tensor:
+    """``(B, 4)`` boxes on ``like``'s device and dtype. Values are checked when they are on the host (sequences and
+    CPU tensors; checking a CUDA tensor would synchronise the device): ``x1 < x2``, ``y1 < y2`` and, when ``size``
+    is given, the box must overlap the image ``[0, W - 1] x [0, H - 1]``."""
+    if not isinstance(boxes, Tensor):
+        rows = [_sequence_box(boxes)]
+        tensor = like.new_tensor(rows[0]).expand(batch, 4)
+    else:
+        if boxes.shape == (4,):
+            boxes = boxes.expand(batch, 4)
+        if boxes.dim() != 2 or boxes.shape != (batch, 4):
+            raise ValueError(f"boxes must be shaped (4,) or (B, 4) = ({batch}, 4), got {tuple(boxes.shape)}")
+        rows = boxes.detach().to(torch.float64).tolist() if boxes.device.type == "cpu" else []
+        tensor = boxes.to(device=like.device, dtype=like.dtype)
+    for i, row in enumerate(rows):
+        problem = _box_problem(row, size)
+        if problem is not None:
+            raise ValueError(f"boxes[{i}] = {row} must be (x1, y1, x2, y2) with {problem}")
+    return tensor
 
 
 def _angles(angle: float | Tensor, batch: int, like: Tensor) -> Tensor:
@@ -291,18 +307,8 @@ def tanh_cartesian_to_tanh_polar(warped: Tensor, boxes: Tensor | Sequence[float]
 
 def _box_extent(boxes: Tensor | Sequence[float], batch: int, like: Tensor) -> Tensor:
     """``(w, h)`` of the boxes, ``(B, 2)``; only ``x1 < x2`` and ``y1 < y2`` are required (no image here)."""
-    if not isinstance(boxes, Tensor):
-        if not isinstance(boxes, Sequence) or isinstance(boxes, str):
-            raise TypeError(f"boxes must be a (B, 4) or (4,) tensor or a sequence of 4 numbers, got {boxes!r}")
-        boxes = torch.tensor(boxes, dtype=torch.float64)
-    if boxes.shape == (4,):
-        boxes = boxes.expand(batch, 4)
-    if boxes.shape != (batch, 4):
-        raise ValueError(f"boxes must be shaped (4,) or (B, 4) = ({batch}, 4), got {tuple(boxes.shape)}")
-    extent = boxes[:, 2:] - boxes[:, :2]
-    if extent.device.type == "cpu" and bool((extent <= 0).any()):
-        raise ValueError(f"boxes must have x1 < x2 and y1 < y2, got {boxes.tolist()}")
-    return extent.to(device=like.device, dtype=like.dtype)
+    b = _boxes(boxes, batch, None, like)
+    return b[:, 2:] - b[:, :2]
 
 
 def restore_probabilities(probs: Tensor, restore: Callable[..., Tensor], *args: object, background: int = 0,
