@@ -34,7 +34,7 @@ def test_cite_neighborhood_is_faster_neighborhood_attention():
     ("arXiv:2503.03321", ["var_sink"]), ("VisualAttentionRedistribution", ["var_sink"]), ("var", ["var_sink"]),
     ("mean_attention_distance", ["cdfsod_astigmatism"]), ("polar_resample", ["rst"]),
     ("hebbian_memory", ["pavlovian"]), ("lens.edits.SoftPerturbedAttention", ["headhunter"]),
-    ("HEDGEHOG", ["hedgehog"]),
+    ("HEDGEHOG", ["hedgehog"]), ("psa_p", ["psa"]), ("roi_tanh_polar_warp", ["rtnet"]),
 ])
 def test_names_resolve_to_their_papers(name, keys):
     assert papers_for(name) == keys
@@ -48,7 +48,7 @@ def test_every_mixer_and_implementation_cites_its_paper():
 
 
 def test_unknown_name_raises_naming_it():
-    with pytest.raises(ValueError, match="NAME 'nope' is not a mixer, edit, metric, transform, paper key"):
+    with pytest.raises(ValueError, match="NAME 'nope' is not a mixer, module, edit, metric, transform, paper key"):
         papers_for("nope")
 
 
@@ -82,6 +82,7 @@ def test_implementation_exists_and_cites_its_paper(impl):
 
 def test_every_source_paper_has_an_implementation_or_says_what_is_missing():
     implemented = {visattn.get_mixer_spec(n).paper_key for n in visattn.list_mixers()}
+    implemented |= {visattn.registry.get_module_spec(n).paper_key for n in visattn.registry.list_modules()}
     implemented |= {impl.paper for impl in IMPLEMENTATIONS}
     sources = [key for key in PAPERS if key not in FOUNDATIONAL]
     assert len(sources) == 42

@@ -6,7 +6,7 @@ Everything comes from :mod:`visattn.papers` (the table that also feeds the docs)
 from __future__ import annotations
 
 from .papers import IMPLEMENTATIONS, PAPERS, bibtex
-from .registry import get_mixer_spec, list_mixers
+from .registry import get_mixer_spec, get_module_spec, list_mixers, list_modules
 
 VISATTN_BIBTEX = """@software{visattn,
   title = {{visattn: attention mechanisms of vision papers behind one API}},
@@ -23,7 +23,7 @@ def papers_for(name: str) -> list[str]:
     """The keys of the papers behind ``name``, in table order.
 
     ``name`` is matched, case-insensitively, against paper keys, arXiv ids (with or without ``arXiv:``), mixer
-    names, and the names of the edits, metrics, transforms, modules and tools in
+    and feature-map module names, and the names of the edits, metrics, transforms, modules and tools in
     :data:`visattn.papers.IMPLEMENTATIONS` (``VisualAttentionRedistribution``, ``mean_attention_distance``,
     ``log_polar``, ...); failing those, a word that begins exactly one paper key (``var`` for ``var_sink``).
     Raises ``ValueError`` naming what was tried when nothing matches.
@@ -37,6 +37,8 @@ def papers_for(name: str) -> list[str]:
             found.add(key)
     if wanted in list_mixers():
         found.add(get_mixer_spec(wanted).paper_key)
+    if wanted in list_modules():
+        found.add(get_module_spec(wanted).paper_key)
     for impl in IMPLEMENTATIONS:
         if wanted in (impl.name.lower(), impl.label.lower(), impl.target.lower()):
             found.add(impl.paper)
@@ -45,8 +47,9 @@ def papers_for(name: str) -> list[str]:
         found.update(prefixed if len(prefixed) == 1 else ())
     if not found:
         raise ValueError(
-            f"NAME {name!r} is not a mixer, edit, metric, transform, paper key or arXiv id; mixers: "
-            f"{', '.join(list_mixers())}; paper keys: {', '.join(PAPERS)}; others: "
+            f"NAME {name!r} is not a mixer, module, edit, metric, transform, paper key or arXiv id; mixers: "
+            f"{', '.join(list_mixers())}; modules: {', '.join(list_modules())}; paper keys: {', '.join(PAPERS)}; "
+            "others: "
             f"{', '.join(sorted({impl.name for impl in IMPLEMENTATIONS}))}"
         )
     return [key for key in PAPERS if key in found]
