@@ -285,6 +285,7 @@ def test_rows_without_keys_give_zero_and_finite_gradients(engine, dtype):
         torch.testing.assert_close(got.double(), ref, **tol)
 
 
+@pytest.mark.slow
 def test_flex_non_finite_query_matches_reference():
     """FlexAttention compiles slowly on CPU: one case, a NaN and an inf query on a 2-D neighborhood."""
     mask, shape = masks.neighborhood_mask((3, 3)), (4, 4)
