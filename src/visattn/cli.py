@@ -26,7 +26,7 @@ from rich.table import Table
 from . import bench, cli_lens
 from .cite import cite
 from .cli_paths import check_output_file, check_output_folder
-from .registry import get_mixer_spec, list_mixers
+from .registry import get_mixer_spec, get_module_spec, list_mixers, list_modules
 
 FILE_WIDTH = 160
 
@@ -44,7 +44,25 @@ PAPER_TITLE_MIN_WIDTH = 140
 """Consoles narrower than this get the mixer table without paper titles (the arXiv id names the paper)."""
 
 
+def _modules_table(width: int = PAPER_TITLE_MIN_WIDTH) -> Table:
+    """``visattn list --family modules``: the feature-map modules, which are not token mixers."""
+    table = Table(title="visattn feature-map modules (visattn.create_attn)")
+    columns = ("name", "paper", "arXiv", "complexity", "faces")
+    if width < PAPER_TITLE_MIN_WIDTH:
+        columns = tuple(c for c in columns if c != "paper")
+    for column in columns:
+        table.add_column(column, no_wrap=column in ("name", "arXiv", "complexity"), overflow="ellipsis")
+    for name in list_modules():
+        spec = get_module_spec(name)
+        cells = {"name": name, "paper": spec.paper.title, "arXiv": spec.paper.arxiv or "-",
+                 "complexity": spec.complexity, "faces": ", ".join(spec.faces)}
+        table.add_row(*(cells[c] for c in columns))
+    return table
+
+
 def _list_table(family: str | None, width: int = PAPER_TITLE_MIN_WIDTH) -> Table:
+    if family == "modules":
+        return _modules_table(width)
     families = sorted({get_mixer_spec(n).family for n in list_mixers()})
     if family is not None and family not in families:
         raise ValueError(f"--family {family!r} is not a mixer family; choose from {', '.join(families)}")

@@ -114,3 +114,11 @@ def test_docs_page_lists_every_module():
     text = DOCS.read_text()
     missing = [n for n in list_modules() if f"`{n}`" not in text]
     assert not missing, f"docs/modules.md does not mention {missing}"
+
+
+def test_cli_lists_the_modules(capsys):
+    from visattn.cli import main
+
+    assert main(["list", "--family", "modules"]) == 0
+    out = capsys.readouterr().out
+    assert all(name in out for name in list_modules())
