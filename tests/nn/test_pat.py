@@ -56,7 +56,7 @@ def naive_buckets(h: int, wd: int, ratio: float) -> torch.Tensor:
     return out
 
 
-@pytest.mark.parametrize(("h", "wd", "ratio"), [(3, 4, 1.0), (5, 2, 1.5), (9, 9, 2.0), (30, 30, 20.0)])
+@pytest.mark.parametrize(("h", "wd", "ratio"), [(3, 4, 1.0), (5, 2, 1.5), (9, 9, 2.0), (12, 13, 1.5)])
 def test_buckets_match_the_piecewise_index(h, wd, ratio):
     torch.testing.assert_close(euclidean_buckets(h, wd, ratio), naive_buckets(h, wd, ratio))
 
