@@ -24,11 +24,18 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from . import bench, cli_lens
+from .bench import tables
+from .bench.model import DEFAULT_IMG_SIZES, ModelBenchReport, ModelBenchSettings, check_model_name, iter_model_bench
+from .bench.outputs import output_paths, prepare
+from .bench.plot import plot_model_report
 from .cite import cite
 from .cli_paths import check_output_file, check_output_folder
 from .registry import get_mixer_spec, get_module_spec, list_mixers, list_modules
 
 FILE_WIDTH = 160
+
+MODEL_DEFAULT_MIXERS = ("softmax", "neighborhood", "window")
+"""The mixers ``visattn bench --model`` compares with the unmodified model when ``--mixers`` is left out."""
 
 
 def _causal(name: str) -> str:
@@ -84,39 +91,6 @@ def _list_table(family: str | None, width: int = PAPER_TITLE_MIN_WIDTH) -> Table
     return table
 
 
-def _fmt(value: float | None, pattern: str) -> str:
-    return "-" if value is None else format(value, pattern)
-
-
-def _results_table(report: bench.BenchReport) -> Table:
-    s = report.settings
-    mode = "forward + backward" if s.backward else "forward"
-    table = Table(title=f"visattn bench: {mode}, {s.dtype}, batch {s.batch}, {s.heads} heads x {s.head_dim}, "
-                        f"{report.env['torch_threads']} threads, {s.device}")
-    for column, justify in (("mixer", "left"), ("shape", "left"), ("N", "right"), ("median ms", "right"),
-                            ("IQR ms", "right"), ("SDPA ms", "right"), ("x SDPA", "right"), ("GFLOP/s", "right"),
-                            ("density", "right"), ("peak mem", "right"), ("skipped", "left")):
-        table.add_column(column, justify=justify, overflow="fold", no_wrap=column not in ("mixer", "skipped"))
-    for r in report.records:
-        skipped = r.skipped or (f"SDPA: {r.sdpa_skipped}" if r.median_ms is not None and r.sdpa_skipped else "")
-        peak = None if r.peak_memory_bytes is None else bench.format_bytes(r.peak_memory_bytes)
-        table.add_row(r.label, "x".join(map(str, r.shape)), str(r.tokens), _fmt(r.median_ms, ".2f"),
-                      _fmt(r.spread_ms, ".2f"), _fmt(r.sdpa_median_ms, ".2f"), _fmt(r.ratio_to_sdpa, ".2f"),
-                      _fmt(r.gflops, ".1f"), _fmt(r.density, ".4f"), peak or "-", skipped)
-    return table
-
-
-def _exponent_table(report: bench.BenchReport) -> Table:
-    data = report.to_dict()
-    table = Table(title="fitted scaling exponent: time ~ N^alpha")
-    table.add_column("mixer")
-    table.add_column("alpha", justify="right")
-    for label, exponent in data["exponents"].items():
-        table.add_row(label, _fmt(exponent, ".2f"))
-    table.add_row("dense SDPA", _fmt(data["sdpa_exponent"], ".2f"), style="bold")
-    return table
-
-
 def _argument(parse: Callable[[str], object]) -> Callable[[str], object]:
     """An argparse ``type`` that keeps ``parse``'s ``ValueError`` message in the usage error."""
 
@@ -157,33 +131,53 @@ def _parser() -> argparse.ArgumentParser:
     listing = commands.add_parser("list", help="the registered mixers as a table")
     listing.add_argument("--family", default=None, help="only mixers of this family")
 
-    run = commands.add_parser("bench", help="time mixers against dense SDPA (table, JSON, plot)",
-                              formatter_class=_DefaultsHelpFormatter)
+    run = commands.add_parser("bench", help="time mixers against dense SDPA, or a timm model with its attention "
+                                             "swapped (table, JSON, plot)", formatter_class=_DefaultsHelpFormatter)
     run.add_argument("--mixers", nargs="+", metavar="MIXER", default=None,
-                     help="'name' or 'name:key=value,...'; every registered mixer when left out")
+                     help="'name' or 'name:key=value,...'; every registered mixer when left out (with --model: "
+                          f"{' '.join(MODEL_DEFAULT_MIXERS)})")
     run.add_argument("--sizes", nargs="+", metavar="SIZE", type=_argument(bench.parse_size), default=None,
                      help="int sides (s*s tokens in each mixer's layout) or shapes like 16x32x32; "
                           f"{' '.join(map(str, bench.DEFAULT_SIZES))} when left out")
+    run.add_argument("--model", default=None, metavar="NAME",
+                     help="time this timm model (random weights, nothing downloaded) as built and with its attention "
+                          "replaced by each mixer, in images/s forward and forward + backward")
+    run.add_argument("--img-size", nargs="+", type=int, metavar="PIXELS", default=None,
+                     help="with --model: image sides passed to timm.create_model; "
+                          f"{' '.join(map(str, DEFAULT_IMG_SIZES))} when left out")
+    run.add_argument("--forward-only", action="store_true", help="with --model: skip the forward + backward mode")
     defaults = bench.BenchSettings
     run.add_argument("--heads", type=int, default=defaults.heads, help="attention heads of q, k, v")
     run.add_argument("--head-dim", type=int, default=defaults.head_dim, help="channels per head")
-    run.add_argument("--batch", type=int, default=defaults.batch, help="batch size")
+    run.add_argument("--batch", type=int, default=None,
+                     help=f"batch size; {defaults.batch} when left out ({ModelBenchSettings.batch} with --model)")
     run.add_argument("--dtype", choices=tuple(bench.DTYPES), default=defaults.dtype, help="dtype of q, k, v")
     run.add_argument("--device", default=defaults.device, help="torch device, e.g. cpu or cuda")
     run.add_argument("--backward", action="store_true", help="time forward + backward of out.sum()")
-    run.add_argument("--repeats", type=int, default=defaults.repeats, help="timed calls per (mixer, size)")
+    run.add_argument("--repeats", type=int, default=None,
+                     help=f"timing samples per (mixer, size); {defaults.repeats} when left out "
+                          f"({ModelBenchSettings.repeats} with --model)")
+    run.add_argument("--min-sample", type=float, default=defaults.min_sample_s, metavar="SECONDS",
+                     help="each sample is a burst of consecutive calls lasting at least this long")
+    run.add_argument("--spread-limit", type=float, default=defaults.spread_limit, metavar="FRACTION",
+                     help="flag a row whose interquartile range exceeds this fraction of its median")
     run.add_argument("--warmup", type=int, default=defaults.warmup, help="untimed calls first (>= 1)")
     run.add_argument("--prefix-tokens", type=int, default=defaults.num_prefix_tokens,
                      help="global tokens in front of the grid")
     run.add_argument("--threads", type=int, default=None, help="torch.set_num_threads; torch's choice when left out")
     run.add_argument("--memory-budget", type=_argument(bench.parse_bytes), default=None,
                      help="skip sizes whose estimated memory exceeds this, e.g. 4G; half the RAM when left out")
-    run.add_argument("--time-budget", type=float, default=defaults.time_budget_s,
-                     help="seconds per call above which a size is skipped")
+    run.add_argument("--time-budget", type=float, default=None,
+                     help=f"seconds per call above which a size is skipped; {defaults.time_budget_s:g} when left out "
+                          f"({ModelBenchSettings.time_budget_s:g} with --model)")
     run.add_argument("--no-memory", action="store_true", help="do not profile peak memory")
-    run.add_argument("--seed", type=int, default=defaults.seed, help="seed of the random q, k, v")
-    run.add_argument("--json", metavar="PATH", default=None, help="write the records to this JSON file")
-    run.add_argument("--plot", metavar="PATH", default=None, help="write a log-log PNG plot to this file")
+    run.add_argument("--seed", type=int, default=defaults.seed, help="seed of the random inputs")
+    run.add_argument("--json", metavar="PATH", default=None,
+                     help="write the records to this JSON file (default: bench.json in a new ./visattn-bench/ "
+                          "folder; naming --json or --plot writes only what is named)")
+    run.add_argument("--plot", metavar="PATH", default=None,
+                     help="write the PNG plot to this file (default: bench.png beside the default JSON)")
+    run.add_argument("--no-save", action="store_true", help="write no JSON or plot unless --json/--plot name one")
     cli_lens.add_parser(commands)
     citing = commands.add_parser("cite", help="BibTeX of the paper(s) behind a mixer, edit, metric or paper",
                                  description="Print the BibTeX of the paper(s) behind NAME, from the paper table "
@@ -207,11 +201,57 @@ def _check_outputs(args: argparse.Namespace) -> None:
 
 def _settings(args: argparse.Namespace) -> bench.BenchSettings:
     budget = {} if args.memory_budget is None else {"memory_budget": args.memory_budget}
-    return bench.BenchSettings(heads=args.heads, head_dim=args.head_dim, batch=args.batch, dtype=args.dtype,
-                               device=args.device, backward=args.backward, repeats=args.repeats,
-                               warmup=args.warmup, num_prefix_tokens=args.prefix_tokens,
-                               time_budget_s=args.time_budget, measure_memory=not args.no_memory,
-                               seed=args.seed, **budget)
+    given = {name: value for name, value in (("batch", args.batch), ("repeats", args.repeats),
+                                             ("time_budget_s", args.time_budget)) if value is not None}
+    return bench.BenchSettings(heads=args.heads, head_dim=args.head_dim, dtype=args.dtype, device=args.device,
+                               backward=args.backward, warmup=args.warmup, num_prefix_tokens=args.prefix_tokens,
+                               min_sample_s=args.min_sample, spread_limit=args.spread_limit,
+                               measure_memory=not args.no_memory, seed=args.seed, **given, **budget)
+
+
+def _model_settings(args: argparse.Namespace) -> ModelBenchSettings:
+    for flag, value in (("--sizes", args.sizes), ("--backward", args.backward)):
+        if value:
+            raise ValueError(f"{flag} applies to mixer benchmarks, not to --model (use --img-size, --forward-only)")
+    given = {name: value for name, value in (("batch", args.batch), ("repeats", args.repeats),
+                                             ("time_budget_s", args.time_budget)) if value is not None}
+    return ModelBenchSettings(dtype=args.dtype, device=args.device, warmup=args.warmup, min_sample_s=args.min_sample,
+                              spread_limit=args.spread_limit, backward=not args.forward_only,
+                              measure_memory=not args.no_memory, seed=args.seed, **given)
+
+
+def _progress(err: Console) -> Progress:
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    return Progress(*columns, console=err)
+
+
+def _bench_mixers(args: argparse.Namespace, err: Console) -> bench.BenchReport:
+    if args.img_size is not None or args.forward_only:
+        raise ValueError("--img-size and --forward-only apply to --model benchmarks only")
+    settings = _settings(args)
+    cases = bench.default_cases() if args.mixers is None else [bench.parse_case(m) for m in args.mixers]
+    sizes = list(bench.DEFAULT_SIZES if args.sizes is None else args.sizes)
+    report = bench.BenchReport(settings)
+    with _progress(err) as progress:
+        task = progress.add_task("building native kernels", total=len(cases) * len(sizes))
+        for record in bench.iter_bench(cases, sizes, settings):
+            report.records.append(record)
+            progress.update(task, advance=1, description=f"{record.label} {'x'.join(map(str, record.shape))}")
+    return report
+
+
+def _bench_model(args: argparse.Namespace, err: Console) -> ModelBenchReport:
+    settings = _model_settings(args)
+    model = check_model_name(args.model)
+    cases = [bench.parse_case(m) for m in (MODEL_DEFAULT_MIXERS if args.mixers is None else args.mixers)]
+    sizes = list(DEFAULT_IMG_SIZES if args.img_size is None else args.img_size)
+    report = ModelBenchReport(model, settings)
+    with _progress(err) as progress:
+        task = progress.add_task("building native kernels", total=(1 + len(cases)) * len(sizes) * len(settings.modes))
+        for record in iter_model_bench(model, cases, sizes, settings):
+            report.records.append(record)
+            progress.update(task, advance=1, description=f"{record.label} {record.img_size} {record.mode}")
+    return report
 
 
 def _bench(args: argparse.Namespace, out: Console, err: Console) -> int:
@@ -219,24 +259,31 @@ def _bench(args: argparse.Namespace, out: Console, err: Console) -> int:
         if args.threads < 1:
             raise ValueError(f"--threads must be >= 1, got {args.threads}")
         torch.set_num_threads(args.threads)
-    settings = _settings(args)
-    cases = bench.default_cases() if args.mixers is None else [bench.parse_case(m) for m in args.mixers]
-    sizes = list(bench.DEFAULT_SIZES if args.sizes is None else args.sizes)
-    report = bench.BenchReport(settings)
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, console=err) as progress:
-        task = progress.add_task("benchmarking", total=len(cases) * len(sizes))
-        for record in bench.iter_bench(cases, sizes, settings):
-            report.records.append(record)
-            progress.update(task, advance=1, description=f"{record.label} {'x'.join(map(str, record.shape))}")
-    out.print(_results_table(report))
-    out.print(_exponent_table(report))
-    if args.json:
-        report.write_json(args.json)
-        out.print(f"JSON written to {args.json}")
-    if args.plot:
-        bench.plot_report(report, args.plot)
-        out.print(f"plot written to {args.plot}")
+    json_path, plot_path = output_paths(args.json, args.plot, save=not args.no_save)
+    load = bench.load_average()
+    busy = bench.busy_message(None if load is None else load[0], os.cpu_count(), torch.get_num_threads())
+    if busy:
+        err.print(f"[bold yellow]visattn bench:[/] {busy}", highlight=False)
+    if args.model is None:
+        report = _bench_mixers(args, err)
+        out.print(tables.results_table(report))
+        out.print(tables.exponent_table(report))
+        plot = bench.plot_report
+    else:
+        report = _bench_model(args, err)
+        out.print(tables.model_table(report))
+        plot = plot_model_report
+    footnote = tables.noisy_footnote(report.settings.spread_limit, sum(bool(r.noisy) for r in report.records))
+    if footnote:
+        out.print(footnote, highlight=False)
+    if json_path is not None:
+        report.write_json(prepare(json_path))
+        out.print(f"JSON written to {json_path}", highlight=False)
+    if plot_path is not None:
+        plot(report, prepare(plot_path))
+        out.print(f"plot written to {plot_path}", highlight=False)
+    if json_path is None and plot_path is None:
+        out.print("nothing saved (--no-save); --json PATH and --plot PATH write the records and the plot")
     return 0
 
 

@@ -17,7 +17,6 @@ from visattn.bench.budget import (
     sdpa_memory_bytes,
 )
 from visattn.nn import MaskedMixer
-from visattn.ops import register_fast_path
 
 
 @pytest.mark.parametrize(
@@ -62,18 +61,6 @@ class _ParityMask(masks.Mask):
         return lambda q_idx, kv_idx: (q_idx - kv_idx) % 2 == 0
 
 
-class _TiledMask(masks.Mask):
-    """A mask type with a registered fast path, as a tiled implementation would register it."""
-
-    def _spatial_mod(self, shape):
-        return lambda q_idx, kv_idx: (q_idx - kv_idx).abs() <= 1
-
-
-@register_fast_path(_TiledMask)
-def _declining_fast_path(q, k, v, mask, shape, num_prefix_tokens, scale, dropout_p=0.0):
-    return None
-
-
 @pytest.mark.parametrize("backward", [False, True])
 def test_mixer_without_fast_path_is_bounded_by_dense_scores(backward):
     b, h, n, d, item = 1, 4, 256, 16, 8
@@ -91,10 +78,10 @@ def test_mixer_without_mask_is_bounded_by_dense_scores():
     assert estimate_memory_bytes(object(), b, h, n, d, item, False, None) == dense
 
 
-def test_mixer_with_fast_path_needs_attended_pair_scores():
+def test_mixer_with_a_structured_engine_needs_attended_pair_scores():
     b, h, n, d, item = 2, 2, 64, 8, 4
-    mixer = MaskedMixer(_TiledMask())
-    pairs = masks.pair_count(mixer.mask, (8, 8))
+    mixer = MaskedMixer(masks.SlidingWindowMask(3))  # each token sees itself and one neighbour on each side
+    pairs = masks.pair_count(mixer.mask, (n,))
     assert pairs == 3 * n - 2
     expected = sdpa_memory_bytes(b, h, n, d, item, False) + 2 * b * h * pairs * item
     assert estimate_memory_bytes(mixer, b, h, n, d, item, False, pairs) == expected

@@ -1,4 +1,4 @@
-"""The log-log least-squares scaling exponent."""
+"""The log-log least-squares scaling exponent and its standard error."""
 
 import math
 import random
@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from visattn.bench import fit_exponent
+from visattn.bench import MAX_FIT_ERROR, fit_exponent, fit_exponent_with_error
 
 
 @settings(max_examples=40, deadline=None)
@@ -47,3 +47,39 @@ def test_needs_two_distinct_token_counts():
 def test_rejects_bad_input(tokens, times, match):
     with pytest.raises(ValueError, match=match):
         fit_exponent(tokens, times)
+
+
+def test_standard_error_of_a_known_fit():
+    # log-log points (0, 0), (1, 1), (2, 3): slope 1.5, residuals (1/6, -1/3, 1/6), Sxx = 2
+    e = math.e
+    fit = fit_exponent_with_error([1, e, e * e], [1, e, e**3])
+    assert fit.alpha == pytest.approx(1.5) and fit.points == 3
+    assert fit.stderr == pytest.approx(math.sqrt((1 / 36 + 1 / 9 + 1 / 36) / 1 / 2))
+    assert not fit.sound()  # 0.29 > 0.1
+
+
+@pytest.mark.parametrize("alpha", [1.0, 2.0])
+def test_synthetic_timings_give_the_exponent_within_its_error(alpha):
+    rng = random.Random(1)
+    tokens = [1024, 2304, 4096, 6400, 9216]
+    noise = 0.03
+    hits = 0
+    for _ in range(200):
+        times = [2e-6 * n**alpha * math.exp(rng.gauss(0.0, noise)) for n in tokens]
+        fit = fit_exponent_with_error(tokens, times)
+        assert fit.sound()
+        hits += abs(fit.alpha - alpha) <= 3.182 * fit.stderr  # the 95% quantile of Student's t, 3 degrees of freedom
+    assert 180 <= hits <= 199  # 190 expected, binomial standard deviation 3
+
+
+def test_noisy_or_short_fits_are_not_sound():
+    rng = random.Random(2)
+    tokens = [1024, 2304, 4096]
+    noisy = fit_exponent_with_error(tokens, [n * math.exp(rng.gauss(0.0, 0.5)) for n in tokens])
+    assert noisy.stderr > MAX_FIT_ERROR and not noisy.sound()
+    two = fit_exponent_with_error([1024, 4096], [1.0, 4.0])
+    assert two.alpha == pytest.approx(1.0) and two.stderr is None and not two.sound()
+    exact = fit_exponent_with_error(tokens, [float(n) for n in tokens])
+    assert exact.sound() and exact.stderr == pytest.approx(0.0, abs=1e-12)
+    assert exact.sound(min_points=4) is False
+    assert fit_exponent_with_error([64, 64, 64], [1.0, 2.0, 3.0]) is None

@@ -2,12 +2,14 @@
 
 import json
 import math
+import time
 
+import numpy as np
 import pytest
 import torch
 
 import visattn
-from visattn.bench import BenchCase, BenchSettings, estimate_memory_bytes, iter_bench, run_bench
+from visattn.bench import BenchCase, BenchSettings, estimate_memory_bytes, iter_bench, run_bench, runner
 from visattn.bench.budget import predict_memory_bytes
 from visattn.bench.runner import _measure, _prepare, _Prepared, default_cases
 from visattn.nn import TokenMixer
@@ -190,3 +192,83 @@ def test_mixers_that_use_the_layer_input_get_x(backward):
     assert record.ratio_to_sdpa > 0
     assert set(mixer.seen) == {((3, 10, 8), torch.float64, backward)}
     assert len(mixer.seen) == settings.warmup + 1 + settings.repeats  # warm-up, probe, one call per sample
+
+
+class _SlowFirstCall(TokenMixer):
+    """Sleeps on its first call (as a kernel build would), then is fast."""
+
+    def __init__(self, first_s):
+        super().__init__()
+        self.first_s, self.calls = first_s, 0
+
+    def forward(self, q, k, v, shape, attn_mask=None):
+        self.calls += 1
+        if self.calls == 1:
+            time.sleep(self.first_s)
+        return v
+
+
+def _measure_one(mixer, settings, size=4):
+    return _measure(_Prepared(BenchCase("softmax"), mixer, {}, None, "2d", per_grid=False), size, settings, [], [],
+                    [])
+
+
+def test_warm_up_counts_against_no_budget():
+    settings = BenchSettings(time_budget_s=0.2, **FAST)
+    record = _measure_one(_SlowFirstCall(0.3), settings)
+    assert record.skipped is None and record.median_ms < 200
+
+
+def test_native_kernels_are_built_before_anything_is_timed(monkeypatch):
+    events = []
+    monkeypatch.setattr(runner, "prebuild_native_kernels", lambda: events.append("prebuild") or {})
+    timed = runner.time_call
+    monkeypatch.setattr(runner, "time_call", lambda fn, sync: events.append("probe") or timed(fn, sync))
+    bursts = runner.interleaved_bursts
+    monkeypatch.setattr(runner, "interleaved_bursts", lambda *a: events.append("bursts") or bursts(*a))
+    run_bench(["softmax", "neighborhood:kernel_size=3"], [4, 5], BenchSettings(**FAST))
+    assert events[0] == "prebuild" and events.count("prebuild") == 1
+    assert events[1:] == ["probe", "probe", "bursts"] * 4  # mixer and SDPA probes, then their bursts
+
+
+def test_bursts_are_sized_by_the_probe_and_interleaved_with_sdpa(monkeypatch):
+    seen = {}
+
+    def fake_bursts(fns, calls, repeats, sync):
+        seen.update(fns=len(fns), calls=calls, repeats=repeats)
+        return [[1.0] * repeats, [2.0] * repeats]
+
+    monkeypatch.setattr(runner, "time_call", lambda fn, sync: 0.004)
+    monkeypatch.setattr(runner, "interleaved_bursts", fake_bursts)
+    settings = BenchSettings(repeats=4, min_sample_s=0.1, measure_memory=False)
+    record = _measure_one(_SlowFirstCall(0.0), settings)
+    assert seen == {"fns": 2, "calls": [25, 25], "repeats": 4}
+    assert record.calls_per_sample == record.sdpa_calls_per_sample == 25
+    assert record.samples_ms == [1.0] * 4 and record.sdpa_samples_ms == [2.0] * 4
+    assert record.ratio_to_sdpa == 2.0 and record.noisy is False
+
+
+@pytest.mark.parametrize(("mixer_ms", "sdpa_ms", "limit", "noisy"), [
+    ([10.0, 10.0, 10.0, 10.0, 10.0], [10.0, 10.0, 10.0, 10.0, 10.0], 0.25, False),
+    ([8.0, 9.0, 10.0, 11.0, 12.0], [10.0, 10.0, 10.0, 10.0, 10.0], 0.25, False),  # IQR 2 = 20% of 10
+    ([8.0, 9.0, 10.0, 11.0, 12.0], [10.0, 10.0, 10.0, 10.0, 10.0], 0.2, False),  # exactly at the limit
+    ([8.0, 9.0, 10.0, 11.0, 12.0], [10.0, 10.0, 10.0, 10.0, 10.0], 0.19, True),
+    ([10.0, 10.0, 10.0, 10.0, 10.0], [10.0, 10.0, 20.0, 30.0, 40.0], 0.25, True),  # SDPA's IQR 20 = 100% of 20
+])
+def test_spread_flag(monkeypatch, mixer_ms, sdpa_ms, limit, noisy):
+    monkeypatch.setattr(runner, "interleaved_bursts", lambda fns, calls, repeats, sync: [mixer_ms, sdpa_ms])
+    settings = BenchSettings(spread_limit=limit, **FAST)
+    record = _measure_one(_SlowFirstCall(0.0), settings)
+    assert record.noisy is noisy
+    assert record.relative_spread == pytest.approx((np.percentile(mixer_ms, 75) - np.percentile(mixer_ms, 25))
+                                                   / np.median(mixer_ms))
+    assert record.sdpa_relative_spread == pytest.approx((np.percentile(sdpa_ms, 75) - np.percentile(sdpa_ms, 25))
+                                                        / np.median(sdpa_ms))
+
+
+def test_spread_flag_without_a_baseline(monkeypatch):
+    monkeypatch.setattr(runner, "interleaved_bursts", lambda fns, calls, repeats, sync: [[1.0, 1.0, 3.0]])
+    settings = BenchSettings(**FAST)
+    prepared = _Prepared(BenchCase("softmax"), _SlowFirstCall(0.0), {}, None, "2d", per_grid=False)
+    record = _measure(prepared, 8, settings, [], [(1, 1.0)], [])  # SDPA predicted far over the time budget
+    assert record.sdpa_skipped.startswith("predicted") and record.noisy is True and record.ratio_to_sdpa is None

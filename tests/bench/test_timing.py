@@ -1,10 +1,12 @@
-"""Timing summaries and single timed calls."""
+"""Timing summaries, single timed calls and interleaved bursts."""
+
+import math
 
 import pytest
 import torch
 
-from visattn.bench import summarize
-from visattn.bench.timing import calls_per_sample, synchronizer, time_burst, time_call
+from visattn.bench import summarize, timing
+from visattn.bench.timing import calls_per_sample, interleaved_bursts, synchronizer, time_burst, time_call
 
 
 def test_summary_of_known_samples():
@@ -61,3 +63,34 @@ def test_time_burst_calls_the_function_that_many_times():
 def test_time_burst_needs_a_call():
     with pytest.raises(ValueError, match="calls"):
         time_burst(lambda: None, 0)
+
+
+def test_interleaved_bursts_alternate_sample_by_sample():
+    events = []
+    fns = [lambda: events.append("mixer"), lambda: events.append("sdpa")]
+    samples = interleaved_bursts(fns, [3, 2], 2, lambda: events.append("sync"))
+    burst_mixer = ["sync", "mixer", "mixer", "mixer", "sync"]
+    burst_sdpa = ["sync", "sdpa", "sdpa", "sync"]
+    assert events == (burst_mixer + burst_sdpa) * 2
+    assert [len(s) for s in samples] == [2, 2]
+    assert all(t >= 0.0 for s in samples for t in s)
+
+
+def test_interleaved_bursts_time_per_call(monkeypatch):
+    clock = iter([0.0, 0.6, 1.0, 1.2])  # bursts of 0.6 s (3 calls) and 0.2 s (1 call)
+    monkeypatch.setattr(timing.time, "perf_counter", lambda: next(clock))
+    samples = interleaved_bursts([lambda: None, lambda: None], [3, 1], 1, lambda: None)
+    assert samples[0] == [pytest.approx(200.0)] and samples[1] == [pytest.approx(200.0)]
+
+
+@pytest.mark.parametrize(("calls", "repeats", "match"), [([1], 1, "one count per function"), ([1, 0], 1, "calls"),
+                                                          ([1, 1], 0, "repeats")])
+def test_interleaved_bursts_reject_bad_counts(calls, repeats, match):
+    with pytest.raises(ValueError, match=match):
+        interleaved_bursts([lambda: None, lambda: None], calls, repeats, lambda: None)
+
+
+def test_relative_spread():
+    assert summarize([1.0, 2.0, 3.0, 4.0, 5.0]).relative_spread == pytest.approx(2.0 / 3.0)
+    assert summarize([0.0, 0.0]).relative_spread == 0.0
+    assert summarize([0.0, 0.0, 0.0, 1.0, 1.0]).relative_spread == math.inf

@@ -14,6 +14,7 @@ from .case import BENCH_PRESETS, BenchCase, build_mixer, parse_case
 from .fit import MAX_FIT_ERROR, MIN_FIT_POINTS, ExponentFit, fit_exponent, fit_exponent_with_error
 from .flops import attended_pairs, gflops_per_second, useful_flops
 from .layout import grid_for, infer_layout, parse_size, resolve_shape
+from .load import busy_message, load_average
 from .memory import peak_memory_bytes
 from .plot import plot_report
 from .prebuild import prebuild_native_kernels
@@ -36,6 +37,7 @@ __all__ = [
     "Timing",
     "attended_pairs",
     "build_mixer",
+    "busy_message",
     "calls_per_sample",
     "default_cases",
     "estimate_memory_bytes",
@@ -47,6 +49,7 @@ __all__ = [
     "infer_layout",
     "interleaved_bursts",
     "iter_bench",
+    "load_average",
     "parse_bytes",
     "parse_case",
     "parse_size",

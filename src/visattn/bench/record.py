@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from .fit import MAX_FIT_ERROR, MIN_FIT_POINTS, ExponentFit, fit_exponent_with_error
+from .load import load_average
 from .settings import BenchSettings
 
 
@@ -132,7 +133,8 @@ def _fit_dict(fit: ExponentFit | None) -> dict[str, Any] | None:
 
 
 def environment() -> dict[str, Any]:
-    """Versions and threads, so that a JSON file says where it was measured."""
+    """Versions, threads and the load average (1, 5, 15 min) at the start, so that a JSON file says where and on
+    how busy a machine it was measured."""
     from .. import __version__
 
     return {
@@ -142,6 +144,7 @@ def environment() -> dict[str, Any]:
         "machine": platform.machine(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
+        "load_average": load_average(),
     }
 
 
