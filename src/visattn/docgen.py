@@ -1,8 +1,11 @@
 """Generated documentation tables, so the docs cannot drift from the registry and the paper list.
 
 A docs page marks a generated block with ``<!-- generated: KIND [family=NAME] -->`` ... ``<!-- end generated -->``;
-KIND is ``mechanisms`` (the registry) or ``papers`` (:data:`visattn.papers.PAPERS`). ``python -m visattn.docgen``
-rewrites every block in ``docs/``; ``--check`` exits 1 if any page is stale.
+KIND is ``mechanisms`` (the registry) or ``papers`` (:data:`visattn.papers.PAPERS`). A papers table shows, per paper,
+everything in visattn that implements it: registered mixers and feature-map modules, and the lens edits, lens
+metrics, transforms, modules and tools of :data:`visattn.papers.IMPLEMENTATIONS`; and what is not implemented yet
+(:data:`visattn.papers.NOT_YET`). ``python -m visattn.docgen`` rewrites every block in ``docs/``; ``--check`` exits 1
+if any page is stale.
 """
 
 from __future__ import annotations
@@ -13,8 +16,8 @@ import sys
 from pathlib import Path
 
 import visattn
-from visattn.papers import PAPERS
-from visattn.registry import get_mixer_spec
+from visattn.papers import IMPLEMENTATIONS, NOT_YET, PAPERS
+from visattn.registry import get_mixer_spec, get_module_spec, list_modules
 
 BLOCK = re.compile(r"(<!-- generated: (\w+)(?: family=([\w-]+))? -->\n)(.*?)(<!-- end generated -->)", re.DOTALL)
 
@@ -39,22 +42,36 @@ def mechanisms_table(family: str | None = None) -> str:
     return "\n".join(lines) + "\n"
 
 
-def papers_table(family: str | None = None) -> str:
-    """Markdown table of the papers (of ``family`` if given) with the mixers that implement them."""
+def implementations() -> dict[str, list[str]]:
+    """Per paper key, what implements it, as Markdown: mixers (``mixer `x```), feature-map modules, and the
+    entries of :data:`~visattn.papers.IMPLEMENTATIONS` (kind and dotted path below ``visattn``)."""
     by_paper: dict[str, list[str]] = {}
     for name in visattn.list_mixers():
-        by_paper.setdefault(get_mixer_spec(name).paper_key, []).append(f"`{name}`")
-    lines = ["| paper | arXiv | code | in visattn |", "|---|---|---|---|"]
+        by_paper.setdefault(get_mixer_spec(name).paper_key, []).append(f"mixer `{name}`")
+    for name in list_modules():
+        by_paper.setdefault(get_module_spec(name).paper_key, []).append(f"module `{name}`")
+    for impl in IMPLEMENTATIONS:
+        by_paper.setdefault(impl.paper, []).append(f"{impl.kind} `{impl.label}`")
+    return by_paper
+
+
+def papers_table(family: str | None = None) -> str:
+    """Markdown table of the papers (of ``family`` if given, or with a mixer or module of that family): what in
+    visattn implements each, and what does not exist yet."""
+    by_paper = implementations()
+    lines = ["| paper | arXiv | code | in visattn | not yet |", "|---|---|---|---|---|"]
     for key, paper in PAPERS.items():
         if family is not None and paper.family != family and key not in _paper_keys_of_family(family):
             continue
         code = f"`{paper.code}`" if paper.code else "—"
-        lines.append(f"| {paper.title} | {_paper_link(key)} | {code} | {', '.join(by_paper.get(key, [])) or '—'} |")
+        lines.append(f"| {paper.title} | {_paper_link(key)} | {code} | {', '.join(by_paper.get(key, [])) or '—'} "
+                     f"| {NOT_YET.get(key, '—')} |")
     return "\n".join(lines) + "\n"
 
 
 def _paper_keys_of_family(family: str) -> set[str]:
-    return {get_mixer_spec(n).paper_key for n in visattn.list_mixers(family)}
+    return ({get_mixer_spec(n).paper_key for n in visattn.list_mixers(family)}
+            | {get_module_spec(n).paper_key for n in list_modules(family)})
 
 
 def render(text: str) -> str:

@@ -553,6 +553,7 @@ IMPLEMENTATIONS: tuple[Implementation, ...] = (
     *_impl("gift", "edit", "visattn.lens.edits.GazeShiftAmplification"),
     *_impl("raptor", "metric", "visattn.lens.metrics.layer_dissimilarity", "visattn.lens.metrics.max_cut_phases"),
     *_impl("faster_neighborhood", "module", "visattn.nn.NeighborhoodAttention2d"),
+    *_impl("s2lic", "module", "visattn.nn.ShiftedWindowAttentionV2", "visattn.nn.WindowAttentionV2"),
     *_impl("softplus_attention", "edit", "visattn.lens.edits.AttentionReweighting"),
     *_impl("foveated_retinotopy", "transform", "visattn.transforms.log_polar.log_polar",
            "visattn.transforms.log_polar.inverse_log_polar", "visattn.transforms.fixation_grid.localize"),
