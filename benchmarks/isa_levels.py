@@ -64,7 +64,8 @@ def measure(args: argparse.Namespace) -> dict:
                 samples[name].append(_burst(fn, args.min_sample))
     t = {name: statistics.median(s) for name, s in samples.items()}
     window_pairs = n * 64
-    return {"level": native.isa_level(), "vector_bytes": native.vector_bytes(), "ms": {k: 1e3 * x for k, x in t.items()},
+    return {"level": native.isa_level(), "vector_bytes": native.vector_bytes(),
+            "ms": {name: 1e3 * x for name, x in t.items()},
             "na2d_speedup": t["dense"] / t["na2d"],
             "window8_per_pair": (t["window8"] / window_pairs) / (t["dense"] / (n * n)),
             "load": os.getloadavg() if hasattr(os, "getloadavg") else None}
