@@ -10,8 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from visattn import masks
-from visattn.ops import axial_attention, masked_attention
-from visattn.ops import explain
+from visattn.ops import axial_attention, explain, masked_attention
 from visattn.ops.engines.lines import from_lines, to_lines
 
 pytestmark = pytest.mark.usefixtures("one_thread")

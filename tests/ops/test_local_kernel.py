@@ -18,8 +18,8 @@ from visattn.masks import AxisRule, SeparableMask
 from visattn.ops import dispatch, local_attention, masked_attention
 from visattn.ops.engines import sdpa_tiles
 from visattn.ops.engines.layout import axis_progression, local_layout, progression_table, transposed_progression
-from visattn.ops.native import native_library
 from visattn.ops.engines.sdpa_tiles import run_tile_plan
+from visattn.ops.native import native_library
 from visattn.testing import random_qkv as qkv
 
 pytestmark = [
@@ -195,9 +195,9 @@ def test_closed_form_progressions_equal_the_rule_tables(rule):
 
 @pytest.fixture
 def fresh_decisions():
-    dispatch._chosen.cache_clear()
+    dispatch.clear_decisions()
     yield
-    dispatch._chosen.cache_clear()
+    dispatch.clear_decisions()
 
 
 def test_fast_backend_falls_back_to_tiles_without_the_kernels(monkeypatch, fresh_decisions):
@@ -249,8 +249,7 @@ def test_index_attention_matches_gathered_softmax():
 def test_index_attention_long_lists_end_anywhere(dtype):
     """Lists of 37 keys ended at every kind of position (first entry, inside and at the edge of the kernel's 8-entry
     scan blocks and 16-key vectors, not at all), and a list that ends and then continues (ignored)."""
-    from visattn.ops import attention
-    from visattn.ops import index_attention
+    from visattn.ops import attention, index_attention
 
     gen = torch.Generator().manual_seed(1)
     q = torch.randn(1, 2, 7, 32, dtype=dtype, generator=gen)

@@ -313,8 +313,8 @@ def test_intermediate_memory_is_linear_in_tokens():
 @pytest.mark.parametrize(("n", "block"), [(100, 16), (130, 64), (64, 8)])
 def test_bitmap_tiles_match_the_token_mask(n, block):
     """PARO's block bitmap as tiles: runs of kept key blocks, a last partial block, query blocks with none."""
-    from visattn.ops.paro_attention import bitmap_token_mask
     from visattn.ops.engines.fused_tiles import bitmap_tiles
+    from visattn.ops.paro_attention import bitmap_token_mask
 
     nb = -(-n // block)
     bitmap = torch.rand(nb, nb, generator=torch.Generator().manual_seed(n)) < 0.4

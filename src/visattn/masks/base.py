@@ -37,12 +37,54 @@ def unravel(index: Tensor, shape: Shape) -> list[Tensor]:
     return coords
 
 
+_BY_KEY: dict[str, Mask] = {}
+
+
 class Mask:
     """Base class of every mask. Subclasses implement ``_spatial_mod`` and may override the fast hooks
     ``_spatial_rows`` and ``_spatial_pair_count``; ``check`` raises ``ValueError`` on a grid the mask cannot use.
+
+    Every mask has a :attr:`key`, a string that names it (equal masks, equal keys) for code that cannot hold
+    objects, such as the arguments of a ``torch.library`` custom operator; :meth:`from_key` finds the mask again.
+    Dataclass masks get it when constructed (so reading it under ``torch.compile`` is an attribute read).
     """
 
     max_dims: int | None = None
+
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        super().__init_subclass__(**kwargs)
+        own = cls.__dict__.get("__post_init__")
+        if own is not None:
+            def post_init(self: Mask) -> None:
+                own(self)
+                self._remember()
+
+            cls.__post_init__ = post_init
+
+    def __post_init__(self) -> None:
+        self._remember()
+
+    def _remember(self) -> str:
+        key = repr(self)
+        known = _BY_KEY.setdefault(key, self)
+        if known != self:
+            raise ValueError(f"two different masks share the repr {key!r}; give {type(self).__name__} a repr that "
+                             f"tells them apart")
+        object.__setattr__(self, "_key", key)
+        return key
+
+    @property
+    def key(self) -> str:
+        """The string that names this mask (its ``repr``), remembered so that :meth:`from_key` finds it."""
+        return self.__dict__.get("_key") or self._remember()
+
+    @staticmethod
+    def from_key(key: str) -> Mask:
+        """The mask whose :attr:`key` is ``key``."""
+        try:
+            return _BY_KEY[key]
+        except KeyError:
+            raise ValueError(f"no mask has the key {key!r}; keys come from Mask.key") from None
 
     def check(self, shape: Shape) -> None:
         """Raise ``ValueError`` naming the offending argument if the mask does not fit ``shape``."""

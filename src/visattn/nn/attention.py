@@ -7,7 +7,6 @@ keys each query sees and how (softmax, neighborhood, window, ... any entry of :f
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
@@ -100,7 +99,7 @@ class Attention(nn.Module):
         if self.shape is not None:
             return self.shape
         grid = num_tokens - self.num_prefix_tokens
-        side = math.isqrt(max(grid, 0))
+        side = round(max(grid, 0) ** 0.5)  # exact for perfect squares below 2**52, and traceable on symbolic sizes
         if grid < 1 or side * side != grid:
             raise ValueError(
                 f"cannot infer a square grid from N={num_tokens} tokens with num_prefix_tokens="

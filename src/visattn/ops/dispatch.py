@@ -30,7 +30,6 @@ kernels are custom operators (:mod:`visattn.ops.engines.kernel_ops`), so they st
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -46,7 +45,7 @@ from .engines.flex import run_flex_attention
 from .engines.layout import local_layout
 
 __all__ = ["AUTO_ORDER", "DENSE_MAX_TOKENS", "ENGINES", "MAX_BLOCK_DENSITY", "Decision", "choose", "decide",
-           "explain", "kernel_refusal", "run_engine", "structured"]
+           "clear_decisions", "explain", "kernel_refusal", "run_engine", "structured"]
 
 DENSE_MAX_TOKENS = 16384
 MAX_BLOCK_DENSITY = 0.9
@@ -228,8 +227,8 @@ def decide(facts: Facts, backend: str = "auto") -> Decision:
             return Decision(name, ENGINES[name].summary, tuple(passed))
         passed.append((name, refusal))
     reasons = "; ".join(f"{name}: {why}" for name, why in passed)
-    raise ValueError(f"no fast path (structured engine) accepts mask={facts.mask!r} on shape={facts.shape} ({reasons}); "
-                     f"use backend='auto'")
+    raise ValueError(f"no fast path (structured engine) accepts mask={facts.mask!r} on shape={facts.shape} "
+                     f"({reasons}); use backend='auto'")
 
 
 def structured(mask: Mask) -> bool:
@@ -244,20 +243,59 @@ def _mark_constant(fn: Callable) -> Callable:
     return fn
 
 
+_DECISIONS: dict[tuple, str] = {}
+MAX_DECISIONS = 1024
+
+
 @_mark_constant
-@functools.lru_cache(maxsize=256)
 def _chosen(mask_key: str, shape: Shape, num_prefix_tokens: int, dtype: torch.dtype, device_type: str,
             needs_grad: bool, dropout: bool, backend: str) -> str:
-    facts = Facts(kernel_ops.mask_for(mask_key), shape, num_prefix_tokens, dtype, device_type, needs_grad, dropout)
-    return decide(facts, backend).engine
+    """:func:`decide`'s engine, remembered per kind of call (a plain dict, which dynamo does not trace into: the
+    function is evaluated once while tracing and its result kept as a constant)."""
+    key = (mask_key, shape, num_prefix_tokens, dtype, device_type, needs_grad, dropout, backend)
+    engine = _DECISIONS.get(key)
+    if engine is None:
+        facts = Facts(Mask.from_key(mask_key), shape, num_prefix_tokens, dtype, device_type, needs_grad, dropout)
+        engine = decide(facts, backend).engine
+        if len(_DECISIONS) >= MAX_DECISIONS:
+            _DECISIONS.clear()
+        _DECISIONS[key] = engine
+    return engine
+
+
+def clear_decisions() -> None:
+    """Forget the remembered decisions (after the kernels' availability changed)."""
+    _DECISIONS.clear()
+
+
+@_mark_constant
+def _chosen_without_grid(mask_key: str, dtype: torch.dtype, device_type: str, needs_grad: bool, dropout: bool,
+                         backend: str) -> str | None:
+    """The engine while ``torch.compile`` traces, where the grid may be symbolic (dynamic shapes): engines that plan
+    at run time (the kernels, whose operators plan inside) or need no plan (SDPA, SDPA lines); None where the choice
+    needs the grid (which must then be static)."""
+    mask = Mask.from_key(mask_key)
+    if backend in ("fused_tiles", "per_query", "sdpa", "sdpa_causal", "sdpa_lines"):
+        return backend
+    if isinstance(mask, FullMask):
+        return "sdpa"
+    libraries = ("tile_attention", "tile_attention_backward") if needs_grad else ("tile_attention",)
+    if (isinstance(mask, (SeparableMask, SlidingWindowMask)) and not dropout
+            and kernel_refusal(dtype, device_type, libraries) is None):
+        return "fused_tiles"
+    return "sdpa_lines" if isinstance(mask, AxialMask) else None
 
 
 def choose(q: Tensor, k: Tensor, v: Tensor, mask: Mask, shape: Shape, num_prefix_tokens: int, dropout_p: float,
            backend: str = "auto") -> str:
     """The engine that computes this call (see :func:`decide`), cached per kind of call."""
     needs_grad = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
-    return _chosen(kernel_ops.mask_key(mask), tuple(int(s) for s in shape), int(num_prefix_tokens), q.dtype,
-                   q.device.type, needs_grad, bool(dropout_p), backend)
+    if torch.compiler.is_compiling():
+        engine = _chosen_without_grid(mask.key, q.dtype, q.device.type, needs_grad, bool(dropout_p), backend)
+        if engine is not None:
+            return engine
+    return _chosen(mask.key, tuple(shape), num_prefix_tokens, q.dtype, q.device.type, needs_grad, bool(dropout_p),
+                   backend)
 
 
 def explain(mask: Mask, shape: int | tuple[int, ...], num_prefix_tokens: int = 0, *,
@@ -292,7 +330,7 @@ def _run_kernel(engine: str) -> Callable[..., Tensor]:
             dropout_p: float) -> Tensor:
         scale = q.shape[-1] ** -0.5 if scale is None else scale
         training = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
-        out = kernel_ops.progression_attention(q, k, v, kernel_ops.mask_key(mask), list(shape), prefix, scale,
+        out = kernel_ops.progression_attention(q, k, v, mask.key, list(shape), prefix, scale,
                                                training, engine)[0]
         return _prefix_rows(out, q, k, v, prefix, scale)
 
@@ -300,7 +338,6 @@ def _run_kernel(engine: str) -> Callable[..., Tensor]:
 
 
 @_mark_constant
-@functools.lru_cache(maxsize=16)
 def _block_kernel_usable(dtype: torch.dtype, device_type: str) -> bool:
     return kernel_refusal(dtype, device_type, ("tile_attention",)) is None
 
@@ -311,7 +348,7 @@ def _run_block_sparse(q: Tensor, k: Tensor, v: Tensor, mask: Mask, shape: Shape,
     training = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
     if not training and _block_kernel_usable(q.dtype, q.device.type):
         scale = q.shape[-1] ** -0.5 if scale is None else scale
-        out = kernel_ops.block_tile_attention(q, k, v, kernel_ops.mask_key(mask), list(shape), prefix, scale,
+        out = kernel_ops.block_tile_attention(q, k, v, mask.key, list(shape), prefix, scale,
                                               *blocks)
         return _prefix_rows(out, q, k, v, prefix, scale)
     return block_sparse.run_block_sparse_plan(block_sparse.block_sparse_plan(mask, shape, prefix, *blocks), q, k, v,

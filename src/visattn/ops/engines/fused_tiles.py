@@ -330,7 +330,7 @@ def run_tiles_backward(q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor
     n = q.shape[2]
     every_query_once = tiles.queries_disjoint and tiles.q_idx.numel() == n
     every_key_once = tiles.keys_disjoint and tiles.k_idx.numel() == k.shape[2]
-    dq = torch.empty_like(q) if every_query_once else torch.zeros_like(q)
+    dq = q.new_empty(q.shape) if every_query_once else q.new_zeros(q.shape)
     shared = not tiles.keys_disjoint
     threads = torch.get_num_threads()
     if shared:
@@ -338,8 +338,8 @@ def run_tiles_backward(q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor
         dk_parts, dv_parts = k.new_zeros(threads, *k.shape), v.new_zeros(threads, *v.shape)
         dk, dv = dk_parts[0], dv_parts[0]
     else:
-        new = torch.empty_like if every_key_once else torch.zeros_like
-        dk, dv = new(k), new(v)
+        dk, dv = (k.new_empty(k.shape), v.new_empty(v.shape)) if every_key_once else (k.new_zeros(k.shape),
+                                                                                      v.new_zeros(v.shape))
     b, h, _, dim = q.shape
     call("tile_attention_backward", f"visattn_tile_backward_{DTYPE_SUFFIX[q.dtype]}", q, k, v, out, grad_out, lse,
          dq, dk, dv, b, h, dim, v.shape[-1], strides(q), strides(k), strides(v), strides(out), strides(grad_out),

@@ -6,8 +6,8 @@ operator. That backward operator has no autograd formula of its own: a double ba
 through a kernel raises PyTorch's "autograd kernel was not registered" error instead of returning gradients that
 silently miss the second-order term.
 
-Operators take only tensors, ints, floats, bools and strings, so a mask is passed by :func:`mask_key` (its
-``repr``, remembered with the mask) and a plan is rebuilt (cached) inside the operator from ``(mask, shape,
+Operators take only tensors, ints, floats, bools and strings, so a mask is passed by its
+:attr:`~visattn.masks.Mask.key` and a plan is rebuilt (cached) inside the operator from ``(mask, shape,
 num_prefix_tokens)``. Every operator checks what reaches native code: CPU tensors of one float dtype, token counts
 that match the grid, index values in range, a finite Python float scale.
 
@@ -34,34 +34,11 @@ from ..native import DTYPE_SUFFIX, row_major
 from . import fused_tiles, per_query
 from .layout import LocalLayout, local_layout
 
-__all__ = ["bitmap_tile_attention", "block_tile_attention", "index_attention", "mask_for", "mask_key",
-           "progression_attention", "tile_attention", "tile_list_attention"]
+__all__ = ["bitmap_tile_attention", "block_tile_attention", "index_attention", "progression_attention",
+           "tile_attention", "tile_list_attention"]
 
 ROUTE_TILES = 0
 ROUTE_PER_QUERY = 1
-_MASKS: dict[str, Mask] = {}
-
-
-def mask_key(mask: Mask) -> str:
-    """A string that names ``mask`` for the operators (its ``repr``), remembered so :func:`mask_for` finds the mask
-    again; kept on the mask, so reading it again under ``torch.compile`` is an attribute read."""
-    key = mask.__dict__.get("_operator_key")
-    if key is None:
-        key = repr(mask)
-        known = _MASKS.setdefault(key, mask)
-        if known != mask:
-            raise ValueError(f"two different masks share the repr {key!r}; give {type(mask).__name__} a repr that "
-                             f"tells them apart")
-        object.__setattr__(mask, "_operator_key", key)
-    return key
-
-
-def mask_for(key: str) -> Mask:
-    """The mask :func:`mask_key` named ``key``."""
-    try:
-        return _MASKS[key]
-    except KeyError:
-        raise ValueError(f"no mask is known under the key {key!r}; pass keys made by mask_key") from None
 
 
 def _check_tensors(**tensors: Tensor) -> None:
@@ -89,7 +66,7 @@ def _check_grid(q: Tensor, k: Tensor, shape: list[int], prefix: int) -> None:
 
 
 def _layout(mask: str, shape: list[int]) -> LocalLayout:
-    layout = local_layout(mask_for(mask), tuple(shape))
+    layout = local_layout(Mask.from_key(mask), tuple(shape))
     if layout is None:
         raise ValueError(f"mask {mask} has no per-axis progression layout on shape {tuple(shape)}")
     return layout
@@ -166,7 +143,7 @@ def progression_attention_backward(grad_out: Tensor, q: Tensor, k: Tensor, v: Te
 
 @progression_attention_backward.register_fake
 def _(grad_out, q, k, v, out, lse, route, mask, shape, num_prefix_tokens, scale):
-    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+    return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
 
 
 def _setup_context(ctx, inputs, output) -> None:
@@ -256,7 +233,7 @@ def tile_list_attention_backward(grad_out: Tensor, q: Tensor, k: Tensor, v: Tens
 
 @tile_list_attention_backward.register_fake
 def _(grad_out, q, k, v, out, lse, q_ptr, q_idx, seg_ptr, key_ptr, k_idx, mask_off, masks, scale):
-    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+    return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
 
 
 def _tile_list_setup(ctx, inputs, output) -> None:
@@ -305,7 +282,7 @@ def block_tile_attention(q: Tensor, k: Tensor, v: Tensor, mask: str, shape: list
     _check_tensors(q=q, k=k, v=v)
     _check_grid(q, k, shape, num_prefix_tokens)
     _check_scale(scale)
-    tiles = block_tiles(mask_for(mask), tuple(shape), num_prefix_tokens, query_block, key_block)
+    tiles = block_tiles(Mask.from_key(mask), tuple(shape), num_prefix_tokens, query_block, key_block)
     q, k, v = row_major(q), row_major(k), row_major(v)
     out = q.new_empty(*q.shape[:3], v.shape[-1])
     fused_tiles.run_tiles(q, k, v, tiles, out, scale)
