@@ -44,7 +44,7 @@ class BenchSettings:
     spread_limit: float = 0.25
     num_prefix_tokens: int = 0
     memory_budget: int = field(default_factory=default_memory_budget)
-    time_budget_s: float = 5.0
+    time_budget_s: float = 2.0
     measure_memory: bool = True
     seed: int = 0
 
