@@ -10,8 +10,10 @@ import pytest
 import torch
 
 from visattn import masks
-from visattn.ops.engines.fused_tiles import progression_tiles, tile_attention
-from visattn.ops.engines.per_query import local_attention, local_layout
+from visattn.ops import masked_attention
+from visattn.ops.engines.fused_tiles import progression_tiles
+from visattn.ops.engines.kernel_ops import tile_attention
+from visattn.ops.engines.layout import local_layout
 from visattn.ops.native import native_library
 from visattn.testing import random_qkv
 
@@ -29,8 +31,9 @@ def _tiles(q, k, v):
 
 
 ENGINES = {
-    "fused_tiles": _tiles,
-    "per_query": lambda q, k, v: local_attention(q, k, v, MASK, SHAPE, PREFIX),
+    "explicit_shared_tiles": _tiles,
+    "fused_tiles": lambda q, k, v: masked_attention(q, k, v, MASK, SHAPE, PREFIX, backend="fused_tiles"),
+    "per_query": lambda q, k, v: masked_attention(q, k, v, MASK, SHAPE, PREFIX, backend="per_query"),
 }
 
 

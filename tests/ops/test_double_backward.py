@@ -2,9 +2,8 @@
 or raises a clear RuntimeError (an autograd Function marked ``once_differentiable``, a derivative torch does not
 implement): never gradients silently detached from q, k or v.
 
-``ENGINES`` maps an engine name to ``fn(q, k, v, mask, shape, num_prefix_tokens) -> Tensor | None`` (None: declined);
-once ``masked_attention`` takes engine names as backends, each entry becomes ``partial(masked_attention,
-backend=name)``.
+``ENGINES`` maps an engine name to ``fn(q, k, v, mask, shape, num_prefix_tokens) -> Tensor``;
+the dispatch's engines are ``masked_attention(..., backend=name)``.
 """
 
 from __future__ import annotations
@@ -19,11 +18,8 @@ from torch import Tensor
 from visattn import masks
 from visattn.masks import AxialMask, Mask, materialize
 from visattn.ops import masked_attention, reference
-from visattn.ops.engines.block_sparse import block_sparse_attention, block_tiles, default_blocks
-from visattn.ops.engines.fused_tiles import progression_attention, tile_attention
-from visattn.ops.engines.lines import axial_attention
-from visattn.ops.engines.per_query import local_attention
-from visattn.ops.engines.sdpa_tiles import tiled_attention
+from visattn.ops.engines.block_sparse import block_tiles, default_blocks
+from visattn.ops.engines.kernel_ops import tile_attention
 from visattn.ops.native import native_library
 from visattn.testing import random_qkv
 
@@ -41,13 +37,13 @@ ENGINES: dict[str, Engine] = {
     "reference": _backend("reference"),
     "auto": _backend("auto"),
     "dense": _backend("dense"),
-    "fused_tiles": progression_attention,
+    "fused_tiles": _backend("fused_tiles"),
     "fused_blocks": lambda q, k, v, mask, shape, prefix: tile_attention(
         q, k, v, block_tiles(mask, shape, prefix, *default_blocks(mask, shape)), prefix),
-    "per_query": local_attention,
-    "sdpa_tiles": tiled_attention,
-    "lines": lambda q, k, v, mask, shape, prefix: axial_attention(q, k, v, mask.axis, shape, prefix),
-    "block_sparse": block_sparse_attention,
+    "per_query": _backend("per_query"),
+    "sdpa_tiles": _backend("sdpa_tiles"),
+    "lines": _backend("sdpa_lines"),
+    "block_sparse": _backend("block_sparse"),
 }
 NATIVE_ENGINES = ("fused_tiles", "fused_blocks", "per_query")
 # What a clear refusal says: torch's once_differentiable message, or a derivative it does not implement.

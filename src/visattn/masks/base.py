@@ -65,17 +65,18 @@ class Mask:
         self._remember()
 
     def _remember(self) -> str:
-        key = repr(self)
-        known = _BY_KEY.setdefault(key, self)
-        if known != self:
-            raise ValueError(f"two different masks share the repr {key!r}; give {type(self).__name__} a repr that "
-                             f"tells them apart")
+        base = key = repr(self)
+        suffix = 0
+        while _BY_KEY.setdefault(key, self) != self:
+            suffix += 1
+            key = f"{base}#{suffix}"
         object.__setattr__(self, "_key", key)
         return key
 
     @property
     def key(self) -> str:
-        """The string that names this mask (its ``repr``), remembered so that :meth:`from_key` finds it."""
+        """The string that names this mask (its ``repr``, with ``#n`` after it where unequal masks share a repr),
+        remembered so that :meth:`from_key` finds it."""
         return self.__dict__.get("_key") or self._remember()
 
     @staticmethod

@@ -34,7 +34,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from .._checks import Shape, num_tokens
@@ -43,6 +42,7 @@ from . import native, reference
 from .engines import block_sparse, dense, kernel_ops, lines, sdpa_tiles
 from .engines.flex import run_flex_attention
 from .engines.layout import local_layout
+from .engines.sdpa import sdpa
 
 __all__ = ["AUTO_ORDER", "DENSE_MAX_TOKENS", "ENGINES", "MAX_BLOCK_DENSITY", "Decision", "choose", "decide",
            "clear_decisions", "explain", "kernel_refusal", "run_engine", "structured"]
@@ -74,11 +74,20 @@ Refusal = Callable[[Facts], "str | None"]
 
 @dataclass(frozen=True)
 class Engine:
-    """An engine's name, what it is, and when it cannot run (``refusal`` returns the reason, or None)."""
+    """An engine's name, what it is, when it cannot run (``refusal`` returns the reason, or None), and when ``auto``
+    passes it over although it could run (``auto_refusal``: it would not pay)."""
 
     name: str
     summary: str
     refusal: Refusal
+    auto_refusal: Refusal | None = None
+
+    def auto_reason(self, facts: Facts) -> str | None:
+        """Why ``auto`` does not pick this engine for ``facts`` (None: it does, unless an earlier one takes it)."""
+        refusal = self.refusal(facts)
+        if refusal is None and self.auto_refusal is not None:
+            refusal = self.auto_refusal(facts)
+        return refusal
 
 
 @dataclass(frozen=True)
@@ -157,6 +166,10 @@ def _sdpa_tiles(facts: Facts) -> str | None:
         return "full and causal sequence masks gain nothing from tiles"
     if not isinstance(facts.mask, (SeparableMask, SlidingWindowMask)):
         return f"{type(facts.mask).__name__} is not separable per axis"
+    return None
+
+
+def _sdpa_tiles_pays(facts: Facts) -> str | None:
     plan = sdpa_tiles.tile_plan(facts.mask, facts.shape, facts.num_prefix_tokens)
     if plan.score_elements > facts.tokens**2:
         return f"its tiles would compute {plan.score_elements} scores, more than dense attention's {facts.tokens**2}"
@@ -164,10 +177,12 @@ def _sdpa_tiles(facts: Facts) -> str | None:
 
 
 def _block_sparse(facts: Facts) -> str | None:
+    return "attention dropout (dropout_p > 0): the block-sparse engine has none" if facts.dropout else None
+
+
+def _block_sparse_pays(facts: Facts) -> str | None:
     if not isinstance(facts.mask, RadialMask):
         return "only radial masks are block-sparse enough to pay"
-    if facts.dropout:
-        return "attention dropout (dropout_p > 0): the block-sparse engine has none"
     plan = block_sparse.block_sparse_plan(facts.mask, facts.shape, facts.num_prefix_tokens,
                                           *block_sparse.default_blocks(facts.mask, facts.shape))
     if plan.block_density > MAX_BLOCK_DENSITY:
@@ -175,7 +190,7 @@ def _block_sparse(facts: Facts) -> str | None:
     return None
 
 
-def _dense(facts: Facts) -> str | None:
+def _dense_fits(facts: Facts) -> str | None:
     if facts.tokens > DENSE_MAX_TOKENS and not facts.dropout:
         gib = facts.tokens**2 / 2**30
         return f"{facts.tokens} tokens: the N x N bool mask would take {gib:.1f} GiB (limit {DENSE_MAX_TOKENS} tokens)"
@@ -196,9 +211,11 @@ ENGINES: dict[str, Engine] = {e.name: e for e in (
     Engine("fused_tiles", "C++ tile kernel, forward and backward", _fused_tiles),
     Engine("per_query", "C++ per-query kernel, forward and backward", _per_query),
     Engine("sdpa_lines", "scaled_dot_product_attention over the lines of an axis", _sdpa_lines),
-    Engine("sdpa_tiles", "scaled_dot_product_attention over query tiles and their key windows", _sdpa_tiles),
-    Engine("block_sparse", "attention over the present (query block, key block) pairs", _block_sparse),
-    Engine("dense", "scaled_dot_product_attention with the materialised bool mask", _dense),
+    Engine("sdpa_tiles", "scaled_dot_product_attention over query tiles and their key windows", _sdpa_tiles,
+           _sdpa_tiles_pays),
+    Engine("block_sparse", "attention over the present (query block, key block) pairs", _block_sparse,
+           _block_sparse_pays),
+    Engine("dense", "scaled_dot_product_attention with the materialised bool mask", _any, _dense_fits),
     Engine("flex", "FlexAttention with a block mask", _flex),
     Engine("reference", "naive dense attention (the oracle)", _any),
 )}
@@ -210,9 +227,7 @@ def decide(facts: Facts, backend: str = "auto") -> Decision:
     """The engine for ``facts``: ``backend`` itself when it names an engine (ValueError if it cannot run), else the
     first engine of ``AUTO_ORDER`` that can (``"fast"``: the same, excluding the generic dense engines)."""
     if backend in ENGINES:
-        refusal = ENGINES[backend].refusal(facts) if backend not in GENERIC else None
-        if backend == "flex" and facts.dropout:
-            refusal = "attention dropout (dropout_p > 0): FlexAttention has none"
+        refusal = ENGINES[backend].refusal(facts)
         if refusal is not None:
             raise ValueError(f"backend={backend!r} cannot run this call: {refusal}")
         return Decision(backend, "forced by backend", ())
@@ -222,7 +237,7 @@ def decide(facts: Facts, backend: str = "auto") -> Decision:
     for name in AUTO_ORDER:
         if backend == "fast" and name in GENERIC:
             break
-        refusal = ENGINES[name].refusal(facts)
+        refusal = ENGINES[name].auto_reason(facts)
         if refusal is None:
             return Decision(name, ENGINES[name].summary, tuple(passed))
         passed.append((name, refusal))
@@ -321,7 +336,7 @@ def _prefix_rows(out: Tensor, q: Tensor, k: Tensor, v: Tensor, prefix: int, scal
     """``out``'s grid rows after the prefix queries' dense attention over every key."""
     if not prefix:
         return out
-    prefix_out = F.scaled_dot_product_attention(q[:, :, :prefix], k, v, scale=scale)
+    prefix_out = sdpa(q[:, :, :prefix], k, v, scale=scale)
     return torch.cat([prefix_out, out[:, :, prefix:]], dim=2)
 
 
@@ -357,12 +372,12 @@ def _run_block_sparse(q: Tensor, k: Tensor, v: Tensor, mask: Mask, shape: Shape,
 
 def _run_sdpa(q: Tensor, k: Tensor, v: Tensor, mask: Mask, shape: Shape, prefix: int, scale: float | None,
               dropout_p: float) -> Tensor:
-    return F.scaled_dot_product_attention(q, k, v, scale=scale, dropout_p=dropout_p)
+    return sdpa(q, k, v, scale=scale, dropout_p=dropout_p)
 
 
 def _run_sdpa_causal(q: Tensor, k: Tensor, v: Tensor, mask: Mask, shape: Shape, prefix: int, scale: float | None,
                      dropout_p: float) -> Tensor:
-    return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale, dropout_p=dropout_p)
+    return sdpa(q, k, v, is_causal=True, scale=scale, dropout_p=dropout_p)
 
 
 def _run_lines(q: Tensor, k: Tensor, v: Tensor, mask: Mask, shape: Shape, prefix: int, scale: float | None,

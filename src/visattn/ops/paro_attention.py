@@ -10,8 +10,8 @@ is evaluated over those tiles only (``q^, k^`` per-block fake-quantised when ``q
 weights fake-quantised per ``block x block`` tile when ``p_bits`` is set). Without autograd, dropout or P
 quantisation, each head's kept tiles run on the fused tile kernel
 (:func:`~visattn.ops.engines.fused_tiles.bitmap_tiles`, runs of kept key blocks as segments); otherwise query
-blocks are batched in one ``scaled_dot_product_attention`` (or matmul, when P is quantised) call per chunk. Work is ``density`` times that of dense attention. A query block
-with no kept tile outputs 0.
+blocks are batched in one ``scaled_dot_product_attention`` (or matmul, when P is quantised) call per chunk. Work
+is ``density`` times that of dense attention. A query block with no kept tile outputs 0.
 """
 
 from __future__ import annotations

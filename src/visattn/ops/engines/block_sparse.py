@@ -29,6 +29,7 @@ from ..._checks import Shape, as_shape, check_qkv, check_scale, check_tokens, nu
 from ...masks import Mask, RadialMask
 from ...masks.base import ROW_BUDGET
 from .fused_tiles import MAX_TILE_QUERIES, TileList, build_tiles
+from .sdpa import sdpa
 
 FULL_TILE = 0
 EMPTY_TILE = 1
@@ -329,6 +330,9 @@ class TwoPartAttention(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple[Tensor | None, ...]:
+        if torch.is_grad_enabled():
+            raise RuntimeError("visattn block_sparse (two-part merge): double backward (create_graph=True) is not "
+                               "implemented; use backend='dense' for gradient penalties")
         _, flash_backward = _flash_cpu_ops()
         q, k1, v1, k2, v2, bias, out, lse = ctx.saved_tensors
         grad = grad.contiguous()
@@ -374,7 +378,7 @@ def run_block_sparse_plan(plan: BlockSparsePlan, q: Tensor, k: Tensor, v: Tensor
         q_group = q_blocks.index_select(1, group.query_blocks.to(device))
         k_full, v_full = gather(k_blocks, group.full_keys, size), gather(v_blocks, group.full_keys, size)
         if not group.num_masked:
-            outs.append(F.scaled_dot_product_attention(q_group, k_full, v_full, scale=scale))
+            outs.append(sdpa(q_group, k_full, v_full, scale=scale))
             continue
         k_masked, v_masked = gather(k_blocks, group.masked_keys, size), gather(v_blocks, group.masked_keys, size)
         bias = bias_tiles[group.masked_tiles.to(device)].transpose(1, 2).reshape(1, size, bq, -1)
@@ -389,13 +393,13 @@ def run_block_sparse_plan(plan: BlockSparsePlan, q: Tensor, k: Tensor, v: Tensor
         empty = group.empty.to(device)[None, :, :, None] if group.empty is not None else None
         if empty is not None:
             bias = bias.masked_fill(empty, 0.0)
-        out = F.scaled_dot_product_attention(q_group, k_masked, v_masked, attn_mask=bias, scale=scale)
+        out = sdpa(q_group, k_masked, v_masked, attn_mask=bias, scale=scale)
         outs.append(out.masked_fill(empty, 0.0) if empty is not None else out)
     out = torch.cat(outs, 1).index_select(1, plan.inverse.to(device))
     out = out.reshape(b, h, plan.num_query_blocks * bq, dim_v)[:, :, : plan.grid_tokens]
     if not prefix:
         return out
-    prefix_out = F.scaled_dot_product_attention(q[:, :, :prefix], k, v, scale=scale)
+    prefix_out = sdpa(q[:, :, :prefix], k, v, scale=scale)
     return torch.cat([prefix_out, out], dim=2)
 
 

@@ -10,10 +10,10 @@ import functools
 from typing import TYPE_CHECKING
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from ...masks import Mask, materialize, to_block_mask
+from .sdpa import sdpa
 
 if TYPE_CHECKING:
     from torch.nn.attention.flex_attention import BlockMask
@@ -47,5 +47,5 @@ def sdpa_bool_mask(q: Tensor, k: Tensor, v: Tensor, allowed: Tensor, scale: floa
         attn_mask = bias.masked_fill(~allowed, float("-inf"))
         empty = torch.isneginf(attn_mask).all(dim=-1, keepdim=True)
         attn_mask = attn_mask.masked_fill(empty, 0.0)
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, scale=scale, dropout_p=dropout_p)
+    out = sdpa(q, k, v, attn_mask=attn_mask, scale=scale, dropout_p=dropout_p)
     return out.masked_fill(empty, 0.0)

@@ -324,7 +324,8 @@ def run_tiles_backward(q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor
                        scale: float) -> tuple[Tensor, Tensor, Tensor]:
     """``dq, dk, dv`` of the attention :func:`run_tiles` computed (with ``lse``) over ``tiles``; rows no tile names
     get zero. Tiles that share keys cost one zeroed copy of ``dk`` and ``dv`` per thread, on at most
-    ``MAX_GRADIENT_COPIES`` threads; where every row is in exactly one tile the gradients are written once, into
+    ``MAX_GRADIENT_COPIES`` threads (one under ``torch.use_deterministic_algorithms(True)``: which tiles a thread
+    adds up depends on scheduling); where every row is in exactly one tile the gradients are written once, into
     uninitialised tensors."""
     grad_out = row_major(grad_out)
     n = q.shape[2]
@@ -334,7 +335,7 @@ def run_tiles_backward(q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor
     shared = not tiles.keys_disjoint
     threads = torch.get_num_threads()
     if shared:
-        threads = gradient_copies()
+        threads = 1 if torch.are_deterministic_algorithms_enabled() else gradient_copies()
         dk_parts, dv_parts = k.new_zeros(threads, *k.shape), v.new_zeros(threads, *v.shape)
         dk, dv = dk_parts[0], dv_parts[0]
     else:

@@ -33,6 +33,7 @@ from ...masks import Mask
 from ..native import DTYPE_SUFFIX, row_major
 from . import fused_tiles, per_query
 from .layout import LocalLayout, local_layout
+from .sdpa import sdpa
 
 __all__ = ["bitmap_tile_attention", "block_tile_attention", "index_attention", "progression_attention",
            "tile_attention", "tile_list_attention"]
@@ -158,7 +159,16 @@ def _setup_context(ctx, inputs, output) -> None:
     ctx.mark_non_differentiable(lse, route)
 
 
+def refuse_double_backward(what: str) -> None:
+    """Raise where autograd records the backward (``create_graph=True``): the kernels' backward has no derivative
+    of its own, and a first gradient without ``grad_fn`` would make a gradient penalty silently zero."""
+    if torch.is_grad_enabled():
+        raise RuntimeError(f"{what}: double backward (create_graph=True) is not implemented by visattn's kernels; "
+                           f"use backend='dense' or backend='sdpa_lines' for gradient penalties")
+
+
 def _backward(ctx, grad_out: Tensor, grad_lse: Tensor, grad_route: Tensor) -> tuple[Tensor | None, ...]:
+    refuse_double_backward("visattn::progression_attention")
     if not ctx.trained:
         raise RuntimeError("visattn::progression_attention ran with training=False and saved nothing for a backward")
     q, k, v, out, lse, route = ctx.saved_tensors
@@ -247,6 +257,7 @@ def _tile_list_setup(ctx, inputs, output) -> None:
 
 
 def _tile_list_backward(ctx, grad_out: Tensor, grad_lse: Tensor) -> tuple[Tensor | None, ...]:
+    refuse_double_backward("visattn::tile_list_attention")
     if not ctx.trained:
         raise RuntimeError("visattn::tile_list_attention ran with training=False and saved nothing for a backward")
     q, k, v, out, lse, *tile_tensors = ctx.saved_tensors
@@ -268,7 +279,7 @@ def tile_attention(q: Tensor, k: Tensor, v: Tensor, tiles: fused_tiles.TileList,
                               tiles.mask_off, tiles.masks, scale, training)[0]
     if not num_prefix_tokens:
         return out
-    prefix_out = torch.nn.functional.scaled_dot_product_attention(q[:, :, :num_prefix_tokens], k, v, scale=scale)
+    prefix_out = sdpa(q[:, :, :num_prefix_tokens], k, v, scale=scale)
     return torch.cat([prefix_out, out[:, :, num_prefix_tokens:]], dim=2)
 
 

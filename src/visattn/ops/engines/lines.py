@@ -18,10 +18,10 @@ per line: 1.27-1.55x), which reads the lines in place rather than moving the axi
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from ..._checks import Shape, num_tokens
+from .sdpa import sdpa
 
 
 def to_lines(x: Tensor, shape: Shape, axis: int) -> Tensor:
@@ -49,9 +49,9 @@ def lines_attention(q: Tensor, k: Tensor, v: Tensor, axis: int, shape: Shape, pr
             torch.cat([x[:, :, :prefix].reshape(b * h, 1, prefix, x.shape[-1]).expand(-1, lines, -1, -1), y], 2)
             for x, y in ((k, k_lines), (v, v_lines))
         )
-    out = from_lines(F.scaled_dot_product_attention(q_lines, k_lines, v_lines, scale=scale, dropout_p=dropout_p),
+    out = from_lines(sdpa(q_lines, k_lines, v_lines, scale=scale, dropout_p=dropout_p),
                      b, h, shape, axis)
     if not prefix:
         return out
-    prefix_out = F.scaled_dot_product_attention(q[:, :, :prefix], k, v, scale=scale, dropout_p=dropout_p)
+    prefix_out = sdpa(q[:, :, :prefix], k, v, scale=scale, dropout_p=dropout_p)
     return torch.cat([prefix_out, out], dim=2)

@@ -18,11 +18,11 @@ autograd (:mod:`visattn.ops.tiled_autograd`: index gathers and strided views wit
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from ..._checks import Shape, as_shape, check_qkv, check_scale, check_tokens
 from ...masks import Mask, SeparableMask, SequenceMask
+from .sdpa import sdpa
 from .tile_autograd import gather_rows, scatter_rows, select_rows, unfold_windows
 from .tile_plan import PlanTensors, TilePlan, tile_plan
 
@@ -90,7 +90,7 @@ def run_tile_plan(plan: TilePlan, q: Tensor, k: Tensor, v: Tensor, scale: float 
     else:
         k_tiles = key_tiles(plan, select_rows(k, tensors.key_index))
         v_tiles = key_tiles(plan, select_rows(v, tensors.key_index))
-    outs = [F.scaled_dot_product_attention(q_tiles[:, run.start : run.stop], k_tiles[:, run.start : run.stop],
+    outs = [sdpa(q_tiles[:, run.start : run.stop], k_tiles[:, run.start : run.stop],
                                            v_tiles[:, run.start : run.stop], attn_mask=mask, scale=scale,
                                            dropout_p=dropout_p)
             for run, mask in zip(plan.runs, tensors.masks, strict=True)]
@@ -106,7 +106,7 @@ def run_tile_plan(plan: TilePlan, q: Tensor, k: Tensor, v: Tensor, scale: float 
         grid_out = select_rows(out, tensors.token_slot)
     if not prefix:
         return grid_out
-    prefix_out = F.scaled_dot_product_attention(q[:, :, :prefix], k, v, scale=scale, dropout_p=dropout_p)
+    prefix_out = sdpa(q[:, :, :prefix], k, v, scale=scale, dropout_p=dropout_p)
     return torch.cat([prefix_out, grid_out], dim=2)
 
 

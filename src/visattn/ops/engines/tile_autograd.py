@@ -7,13 +7,16 @@
 - :func:`scatter_rows`: the inverse, a gather whose backward copies into zeros.
 - :func:`unfold_windows`: overlapping windows ``[i * step, i * step + size)`` of a buffer as a strided view; its
   backward adds ``ceil(size / step)`` dense slabs instead of ``Tensor.unfold``'s element-wise ``unfold_backward``.
+
+Each backward is written in differentiable tensor operations, so a double backward (``create_graph=True``) runs
+through them.
 """
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor
-from torch.autograd.function import FunctionCtx, once_differentiable
+from torch.autograd.function import FunctionCtx
 
 
 def select_rows(x: Tensor, index: Tensor) -> Tensor:
@@ -29,7 +32,6 @@ class _GatherRows(torch.autograd.Function):
         return select_rows(x, index)
 
     @staticmethod
-    @once_differentiable
     def backward(ctx: FunctionCtx, grad: Tensor) -> tuple[Tensor, None, None]:
         (inverse,) = ctx.saved_tensors
         return select_rows(grad, inverse), None, None
@@ -43,7 +45,6 @@ class _ScatterRows(torch.autograd.Function):
         return select_rows(x, index)
 
     @staticmethod
-    @once_differentiable
     def backward(ctx: FunctionCtx, grad: Tensor) -> tuple[Tensor, None]:
         (index,) = ctx.saved_tensors
         b, h, _, dim = grad.shape
@@ -59,7 +60,6 @@ class _UnfoldWindows(torch.autograd.Function):
         return buffer.unfold(1, size, step).movedim(-1, 2)
 
     @staticmethod
-    @once_differentiable
     def backward(ctx: FunctionCtx, grad: Tensor) -> tuple[Tensor, None, None]:
         batch, rows, *rest = ctx.shape
         size, step = ctx.size, ctx.step
