@@ -2,14 +2,15 @@
 
 Neighborhood attention in 1-3 dims, MaxViT window / grid (arXiv 2204.01697), HaloNet (arXiv 2103.12731), axial,
 sliding-window and Radial Attention (arXiv 2506.19852). Two engines after Faster Neighborhood Attention
-(arXiv 2403.04690): the fused tile kernel (:mod:`visattn.ops.tile_kernel`, register-blocked tiles with an online
-softmax, forward and backward) and batched SDPA over tiles or blocks (:mod:`visattn.ops.tiled`,
-:mod:`visattn.ops.block_sparse`; the fallback). For each case, on ``(B, heads, N, head_dim)`` float32 inputs
-(default B = 1, 4 heads, head_dim 32, 2 threads), the script prints median wall time of
+(arXiv 2403.04690): the fused tile kernel (:mod:`visattn.ops.engines.fused_tiles`, register-blocked tiles with an
+online softmax, forward and backward) and batched SDPA over tiles, lines or blocks
+(:mod:`visattn.ops.engines.sdpa_tiles`, :mod:`~visattn.ops.engines.lines`, :mod:`~visattn.ops.engines.block_sparse`;
+the fallback). For each case, on ``(B, heads, N, head_dim)`` float32 inputs (default B = 1, 4 heads, head_dim 32,
+2 threads), the script prints median wall time of
 
 - the fast path, ``masked_attention(..., backend="fast")`` (the ``path`` column says which engine ran);
-- the SDPA engine for the same structure (``tiled_attention``; ``axial_attention`` over lines for axial masks,
-  ``block_sparse_attention`` for radial masks), so that both are measured in the same run;
+- the SDPA engine for the same structure (``backend="sdpa_tiles"``; ``"sdpa_lines"`` for axial masks, the SDPA
+  block plan for radial masks), so that both are measured in the same run;
 - dense ``scaled_dot_product_attention`` without a mask (all N^2 pairs: the speed reference) and, where N^2 fits,
   with the mask's bool matrix (the exact dense alternative);
 - for the 2-D neighborhood, FlexAttention compiled with the same mask (block-mask build and compile times are
@@ -44,19 +45,11 @@ from rich.table import Table
 from visattn import masks
 from visattn.bench import calls_per_sample, peak_memory_bytes, summarize, time_burst
 from visattn.masks import Mask
-from visattn.ops import (
-    axial_attention,
-    block_sparse_attention,
-    masked_attention,
-    run_flex_attention,
-    sdpa_bool_mask,
-    tile_plan,
-    tiled_attention,
-)
-from visattn.ops.block_sparse import block_sparse_plan, default_blocks
-from visattn.ops.local_kernel import local_layout
-from visattn.ops.masked import dense_mask
-from visattn.ops.tile_kernel import progression_tiles
+from visattn.ops import explain, masked_attention, run_flex_attention, sdpa_bool_mask, tile_plan
+from visattn.ops.engines.block_sparse import block_sparse_plan, default_blocks, run_block_sparse_plan
+from visattn.ops.engines.dense import dense_mask
+from visattn.ops.engines.fused_tiles import progression_tiles
+from visattn.ops.engines.layout import local_layout
 
 
 @dataclass
@@ -134,7 +127,6 @@ def run_case(case: Case, args: argparse.Namespace, console: Console) -> Result:
         block_plan = block_sparse_plan(case.mask, case.shape, 0, *blocks)
         result.notes.append(f"blocks {blocks}: computed scores / N^2 = {block_plan.block_density:.3f}, "
                             f"mask density {result.pairs / n**2:.3f}")
-        result.path = "fused blocks" if not case.backward else "SDPA blocks"
     if case.kind != "radial":
         plan = tile_plan(case.mask, case.shape)
         result.notes.append(f"plan {plan.describe()}; key rows/bh={plan.key_rows}, mask elements={plan.mask_elements}")
@@ -142,11 +134,9 @@ def run_case(case: Case, args: argparse.Namespace, console: Console) -> Result:
         layout = local_layout(case.mask, case.shape)
         tiles_list = progression_tiles(layout, 0) if layout is not None else None
         if tiles_list is not None:
-            result.path = "fused tiles"
             result.notes.append(f"fused tiles {tiles_list.tile_sizes}: scores / attended pairs = "
                                 f"{tiles_list.score_elements / result.pairs:.2f}")
-        else:
-            result.path = "SDPA tiles"
+    result.path = explain(case.mask, case.shape, requires_grad=case.backward, backend="fast").engine
 
     def fast() -> torch.Tensor:
         return masked_attention(q, k, v, case.mask, case.shape, backend="fast")
@@ -154,10 +144,10 @@ def run_case(case: Case, args: argparse.Namespace, console: Console) -> Result:
     def alternative(*args: torch.Tensor) -> torch.Tensor:
         """The SDPA engine of the same structure: tiles, lines for axial masks, blocks for radial masks."""
         if case.kind == "radial":
-            return block_sparse_attention(*args, case.mask, case.shape)
-        if isinstance(case.mask, masks.AxialMask):
-            return axial_attention(*args, case.mask.axis, case.shape)
-        return tiled_attention(*args, case.mask, case.shape)
+            return run_block_sparse_plan(block_sparse_plan(case.mask, case.shape, 0, *default_blocks(
+                case.mask, case.shape)), *args)
+        backend = "sdpa_lines" if isinstance(case.mask, masks.AxialMask) else "sdpa_tiles"
+        return masked_attention(*args, case.mask, case.shape, backend=backend)
 
     def tiles() -> torch.Tensor:
         return alternative(q, k, v)
