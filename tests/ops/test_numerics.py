@@ -282,8 +282,8 @@ def test_rows_without_keys_give_zero_and_finite_gradients(engine, dtype):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="FlexAttention (torch 2.14, CPU) returns a finite row for an inf query where the "
-                                       "reference gives NaN (inf - inf); documented in docs/kernels.md")
+@pytest.mark.xfail(strict=True, reason="FlexAttention (torch 2.14, CPU) returns a finite row for an inf query where "
+                   "the reference gives NaN (inf - inf); documented in docs/kernels.md")
 def test_flex_non_finite_query_matches_reference():
     """FlexAttention compiles slowly on CPU: one case, a NaN and an inf query on a 2-D neighborhood."""
     mask, shape = masks.neighborhood_mask((3, 3)), (4, 4)

@@ -9,8 +9,8 @@ strided and causal variants as in NATTEN):
     ``q, k, v = qkv(x)``
 
 with ``N(i)`` given by :func:`visattn.masks.neighborhood_mask`, computed by :func:`visattn.ops.masked_attention`
-(the engine :mod:`visattn.ops.dispatch` picks: the fused C++ kernels on the CPU). Parameter names follow NATTEN's modules (``qkv``, ``proj``), so their
-weights load unchanged.
+(the engine :mod:`visattn.ops.dispatch` picks: the fused C++ kernels on the CPU). Parameter names follow NATTEN's
+modules (``qkv``, ``proj``), so their weights load unchanged.
 """
 
 from __future__ import annotations

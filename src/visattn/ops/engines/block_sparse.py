@@ -417,7 +417,7 @@ def default_blocks(mask: Mask, shape: Shape) -> tuple[int, int]:
 
 @functools.lru_cache(maxsize=8)
 def block_tiles(mask: Mask, shape: Shape, num_prefix_tokens: int, query_block: int, key_block: int) -> TileList:
-    """The mask's present blocks as a :class:`~visattn.ops.tile_kernel.TileList` for the fused tile kernel: per
+    """The mask's present blocks as a :class:`~visattn.ops.engines.fused_tiles.TileList` for the fused tile kernel: per
     query block (split into tiles of at most ``MAX_TILE_QUERIES`` queries), the prefix keys, each run of
     consecutive full key blocks as one unmasked segment, and each partial block as a segment under its exact
     tile mask. Empty blocks appear nowhere."""

@@ -12,7 +12,7 @@ key slots its queries' windows span (plus the P prefix keys) under the tile's bo
 per-axis sub-tables, in one batched ``scaled_dot_product_attention`` call over all tiles, batches and heads.
 The P prefix queries attend densely to all N keys. Intermediate memory is ``O(N * Wk)`` per batch and head
 (mask and key tiles), never ``N^2``; :func:`tile_plan` reports it. Forward and backward run through SDPA and
-autograd (:mod:`visattn.ops.tiled_autograd`: index gathers and strided views with fast backwards).
+autograd (:mod:`visattn.ops.engines.tile_autograd`: index gathers and strided views with fast backwards).
 """
 
 from __future__ import annotations

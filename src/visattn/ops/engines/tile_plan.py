@@ -1,7 +1,7 @@
 """The tile plan: how the tiled engine cuts a separable (or sliding-window) mask on a grid into SDPA tiles.
 
 Every axis is cut into query tiles of ``T_a`` slots that read key windows of ``W_a`` slots (see
-:mod:`visattn.ops.tiled_axis`). An N-D tile is the product of one tile per axis: ``Tq = prod T_a`` queries
+:mod:`visattn.ops.engines.tile_axis`). An N-D tile is the product of one tile per axis: ``Tq = prod T_a`` queries
 against ``Wk = prod W_a + P`` keys (the P prefix tokens are appended to every tile), and its bool mask is the
 outer AND of the per-axis ``(T_a x W_a)`` sub-tables. Scores held at once are therefore
 ``O(N * prod W_a)`` per batch and head, never ``N^2``.
