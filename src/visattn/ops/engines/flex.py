@@ -1,13 +1,17 @@
-"""FlexAttention on any device: compiled where ``torch.compile`` works there, eager (unfused) otherwise."""
+"""FlexAttention on any device: compiled where ``torch.compile`` works there, eager (unfused) otherwise (imported on
+first use: it brings in torch._dynamo)."""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
-from torch.nn.attention.flex_attention import BlockMask, flex_attention
+
+if TYPE_CHECKING:
+    from torch.nn.attention.flex_attention import BlockMask
 
 logger = logging.getLogger("visattn")
 
@@ -19,6 +23,8 @@ def _compiled_flex(device_type: str) -> Callable | None:
     if device_type in _failed:
         return None
     if device_type not in _compiled:
+        from torch.nn.attention.flex_attention import flex_attention
+
         _compiled[device_type] = torch.compile(flex_attention, dynamic=False)
     return _compiled[device_type]
 
@@ -39,4 +45,6 @@ def run_flex_attention(q: Tensor, k: Tensor, v: Tensor, block_mask: BlockMask, s
             _failed.add(device_type)
             logger.warning("visattn: compiling FlexAttention on %s failed (%s); using eager FlexAttention",
                            device_type, type(err).__name__)
+    from torch.nn.attention.flex_attention import flex_attention
+
     return flex_attention(q, k, v, block_mask=block_mask, scale=scale)
