@@ -15,6 +15,7 @@ from visattn._checks import Shape
 from visattn.masks import AxisRule, SeparableMask
 from visattn.ops import explain, masked_attention, tile_plan, tiled_attention
 from visattn.ops.engines.sdpa_tiles import key_tiles, run_tile_plan
+from visattn.ops.engines.tile_axis import axis_layout
 from visattn.testing import random_qkv as qkv
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -158,8 +159,27 @@ class _CustomMask(SeparableMask):
         return self.rules
 
 
-def test_unknown_rules_are_scanned_and_evaluated_per_pair():
+@dataclass(frozen=True)
+class _HalfAxis(AxisRule):
+    """Not a progression: a coordinate sees the first half of the axis and itself."""
+
+    def allowed(self, xq, xk, length):
+        return (xk < length // 2) | (xk == xq)
+
+
+def test_rules_are_laid_out_from_their_own_key_sets():
+    """A rule the engine has never seen is grouped from its key sets: parity within a reach is two groups of
+    intervals (like a dilated neighborhood), not a per-pair scan."""
+    layout = axis_layout(_ParityAxis(4), 11)
+    assert layout.interval and layout.groups == 2 and layout.group_length == 6
+    assert axis_layout(masks.GridAxis(4), 12).tile_sizes == (4,)
+    assert axis_layout(masks.BlockAxis(3), 12).tile_sizes == (3,)
+    assert not axis_layout(_HalfAxis(), 12).interval
     assert_matches_reference(_CustomMask((_ParityAxis(4), masks.NeighborhoodAxis(3))), (9, 7))
+
+
+def test_rules_without_progressions_are_scanned_and_evaluated_per_pair():
+    assert_matches_reference(_CustomMask((_HalfAxis(), masks.NeighborhoodAxis(3))), (9, 7))
 
 
 def test_queries_that_see_no_key_give_zero():

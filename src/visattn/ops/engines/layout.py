@@ -21,7 +21,8 @@ from ..._checks import Shape
 from ...masks import Mask, SeparableMask, SlidingWindowMask
 from ...masks.axis import AxisRule, Progression
 
-__all__ = ["LocalLayout", "axis_progression", "local_layout", "progression_table", "transposed_progression"]
+__all__ = ["LocalLayout", "axis_progression", "local_layout", "progression_table", "rule_progression",
+           "transposed_progression"]
 
 MAX_DIMS = 4
 TABLE_MAX_LENGTH = 4096
@@ -77,7 +78,9 @@ def _axis_rules(mask: Mask, shape: Shape) -> tuple[AxisRule, ...] | None:
     return None
 
 
-def _rule_progression(rule: AxisRule, length: int) -> Progression | None:
+def rule_progression(rule: AxisRule, length: int) -> Progression | None:
+    """``rule``'s key sets on an axis of ``length``: its closed form, else its table read as progressions (up to
+    ``TABLE_MAX_LENGTH``), else None; ValueError where they leave the axis."""
     progression = rule.progression(length)
     if progression is None and length <= TABLE_MAX_LENGTH:
         progression = axis_progression(rule.table(length).numpy())
@@ -131,5 +134,5 @@ def local_layout(mask: Mask, shape: Shape) -> LocalLayout | None:
     rules = _axis_rules(mask, shape)
     if rules is None or len(shape) > MAX_DIMS:
         return None
-    axes = [_rule_progression(rule, length) for rule, length in zip(rules, shape, strict=True)]
+    axes = [rule_progression(rule, length) for rule, length in zip(rules, shape, strict=True)]
     return None if any(p is None for p in axes) else LocalLayout(shape, tuple(axes))

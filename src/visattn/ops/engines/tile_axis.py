@@ -19,22 +19,13 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ...masks import (
-    AxisRule,
-    BlockAxis,
-    CausalAxis,
-    EqualAxis,
-    FullAxis,
-    GridAxis,
-    HaloAxis,
-    NeighborhoodAxis,
-    SlidingAxis,
-)
+from ...masks import AxisRule
+from ...masks.axis import Progression
+from .layout import rule_progression
 
 SCAN_ROWS = 1 << 22
 MAX_TILE = 1024
 SMALL_TILES = 16
-INTERVAL_RULES = (FullAxis, EqualAxis, CausalAxis, BlockAxis, GridAxis, HaloAxis, SlidingAxis, NeighborhoodAxis)
 
 
 @dataclass(frozen=True, eq=False)
@@ -163,69 +154,63 @@ class AxisTiles:
 
 
 def axis_layout(rule: AxisRule, length: int) -> AxisLayout:
-    """Groups, spans and candidate tile sizes of ``rule`` on an axis of ``length`` (O(L) for every rule of
-    :mod:`visattn.masks.axis`; other rules are scanned row by row and evaluated per pair)."""
-    interval = type(rule) in INTERVAL_RULES
-    if type(rule) is NeighborhoodAxis and rule.dilation > 1:
-        return _dilated_layout(rule, length)
-    if type(rule) is GridAxis:
-        step = length // rule.cells
-        real = np.arange(rule.cells)[None, :] * step + np.arange(step)[:, None]
-        lo = np.zeros_like(real)
-        return AxisLayout(rule, length, real, lo, lo + rule.cells - 1, True, (rule.cells,))
-    x = np.arange(length)
-    lo, hi = _spans(rule, x, length)
-    return AxisLayout(rule, length, x[None], lo[None], hi[None], interval, _tile_sizes(rule, length))
+    """Groups, spans and candidate tile sizes of ``rule`` on an axis of ``length``, from the rule's own key sets
+    (:meth:`~visattn.masks.AxisRule.progression`, or its table read as progressions): O(L) for every rule with
+    progressions. Where every coordinate with more than one key steps by the same ``s`` from its own residue
+    ``x mod s`` (dilated neighborhoods, MaxViT grids; ``s = 1`` for the others), the groups are the residues and a
+    coordinate's keys are the interval ``[start // s, start // s + count - 1]`` of its group. Other rules are scanned
+    row by row and evaluated per pair."""
+    progression = rule_progression(rule, length)
+    grouped = progression is not None and _step(progression, length)
+    if grouped is None or progression is None:
+        x = np.arange(length)
+        lo, hi = _scanned_spans(rule, x, length)
+        return AxisLayout(rule, length, x[None], lo[None], hi[None], False, _generic_sizes(length))
+    start, count, _ = progression
+    step = grouped
+    group_length = -(-length // step)
+    real = np.arange(group_length)[None, :] * step + np.arange(step)[:, None]
+    real = np.where(real < length, real, -1)
+    x = np.clip(real, 0, None)
+    seen = (real >= 0) & (count[x] > 0)
+    lo = np.where(seen, start[x] // step, 1)
+    hi = np.where(seen, lo + count[x] - 1, 0)
+    return AxisLayout(rule, length, real, lo, hi, True, _tile_sizes(lo, hi, count, group_length))
 
 
-def _tile_sizes(rule: AxisRule, length: int) -> tuple[int, ...]:
-    if type(rule) in (FullAxis, CausalAxis):
-        return (length,)
-    if type(rule) is EqualAxis:
-        return (1,)
-    if type(rule) is BlockAxis:
-        return (rule.size,)
-    if type(rule) is HaloAxis:
-        return (rule.block,)
+def _step(progression: Progression, length: int) -> int | None:
+    """The one step of every coordinate with more than one key, where each starts at its own residue; else None."""
+    start, count, step = progression
+    several = count > 1
+    if not several.any():
+        return 1
+    s = int(step[several][0])
+    if (step[several] != s).any() or ((start[several] - np.arange(length)[several]) % s).any():
+        return None
+    return s
+
+
+def _tile_sizes(lo: np.ndarray, hi: np.ndarray, count: np.ndarray, group_length: int) -> tuple[int, ...]:
+    """Tile sizes worth trying: the length of the runs of coordinates with one key set where all runs have one
+    length (blocks, halo blocks, grid groups, a full axis; single keys), else a range of sizes for the cost model."""
+    spans = np.stack([lo, hi], -1)
+    change = np.any(spans[:, 1:] != spans[:, :-1], axis=-1)
+    bounds = [np.flatnonzero(np.concatenate([[True], row, [True]])) for row in change]
+    runs = np.unique(np.concatenate([np.diff(b) for b in bounds]))
+    if len(runs) == 1 and (runs[0] > 1 or count.max(initial=0) <= 1):
+        return (int(runs[0]),)
+    return _generic_sizes(group_length)
+
+
+def _generic_sizes(length: int) -> tuple[int, ...]:
     small = set(range(1, min(length, SMALL_TILES) + 1))
     powers = {1 << i for i in range(int(math.log2(min(length, MAX_TILE))) + 1)}
     return tuple(sorted(small | powers | ({length} if length <= MAX_TILE else set())))
 
 
-def _spans(rule: AxisRule, x: np.ndarray, length: int) -> tuple[np.ndarray, np.ndarray]:
-    """First and last key coordinate each coordinate ``x`` sees under a rule without groups (the equations of
-    :mod:`visattn.masks.axis`; exact types only, so a subclass that changes ``allowed`` is scanned)."""
-    if type(rule) is FullAxis:
-        return np.zeros_like(x), np.full_like(x, length - 1)
-    if type(rule) is EqualAxis:
-        return x, x
-    if type(rule) is CausalAxis:
-        return np.zeros_like(x), x
-    if type(rule) is BlockAxis:
-        start = (x // rule.size) * rule.size
-        return start, start + rule.size - 1
-    if type(rule) is HaloAxis:
-        start = (x // rule.block) * rule.block
-        return np.clip(start - rule.halo, 0, None), np.clip(start + rule.block - 1 + rule.halo, None, length - 1)
-    if type(rule) is SlidingAxis:
-        w = rule.window
-        if rule.is_causal:
-            return np.clip(x - w + 1, 0, None), x
-        return np.clip(x - w // 2, 0, None), np.clip(x + w // 2 - (1 - w % 2), None, length - 1)
-    if type(rule) is NeighborhoodAxis and rule.dilation == 1:
-        k, s = rule.kernel_size, rule.stride
-        if rule.is_causal:
-            leader = np.minimum((x // s) * s + s - 1, length - 1)
-            return np.clip(leader - k + 1, 0, None), x
-        left, right = k // 2, k // 2 - (1 - k % 2)
-        leader = np.minimum((x // s) * s + s // 2, length - 1)
-        center = np.maximum(np.minimum(leader, length - 1 - right), left)
-        return center - left, center + right
-    return _scanned_spans(rule, x, length)
-
-
 def _scanned_spans(rule: AxisRule, x: np.ndarray, length: int) -> tuple[np.ndarray, np.ndarray]:
-    """Spans of an unknown rule from its table, a block of rows at a time (O(L^2) time, O(L) memory per row)."""
+    """Spans of a rule without progressions from its table, a block of rows at a time (O(L^2) time, O(L) memory per
+    row); the rule is then evaluated per pair."""
     lo, hi = np.ones_like(x), np.zeros_like(x)
     keys = torch.arange(length)
     step = max(1, SCAN_ROWS // length)
@@ -237,19 +222,3 @@ def _scanned_spans(rule: AxisRule, x: np.ndarray, length: int) -> tuple[np.ndarr
         lo[start : start + step] = np.where(seen, first, 1)
         hi[start : start + step] = np.where(seen, last, 0)
     return lo, hi
-
-
-def _dilated_layout(rule: NeighborhoodAxis, length: int) -> AxisLayout:
-    """Dilation groups ``g = x mod d`` of length ``L // d + (g < L mod d)``; inside a group the rule is the
-    undilated neighborhood on the group (NATTEN semantics)."""
-    d = rule.dilation
-    group_len = -(-length // d)
-    pos = np.arange(group_len)
-    real = pos[None, :] * d + np.arange(d)[:, None]
-    real = np.where(real < length, real, -1)
-    inner = NeighborhoodAxis(rule.kernel_size, 1, rule.stride, rule.is_causal)
-    lo, hi = np.ones_like(real), np.zeros_like(real)
-    for g in range(d):
-        size = length // d + int(g < length % d)
-        lo[g, :size], hi[g, :size] = _spans(inner, pos[:size], size)
-    return AxisLayout(rule, length, real, lo, hi, True, _tile_sizes(inner, group_len))
