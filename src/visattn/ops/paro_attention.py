@@ -77,7 +77,7 @@ def paro_block_sparse_attention(q: Tensor, k: Tensor, v: Tensor, bitmap: Tensor,
     bitmap = bitmap.to(q.device)
     kept = int(bitmap.sum(-1).max())
     if kept == 0:
-        return torch.zeros_like(q)
+        return q.new_zeros(b, h, n, v.shape[-1])
     slots = bitmap.to(torch.int8).sort(dim=-1, descending=True, stable=True)[1][..., :kept]
     slot_ok = bitmap.gather(-1, slots)
     token_ok = (slots.unsqueeze(-1) * block + torch.arange(block, device=q.device)) < n

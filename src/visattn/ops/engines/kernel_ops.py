@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..._checks import check_scale
 from ...masks import Mask
 from ..native import DTYPE_SUFFIX, row_major
 from . import fused_tiles, per_query
@@ -273,7 +274,8 @@ def tile_attention(q: Tensor, k: Tensor, v: Tensor, tiles: fused_tiles.TileList,
     """Attention of the queries ``tiles`` names over their key segments on the fused tile kernel, differentiable;
     the first ``num_prefix_tokens`` queries attend densely (SDPA). ``q, k, v``: CPU float32/float64 ``(B, heads,
     N, head_dim)``; queries no tile names output 0."""
-    scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
+    scale = check_scale(scale)
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
     training = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
     out = tile_list_attention(q, k, v, tiles.q_ptr, tiles.q_idx, tiles.seg_ptr, tiles.key_ptr, tiles.k_idx,
                               tiles.mask_off, tiles.masks, scale, training)[0]
