@@ -26,8 +26,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import torch.nn.functional as F
 from torch import Tensor, nn
+
+from ..masks import full_mask
+from ..ops import masked_attention
 
 
 def _check_heads(dim: int, num_heads: int) -> None:
@@ -87,7 +89,7 @@ class LineAttention(nn.Module):
         lead, length = lines.shape[:-2], lines.shape[-2]
         qkv = self.qkv(lines).reshape(-1, length, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         dropout_p = self.attn_drop if self.training else 0.0
-        out = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], scale=self.scale, dropout_p=dropout_p)
+        out = masked_attention(qkv[0], qkv[1], qkv[2], full_mask(), (length,), scale=self.scale, dropout_p=dropout_p)
         out = out.transpose(1, 2).reshape(*lead, length, self.dim)
         return self.proj_drop(self.proj(out)).movedim(-2, 1 + axis)
 
