@@ -36,6 +36,7 @@ import torch
 from torch import Tensor
 
 from ...masks.axis import Progression
+from .. import native
 from ..native import DTYPE_SUFFIX, call, row_major, strides
 from .layout import LocalLayout
 
@@ -44,7 +45,6 @@ __all__ = ["TileList", "bitmap_tiles", "build_tiles", "disjoint_tile_sizes", "pr
 
 KEY_CHUNK = 64
 MASK_ALIGN = 16
-ROW_BLOCK = 16
 TAIL_ROWS = 3
 MAX_TILE_QUERIES = 64
 MAX_TRAINING_TILE_QUERIES = 256
@@ -211,17 +211,26 @@ def _axis_cost(progression: Progression, size: int) -> tuple[int, float]:
     return len(cuts), float(union.mean())
 
 
+@functools.cache
+def row_block() -> int:
+    """float32 queries per vector of the kernels' ISA level (16 for AVX-512, 8 for AVX2, 4 for NEON and generic
+    builds): the unit a tile's query rows are padded to."""
+    return native.vector_bytes() // 4
+
+
 def tail_rows(rows: int) -> int:
     """Queries of a tile of ``rows`` that the kernel runs one at a time: up to ``TAIL_ROWS`` past a multiple of
-    ``ROW_BLOCK`` (the float32 vector width; ``kTailRows`` in ``csrc/tile_common.h``), else none."""
-    return rows % ROW_BLOCK if rows % ROW_BLOCK <= TAIL_ROWS else 0
+    :func:`row_block` (``kTailRows`` in ``csrc/tile_common.h``), else none."""
+    block = row_block()
+    return rows % block if rows % block <= TAIL_ROWS else 0
 
 
 def padded_rows(rows: int) -> int:
     """Query rows the kernel computes for a tile of ``rows`` queries: the vector part padded to a multiple of
-    ``ROW_BLOCK``, plus the :func:`tail_rows` unpadded."""
+    :func:`row_block`, plus the :func:`tail_rows` unpadded."""
     tail = tail_rows(rows)
-    return tail + -(-(rows - tail) // ROW_BLOCK) * ROW_BLOCK
+    block = row_block()
+    return tail + -(-(rows - tail) // block) * block
 
 
 def tile_cost(rows: int, keys: int) -> float:
