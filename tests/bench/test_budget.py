@@ -125,7 +125,7 @@ def test_predicted_time_skip_reason():
 
 def test_measured_time_skip_reason():
     assert measured_time_skip_reason(0.5, 1.0) is None
-    assert measured_time_skip_reason(2.25, 1.0) == "first call took 2.2 s (set-up included) > time budget 1 s"
+    assert measured_time_skip_reason(2.25, 1.0) == "a call took 2.2 s after warm-up > time budget 1 s"
 
 
 def test_estimate_scales_with_dtype_itemsize():

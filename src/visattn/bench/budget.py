@@ -18,8 +18,9 @@ Once a mixer's peak memory has been measured at smaller sizes, :func:`predict_me
 estimate is the smaller of the two, so that linear-memory mixers are not held to the dense bound.
 
 Time: before a size runs, its time per call is predicted from the largest smaller size already measured for the
-same mixer as ``t * (N / N_0)^2`` (quadratic, the worst case of attention); after the first (warm-up) call, the
-measured time is checked too. A size over either budget is skipped with the reason recorded.
+same mixer as ``t * (N / N_0)^2`` (quadratic, the worst case of attention); after the warm-up calls (which pay
+one-time set-up and count against no budget), one probe call is timed and checked too. A size over either budget
+is skipped with the reason recorded.
 """
 
 from __future__ import annotations
@@ -135,8 +136,9 @@ def predicted_time_skip_reason(history: Sequence[tuple[int, float]], tokens: int
 
 
 def measured_time_skip_reason(seconds: float, budget_s: float) -> str | None:
-    """Why a size is skipped because its first call took ``seconds`` > ``budget_s``, or None."""
+    """Why a size is skipped because a call after the warm-up (the probe) took ``seconds`` > ``budget_s``, or
+    None."""
     if seconds > budget_s:
-        return f"first call took {seconds:.1f} s (set-up included) > time budget {budget_s:g} s"
+        return f"a call took {seconds:.1f} s after warm-up > time budget {budget_s:g} s"
     return None
 
