@@ -79,10 +79,11 @@ def main() -> None:
                                            **kw).eval() for name, kw in mixers.items()}
         for side in (14, 28):
             tokens = torch.randn(8, 1 + side * side, 384)
-            t = interleaved({name: (lambda m=m: m(tokens)) for name, m in modules.items()}, args.repeats,
+            t = interleaved({name: (lambda m=m, x=tokens: m(x)) for name, m in modules.items()}, args.repeats,
                             args.min_sample)
             ratios = ", ".join(f"{name} / softmax {t[name] / t['softmax']:.3f}" for name in ("neighborhood", "window"))
-            print(f"2. ViT-S attention at {side}x{side} + class token, batch 8: softmax {t['softmax']:.2f} ms; {ratios}")
+            print(f"2. ViT-S attention at {side}x{side} + class token, batch 8: softmax {t['softmax']:.2f} ms; "
+                  f"{ratios}")
 
         net = StructuredNet().eval()
         tokens = torch.randn(2, 32 * 32, 64)
