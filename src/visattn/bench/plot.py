@@ -4,19 +4,32 @@ a model's images/s against image size, one line per attention variant."""
 from __future__ import annotations
 
 import os
-
-import matplotlib
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from .fit import ExponentFit
 from .model import UNMODIFIED, ModelBenchReport
 from .record import BenchReport, exponent_fits, sdpa_exponent_fit, sdpa_times
 
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
 MARKERS = "o^vD<>pX*h"
 """One marker per group of ten lines, so that lines sharing a colour of the ten-colour cycle stay apart."""
 
 LEGEND_ROWS = 28
+
+
+def _figure(figsize: tuple[float, float]) -> tuple[Figure, Sequence[tuple[float, float, float]]]:
+    """A figure on the Agg canvas (no pyplot state) and the ten colours of ``tab10``. matplotlib is imported here,
+    on the first plot, not with :mod:`visattn.bench` or the command line: it takes a good part of a second."""
+    import matplotlib
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=figsize, layout="constrained")
+    FigureCanvasAgg(figure)
+    return figure, matplotlib.colormaps["tab10"].colors
 
 
 def _with_exponent(label: str, fit: ExponentFit | None) -> str:
@@ -30,11 +43,9 @@ def plot_report(report: BenchReport, path: str | os.PathLike[str]) -> None:
     """Write a PNG to ``path``: median ms against tokens on log-log axes; skipped sizes are left out and the
     fitted exponent of each line (with its standard error) is in the legend where the fit is sound. Uses the Agg
     canvas directly (no pyplot state)."""
-    figure = Figure(figsize=(11, 6), layout="constrained")
-    FigureCanvasAgg(figure)
+    figure, colors = _figure((11, 6))
     axes = figure.add_subplot()
     fits = exponent_fits(report.records)
-    colors = matplotlib.colormaps["tab10"].colors
     for index, (label, fit) in enumerate(fits.items()):
         timed = sorted((r.tokens, r.median_ms) for r in report.records if r.label == label and r.median_ms)
         if timed:
@@ -63,9 +74,7 @@ def plot_model_report(report: ModelBenchReport, path: str | os.PathLike[str]) ->
     """Write a PNG to ``path``: images/s against image size, one panel per mode (forward, forward + backward),
     one line per variant (the unmodified model dashed black); skipped sizes are left out."""
     modes = report.settings.modes
-    figure = Figure(figsize=(6 * len(modes) + 2, 5), layout="constrained")
-    FigureCanvasAgg(figure)
-    colors = matplotlib.colormaps["tab10"].colors
+    figure, colors = _figure((6 * len(modes) + 2, 5))
     labels = list(dict.fromkeys(r.label for r in report.records))
     sizes = sorted({r.img_size for r in report.records})
     for column, mode in enumerate(modes):
