@@ -39,8 +39,9 @@ from .settings import BenchSettings
 from .timing import Timing, calls_per_sample, interleaved_bursts, summarize, synchronizer, time_call
 
 DEFAULT_SIZES: tuple[int, ...] = (32, 48, 64)
-"""Default nominal sides: 1,024, 2,304 and 4,096 tokens (every registered mixer in well under 3 minutes on two
-cores), multiples of 8 so that the default windows and blocks fit."""
+"""Default nominal sides: 1,024, 2,304 and 4,096 tokens, three sizes so that an exponent can be fitted with an
+error, multiples of 8 so that the default windows and blocks fit. With 5 bursts of 0.1 s per side and a 2 s time
+budget, every registered mixer in about 3 minutes on two cores (docs/benchmarks.md gives the measurements)."""
 
 SKIPPABLE_ERRORS = (ValueError, NotImplementedError, MemoryError, torch.cuda.OutOfMemoryError)
 """Errors a call may raise that make a size skipped (with the message as reason) instead of stopping the run:
