@@ -19,8 +19,9 @@ Engines (``ENGINES``; how each computes is in :mod:`visattn.ops.engines`):
   compute fewer scores than dense attention;
 - ``block_sparse``: radial masks over their present blocks (kernel forward on the CPU, SDPA otherwise), where the
   blocks cover at most ``MAX_BLOCK_DENSITY`` of the scores;
-- ``dense``: SDPA with the materialised bool mask, up to ``DENSE_MAX_TOKENS`` tokens (or with dropout);
-- ``flex``: FlexAttention with a block mask, beyond;
+- ``dense``: SDPA with the materialised bool mask, up to ``DENSE_MAX_TOKENS`` tokens (beyond, where FlexAttention
+  cannot run: dropout, training on the CPU);
+- ``flex``: FlexAttention with a block mask, beyond (no dropout, no CPU backward);
 - ``reference``: the naive dense oracle (forced only).
 
 On CUDA and MPS tensors the kernels refuse, so structured masks run on SDPA lines, SDPA tiles or FlexAttention.
@@ -191,14 +192,18 @@ def _block_sparse_pays(facts: Facts) -> str | None:
 
 
 def _dense_fits(facts: Facts) -> str | None:
-    if facts.tokens > DENSE_MAX_TOKENS and not facts.dropout:
+    if facts.tokens > DENSE_MAX_TOKENS and _flex(facts) is None:
         gib = facts.tokens**2 / 2**30
         return f"{facts.tokens} tokens: the N x N bool mask would take {gib:.1f} GiB (limit {DENSE_MAX_TOKENS} tokens)"
     return None
 
 
 def _flex(facts: Facts) -> str | None:
-    return "attention dropout (dropout_p > 0): FlexAttention has none" if facts.dropout else None
+    if facts.dropout:
+        return "attention dropout (dropout_p > 0): FlexAttention has none"
+    if facts.needs_grad and facts.device_type == "cpu":
+        return "training on the CPU: FlexAttention has no CPU backward"
+    return None
 
 
 def _any(facts: Facts) -> str | None:
@@ -347,7 +352,7 @@ def _run_kernel(engine: str) -> Callable[..., Tensor]:
         training = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
         out = kernel_ops.progression_attention(q, k, v, mask.key, list(shape), prefix, scale,
                                                training, engine)[0]
-        return _prefix_rows(out, q, k, v, prefix, scale)
+        return _prefix_rows(out, q, k, v, prefix, scale) if training else out
 
     return run
 

@@ -287,10 +287,12 @@ def disjoint_tile_sizes(layout: LocalLayout) -> tuple[int, ...] | None:
 
 
 @functools.lru_cache(maxsize=32)
-def progression_tiles(layout: LocalLayout, num_prefix_tokens: int = 0,
-                      tile_sizes: tuple[int, ...] | None = None) -> TileList:
-    """The :class:`TileList` of a progression layout (grid queries only; prefix keys are a first, unmasked segment
-    of every tile). ``tile_sizes`` per axis, or None for the cost model's choice."""
+def progression_tiles(layout: LocalLayout, num_prefix_tokens: int = 0, tile_sizes: tuple[int, ...] | None = None,
+                      prefix_queries: bool = False) -> TileList:
+    """The :class:`TileList` of a progression layout: the grid queries (prefix keys are a first, unmasked segment of
+    every tile), and with ``prefix_queries`` one more tile of the prefix queries against every key (they attend
+    densely), so that one kernel call computes every row. ``tile_sizes`` per axis, or None for the cost model's
+    choice."""
     prefix = num_prefix_tokens
     sizes = tile_sizes if tile_sizes is not None else _choose_sizes(layout, prefix)
     tilings = [_axis_tiling(p, s) for p, s in zip(layout.axes, sizes, strict=True)]
@@ -306,6 +308,8 @@ def progression_tiles(layout: LocalLayout, num_prefix_tokens: int = 0,
             table = tiling.tables[index]
             mask = (mask[:, None, :, None] & table[None, :, None, :]).reshape(len(queries), len(keys))
         tiles.append((queries + prefix, [*prefix_segment, (keys + prefix, mask)]))
+    if prefix_queries and prefix:
+        tiles.append((np.arange(prefix), [(np.arange(prefix + math.prod(layout.shape)), None)]))
     return build_tiles(tiles, tuple(sizes))
 
 

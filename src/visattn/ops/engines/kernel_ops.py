@@ -81,7 +81,7 @@ def _route(engine: str, training: bool, layout: LocalLayout, prefix: int, k: Ten
     if engine != "fused_tiles":
         raise ValueError(f"engine must be 'fused_tiles' or 'per_query', got {engine!r}")
     if not training:
-        return ROUTE_TILES, fused_tiles.progression_tiles(layout, prefix)
+        return ROUTE_TILES, fused_tiles.progression_tiles(layout, prefix, None, True)
     tiles = fused_tiles.training_tiles(layout, prefix, k, v)
     return (ROUTE_PER_QUERY, None) if tiles is None else (ROUTE_TILES, tiles)
 
@@ -89,11 +89,11 @@ def _route(engine: str, training: bool, layout: LocalLayout, prefix: int, k: Ten
 @torch.library.custom_op("visattn::progression_attention", mutates_args=())
 def progression_attention(q: Tensor, k: Tensor, v: Tensor, mask: str, shape: list[int], num_prefix_tokens: int,
                           scale: float, training: bool, engine: str) -> tuple[Tensor, Tensor, Tensor]:
-    """Grid rows of masked attention for a progression mask: ``(out [B, H, N, dv], lse, route)``.
+    """Masked attention for a progression mask: ``(out [B, H, N, dv], lse, route)``.
 
-    ``out``'s first ``num_prefix_tokens`` rows are not computed (prefix queries attend densely, outside); ``lse``
-    (``[B, H, N]``, empty unless ``training``) and the
-    0-dim int64 ``route`` are what the backward needs."""
+    Without ``training`` every row is computed (the prefix queries, which attend densely, as one more tile); with
+    it, ``out``'s first ``num_prefix_tokens`` rows are not (they are SDPA outside, under autograd); ``lse``
+    (``[B, H, N]``, empty unless ``training``) and the 0-dim int64 ``route`` are what the backward needs."""
     _check_tensors(q=q, k=k, v=v)
     _check_grid(q, k, shape, num_prefix_tokens)
     _check_scale(scale)
@@ -106,7 +106,9 @@ def progression_attention(q: Tensor, k: Tensor, v: Tensor, mask: str, shape: lis
                              f"a key are not a progression")
         out, lse = per_query.local_forward(q, k, v, layout, num_prefix_tokens, scale)
         if num_prefix_tokens:
-            out = torch.cat([out.new_zeros(*out.shape[:2], num_prefix_tokens, out.shape[-1]), out], dim=2)
+            prefix_rows = (out.new_zeros(*out.shape[:2], num_prefix_tokens, out.shape[-1]) if training
+                           else sdpa(q[:, :, :num_prefix_tokens], k, v, scale=scale))
+            out = torch.cat([prefix_rows, out], dim=2)
             lse = torch.cat([lse.new_full((*lse.shape[:2], num_prefix_tokens), float("-inf")), lse], dim=2)
     else:
         out = q.new_empty(*q.shape[:3], v.shape[-1])
