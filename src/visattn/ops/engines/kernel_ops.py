@@ -92,7 +92,7 @@ def progression_attention(q: Tensor, k: Tensor, v: Tensor, mask: str, shape: lis
     """Masked attention for a progression mask: ``(out [B, H, N, dv], lse, route)``.
 
     Without ``training`` every row is computed (the prefix queries, which attend densely, as one more tile); with
-    it, ``out``'s first ``num_prefix_tokens`` rows are not (they are SDPA outside, under autograd); ``lse``
+    it, ``out``'s first ``num_prefix_tokens`` rows are 0 (they are SDPA outside, under autograd); ``lse``
     (``[B, H, N]``, empty unless ``training``) and the 0-dim int64 ``route`` are what the backward needs."""
     _check_tensors(q=q, k=k, v=v)
     _check_grid(q, k, shape, num_prefix_tokens)
@@ -112,6 +112,8 @@ def progression_attention(q: Tensor, k: Tensor, v: Tensor, mask: str, shape: lis
             lse = torch.cat([lse.new_full((*lse.shape[:2], num_prefix_tokens), float("-inf")), lse], dim=2)
     else:
         out = q.new_empty(*q.shape[:3], v.shape[-1])
+        if training:
+            out[:, :, :num_prefix_tokens] = 0  # no tile computes them: never return uninitialised memory
         lse = q.new_full(q.shape[:3], float("-inf")) if training else None
         fused_tiles.run_tiles(q, k, v, tiles, out, scale, lse)
     if not training:
