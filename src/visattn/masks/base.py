@@ -73,6 +73,11 @@ class Mask:
         object.__setattr__(self, "_key", key)
         return key
 
+    def __setstate__(self, state: dict) -> None:
+        """Unpickled (another process, ``copy.deepcopy``): remember the mask here too, so :attr:`key` finds it."""
+        self.__dict__.update(state)
+        self._remember()
+
     @property
     def key(self) -> str:
         """The string that names this mask (its ``repr``, with ``#n`` after it where unequal masks share a repr),
