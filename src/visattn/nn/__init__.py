@@ -7,7 +7,7 @@ from .axial import AxialAttention, LineAttention, MorphAxialAttention
 from .complexformer import ComplexAttentionMixer
 from .create_attn import AttnLayer, create_attn, get_attn, insert_attn
 from .davit import ChannelAttention, ChannelGroupMixer, SpatialWindowAttention
-from .deconstructed import DecoupledQKAttention, ElementwiseQKMixer, GatedMLP, TaylorMixer
+from .deconstructed import DecoupledQKAttention, ElementwiseQKMixer, TaylorMixer
 from .feature_maps import (
     FasterNetBlock,
     HybridBlock,
@@ -90,9 +90,14 @@ __all__ += ["SubspaceAttention"]
 
 
 def __getattr__(name: str) -> object:
-    """``ConvPosEnc`` (timm's) is imported on first access: importing timm.models takes seconds."""
+    """``ConvPosEnc`` (timm's) and ``GatedMLP`` (a timm ``SwiGLU``) are imported on first access: importing timm
+    imports timm.models, torchvision and torch._dynamo, which takes seconds."""
     if name == "ConvPosEnc":
         from .davit import ConvPosEnc
 
         return ConvPosEnc
+    if name == "GatedMLP":
+        from .gated_mlp import GatedMLP
+
+        return GatedMLP
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -22,7 +22,6 @@ import math
 
 import torch
 import torch.nn.functional as F
-from timm.layers import SwiGLU
 from torch import Tensor, nn
 
 from ..registry import register_mixer
@@ -31,7 +30,7 @@ from .token_mixer import TokenMixer
 __all__ = [
     "DecoupledQKAttention",
     "ElementwiseQKMixer",
-    "GatedMLP",
+    "GatedMLP",  # noqa: F822  (resolved by the module __getattr__)
     "TaylorMixer",
     "elementwise_qk_attention",
     "elementwise_qk_weights",
@@ -270,26 +269,6 @@ def elementwise_qk(is_causal: bool = False, score_axis: str = "key", query_activ
     return ElementwiseQKMixer(is_causal, score_axis, query_activation, chunk_size, attn_drop)
 
 
-class GatedMLP(SwiGLU):
-    """Deconstructing Attention's no-mixing variant: ``FC_down(SiLU(FC_gate H) * FC_up H)``, token by token.
-
-    timm's :class:`~timm.layers.SwiGLU` (``fc1_g`` = FC_gate, ``fc1_x`` = FC_up, ``fc2`` = FC_down) with the call
-    signature of :class:`~visattn.nn.Attention` (``shape``, ``attn_mask`` and ``is_causal`` are accepted and
-    ignored: nothing mixes across tokens). ``hidden_features`` defaults to ``dim`` (the paper does not say).
-    """
-
-    def __init__(self, dim: int, hidden_features: int | None = None, bias: bool = False) -> None:
-        if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
-            raise ValueError(f"dim must be a positive int, got {dim!r}")
-        super().__init__(dim, hidden_features or dim, dim, bias=bias)
-
-    def forward(self, x: Tensor, shape: int | tuple[int, ...] | None = None, attn_mask: Tensor | None = None,
-                is_causal: bool = False) -> Tensor:
-        if not isinstance(x, Tensor) or x.dim() != 3:
-            raise ValueError(f"x must be shaped (B, N, C), got {tuple(x.shape) if isinstance(x, Tensor) else x!r}")
-        return super().forward(x)
-
-
 QK_SOURCES = ("random", "fixed", "static")
 
 
@@ -362,3 +341,12 @@ class DecoupledQKAttention(nn.Module):
         q, k, v = self._heads(self.q(e)), self._heads(self.k(e)), self._heads(self.v(x))
         out = F.scaled_dot_product_attention(q, k, v, is_causal=self.is_causal)
         return self.proj(out.transpose(1, 2).reshape(x.shape))
+
+
+def __getattr__(name: str) -> object:
+    """``GatedMLP`` (a timm ``SwiGLU``) lives in :mod:`.gated_mlp`, imported on first access: timm takes seconds."""
+    if name == "GatedMLP":
+        from .gated_mlp import GatedMLP
+
+        return GatedMLP
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -13,7 +13,6 @@ real tokens away from the border this is ``masked_attention`` with ``halo_mask(b
 from __future__ import annotations
 
 import torch.nn.functional as F
-from timm.layers import make_divisible, trunc_normal_
 from torch import Tensor, nn
 
 from .relative_position import FactorizedRelativeLogits
@@ -70,6 +69,8 @@ class HaloAttention(nn.Module):
         if dim_head is None:
             if not qk_ratio > 0:
                 raise ValueError(f"qk_ratio must be > 0, got {qk_ratio!r}")
+            from timm.layers import make_divisible
+
             dim_head = make_divisible(dim_out * qk_ratio, divisor=8) // num_heads
             if dim_head < 1:
                 raise ValueError(f"qk_ratio={qk_ratio} with dim_out={dim_out} leaves no query channels per head "
@@ -94,6 +95,8 @@ class HaloAttention(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
+        from timm.layers import trunc_normal_
+
         std = self.q.weight.shape[1] ** -0.5
         trunc_normal_(self.q.weight, std=std)
         trunc_normal_(self.kv.weight, std=std)

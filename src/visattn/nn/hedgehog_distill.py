@@ -29,13 +29,12 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 import torch
-from timm.layers import Attention as TimmAttention
 from torch import Tensor, nn
 
 from ..registry import create_mixer_for_layer
 from .attention import Attention
 from .hedgehog import softmax_mimicry_loss
-from .replace import replace_attention
+from .replace import _timm_attention, replace_attention
 
 __all__ = [
     "attention_distillation_losses",
@@ -52,7 +51,7 @@ def attention_layers(model: nn.Module) -> list[nn.Module]:
     """The attention layers of ``model`` in module order: visattn ``Attention`` and timm ``Attention`` modules."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
-    return [m for m in model.modules() if isinstance(m, (Attention, TimmAttention))]
+    return [m for m in model.modules() if isinstance(m, (Attention, _timm_attention()))]
 
 
 def layer_attention_weights(layer: nn.Module, x: Tensor, shape: int | tuple[int, ...] | None = None) -> Tensor:
@@ -64,7 +63,7 @@ def layer_attention_weights(layer: nn.Module, x: Tensor, shape: int | tuple[int,
     if isinstance(layer, Attention):
         q, k, _ = layer.qkv_heads(x)
         return layer.mixer.attention_weights(q, k, layer.grid_shape(x.shape[1], shape))
-    if isinstance(layer, TimmAttention):
+    if isinstance(layer, _timm_attention()):
         b, n, _ = x.shape
         q, k, _ = layer.qkv(x).reshape(b, n, 3, layer.num_heads, layer.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
         q, k = layer.q_norm(q), layer.k_norm(k)
@@ -82,7 +81,8 @@ def hedgehog_student(teacher_model: nn.Module, **mixer_kwargs: Any) -> nn.Module
     if not attention_layers(teacher_model):
         raise ValueError(f"teacher_model ({type(teacher_model).__name__}) has no attention layer to convert")
     student = copy.deepcopy(teacher_model)
-    if any(isinstance(m, TimmAttention) for m in student.modules()):
+    timm_attention = _timm_attention()
+    if any(isinstance(m, timm_attention) for m in student.modules()):
         replace_attention(student, "softmax")
     for layer in attention_layers(student):
         weight = layer.qkv.weight

@@ -19,7 +19,6 @@ part of the module.
 from __future__ import annotations
 
 import torch
-from timm.layers import LayerNorm2d
 from torch import Tensor, nn
 
 from ..registry import register_mixer
@@ -113,6 +112,8 @@ class LocalConcentrationModule(nn.Module):
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
         if kernel_size % 2 == 0:
             raise ValueError(f"kernel_size must be odd (same-size output), got {kernel_size}")
+        from timm.layers import LayerNorm2d
+
         self.dim = dim
         self.norm = LayerNorm2d(dim, eps=1e-5)
         self.conv1 = nn.Conv2d(dim, dim, kernel_size, padding=kernel_size // 2, groups=dim)

@@ -26,9 +26,7 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
-from timm.layers import trunc_normal_
 from torch import Tensor, nn
-from torchvision.ops import deform_conv2d
 
 from ..masks import StripMask, strip_mask
 from ..ops import reference, sdpa_bool_mask
@@ -82,6 +80,8 @@ class RadialStripMixer(TokenMixer):
         entries = length if strip == "ring" else 2 * length - 1
         self.a = nn.Parameter(torch.zeros(self.num_heads, entries))
         self.b = nn.Parameter(torch.zeros(self.num_heads, entries))
+        from timm.layers import trunc_normal_
+
         trunc_normal_(self.a, std=0.02)
         trunc_normal_(self.b, std=0.02)
         offset = torch.arange(length)[:, None] - torch.arange(length)[None, :]
@@ -279,6 +279,8 @@ class DynamicRadialEmbedding(nn.Module):
             raise ValueError(f"x must be a (B, C, H, W) tensor, got {getattr(x, 'shape', type(x).__name__)}")
         if x.shape[1] != self.conv.in_channels:
             raise ValueError(f"x must have in_chans={self.conv.in_channels} channels, got shape {tuple(x.shape)}")
+        from torchvision.ops import deform_conv2d
+
         work = torch.float32 if x.dtype == torch.bfloat16 else x.dtype
         bias = None if self.deform_bias is None else self.deform_bias.to(work)
         deformed = deform_conv2d(x.to(work), self.offsets(x).to(work), self.deform_weight.to(work), bias,

@@ -28,7 +28,6 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
-from timm.layers import DropPath, LayerScale, Mlp
 from torch import Tensor, nn
 
 from .._checks import as_shape
@@ -176,6 +175,8 @@ class ReversedMixer(TokenMixer):
         self.temperature = float(temperature)
         self.scale = scale
         self.head_selector = nn.Linear(dim, num_heads, bias=False)
+        from timm.layers import Mlp
+
         self.message_controller = Mlp(dim, max(dim // 2, 1), 1, act_layer=nn.GELU, bias=False)
 
     def _check_x(self, x: Tensor | None, q: Tensor) -> Tensor:
@@ -272,6 +273,8 @@ class ReversedBlock(nn.Module):
     def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, qkv_bias: bool = False,
                  init_values: float | None = None, drop_path: float = 0.0, temperature: float = 0.1,
                  norm_layer: type[nn.Module] = nn.LayerNorm) -> None:
+        from timm.layers import DropPath, LayerScale, Mlp
+
         super().__init__()
         self.norm1 = norm_layer(dim)
         self.attn = ReversedAttention(dim, num_heads, qkv_bias=qkv_bias, temperature=temperature)

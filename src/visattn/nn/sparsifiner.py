@@ -32,7 +32,6 @@ import math
 
 import torch
 import torch.nn.functional as F
-from timm.layers import trunc_normal_
 from torch import Tensor, nn
 
 from ..ops import reference, sdpa_bool_mask
@@ -98,6 +97,8 @@ class SparsifinerMixer(TokenMixer):
         self.scale, self.backend = scale, backend
         self.proj_q = nn.Linear(head_dim, reduced_c)
         self.proj_k = nn.Linear(head_dim, reduced_c)
+        from timm.layers import trunc_normal_
+
         self.proj_n = nn.Parameter(trunc_normal_(torch.empty(num_tokens, reduced_n), std=0.02))
         self.proj_back_n = nn.Parameter(trunc_normal_(torch.empty(num_tokens, reduced_n), std=0.02))
 

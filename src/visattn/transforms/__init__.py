@@ -1,18 +1,13 @@
 """Geometric and photometric transforms, each with its paper: polar resampling (RST), log-polar foveation and
 fixation-grid localisation (Foveated Retinotopy), RoI tanh-polar / tanh-Cartesian warps (RTNet), adaptive polyphase
-anchoring (Reviving Shift Equivariance), Vision Matters perturbations. See docs/transforms.md."""
+anchoring (Reviving Shift Equivariance), Vision Matters perturbations. See docs/transforms.md.
+
+The perturbations (torchvision transforms) are imported on first access, not with the package."""
+
+import importlib
 
 from .fixation_grid import Localization, fit_gaussian_2d, fixation_grid, likelihood_map, localize
 from .log_polar import LogPolarFoveation, inverse_log_polar, log_polar, log_polar_grid, ring_ratio
-from .perturbations import (
-    DistractorConcat,
-    DominanceMixup,
-    RandomRotationExpand,
-    concat_distractor,
-    dominance_mixup,
-    letterbox,
-    rotate_expand,
-)
 from .polar import (
     disk_mask,
     polar_center,
@@ -85,3 +80,15 @@ __all__ = [
     "tanh_cartesian_to_tanh_polar",
     "tanh_polar_to_tanh_cartesian",
 ]
+
+_PERTURBATIONS = ("DistractorConcat", "DominanceMixup", "RandomRotationExpand", "concat_distractor",
+                  "dominance_mixup", "letterbox", "rotate_expand")
+
+
+def __getattr__(name: str) -> object:
+    """The Vision Matters perturbations (``torchvision.transforms.v2`` transforms) are imported on first access:
+    importing torchvision imports torch._dynamo, which takes seconds."""
+    if name in _PERTURBATIONS or name == "perturbations":
+        module = importlib.import_module(".perturbations", __name__)
+        return module if name == "perturbations" else getattr(module, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -15,7 +15,6 @@ inference only; here both are differentiable (the copy is what autograd differen
 from __future__ import annotations
 
 import torch
-from timm.layers import DropPath
 from torch import Tensor, nn
 
 from ._checks import choice, divisible, feature_map, positive_int
@@ -80,6 +79,8 @@ class FasterNetBlock(nn.Module):
                  act_layer: type[nn.Module] = nn.GELU, norm_layer: type[nn.Module] = nn.BatchNorm2d,
                  forward_type: str = "split_cat", device: torch.device | str | None = None,
                  dtype: torch.dtype | None = None) -> None:
+        from timm.layers import DropPath
+
         super().__init__()
         if not mlp_ratio > 0:
             raise ValueError(f"mlp_ratio must be > 0, got {mlp_ratio!r}")

@@ -19,7 +19,6 @@ PATBlock: ``x + DropPath(MLP(mixer(x)))`` (PAT_ch, plain PConv) or, for PAT_sf, 
 from __future__ import annotations
 
 import torch
-from timm.layers import DropPath, LayerNorm2d
 from torch import Tensor, nn
 
 from ._checks import choice, divisible, feature_map, positive_int
@@ -85,6 +84,8 @@ class PartialSelfAttention(_PartialMixer):
     def __init__(self, channels: int, n_div: int = 4, num_heads: int = 6, attn_drop: float = 0.0,
                  proj_drop: float = 0.0, device: torch.device | str | None = None,
                  dtype: torch.dtype | None = None) -> None:
+        from timm.layers import LayerNorm2d
+
         super().__init__(channels, n_div, device, dtype)
         self.norm = LayerNorm2d(self.dim_untouched, device=device, dtype=dtype)
         self.attn = RelativePositionMHSA(self.dim_untouched, num_heads, attn_drop=attn_drop, proj_drop=proj_drop,
@@ -137,6 +138,8 @@ class PATBlock(nn.Module):
                  mlp_ratio: float = 2.0, drop_path: float = 0.0, num_heads: int = 6,
                  act_layer: type[nn.Module] = nn.GELU, norm_layer: type[nn.Module] = nn.BatchNorm2d,
                  device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> None:
+        from timm.layers import DropPath
+
         super().__init__()
         self.mixer_type = choice(mixer, "mixer", MIXERS)
         if not mlp_ratio > 0:

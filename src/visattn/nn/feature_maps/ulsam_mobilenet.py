@@ -24,7 +24,6 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
 
 from ._checks import choice, positive_int
 from .ulsam import SubspaceAttention
@@ -76,6 +75,8 @@ class ULSAMReport:
 
 def count_flops(model: nn.Module, input_size: Sequence[int] = (3, 224, 224)) -> int:
     """FLOPs of one forward pass at batch 1, counted by ``FlopCounterMode`` on a meta-device copy of ``model``."""
+    from torch.utils.flop_counter import FlopCounterMode
+
     meta = copy.deepcopy(model).to("meta").eval()
     counter = FlopCounterMode(display=False)
     with counter, torch.no_grad():
