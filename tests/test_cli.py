@@ -40,7 +40,7 @@ def test_list_shows_every_registered_mixer():
 
 def test_tiny_bench_json_and_plot(tmp_path):
     out_json, out_png = tmp_path / "out.json", tmp_path / "out.png"
-    result = _run("bench", "--mixers", "softmax", "neighborhood", "--sizes", "8", "--repeats", "2",
+    result = _run("bench", "--mixers", "softmax", "neighborhood", "--sizes", "8", "--repeats", "2", "--min-sample", "0",
                   "--json", str(out_json), "--plot", str(out_png), module="visattn")
     assert result.returncode == 0, result.stderr
     assert "softmax" in result.stdout and "neighborhood" in result.stdout and "SDPA" in result.stdout
