@@ -292,7 +292,7 @@ def tile_attention(q: Tensor, k: Tensor, v: Tensor, tiles: fused_tiles.TileList,
 @torch.library.custom_op("visattn::block_tile_attention", mutates_args=())
 def block_tile_attention(q: Tensor, k: Tensor, v: Tensor, mask: str, shape: list[int], num_prefix_tokens: int,
                          scale: float, query_block: int, key_block: int) -> Tensor:
-    """Grid rows (``[B, H, N, dv]``, prefix rows not computed) of ``mask`` over its present (query block, key
+    """Grid rows (``[B, H, N, dv]``, prefix rows 0) of ``mask`` over its present (query block, key
     block) pairs (:func:`~visattn.ops.engines.block_sparse.block_tiles`), forward only."""
     from .block_sparse import block_tiles
 
@@ -302,6 +302,7 @@ def block_tile_attention(q: Tensor, k: Tensor, v: Tensor, mask: str, shape: list
     tiles = block_tiles(Mask.from_key(mask), tuple(shape), num_prefix_tokens, query_block, key_block)
     q, k, v = row_major(q), row_major(k), row_major(v)
     out = q.new_empty(*q.shape[:3], v.shape[-1])
+    out[:, :, :num_prefix_tokens] = 0  # no tile computes them: never return uninitialised memory
     fused_tiles.run_tiles(q, k, v, tiles, out, scale)
     return out
 
