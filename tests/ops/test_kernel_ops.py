@@ -102,14 +102,20 @@ def test_opcheck(name):
 
 @pytest.mark.parametrize("name", list(CASES))
 def test_meta_device_gives_the_shapes_of_the_real_op(name):
+    """Shapes, dtypes and strides of the fake kernel equal the real op's, and the real op's output strides do not
+    depend on its inputs' (inductor checks them against the fake kernel's, which saw other input strides)."""
     op, case = CASES[name]
     args = case()
     with torch.no_grad():
         real = op(*args)
         meta = op(*(a.detach().to("meta") if isinstance(a, torch.Tensor) and a.is_floating_point() else a
                     for a in args))
+        dense = op(*(a.detach().contiguous() if isinstance(a, torch.Tensor) else a for a in args))
     real = real if isinstance(real, tuple) else (real,)
     meta = meta if isinstance(meta, tuple) else (meta,)
+    dense = dense if isinstance(dense, tuple) else (dense,)
+    assert [r.stride() for r in real] == [d.stride() for d in dense]
+    assert any(not a.is_contiguous() for a in args[:3])
     # tensors of q's dtype on q's device; the 0-dim int64 route of the kernels stays on the CPU
     assert [m.device.type for m in meta] == ["meta" if r.is_floating_point() else "cpu" for r in real]
     assert [(m.shape, m.dtype, m.stride()) for m in meta] == [(r.shape, r.dtype, r.stride()) for r in real]
