@@ -44,6 +44,7 @@ from .engines import block_sparse, dense, kernel_ops, lines, sdpa_tiles
 from .engines.flex import run_flex_attention
 from .engines.layout import local_layout
 from .engines.sdpa import sdpa
+from .native import needs_grad
 
 __all__ = ["AUTO_ORDER", "DENSE_MAX_TOKENS", "ENGINES", "MAX_BLOCK_DENSITY", "Decision", "choose", "decide",
            "clear_decisions", "explain", "kernel_refusal", "run_engine", "structured"]
@@ -309,13 +310,12 @@ def _chosen_without_grid(mask_key: str, dtype: torch.dtype, device_type: str, ne
 def choose(q: Tensor, k: Tensor, v: Tensor, mask: Mask, shape: Shape, num_prefix_tokens: int, dropout_p: float,
            backend: str = "auto") -> str:
     """The engine that computes this call (see :func:`decide`), cached per kind of call."""
-    needs_grad = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
+    grad = needs_grad(q, k, v)
     if torch.compiler.is_compiling():
-        engine = _chosen_without_grid(mask.key, q.dtype, q.device.type, needs_grad, bool(dropout_p), backend)
+        engine = _chosen_without_grid(mask.key, q.dtype, q.device.type, grad, bool(dropout_p), backend)
         if engine is not None:
             return engine
-    return _chosen(mask.key, tuple(shape), num_prefix_tokens, q.dtype, q.device.type, needs_grad, bool(dropout_p),
-                   backend)
+    return _chosen(mask.key, tuple(shape), num_prefix_tokens, q.dtype, q.device.type, grad, bool(dropout_p), backend)
 
 
 def explain(mask: Mask, shape: int | tuple[int, ...], num_prefix_tokens: int = 0, *,
@@ -349,7 +349,7 @@ def _run_kernel(engine: str) -> Callable[..., Tensor]:
     def run(q: Tensor, k: Tensor, v: Tensor, mask: Mask, shape: Shape, prefix: int, scale: float | None,
             dropout_p: float) -> Tensor:
         scale = q.shape[-1] ** -0.5 if scale is None else scale
-        training = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
+        training = needs_grad(q, k, v)
         out = kernel_ops.progression_attention(q, k, v, mask.key, list(shape), prefix, scale,
                                                training, engine)[0]
         return _prefix_rows(out, q, k, v, prefix, scale) if training else out
@@ -365,7 +365,7 @@ def _block_kernel_usable(dtype: torch.dtype, device_type: str) -> bool:
 def _run_block_sparse(q: Tensor, k: Tensor, v: Tensor, mask: Mask, shape: Shape, prefix: int, scale: float | None,
                       dropout_p: float) -> Tensor:
     blocks = block_sparse.default_blocks(mask, shape)
-    training = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
+    training = needs_grad(q, k, v)
     if not training and _block_kernel_usable(q.dtype, q.device.type):
         scale = q.shape[-1] ** -0.5 if scale is None else scale
         out = kernel_ops.block_tile_attention(q, k, v, mask.key, list(shape), prefix, scale,

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from .._checks import as_shape, check_qkv, check_scale, check_tokens
 from ..masks import Mask
+from .arguments import check_masked_call
 from .dispatch import DENSE_MAX_TOKENS, ENGINES, choose, run_engine
 from .engines.dense import block_mask, dense_mask, sdpa_bool_mask
 
@@ -47,15 +47,9 @@ def masked_attention(
         scale: logit scale (a finite real number), ``head_dim ** -0.5`` by default.
         dropout_p: attention dropout probability (engines without dropout are passed over).
     """
-    check_qkv(q, k, v)
-    if not isinstance(mask, Mask):
-        raise TypeError(f"mask must be a visattn.masks.Mask, got {type(mask).__name__}")
+    shape, prefix, scale = check_masked_call(q, k, v, mask, shape, num_prefix_tokens, scale)
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    shape, prefix = mask.bind(as_shape(shape), num_prefix_tokens)
-    check_tokens(q.shape[2], shape, prefix, "q")
-    check_tokens(k.shape[2], shape, prefix, "k")
-    scale = check_scale(scale)
     if not 0.0 <= dropout_p < 1.0:
         raise ValueError(f"dropout_p must be in [0, 1), got {dropout_p!r}")
     engine = choose(q, k, v, mask, shape, prefix, dropout_p, backend)

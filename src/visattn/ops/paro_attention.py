@@ -24,6 +24,7 @@ from .._checks import check_qkv, check_scale
 from .dispatch import kernel_refusal
 from .engines.dense import sdpa_bool_mask
 from .engines.kernel_ops import bitmap_tile_attention
+from .native import needs_grad
 from .paro_quant import fake_quant_tiles, fake_quant_tokens
 
 __all__ = ["bitmap_token_mask", "paro_block_sparse_attention"]
@@ -68,8 +69,7 @@ def paro_block_sparse_attention(q: Tensor, k: Tensor, v: Tensor, bitmap: Tensor,
     scale = d ** -0.5 if scale is None else scale
     if qk_bits is not None:
         q, k = fake_quant_tokens(q, block, qk_bits), fake_quant_tokens(k, block, qk_bits)
-    needs_grad = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
-    if (p_bits is None and not dropout_p and not needs_grad
+    if (p_bits is None and not dropout_p and not needs_grad(q, k, v)
             and kernel_refusal(q.dtype, q.device.type, ("tile_attention",)) is None):
         return bitmap_tile_attention(q, k, v, bitmap, block, scale)
     pad = nb * block - n

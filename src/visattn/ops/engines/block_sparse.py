@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..._checks import Shape, as_shape, check_qkv, check_scale, check_tokens, num_tokens
+from ..._checks import Shape, num_tokens
 from ...masks import Mask, RadialMask
 from ...masks.base import ROW_BUDGET
 from .fused_tiles import MAX_TILE_QUERIES, TileList, build_tiles
@@ -42,7 +42,6 @@ MIN_BLOCK = 32
 __all__ = [
     "BlockSparsePlan",
     "QueryGroup",
-    "block_sparse_attention",
     "block_sparse_plan",
     "block_tiles",
     "default_blocks",
@@ -447,45 +446,3 @@ def block_tiles(mask: Mask, shape: Shape, num_prefix_tokens: int, query_block: i
                     segments.append((prefix + np.arange(k_lo, k_hi), rows))
             tiles.append((prefix + np.arange(t_lo, t_hi), segments))
     return build_tiles(tiles)
-
-
-def _check_block(name: str, value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be an int >= 1, got {value!r}")
-
-
-def block_sparse_attention(
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    mask: Mask,
-    shape: int | tuple[int, ...],
-    num_prefix_tokens: int = 0,
-    scale: float | None = None,
-    query_block: int | None = None,
-    key_block: int | None = None,
-) -> Tensor:
-    """Masked softmax attention computed only on the (query block, key block) pairs that hold allowed pairs.
-
-    Args:
-        q, k, v: ``(B, heads, N, head_dim)`` with ``N = num_prefix_tokens + prod(shape)`` (v may have its own
-            head_dim).
-        mask: any :class:`~visattn.masks.Mask`; it pays where the mask is block-sparse (Radial Attention).
-        shape: the grid of the non-prefix tokens, row-major.
-        num_prefix_tokens: global tokens in front.
-        scale: logit scale, ``head_dim ** -0.5`` by default.
-        query_block, key_block: tokens per block; defaults from :func:`default_blocks`.
-    """
-    check_qkv(q, k, v)
-    if not isinstance(mask, Mask):
-        raise TypeError(f"mask must be a visattn.masks.Mask, got {type(mask).__name__}")
-    shape, prefix = mask.bind(as_shape(shape), num_prefix_tokens)
-    check_tokens(q.shape[2], shape, prefix, "q")
-    check_tokens(k.shape[2], shape, prefix, "k")
-    scale = check_scale(scale)
-    default_q, default_k = default_blocks(mask, shape)
-    query_block = default_q if query_block is None else query_block
-    key_block = default_k if key_block is None else key_block
-    _check_block("query_block", query_block)
-    _check_block("key_block", key_block)
-    return run_block_sparse_plan(block_sparse_plan(mask, shape, prefix, query_block, key_block), q, k, v, scale)

@@ -31,7 +31,7 @@ from torch import Tensor
 
 from ..._checks import check_scale
 from ...masks import Mask
-from ..native import DTYPE_SUFFIX, row_major
+from ..native import DTYPE_SUFFIX, needs_grad, row_major
 from . import fused_tiles, per_query
 from .layout import LocalLayout, local_layout
 from .sdpa import sdpa
@@ -280,7 +280,7 @@ def tile_attention(q: Tensor, k: Tensor, v: Tensor, tiles: fused_tiles.TileList,
     N, head_dim)``; queries no tile names output 0."""
     scale = check_scale(scale)
     scale = q.shape[-1] ** -0.5 if scale is None else scale
-    training = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
+    training = needs_grad(q, k, v)
     out = tile_list_attention(q, k, v, tiles.q_ptr, tiles.q_idx, tiles.seg_ptr, tiles.key_ptr, tiles.k_idx,
                               tiles.mask_off, tiles.masks, scale, training)[0]
     if not num_prefix_tokens:

@@ -20,52 +20,14 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..._checks import Shape, as_shape, check_qkv, check_scale, check_tokens
-from ...masks import Mask, SeparableMask, SequenceMask
+from ..._checks import Shape
+from ...masks import Mask
+from ..native import needs_grad
 from .sdpa import sdpa
 from .tile_autograd import gather_rows, scatter_rows, select_rows, unfold_windows
 from .tile_plan import PlanTensors, TilePlan, tile_plan
 
-__all__ = ["TilePlan", "key_tiles", "run_tile_plan", "tile_plan", "tiled_attention"]
-
-
-def tiled_attention(
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    mask: Mask,
-    shape: int | tuple[int, ...],
-    num_prefix_tokens: int = 0,
-    scale: float | None = None,
-    tile_sizes: tuple[int, ...] | None = None,
-    dropout_p: float = 0.0,
-) -> Tensor:
-    """Masked softmax attention for a separable or sliding-window mask, computed tile by tile.
-
-    Args:
-        q, k, v: ``(B, heads, N, head_dim)`` with ``N = num_prefix_tokens + prod(shape)`` (v may have its own
-            head_dim).
-        mask: a :class:`~visattn.masks.SeparableMask` (neighborhood, window, grid, halo, axial, strip) or a
-            :class:`~visattn.masks.SequenceMask` (sliding window; full and causal work but gain nothing).
-        shape: the grid of the non-prefix tokens, row-major.
-        num_prefix_tokens: global tokens in front.
-        scale: logit scale, ``head_dim ** -0.5`` by default.
-        tile_sizes: query tile size per tiled axis (one for a sequence mask); None lets the cost model choose.
-        dropout_p: attention dropout (SDPA then runs its unfused kernel on the tiles: memory stays O(N * Wk)).
-    """
-    check_qkv(q, k, v)
-    if not isinstance(mask, (SeparableMask, SequenceMask)):
-        raise TypeError(f"mask must be a SeparableMask or SequenceMask, got {type(mask).__name__}")
-    shape, prefix = mask.bind(as_shape(shape), num_prefix_tokens)
-    check_tokens(q.shape[2], shape, prefix, "q")
-    check_tokens(k.shape[2], shape, prefix, "k")
-    scale = check_scale(scale)
-    if tile_sizes is not None:
-        tile_sizes = tuple(tile_sizes)
-    if not 0.0 <= dropout_p < 1.0:
-        raise ValueError(f"dropout_p must be in [0, 1), got {dropout_p!r}")
-    plan, tensors = prepared_plan(mask, shape, prefix, tile_sizes, q.dtype, q.device)
-    return run_tile_plan(plan, q, k, v, scale, dropout_p, tensors)
+__all__ = ["TilePlan", "key_tiles", "prepared_plan", "run_tile_plan", "tile_plan"]
 
 
 def run_tile_plan(plan: TilePlan, q: Tensor, k: Tensor, v: Tensor, scale: float | None = None,
@@ -77,7 +39,7 @@ def run_tile_plan(plan: TilePlan, q: Tensor, k: Tensor, v: Tensor, scale: float 
     if tensors is None:
         tensors = plan.tensors(q.dtype, q.device)
     grid_q = q[:, :, prefix:]
-    differentiable = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
+    differentiable = needs_grad(q, k, v)
     if plan.query_identity:
         q_rows = grid_q
     elif differentiable:
