@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["random_qkv"]
+__all__ = ["random_qkv", "randomize_module"]
 
 
 def random_qkv(batch: int, heads: int, tokens: int, head_dim: int, dtype: torch.dtype = torch.float64,
@@ -21,3 +21,19 @@ def random_qkv(batch: int, heads: int, tokens: int, head_dim: int, dtype: torch.
         return tuple(scale * torch.randn(shape, generator=gen, dtype=dtype) for _ in range(3))
     shape = (batch, tokens, heads, head_dim)
     return tuple((scale * torch.randn(shape, generator=gen, dtype=dtype)).transpose(1, 2) for _ in range(3))
+
+
+def randomize_module(module: torch.nn.Module, seed: int = 0, scale: float = 0.5) -> torch.nn.Module:
+    """``module`` in eval mode with seeded random parameters (normal times ``scale``) and batch-norm statistics
+    (running means normal times 0.1, running variances uniform in [0.5, 1.5)), so that a test against a formula
+    exercises every weight, not a freshly initialised identity."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen, dtype=p.dtype) * scale)
+        for name, buf in module.named_buffers():
+            if name.endswith("running_mean"):
+                buf.copy_(torch.randn(buf.shape, generator=gen, dtype=buf.dtype) * 0.1)
+            elif name.endswith("running_var"):
+                buf.copy_(torch.rand(buf.shape, generator=gen, dtype=buf.dtype) + 0.5)
+    return module.eval()

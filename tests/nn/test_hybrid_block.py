@@ -10,21 +10,13 @@ import torch
 
 from visattn.nn import HybridBlock
 from visattn.nn.feature_maps import MixedPad2d
+from visattn.testing import randomize_module
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def randomize(module: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in module.parameters():
-            p.copy_(torch.randn(p.shape, generator=gen, dtype=p.dtype) * 0.5)
-        for name, buf in module.named_buffers():
-            if name.endswith("running_mean"):
-                buf.copy_(torch.randn(buf.shape, generator=gen, dtype=buf.dtype) * 0.1)
-            elif name.endswith("running_var"):
-                buf.copy_(torch.rand(buf.shape, generator=gen, dtype=buf.dtype) + 0.5)
-    return module.eval()
+    return randomize_module(module, seed)
 
 
 def polar_to_cart(img: torch.Tensor, box_w: float, box_h: float) -> torch.Tensor:
