@@ -18,7 +18,7 @@ from visattn.nn import NeighborhoodAttention1d, NeighborhoodAttention2d, Neighbo
 from visattn.ops import ENGINES, Decision, explain, masked_attention, reference
 from visattn.ops import dispatch as dispatch_module
 from visattn.ops import masked as masked_module
-from visattn.ops.engines import flex
+from visattn.ops.engines import availability, flex
 from visattn.ops.native import native_library
 from visattn.testing import random_qkv
 
@@ -321,7 +321,7 @@ def test_decisions_are_remembered_until_cleared(monkeypatch):
     q, k, v = random_qkv(1, 1, 36, 4, dtype=torch.float32)
     dispatch_module.clear_decisions()
     assert dispatch_module.choose(q, k, v, mask, (6, 6), 0, 0.0) == "fused_tiles"
-    monkeypatch.setattr(dispatch_module, "_kernels_ready", lambda library: False)
+    monkeypatch.setattr(availability, "kernels_ready", lambda library: False)
     assert dispatch_module.choose(q, k, v, mask, (6, 6), 0, 0.0) == "fused_tiles"  # remembered
     assert explain(mask, (6, 6)).engine == "sdpa_tiles"  # explain decides afresh
     dispatch_module.clear_decisions()

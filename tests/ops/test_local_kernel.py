@@ -16,7 +16,7 @@ from visattn._checks import Shape
 from visattn.bench import peak_memory_bytes
 from visattn.masks import AxisRule, SeparableMask
 from visattn.ops import dispatch, local_attention, masked_attention
-from visattn.ops.engines import sdpa_tiles
+from visattn.ops.engines import availability, sdpa_tiles
 from visattn.ops.engines.layout import axis_progression, local_layout, progression_table, transposed_progression
 from visattn.ops.engines.sdpa_tiles import run_tile_plan
 from visattn.ops.native import native_library
@@ -201,7 +201,7 @@ def fresh_decisions():
 
 
 def test_fast_backend_falls_back_to_tiles_without_the_kernels(monkeypatch, fresh_decisions):
-    monkeypatch.setattr(dispatch, "_kernels_ready", lambda name: False)
+    monkeypatch.setattr(availability, "kernels_ready", lambda name: False)
     mask, shape = masks.neighborhood_mask(3), (5, 6)
     q, k, v = qkv(1, 2, 30, 4)
     assert local_attention(q, k, v, mask, shape) is None

@@ -39,11 +39,10 @@ from torch import Tensor
 
 from .._checks import Shape, num_tokens
 from ..masks import AxialMask, CausalMask, FullMask, Mask, RadialMask, SeparableMask, SequenceMask, SlidingWindowMask
-from . import native, reference
-from .engines import block_sparse, dense, kernel_ops, lines, sdpa_tiles
-from .engines.flex import run_flex_attention
+from .engines import block_sparse, sdpa_tiles
+from .engines.availability import kernel_refusal, mark_constant
 from .engines.layout import local_layout
-from .engines.sdpa import sdpa
+from .engines.run import run_engine
 from .native import needs_grad
 
 __all__ = ["AUTO_ORDER", "DENSE_MAX_TOKENS", "ENGINES", "MAX_BLOCK_DENSITY", "Decision", "choose", "decide",
@@ -51,7 +50,6 @@ __all__ = ["AUTO_ORDER", "DENSE_MAX_TOKENS", "ENGINES", "MAX_BLOCK_DENSITY", "De
 
 DENSE_MAX_TOKENS = 16384
 MAX_BLOCK_DENSITY = 0.9
-KERNEL_DTYPES = (torch.float32, torch.float64)
 
 
 @dataclass(frozen=True)
@@ -104,22 +102,6 @@ class Decision:
         lines = [f"engine: {self.engine} ({self.reason})"]
         lines += [f"  not {name}: {why}" for name, why in self.passed_over]
         return "\n".join(lines)
-
-
-def _kernels_ready(library: str) -> bool:
-    return native.native_library(library) is not None
-
-
-def kernel_refusal(dtype: torch.dtype, device_type: str, libraries: tuple[str, ...]) -> str | None:
-    """Why visattn's C++ kernels ``libraries`` cannot take tensors of ``dtype`` on ``device_type`` (None: they can)."""
-    if device_type != "cpu":
-        return f"tensors on {device_type}: the kernels are CPU code"
-    if dtype not in KERNEL_DTYPES:
-        return f"dtype {dtype}: the kernels take float32 and float64"
-    missing = [lib for lib in libraries if not _kernels_ready(lib)]
-    if missing:
-        return f"the {', '.join(missing)} kernel is not available (see the log, or visattn.ops.native)"
-    return None
 
 
 def _kernel_refusal(facts: Facts) -> str | None:
@@ -257,18 +239,11 @@ def structured(mask: Mask) -> bool:
     return isinstance(mask, (SeparableMask, SlidingWindowMask, RadialMask))
 
 
-def _mark_constant(fn: Callable) -> Callable:
-    """Mark ``fn`` as ``torch.compiler.assume_constant_result`` does (dynamo evaluates it once while tracing and
-    keeps the result as a constant), without importing ``torch._dynamo`` when visattn is imported."""
-    fn._dynamo_marked_constant = True
-    return fn
-
-
 _DECISIONS: dict[tuple, str] = {}
 MAX_DECISIONS = 1024
 
 
-@_mark_constant
+@mark_constant
 def _chosen(mask_key: str, shape: Shape, num_prefix_tokens: int, dtype: torch.dtype, device_type: str,
             needs_grad: bool, dropout: bool, backend: str) -> str:
     """:func:`decide`'s engine, remembered per kind of call (a plain dict, which dynamo does not trace into: the
@@ -289,7 +264,7 @@ def clear_decisions() -> None:
     _DECISIONS.clear()
 
 
-@_mark_constant
+@mark_constant
 def _chosen_without_grid(mask_key: str, dtype: torch.dtype, device_type: str, needs_grad: bool, dropout: bool,
                          backend: str) -> str | None:
     """The engine while ``torch.compile`` traces, where the grid may be symbolic (dynamic shapes): engines that plan
@@ -335,98 +310,3 @@ def explain(mask: Mask, shape: int | tuple[int, ...], num_prefix_tokens: int = 0
     shape, prefix = mask.bind(as_shape(shape), num_prefix_tokens)
     facts = Facts(mask, shape, prefix, dtype, torch.device(device).type, requires_grad, bool(dropout_p))
     return decide(facts, backend)
-
-
-def _prefix_rows(out: Tensor, q: Tensor, k: Tensor, v: Tensor, prefix: int, scale: float | None) -> Tensor:
-    """``out``'s grid rows after the prefix queries' dense attention over every key."""
-    if not prefix:
-        return out
-    prefix_out = sdpa(q[:, :, :prefix], k, v, scale=scale)
-    return torch.cat([prefix_out, out[:, :, prefix:]], dim=2)
-
-
-def _run_kernel(engine: str) -> Callable[..., Tensor]:
-    def run(q: Tensor, k: Tensor, v: Tensor, mask: Mask, shape: Shape, prefix: int, scale: float | None,
-            dropout_p: float) -> Tensor:
-        scale = q.shape[-1] ** -0.5 if scale is None else scale
-        training = needs_grad(q, k, v)
-        out = kernel_ops.progression_attention(q, k, v, mask.key, list(shape), prefix, scale,
-                                               training, engine)[0]
-        return _prefix_rows(out, q, k, v, prefix, scale) if training else out
-
-    return run
-
-
-@_mark_constant
-def _block_kernel_usable(dtype: torch.dtype, device_type: str) -> bool:
-    return kernel_refusal(dtype, device_type, ("tile_attention",)) is None
-
-
-def _run_block_sparse(q: Tensor, k: Tensor, v: Tensor, mask: Mask, shape: Shape, prefix: int, scale: float | None,
-                      dropout_p: float) -> Tensor:
-    blocks = block_sparse.default_blocks(mask, shape)
-    training = needs_grad(q, k, v)
-    if not training and _block_kernel_usable(q.dtype, q.device.type):
-        scale = q.shape[-1] ** -0.5 if scale is None else scale
-        out = kernel_ops.block_tile_attention(q, k, v, mask.key, list(shape), prefix, scale,
-                                              *blocks)
-        return _prefix_rows(out, q, k, v, prefix, scale)
-    return block_sparse.run_block_sparse_plan(block_sparse.block_sparse_plan(mask, shape, prefix, *blocks), q, k, v,
-                                              scale)
-
-
-def _run_sdpa(q: Tensor, k: Tensor, v: Tensor, mask: Mask, shape: Shape, prefix: int, scale: float | None,
-              dropout_p: float) -> Tensor:
-    return sdpa(q, k, v, scale=scale, dropout_p=dropout_p)
-
-
-def _run_sdpa_causal(q: Tensor, k: Tensor, v: Tensor, mask: Mask, shape: Shape, prefix: int, scale: float | None,
-                     dropout_p: float) -> Tensor:
-    return sdpa(q, k, v, is_causal=True, scale=scale, dropout_p=dropout_p)
-
-
-def _run_lines(q: Tensor, k: Tensor, v: Tensor, mask: Mask, shape: Shape, prefix: int, scale: float | None,
-               dropout_p: float) -> Tensor:
-    return lines.lines_attention(q, k, v, mask.axis % len(shape), shape, prefix, scale, dropout_p)
-
-
-def _run_sdpa_tiles(q: Tensor, k: Tensor, v: Tensor, mask: Mask, shape: Shape, prefix: int, scale: float | None,
-                    dropout_p: float) -> Tensor:
-    plan, tensors = sdpa_tiles.prepared_plan(mask, shape, prefix, None, q.dtype, q.device)
-    return sdpa_tiles.run_tile_plan(plan, q, k, v, scale, dropout_p, tensors)
-
-
-def _run_dense(q: Tensor, k: Tensor, v: Tensor, mask: Mask, shape: Shape, prefix: int, scale: float | None,
-               dropout_p: float) -> Tensor:
-    return dense.sdpa_bool_mask(q, k, v, dense.dense_mask(mask, shape, prefix, q.device), scale, dropout_p)
-
-
-def _run_flex(q: Tensor, k: Tensor, v: Tensor, mask: Mask, shape: Shape, prefix: int, scale: float | None,
-              dropout_p: float) -> Tensor:
-    return run_flex_attention(q, k, v, dense.block_mask(mask, shape, prefix, q.device), scale=scale)
-
-
-def _run_reference(q: Tensor, k: Tensor, v: Tensor, mask: Mask, shape: Shape, prefix: int, scale: float | None,
-                   dropout_p: float) -> Tensor:
-    return reference.attention(q, k, v, mask=dense.dense_mask(mask, shape, prefix, q.device), scale=scale)
-
-
-RUNNERS: dict[str, Callable[..., Tensor]] = {
-    "sdpa": _run_sdpa,
-    "sdpa_causal": _run_sdpa_causal,
-    "fused_tiles": _run_kernel("fused_tiles"),
-    "per_query": _run_kernel("per_query"),
-    "sdpa_lines": _run_lines,
-    "sdpa_tiles": _run_sdpa_tiles,
-    "block_sparse": _run_block_sparse,
-    "dense": _run_dense,
-    "flex": _run_flex,
-    "reference": _run_reference,
-}
-
-
-def run_engine(engine: str, q: Tensor, k: Tensor, v: Tensor, mask: Mask, shape: Shape, num_prefix_tokens: int,
-               scale: float | None, dropout_p: float) -> Tensor:
-    """Run ``engine`` on checked arguments (``shape`` and ``num_prefix_tokens`` bound by the mask)."""
-    return RUNNERS[engine](q, k, v, mask, shape, num_prefix_tokens, scale, dropout_p)
-
