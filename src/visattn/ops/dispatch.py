@@ -276,10 +276,16 @@ def _chosen_without_grid(mask_key: str, dtype: torch.dtype, device_type: str, ne
     if isinstance(mask, FullMask):
         return "sdpa"
     libraries = ("tile_attention", "tile_attention_backward") if needs_grad else ("tile_attention",)
-    if (isinstance(mask, (SeparableMask, SlidingWindowMask)) and not dropout
-            and kernel_refusal(dtype, device_type, libraries) is None):
+    if (_closed_form(mask) and not dropout and kernel_refusal(dtype, device_type, libraries) is None):
         return "fused_tiles"
     return "sdpa_lines" if isinstance(mask, AxialMask) else None
+
+
+def _closed_form(mask: Mask) -> bool:
+    """Whether ``mask`` is one of visattn's own separable or sliding-window masks, whose rules all give their key
+    sets in closed form on every grid (``tests/ops/test_local_kernel.py``); a user's subclass may not, so its engine
+    is chosen on the concrete grid."""
+    return isinstance(mask, (SeparableMask, SlidingWindowMask)) and type(mask).__module__.startswith("visattn.masks.")
 
 
 def choose(q: Tensor, k: Tensor, v: Tensor, mask: Mask, shape: Shape, num_prefix_tokens: int, dropout_p: float,
