@@ -112,7 +112,7 @@ def test_training_after_dynamic_inference_compiles():
     """Inference compiled at one size, then another (dynamic shapes), then a fresh instance trained compiled: the
     backward operator's outputs once had other strides in the fake kernel than in the real one (``empty_like`` of
     inputs that inductor laid out differently), so inductor's stride assert failed. 8-30 s on 2 cores, hence slow;
-    tests/ops/test_kernel_ops.py checks the cause (output strides independent of input strides) fast."""
+    tests/ops/engines/test_kernel_ops.py checks the cause (output strides independent of input strides) fast."""
     net, _ = _mixer_net(False)
     torch._dynamo.reset()
     compiled = torch.compile(net)

@@ -283,8 +283,8 @@ def _chosen_without_grid(mask_key: str, dtype: torch.dtype, device_type: str, ne
 
 def _closed_form(mask: Mask) -> bool:
     """Whether ``mask`` is one of visattn's own separable or sliding-window masks, whose rules all give their key
-    sets in closed form on every grid (``tests/ops/test_local_kernel.py``); a user's subclass may not, so its engine
-    is chosen on the concrete grid."""
+    sets in closed form on every grid (``tests/ops/engines/test_per_query.py``); a user's subclass may not, so its
+    engine is chosen on the concrete grid."""
     return isinstance(mask, (SeparableMask, SlidingWindowMask)) and type(mask).__module__.startswith("visattn.masks.")
 
 
