@@ -224,6 +224,25 @@ def test_operators_check_their_arguments_before_native_code(call, message, no_na
         call(q, k, v)
 
 
+@pytest.mark.parametrize("misfit", ["k_heads", "k_batch", "k_head_dim", "v_tokens"])
+def test_progression_operator_refuses_q_k_v_that_do_not_fit(misfit, monkeypatch):
+    """The kernels index k and v with q's batch and heads and k with q's head dim: a misfit would read out of
+    bounds, so it is refused before native code (forward and backward)."""
+    def called(*args, **kwargs):
+        raise AssertionError("native code reached")
+
+    monkeypatch.setattr(kernel_ops.fused_tiles, "run_tiles", called)
+    monkeypatch.setattr(kernel_ops.fused_tiles, "run_tiles_backward", called)
+    q, k, v = (torch.randn(2, 2, 16, 4, dtype=torch.float64) for _ in range(3))
+    k, v = {"k_heads": (k[:, :1], v[:, :1]), "k_batch": (k[:1], v[:1]), "k_head_dim": (k[..., :3], v),
+            "v_tokens": (k, v[:, :, :9])}[misfit]
+    with pytest.raises(ValueError, match="do not fit together"):
+        OPS.progression_attention(q, k, v, NEIGHBORHOOD.key, [4, 4], 0, 0.5, True, "fused_tiles")
+    out, lse = torch.zeros(2, 2, 16, v.shape[-1], dtype=torch.float64), torch.zeros(2, 2, 16, dtype=torch.float64)
+    with pytest.raises(ValueError, match="do not fit together"):
+        OPS.progression_attention_backward(out, q, k, v, out, lse, torch.tensor(0), NEIGHBORHOOD.key, [4, 4], 0, 0.5)
+
+
 # ---- double backward -------------------------------------------------------------------------------------------
 
 

@@ -44,6 +44,8 @@ ROUTE_PER_QUERY = 1
 
 
 def _check_tensors(**tensors: Tensor) -> None:
+    """CPU tensors of one float dtype shaped ``(B, heads, N, dim)``; with ``q, k, v``: ones that fit together (the
+    kernels index k and v with q's batch and heads, and k with q's head dim)."""
     first = next(iter(tensors.values()))
     for name, t in tensors.items():
         if t.device.type != "cpu":
@@ -52,6 +54,20 @@ def _check_tensors(**tensors: Tensor) -> None:
             raise TypeError(f"{name} must be float32 or float64 like the others, got {t.dtype}")
         if t.dim() != 4:
             raise ValueError(f"{name} must be shaped (B, heads, N, dim), got {tuple(t.shape)}")
+    q, k, v = tensors.get("q"), tensors.get("k"), tensors.get("v")
+    if q is not None and k is not None and v is not None and (
+            q.shape[:2] != k.shape[:2] or k.shape[:3] != v.shape[:3] or q.shape[-1] != k.shape[-1]):
+        raise ValueError(f"q, k, v do not fit together (they must share (B, heads), k and v their tokens, q and k "
+                         f"their head dim): q={tuple(q.shape)}, k={tuple(k.shape)}, v={tuple(v.shape)}")
+
+
+def _check_backward(grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor) -> None:
+    """The saved forward and the incoming gradient fit the kernels' backward (no row they index is missing)."""
+    _check_tensors(q=q, k=k, v=v, out=out, grad_out=grad_out, lse=lse[..., None])
+    rows = (*q.shape[:3], v.shape[-1])
+    if tuple(out.shape) != rows or tuple(grad_out.shape) != rows or tuple(lse.shape) != tuple(q.shape[:3]):
+        raise ValueError(f"out and grad_out must be {rows} and lse {tuple(q.shape[:3])}, got out={tuple(out.shape)}, "
+                         f"grad_out={tuple(grad_out.shape)}, lse={tuple(lse.shape)}")
 
 
 def _check_scale(scale: float) -> None:
@@ -135,6 +151,9 @@ def progression_attention_backward(grad_out: Tensor, q: Tensor, k: Tensor, v: Te
                                    ) -> tuple[Tensor, Tensor, Tensor]:
     """``dq, dk, dv`` of :func:`progression_attention` (run with ``training=True``) for the gradient ``grad_out``
     of its ``out``."""
+    _check_backward(grad_out, q, k, v, out, lse)
+    _check_grid(q, k, shape, num_prefix_tokens)
+    _check_scale(scale)
     layout = _layout(mask, shape)
     prefix = num_prefix_tokens
     q, k, v = row_major(q), row_major(k), row_major(v)
@@ -241,6 +260,8 @@ def tile_list_attention_backward(grad_out: Tensor, q: Tensor, k: Tensor, v: Tens
                                  q_ptr: Tensor, q_idx: Tensor, seg_ptr: Tensor, key_ptr: Tensor, k_idx: Tensor,
                                  mask_off: Tensor, masks: Tensor, scale: float) -> tuple[Tensor, Tensor, Tensor]:
     """``dq, dk, dv`` of :func:`tile_list_attention`."""
+    _check_backward(grad_out, q, k, v, out, lse)
+    _check_scale(scale)
     tiles = _tile_list(q_ptr, q_idx, seg_ptr, key_ptr, k_idx, mask_off, masks, q.shape[2], k.shape[2])
     q, k, v = row_major(q), row_major(k), row_major(v)
     return fused_tiles.run_tiles_backward(q, k, v, out, lse, grad_out, tiles, scale)
