@@ -224,6 +224,14 @@ def test_operators_check_their_arguments_before_native_code(call, message, no_na
         call(q, k, v)
 
 
+def test_bitmap_operator_refuses_keys_of_another_length():
+    q, k, v = (torch.randn(1, 2, 16, 4, dtype=torch.float64) for _ in range(3))
+    with pytest.raises(ValueError, match="self-attention"):
+        OPS.bitmap_tile_attention(q, k[:, :, :8], v[:, :, :8], torch.ones(2, 4, 4, dtype=torch.bool), 4, 0.5)
+    with pytest.raises(ValueError, match="block must be"):
+        OPS.bitmap_tile_attention(q, k, v, torch.ones(2, 4, 4, dtype=torch.bool), 0, 0.5)
+
+
 @pytest.mark.parametrize("misfit", ["k_heads", "k_batch", "k_head_dim", "v_tokens"])
 def test_progression_operator_refuses_q_k_v_that_do_not_fit(misfit, monkeypatch):
     """The kernels index k and v with q's batch and heads and k with q's head dim: a misfit would read out of

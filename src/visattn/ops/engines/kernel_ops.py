@@ -340,6 +340,10 @@ def bitmap_tile_attention(q: Tensor, k: Tensor, v: Tensor, bitmap: Tensor, block
     _check_tensors(q=q, k=k, v=v)
     _check_scale(scale)
     n = q.shape[2]
+    if k.shape[2] != n:
+        raise ValueError(f"bitmap attention is self-attention: k must have q's {n} tokens, got {k.shape[2]}")
+    if isinstance(block, bool) or block < 1:
+        raise ValueError(f"block must be an int >= 1, got {block!r}")
     nb = -(-n // block)
     if bitmap.dtype != torch.bool or tuple(bitmap.shape) != (q.shape[1], nb, nb):
         raise ValueError(f"bitmap must be bool of shape (heads, ceil(N / block), ceil(N / block))="
