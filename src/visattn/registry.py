@@ -19,8 +19,8 @@ FACES = ("definition", "fast", "module", "timm")
 
 
 @dataclass(frozen=True)
-class MixerSpec:
-    """A registry entry. ``factory(**kwargs)`` builds the token mixer."""
+class RegistryEntry:
+    """What every registry entry says: its name and factory, the paper behind it, its cost, family and faces."""
 
     name: str
     factory: Callable[..., Any]
@@ -33,6 +33,11 @@ class MixerSpec:
     @property
     def paper(self) -> Paper:
         return PAPERS[self.paper_key]
+
+
+@dataclass(frozen=True)
+class MixerSpec(RegistryEntry):
+    """A registry entry. ``factory(**kwargs)`` builds the token mixer."""
 
     @property
     def causal_default(self) -> bool:
@@ -123,22 +128,10 @@ MODULE_FACES = ("definition", "official", "attn_layer")
 
 
 @dataclass(frozen=True)
-class ModuleSpec:
+class ModuleSpec(RegistryEntry):
     """A feature-map module entry (``(B, C, H, W)`` in and out, not a token mixer). ``factory(channels, **kwargs)``
     builds it; faces: ``definition`` (the paper's equations), ``official`` (the released code's form as a
     variant), ``attn_layer`` (drops into timm blocks as ``attn_layer``)."""
-
-    name: str
-    factory: Callable[..., Any]
-    paper_key: str
-    complexity: str
-    family: str
-    faces: tuple[str, ...]
-    summary: str
-
-    @property
-    def paper(self) -> Paper:
-        return PAPERS[self.paper_key]
 
 
 _MODULES: dict[str, ModuleSpec] = {}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["random_qkv", "randomize_module"]
+__all__ = ["gradcheck_module", "random_qkv", "randomize_module"]
 
 
 def random_qkv(batch: int, heads: int, tokens: int, head_dim: int, dtype: torch.dtype = torch.float64,
@@ -37,3 +37,16 @@ def randomize_module(module: torch.nn.Module, seed: int = 0, scale: float = 0.5)
             elif name.endswith("running_var"):
                 buf.copy_(torch.rand(buf.shape, generator=gen, dtype=buf.dtype) + 0.5)
     return module.eval()
+
+
+def gradcheck_module(module: torch.nn.Module, x: Tensor) -> bool:
+    """``torch.autograd.gradcheck`` of ``module`` (float64) with respect to its input ``x`` and, separately, to each
+    of its parameters (through ``torch.func.functional_call``)."""
+    x = x.detach().requires_grad_()
+    names = [n for n, _ in module.named_parameters()]
+
+    def by_params(*params: Tensor) -> Tensor:
+        return torch.func.functional_call(module, dict(zip(names, params, strict=True)), (x.detach(),))
+
+    return (torch.autograd.gradcheck(module, (x,))
+            and torch.autograd.gradcheck(by_params, tuple(module.parameters())))

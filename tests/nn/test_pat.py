@@ -9,7 +9,7 @@ import torch
 
 from visattn.nn import PartialChannelAttention, PartialSelfAttention, PartialSpatialAttention, PATBlock
 from visattn.nn.feature_maps import RelativePositionMHSA, euclidean_buckets
-from visattn.testing import randomize_module
+from visattn.testing import gradcheck_module, randomize_module
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -128,13 +128,7 @@ def test_gradcheck(cls):
     kwargs = {"num_heads": 3} if cls is PartialSelfAttention else {}
     m = randomize(cls(4, **kwargs).double())
     x = torch.randn(1, 4, 3, 3, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(m, (x,))
-    names = [n for n, _ in m.named_parameters()]
-
-    def by_params(*p: torch.Tensor) -> torch.Tensor:
-        return torch.func.functional_call(m, dict(zip(names, p, strict=True)), (x.detach(),))
-
-    assert torch.autograd.gradcheck(by_params, tuple(m.parameters()))
+    assert gradcheck_module(m, x)
 
 
 def test_meta_device():

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from visattn.nn import SubspaceAttention, add_ulsam
 from visattn.nn.feature_maps import ULSAM_CONFIGS, count_flops
-from visattn.testing import randomize_module
+from visattn.testing import gradcheck_module, randomize_module
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -91,13 +91,7 @@ def test_paper_form_has_2m_weights(m):
 def test_gradcheck(variant):
     m = randomize(SubspaceAttention(4, 2, variant).double())
     x = torch.randn(1, 4, 3, 4, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(m, (x,))
-    names = [n for n, _ in m.named_parameters()]
-
-    def by_params(*p: torch.Tensor) -> torch.Tensor:
-        return torch.func.functional_call(m, dict(zip(names, p, strict=True)), (x.detach(),))
-
-    assert torch.autograd.gradcheck(by_params, tuple(m.parameters()))
+    assert gradcheck_module(m, x)
 
 
 def test_meta_device():

@@ -14,28 +14,11 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from visattn import masks
 from visattn.ops import masked_attention
 
 natten_functional = pytest.importorskip("natten.functional")
 
 ENGINES = ("fused_tiles", "per_query", "sdpa_tiles", "dense")
-
-
-@st.composite
-def neighborhood_cases(draw, ndim: int):
-    """Per axis: kernel, dilation and stride with ``kernel * dilation < length`` (where the window covers the whole
-    grid NATTEN hands over to full attention, which has no causal CPU backend) and ``stride <= kernel``."""
-    kernel, dilation, stride, causal, shape = [], [], [], [], []
-    for _ in range(ndim):
-        k = draw(st.integers(2, 5))
-        d = draw(st.integers(1, 2))
-        kernel.append(k)
-        dilation.append(d)
-        stride.append(draw(st.integers(1, k)))
-        causal.append(draw(st.booleans()))
-        shape.append(draw(st.integers(k * d + 1, k * d + 4)))
-    return tuple(kernel), tuple(dilation), tuple(stride), tuple(causal), tuple(shape)
 
 
 def to_visattn(x: torch.Tensor) -> torch.Tensor:
@@ -46,14 +29,16 @@ def to_visattn(x: torch.Tensor) -> torch.Tensor:
 @pytest.mark.parametrize("ndim", [1, 2, 3])
 @settings(max_examples=8, deadline=None)
 @given(data=st.data())
-def test_every_engine_equals_natten(ndim, data):
-    kernel, dilation, stride, causal, shape = data.draw(neighborhood_cases(ndim))
+def test_every_engine_equals_natten(ndim, data, neighborhood_case_strategy):
+    """Kernels from 2 and grids longer than ``kernel * dilation``: where the window covers a whole axis NATTEN
+    hands over to full attention, which has no causal CPU backend."""
+    mask, shape = data.draw(neighborhood_case_strategy(ndim, min_kernel=2, min_extra=1))
+    kernel, dilation, stride, causal = mask.kernel_size, mask.dilation, mask.stride, mask.is_causal
     gen = torch.Generator().manual_seed(data.draw(st.integers(0, 2**16)))
     q, k, v = (torch.randn(1, *shape, 2, 8, generator=gen) for _ in range(3))
     natten_fn = getattr(natten_functional, f"na{ndim}d")
     expected = natten_fn(q, k, v, kernel_size=kernel, stride=stride, dilation=dilation, is_causal=causal)
     expected = to_visattn(expected)
-    mask = masks.neighborhood_mask(kernel, dilation=dilation, stride=stride, is_causal=causal)
     for engine in ENGINES:
         out = masked_attention(to_visattn(q), to_visattn(k), to_visattn(v), mask, shape, backend=engine)
         torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5,

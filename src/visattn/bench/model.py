@@ -34,7 +34,7 @@ from .case import BenchCase, parse_case
 from .memory import peak_memory_bytes
 from .prebuild import prebuild_native_kernels
 from .record import environment
-from .settings import DTYPES
+from .settings import DTYPES, check_dtype_and_device
 from .timing import calls_per_sample, interleaved_bursts, summarize, synchronizer, time_call
 
 UNMODIFIED = "unmodified"
@@ -80,14 +80,7 @@ class ModelBenchSettings:
                 raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
         if not self.time_budget_s > 0:
             raise ValueError(f"time_budget_s must be > 0, got {self.time_budget_s!r}")
-        if self.dtype not in DTYPES:
-            raise ValueError(f"dtype must be one of {tuple(DTYPES)}, got {self.dtype!r}")
-        try:
-            device = torch.device(self.device)
-        except (RuntimeError, TypeError) as err:
-            raise ValueError(f"device must name a torch device like 'cpu' or 'cuda', got {self.device!r}") from err
-        if device.type == "cuda" and not torch.cuda.is_available():
-            raise ValueError(f"device must be available on this machine, got {self.device!r} and no CUDA device")
+        check_dtype_and_device(self.dtype, self.device)
         for name in ("backward", "measure_memory"):
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(f"{name} must be a bool, got {getattr(self, name)!r}")

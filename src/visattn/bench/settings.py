@@ -17,6 +17,18 @@ DTYPES: dict[str, torch.dtype] = {
 }
 
 
+def check_dtype_and_device(dtype: str, device: str) -> None:
+    """ValueError naming ``dtype`` or ``device`` unless the dtype is one of :data:`DTYPES` and the device exists."""
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {tuple(DTYPES)}, got {dtype!r}")
+    try:
+        kind = torch.device(device).type
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(f"device must name a torch device like 'cpu' or 'cuda', got {device!r}") from err
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device must be available on this machine, got {device!r} and no CUDA device")
+
+
 @dataclass(frozen=True)
 class BenchSettings:
     """How every (mixer, size) is measured.
@@ -55,14 +67,7 @@ class BenchSettings:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
                 raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
-        if self.dtype not in DTYPES:
-            raise ValueError(f"dtype must be one of {tuple(DTYPES)}, got {self.dtype!r}")
-        try:
-            device = torch.device(self.device)
-        except (RuntimeError, TypeError) as err:
-            raise ValueError(f"device must name a torch device like 'cpu' or 'cuda', got {self.device!r}") from err
-        if device.type == "cuda" and not torch.cuda.is_available():
-            raise ValueError(f"device must be available on this machine, got {self.device!r} and no CUDA device")
+        check_dtype_and_device(self.dtype, self.device)
         budget = self.time_budget_s
         if isinstance(budget, bool) or not isinstance(budget, (int, float)) or not budget > 0:
             raise ValueError(f"time_budget_s must be a number > 0, got {budget!r}")

@@ -70,11 +70,6 @@ def _check_backward(grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tens
                          f"grad_out={tuple(grad_out.shape)}, lse={tuple(lse.shape)}")
 
 
-def _check_scale(scale: float) -> None:
-    if not math.isfinite(scale):
-        raise ValueError(f"scale must be finite, got {scale!r}")
-
-
 def _check_grid(q: Tensor, k: Tensor, shape: list[int], prefix: int) -> None:
     tokens = prefix + math.prod(shape)
     for name, t in (("q", q), ("k", k)):
@@ -112,7 +107,7 @@ def progression_attention(q: Tensor, k: Tensor, v: Tensor, mask: str, shape: lis
     (``[B, H, N]``, empty unless ``training``) and the 0-dim int64 ``route`` are what the backward needs."""
     _check_tensors(q=q, k=k, v=v)
     _check_grid(q, k, shape, num_prefix_tokens)
-    _check_scale(scale)
+    check_scale(scale)
     layout = _layout(mask, shape)
     q, k, v = row_major(q), row_major(k), row_major(v)
     route, tiles = _route(engine, training, layout, num_prefix_tokens, k, v)
@@ -153,7 +148,7 @@ def progression_attention_backward(grad_out: Tensor, q: Tensor, k: Tensor, v: Te
     of its ``out``."""
     _check_backward(grad_out, q, k, v, out, lse)
     _check_grid(q, k, shape, num_prefix_tokens)
-    _check_scale(scale)
+    check_scale(scale)
     layout = _layout(mask, shape)
     prefix = num_prefix_tokens
     q, k, v = row_major(q), row_major(k), row_major(v)
@@ -241,7 +236,7 @@ def tile_list_attention(q: Tensor, k: Tensor, v: Tensor, q_ptr: Tensor, q_idx: T
     """``(out [B, H, N, dv], lse)`` of the queries an explicit tile list names (other rows 0; ``lse`` empty unless
     ``training``)."""
     _check_tensors(q=q, k=k, v=v)
-    _check_scale(scale)
+    check_scale(scale)
     tiles = _tile_list(q_ptr, q_idx, seg_ptr, key_ptr, k_idx, mask_off, masks, q.shape[2], k.shape[2])
     q, k, v = row_major(q), row_major(k), row_major(v)
     out = q.new_zeros(*q.shape[:3], v.shape[-1])
@@ -261,7 +256,7 @@ def tile_list_attention_backward(grad_out: Tensor, q: Tensor, k: Tensor, v: Tens
                                  mask_off: Tensor, masks: Tensor, scale: float) -> tuple[Tensor, Tensor, Tensor]:
     """``dq, dk, dv`` of :func:`tile_list_attention`."""
     _check_backward(grad_out, q, k, v, out, lse)
-    _check_scale(scale)
+    check_scale(scale)
     tiles = _tile_list(q_ptr, q_idx, seg_ptr, key_ptr, k_idx, mask_off, masks, q.shape[2], k.shape[2])
     q, k, v = row_major(q), row_major(k), row_major(v)
     return fused_tiles.run_tiles_backward(q, k, v, out, lse, grad_out, tiles, scale)
@@ -319,7 +314,7 @@ def block_tile_attention(q: Tensor, k: Tensor, v: Tensor, mask: str, shape: list
 
     _check_tensors(q=q, k=k, v=v)
     _check_grid(q, k, shape, num_prefix_tokens)
-    _check_scale(scale)
+    check_scale(scale)
     tiles = block_tiles(Mask.from_key(mask), tuple(shape), num_prefix_tokens, query_block, key_block)
     q, k, v = row_major(q), row_major(k), row_major(v)
     out = q.new_empty(*q.shape[:3], v.shape[-1])
@@ -338,7 +333,7 @@ def bitmap_tile_attention(q: Tensor, k: Tensor, v: Tensor, bitmap: Tensor, block
     """Attention of every head over the (query block, key block) tiles its ``bitmap`` (bool ``[heads, nb, nb]``)
     keeps (PARO); a query block without kept tiles outputs 0. Forward only."""
     _check_tensors(q=q, k=k, v=v)
-    _check_scale(scale)
+    check_scale(scale)
     n = q.shape[2]
     if k.shape[2] != n:
         raise ValueError(f"bitmap attention is self-attention: k must have q's {n} tokens, got {k.shape[2]}")
@@ -382,7 +377,7 @@ def index_attention(q: Tensor, k: Tensor, v: Tensor, index: Tensor, scale: float
     """``out_i = sum_{j in index[..., i, :]} softmax_j(scale * q_i . k_j) v_j`` (a negative entry ends a list),
     forward only."""
     _check_tensors(q=q, k=k, v=v)
-    _check_scale(scale)
+    check_scale(scale)
     if q.shape[:2] != k.shape[:2] or k.shape[:3] != v.shape[:3] or q.shape[-1] != k.shape[-1]:
         raise ValueError(f"q, k, v do not fit together: q={tuple(q.shape)}, k={tuple(k.shape)}, v={tuple(v.shape)}")
     if index.dtype != torch.int64 or index.dim() != 4 or tuple(index.shape[:3]) != tuple(q.shape[:3]):
