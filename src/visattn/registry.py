@@ -3,7 +3,9 @@
 Each entry carries the paper it comes from (a key into :data:`visattn.papers.PAPERS`), its cost in the number
 of tokens N, its family, and which of the four faces exist: ``definition`` (a mask or formula), ``fast`` (a
 fast path beyond the generic backends), ``module`` (an ``nn.Module`` users put in a network) and ``timm``
-(tested for equal outputs against timm's implementation on identical weights).
+(tested for equal outputs against timm's implementation on identical weights). Each mixer entry also names its
+naive oracle (``MixerSpec.oracle``), the dense float64 formula the contract test (tests/test_mixer_contract.py)
+holds every mixer's forward to.
 """
 
 from __future__ import annotations
@@ -35,9 +37,19 @@ class RegistryEntry:
         return PAPERS[self.paper_key]
 
 
+def dense_weights_oracle(mixer: Any, q: Any, k: Any, v: Any, shape: Any, **inputs: Any) -> Any:
+    """The default oracle: the mixer's dense ``(B, heads, N, N)`` weights from its formula, times ``v``:
+    ``mixer.attention_weights(q, k, shape, **inputs) @ v``."""
+    return mixer.attention_weights(q, k, shape, **inputs) @ v
+
+
 @dataclass(frozen=True)
 class MixerSpec(RegistryEntry):
-    """A registry entry. ``factory(**kwargs)`` builds the token mixer."""
+    """A registry entry. ``factory(**kwargs)`` builds the token mixer; ``oracle(mixer, q, k, v, shape, **inputs)``
+    computes what its forward must return, naively (default :func:`dense_weights_oracle`; ``inputs`` holds
+    ``x=`` for mixers with ``uses_input``)."""
+
+    oracle: Callable[..., Any] = dense_weights_oracle
 
     @property
     def causal_default(self) -> bool:
@@ -57,6 +69,7 @@ def register_mixer(
     family: str,
     faces: tuple[str, ...] = ("definition",),
     summary: str = "",
+    oracle: Callable[..., Any] | None = None,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Decorator registering ``factory`` as the mixer ``name``.
 
@@ -67,11 +80,15 @@ def register_mixer(
         family: docs family, e.g. ``"structured"``.
         faces: subset of ``("definition", "fast", "module", "timm")``.
         summary: one line for tables; defaults to the factory's first docstring line.
+        oracle: ``oracle(mixer, q, k, v, shape, **inputs) -> out``, the naive float64 reference of the mixer's
+            forward; default :func:`dense_weights_oracle` (``attention_weights(q, k, shape) @ v``).
     """
     if not isinstance(name, str) or not name or name != name.lower():
         raise ValueError(f"name must be a non-empty lowercase string, got {name!r}")
     if paper not in PAPERS:
         raise ValueError(f"paper must be a key of visattn.papers.PAPERS, got {paper!r}")
+    if oracle is not None and not callable(oracle):
+        raise TypeError(f"oracle must be callable or None, got {type(oracle).__name__}")
     unknown = [f for f in faces if f not in FACES]
     if unknown:
         raise ValueError(f"faces must be drawn from {FACES}, got {faces!r}")
@@ -81,7 +98,8 @@ def register_mixer(
             raise ValueError(f"a mixer named {name!r} is already registered")
         doc = (factory.__doc__ or "").strip()
         line = summary or (doc.splitlines()[0] if doc else "")
-        _REGISTRY[name] = MixerSpec(name, factory, paper, complexity, family, tuple(faces), line)
+        _REGISTRY[name] = MixerSpec(name, factory, paper, complexity, family, tuple(faces), line,
+                                    oracle or dense_weights_oracle)
         return factory
 
     return register
