@@ -91,3 +91,17 @@ def test_bad_input_is_named():
         used_qkv(make_call(4), ConsistEditControl([12], num_steps=2, mask=torch.ones(8)))
     with pytest.raises(ValueError, match=r"pairs \[\(0, 5\)\] out of range for batch size 4"):
         used_qkv(make_call(4), ConsistEditControl(TEXT, num_steps=2, mask=torch.ones(6), pairs=[(0, 5)]))
+
+
+def test_switch_step_is_int_alpha_t_as_the_official_code():
+    """alpha 0.3, T 28: the official code (TEST_QK_STEP = int(28 * 0.3) = 8) fuses from step 8 on; 8 < 8.4 did not."""
+    call = make_call(5)
+    mask = torch.tensor([1.0, 0.0, 1.0, 0.0, 0.0, 1.0], dtype=torch.float64)
+    edit = ConsistEditControl(TEXT, num_steps=28, consistency=0.3, mask=mask)
+    assert edit.switch_step == 8
+    for step, source_qk in ((7, True), (8, False)):
+        edit.set_step(step)
+        q, _, _ = used_qkv(call, edit)
+        expected = call.q[:2][:, :, IMAGE] if source_qk else (
+            mask[:, None] * call.q[2:][:, :, IMAGE] + (1 - mask[:, None]) * call.q[:2][:, :, IMAGE])
+        torch.testing.assert_close(q[2:][:, :, IMAGE], expected, atol=0, rtol=0)

@@ -85,7 +85,7 @@ def changed_heads_rows(probs, base):
     lambda: GazeShiftAmplification(torch.linspace(1, 9, 16), [0], rows=[16], layers=[0], heads=[1]),
     lambda: VisualSystemModulation([0], visual_factor=2.0, system_factor=0.3, rows=[16], layers=[0], heads=[1]),
     lambda: VisualAttentionRedistribution(sink_tokens=[0, 5], rho=1.0, min_visual_mass=0.0, text_queries_only=False,
-                                          layers=[0], heads=[1]),
+                                          skip_first_layers=0, layers=[0], heads=[1]),
     lambda: AffineAttentionScaling(0.5, layers=[0], heads=[1]),
 ])
 def test_real_parameters_change_exactly_the_targeted_layer_heads_and_rows(model, images, make):
@@ -117,7 +117,8 @@ def test_var_skips_the_last_layer_and_vhr_edits_outputs_not_maps(model, images):
     x, other = images
     base_out, base = forward(model, x)
     out, probs = forward(model, x, [VisualAttentionRedistribution(sink_tokens=[5], rho=1.0, min_visual_mass=0.0,
-                                                                  text_queries_only=False, layers=[1])])
+                                                                  text_queries_only=False, skip_first_layers=0,
+                                                                  layers=[1])])
     assert torch.equal(out, base_out) and torch.equal(probs[1], base[1])
     vhr = VisionHeadReinforcement({"x": other}, layers=[1])
     out, probs = forward(model, x, [vhr], inputs={"x": x})

@@ -23,7 +23,7 @@ def run(call: AttentionCall, *edits) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def make_call(seed: int, batch: int = 2, heads: int = 4, image: tuple[int, int] = (1, 10), text_after: int = 5,
-              sinks: tuple[int, ...] = (0, 4), layer: int = 0, channels: int = 64) -> AttentionCall:
+              sinks: tuple[int, ...] = (0, 4), layer: int = 2, channels: int = 64) -> AttentionCall:
     """BOS, image tokens [image[0], image[1]), then text; hidden states with massive activations at ``sinks``."""
     g = torch.Generator().manual_seed(seed)
     n = image[1] + text_after
@@ -77,9 +77,9 @@ def test_matches_row_loop_and_keeps_row_sums(seed, image_len, text_after, rho, p
 
 
 def test_changes_exactly_the_selected_rows_heads_and_layers():
-    call = make_call(1, text_after=6)
+    call = make_call(1, text_after=6, layer=0)
     edit = VisualAttentionRedistribution(SINK_DIMS, tau=5.0, rho=0.9, min_visual_mass=0.2, num_layers=3,
-                                         heads=[1, 3], layers=[0, 1])
+                                         skip_first_layers=0, heads=[1, 3], layers=[0, 1])
     _, base = run(call)
     _, probs = run(call, edit)
     selected = edit.selected[0]
@@ -122,7 +122,36 @@ def test_decoding_step_reuses_the_sinks_of_the_prefill():
     step = AttentionCall(**{**call.__dict__, "q": call.q[:, :, -1:], "bias": None, "hidden": call.hidden[:, -1:]})
     _, last = run(step, edit)
     torch.testing.assert_close(last, full[:, :, -1:], atol=1e-12, rtol=1e-10)
-    assert edit.selected[0].any()
+    assert edit.selected[2].any()
+
+
+def test_layers_0_and_1_are_never_edited_by_default():
+    """The released code looks for sinks from layer 2 on only (sink_select_layers = range(L)[2:])."""
+    for layer, edited in ((0, False), (1, False), (2, True)):
+        call = make_call(6, layer=layer)
+        edit = VisualAttentionRedistribution(SINK_DIMS, tau=5.0, rho=1.0, num_layers=4)
+        assert torch.equal(run(call, edit)[1], run(call)[1]) != edited
+        every = VisualAttentionRedistribution(SINK_DIMS, tau=5.0, rho=1.0, num_layers=4, skip_first_layers=0)
+        assert not torch.equal(run(call, every)[1], run(call)[1])
+
+
+def test_a_generated_token_is_never_a_sink_unless_asked():
+    """The released code looks for sinks in the prefill only; a generated token with a massive activation is not
+    scaled while decoding (sinks_in_generated=True treats it as a sink)."""
+    call = make_call(7, sinks=(0, 4, 14))
+    prefill = AttentionCall(**{**call.__dict__, "q": call.q[:, :, :-1], "k": call.k[:, :, :-1],
+                               "v": call.v[:, :, :-1], "bias": call.bias[:-1, :-1], "hidden": call.hidden[:, :-1]})
+    step = AttentionCall(**{**call.__dict__, "q": call.q[:, :, -1:], "bias": None, "hidden": call.hidden[:, -1:]})
+    _, base = run(step)
+    found = {}
+    for flag in (False, True):
+        edit = VisualAttentionRedistribution(SINK_DIMS, tau=5.0, rho=1.0, num_layers=4, sinks_in_generated=flag)
+        run(prefill, edit)
+        _, found[flag] = run(step, edit)
+        assert edit._sinks[2][:, -1].tolist() == [flag, flag]
+    expected = naive_var(base, list(range(1, 10)), [0, 4], 1.0, 0.2, 0.6)
+    torch.testing.assert_close(found[False], expected, atol=1e-12, rtol=1e-10)
+    assert not torch.allclose(found[True], found[False])
 
 
 def test_missing_inputs_raise_clear_errors():

@@ -75,14 +75,20 @@ def test_head_fusions():
     torch.testing.assert_close(fuse_heads(probs, "min"), torch.tensor([[0.2, 0.4]], dtype=torch.float64))
 
 
-def test_discard_zeroes_the_smallest_off_diagonal_entries():
+def test_discard_zeroes_the_smallest_entries_but_the_class_token_own_as_vit_explain():
     fused = torch.tensor([[[0.5, 0.1, 0.4], [0.3, 0.3, 0.4], [0.05, 0.9, 0.05]]], dtype=torch.float64)
-    # 9 entries * 0.34 -> 3 smallest off-diagonal: 0.05 (2, 0), 0.1 (0, 1), then 0.3 (1, 0); the diagonal stays
+    # 9 entries * 0.34 -> the 3 smallest of all entries: 0.05 (2, 0), 0.05 (2, 2) on the diagonal, 0.1 (0, 1)
     kept = fused.clone()
-    kept[0, 2, 0] = kept[0, 0, 1] = kept[0, 1, 0] = 0.0
+    kept[0, 2, 0] = kept[0, 2, 2] = kept[0, 0, 1] = 0.0
     step = (kept[0] + torch.eye(3, dtype=torch.float64)) / 2
     torch.testing.assert_close(rollout(fused.unsqueeze(0), discard_ratio=0.34)[0], step / step.sum(-1, keepdim=True))
     torch.testing.assert_close(rollout(fused.unsqueeze(0), discard_ratio=0.0), rollout(fused.unsqueeze(0)))
+    # int(9 * 0.23) = 2 smallest: 0.01 at [0, 0] (the class token's own entry, spared) and 0.15 at (1, 0)
+    fused = torch.tensor([[[0.01, 0.5, 0.49], [0.15, 0.6, 0.25], [0.3, 0.3, 0.4]]], dtype=torch.float64)
+    kept = fused.clone()
+    kept[0, 1, 0] = 0.0
+    step = (kept[0] + torch.eye(3, dtype=torch.float64)) / 2
+    torch.testing.assert_close(rollout(fused.unsqueeze(0), discard_ratio=0.23)[0], step / step.sum(-1, keepdim=True))
 
 
 def test_gradient_rollout_weights_by_the_positive_part_of_attention_times_gradient():

@@ -4,11 +4,13 @@ Yin et al., "ConsistEdit: Highly Consistent and Precise Training-free Visual Edi
 (SIGGRAPH Asia 2025; code: zxYin/ConsistEdit_Code). A source and a target generation run side by side in one
 batch. On the vision tokens of the target, with ``M`` the edit mask (1 = edited region):
 
-    steps t < alpha T:  Q_tgt <- Q_src,                     K_tgt <- K_src
-    later steps:        Q_tgt <- M Q_tgt + (1 - M) Q_src,   K_tgt <- M K_tgt + (1 - M) K_src
-    every step:         V_tgt <- M V_tgt + (1 - M) V_src
+    steps t < int(alpha T):  Q_tgt <- Q_src,                     K_tgt <- K_src
+    later steps:             Q_tgt <- M Q_tgt + (1 - M) Q_src,   K_tgt <- M K_tgt + (1 - M) K_src
+    every step:              V_tgt <- M V_tgt + (1 - M) V_src
 
-Text tokens keep the target's Q, K, V. ``alpha`` is the consistency strength (1 in the paper's structure-keeping
+The switch is at step ``int(alpha T)`` as in the official code (``TEST_QK_STEP = int(steps * alpha)``, source Q/K
+while ``step in range(0, TEST_QK_STEP)``): with alpha 0.3 and T 28 steps 0-7 take the source Q/K, step 8 already
+fuses. Text tokens keep the target's Q, K, V. ``alpha`` is the consistency strength (1 in the paper's structure-keeping
 edits, 0.3 for style changes). ``M`` comes from the source pass's image -> text attention for the edited words,
 averaged over heads, summed over those words, min-max normalised over the image and thresholded at 0.1
 (:func:`edit_region_mask`). Give ``mask=`` (e.g. from captured source attention averaged over layers and steps,
@@ -62,7 +64,8 @@ class ConsistEditControl(Edit):
     Args:
         text_tokens: positions of the text tokens in the joint sequence; the other positions are vision tokens.
         num_steps: the number of denoising steps ``T``.
-        consistency: ``alpha``, the share of steps with source Q/K on vision tokens (1.0 by default in the code).
+        consistency: ``alpha``, the share of steps with source Q/K on vision tokens (1.0 by default in the code);
+            steps ``0 .. int(alpha T) - 1`` take them.
         mask: fixed edit mask ``(n_img,)`` or ``(pairs, n_img)`` (bool or float in [0, 1]); None computes it per
             call from the source Q and K with ``edit_tokens`` and ``threshold``.
         edit_tokens: indices into ``text_tokens`` of the edited words (needed without ``mask``).
@@ -98,6 +101,11 @@ class ConsistEditControl(Edit):
             raise ValueError(f"pairs must be (source, target) index pairs, got {pairs!r}")
         self.step = 0
 
+    @property
+    def switch_step(self) -> int:
+        """The first step that fuses Q/K: ``int(alpha T)``, as the official code."""
+        return int(self.consistency * self.num_steps)
+
     def set_step(self, step: int) -> None:
         if isinstance(step, bool) or not isinstance(step, int) or step < 0:
             raise ValueError(f"step must be an int >= 0, got {step!r}")
@@ -129,7 +137,7 @@ class ConsistEditControl(Edit):
         full = torch.zeros(len(src), k.shape[-2], dtype=q.dtype, device=q.device)
         full[:, image] = region
         keep_v = full[:, None, :, None]
-        keep_qk = torch.zeros_like(keep_v) if self.step < self.consistency * self.num_steps else keep_v
+        keep_qk = torch.zeros_like(keep_v) if self.step < self.switch_step else keep_v
         vision_qk = vision[None, None, :, None]
         heads = head_mask(self.heads, q.shape[1], q.device, "ConsistEditControl")[None, :, None, None]
 

@@ -1,19 +1,27 @@
 """GIFT: gaze-shift saliency over the image, then amplified attention to salient image tokens and the query.
 
 Qi et al., "Capturing Gaze Shifts for Guidance: Cross-Modal Fusion Enhancement for VLM Hallucination Mitigation",
-arXiv 2510.22067 (code: amazon-science/GIFT, a patched transformers 4.50; LLaVA-1.5-7B uses saliency layer 11,
-enhancement layers 12-22, ``alpha = 5``).
+arXiv 2510.22067 (code: amazon-science/GIFT, ``inference.py`` and the patched ``eager_attention_forward`` of
+transformers 4.50; LLaVA-1.5-7B uses saliency layer 11, enhancement layers 12-22, ``alpha = 5``).
 
-1. Saliency (:func:`gaze_shift_saliency`): for consecutive content-word tokens ``t-1, t`` of the user query, the
-   positive change of their attention to image token ``j``, summed over the top ``H/2`` heads (by attention to the
-   image) and over ``t``: ``S_j = sum_t sum_h relu(A_{t,h,j} - A_{t-1,h,j})``; ``F_j = exp(alpha S_j)``.
-2. Amplification (:class:`GazeShiftAmplification`), at each decoding step: in the top ``H/2`` "vision heads" of the
-   row (most attention to the image) ``A_j <- F_j A_j`` on image tokens; in the top ``H/2`` "query heads" (most
-   attention to the user query) ``A_j <- r A_j`` on query tokens; then the row is rescaled to its old sum.
+As the official code does it (the defaults):
 
-The official patch could not be read for this implementation; three choices are ours and are arguments:
-``S`` is divided by its maximum before the exponential (``normalize=True``), the query ratio ``r`` is the row's
-vision gain ``sum_V F_j A_j / sum_V A_j`` unless ``query_ratio`` is given, and head ranks are taken per row.
+1. Saliency (:func:`gaze_shift_saliency`), from the probabilities of the first decoding step: the gaze shift of a
+   content-word query token ``t`` is the positive change of its attention to image token ``j`` against the token
+   just before it in the sequence, ``D_{h,t,j} = relu(A_{h,t,j} - A_{h,t-1,j})``. Per layer the top ``H/2`` heads
+   by ``sum_{t,j} D_{h,t,j}`` are kept; ``S_j`` is the mean of ``D`` over layers, kept heads and content tokens,
+   clipped to ``mean(S) +- 3 std(S)``, min-max scaled to [0, 1], and ``F_j = exp(alpha S_j)``.
+2. Amplification (:class:`GazeShiftAmplification`), at each decoding step on the last query row: in the top
+   ``H/2`` "vision heads" (most attention to the image) ``A_j <- F_j A_j`` on image tokens; one scalar
+   ``r = sum_{vision heads} sum_j F_j A_j / sum_{vision heads} sum_j A_j``; in the top ``H/2`` "query heads" (most
+   attention to the user query) ``A_j <- r A_j`` on query tokens; then each row is rescaled to its old sum.
+
+Deviations, available as arguments (not the defaults): ``shift="previous_content"`` takes the shift against the
+previous content word (the paper's wording), ``rank_heads="attention"`` ranks heads by attention to the image
+instead of by the shifts, ``scaling="max"`` divides ``S`` by its maximum (``"none"`` keeps it raw), and
+``query_ratio="per_head"`` uses each row's own vision gain as ``r`` (a number fixes it). The official code works on
+batch element 0 only; here every batch element gets its own saliency, heads and ``r``. A constant saliency (all
+shifts equal, which makes the official min-max divide by zero) gives ``F = 1``.
 """
 
 from __future__ import annotations
@@ -38,6 +46,12 @@ from ._common import (
     sequence_positions,
 )
 
+SHIFTS = ("previous_token", "previous_content")
+HEAD_RANKS = ("shift", "attention")
+SCALINGS = ("sigma_minmax", "max", "none")
+QUERY_RATIOS = ("pooled", "per_head")
+SIGMAS = 3.0
+
 
 def _top_heads(mass: Tensor, fraction: float) -> Tensor:
     """Bool mask over dim 1 (heads) of the ``max(1, int(H * fraction))`` largest entries of ``mass``."""
@@ -46,45 +60,76 @@ def _top_heads(mass: Tensor, fraction: float) -> Tensor:
     return torch.zeros_like(mass, dtype=torch.bool).scatter(1, top, True)
 
 
+def _choice(value: object, name: str, choices: tuple[str, ...]) -> str:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {choices}, got {value!r}")
+    return str(value)
+
+
+def _scale(saliency: Tensor, scaling: str) -> Tensor:
+    """``S`` over the image tokens ``(B, n_img)`` scaled as chosen (see the module docstring)."""
+    if scaling == "none":
+        return saliency
+    if scaling == "max":
+        peak = saliency.amax(dim=-1, keepdim=True)
+        return saliency / torch.where(peak > 0, peak, torch.ones_like(peak))
+    if saliency.shape[-1] > 1:
+        mean, std = saliency.mean(dim=-1, keepdim=True), saliency.std(dim=-1, keepdim=True)
+        saliency = torch.minimum(torch.maximum(saliency, mean - SIGMAS * std), mean + SIGMAS * std)
+    low, high = saliency.amin(dim=-1, keepdim=True), saliency.amax(dim=-1, keepdim=True)
+    span = high - low
+    return torch.where(span > 0, (saliency - low) / torch.where(span > 0, span, torch.ones_like(span)), 0.0)
+
+
 def gaze_shift_saliency(attention: Tensor | Sequence[Tensor], content_rows: Sequence[int] | Tensor,
-                        image_tokens: Sequence[int] | Tensor, alpha: float = 5.0, head_fraction: float = 0.5,
-                        normalize: bool = True) -> Tensor:
+                        image_tokens: Sequence[int] | Tensor, alpha: float = 5.0, head_fraction: float = 0.5, *,
+                        shift: str = "previous_token", rank_heads: str = "shift",
+                        scaling: str = "sigma_minmax") -> Tensor:
     """GIFT's amplification factors ``F_j = exp(alpha S_j)`` over the image tokens, ``(B, n_img)``.
 
     Args:
-        attention: probabilities ``(B, heads, N, N)`` of the saliency layer, or a sequence of them (the saliency of
-            several layers is summed).
-        content_rows: positions of the user query's content-word tokens, in order (at least two).
+        attention: probabilities ``(B, heads, N, N)`` of the saliency layer, or a sequence of them (one per layer;
+            the official LLaVA-1.5 config uses layer 11 alone).
+        content_rows: positions of the user query's content-word tokens, in order.
         image_tokens: positions of the image tokens.
         alpha: sharpness (4-5 in the paper).
-        head_fraction: share of heads kept, by attention from the content rows to the image (1/2).
-        normalize: divide ``S`` by its maximum over the image tokens first.
+        head_fraction: share of heads kept per layer (1/2).
+        shift: ``"previous_token"`` (official: each content token against the token just before it, so one
+            content token suffices) or ``"previous_content"`` (against the previous content token; needs two).
+        rank_heads: ``"shift"`` (official: by the summed shifts) or ``"attention"`` (by attention to the image).
+        scaling: ``"sigma_minmax"`` (official: clip at mean +- 3 std, then min-max), ``"max"`` or ``"none"``.
     """
     layers = [attention] if isinstance(attention, Tensor) else list(attention)
     if not layers or not all(isinstance(a, Tensor) and a.dim() == 4 for a in layers):
         raise TypeError("attention must be a (B, heads, N, N) tensor or a non-empty sequence of them")
+    shift = _choice(shift, "shift", SHIFTS)
+    rank_heads = _choice(rank_heads, "rank_heads", HEAD_RANKS)
+    scaling = _choice(scaling, "scaling", SCALINGS)
     rows = indices(content_rows, "content_rows")
-    if rows.numel() < 2:
-        raise ValueError(f"content_rows needs at least two content-word positions for a gaze shift, got "
+    if shift == "previous_content" and rows.numel() < 2:
+        raise ValueError(f"content_rows needs at least two content-word positions for a gaze shift between content "
+                         f"words, got {rows.tolist()}")
+    if shift == "previous_token" and int(rows.min()) < 1:
+        raise ValueError(f"content_rows must be >= 1 (each is compared with the token before it), got "
                          f"{rows.tolist()}")
     image = indices(image_tokens, "image_tokens")
     alpha = number(alpha, "alpha")
     number(head_fraction, "head_fraction", 0.0, 1.0, low_open=True)
-    saliency = None
+    total = None
     for probs in layers:
         n = probs.shape[-1]
         for name, idx in (("content_rows", rows), ("image_tokens", image)):
             if int(idx.max()) >= n:
                 raise ValueError(f"{name} {idx[idx >= n].tolist()} out of range for {n} tokens")
-        seen = probs[:, :, rows.to(probs.device)][..., image.to(probs.device)]
-        heads = _top_heads(seen.sum(dim=(2, 3)), head_fraction)
-        shifts = torch.relu(seen[:, :, 1:] - seen[:, :, :-1]).sum(2)
-        layer_saliency = (shifts * heads[..., None]).sum(1)
-        saliency = layer_saliency if saliency is None else saliency + layer_saliency
-    if normalize:
-        peak = saliency.amax(dim=-1, keepdim=True)
-        saliency = saliency / torch.where(peak > 0, peak, torch.ones_like(peak))
-    return torch.exp(alpha * saliency)
+        row, col = rows.to(probs.device), image.to(probs.device)
+        seen = probs[:, :, row][..., col]
+        before = probs[:, :, row - 1][..., col] if shift == "previous_token" else seen[:, :, :-1]
+        after = seen if shift == "previous_token" else seen[:, :, 1:]
+        shifts = torch.relu(after - before)
+        heads = _top_heads((shifts if rank_heads == "shift" else seen).sum(dim=(2, 3)), head_fraction)
+        kept = (shifts * heads[..., None, None]).sum(dim=(1, 2)) / (heads.sum(1, keepdim=True) * shifts.shape[2])
+        total = kept if total is None else total + kept
+    return torch.exp(alpha * _scale(total / len(layers), scaling))
 
 
 class GazeShiftAmplification(Edit):
@@ -93,15 +138,16 @@ class GazeShiftAmplification(Edit):
     Args:
         factors: ``F`` over the image tokens, ``(n_img,)`` or ``(B, n_img)`` (from :func:`gaze_shift_saliency`).
         query_tokens: positions of the user query's tokens in the sequence.
-        query_ratio: the factor ``r`` on query tokens; None = the row's vision gain (see the module docstring).
+        query_ratio: ``"pooled"`` (official: one ``r`` per row over the top vision heads), ``"per_head"`` (each
+            head's own vision gain ``sum_V F A / sum_V A``) or a fixed number.
         head_fraction: share of heads amplified for each modality (1/2).
-        rows: query rows edited (``"last"``: the token being generated).
+        rows: query rows edited (``"last"``: the token being generated, as the official code).
         layers, heads: where the edit may act (the paper: layers 12-22 of LLaVA-1.5-7B).
     """
 
-    def __init__(self, factors: Tensor, query_tokens: Sequence[int] | Tensor, *, query_ratio: float | None = None,
-                 head_fraction: float = 0.5, rows: Rows = "last", layers: Sequence[int] | None = None,
-                 heads: Sequence[int] | None = None) -> None:
+    def __init__(self, factors: Tensor, query_tokens: Sequence[int] | Tensor, *,
+                 query_ratio: float | str = "pooled", head_fraction: float = 0.5, rows: Rows = "last",
+                 layers: Sequence[int] | None = None, heads: Sequence[int] | None = None) -> None:
         super().__init__(layers, heads)
         if not isinstance(factors, Tensor) or not factors.is_floating_point() or factors.dim() not in (1, 2):
             raise TypeError(f"factors must be a float tensor (n_img,) or (B, n_img), got "
@@ -110,9 +156,24 @@ class GazeShiftAmplification(Edit):
             raise ValueError("factors must be finite and non-negative")
         self.factors = factors
         self.query_tokens = indices(query_tokens, "query_tokens")
-        self.query_ratio = None if query_ratio is None else number(query_ratio, "query_ratio", 0.0)
+        if isinstance(query_ratio, str):
+            self.query_ratio: float | str = _choice(query_ratio, "query_ratio", QUERY_RATIOS)
+        else:
+            self.query_ratio = number(query_ratio, "query_ratio", 0.0)
         self.head_fraction = number(head_fraction, "head_fraction", 0.0, 1.0, low_open=True)
         self.rows = rows_arg(rows)
+
+    def _ratio(self, probs: Tensor, visual: Tensor, gain: Tensor, vision_heads: Tensor) -> Tensor:
+        """``r`` broadcastable to ``(B, heads, Nq, 1)``."""
+        if not isinstance(self.query_ratio, str):
+            return probs.new_tensor(self.query_ratio)
+        mass = (probs * visual).sum(-1, keepdim=True)
+        boosted = (probs * visual * gain).sum(-1, keepdim=True)
+        if self.query_ratio == "pooled":
+            chosen = vision_heads[..., None]
+            mass = (mass * chosen).sum(1, keepdim=True)
+            boosted = (boosted * chosen).sum(1, keepdim=True)
+        return boosted / torch.where(mass > 0, mass, torch.ones_like(mass))
 
     def edit_probs(self, probs: Tensor, call: AttentionCall) -> Tensor:
         image = image_positions(call, "GazeShiftAmplification")
@@ -127,12 +188,7 @@ class GazeShiftAmplification(Edit):
         query = key_mask(sequence_positions(self.query_tokens, call, "query_tokens"), nk, probs.device)
         vision_heads = _top_heads((probs * visual).sum(-1), self.head_fraction)
         query_heads = _top_heads((probs * query).sum(-1), self.head_fraction)
-        visual_mass = (probs * visual).sum(-1, keepdim=True)
-        if self.query_ratio is None:
-            boosted = (probs * visual * gain).sum(-1, keepdim=True)
-            ratio = boosted / torch.where(visual_mass > 0, visual_mass, torch.ones_like(visual_mass))
-        else:
-            ratio = probs.new_tensor(self.query_ratio)
+        ratio = self._ratio(probs, visual, gain, vision_heads)
         scale = torch.where(vision_heads[..., None] & visual, gain, 1.0)
         scale = torch.where(query_heads[..., None] & query, scale * ratio, scale)
         new = renormalize(probs * scale, probs)

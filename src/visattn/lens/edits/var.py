@@ -1,7 +1,7 @@
 """Visual Attention Redistribution (VAR): take attention from visual sink tokens, give it to the image.
 
 Kang et al., "See What You Are Told: Visual Attention Sink in Large Multimodal Models", arXiv 2503.03321
-(ICLR 2025; code: seilk/VisAttnSink). In every layer but the last:
+(ICLR 2025; code: seilk/VisAttnSink). In every layer from the third on (``skip_first_layers=2``) but the last:
 
 1. sink tokens: ``phi(x) = max_{d in D_sink} |x[d] / RMS(x)| > tau`` on the hidden state ``x`` entering the layer
    (:func:`visattn.lens.metrics.sinks.sink_tokens`; ``tau = 20``, ``D_sink`` fixed per model);
@@ -11,6 +11,13 @@ Kang et al., "See What You Are Told: Visual Attention Sink in Large Multimodal M
 3. on the selected rows: ``A_ij <- p A_ij`` for sinks (``p = 0.6``) and the freed mass
    ``Omega_i = (1 - p) sum_S A_ij`` goes to the non-sink image tokens in proportion to their attention:
    ``A_ij <- A_ij + Omega_i A_ij / sum_{V \\ S} A_il``. Row sums are unchanged.
+
+Layers and generated tokens as the released code does them (undocumented there): sinks are looked for only on the
+hidden states entering layers 2 .. L - 1 (``sink_select_layers = range(L)[2:]``), so layers 0 and 1 are never edited
+(``skip_first_layers``, 0 edits them too); the last layer is skipped (``skip_last_layer``); and sinks are looked for
+only in the prefill (``output_token_count < 0``): while decoding with a KV cache the sinks found in the prefill are
+kept for the cached keys and a generated token is never a sink (``sinks_in_generated=True`` tests each generated
+token's hidden state as well). A forward whose hidden state covers every key (no KV cache) counts as a prefill.
 
 As in the released code, sinks outside the image (e.g. the first text token) are scaled too and their mass also
 goes to the image (``scale_text_sinks=False`` scales visual sinks only), rows are selected only where the sequence
@@ -45,6 +52,9 @@ class VisualAttentionRedistribution(Edit):
         rho: largest visual sink share of a selected row.
         min_visual_mass: smallest visual mass of a selected row (0.2 in the paper).
         p: factor kept on sink entries (0.6 in the paper).
+        skip_first_layers: leave layers ``0 .. skip_first_layers - 1`` alone (2: the released code finds no sinks
+            there); layer indices are the lens numbering, so use ``within=`` on the language model.
+        sinks_in_generated: also look for sinks among generated tokens while decoding (the released code does not).
         skip_last_layer: leave the model's last layer alone (the paper does); the layer count comes from
             :meth:`check` (called by ``visattn.lens.edit``) or ``num_layers``.
         num_layers: the model's layer count, when the edit is applied without ``visattn.lens.edit``.
@@ -55,6 +65,7 @@ class VisualAttentionRedistribution(Edit):
 
     def __init__(self, sink_dims: Sequence[int] | None = None, *, sink_tokens: Sequence[int] | Tensor | None = None,
                  tau: float = SINK_TAU, rho: float = 0.5, min_visual_mass: float = 0.2, p: float = 0.6,
+                 skip_first_layers: int = 2, sinks_in_generated: bool = False,
                  skip_last_layer: bool = True, num_layers: int | None = None, scale_text_sinks: bool = True,
                  text_queries_only: bool = True, layers: Sequence[int] | None = None,
                  heads: Sequence[int] | None = None) -> None:
@@ -73,6 +84,10 @@ class VisualAttentionRedistribution(Edit):
                                        or num_layers < 1):
             raise ValueError(f"num_layers must be a positive int or None, got {num_layers!r}")
         self.num_layers = num_layers
+        if isinstance(skip_first_layers, bool) or not isinstance(skip_first_layers, int) or skip_first_layers < 0:
+            raise ValueError(f"skip_first_layers must be an int >= 0, got {skip_first_layers!r}")
+        self.skip_first_layers = skip_first_layers
+        self.sinks_in_generated = bool(sinks_in_generated)
         self.skip_last_layer = bool(skip_last_layer)
         self.scale_text_sinks = bool(scale_text_sinks)
         self.text_queries_only = bool(text_queries_only)
@@ -103,11 +118,15 @@ class VisualAttentionRedistribution(Edit):
             if earlier is None or earlier.shape[-1] != nk - found.shape[-1]:
                 raise ValueError(f"VisualAttentionRedistribution: layer {call.layer} has {nk} keys but its hidden "
                                  f"state covers {found.shape[-1]} tokens and no earlier pass covered the rest")
+            if not self.sinks_in_generated:
+                found = torch.zeros_like(found)
             found = torch.cat([earlier.expand(found.shape[0], -1), found], dim=-1)
         self._sinks[call.layer] = found
         return found
 
     def edit_probs(self, probs: Tensor, call: AttentionCall) -> Tensor:
+        if call.layer < self.skip_first_layers:
+            return probs
         if self.skip_last_layer:
             if self.num_layers is None:
                 raise ValueError("VisualAttentionRedistribution skips the last layer but does not know the model's "

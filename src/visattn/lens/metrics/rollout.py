@@ -38,18 +38,19 @@ def fuse_heads(probs: Tensor, how: str = "mean") -> Tensor:
 
 
 def _discard(maps: Tensor, ratio: float) -> Tensor:
-    """Zero the ``ratio`` fraction of smallest off-diagonal entries of each ``(N, N)`` map."""
+    """vit-explain's filter: zero the ``int(N * N * ratio)`` smallest entries of each ``(N, N)`` map, diagonal
+    included, sparing only the class token's own entry ``[0, 0]`` (when it is among the smallest, one entry fewer
+    is zeroed). vit-explain filters batch element 0 only; here every map is filtered."""
     if not 0.0 <= ratio < 1.0:
         raise ValueError(f"discard_ratio must be in [0, 1), got {ratio!r}")
     n = maps.shape[-1]
     count = int(n * n * ratio)
     if count == 0:
         return maps
-    eye = torch.eye(n, dtype=torch.bool, device=maps.device)
-    ranked = maps.masked_fill(eye, torch.inf).flatten(-2)
-    drop = torch.zeros_like(ranked, dtype=torch.bool).scatter_(-1, ranked.topk(count, dim=-1, largest=False).indices,
-                                                               True)
-    return maps.masked_fill(drop.view_as(maps) & ~eye, 0.0)
+    flat = maps.flatten(-2)
+    drop = torch.zeros_like(flat, dtype=torch.bool).scatter_(-1, flat.topk(count, dim=-1, largest=False).indices, True)
+    drop[..., 0] = False
+    return maps.masked_fill(drop.view_as(maps), 0.0)
 
 
 def rollout(maps: Tensor | Sequence[Tensor], discard_ratio: float = 0.0) -> Tensor:
@@ -73,8 +74,8 @@ def attention_rollout(probs: Tensor | Sequence[Tensor], head_fusion: str = "mean
     Args:
         probs: per layer ``(B, heads, N, N)`` (first layer first), as a sequence or ``(layers, B, heads, N, N)``.
         head_fusion: ``"mean"`` (the paper), ``"max"`` or ``"min"``.
-        discard_ratio: zero this fraction of the smallest off-diagonal entries of each fused map (vit-explain's
-            noise filter; 0 keeps everything).
+        discard_ratio: zero this fraction of the smallest entries of each fused map, all but the class token's own
+            entry ``[0, 0]`` (vit-explain's noise filter, before the residual is added; 0 keeps everything).
 
     Returns:
         ``(B, N, N)``; rows sum to 1 when the input rows do.
