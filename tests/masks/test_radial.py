@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from visattn import masks as M
+from visattn.masks.radial import RELEASES
 
 
 def paper_pair(i: int, k: int, j: int, l: int, s: int) -> bool:
@@ -31,15 +32,19 @@ def paper_brute(frames: int, s: int) -> torch.Tensor:
     return out
 
 
-def release_frame_pair(i: int, j: int, s: int, block: int, decay: float, model_type: str, threshold: int):
-    """Dense [s, s] mask of frame pair (i, j) as the release builds it (window, then decimation, or sink)."""
+def release_frame_pair(i: int, j: int, s: int, block: int, decay: float, model_type: str, threshold: int,
+                       release: str = "2025-11"):
+    """Dense [s, s] mask of frame pair (i, j) as the official code builds it (window, then decimation, or sink),
+    in each published version: 2025-06 sink on frame 0 for every model; 2025-07 sink for Wan only; 2025-11 Wan's
+    window at frame distance 1 is the whole frame instead of s // 2."""
     dist = abs(i - j)
-    if model_type == "wan" and j == 0:
+    sink = model_type == "wan" if release != "2025-06" else True
+    if sink and j == 0:
         return torch.ones(s, s, dtype=torch.bool)
     if (model_type == "wan" and dist == 0) or (model_type == "hunyuan" and dist <= 1):
         width = s
     elif model_type == "wan" and dist == 1:
-        width = s // 2
+        width = s // 2 if release in ("2025-06", "2025-07") else s
     else:
         length = 2 ** s.bit_length() / 2 ** dist.bit_length() * decay
         width = length if length >= block else block
@@ -61,14 +66,15 @@ def release_shrink(padded: torch.Tensor, block: int) -> torch.Tensor:
     return dense.sum(-1) / (nonzero.sum(-1) + 1e-9) > 0.6
 
 
-def release_blocks(frames: int, s: int, block: int, decay: float, model_type: str, threshold: int):
+def release_blocks(frames: int, s: int, block: int, decay: float, model_type: str, threshold: int,
+                   release: str = "2025-11"):
     video = frames * s
     nb = -(-video // block)
     out = torch.zeros(nb, nb, dtype=torch.bool)
     per_frame = -(-s // block)
     for i in range(frames):
         for j in range(frames):
-            local = release_frame_pair(i, j, s, block, decay, model_type, threshold)
+            local = release_frame_pair(i, j, s, block, decay, model_type, threshold, release)
             r_row, r_col = (i * s) % block, (j * s) % block
             padded = torch.zeros(r_row + per_frame * block, r_col + per_frame * block, dtype=torch.bool)
             padded[r_row : r_row + s, r_col : r_col + s] = local
@@ -81,8 +87,8 @@ def release_blocks(frames: int, s: int, block: int, decay: float, model_type: st
     return out
 
 
-def code_brute(frames, s, block, decay, model_type, threshold, prefix=0) -> torch.Tensor:
-    blocks = release_blocks(frames, s, block, decay, model_type, threshold)
+def code_brute(frames, s, block, decay, model_type, threshold, prefix=0, release="2025-11") -> torch.Tensor:
+    blocks = release_blocks(frames, s, block, decay, model_type, threshold, release)
     token_block = torch.arange(frames * s) // block
     spatial = blocks[token_block][:, token_block]
     n = prefix + frames * s
@@ -124,13 +130,14 @@ def test_paper_rule_matches_equation(frames, spatial, prefix):
 @settings(max_examples=40, deadline=None)
 @given(frames=st.integers(1, 12), spatial=spatial_shapes, block=st.integers(1, 16),
        decay=st.sampled_from([0.25, 0.5, 1.0, 1.5, 3.0]), model_type=st.sampled_from(["hunyuan", "wan"]),
-       threshold=st.sampled_from([4, 16, 128]), prefix=st.integers(0, 2))
-def test_code_rule_matches_release(frames, spatial, block, decay, model_type, threshold, prefix):
+       threshold=st.sampled_from([4, 16, 128]), prefix=st.integers(0, 2), release=st.sampled_from(RELEASES))
+def test_code_rule_matches_release(frames, spatial, block, decay, model_type, threshold, prefix, release):
     shape = (frames, *spatial)
     s = math.prod(spatial)
-    mask = M.radial_mask("code", block, decay, model_type, threshold)
-    expected = code_brute(frames, s, block, decay, model_type, threshold, prefix)
-    assert torch.equal(mask.code_blocks(shape), release_blocks(frames, s, block, decay, model_type, threshold))
+    mask = M.radial_mask("code", block, decay, model_type, threshold, release)
+    expected = code_brute(frames, s, block, decay, model_type, threshold, prefix, release)
+    assert torch.equal(mask.code_blocks(shape),
+                       release_blocks(frames, s, block, decay, model_type, threshold, release))
     assert torch.equal(M.materialize(mask, shape, prefix), expected)
     assert torch.equal(mod_matrix(mask, shape, prefix), expected)
     assert M.pair_count(mask, shape, prefix) == int(expected.sum())
@@ -140,13 +147,33 @@ def test_code_rule_matches_release(frames, spatial, block, decay, model_type, th
     ("frames", "spatial", "model_type", "decay"),
     [(8, (10, 30), "hunyuan", 1.0), (6, (16, 16), "wan", 1.0), (9, (5, 40), "wan", 0.5), (5, (330,), "hunyuan", 2.0)],
 )
-def test_code_rule_release_block_size(frames, spatial, model_type, decay):
-    """The release's own setting: 128-token blocks, threshold 128, frame sizes that straddle blocks."""
+@pytest.mark.parametrize("release", ["2025-06", "2025-07", "2025-11"])
+def test_code_rule_release_block_size(frames, spatial, model_type, decay, release):
+    """The code's own setting: 128-token blocks, threshold 128, frame sizes that straddle blocks."""
     s = math.prod(spatial)
-    mask = M.radial_mask("code", 128, decay, model_type)
+    mask = M.radial_mask("code", 128, decay, model_type, release=release)
     blocks = mask.code_blocks((frames, *spatial))
-    assert torch.equal(blocks, release_blocks(frames, s, 128, decay, model_type, 128))
+    assert torch.equal(blocks, release_blocks(frames, s, 128, decay, model_type, 128, release))
     assert not bool(blocks.all()) or frames * s <= 3 * 128
+
+
+def test_releases_differ_where_the_code_changed():
+    """Default = the current code; each change shows on a case built to expose it (8 frames of 16 x 16 tokens)."""
+    shape, s = (8, 16, 16), 256
+    assert M.radial_mask("code").release == RELEASES[-1] == "2025-11"
+    hunyuan = {r: M.radial_mask("code", 16, model_type="hunyuan", release=r).code_blocks(shape)
+               for r in RELEASES}
+    wan = {r: M.radial_mask("code", 16, model_type="wan", release=r).code_blocks(shape) for r in RELEASES}
+    per_frame = s // 16
+    last_frame_rows, first_frame_cols = slice(7 * per_frame, 8 * per_frame), slice(0, per_frame)
+    # the first release's HunyuanVideo sink: the last frame sees all of frame 0; later releases do not
+    assert hunyuan["2025-06"][last_frame_rows, first_frame_cols].all()
+    assert not hunyuan["2025-07"][last_frame_rows, first_frame_cols].all()
+    assert torch.equal(hunyuan["2025-07"], hunyuan["2025-11"])
+    # Wan at frame distance 1: half band (s // 2) until 2025-11, the whole frame since
+    near = (slice(2 * per_frame, 3 * per_frame), slice(3 * per_frame, 4 * per_frame))
+    assert not wan["2025-07"][near].all() and wan["2025-11"][near].all()
+    assert torch.equal(wan["2025-06"], wan["2025-07"])
 
 
 @settings(max_examples=25, deadline=None)
@@ -196,6 +223,7 @@ def test_code_rule_is_block_constant():
         ({"decay_factor": float("nan")}, "decay_factor"),
         ({"model_type": "sora"}, "model_type"),
         ({"decimation_threshold": 0}, "decimation_threshold"),
+        ({"release": "2025-08"}, "release"),
     ],
 )
 def test_bad_arguments(kwargs, match):

@@ -9,25 +9,36 @@ prod(spatial)``, spatial index ``k`` in row-major order). For frames ``i, j`` an
 
 so the spatial band halves each time the frame distance doubles. ``rule="paper"`` (default) is that equation.
 
-``rule="code"`` is the mask the authors released (mit-han-lab/radial-attention, ``radial_attn/attn_mask.py``),
-which is block-sparse. For each frame pair at distance ``d = |i - j|`` (``bitlen`` is Python's
-``int.bit_length``):
+``rule="code"`` is the block-sparse mask of the authors' code (mit-han-lab/radial-attention,
+``radial_attn/attn_mask.py``), in the version chosen by ``release`` (the code changed twice after the first
+release; ``model_type`` is the code's per-model switch). For each frame pair at distance ``d = |i - j|``
+(``bitlen`` is Python's ``int.bit_length``):
 
-- a token-level band ``|k - l| <= w(d)``: ``w = s`` for ``d = 0``, ``w = s // 2`` for ``d = 1``
-  (``model_type="wan"``) or ``w = s`` for ``d <= 1`` (``"hunyuan"``); beyond that
+- a token-level band ``|k - l| <= w(d)``: ``w = s`` for ``d <= 1``, except ``w = s // 2`` at ``d = 1`` for
+  ``model_type="wan"`` in releases ``"2025-06"`` and ``"2025-07"``; beyond that
   ``w = max(2^bitlen(s) / 2^bitlen(d) * decay_factor, block_size)``;
 - AND a decimation of far frames: with ``l_d = 2^bitlen(s) / 2^bitlen(d)``, when ``l_d < T``
-  (``T = decimation_threshold``, hard-coded to 128 in the release) the frame pair is kept only if
+  (``T = decimation_threshold``, hard-coded to 128 in the code) the frame pair is kept only if
   ``d mod int(T / l_d) == 0``;
-- ``model_type="wan"`` makes frame 0 an attention sink (every frame sees all of it);
+- an attention sink on frame 0 (every frame sees all of key frame 0, band and decimation ignored):
+  ``model_type="wan"`` in every release, and ``"hunyuan"`` too in ``"2025-06"``;
 - the frame-pair mask is cut into ``block_size`` x ``block_size`` blocks of the global token grid, each frame
   pair covering the ``ceil(s / block_size)`` x ``ceil(s / block_size)`` blocks starting at the block that holds its
-  first token (as released, tokens of the frame beyond those blocks are ignored for that pair);
+  first token (as in the code, tokens of the frame beyond those blocks are ignored for that pair);
   a block is kept iff more than 60% of its non-empty columns have more than 1/3 of the block's rows allowed;
   the block mask is the OR over frame pairs;
 - keys and queries of kept blocks attend densely; the trailing partial block (when ``block_size`` does not
-  divide ``f * s``) is dense, as the release makes every block from the video/text border on dense;
+  divide ``f * s``) is dense, as the code makes every block from the video/text border on dense;
   text tokens (here: prefix tokens) are dense both ways.
+
+Releases (``release=``, dated by the commit that changed the mask; ``"2025-11"`` by default):
+
+- ``"2025-06"``: the first release (commit 3f66894, 2025-06-25): frame-0 sink for every model type, Wan's
+  band at frame distance 1 is ``s // 2``;
+- ``"2025-07"``: "remove attention sink for hunyuanvideo" (2f61c30, 2025-07-06): the sink only for Wan; Wan's
+  ``s // 2`` at distance 1 kept (this was visattn's ``rule="code"`` before ``release`` existed);
+- ``"2025-11"``: the current release (72788d4, 2025-11-11): Wan's band at distance 1 is the whole frame ``s``,
+  like HunyuanVideo's; the Wan sink stays.
 """
 
 from __future__ import annotations
@@ -44,6 +55,8 @@ from .base import Mask, SpatialMod
 
 RULES = ("paper", "code")
 MODEL_TYPES = ("hunyuan", "wan")
+RELEASES = ("2025-06", "2025-07", "2025-11")
+"""Versions of the official code's mask (``rule="code"``), oldest first; the last is the default."""
 
 
 def _floor_pow2(x: Tensor) -> Tensor:
@@ -62,13 +75,11 @@ def paper_band(s: int, dt: int) -> tuple[int, bool]:
     return width, dt % period == 0
 
 
-def _code_window(d: int, s: int, block_size: int, decay_factor: float, model_type: str) -> int:
-    """Integer band half-width of the release's ``get_window_width`` (pairs with ``|k - l| <= w`` kept)."""
-    if model_type == "wan" and d < 1:
-        return s
-    if model_type == "wan" and d == 1:
+def _code_window(d: int, s: int, block_size: int, decay_factor: float, model_type: str, release: str) -> int:
+    """Integer band half-width of the code's ``get_window_width`` (pairs with ``|k - l| <= w`` kept)."""
+    if model_type == "wan" and d == 1 and release in ("2025-06", "2025-07"):
         return s // 2
-    if model_type == "hunyuan" and d <= 1:
+    if d <= 1:
         return s
     decay_length = 2 ** s.bit_length() / 2 ** d.bit_length() * decay_factor
     return math.floor(decay_length) if decay_length >= block_size else block_size
@@ -82,17 +93,23 @@ def _code_keeps_frame_pair(d: int, s: int, threshold: int) -> bool:
     return d % int(threshold / decay_length) == 0
 
 
+def _code_sink(model_type: str, release: str) -> bool:
+    """Whether key frame 0 is an attention sink: Wan always, HunyuanVideo only in the first release."""
+    return model_type == "wan" or release == "2025-06"
+
+
 @functools.lru_cache(maxsize=16)
 def code_block_mask(frames: int, s: int, block_size: int, decay_factor: float, model_type: str,
-                    threshold: int) -> Tensor:
-    """The released rule's block mask, bool ``[nb, nb]`` with ``nb = ceil(frames * s / block_size)``.
+                    threshold: int, release: str = RELEASES[-1]) -> Tensor:
+    """The code's block mask (version ``release``), bool ``[nb, nb]`` with ``nb = ceil(frames * s / block_size)``.
 
     Column counts come from interval arithmetic on the band instead of materialising each frame pair.
     """
     video = frames * s
     nb = -(-video // block_size)
     per_frame = -(-s // block_size)
-    windows = torch.tensor([_code_window(d, s, block_size, decay_factor, model_type) for d in range(frames)])
+    windows = torch.tensor([_code_window(d, s, block_size, decay_factor, model_type, release)
+                            for d in range(frames)])
     kept = torch.tensor([_code_keeps_frame_pair(d, s, threshold) for d in range(frames)])
     a = torch.arange(per_frame)
     x = torch.arange(block_size)
@@ -105,7 +122,7 @@ def code_block_mask(frames: int, s: int, block_size: int, decay_factor: float, m
     for i in range(frames):
         d = (i - j).abs()
         width, keep_pair = windows[d], kept[d]
-        if model_type == "wan":
+        if _code_sink(model_type, release):
             width = torch.where(j == 0, s, width)
             keep_pair = keep_pair | (j == 0)
         r_i = (i * s) % block_size
@@ -137,7 +154,8 @@ def _check_positive_int(name: str, value: object) -> None:
 class RadialMask(Mask):
     """Radial attention over ``shape = (frames, *spatial)``; see the module docstring for both rules.
 
-    ``block_size``, ``decay_factor``, ``model_type`` and ``decimation_threshold`` apply to ``rule="code"``.
+    ``block_size``, ``decay_factor``, ``model_type``, ``decimation_threshold`` and ``release`` apply to
+    ``rule="code"``.
     """
 
     rule: str = "paper"
@@ -145,6 +163,7 @@ class RadialMask(Mask):
     decay_factor: float = 1.0
     model_type: str = "hunyuan"
     decimation_threshold: int = 128
+    release: str = RELEASES[-1]
 
     def __post_init__(self) -> None:
         if self.rule not in RULES:
@@ -156,6 +175,8 @@ class RadialMask(Mask):
             raise ValueError(f"decay_factor must be a finite number > 0, got {self.decay_factor!r}")
         if self.model_type not in MODEL_TYPES:
             raise ValueError(f"model_type must be one of {MODEL_TYPES}, got {self.model_type!r}")
+        if self.release not in RELEASES:
+            raise ValueError(f"release must be one of {RELEASES}, got {self.release!r}")
 
     def check(self, shape: Shape) -> None:
         if len(shape) < 2:
@@ -168,7 +189,7 @@ class RadialMask(Mask):
         """``rule="code"``: the bool block mask ``[nb, nb]`` over ``block_size`` token blocks of the grid."""
         f, s = self._frame_split(shape)
         return code_block_mask(f, s, self.block_size, float(self.decay_factor), self.model_type,
-                               self.decimation_threshold).clone()
+                               self.decimation_threshold, self.release).clone()
 
     def _spatial_mod(self, shape: Shape) -> SpatialMod:
         _, s = self._frame_split(shape)
@@ -232,15 +253,17 @@ class RadialMask(Mask):
 
 
 def radial_mask(rule: str = "paper", block_size: int = 128, decay_factor: float = 1.0, model_type: str = "hunyuan",
-                decimation_threshold: int = 128) -> RadialMask:
+                decimation_threshold: int = 128, release: str = RELEASES[-1]) -> RadialMask:
     """Radial Attention mask over ``shape = (frames, *spatial)``.
 
     Args:
-        rule: ``"paper"`` for the paper's equation, ``"code"`` for the released implementation's block rule.
+        rule: ``"paper"`` for the paper's equation, ``"code"`` for the official code's block rule.
         block_size: token block size of ``rule="code"`` (the release uses 128).
         decay_factor: window scale of ``rule="code"``.
-        model_type: ``rule="code"``: ``"hunyuan"`` (full band for frame distance <= 1) or ``"wan"`` (half band
-            at distance 1, frame 0 an attention sink).
-        decimation_threshold: ``rule="code"``: the release's hard-coded 128 in the decimation of far frames.
+        model_type: ``rule="code"``: ``"hunyuan"`` or ``"wan"`` (frame 0 an attention sink; half band at
+            distance 1 before release ``"2025-11"``).
+        decimation_threshold: ``rule="code"``: the code's hard-coded 128 in the decimation of far frames.
+        release: ``rule="code"``: version of the official code, one of :data:`RELEASES` (module docstring);
+            default the current ``"2025-11"``.
     """
-    return RadialMask(rule, block_size, decay_factor, model_type, decimation_threshold)
+    return RadialMask(rule, block_size, decay_factor, model_type, decimation_threshold, release)

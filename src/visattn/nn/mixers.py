@@ -76,7 +76,7 @@ def sliding(window_size: int = 128, is_causal: bool = False, backend: str = "aut
                 faces=("definition", "fast", "module"))
 def radial(rule: str = "paper", block_size: int = 128, decay_factor: float = 1.0, backend: str = "auto",
            scale: float | None = None, attn_drop: float = 0.0, model_type: str = "hunyuan",
-           decimation_threshold: int = 128) -> MaskedMixer:
+           decimation_threshold: int = 128, release: str = "2025-11") -> MaskedMixer:
     """Radial attention over (frames, *spatial): spatial band halving as frame distance doubles."""
-    mask = masks.radial_mask(rule, block_size, decay_factor, model_type, decimation_threshold)
+    mask = masks.radial_mask(rule, block_size, decay_factor, model_type, decimation_threshold, release)
     return MaskedMixer(mask, backend, scale, attn_drop)
