@@ -21,6 +21,11 @@ TIMM_CONFIGS = [
     (dict(dim=16, num_heads=2, block_size=4, halo_size=1, stride=2, avg_down=True, qkv_bias=True), (8, 8)),
     (dict(dim=24, num_heads=3, dim_head=5, block_size=2, halo_size=2, scale_pos_embed=True), (6, 4)),
     (dict(dim=32, num_heads=4, qk_ratio=0.5, block_size=4, halo_size=3, qkv_bias=True), (8, 8)),
+    # halo wider than the block: windows reach past the neighbouring blocks (timm accepts it)
+    (dict(dim=16, num_heads=2, block_size=2, halo_size=3), (4, 6)),
+    (dict(dim=12, num_heads=3, block_size=1, halo_size=2, dim_head=4), (3, 5)),
+    (dict(dim=16, num_heads=2, block_size=2, halo_size=5, stride=2, qkv_bias=True), (4, 4)),
+    (dict(dim=8, dim_out=12, num_heads=2, block_size=3, halo_size=4, stride=2, scale_pos_embed=True), (6, 3)),
 ]
 
 
@@ -74,7 +79,6 @@ def test_equals_timm_halo_attn(kwargs, size):
        heads=st.integers(1, 2), stride=st.sampled_from([1, 2]), avg_down=st.booleans(),
        scale_pos_embed=st.booleans(), dim=st.integers(1, 5))
 def test_per_pair_definition_float64(block, halo, nh, nw, heads, stride, avg_down, scale_pos_embed, dim):
-    halo = min(halo, block)
     assume(stride == 1 or block * min(nh, nw) >= 2)
     module = HaloAttention(dim, dim_out=2 * heads, stride=stride, num_heads=heads, dim_head=3, block_size=block,
                            halo_size=halo, qkv_bias=True, avg_down=avg_down, scale_pos_embed=scale_pos_embed)
@@ -147,7 +151,6 @@ def test_bfloat16(stride):
 @pytest.mark.parametrize(
     ("kwargs", "error", "match"),
     [
-        (dict(dim=16, block_size=2, halo_size=3), ValueError, "halo_size must be <= block_size"),
         (dict(dim=16, dim_out=18, num_heads=4), ValueError, "dim_out must be divisible by num_heads"),
         (dict(dim=16, stride=3), ValueError, "stride"),
         (dict(dim=16, halo_size=-1), ValueError, "halo_size"),
@@ -173,3 +176,16 @@ def test_bad_input_raises():
     pooled = HaloAttention(4, num_heads=2, block_size=1, halo_size=0, stride=2)
     with pytest.raises(ValueError, match=r"\(H, W\)=\(1, 4\) is too small for stride 2"):
         pooled(torch.randn(1, 4, 1, 4))
+
+
+def test_device_and_dtype_like_timm():
+    """timm's ``device``/``dtype`` keywords: parameters created there, and outputs still equal to timm's."""
+    kwargs = dict(dim=8, num_heads=2, block_size=2, halo_size=3, device="cpu", dtype=torch.float64)
+    torch.manual_seed(5)
+    theirs, ours = HaloAttn(**kwargs), HaloAttention(**kwargs)
+    assert all(p.dtype == torch.float64 for p in ours.parameters())
+    ours.load_state_dict(theirs.state_dict(), strict=True)
+    x = torch.randn(1, 8, 4, 4, dtype=torch.float64)
+    torch.testing.assert_close(ours(x), theirs(x), rtol=1e-12, atol=1e-12)
+    meta = HaloAttention(8, num_heads=2, device="meta")
+    assert meta.q.weight.is_meta and meta(torch.empty(1, 8, 8, 8, device="meta")).shape == (1, 8, 8, 8)

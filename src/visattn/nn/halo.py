@@ -12,6 +12,7 @@ real tokens away from the border this is ``masked_attention`` with ``halo_mask(b
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -44,17 +45,20 @@ class HaloAttention(nn.Module):
         num_heads: attention heads.
         dim_head: query/key channels per head.
         block_size: query block side ``b``; ``H`` and ``W`` must be divisible by it.
-        halo_size: halo ``h`` around each block, ``0 <= h <= b``.
+        halo_size: halo ``h >= 0`` around each block; any size (also ``h > b``, windows then reach past the
+            neighbouring blocks), as timm's ``HaloAttn``.
         qk_ratio: query/key width relative to ``dim_out`` when ``dim_head`` is None.
         qkv_bias: bias in the ``q`` and ``kv`` projections.
         avg_down: with stride 2, pool the output instead of striding the queries.
         scale_pos_embed: scale the relative logits too: ``(q . k + r) / sqrt(d)`` instead of ``q . k / sqrt(d) + r``.
+        device, dtype: where and in which dtype the parameters are created (timm's ``device``/``dtype``).
     """
 
     def __init__(self, dim: int, dim_out: int | None = None, feat_size: tuple[int, int] | None = None,
                  stride: int = 1, num_heads: int = 8, dim_head: int | None = None, block_size: int = 8,
                  halo_size: int = 3, qk_ratio: float = 1.0, qkv_bias: bool = False, avg_down: bool = False,
-                 scale_pos_embed: bool = False) -> None:
+                 scale_pos_embed: bool = False, device: torch.device | str | None = None,
+                 dtype: torch.dtype | None = None) -> None:
         super().__init__()
         dim_out = dim if dim_out is None else dim_out
         for name, value, minimum in (("dim", dim, 1), ("dim_out", dim_out, 1), ("num_heads", num_heads, 1),
@@ -64,8 +68,6 @@ class HaloAttention(nn.Module):
             raise ValueError(f"dim_out must be divisible by num_heads, got dim_out={dim_out}, num_heads={num_heads}")
         if stride not in (1, 2):
             raise ValueError(f"stride must be 1 or 2, got {stride!r}")
-        if halo_size > block_size:
-            raise ValueError(f"halo_size must be <= block_size, got halo_size={halo_size}, block_size={block_size}")
         if dim_head is None:
             if not qk_ratio > 0:
                 raise ValueError(f"qk_ratio must be > 0, got {qk_ratio!r}")
@@ -92,6 +94,7 @@ class HaloAttention(nn.Module):
         self.kv = nn.Conv2d(dim, num_heads * (dim_head + self.dim_head_v), 1, bias=qkv_bias)
         self.pos_embed = FactorizedRelativeLogits(self.block_size_ds, self.win_size, dim_head, self.scale)
         self.pool = nn.AvgPool2d(2, 2) if pool_output else nn.Identity()
+        self.to(device=device, dtype=dtype)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
