@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 import visattn
 from visattn.nn import Attention, L2ViTLinearMixer, LocalConcentrationModule
-from visattn.nn.linear_attention import ROW_BLOCK
+from visattn.ops.linear_attention import ROW_BLOCK
 
 FP64 = {"atol": 1e-10, "rtol": 1e-10}
 

@@ -4,14 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import visattn
-from visattn.bench.memory import peak_memory_bytes
 from visattn.nn import Attention, LinearAttentionMixer
-from visattn.nn.linear_attention import ROW_BLOCK, kernel_attention, key_sums, row_blocks
 
 FP64 = {"atol": 1e-10, "rtol": 1e-10}
 FP32 = {"atol": 1e-5, "rtol": 1e-4}
@@ -62,89 +59,6 @@ def test_weights_are_a_row_stochastic_matrix_and_causal_weights_are_lower_triang
         assert (w.triu(1) == 0).all()
 
 
-@pytest.mark.parametrize("feature_map", ["elu+1", "relu"])
-def test_causal_output_never_sees_a_later_token(feature_map):
-    q, k, v = qkv(2, 2, 23, 5)
-    mixer = LinearAttentionMixer(feature_map, is_causal=True, chunk_size=4)
-    out = mixer(q, k, v, 23)
-    for t in (0, 6, 11, 21):
-        q2, k2, v2 = (x.clone() for x in (q, k, v))
-        for x in (q2, k2, v2):
-            x[:, :, t + 1 :] = torch.randn_like(x[:, :, t + 1 :]) * 3
-        torch.testing.assert_close(mixer(q2, k2, v2, 23)[:, :, : t + 1], out[:, :, : t + 1], **FP64)
-
-
-def test_chunk_size_does_not_change_the_result():
-    q, k, v = qkv(2, 3, 37, 6)
-    outs = [LinearAttentionMixer(is_causal=True, chunk_size=c)(q, k, v, 37) for c in (1, 5, 16, 37, 64)]
-    for out in outs[1:]:
-        torch.testing.assert_close(out, outs[0], **FP64)
-
-
-def test_relu_rows_with_zero_denominator_give_zero_not_nan():
-    q, k, v = qkv(1, 1, 7, 3)
-    q[:, :, 2] = -1.0
-    out = LinearAttentionMixer("relu")(q, k, v, 7)
-    assert torch.isfinite(out).all() and (out[:, :, 2] == 0).all()
-
-
-@pytest.mark.parametrize("is_causal", [False, True])
-def test_float32_matches_float64(is_causal):
-    q, k, v = qkv(2, 2, 65, 8)
-    mixer = LinearAttentionMixer(is_causal=is_causal, chunk_size=16)
-    torch.testing.assert_close(mixer(q.float(), k.float(), v.float(), 65), mixer(q, k, v, 65).float(), **FP32)
-
-
-def test_bfloat16_within_stated_tolerance():
-    q, k, v = qkv(2, 2, 33, 8)
-    mixer = LinearAttentionMixer(is_causal=True, chunk_size=8)
-    out = mixer(q.bfloat16(), k.bfloat16(), v.bfloat16(), 33).double()
-    torch.testing.assert_close(out, mixer(q, k, v, 33), atol=5e-2, rtol=5e-2)
-
-
-@pytest.mark.parametrize("is_causal", [False, True])
-@pytest.mark.parametrize("feature_map", ["elu+1", "relu"])
-def test_gradcheck(feature_map, is_causal):
-    q, k, v = (x.requires_grad_() for x in qkv(2, 1, 7, 3, seed=3))
-    mixer = LinearAttentionMixer(feature_map, is_causal=is_causal, chunk_size=3)
-    assert torch.autograd.gradcheck(lambda q, k, v: mixer(q, k, v, 7), (q, k, v))
-
-
-@pytest.mark.parametrize("is_causal", [False, True])
-def test_memory_grows_linearly_no_n_by_n_matrix(is_causal):
-    n, d = 4096, 16
-    q, k, v = (x.float() for x in qkv(1, 2, n, d))
-    mixer = LinearAttentionMixer(is_causal=is_causal, chunk_size=64)
-    peak = peak_memory_bytes(lambda: mixer(q, k, v, n))
-    if peak is None:
-        pytest.skip("the profiler recorded no memory events")
-    assert peak < 2 * n * n * 4 / 16, f"peak {peak} bytes is not far below one 2 x N x N float32 score matrix"
-
-
-@pytest.mark.parametrize("block_size", [1, 4, 7, 64])
-def test_key_and_row_blocks_equal_whole_tensor_passes(block_size):
-    q, k, v = qkv(2, 2, 23, 5)
-    phi = PHI["elu+1"]
-    kv, z = key_sums(k, v, phi, block_size)
-    torch.testing.assert_close(kv, phi(k).transpose(-2, -1) @ v, **FP64)
-    torch.testing.assert_close(z, phi(k).sum(2), **FP64)
-    torch.testing.assert_close(row_blocks(lambda x: 2 * x, q, block_size), 2 * q, **FP64)
-
-
-def test_more_tokens_than_one_row_block():
-    n = 2 * ROW_BLOCK + 3
-    q, k, v = qkv(1, 2, n, 3)
-    fq, fk = PHI["elu+1"](q), PHI["elu+1"](k)
-    expected = (fq @ (fk.transpose(-2, -1) @ v)) / (fq @ fk.sum(2).unsqueeze(-1) + 1e-6)
-    torch.testing.assert_close(LinearAttentionMixer()(q, k, v, n), expected, **FP64)
-
-
-def test_kernel_attention_never_materialises_nxn_in_the_non_causal_form():
-    q, k, v = qkv(1, 1, 9, 4)
-    fq, fk = F.elu(q) + 1, F.elu(k) + 1
-    torch.testing.assert_close(kernel_attention(fq, fk, v), naive_linear(q, k, v), **FP64)
-
-
 def test_prefix_tokens_and_grids_of_any_rank():
     q, k, v = qkv(2, 2, 1 + 2 * 3 * 4, 4)
     mixer = visattn.create_mixer("linear")
@@ -159,6 +73,14 @@ def test_registry_entry_and_attention_module():
     out = layer(x)
     out.sum().backward()
     assert out.shape == x.shape and torch.isfinite(x.grad).all()
+
+
+def test_state_bytes_method():
+    mixer = LinearAttentionMixer()
+    assert mixer.state_bytes(2, 4, 16) == 2 * 4 * 16 * 17 * 4
+    assert mixer.state_bytes(1, 4, 16, value_dim=8, dtype=torch.float64) == 4 * 16 * 9 * 8
+    with pytest.raises(ValueError, match="state_bytes needs num_heads and head_dim"):
+        mixer.state_bytes(1)
 
 
 def test_bad_input_errors_name_the_argument():

@@ -16,26 +16,20 @@ phi(k_j)`` (causal: ``j <= i``), trained by distillation (:func:`softmax_mimicry
 This is the paper's form. Public code differs and its variants disagree with each other (LoLCATs takes a softmax
 over the feature dimension; flash-linear-attention uses ``softmax(cat(2x, -2x))``); those are not offered.
 
-Numerics: ``phi(q_i) . phi(k_j) = sum_f exp(lq_if + lk_jf)`` (``lq = log phi(q)``) is unchanged when a constant
-``c_f`` is added to ``lq_.f`` and subtracted from every key's ``lk_.f``, and the ratio is unchanged when a query's
-features are scaled by a constant, so the exponentials are stabilised exactly (in exact arithmetic):
-non-causal, ``c_f = max_j lk_jf`` and each query is divided by its largest feature, so every feature is <= 1 and
-every denominator >= 1 (no overflow, no underflow to 0). Causal, the scan runs by chunks with ``c_f`` the running
-maximum over the keys of the chunks so far; the state carried across chunks is rescaled when ``c`` grows, so no
-key after a query's chunk ever enters its computation. Inside a chunk a later key may raise ``c``; a row can then
-lose precision only if such a key exceeds every key the query sees by ~87 (float32) in one log-feature. The
-dense weights (:meth:`HedgehogMixer.attention_weights`, O(N^2), for the lens and distillation) use the
-non-causal shift.
+The attention itself (given log-features), its numerics and its dense oracle live in
+:mod:`visattn.ops.hedgehog`; this module keeps the learnable feature maps, the mixer and the loss.
 """
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..ops.hedgehog import hedgehog_attention, hedgehog_state_bytes, hedgehog_weights
+from ..ops.linear_attention import check_chunk_size
+from ..ops.recurrent_state import layout
 from ..registry import register_mixer
-from .linear_attention import check_chunk_size, check_no_attn_drop, kernel_weights, key_sums, row_blocks
+from .linear_attention import check_no_attn_drop
 from .token_mixer import TokenMixer
 
 __all__ = ["HedgehogFeatureMap", "HedgehogMixer", "softmax_mimicry_loss"]
@@ -125,72 +119,21 @@ class HedgehogMixer(TokenMixer):
                 attn_mask: Tensor | None = None) -> Tensor:
         self.prepare(q, k, v, shape)
         self._no_attn_mask(attn_mask)
-        if self.is_causal:
-            return _stable_causal_scan(self.q_map.log_features(q), self.k_map.log_features(k), v, self.chunk_size)
-        u_k = self.k_map.projection(k)
-        low, high = _key_shift(u_k)
-        kv, z = key_sums(u_k, v, lambda u: _key_features(u, low, high))
-        z = z.unsqueeze(-1)
-
-        def readout(q_block: Tensor) -> Tensor:
-            fq = _query_features(self.q_map.projection(q_block), low, high)
-            return (fq @ kv) / (fq @ z)
-
-        return row_blocks(readout, q)
+        return hedgehog_attention(self.q_map.log_features(q), self.k_map.log_features(k), v,
+                                  is_causal=self.is_causal, chunk_size=self.chunk_size)
 
     def attention_weights(self, q: Tensor, k: Tensor, shape: int | tuple[int, ...]) -> Tensor:
         """The dense weights ``a^_ij = phi(q_i) . phi(k_j) / sum_j phi(q_i) . phi(k_j)`` (causal: ``j <= i``),
         O(N^2)."""
         self.prepare(q, k, k, shape)
-        u_k = self.k_map.projection(k)
-        low, high = _key_shift(u_k)
-        fq, fk = _query_features(self.q_map.projection(q), low, high), _key_features(u_k, low, high)
-        return kernel_weights(fq, fk, is_causal=self.is_causal, eps=torch.finfo(fq.dtype).tiny)
+        return hedgehog_weights(self.q_map.log_features(q), self.k_map.log_features(k), is_causal=self.is_causal)
 
-
-def _key_shift(u_k: Tensor) -> tuple[Tensor, Tensor]:
-    """Per-feature minimum and maximum of ``u = W k + b`` over the keys: ``c = [max u, -min u]`` (module doc)."""
-    return torch.aminmax(u_k.detach(), dim=-2, keepdim=True)
-
-
-def _key_features(u_k: Tensor, low: Tensor, high: Tensor) -> Tensor:
-    """``exp(lk - c) = [exp(u - max u), exp(min u - u)]``: every entry <= 1."""
-    return torch.cat([(u_k - high).exp_(), (low - u_k).exp_()], dim=-1)
-
-
-def _query_features(u_q: Tensor, low: Tensor, high: Tensor) -> Tensor:
-    """``exp(lq + c - max_f(lq + c))`` with ``lq + c = [u + max u_k, -u - min u_k]``: largest entry 1 per query."""
-    positive, negative = u_q + high, -low - u_q
-    top = torch.maximum(positive.amax(dim=-1, keepdim=True), negative.amax(dim=-1, keepdim=True)).detach()
-    return torch.cat([(positive - top).exp_(), (negative - top).exp_()], dim=-1)
-
-
-def _stable_causal_scan(log_q: Tensor, log_k: Tensor, v: Tensor, chunk_size: int) -> Tensor:
-    """Causal Hedgehog attention by chunks, features shifted by the running per-feature key maximum (module doc)."""
-    b, h, n, f = log_q.shape
-    c = min(chunk_size, n)
-    pad = (-n) % c
-    v1 = torch.cat([v, v.new_ones(v.shape[:-1] + (1,))], dim=-1)
-    if pad:
-        log_q = F.pad(log_q, (0, 0, 0, pad))
-        log_k = F.pad(log_k, (0, 0, 0, pad), value=float("-inf"))
-        v1 = F.pad(v1, (0, 0, 0, pad))
-    m = (n + pad) // c
-    log_q, log_k, v1 = (t.reshape(b, h, m, c, t.shape[-1]) for t in (log_q, log_k, v1))
-    shift = log_k.amax(dim=3).cummax(dim=2).values.detach()
-    fk = (log_k - shift.unsqueeze(3)).exp()
-    log_q = log_q + shift.unsqueeze(3)
-    fq = (log_q - log_q.amax(dim=-1, keepdim=True).detach()).exp()
-    causal = torch.ones(c, c, dtype=torch.bool, device=fq.device).tril()
-    intra = ((fq @ fk.transpose(-2, -1)) * causal) @ v1
-    chunk_states = fk.transpose(-2, -1) @ v1
-    carried = [torch.zeros_like(chunk_states[:, :, 0])]
-    for i in range(1, m):
-        rescale = (shift[:, :, i - 1] - shift[:, :, i]).exp().unsqueeze(-1)
-        carried.append((carried[-1] + chunk_states[:, :, i - 1]) * rescale)
-    out = (intra + fq @ torch.stack(carried, dim=2)).reshape(b, h, m * c, -1)[:, :, :n]
-    dv = v.shape[-1]
-    return out[..., :dv] / out[..., dv:].clamp_min(torch.finfo(out.dtype).tiny)
+    def state_bytes(self, batch_size: int = 1, num_heads: int | None = None, head_dim: int | None = None,
+                    value_dim: int | None = None, dtype: torch.dtype = torch.float32) -> int:
+        """Causal recurrent state: ``2 head_dim (Dv + 2)`` elements per head (:func:`hedgehog_state_bytes`)."""
+        num_heads, head_dim, value_dim = layout(num_heads, head_dim, value_dim, default_heads=self.q_map.num_heads,
+                                                default_head_dim=self.q_map.head_dim)
+        return hedgehog_state_bytes(batch_size, num_heads, 2 * head_dim, value_dim, dtype)
 
 
 @register_mixer("hedgehog", paper="hedgehog", complexity="O(N d^2)", family="reformulated",

@@ -30,7 +30,8 @@ from torch import Tensor, nn
 
 from .._checks import as_shape
 from ..registry import register_mixer
-from .linear_attention import check_no_attn_drop, key_sums, row_blocks
+from ..ops.linear_attention import key_sums, row_blocks
+from .linear_attention import check_no_attn_drop
 from .token_mixer import TokenMixer
 
 __all__ = ["INLINE_KERNELS", "InLineMixer", "inline_attention", "inline_weights"]

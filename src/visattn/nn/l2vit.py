@@ -22,7 +22,8 @@ import torch
 from torch import Tensor, nn
 
 from ..registry import register_mixer
-from .linear_attention import check_no_attn_drop, key_sums, row_blocks
+from ..ops.linear_attention import key_sums, row_blocks
+from .linear_attention import check_no_attn_drop
 from .token_mixer import TokenMixer
 
 __all__ = ["L2ViTLinearMixer", "LocalConcentrationModule", "enhanced_linear_attention"]
@@ -33,7 +34,7 @@ def enhanced_linear_attention(q: Tensor, k: Tensor, v: Tensor, temperature: Tens
     """``relu(q) (relu(K)^T V) tau / max(relu(q) . sum_j relu(k_j), min_denominator)``, O(N d^2).
 
     ``temperature`` broadcasts to ``(B, heads, 1, 1)`` (one value per head). Runs by blocks of keys then queries
-    (:func:`~visattn.nn.linear_attention.key_sums`).
+    (:func:`~visattn.ops.linear_attention.key_sums`).
     """
     kv, z = key_sums(k, v, torch.relu)
     kv, z = kv * temperature, z.unsqueeze(-1)
