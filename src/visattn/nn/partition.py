@@ -149,9 +149,8 @@ class PartitionAttention(nn.Module):
         self._check_input(x)
         _, h, w, _ = x.shape
         x, valid = self._pad(x)
-        attend = self._fast if self.backend == "fast" else self._reference
-        out = attend(self.qkv(x), valid)[:, :h, :w]
-        return self.proj_drop(self.proj(out))
+        out = self._fast(x, valid) if self.backend == "fast" else self._reference(self.qkv(x), valid)
+        return self.proj_drop(self.proj(out[:, :h, :w]))
 
     def _check_input(self, x: Tensor) -> None:
         if not isinstance(x, Tensor):
@@ -185,11 +184,13 @@ class PartitionAttention(nn.Module):
         split = qkv.reshape(*lead, length, 3, self.num_heads, self.dim_head).movedim(-4, -2)
         return split.unbind(-4)
 
-    def _fast(self, qkv: Tensor, valid: Tensor | None) -> Tensor:
-        batch, height, width, _ = qkv.shape
-        windows = partition(qkv, self.partition_type, self.partition_size)
+    def _fast(self, x: Tensor, valid: Tensor | None) -> Tensor:
+        # Partition the C input channels, not the 3C of qkv: the projection is per token, so it commutes with
+        # the partition, and the copy is a third of the size.
+        batch, height, width, _ = x.shape
+        windows = self.qkv(partition(x, self.partition_type, self.partition_size))
         # A 4-D mask keeps SDPA on its fused CPU kernel; a 3-D one falls back to the math path (about 10x slower).
-        bias = self.rel_pos().to(qkv.dtype)[None]
+        bias = self.rel_pos().to(x.dtype)[None]
         if valid is not None:
             length = windows.shape[1]
             key_valid = partition(valid[None, :, :, None], self.partition_type, self.partition_size)
@@ -198,7 +199,7 @@ class PartitionAttention(nn.Module):
         q, k, v = self._split_heads(windows)
         dropout_p = self.attn_drop if self.training else 0.0
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=dropout_p, scale=self.scale)
-        out = out.transpose(-3, -2).flatten(-2).reshape(-1, out.shape[-2], self.dim)
+        out = out.transpose(-3, -2).reshape(-1, out.shape[-2], self.dim)
         return merge_partitions(out, self.partition_type, self.partition_size, (height, width))
 
     def _reference(self, qkv: Tensor, valid: Tensor | None) -> Tensor:
