@@ -22,8 +22,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .._checks import per_axis
+from ..masks.partition import window_mask
+from ..ops.masked import masked_attention
 from ..registry import register_mixer
-from .swin_v2 import window_merge, window_partition
+from .swin_v2 import window_partition
 from .token_mixer import TokenMixer
 
 # ConvPosEnc comes from the module __getattr__ below.
@@ -85,8 +87,16 @@ class ChannelGroupMixer(TokenMixer):
                                   "use channel_weights(k, v)")
 
 
+def channel_oracle(mixer: ChannelGroupMixer, q: Tensor, k: Tensor, v: Tensor, shape: int | tuple[int, ...]) -> Tensor:
+    """Naive channel attention, sums spelled out: ``out[n, i] = sum_j A[i, j] q[n, j]`` with
+    ``A[i, j] = softmax_j(scale sum_m k[m, i] v[m, j])`` (the registry's oracle for ``"channel"``)."""
+    scale = k.shape[-1] ** -0.5 if mixer.scale is None else mixer.scale
+    weights = torch.softmax(torch.einsum("bhmi,bhmj->bhij", k, v) * scale, dim=-1)
+    return torch.einsum("bhij,bhnj->bhni", weights, q)
+
+
 @register_mixer("channel", paper="davit", complexity="O(N d^2)", family="structured",
-                faces=("definition", "module", "timm"))
+                faces=("definition", "module", "timm"), oracle=channel_oracle)
 def channel(scale: float | None = None, attn_drop: float = 0.0) -> ChannelGroupMixer:
     """DaViT channel group attention: softmax((k s)^T v) over channels per head, applied to q."""
     return ChannelGroupMixer(scale=scale, attn_drop=attn_drop)
@@ -108,13 +118,36 @@ class ChannelAttention(nn.Module):
         self.proj = nn.Linear(dim, dim)
 
     def forward(self, x: Tensor) -> Tensor:
+        """``proj(q A^T)`` computed as one per-image linear map: ``x -> x M^T + m``.
+
+        ``A`` (block-diagonal over heads) is folded into the output projection, ``P = W_proj blockdiag(A)``, so
+        the ``N x C`` product ``q A^T``, its head transpose and the scaled copy of ``k`` are never formed. When the
+        map has more tokens than channels (DaViT's first two stages) the query projection is folded in as well,
+        ``M = P W_q`` (``C^3`` per image instead of ``N C^2``), and only ``k, v`` are projected. Same value as
+        timm's ``ChannelAttention`` up to float reassociation.
+        """
         if not isinstance(x, Tensor) or x.dim() != 3 or x.shape[-1] != self.dim:
             raise ValueError(f"x must be shaped (B, N, C={self.dim}), got "
                              f"{tuple(x.shape) if isinstance(x, Tensor) else x!r}")
         b, n, c = x.shape
-        q, k, v = self.qkv(x).reshape(b, n, 3, self.num_heads, c // self.num_heads).permute(2, 0, 3, 1, 4)
-        out = channel_attention(q, k, v, self.scale)
-        return self.proj(out.transpose(1, 2).reshape(b, n, c))
+        heads, d = self.num_heads, c // self.num_heads
+        fold_q = n > c
+        w_qkv, b_qkv = self.qkv.weight, self.qkv.bias
+        if fold_q:
+            kv = F.linear(x, w_qkv[c:], None if b_qkv is None else b_qkv[c:]).view(b, n, 2, heads, d)
+            k, v = kv[:, :, 0], kv[:, :, 1]
+        else:
+            qkv = self.qkv(x).view(b, n, 3, heads, d)
+            k, v = qkv[:, :, 1], qkv[:, :, 2]
+        logits = torch.einsum("bnhd,bnhe->bhde", k, v)
+        weights = torch.softmax(logits * self.scale, dim=-1)
+        folded = torch.einsum("ohe,bhed->bohd", self.proj.weight.view(c, heads, d), weights).reshape(b, c, c)
+        bias = self.proj.bias.expand(b, 1, c)
+        if fold_q:
+            if b_qkv is not None:
+                bias = torch.baddbmm(bias, b_qkv[:c].expand(b, 1, c), folded.transpose(1, 2))
+            return torch.baddbmm(bias, x, (folded @ w_qkv[:c]).transpose(1, 2))
+        return torch.baddbmm(bias, qkv[:, :, 0].reshape(b, n, c), folded.transpose(1, 2))
 
 
 class SpatialWindowAttention(nn.Module):
@@ -141,6 +174,7 @@ class SpatialWindowAttention(nn.Module):
         self.num_heads = num_heads
         self.window_size = (wh, ww)
         self.padding = padding
+        self._mask = window_mask((wh, ww))
         self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)
 
@@ -165,9 +199,14 @@ class SpatialWindowAttention(nn.Module):
             raise ValueError(f"window_size={self.window_size} must divide the map (H, W)={(h, w)} when "
                              f"padding=False (a window larger than the map, or one that does not tile it, needs "
                              f"padding=True)")
-        x = F.pad(x, (0, 0, 0, pad_w, 0, pad_h))
-        out = self.attend_windows(window_partition(x, self.window_size))
-        return window_merge(out, self.window_size, (h + pad_h, w + pad_w))[:, :h, :w, :].contiguous()
+        x = F.pad(x, (0, 0, 0, pad_w, 0, pad_h)) if pad_h or pad_w else x
+        b, hp, wp, c = x.shape
+        heads, d = self.num_heads, c // self.num_heads
+        # no window partition: the window mask on the whole (padded) map goes to visattn's tile engines
+        q, k, v = self.qkv(x).view(b, hp * wp, 3, heads, d).permute(2, 0, 3, 1, 4)
+        out = masked_attention(q, k, v, self._mask, (hp, wp))
+        out = out.transpose(1, 2).reshape(b, hp, wp, c)
+        return self.proj(out[:, :h, :w] if pad_h or pad_w else out)
 
 
 def __getattr__(name: str) -> object:
