@@ -35,7 +35,7 @@ def test_family_filter():
 
 def test_create_passes_kwargs():
     mixer = visattn.create_mixer("neighborhood", kernel_size=(3, 5), dilation=2)
-    assert mixer.mask == visattn.masks.neighborhood_mask((3, 5), 2)
+    assert mixer.mask == visattn.masks.neighborhood_mask((3, 5), dilation=2)
 
 
 def test_created_mixers_run_on_their_kind_of_grid():

@@ -63,7 +63,7 @@ def neighborhood_case(draw, max_tokens=400):
 @given(neighborhood_case())
 def test_neighborhood_equals_brute_force(case):
     shape, kernel, dilation, stride, causal = case
-    mask = M.neighborhood_mask(kernel, dilation, stride, causal)
+    mask = M.neighborhood_mask(kernel, stride, dilation, causal)
     dense = M.materialize(mask, shape)
     assert torch.equal(dense, brute_force(shape, kernel, dilation, stride, causal))
     n = math.prod(shape)
@@ -76,7 +76,7 @@ def test_neighborhood_equals_brute_force(case):
 @given(neighborhood_case())
 def test_non_causal_sees_exactly_prod_kernel(case):
     shape, kernel, dilation, stride, _ = case
-    dense = M.materialize(M.neighborhood_mask(kernel, dilation, stride, False), shape)
+    dense = M.materialize(M.neighborhood_mask(kernel, stride, dilation, False), shape)
     assert torch.all(dense.sum(-1) == math.prod(kernel))
 
 
@@ -85,7 +85,7 @@ def test_non_causal_sees_exactly_prod_kernel(case):
 def test_causal_never_sees_the_future(case):
     shape, kernel, dilation, stride, _ = case
     causal = (True,) * len(shape)
-    dense = M.materialize(M.neighborhood_mask(kernel, dilation, stride, causal), shape)
+    dense = M.materialize(M.neighborhood_mask(kernel, stride, dilation, causal), shape)
     coords = torch.tensor(list(itertools.product(*[range(n) for n in shape])))
     future = (coords[None, :, :] > coords[:, None, :]).any(-1)
     assert not (dense & future).any()
@@ -168,6 +168,6 @@ def test_attention_through_the_mask_matches_natten(shape, kernel, dilation, stri
     def heads_first(t):
         return t.reshape(b, n, h, d).transpose(1, 2)
 
-    mask = M.materialize(M.neighborhood_mask(kernel, dilation, stride, causal), shape)
+    mask = M.materialize(M.neighborhood_mask(kernel, stride, dilation, causal), shape)
     expected = attention(heads_first(q), heads_first(k), heads_first(v), mask)
     assert torch.allclose(heads_first(out), expected, atol=1e-5)

@@ -22,7 +22,7 @@ def definition(module, x):
     batch, *spatial, dim = x.shape
     qkv = module.qkv(x).reshape(batch, math.prod(spatial), 3, module.num_heads, dim // module.num_heads)
     q, k, v = qkv.permute(2, 0, 3, 1, 4)
-    mask = masks.neighborhood_mask(module.kernel_size, module.dilation, module.stride, module.is_causal)
+    mask = masks.neighborhood_mask(module.kernel_size, module.stride, module.dilation, module.is_causal)
     out = masked_attention(q, k, v, mask, tuple(spatial), backend="reference", scale=module.scale)
     return module.proj(out.transpose(1, 2).reshape(x.shape))
 
@@ -95,7 +95,7 @@ def test_attention_dropout_only_in_training():
 
 
 def test_bad_arguments_raise_clear_errors():
-    with pytest.raises(ValueError, match="dim must be divisible by num_heads"):
+    with pytest.raises(ValueError, match="embed_dim must be divisible by num_heads"):
         NeighborhoodAttention2d(10, 3, kernel_size=3)
     with pytest.raises(ValueError, match="stride must be <= kernel_size"):
         NeighborhoodAttention2d(8, 2, kernel_size=3, stride=4)
@@ -104,7 +104,7 @@ def test_bad_arguments_raise_clear_errors():
     with pytest.raises(ValueError, match="attn_drop"):
         NeighborhoodAttention1d(8, 2, kernel_size=3, attn_drop=1.0)
     module = NeighborhoodAttention2d(8, 2, kernel_size=5)
-    with pytest.raises(ValueError, match=r"x must be shaped \(B, L0, L1, dim=8\)"):
+    with pytest.raises(ValueError, match=r"x must be shaped \(B, L0, L1, embed_dim=8\)"):
         module(torch.randn(1, 16, 8))
     with pytest.raises(ValueError, match="kernel_size"):
         module(torch.randn(1, 4, 6, 8))

@@ -21,7 +21,7 @@ def _neighborhood_cases(draw, ndim: int | None = None, min_kernel: int = 1, min_
         stride.append(draw(st.integers(1, k)))
         causal.append(draw(st.booleans()))
         shape.append(draw(st.integers(k * d + min_extra, k * d + 4)))
-    return masks.neighborhood_mask(tuple(kernel), tuple(dilation), tuple(stride), tuple(causal)), tuple(shape)
+    return masks.neighborhood_mask(tuple(kernel), tuple(stride), tuple(dilation), tuple(causal)), tuple(shape)
 
 
 @pytest.fixture(scope="session")

@@ -30,7 +30,8 @@ needs_native = pytest.mark.skipif(not NATIVE, reason="the C++ kernels are not bu
 
 PROGRESSIONS = {
     "neighborhood": (masks.neighborhood_mask(7), (32, 32), 0),
-    "neighborhood_3d": (masks.neighborhood_mask((3, 3, 3), (1, 2, 1), (1, 1, 2), (True, False, False)), (6, 8, 8), 1),
+    "neighborhood_3d": (masks.neighborhood_mask((3, 3, 3), stride=(1, 1, 2), dilation=(1, 2, 1),
+                                                is_causal=(True, False, False)), (6, 8, 8), 1),
     "window": (masks.window_mask(8), (32, 32), 0),
     "grid": (masks.grid_mask(4), (32, 32), 0),
     "halo": (masks.halo_mask(8, 2), (32, 32), 1),
@@ -189,7 +190,8 @@ def test_fast_takes_the_structured_engine_where_there_is_one():
 ENGINE_CASES = {  # an engine -> a small call it accepts
     "sdpa": (masks.full_mask(), (3, 3), 1),
     "sdpa_causal": (masks.causal_mask(), (7,), 0),
-    "fused_tiles": (masks.neighborhood_mask((3, 2), (1, 2), (2, 1), (False, True)), (5, 6), 1),
+    "fused_tiles": (masks.neighborhood_mask((3, 2), stride=(2, 1), dilation=(1, 2), is_causal=(False, True)),
+                    (5, 6), 1),
     "per_query": (masks.neighborhood_mask(3), (5, 6), 1),
     "sdpa_lines": (masks.axial_mask(0), (4, 3), 1),
     "sdpa_tiles": (masks.halo_mask(2, 1), (4, 6), 1),
@@ -254,7 +256,7 @@ def test_every_engine_equals_the_reference_forward_and_gradients(engine, engines
 @needs_native
 @pytest.mark.parametrize("engine", ["fused_tiles", "per_query"])
 def test_kernel_engines_pass_gradcheck(engine):
-    mask, shape, prefix = masks.neighborhood_mask(3, 1, 2), (4, 5), 1
+    mask, shape, prefix = masks.neighborhood_mask(3, stride=2), (4, 5), 1
     q, k, v = (t.requires_grad_() for t in random_qkv(1, 2, prefix + 20, 3, seed=8))
     assert torch.autograd.gradcheck(lambda *x: masked_attention(*x, mask, shape, prefix, backend=engine), (q, k, v))
 

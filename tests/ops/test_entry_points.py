@@ -238,7 +238,7 @@ def mask_cases(draw, families: tuple[str, ...]) -> tuple[Mask, tuple[int, ...], 
         stride = [draw(st.integers(1, kk)) for kk in kernel]
         causal = [draw(st.booleans()) for _ in range(ndim)]
         shape = tuple(draw(st.integers(kk * dd, kk * dd + 2)) for kk, dd in zip(kernel, dilation, strict=True))
-        mask = masks.neighborhood_mask(tuple(kernel), tuple(dilation), tuple(stride), tuple(causal))
+        mask = masks.neighborhood_mask(tuple(kernel), tuple(stride), tuple(dilation), tuple(causal))
         return (mask & masks.causal_mask() if family == "neighborhood_causal" else mask), shape, prefix
     if family in ("window", "grid", "halo"):
         size = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))

@@ -14,7 +14,7 @@ from visattn.ops.engines.dense import dense_mask
 
 CASES = [
     (M.neighborhood_mask(3), (7, 5), 0),
-    (M.neighborhood_mask((3, 2), (2, 1), (2, 1), (True, False)), (9, 6), 2),
+    (M.neighborhood_mask((3, 2), stride=(2, 1), dilation=(2, 1), is_causal=(True, False)), (9, 6), 2),
     (M.window_mask(2), (4, 6), 1),
     (M.grid_mask(2), (4, 6), 0),
     (M.halo_mask(2, 1), (6, 4), 1),

@@ -127,8 +127,8 @@ def attending(mask: Mask, shape: tuple[int, ...], prefix: int, key: int) -> Tens
 
 
 CASES = [
-    (masks.neighborhood_mask(5, 2), (13,)),
-    (masks.neighborhood_mask((3, 3), (1, 2)), (6, 7)),
+    (masks.neighborhood_mask(5, dilation=2), (13,)),
+    (masks.neighborhood_mask((3, 3), dilation=(1, 2)), (6, 7)),
     (masks.neighborhood_mask((3, 3, 3)), (3, 4, 5)),
     (masks.window_mask(3), (6, 6)),
     (masks.grid_mask(3), (6, 6)),

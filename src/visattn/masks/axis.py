@@ -79,6 +79,8 @@ class EqualAxis(AxisRule):
 class NeighborhoodAxis(AxisRule):
     """Neighborhood attention along one axis with NATTEN's semantics (Faster Neighborhood Attention).
 
+    Fields in NATTEN's order: ``kernel_size, stride, dilation, is_causal``.
+
     With dilation d, coordinates split into d groups ``g = x mod d`` of length
     ``L_g = L // d + (g < L mod d)``; inside a group the position is ``x' = x // d``.
     Non-causal: ``left = k // 2``, ``right = k // 2 - (1 - k mod 2)``,
@@ -88,8 +90,8 @@ class NeighborhoodAxis(AxisRule):
     """
 
     kernel_size: int
-    dilation: int = 1
     stride: int = 1
+    dilation: int = 1
     is_causal: bool = False
 
     def check(self, length: int, axis: int) -> None:

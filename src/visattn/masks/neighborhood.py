@@ -24,38 +24,41 @@ class NeighborhoodMask(SeparableMask):
     """Neighborhood attention over 1-3 spatial axes; per-axis arguments are an int/bool or one per axis."""
 
     kernel_size: int | tuple[int, ...]
-    dilation: int | tuple[int, ...] = 1
     stride: int | tuple[int, ...] = 1
+    dilation: int | tuple[int, ...] = 1
     is_causal: bool | tuple[bool, ...] = False
 
     max_dims = 3
 
     def __post_init__(self) -> None:
-        for name in ("kernel_size", "dilation", "stride"):
+        for name in ("kernel_size", "stride", "dilation"):
             object.__setattr__(self, name, int_or_ints(getattr(self, name), name))
         object.__setattr__(self, "is_causal", bool_or_bools(self.is_causal, "is_causal"))
 
     def axis_rules(self, shape: Shape) -> tuple[NeighborhoodAxis, ...]:
         ndim = len(shape)
         kernel = per_axis(self.kernel_size, ndim, "kernel_size")
-        dilation = per_axis(self.dilation, ndim, "dilation")
         stride = per_axis(self.stride, ndim, "stride")
+        dilation = per_axis(self.dilation, ndim, "dilation")
         causal = per_axis_bool(self.is_causal, ndim, "is_causal")
-        return tuple(NeighborhoodAxis(*args) for args in zip(kernel, dilation, stride, causal, strict=True))
+        return tuple(NeighborhoodAxis(*args) for args in zip(kernel, stride, dilation, causal, strict=True))
 
 
 def neighborhood_mask(
     kernel_size: int | Sequence[int],
-    dilation: int | Sequence[int] = 1,
     stride: int | Sequence[int] = 1,
+    dilation: int | Sequence[int] = 1,
     is_causal: bool | Sequence[bool] = False,
 ) -> NeighborhoodMask:
     """Neighborhood attention mask (NATTEN semantics) for 1-, 2- or 3-D token grids.
 
+    The arguments come in NATTEN's order (``na2d(q, k, v, kernel_size, stride, dilation, is_causal)``), so
+    ``neighborhood_mask(7, 2)`` is stride 2, as in NATTEN.
+
     Args:
         kernel_size: window length per axis (int for all axes, or one per axis), >= 1.
-        dilation: spacing between the keys of a window per axis; tokens only see their dilation group.
         stride: queries in groups of ``stride`` share one window per axis; ``stride <= kernel_size``.
+        dilation: spacing between the keys of a window per axis; tokens only see their dilation group.
         is_causal: per axis, keys must not come after the query and the window ends at the query.
     """
-    return NeighborhoodMask(kernel_size, dilation, stride, is_causal)
+    return NeighborhoodMask(kernel_size, stride, dilation, is_causal)

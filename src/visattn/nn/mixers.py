@@ -18,11 +18,13 @@ def softmax(scale: float | None = None, attn_drop: float = 0.0) -> SoftmaxMixer:
 
 @register_mixer("neighborhood", paper="faster_neighborhood", complexity="O(N k^d)", family="structured",
                 faces=("definition", "fast", "module"))
-def neighborhood(kernel_size: int | Sequence[int] = 7, dilation: int | Sequence[int] = 1,
-                 stride: int | Sequence[int] = 1, is_causal: bool | Sequence[bool] = False, backend: str = "auto",
+def neighborhood(kernel_size: int | Sequence[int] = 7, stride: int | Sequence[int] = 1,
+                 dilation: int | Sequence[int] = 1, is_causal: bool | Sequence[bool] = False, backend: str = "auto",
                  scale: float | None = None, attn_drop: float = 0.0) -> MaskedMixer:
-    """Neighborhood attention in 1-3 dims: the k^d nearest keys, NATTEN semantics (dilation, stride, causal)."""
-    return MaskedMixer(masks.neighborhood_mask(kernel_size, dilation, stride, is_causal), backend, scale, attn_drop)
+    """Neighborhood attention in 1-3 dims: the k^d nearest keys, NATTEN semantics (stride, dilation, causal).
+
+    Arguments in NATTEN's order: ``kernel_size, stride, dilation, is_causal``."""
+    return MaskedMixer(masks.neighborhood_mask(kernel_size, stride, dilation, is_causal), backend, scale, attn_drop)
 
 
 @register_mixer("window", paper="maxvit", complexity="O(N P^d)", family="structured",

@@ -9,8 +9,10 @@ strided and causal variants as in NATTEN):
     ``q, k, v = qkv(x)``
 
 with ``N(i)`` given by :func:`visattn.masks.neighborhood_mask`, computed by :func:`visattn.ops.masked_attention`
-(the engine :mod:`visattn.ops.dispatch` picks: the fused C++ kernels on the CPU). Parameter names follow NATTEN's
-modules (``qkv``, ``proj``), so their weights load unchanged.
+(the engine :mod:`visattn.ops.dispatch` picks: the fused C++ kernels on the CPU). The constructors take NATTEN
+0.21's arguments in NATTEN's order and names (``embed_dim, num_heads, kernel_size, stride, dilation, is_causal,
+qkv_bias, qk_scale, proj_drop``; visattn's ``attn_drop`` is keyword-only) and the parameter names follow NATTEN's
+modules (``qkv``, ``proj``), so a NATTEN call and its weights carry over unchanged.
 """
 
 from __future__ import annotations
@@ -20,77 +22,79 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
-from .._checks import per_axis, per_axis_bool
+from .._checks import check_scale, per_axis, per_axis_bool
 from ..masks import neighborhood_mask
 from ..ops import masked_attention
 
 
 class NeighborhoodAttention(nn.Module):
-    """Multi-head neighborhood self-attention over ``(B, *spatial, dim)`` with ``ndim`` spatial axes.
+    """Multi-head neighborhood self-attention over ``(B, *spatial, embed_dim)`` with ``ndim`` spatial axes.
 
     Args:
         ndim: spatial axes (1, 2 or 3).
-        dim: channels; divisible by ``num_heads``.
+        embed_dim: channels; divisible by ``num_heads`` (NATTEN's name).
         num_heads: attention heads.
-        kernel_size, dilation, stride: per axis (an int for all axes, or one per axis); ``stride <= kernel_size``.
+        kernel_size, stride, dilation: per axis (an int for all axes, or one per axis); ``stride <= kernel_size``.
         is_causal: per axis, keys must not come after the query.
         qkv_bias: bias in the qkv projection.
-        qk_scale: logit scale, ``head_dim ** -0.5`` by default.
-        attn_drop: attention dropout (training only).
+        qk_scale: logit scale (NATTEN's name; stored as ``scale``), ``head_dim ** -0.5`` by default.
         proj_drop: dropout after the output projection.
+        attn_drop: attention dropout (training only); keyword-only, NATTEN has none.
     """
 
     def __init__(
         self,
         ndim: int,
-        dim: int,
+        embed_dim: int,
         num_heads: int,
         kernel_size: int | Sequence[int],
-        dilation: int | Sequence[int] = 1,
         stride: int | Sequence[int] = 1,
+        dilation: int | Sequence[int] = 1,
         is_causal: bool | Sequence[bool] = False,
         qkv_bias: bool = True,
         qk_scale: float | None = None,
-        attn_drop: float = 0.0,
         proj_drop: float = 0.0,
+        *,
+        attn_drop: float = 0.0,
     ) -> None:
         super().__init__()
         if ndim not in (1, 2, 3):
             raise ValueError(f"ndim must be 1, 2 or 3, got {ndim!r}")
-        for name, value in (("dim", dim), ("num_heads", num_heads)):
+        for name, value in (("embed_dim", embed_dim), ("num_heads", num_heads)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be an int >= 1, got {value!r}")
-        if dim % num_heads:
-            raise ValueError(f"dim must be divisible by num_heads, got dim={dim}, num_heads={num_heads}")
+        if embed_dim % num_heads:
+            raise ValueError(f"embed_dim must be divisible by num_heads, got embed_dim={embed_dim}, "
+                             f"num_heads={num_heads}")
         if not 0.0 <= attn_drop < 1.0:
             raise ValueError(f"attn_drop must be in [0, 1), got {attn_drop!r}")
         self.ndim = ndim
-        self.dim = dim
+        self.dim = embed_dim
         self.num_heads = num_heads
-        self.head_dim = dim // num_heads
+        self.head_dim = embed_dim // num_heads
         self.kernel_size = per_axis(kernel_size, ndim, "kernel_size")
-        self.dilation = per_axis(dilation, ndim, "dilation")
         self.stride = per_axis(stride, ndim, "stride")
+        self.dilation = per_axis(dilation, ndim, "dilation")
         self.is_causal = per_axis_bool(is_causal, ndim, "is_causal")
         for axis, (k, s) in enumerate(zip(self.kernel_size, self.stride, strict=True)):
             if s > k:
                 raise ValueError(f"stride must be <= kernel_size on axis {axis}, got stride={s}, kernel_size={k}")
-        self.scale = self.head_dim ** -0.5 if qk_scale is None else qk_scale
+        self.scale = self.head_dim ** -0.5 if qk_scale is None else check_scale(qk_scale, "qk_scale")
         self.attn_drop = attn_drop
-        self.mask = neighborhood_mask(self.kernel_size, self.dilation, self.stride, self.is_causal)
-        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
-        self.proj = nn.Linear(dim, dim)
+        self.mask = neighborhood_mask(self.kernel_size, self.stride, self.dilation, self.is_causal)
+        self.qkv = nn.Linear(embed_dim, 3 * embed_dim, bias=qkv_bias)
+        self.proj = nn.Linear(embed_dim, embed_dim)
         self.proj_drop = nn.Dropout(proj_drop)
 
     def extra_repr(self) -> str:
-        return (f"dim={self.dim}, num_heads={self.num_heads}, kernel_size={self.kernel_size}, "
-                f"dilation={self.dilation}, stride={self.stride}, is_causal={self.is_causal}")
+        return (f"embed_dim={self.dim}, num_heads={self.num_heads}, kernel_size={self.kernel_size}, "
+                f"stride={self.stride}, dilation={self.dilation}, is_causal={self.is_causal}")
 
     def forward(self, x: Tensor) -> Tensor:
-        """``x``: ``(B, *spatial, dim)`` with ``ndim`` spatial axes; returns the same shape."""
+        """``x``: ``(B, *spatial, embed_dim)`` with ``ndim`` spatial axes; returns the same shape."""
         if x.dim() != self.ndim + 2 or x.shape[-1] != self.dim:
             raise ValueError(f"x must be shaped (B, {', '.join('L' + str(a) for a in range(self.ndim))}, "
-                             f"dim={self.dim}), got {tuple(x.shape)}")
+                             f"embed_dim={self.dim}), got {tuple(x.shape)}")
         batch = x.shape[0]
         spatial = tuple(int(s) for s in x.shape[1:-1])
         qkv = self.qkv(x).reshape(batch, math.prod(spatial), 3, self.num_heads, self.head_dim)
@@ -102,30 +106,36 @@ class NeighborhoodAttention(nn.Module):
 
 
 class NeighborhoodAttention1d(NeighborhoodAttention):
-    """Neighborhood attention over ``(B, L, dim)`` (see :class:`NeighborhoodAttention`)."""
+    """Neighborhood attention over ``(B, L, embed_dim)``, arguments as ``natten.NeighborhoodAttention1D`` (see
+    :class:`NeighborhoodAttention`)."""
 
-    def __init__(self, dim: int, num_heads: int, kernel_size: int | Sequence[int], dilation: int | Sequence[int] = 1,
-                 stride: int | Sequence[int] = 1, is_causal: bool | Sequence[bool] = False, qkv_bias: bool = True,
-                 qk_scale: float | None = None, attn_drop: float = 0.0, proj_drop: float = 0.0) -> None:
-        super().__init__(1, dim, num_heads, kernel_size, dilation, stride, is_causal, qkv_bias, qk_scale, attn_drop,
-                         proj_drop)
+    def __init__(self, embed_dim: int, num_heads: int, kernel_size: int | Sequence[int],
+                 stride: int | Sequence[int] = 1, dilation: int | Sequence[int] = 1,
+                 is_causal: bool | Sequence[bool] = False, qkv_bias: bool = True, qk_scale: float | None = None,
+                 proj_drop: float = 0.0, *, attn_drop: float = 0.0) -> None:
+        super().__init__(1, embed_dim, num_heads, kernel_size, stride, dilation, is_causal, qkv_bias, qk_scale,
+                         proj_drop, attn_drop=attn_drop)
 
 
 class NeighborhoodAttention2d(NeighborhoodAttention):
-    """Neighborhood attention over ``(B, H, W, dim)`` (see :class:`NeighborhoodAttention`)."""
+    """Neighborhood attention over ``(B, H, W, embed_dim)``, arguments as ``natten.NeighborhoodAttention2D`` (see
+    :class:`NeighborhoodAttention`)."""
 
-    def __init__(self, dim: int, num_heads: int, kernel_size: int | Sequence[int], dilation: int | Sequence[int] = 1,
-                 stride: int | Sequence[int] = 1, is_causal: bool | Sequence[bool] = False, qkv_bias: bool = True,
-                 qk_scale: float | None = None, attn_drop: float = 0.0, proj_drop: float = 0.0) -> None:
-        super().__init__(2, dim, num_heads, kernel_size, dilation, stride, is_causal, qkv_bias, qk_scale, attn_drop,
-                         proj_drop)
+    def __init__(self, embed_dim: int, num_heads: int, kernel_size: int | Sequence[int],
+                 stride: int | Sequence[int] = 1, dilation: int | Sequence[int] = 1,
+                 is_causal: bool | Sequence[bool] = False, qkv_bias: bool = True, qk_scale: float | None = None,
+                 proj_drop: float = 0.0, *, attn_drop: float = 0.0) -> None:
+        super().__init__(2, embed_dim, num_heads, kernel_size, stride, dilation, is_causal, qkv_bias, qk_scale,
+                         proj_drop, attn_drop=attn_drop)
 
 
 class NeighborhoodAttention3d(NeighborhoodAttention):
-    """Neighborhood attention over ``(B, T, H, W, dim)`` (see :class:`NeighborhoodAttention`)."""
+    """Neighborhood attention over ``(B, T, H, W, embed_dim)``, arguments as ``natten.NeighborhoodAttention3D`` (see
+    :class:`NeighborhoodAttention`)."""
 
-    def __init__(self, dim: int, num_heads: int, kernel_size: int | Sequence[int], dilation: int | Sequence[int] = 1,
-                 stride: int | Sequence[int] = 1, is_causal: bool | Sequence[bool] = False, qkv_bias: bool = True,
-                 qk_scale: float | None = None, attn_drop: float = 0.0, proj_drop: float = 0.0) -> None:
-        super().__init__(3, dim, num_heads, kernel_size, dilation, stride, is_causal, qkv_bias, qk_scale, attn_drop,
-                         proj_drop)
+    def __init__(self, embed_dim: int, num_heads: int, kernel_size: int | Sequence[int],
+                 stride: int | Sequence[int] = 1, dilation: int | Sequence[int] = 1,
+                 is_causal: bool | Sequence[bool] = False, qkv_bias: bool = True, qk_scale: float | None = None,
+                 proj_drop: float = 0.0, *, attn_drop: float = 0.0) -> None:
+        super().__init__(3, embed_dim, num_heads, kernel_size, stride, dilation, is_causal, qkv_bias, qk_scale,
+                         proj_drop, attn_drop=attn_drop)

@@ -174,7 +174,7 @@ def test_gradcheck_small():
 
 RULES = [masks.FullAxis(), masks.EqualAxis(), masks.BlockAxis(3), masks.GridAxis(4), masks.HaloAxis(4, 2),
          masks.SlidingAxis(5), masks.SlidingAxis(4, True), masks.SlidingAxis(6), masks.CausalAxis()]
-RULES += [masks.NeighborhoodAxis(k, d, s, c) for k in (1, 2, 3, 4, 5) for d in (1, 2, 3) for s in (1, 2, 3)
+RULES += [masks.NeighborhoodAxis(k, s, d, c) for k in (1, 2, 3, 4, 5) for d in (1, 2, 3) for s in (1, 2, 3)
           for c in (False, True) if s <= k]
 
 

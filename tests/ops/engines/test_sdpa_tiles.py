@@ -60,7 +60,7 @@ def neighborhood_cases(draw):
         causal.append(draw(st.booleans()))
         shape.append(length)
         tiles.append(draw(st.integers(1, length)))
-    mask = masks.neighborhood_mask(tuple(kernel), tuple(dilation), tuple(stride), tuple(causal))
+    mask = masks.neighborhood_mask(tuple(kernel), tuple(stride), tuple(dilation), tuple(causal))
     chosen = draw(st.sampled_from([None, tuple(tiles)]))
     return mask, tuple(shape), chosen
 
