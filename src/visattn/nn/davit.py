@@ -25,7 +25,6 @@ from .._checks import per_axis
 from ..masks.partition import window_mask
 from ..ops.masked import masked_attention
 from ..registry import register_mixer
-from .swin_v2 import window_partition
 from .token_mixer import TokenMixer
 
 # ConvPosEnc comes from the module __getattr__ below.
@@ -155,7 +154,9 @@ class SpatialWindowAttention(nn.Module):
 
     The attention path of timm's ``SpatialBlock``: pad bottom/right with zeros to a multiple of the window (the
     padded tokens take part as keys, as in DaViT), softmax attention inside each window with timm's
-    ``WindowAttention`` weights (``qkv``, ``proj``), merge and crop.
+    ``WindowAttention`` weights (``qkv``, ``proj``), crop. The windows are not cut out: the whole map goes to
+    :func:`~visattn.ops.masked_attention` with :func:`~visattn.masks.window_mask`, whose tile engine reads each
+    window in place (:meth:`attend_windows` takes already partitioned windows instead).
 
     Args:
         dim: channels C, divisible by ``num_heads``.
