@@ -35,9 +35,8 @@ import torch
 from torch import Tensor, nn
 
 from .adapters import WHAT, Attachment, LayerInfo
-from .adapters.base import OWNERS
 from .call import AttentionCall
-from .compute import STATE
+from .compute import pushed
 
 DIMS = {
     "probs": ("batch", "head", "query", "key"),
@@ -213,11 +212,5 @@ def capture(model: nn.Module, layers: int | Sequence[int] | None = None, what: s
     def recorder(call: AttentionCall, tensors: dict[str, Tensor]) -> None:
         recording.record(call, tensors, detach)
 
-    OWNERS[id(recorder)] = id(model)
-    STATE.recorders.append(recorder)
-    try:
-        with attachment.routed(chosen):
-            yield recording
-    finally:
-        STATE.recorders.remove(recorder)
-        del OWNERS[id(recorder)]
+    with pushed(recorders=[recorder], owner=id(model)), attachment.routed(chosen):
+        yield recording

@@ -11,8 +11,9 @@ is called once, in list order, before any of this context's edits is active. ``r
 runs the model on the ``inputs`` given to :func:`edit`, updated by keyword overrides (``run(pixel_values=None,
 input_ids=text_ids)`` is VHR's text-only pass), under ``torch.no_grad()``, and can capture while doing so
 (``run.capture(what=("head_outputs",), pixel_values=None)``). Then the layers the edits act on are routed through
-the lens and the edits pushed onto ``STATE.edits`` (acting on this model only); on exit, normal or not,
-everything is restored. Capture nested inside ``edit`` sees the edited attention.
+the lens and the edits pushed onto the current context's ``STATE.edits`` (acting on this model only; other threads
+and asyncio tasks do not see them); on exit, normal or not, everything is restored. Capture nested inside ``edit``
+sees the edited attention.
 """
 
 from __future__ import annotations
@@ -26,9 +27,8 @@ import torch
 from torch import nn
 
 from .adapters import Attachment, LayerInfo
-from .adapters.base import OWNERS
 from .capture import Recording, capture
-from .compute import STATE
+from .compute import pushed
 from .edit_base import Edit
 
 
@@ -112,18 +112,5 @@ def edit(model: nn.Module, edits: Edit | Sequence[Edit], *, inputs: Mapping[str,
     routed = set()
     for item in edits:
         routed.update(range(len(attachment)) if item.layers is None else item.layers)
-    with attachment.routed(routed):
-        before = list(STATE.edits)
-        previous_owners = {id(e): OWNERS.get(id(e)) for e in edits}
-        for item in edits:
-            OWNERS[id(item)] = id(model)
-        STATE.edits.extend(edits)
-        try:
-            yield edits
-        finally:
-            STATE.edits[:] = before
-            for key, owner in previous_owners.items():
-                if owner is None:
-                    OWNERS.pop(key, None)
-                else:
-                    OWNERS[key] = owner
+    with attachment.routed(routed), pushed(edits=edits, owner=id(model)):
+        yield edits

@@ -17,16 +17,12 @@ import torch
 from torch import Tensor, nn
 
 from ..call import AttentionCall
-from ..compute import STATE, lens_attention
+from ..compute import STATE, lens_attention, pushed
 
 WHAT = ("probs", "logits", "head_outputs", "hidden", "q", "k", "v")
 """Everything the lens can record at a layer that runs explicit attention."""
 
 ROUTE_ATTR = "_visattn_lens_route"
-
-OWNERS: dict[int, int] = {}
-"""``id(edit or recorder) -> id(model)``: edits and recorders a lens context installed act on that model only.
-Entries of ``STATE`` that no context owns act on every routed layer."""
 
 
 @dataclass(frozen=True)
@@ -155,14 +151,9 @@ def patch_forward(module: nn.Module, forward: Callable[..., Any]) -> Callable[[]
 
 @contextlib.contextmanager
 def scoped_state(owner: int) -> Iterator[None]:
-    """Narrow ``STATE`` to the edits and recorders that act on the model ``owner`` for one attention call."""
-    saved_edits, saved_recorders = STATE.edits, STATE.recorders
-    STATE.edits = [e for e in saved_edits if OWNERS.get(id(e), owner) == owner]
-    STATE.recorders = [r for r in saved_recorders if OWNERS.get(id(r), owner) == owner]
-    try:
+    """Narrow the current context's lens state to the edits and recorders that act on the model ``owner``."""
+    with pushed(only=owner):
         yield
-    finally:
-        STATE.edits, STATE.recorders = saved_edits, saved_recorders
 
 
 def dispatch(call: AttentionCall, route: Route) -> tuple[Tensor, Tensor]:

@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 
 from ..call import AttentionCall
-from ..compute import STATE
+from ..compute import pushed
 from ..edit_base import Edit
 from ..metrics.vhd import vision_head_divergence
 from ._common import Rows, head_mask, number, row_mask, rows_arg
@@ -90,13 +90,12 @@ class VisionHeadReinforcement(Edit):
             if self.applies_to(call.layer):
                 self.text_outputs[call.layer] = tensors["head_outputs"][:, :, -1, :].detach()
 
-        STATE.recorders.append(record)
         self._preparing = True
         try:
-            run(**self.text_only)
+            with pushed(recorders=[record]):
+                run(**self.text_only)
         finally:
             self._preparing = False
-            STATE.recorders.remove(record)
 
     def edit_output(self, out: Tensor, call: AttentionCall) -> Tensor:
         if self._preparing:
