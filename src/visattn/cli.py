@@ -160,7 +160,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--min-sample", type=float, default=defaults.min_sample_s, metavar="SECONDS",
                      help="each sample is a burst of consecutive calls lasting at least this long")
     run.add_argument("--spread-limit", type=float, default=defaults.spread_limit, metavar="FRACTION",
-                     help="flag a row whose interquartile range exceeds this fraction of its median")
+                     help="flag a row whose per-round ratio to the baseline has an interquartile range above "
+                          "this fraction of its median")
     run.add_argument("--warmup", type=int, default=defaults.warmup, help="untimed calls first (>= 1)")
     run.add_argument("--prefix-tokens", type=int, default=defaults.num_prefix_tokens,
                      help="global tokens in front of the grid")

@@ -24,8 +24,8 @@ def test_records_are_consistent():
                        on_record=seen.append)
     assert seen == report.records
     assert [(r.label, r.tokens) for r in report.records] == [
-        ("softmax", 16), ("neighborhood(kernel_size=3)", 16), ("sliding(window_size=5)", 16),
-        ("softmax", 36), ("neighborhood(kernel_size=3)", 36), ("sliding(window_size=5)", 36),
+        ("softmax", 16), ("softmax", 36), ("neighborhood(kernel_size=3)", 16), ("neighborhood(kernel_size=3)", 36),
+        ("sliding(window_size=5)", 16), ("sliding(window_size=5)", 36),
     ]
     for r in report.records:
         assert r.skipped is None and r.sdpa_skipped is None
@@ -36,12 +36,14 @@ def test_records_are_consistent():
         assert r.density == pytest.approx(pairs / r.tokens**2)
         assert r.flops == 4 * pairs * 8 * 2 * 2
         assert r.gflops == pytest.approx(r.flops / (r.median_ms * 1e6))
-        assert r.ratio_to_sdpa == pytest.approx(r.sdpa_median_ms / r.median_ms)
+        ratios = [b / a for a, b in zip(r.samples_ms, r.sdpa_samples_ms, strict=True)]
+        assert r.ratio_to_sdpa == pytest.approx(np.median(ratios))
+        assert r.ratio_p25 <= r.ratio_to_sdpa <= r.ratio_p75
         assert r.sdpa_gflops == pytest.approx(4 * r.tokens**2 * 8 * 2 * 2 / (r.sdpa_median_ms * 1e6))
         assert r.min_ms <= r.p25_ms <= r.median_ms <= r.p75_ms <= r.max_ms
         assert r.spread_ms == pytest.approx(r.p75_ms - r.p25_ms)
         assert r.peak_memory_bytes > 0 and r.sdpa_peak_memory_bytes > 0
-    assert report.records[2].shape == [16] and report.records[1].shape == [4, 4]
+    assert report.records[4].shape == [16] and report.records[2].shape == [4, 4]
     data = json.loads(json.dumps(report.to_dict()))
     assert set(data["exponents"]) == {"softmax", "neighborhood(kernel_size=3)", "sliding(window_size=5)"}
     assert all(e is None for e in data["exponents"].values())  # two sizes: no error estimate, no exponent
@@ -228,7 +230,8 @@ def test_native_kernels_are_built_before_anything_is_timed(monkeypatch):
     monkeypatch.setattr(runner, "interleaved_bursts", lambda *a: events.append("bursts") or bursts(*a))
     run_bench(["softmax", "neighborhood:kernel_size=3"], [4, 5], BenchSettings(**FAST))
     assert events[0] == "prebuild" and events.count("prebuild") == 1
-    assert events[1:] == ["probe", "probe", "bursts"] * 4  # mixer and SDPA probes, then their bursts
+    # per mixer: mixer and SDPA probes at each size, then the bursts of both sizes in the same rounds
+    assert events[1:] == ["probe", "probe", "probe", "probe", "bursts"] * 2
 
 
 def test_bursts_are_sized_by_the_probe_and_interleaved_with_sdpa(monkeypatch):
@@ -250,20 +253,38 @@ def test_bursts_are_sized_by_the_probe_and_interleaved_with_sdpa(monkeypatch):
 
 @pytest.mark.parametrize(("mixer_ms", "sdpa_ms", "limit", "noisy"), [
     ([10.0, 10.0, 10.0, 10.0, 10.0], [10.0, 10.0, 10.0, 10.0, 10.0], 0.25, False),
-    ([8.0, 9.0, 10.0, 11.0, 12.0], [10.0, 10.0, 10.0, 10.0, 10.0], 0.25, False),  # IQR 2 = 20% of 10
-    ([8.0, 9.0, 10.0, 11.0, 12.0], [10.0, 10.0, 10.0, 10.0, 10.0], 0.2, False),  # exactly at the limit
-    ([8.0, 9.0, 10.0, 11.0, 12.0], [10.0, 10.0, 10.0, 10.0, 10.0], 0.19, True),
-    ([10.0, 10.0, 10.0, 10.0, 10.0], [10.0, 10.0, 20.0, 30.0, 40.0], 0.25, True),  # SDPA's IQR 20 = 100% of 20
+    ([8.0, 9.0, 10.0, 11.0, 12.0], [16.0, 18.0, 20.0, 22.0, 24.0], 0.01, False),  # drift cancels in the ratios
+    ([8.0, 10.0, 10.0, 10.0, 12.0], [10.0, 10.0, 10.0, 10.0, 10.0], 0.0, False),  # ratios 1.25 1 1 1 .83: IQR 0
+    ([8.0, 9.0, 10.0, 11.0, 12.0], [10.0, 10.0, 10.0, 10.0, 10.0], 0.2, True),  # ratios IQR 0.202 of 1
+    ([10.0, 10.0, 10.0, 10.0, 10.0], [10.0, 10.0, 20.0, 30.0, 40.0], 0.25, True),  # ratios IQR 2 = 100% of 2
 ])
-def test_spread_flag(monkeypatch, mixer_ms, sdpa_ms, limit, noisy):
+def test_spread_flag_is_on_the_paired_ratios(monkeypatch, mixer_ms, sdpa_ms, limit, noisy):
     monkeypatch.setattr(runner, "interleaved_bursts", lambda fns, calls, repeats, sync: [mixer_ms, sdpa_ms])
     settings = BenchSettings(spread_limit=limit, **FAST)
     record = _measure_one(_SlowFirstCall(0.0), settings)
     assert record.noisy is noisy
+    ratios = np.asarray(sdpa_ms) / np.asarray(mixer_ms)
+    p25, median, p75 = np.percentile(ratios, [25, 50, 75])
+    assert record.ratio_to_sdpa == pytest.approx(median)
+    assert record.ratio_relative_spread == pytest.approx((p75 - p25) / median)
     assert record.relative_spread == pytest.approx((np.percentile(mixer_ms, 75) - np.percentile(mixer_ms, 25))
                                                    / np.median(mixer_ms))
     assert record.sdpa_relative_spread == pytest.approx((np.percentile(sdpa_ms, 75) - np.percentile(sdpa_ms, 25))
                                                         / np.median(sdpa_ms))
+
+
+def test_sizes_of_a_case_share_rounds(monkeypatch):
+    seen = {}
+
+    def fake_bursts(fns, calls, repeats, sync):
+        seen["fns"] = len(fns)
+        return [[float(i + 1)] * repeats for i in range(len(fns))]
+
+    monkeypatch.setattr(runner, "interleaved_bursts", fake_bursts)
+    records = run_bench(["neighborhood:kernel_size=3"], [4, 5, 6], BenchSettings(**FAST)).records
+    assert seen["fns"] == 6  # mixer and SDPA at three sizes, one set of rounds
+    assert [(r.median_ms, r.sdpa_median_ms, r.ratio_to_sdpa) for r in records] == [
+        (1.0, 2.0, 2.0), (3.0, 4.0, 4.0 / 3.0), (5.0, 6.0, 6.0 / 5.0)]
 
 
 def test_spread_flag_without_a_baseline(monkeypatch):

@@ -22,14 +22,16 @@ from .settings import BenchSettings
 class BenchRecord:
     """One (mixer, size). Times in milliseconds per call (median and quartiles over ``repeats`` samples, each a
     burst of ``calls_per_sample`` consecutive calls, raw in ``samples_ms``); ``spread_ms`` is ``p75_ms - p25_ms``
-    and ``relative_spread`` is ``spread_ms / median_ms`` (``sdpa_`` fields: the same for the baseline). ``noisy``
-    is True when the relative spread of the mixer or of the timed baseline exceeds the settings' ``spread_limit``
-    (None when the mixer was not timed). ``density = attended_pairs / tokens^2``; ``gflops`` is useful GFLOP/s
-    (:mod:`visattn.bench.flops`); ``ratio_to_sdpa = sdpa_median_ms / median_ms`` (> 1: faster than dense SDPA
-    on the same q, k, v, measured alternately in the same run). ``peak_memory_bytes`` is what the call allocates
-    (:mod:`visattn.bench.memory`), ``estimated_memory_bytes`` the estimate, inputs included, that the memory
-    budget is checked against. ``skipped`` holds the reason the mixer was not timed (``sdpa_skipped`` for the
-    baseline), None when it was; the measurements of a skipped side are None.
+    and ``relative_spread`` is ``spread_ms / median_ms`` (``sdpa_`` fields: the same for the baseline). ``noisy`` is
+    True when the relative spread of the ratio (of the mixer's samples when the baseline was not timed) exceeds the
+    settings' ``spread_limit`` (None when the mixer was not timed). ``density = attended_pairs / tokens^2``;
+    ``gflops`` is useful GFLOP/s (:mod:`visattn.bench.flops`); ``ratio_to_sdpa`` is the median over rounds of
+    ``sdpa_ms / mixer_ms`` of the two bursts of each round (> 1: faster than dense SDPA on the same q, k, v,
+    measured alternately in the same run), ``ratio_p25``/``ratio_p75`` its quartiles and ``ratio_relative_spread``
+    their distance over the median. ``peak_memory_bytes`` is what the call allocates (:mod:`visattn.bench.memory`),
+    ``estimated_memory_bytes`` the estimate, inputs included, that the memory budget is checked against. ``skipped``
+    holds the reason the mixer was not timed (``sdpa_skipped`` for the baseline), None when it was; the measurements
+    of a skipped side are None.
     """
 
     mixer: str
@@ -70,6 +72,9 @@ class BenchRecord:
     sdpa_gflops: float | None = None
     sdpa_peak_memory_bytes: int | None = None
     ratio_to_sdpa: float | None = None
+    ratio_p25: float | None = None
+    ratio_p75: float | None = None
+    ratio_relative_spread: float | None = None
     noisy: bool | None = None
     skipped: str | None = None
     sdpa_skipped: str | None = None

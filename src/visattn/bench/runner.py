@@ -1,12 +1,13 @@
 """Run the benchmark: every mixer at every size, timed against dense SDPA on the same q, k, v in the same run.
 
 Before anything is timed, every native kernel library is built (:mod:`visattn.bench.prebuild`), so that no build
-counts against a budget or a time. For each (mixer, size): count the attended pairs, estimate the memory, skip if
-a budget would be exceeded, make q, k, v, make ``warmup`` untimed calls (one-time set-up), one probe call timed
-against the time budget, then ``repeats`` samples of the mixer interleaved with as many of dense
-``scaled_dot_product_attention`` (no mask), so both see the same machine load. Each sample is a burst of
-consecutive calls lasting at least ``min_sample_s`` (sized by the probe call). Finally one profiled call of each
-for peak memory. Sizes run smallest first, so each mixer's time at a size can be predicted from the smaller ones.
+counts against a budget or a time. The cases run one after another; for each, its sizes are prepared smallest
+first (so each size's time can be predicted from the smaller ones): count the attended pairs, estimate the memory,
+skip if a budget would be exceeded, make q, k, v, make ``warmup`` untimed calls (one-time set-up), one probe call
+of the mixer and one of dense ``scaled_dot_product_attention`` (no mask) timed against the time budget, and one
+profiled call of each for peak memory. Then ``repeats`` rounds: in each, one burst of the mixer and one of SDPA at
+every size, so that every size and its baseline see the same machine. Each burst lasts at least
+``min_sample_s`` (sized by the probe call). The ratio to SDPA is the median of the per-round ratios.
 """
 
 from __future__ import annotations
@@ -131,9 +132,21 @@ def _warm_up_and_probe(call: Call, sync: Call, warmup: int, budget_s: float) -> 
     return (None, reason) if reason else (seconds, None)
 
 
-def _measure(prepared: _Prepared, size: Size, settings: BenchSettings, history: list[tuple[int, float]],
-             sdpa_history: list[tuple[int, float]], memory_history: list[tuple[int, int]]) -> BenchRecord:
-    """The record of one (case, size): counts and estimates, then the timings unless a check skips the size."""
+@dataclass
+class _Ready:
+    """A (case, size) that passed its checks and probes: its record, the calls to time (the mixer, then dense
+    SDPA unless the baseline was skipped) and how many consecutive calls make one burst of each."""
+
+    record: BenchRecord
+    calls: list[Call]
+    counts: list[int]
+
+
+def _probe(prepared: _Prepared, size: Size, settings: BenchSettings, history: list[tuple[int, float]],
+           sdpa_history: list[tuple[int, float]], memory_history: list[tuple[int, int]]) -> tuple[BenchRecord,
+                                                                                                   _Ready | None]:
+    """The record of one (case, size) with its counts and estimates, and, unless a check skips the size, the
+    calls ready to be timed (after warm-up, probe and the profiled call for peak memory)."""
     s = settings
     shape = resolve_shape(size, prepared.layout)
     tokens = s.num_prefix_tokens + math.prod(shape)
@@ -144,12 +157,12 @@ def _measure(prepared: _Prepared, size: Size, settings: BenchSettings, history: 
                          s.heads, s.head_dim, s.batch, s.dtype, s.device, s.backward, s.repeats,
                          skipped=error, sdpa_skipped="mixer not timed")
     if error is not None:
-        return record
+        return record, None
     try:
         pairs = attended_pairs(mixer, shape, s.num_prefix_tokens)
     except SKIPPABLE_ERRORS as err:
         record.skipped = f"{type(err).__name__}: {err}"
-        return record
+        return record, None
     if pairs is not None:
         record.attended_pairs = pairs
         record.density = pairs / (tokens * tokens)
@@ -163,29 +176,19 @@ def _measure(prepared: _Prepared, size: Size, settings: BenchSettings, history: 
         record.estimated_memory_bytes = min(record.estimated_memory_bytes, inputs + predicted)
     record.skipped = (memory_skip_reason(record.estimated_memory_bytes, s.memory_budget)
                       or predicted_time_skip_reason(history, tokens, s.time_budget_s))
-    if record.skipped is None:
-        _time(record, mixer, shape, s, history, sdpa_history)
-        if record.peak_memory_bytes is not None:
-            memory_history.append((tokens, record.peak_memory_bytes))
-    return record
+    if record.skipped is not None:
+        return record, None
+    ready = _probe_calls(record, mixer, shape, s, history, sdpa_history)
+    if ready is not None and record.peak_memory_bytes is not None:
+        memory_history.append((tokens, record.peak_memory_bytes))
+    return record, ready
 
 
-def _store(record: BenchRecord, timing: Timing, calls: int, sdpa: bool) -> None:
-    prefix = "sdpa_" if sdpa else ""
-    for name in ("median_ms", "p25_ms", "p75_ms", "spread_ms", "relative_spread"):
-        setattr(record, prefix + name, getattr(timing, name))
-    setattr(record, prefix + "calls_per_sample", calls)
-    setattr(record, prefix + "samples_ms", list(timing.samples_ms))
-    if not sdpa:
-        record.min_ms, record.max_ms = timing.min_ms, timing.max_ms
-
-
-def _time(record: BenchRecord, mixer: Any, shape: tuple[int, ...], settings: BenchSettings,
-          history: list[tuple[int, float]], sdpa_history: list[tuple[int, float]]) -> None:
-    """Fill ``record``'s timings, GFLOP/s, ratio and peak memory: warm-up and probe, interleaved bursts, one
-    profiled call each. Mixers that need calibration (``calibrate_qk``, e.g. PARO) are calibrated on the run's
-    own q, k first, outside the timed calls. The SDPA baseline has its own budget checks; when it is skipped the
-    mixer is still timed."""
+def _probe_calls(record: BenchRecord, mixer: Any, shape: tuple[int, ...], settings: BenchSettings,
+                 history: list[tuple[int, float]], sdpa_history: list[tuple[int, float]]) -> _Ready | None:
+    """Warm up and probe the mixer and dense SDPA on the same q, k, v (the baseline has its own budget checks;
+    when it is skipped the mixer is still timed), size their bursts and measure their peak memory. Mixers that
+    need calibration (``calibrate_qk``, e.g. PARO) are calibrated on the run's own q, k first."""
     s, tokens = settings, record.tokens
     q, k, v, x = _inputs(s, tokens)
     params = [p for p in mixer.parameters() if p.requires_grad] if isinstance(mixer, torch.nn.Module) else []
@@ -200,7 +203,8 @@ def _time(record: BenchRecord, mixer: Any, shape: tuple[int, ...], settings: Ben
 
     seconds, record.skipped = _warm_up_and_probe(call, sync, s.warmup, s.time_budget_s)
     if record.skipped:
-        return
+        return None
+    history.append((tokens, seconds))
     sdpa_estimate = sdpa_memory_bytes(s.batch, s.heads, tokens, s.head_dim, s.torch_dtype.itemsize, s.backward)
     record.sdpa_skipped = (memory_skip_reason(sdpa_estimate, s.memory_budget)
                            or predicted_time_skip_reason(sdpa_history, tokens, s.time_budget_s))
@@ -209,29 +213,79 @@ def _time(record: BenchRecord, mixer: Any, shape: tuple[int, ...], settings: Ben
         sdpa_seconds, record.sdpa_skipped = _warm_up_and_probe(sdpa, sync, s.warmup, s.time_budget_s)
         if sdpa_seconds is not None:
             probes.append(sdpa_seconds)
-    fns = [call, sdpa][:len(probes)]
-    calls = [calls_per_sample(p, s.min_sample_s) for p in probes]
-    samples = interleaved_bursts(fns, calls, s.repeats, sync)
-
-    timing = summarize(samples[0])
-    _store(record, timing, calls[0], sdpa=False)
-    record.noisy = timing.relative_spread > s.spread_limit
-    history.append((tokens, timing.median_ms / 1e3))
-    if record.flops is not None:
-        record.gflops = gflops_per_second(record.flops, timing.median_ms)
+            sdpa_history.append((tokens, sdpa_seconds))
     if s.measure_memory:
         record.peak_memory_bytes = peak_memory_bytes(call, s.torch_device)
-    if record.sdpa_skipped:
+        if len(probes) == 2:
+            record.sdpa_peak_memory_bytes = peak_memory_bytes(sdpa, s.torch_device)
+    calls = [call, sdpa][:len(probes)]
+    return _Ready(record, calls, [calls_per_sample(p, s.min_sample_s) for p in probes])
+
+
+def _store(record: BenchRecord, timing: Timing, calls: int, sdpa: bool) -> None:
+    prefix = "sdpa_" if sdpa else ""
+    for name in ("median_ms", "p25_ms", "p75_ms", "spread_ms", "relative_spread"):
+        setattr(record, prefix + name, getattr(timing, name))
+    setattr(record, prefix + "calls_per_sample", calls)
+    setattr(record, prefix + "samples_ms", list(timing.samples_ms))
+    if not sdpa:
+        record.min_ms, record.max_ms = timing.min_ms, timing.max_ms
+
+
+def _finish(ready: _Ready, samples: list[list[float]], settings: BenchSettings) -> None:
+    """Fill the record's timings, GFLOP/s and ratio from its samples (the mixer's, then SDPA's when timed).
+
+    The ratio is the median of the per-round ratios ``sdpa_i / mixer_i``: both bursts of a round ran seconds
+    apart, so a change of machine speed between rounds cancels in each ratio instead of entering the medians. A
+    record is noisy when the interquartile range of those ratios (of the mixer's samples without a baseline)
+    exceeds ``spread_limit`` times their median."""
+    record, s = ready.record, settings
+    timing = summarize(samples[0])
+    _store(record, timing, ready.counts[0], sdpa=False)
+    if record.flops is not None:
+        record.gflops = gflops_per_second(record.flops, timing.median_ms)
+    if len(samples) == 1:
+        record.noisy = timing.relative_spread > s.spread_limit
         return
     sdpa_timing = summarize(samples[1])
-    _store(record, sdpa_timing, calls[1], sdpa=True)
-    record.ratio_to_sdpa = sdpa_timing.median_ms / timing.median_ms
-    record.noisy = record.noisy or sdpa_timing.relative_spread > s.spread_limit
-    dense_flops = useful_flops(tokens * tokens, s.heads, s.head_dim, s.batch, s.backward)
+    _store(record, sdpa_timing, ready.counts[1], sdpa=True)
+    ratios = summarize([b / a for a, b in zip(samples[0], samples[1], strict=True)])
+    record.ratio_to_sdpa, record.ratio_p25, record.ratio_p75 = ratios.median_ms, ratios.p25_ms, ratios.p75_ms
+    record.ratio_relative_spread = ratios.relative_spread
+    record.noisy = ratios.relative_spread > s.spread_limit
+    dense_flops = useful_flops(record.tokens * record.tokens, s.heads, s.head_dim, s.batch, s.backward)
     record.sdpa_gflops = gflops_per_second(dense_flops, sdpa_timing.median_ms)
-    sdpa_history.append((tokens, sdpa_timing.median_ms / 1e3))
-    if s.measure_memory:
-        record.sdpa_peak_memory_bytes = peak_memory_bytes(sdpa, s.torch_device)
+
+
+def _measure_sizes(prepared: _Prepared, sizes: Sequence[Size], settings: BenchSettings,
+                   history: list[tuple[int, float]], sdpa_history: list[tuple[int, float]],
+                   memory_history: list[tuple[int, int]]) -> list[BenchRecord]:
+    """The records of one case at every size (smallest first). Every size is checked and probed first, then the
+    bursts of all sizes and their baselines are taken in the same rounds (:func:`interleaved_bursts`): a change of
+    machine speed during the case then reaches every size alike, and the fitted exponent compares like with like.
+    """
+    records, ready = [], []
+    for size in sorted(sizes, key=nominal_tokens):
+        record, timed = _probe(prepared, size, settings, history, sdpa_history, memory_history)
+        records.append(record)
+        if timed is not None:
+            ready.append(timed)
+    if ready:
+        fns = [call for r in ready for call in r.calls]
+        counts = [count for r in ready for count in r.counts]
+        samples = interleaved_bursts(fns, counts, settings.repeats, synchronizer(settings.torch_device))
+        start = 0
+        for r in ready:
+            _finish(r, samples[start:start + len(r.calls)], settings)
+            start += len(r.calls)
+    return records
+
+
+def _measure(prepared: _Prepared, size: Size, settings: BenchSettings, history: list[tuple[int, float]],
+             sdpa_history: list[tuple[int, float]], memory_history: list[tuple[int, int]]) -> BenchRecord:
+    """The record of one (case, size) (:func:`_measure_sizes` with one size)."""
+    (record,) = _measure_sizes(prepared, [size], settings, history, sdpa_history, memory_history)
+    return record
 
 
 def _as_case(case: BenchCase | str) -> BenchCase:
@@ -266,13 +320,9 @@ def iter_bench(cases: Iterable[BenchCase | str] | None = None, sizes: Iterable[S
         resolve_shape(size, "2d")
     if settings.torch_device.type == "cpu":
         prebuild_native_kernels()
-    prepared = [_prepare(case, settings) for case in cases]
-    histories: list[list[tuple[int, float]]] = [[] for _ in prepared]
-    memory_histories: list[list[tuple[int, int]]] = [[] for _ in prepared]
     sdpa_history: list[tuple[int, float]] = []
-    for size in sorted(sizes, key=nominal_tokens):
-        for p, history, memory in zip(prepared, histories, memory_histories, strict=True):
-            yield _measure(p, size, settings, history, sdpa_history, memory)
+    for case in cases:
+        yield from _measure_sizes(_prepare(case, settings), sizes, settings, [], sdpa_history, [])
 
 
 def run_bench(cases: Iterable[BenchCase | str] | None = None, sizes: Iterable[Size] | None = None,

@@ -38,8 +38,9 @@ class BenchSettings:
     building masks, and count against no budget), then one probe call timed against ``time_budget_s``, then
     ``repeats`` samples of the mixer interleaved with as many of dense SDPA on the same q, k, v. A sample is a
     burst of consecutive calls lasting at least ``min_sample_s`` seconds (by the probe), so that calls of a few
-    milliseconds are not measured in the machine's transitions. A record whose interquartile range exceeds
-    ``spread_limit`` times its median (mixer or SDPA) is flagged as noisy. ``backward`` times forward +
+    milliseconds are not measured in the machine's transitions. A record whose per-round ratios to SDPA have an
+    interquartile range above ``spread_limit`` times their median (the mixer's times, without a baseline) is
+    flagged as noisy. ``backward`` times forward +
     backward of ``out.sum()``. ``memory_budget`` (bytes) and ``time_budget_s`` (seconds per call) decide skips;
     ``measure_memory`` adds one profiled call per mixer and per SDPA baseline.
     """

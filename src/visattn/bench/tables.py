@@ -25,8 +25,9 @@ def noisy_footnote(spread_limit: float, count: int) -> str:
     """The line under a table with ``count`` noisy rows (empty when none)."""
     if not count:
         return ""
-    return (f"{NOISY_MARK} {count} row(s): interquartile range above {100 * spread_limit:.0f}% of the median (the "
-            "mixer's or its baseline's); the ratio is uncertain. Rerun on an idle machine or with more --repeats.")
+    return (f"{NOISY_MARK} {count} row(s): interquartile range above {100 * spread_limit:.0f}% of the median (of the "
+            "per-round ratios to the baseline, or of the mixer's times without one); "
+            "the ratio is uncertain. Rerun on an idle machine or with more --repeats.")
 
 
 def results_table(report: BenchReport) -> Table:
