@@ -27,7 +27,7 @@ def test_default_run_writes_json_and_plot_into_a_new_results_folder(tmp_path, mo
     assert f"JSON written to visattn-bench/{folder.name}/bench.json" in out
     assert f"plot written to visattn-bench/{folder.name}/bench.png" in out
     data = json.loads((folder / "bench.json").read_text())
-    assert [(r["mixer"], r["tokens"]) for r in data["records"]] == [("softmax", 16), ("window", 16), ("softmax", 36),
+    assert [(r["mixer"], r["tokens"]) for r in data["records"]] == [("softmax", 16), ("softmax", 36), ("window", 16),
                                                                     ("window", 36)]
     assert data["settings"]["min_sample_s"] == 0.0 and data["settings"]["spread_limit"] == 0.25
     assert data["exponents"] == {"softmax": None, "window(window_size=2)": None}  # two sizes: never reported
