@@ -157,3 +157,16 @@ def test_state_bytes_is_the_kv_and_normaliser_state():
     kv, z = key_sums(k, v, FEATURE_MAPS["elu+1"])
     assert linear_state_bytes(2, 3, 5, 4) == kv.nbytes + z.nbytes == 2 * 3 * 5 * (4 + 1) * 4
     assert linear_state_bytes(1, 8, 64, 64, torch.bfloat16) == 8 * 64 * 65 * 2
+
+
+def test_elu_plus_one_feature_map_equals_elu_and_its_gradient():
+    from visattn.ops.linear_attention import FEATURE_MAPS
+
+    phi = FEATURE_MAPS["elu+1"]
+    x = torch.cat([torch.randn(200, dtype=torch.float64) * 5, torch.zeros(3, dtype=torch.float64)]).requires_grad_()
+    torch.testing.assert_close(phi(x), torch.nn.functional.elu(x) + 1, rtol=0, atol=1e-15)
+    (grad,) = torch.autograd.grad(phi(x).sum(), x)
+    expected = torch.where(x > 0, torch.ones_like(x), torch.exp(x)).detach()
+    expected[-3:] = 1.0  # elu with alpha 1 has slope 1 on both sides of 0
+    torch.testing.assert_close(grad, expected)
+    assert torch.isfinite(phi(torch.tensor([1e4, -1e4]))).all()
