@@ -6,15 +6,17 @@ the model is switched with ``model.set_attn_implementation("visattn_lens")`` to 
 the matching mask function :func:`mask_function` (registered with ``AttentionMaskInterface``, so causal and padding
 masks are built and kept); the previous implementation of every (sub-)config is restored afterwards.
 
-The attention function receives q and k after the model's own rotary embedding (LLaMA, Qwen2-VL's M-RoPE and
-vision RoPE) and keys/values per key-value head; grouped-query keys are repeated per head
-(``module.num_key_value_groups``) before ``lens_attention``. Layers of the model that the lens does not route run
-``scaled_dot_product_attention`` meanwhile. Vision-tower layers (a config with ``patch_size``) get the patch grid
-from the output of the tower's first ``Conv2d`` (the patch embedding) and the prefix count as the remaining tokens
-(ViT and CLIP: the class token); Qwen2-VL's vision tower embeds flattened patches in merge-window order, so its
-tokens have no row-major grid and ``grid`` stays None. Language-model layers of a vision-language model get
-``image_tokens``: the positions of ``config.image_token_id`` (and ``video_token_id``) in ``input_ids``, kept across
-the decoding steps of ``generate``.
+The attention function receives q and k after the model's own rotary embedding (LLaMA, Qwen2-VL's M-RoPE and vision
+RoPE) and keys/values per key-value head; grouped-query keys are repeated per head (``module.num_key_value_groups``)
+before ``lens_attention``. Layers of the model that the lens does not route keep the implementation their config
+had: ``eager`` layers run the model's own ``eager_attention_forward`` (with the boolean mask turned into the
+additive one ``eager`` expects), so ``output_attentions=True`` still returns one map per layer at the right index;
+layers on any other implementation run ``scaled_dot_product_attention``. Vision-tower layers (a config with
+``patch_size``) get the patch grid from the output of the tower's first ``Conv2d`` (the patch embedding) and the
+prefix count as the remaining tokens (ViT and CLIP: the class token); Qwen2-VL's vision tower embeds flattened
+patches in merge-window order, so its tokens have no row-major grid and ``grid`` stays None. Language-model layers
+of a vision-language model get ``image_tokens``: the positions of ``config.image_token_id`` (and ``video_token_id``)
+in ``input_ids``, kept across the decoding steps of ``generate``.
 """
 
 from __future__ import annotations
@@ -36,6 +38,10 @@ from .base import ForwardState, Layer, Route, additive_bias, check_no_dropout, d
 FAMILY = "huggingface"
 IMPLEMENTATION = "visattn_lens"
 UNSUPPORTED_KWARGS = ("softcap", "s_aux")
+
+FALLBACK: dict[int, str] = {}
+"""``id(config) -> implementation`` a config had before the outermost lens context switched it (kept while
+switched, so unrouted layers can run what they ran before)."""
 
 
 class HuggingFaceLayer(Layer):
@@ -98,10 +104,8 @@ def attention_function(module: nn.Module, query: Tensor, key: Tensor, value: Ten
     """
     route = route_of(module)
     if route is None:
-        from transformers.integrations.sdpa_attention import sdpa_attention_forward
-
-        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
-                                      is_causal=is_causal, **kwargs)
+        return unrouted_attention(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout,
+                                  is_causal=is_causal, **kwargs)
     check_no_dropout(dropout, route.info.name)
     for name in UNSUPPORTED_KWARGS:
         if kwargs.get(name) is not None:
@@ -128,6 +132,36 @@ def attention_function(module: nn.Module, query: Tensor, key: Tensor, value: Ten
                          grid=grid, num_prefix_tokens=prefix, image_tokens=image_tokens)
     out, probs = dispatch(call, route)
     return out.transpose(1, 2).contiguous(), probs
+
+
+def unrouted_attention(module: nn.Module, query: Tensor, key: Tensor, value: Tensor, attention_mask: Tensor | None,
+                       scaling: float | None, dropout: float, is_causal: bool | None,
+                       **kwargs: Any) -> tuple[Tensor, Tensor | None]:
+    """A layer the lens does not route: the implementation its config had before the switch (``eager`` or SDPA)."""
+    if is_causal is not None:
+        kwargs["is_causal"] = is_causal
+    if FALLBACK.get(id(getattr(module, "config", None))) == "eager":
+        eager = eager_function(type(module))
+        if eager is not None:
+            if attention_mask is not None and attention_mask.dtype == torch.bool:
+                low = torch.finfo(query.dtype).min
+                attention_mask = torch.where(attention_mask, torch.zeros((), dtype=query.dtype,
+                                                                         device=query.device), low)
+            return eager(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs)
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                                  **kwargs)
+
+
+@functools.cache
+def eager_function(cls: type) -> Callable[..., tuple[Tensor, Tensor | None]] | None:
+    """The ``eager_attention_forward`` of the modeling file defining ``cls`` (or a base class), else None."""
+    for base in cls.__mro__:
+        found = getattr(sys.modules.get(base.__module__), "eager_attention_forward", None)
+        if callable(found):
+            return found
+    return None
 
 
 def _layout(route: Route, n: int) -> tuple[tuple[int, ...] | None, int]:
@@ -172,6 +206,9 @@ def _switched(model: nn.Module, layers: list[Layer], pretrained: type) -> Iterat
     roots = [(n, m) for n, m in roots if any(_inside(layer.name, n) for layer in layers)]
     configs = _configs([m for _, m in named if isinstance(m, pretrained)] + [layer.module for layer in layers])
     previous = {key: config._attn_implementation_internal for key, config in configs.items()}
+    added = [key for key, config in configs.items()
+             if key not in FALLBACK and config._attn_implementation not in (None, IMPLEMENTATION)]
+    FALLBACK.update((key, configs[key]._attn_implementation) for key in added)
     try:
         for _, root in roots:
             root.set_attn_implementation(IMPLEMENTATION)
@@ -189,6 +226,8 @@ def _switched(model: nn.Module, layers: list[Layer], pretrained: type) -> Iterat
         for key, config in configs.items():
             if config._attn_implementation_internal != previous[key]:
                 config._attn_implementation_internal = previous[key]
+        for key in added:
+            FALLBACK.pop(key, None)
 
 
 def _inside(name: str, prefix: str) -> bool:
