@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import timm
 import torch
@@ -160,3 +162,63 @@ def test_replace_attention_with_a_parametrised_mixer_keeps_the_timm_weights():
     assert torch.equal(model.blocks[0].attn.qkv.weight, qkv)
     assert any(name.startswith("blocks.0.attn.mixer.") for name, _ in model.named_parameters())
     model(torch.randn(1, 3, 32, 32)).sum().backward()
+
+
+NATIVELY_CAUSAL = ["linear", "hedgehog", "taylor", "elementwise_qk"]
+
+
+@pytest.mark.parametrize("mixer", NATIVELY_CAUSAL)
+def test_is_causal_reaches_a_natively_causal_mixer_as_a_flag(mixer):
+    """Issue 13: ``Attention(mixer=...)(x, is_causal=True)`` raised "attn_mask is not supported" (an N x N mask was
+    built). Now the mixer gets the flag: equal to the same weights with the mixer built causal, and not equal to
+    the bidirectional output."""
+    torch.manual_seed(0)
+    flagged = Attention(16, 2, mixer=mixer).double().eval()
+    built_causal = Attention(16, 2, mixer=mixer, is_causal=True).double().eval()
+    built_causal.load_state_dict(flagged.state_dict())
+    assert flagged.mixer.supports_is_causal and not flagged.mixer.is_causal
+    x = torch.randn(2, 7, 16, dtype=torch.float64)
+    out = flagged(x, is_causal=True, shape=(7,))
+    torch.testing.assert_close(out, built_causal(x, shape=(7,)), rtol=1e-12, atol=1e-12)
+    assert not torch.allclose(out, flagged(x, shape=(7,)))
+    # the first token sees only itself: changing later tokens leaves its output alone
+    later = x.clone()
+    later[:, 1:] += 1.0
+    torch.testing.assert_close(flagged(later, is_causal=True, shape=(7,))[:, 0], out[:, 0], rtol=1e-12, atol=1e-12)
+
+
+def test_a_mask_only_mixer_still_gets_the_causal_mask():
+    torch.manual_seed(0)
+    attn = Attention(16, 2, mixer="sliding", window_size=5).double().eval()
+    assert not attn.mixer.supports_is_causal
+    x = torch.randn(1, 9, 16, dtype=torch.float64)
+    q, k, v = attn.qkv_heads(x)
+    allowed = visattn.masks.materialize(visattn.masks.sliding_window_mask(5), (9,)) & torch.ones(9, 9).bool().tril()
+    expected = attn.proj(visattn.ops.attention(q, k, v, allowed).transpose(1, 2).reshape(1, 9, 16))
+    torch.testing.assert_close(attn(x, is_causal=True, shape=(9,)), expected, rtol=1e-12, atol=1e-12)
+
+
+WEIGHTLESS = ["elementwise_qk", "hedgehog", "hierarchical", "inline", "l2vit_linear", "linear", "taylor"]
+
+
+@pytest.mark.parametrize("mixer", WEIGHTLESS)
+def test_weightless_mixers_accept_attn_drop_and_warn_once_in_training_only(mixer):
+    """Issue 13: these mixers raised on any ``attn_drop > 0``, even for inference. Now they accept it, never warn
+    at inference, warn once in training, and compute what they compute without dropout."""
+    torch.manual_seed(0)
+    dropped = Attention(16, 2, attn_drop=0.3, mixer=mixer, shape=(3, 3)).double()
+    plain = Attention(16, 2, mixer=mixer, shape=(3, 3)).double()
+    plain.load_state_dict(dropped.state_dict())
+    assert dropped.mixer.attn_drop == 0.3 and not dropped.mixer.uses_attn_drop
+    x = torch.randn(2, 9, 16, dtype=torch.float64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        evaluated = dropped.eval()(x)
+    torch.testing.assert_close(evaluated, plain.eval()(x), rtol=1e-12, atol=1e-12)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trained = dropped.train()(x)
+        dropped(x)
+    messages = [str(w.message) for w in caught if issubclass(w.category, UserWarning)]
+    assert len(messages) == 1 and "attn_drop=0.3 drops nothing" in messages[0]
+    torch.testing.assert_close(trained, plain.train()(x), rtol=1e-12, atol=1e-12)

@@ -177,8 +177,8 @@ def test_bad_input_errors_name_the_argument():
         HedgehogMixer(0, 3)
     with pytest.raises(ValueError, match="head_dim must be a positive int"):
         HedgehogFeatureMap(2, -1)
-    with pytest.raises(ValueError, match="attn_drop must be 0 for Hedgehog"):
-        HedgehogMixer(2, 3, attn_drop=0.1)
+    with pytest.raises(ValueError, match=r"attn_drop must be in \[0, 1\), got 1.0"):
+        HedgehogMixer(2, 3, attn_drop=1.0)
     with pytest.raises(ValueError, match="attn_mask is not supported by HedgehogMixer"):
         HedgehogMixer(2, 3).double()(q, k, v, 4, attn_mask=torch.ones(4, 4, dtype=torch.bool))
     with pytest.raises(TypeError, match="is_causal must be a bool"):

@@ -137,8 +137,8 @@ def test_bad_input_errors_name_the_argument():
         InLineMixer(kernel="elu")
     with pytest.raises(ValueError, match="dim must be divisible by num_heads"):
         InLineMixer(dim=10, num_heads=4, head_dim=2)
-    with pytest.raises(ValueError, match="attn_drop must be 0 for InLine"):
-        InLineMixer(attn_drop=0.2)
+    with pytest.raises(ValueError, match=r"attn_drop must be in \[0, 1\), got 1.0"):
+        InLineMixer(attn_drop=1.0)
     mixer = InLineMixer(dim=4, num_heads=2, head_dim=2).double()
     with pytest.raises(ValueError, match="x .* is required by InLine's local residual"):
         mixer(q, k, v, (3, 3))

@@ -123,8 +123,8 @@ def test_bad_input_errors_name_the_argument():
         L2ViTLinearMixer(min_denominator=0)
     with pytest.raises(ValueError, match="num_heads must be a positive int"):
         L2ViTLinearMixer(num_heads=0)
-    with pytest.raises(ValueError, match="attn_drop must be 0 for L2ViT"):
-        L2ViTLinearMixer(attn_drop=0.1)
+    with pytest.raises(ValueError, match=r"attn_drop must be in \[0, 1\), got 1.0"):
+        L2ViTLinearMixer(attn_drop=1.0)
     q, k, v = qkv(1, 2, 4, 3)
     with pytest.raises(ValueError, match="q must have heads=3"):
         L2ViTLinearMixer(3, 3).double()(q, k, v, 4)

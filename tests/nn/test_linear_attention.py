@@ -90,8 +90,8 @@ def test_bad_input_errors_name_the_argument():
         LinearAttentionMixer(chunk_size=0)
     with pytest.raises(TypeError, match="is_causal must be a bool"):
         LinearAttentionMixer(is_causal="yes")
-    with pytest.raises(ValueError, match="attn_drop must be 0 for linear attention"):
-        LinearAttentionMixer(attn_drop=0.1)
+    with pytest.raises(ValueError, match=r"attn_drop must be in \[0, 1\), got 1.0"):
+        LinearAttentionMixer(attn_drop=1.0)
     with pytest.raises(ValueError, match="eps must be >= 0"):
         LinearAttentionMixer(eps=-1.0)
     q, k, v = qkv(1, 1, 4, 2)

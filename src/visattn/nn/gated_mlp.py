@@ -27,8 +27,8 @@ class GatedMLP(SwiGLU):
             raise ValueError(f"dim must be a positive int, got {dim!r}")
         super().__init__(dim, hidden_features or dim, dim, bias=bias)
 
-    def forward(self, x: Tensor, shape: int | tuple[int, ...] | None = None, attn_mask: Tensor | None = None,
-                is_causal: bool = False) -> Tensor:
+    def forward(self, x: Tensor, attn_mask: Tensor | None = None, is_causal: bool = False, *,
+                shape: int | tuple[int, ...] | None = None) -> Tensor:
         if not isinstance(x, Tensor) or x.dim() != 3:
             raise ValueError(f"x must be shaped (B, N, C), got {tuple(x.shape) if isinstance(x, Tensor) else x!r}")
         return super().forward(x)

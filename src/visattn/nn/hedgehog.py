@@ -29,7 +29,6 @@ from ..ops.hedgehog import hedgehog_attention, hedgehog_state_bytes, hedgehog_we
 from ..ops.linear_attention import check_chunk_size
 from ..ops.recurrent_state import layout
 from ..registry import register_mixer
-from .linear_attention import check_no_attn_drop
 from .token_mixer import TokenMixer
 
 __all__ = ["HedgehogFeatureMap", "HedgehogMixer", "softmax_mimicry_loss"]
@@ -99,12 +98,19 @@ class HedgehogMixer(TokenMixer):
             (``k_map``), each with a ``head_dim x head_dim`` matrix per head.
         is_causal: each token sees itself and the tokens before it (O(N) memory chunked scan).
         chunk_size: tokens per chunk of the causal scan.
+        attn_drop: accepted for timm compatibility; there are no attention weights to drop (warns once in training
+            when > 0).
+
+    ``forward(..., is_causal=True)`` runs the causal scan for one call (what :class:`~visattn.nn.Attention` passes
+    for ``is_causal=True``).
     """
+
+    supports_is_causal = True
+    uses_attn_drop = False
 
     def __init__(self, num_heads: int = 8, head_dim: int = 64, is_causal: bool = False, chunk_size: int = 64,
                  attn_drop: float = 0.0) -> None:
         super().__init__(attn_drop)
-        check_no_attn_drop(attn_drop, "Hedgehog attention")
         if not isinstance(is_causal, bool):
             raise TypeError(f"is_causal must be a bool, got {is_causal!r}")
         self.q_map = HedgehogFeatureMap(num_heads, head_dim)
@@ -116,11 +122,11 @@ class HedgehogMixer(TokenMixer):
         return f"is_causal={self.is_causal}"
 
     def forward(self, q: Tensor, k: Tensor, v: Tensor, shape: int | tuple[int, ...],
-                attn_mask: Tensor | None = None) -> Tensor:
+                attn_mask: Tensor | None = None, is_causal: bool = False) -> Tensor:
         self.prepare(q, k, v, shape)
         self._no_attn_mask(attn_mask)
         return hedgehog_attention(self.q_map.log_features(q), self.k_map.log_features(k), v,
-                                  is_causal=self.is_causal, chunk_size=self.chunk_size)
+                                  is_causal=self.is_causal or is_causal, chunk_size=self.chunk_size)
 
     def attention_weights(self, q: Tensor, k: Tensor, shape: int | tuple[int, ...]) -> Tensor:
         """The dense weights ``a^_ij = phi(q_i) . phi(k_j) / sum_j phi(q_i) . phi(k_j)`` (causal: ``j <= i``),

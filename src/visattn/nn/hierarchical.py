@@ -21,15 +21,15 @@ __all__ = ["HierarchicalMixer"]
 class HierarchicalMixer(TokenMixer):
     """HSA (arXiv 2509.15448) over ``tree`` (a :class:`TokenTree`), or over ``grid_tree(shape, group)``.
 
-    O(M b^2 d) + O(N d) for M internal nodes of branching b. ``attn_drop`` is not supported (there is no
-    weight matrix to drop entries from).
+    O(M b^2 d) + O(N d) for M internal nodes of branching b. ``attn_drop`` is accepted for timm compatibility
+    but there is no weight matrix to drop entries from (warns once in training when > 0).
     """
+
+    uses_attn_drop = False
 
     def __init__(self, tree: TokenTree | None = None, group: int = 2, scale: float | None = None,
                  attn_drop: float = 0.0) -> None:
         super().__init__(attn_drop)
-        if attn_drop:
-            raise ValueError(f"attn_drop is not supported by hierarchical attention, got {attn_drop!r}")
         if tree is not None and not isinstance(tree, TokenTree):
             raise TypeError(f"tree must be a TokenTree or None, got {type(tree).__name__}")
         if isinstance(group, bool) or not isinstance(group, int) or group < 2:

@@ -29,9 +29,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .._checks import as_shape
-from ..registry import register_mixer
 from ..ops.linear_attention import key_sums, row_blocks
-from .linear_attention import check_no_attn_drop
+from ..registry import register_mixer
 from .token_mixer import TokenMixer
 
 __all__ = ["INLINE_KERNELS", "InLineMixer", "inline_attention", "inline_weights"]
@@ -82,11 +81,11 @@ class InLineMixer(TokenMixer):
     """
 
     uses_input = True
+    uses_attn_drop = False
 
     def __init__(self, dim: int = 512, num_heads: int = 8, head_dim: int = 64, kernel: str = "identity",
                  local_residual: bool = True, attn_drop: float = 0.0) -> None:
         super().__init__(attn_drop)
-        check_no_attn_drop(attn_drop, "InLine attention")
         for name, value in (("dim", dim), ("num_heads", num_heads), ("head_dim", head_dim)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")

@@ -21,9 +21,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from ..registry import register_mixer
 from ..ops.linear_attention import key_sums, row_blocks
-from .linear_attention import check_no_attn_drop
+from ..registry import register_mixer
 from .token_mixer import TokenMixer
 
 __all__ = ["L2ViTLinearMixer", "LocalConcentrationModule", "enhanced_linear_attention"]
@@ -52,12 +51,15 @@ class L2ViTLinearMixer(TokenMixer):
     Args:
         num_heads, head_dim: layout of q, k, v; ``temperature`` ``(num_heads, 1, 1)`` starts at ``head_dim^-1/2``.
         min_denominator: the clamp of the denominator (paper: 100).
+        attn_drop: accepted for timm compatibility; there are no attention weights to drop (warns once in training
+            when > 0).
     """
+
+    uses_attn_drop = False
 
     def __init__(self, num_heads: int = 8, head_dim: int = 64, min_denominator: float = 100.0,
                  attn_drop: float = 0.0) -> None:
         super().__init__(attn_drop)
-        check_no_attn_drop(attn_drop, "L2ViT linear attention")
         for name, value in (("num_heads", num_heads), ("head_dim", head_dim)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")

@@ -14,13 +14,7 @@ from ..ops.recurrent_state import layout
 from ..registry import register_mixer
 from .token_mixer import TokenMixer
 
-__all__ = ["LinearAttentionMixer", "check_no_attn_drop"]
-
-
-def check_no_attn_drop(attn_drop: float, name: str) -> None:
-    """Linear mixers never form attention weights, so attention dropout has nothing to act on: reject it."""
-    if attn_drop != 0.0:
-        raise ValueError(f"attn_drop must be 0 for {name}: it never forms attention weights to drop, got {attn_drop!r}")
+__all__ = ["LinearAttentionMixer"]
 
 
 class LinearAttentionMixer(TokenMixer):
@@ -32,12 +26,19 @@ class LinearAttentionMixer(TokenMixer):
             row-major order).
         chunk_size: tokens per chunk of the causal scan (a speed/memory knob, no effect on the result).
         eps: added to the denominator.
+        attn_drop: accepted for timm compatibility; there are no attention weights to drop (warns once in training
+            when > 0).
+
+    ``forward(..., is_causal=True)`` runs the causal scan for one call (what :class:`~visattn.nn.Attention` passes
+    for ``is_causal=True``).
     """
+
+    supports_is_causal = True
+    uses_attn_drop = False
 
     def __init__(self, feature_map: str = "elu+1", is_causal: bool = False, chunk_size: int = 64,
                  eps: float = 1e-6, attn_drop: float = 0.0) -> None:
         super().__init__(attn_drop)
-        check_no_attn_drop(attn_drop, "linear attention")
         if feature_map not in FEATURE_MAPS:
             raise ValueError(f"feature_map must be one of {', '.join(map(repr, FEATURE_MAPS))}, got {feature_map!r}")
         if not isinstance(is_causal, bool):
@@ -53,10 +54,10 @@ class LinearAttentionMixer(TokenMixer):
         return f"feature_map={self.feature_map!r}, is_causal={self.is_causal}"
 
     def forward(self, q: Tensor, k: Tensor, v: Tensor, shape: int | tuple[int, ...],
-                attn_mask: Tensor | None = None) -> Tensor:
+                attn_mask: Tensor | None = None, is_causal: bool = False) -> Tensor:
         self.prepare(q, k, v, shape)
         self._no_attn_mask(attn_mask)
-        return linear_attention(q, k, v, FEATURE_MAPS[self.feature_map], is_causal=self.is_causal,
+        return linear_attention(q, k, v, FEATURE_MAPS[self.feature_map], is_causal=self.is_causal or is_causal,
                                 chunk_size=self.chunk_size, eps=self.eps)
 
     def attention_weights(self, q: Tensor, k: Tensor, shape: int | tuple[int, ...]) -> Tensor:

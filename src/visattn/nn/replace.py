@@ -48,7 +48,8 @@ def from_timm_attention(module: TimmAttention, mixer: str = "softmax", *, shape:
     """A visattn :class:`Attention` with ``module``'s configuration and weights and the given mixer.
 
     The mixer's own parameters (feature maps, gates, temperatures), which timm's module does not have, keep their
-    initialisation.
+    initialisation. ``attn_drop`` in ``mixer_kwargs`` overrides the timm module's attention dropout (e.g.
+    ``attn_drop=0.0``); a mixer that forms no attention weights accepts any value and warns once in training.
     """
     if not isinstance(module, _timm_attention()):
         raise TypeError(f"module must be a timm Attention, got {type(module).__name__}")
@@ -56,12 +57,13 @@ def from_timm_attention(module: TimmAttention, mixer: str = "softmax", *, shape:
     norm_layer = type(q_norm) if not isinstance(q_norm, nn.Identity) else (
         type(module.norm) if not isinstance(module.norm, nn.Identity) else None
     )
+    attn_drop = mixer_kwargs.pop("attn_drop", module.attn_drop.p)
     new = Attention(
         module.qkv.in_features,
         num_heads=module.num_heads,
         qkv_bias=module.qkv.bias is not None,
         qk_norm=not isinstance(q_norm, nn.Identity),
-        attn_drop=module.attn_drop.p,
+        attn_drop=attn_drop,
         proj_drop=module.proj_drop.p,
         mixer=mixer,
         attn_head_dim=module.head_dim,
@@ -92,7 +94,8 @@ def replace_attention(model: nn.Module, mixer: str = "softmax", **mixer_kwargs: 
     The model is changed in place and returned. With ``mixer="softmax"`` the outputs are unchanged. A mixer that
     is causal by default (``lssa``, ``lssar``: the paper's language-model setting) is refused with a
     ``ValueError`` unless ``is_causal`` is passed explicitly, since a causal mask over image patches is almost
-    never wanted and would change the model silently.
+    never wanted and would change the model silently. ``attn_drop`` in ``mixer_kwargs`` overrides the model's
+    attention dropout in every replaced layer.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")

@@ -250,7 +250,8 @@ class ReversedAttention(Attention):
     def __init__(self, dim: int, num_heads: int = 8, qkv_bias: bool = False, qk_norm: bool = False,
                  attn_drop: float = 0.0, proj_drop: float = 0.0, temperature: float = 0.1, **kwargs) -> None:
         mixer = ReversedMixer(dim, num_heads, temperature, attn_drop=attn_drop)
-        super().__init__(dim, num_heads, qkv_bias, qk_norm, attn_drop, proj_drop, mixer=mixer, **kwargs)
+        super().__init__(dim, num_heads, qkv_bias=qkv_bias, qk_norm=qk_norm, attn_drop=attn_drop, proj_drop=proj_drop,
+                         mixer=mixer, **kwargs)
 
     def forward(self, x: Tensor, message: Tensor | None = None,  # type: ignore[override]
                 shape: int | tuple[int, ...] | None = None) -> tuple[Tensor, Tensor]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 from torch import Tensor, nn
 
@@ -19,10 +20,19 @@ class TokenMixer(nn.Module):
 
     Mechanisms whose paper computes something from the layer input itself (a gate, a per-token scale) set
     ``uses_input = True``; :class:`~visattn.nn.Attention` then also passes ``x=`` the ``(B, N, C)`` layer input.
+
+    Mechanisms that compute causal attention themselves (a causal prefix scan, SDPA's ``is_causal``) set
+    ``supports_is_causal = True`` and take ``forward(..., is_causal=False)``: causal when either the flag or the
+    mixer's own ``is_causal`` says so. :class:`~visattn.nn.Attention` then passes ``is_causal=True`` instead of an
+    ``N x N`` causal mask. Mechanisms that never form attention weights (linear, Hedgehog, Taylor ...) set
+    ``uses_attn_drop = False``: they accept any ``attn_drop`` (a timm model's ``attn_drop_rate`` carries over) and
+    warn once, in training only, when it is above 0, since there is nothing to drop.
     """
 
     supports_attn_mask: bool = False
+    supports_is_causal: bool = False
     uses_input: bool = False
+    uses_attn_drop: bool = True
 
     def __init__(self, attn_drop: float = 0.0) -> None:
         super().__init__()
@@ -36,6 +46,8 @@ class TokenMixer(nn.Module):
 
     def prepare(self, q: Tensor, k: Tensor, v: Tensor, shape: int | tuple[int, ...]) -> tuple[Shape, int]:
         """Check inputs; return the normalised grid shape and the number of prefix tokens ``N - prod(shape)``."""
+        if self.attn_drop and self.training and not self.uses_attn_drop:
+            self._warn_unused_attn_drop()
         check_qkv(q, k, v)
         shape = as_shape(shape)
         n, grid = q.shape[2], math.prod(shape)
@@ -51,6 +63,14 @@ class TokenMixer(nn.Module):
 
     def attention_weights(self, q: Tensor, k: Tensor, shape: int | tuple[int, ...]) -> Tensor:
         raise NotImplementedError(f"{type(self).__name__} does not expose attention weights")
+
+    def _warn_unused_attn_drop(self) -> None:
+        if getattr(self, "_attn_drop_warned", False):
+            return
+        self._attn_drop_warned = True
+        message = (f"{type(self).__name__} forms no attention weights, so attn_drop={self.attn_drop} drops nothing; "
+                   "training runs without attention dropout")
+        warnings.warn(message, UserWarning, stacklevel=4)
 
     def _no_attn_mask(self, attn_mask: Tensor | None) -> None:
         if attn_mask is not None and not self.supports_attn_mask:
