@@ -154,3 +154,14 @@ def test_bad_forward_input():
         LineAttention(8, 2)(x, 2)
     with pytest.raises(ValueError, match="spatial axes"):
         MorphAxialAttention(8, 2, spatial_dims=3)(x)
+
+
+def test_scale_is_the_name_and_qk_scale_a_deprecated_alias():
+    for build in (LineAttention, AxialAttention, MorphAxialAttention):
+        assert build(8, 2, scale=0.3).state_dict().keys() == build(8, 2).state_dict().keys()
+        with pytest.warns(DeprecationWarning, match="qk_scale is deprecated, use scale"):
+            aliased = build(8, 2, qk_scale=0.3)
+        lines = [m for m in aliased.modules() if isinstance(m, LineAttention)]
+        assert lines and all(line.scale == 0.3 for line in lines)
+        with pytest.raises(TypeError, match="pass scale or its deprecated alias qk_scale, not both"):
+            build(8, 2, scale=0.3, qk_scale=0.3)

@@ -24,12 +24,24 @@ and adds the block's own residual outside; both stay outside this module.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 
 from torch import Tensor, nn
 
 from ..masks import full_mask
 from ..ops import masked_attention
+
+
+def _scale_or_alias(scale: float | None, qk_scale: float | None) -> float | None:
+    """``scale``, or the deprecated ``qk_scale`` (the name before visattn settled on ``scale``) with a warning."""
+    if qk_scale is None:
+        return scale
+    if scale is not None:
+        raise TypeError(f"pass scale or its deprecated alias qk_scale, not both; got scale={scale!r}, "
+                        f"qk_scale={qk_scale!r}")
+    warnings.warn("qk_scale is deprecated, use scale", DeprecationWarning, stacklevel=3)
+    return qk_scale
 
 
 def _check_heads(dim: int, num_heads: int) -> None:
@@ -59,21 +71,23 @@ class LineAttention(nn.Module):
         num_heads: attention heads.
         qkv_bias: bias in the qkv projection.
         proj_bias: bias in the output projection.
-        qk_scale: logit scale, ``head_dim ** -0.5`` by default.
+        scale: logit scale, ``head_dim ** -0.5`` by default (``qk_scale``: deprecated keyword alias).
         attn_drop: attention dropout (training only).
         proj_drop: dropout after the output projection.
     """
 
     def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True, proj_bias: bool = True,
-                 qk_scale: float | None = None, attn_drop: float = 0.0, proj_drop: float = 0.0) -> None:
+                 scale: float | None = None, attn_drop: float = 0.0, proj_drop: float = 0.0, *,
+                 qk_scale: float | None = None) -> None:
         super().__init__()
+        scale = _scale_or_alias(scale, qk_scale)
         _check_heads(dim, num_heads)
         if not 0.0 <= attn_drop < 1.0:
             raise ValueError(f"attn_drop must be in [0, 1), got {attn_drop!r}")
         self.dim = dim
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
-        self.scale = self.head_dim ** -0.5 if qk_scale is None else qk_scale
+        self.scale = self.head_dim ** -0.5 if scale is None else scale
         self.attn_drop = attn_drop
         self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim, bias=proj_bias)
@@ -103,13 +117,15 @@ class AxialAttention(nn.Module):
         num_heads: attention heads.
         axes: grid axes (an int or a sequence; negative axes count from the last grid axis), resolved against the
             input's grid at each call; they must name distinct axes.
-        qkv_bias, proj_bias, qk_scale, attn_drop, proj_drop: as in :class:`LineAttention`.
+        qkv_bias, proj_bias, scale, attn_drop, proj_drop: as in :class:`LineAttention` (``qk_scale``: deprecated
+            keyword alias of ``scale``).
     """
 
     def __init__(self, dim: int, num_heads: int, axes: int | Sequence[int] = -1, qkv_bias: bool = True,
-                 proj_bias: bool = True, qk_scale: float | None = None, attn_drop: float = 0.0,
-                 proj_drop: float = 0.0) -> None:
+                 proj_bias: bool = True, scale: float | None = None, attn_drop: float = 0.0,
+                 proj_drop: float = 0.0, *, qk_scale: float | None = None) -> None:
         super().__init__()
+        scale = _scale_or_alias(scale, qk_scale)
         _check_heads(dim, num_heads)
         axes = (axes,) if isinstance(axes, int) and not isinstance(axes, bool) else axes
         if not isinstance(axes, Sequence) or isinstance(axes, str) or not axes or any(
@@ -118,7 +134,7 @@ class AxialAttention(nn.Module):
         self.dim = dim
         self.axes = tuple(axes)
         self.lines = nn.ModuleList(
-            LineAttention(dim, num_heads, qkv_bias, proj_bias, qk_scale, attn_drop, proj_drop) for _ in self.axes
+            LineAttention(dim, num_heads, qkv_bias, proj_bias, scale, attn_drop, proj_drop) for _ in self.axes
         )
 
     def resolve_axes(self, grid_dims: int) -> tuple[int, ...]:
@@ -152,21 +168,23 @@ class MorphAxialAttention(nn.Module):
         dim: channels C, divisible by ``num_heads``.
         num_heads: attention heads.
         spatial_dims: spatial axes after time (MORPH uses 3: D, H, W, with size-1 axes for 1-D and 2-D data).
-        qkv_bias, proj_bias, qk_scale, attn_drop, proj_drop: as in :class:`LineAttention`.
+        qkv_bias, proj_bias, scale, attn_drop, proj_drop: as in :class:`LineAttention` (``qk_scale``: deprecated
+            keyword alias of ``scale``).
     """
 
     def __init__(self, dim: int, num_heads: int, spatial_dims: int = 3, qkv_bias: bool = True,
-                 proj_bias: bool = True, qk_scale: float | None = None, attn_drop: float = 0.0,
-                 proj_drop: float = 0.0) -> None:
+                 proj_bias: bool = True, scale: float | None = None, attn_drop: float = 0.0,
+                 proj_drop: float = 0.0, *, qk_scale: float | None = None) -> None:
         super().__init__()
+        scale = _scale_or_alias(scale, qk_scale)
         _check_heads(dim, num_heads)
         if isinstance(spatial_dims, bool) or not isinstance(spatial_dims, int) or spatial_dims < 1:
             raise ValueError(f"spatial_dims must be an int >= 1, got {spatial_dims!r}")
         self.dim = dim
         self.spatial_dims = spatial_dims
-        self.time = LineAttention(dim, num_heads, qkv_bias, proj_bias, qk_scale, attn_drop, proj_drop)
+        self.time = LineAttention(dim, num_heads, qkv_bias, proj_bias, scale, attn_drop, proj_drop)
         self.space = AxialAttention(dim, num_heads, tuple(range(1, spatial_dims + 1)), qkv_bias, proj_bias,
-                                    qk_scale, attn_drop, proj_drop)
+                                    scale, attn_drop, proj_drop)
 
     def forward(self, x: Tensor) -> Tensor:
         """``x``: ``(B, T, *space, C)`` with ``spatial_dims`` spatial axes; returns the same shape."""
