@@ -1,16 +1,18 @@
 """Generated documentation tables, so the docs cannot drift from the registry and the paper list.
 
 A docs page marks a generated block with ``<!-- generated: KIND [family=NAME] -->`` ... ``<!-- end generated -->``;
-KIND is ``mechanisms`` (the registry) or ``papers`` (:data:`visattn.papers.PAPERS`). A papers table shows, per paper,
-everything in visattn that implements it: registered mixers and feature-map modules, and the lens edits, lens
-metrics, transforms, modules and tools of :data:`visattn.papers.IMPLEMENTATIONS`; and what is not implemented yet
-(:data:`visattn.papers.NOT_YET`). ``python -m visattn.docgen`` rewrites every block in ``docs/``; ``--check`` exits 1
-if any page is stale.
+KIND is ``mechanisms`` (the registry), ``papers`` (:data:`visattn.papers.PAPERS`) or ``models`` (every
+``visattn_*`` model in timm's registry, counted, beside :data:`visattn.models.published.PUBLISHED`). A papers table
+shows, per paper, everything in visattn that implements it: registered mixers and feature-map modules, and the lens
+edits, lens metrics, transforms, modules and tools of :data:`visattn.papers.IMPLEMENTATIONS`; and what is not
+implemented yet (:data:`visattn.papers.NOT_YET`). ``python -m visattn.docgen`` rewrites every block in ``docs/``;
+``--check`` exits 1 if any page is stale.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import re
 import sys
 from pathlib import Path
@@ -74,6 +76,48 @@ def _paper_keys_of_family(family: str) -> set[str]:
             | {get_module_spec(n).paper_key for n in list_modules(family)})
 
 
+@functools.cache
+def count_model(name: str) -> tuple[int, int, int]:
+    """Parameters, multiply-adds of one forward pass on one image and the image side, for the registered timm model
+    ``name`` at its ``pretrained_cfg`` input size. Built and run on the meta device (no memory, no data); FLOPs
+    from :class:`torch.utils.flop_counter.FlopCounterMode` halved (a multiply-add counts once, as papers count):
+    matrix products, convolutions and SDPA are counted, elementwise work and custom operators without a
+    registered FLOP formula are not."""
+    import timm
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.device("meta"):
+        model = timm.create_model(name, pretrained=False).eval()
+    channels, height, width = model.pretrained_cfg["input_size"]
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(torch.empty(1, channels, height, width, device="meta"))
+    return sum(p.numel() for p in model.parameters()), counter.get_total_flops() // 2, height
+
+
+def _figure(value: float | None, digits: int = 1) -> str:
+    return "—" if value is None else f"{value:.{digits}f}"
+
+
+def models_table(pattern: str = "visattn_*") -> str:
+    """Markdown table of the models registered in timm whose names match ``pattern`` (every ``visattn_*`` model):
+    parameters and GMACs counted (:func:`count_model`) beside the paper's
+    (:data:`visattn.models.published.PUBLISHED`)."""
+    import timm
+
+    import visattn.models  # noqa: F401  (registers the models)
+    from visattn.models.published import PUBLISHED
+
+    lines = ["| model | image | params (M) | paper params (M) | GMACs | paper GMACs | source |",
+             "|---|---|---|---|---|---|---|"]
+    for name in timm.list_models(pattern):
+        params, macs, side = count_model(name)
+        paper = PUBLISHED.get(name)
+        lines.append(f"| `{name}` | {side} | {params / 1e6:.2f} | {_figure(paper and paper.params_m)} "
+                     f"| {macs / 1e9:.2f} | {_figure(paper and paper.gmacs, 2)} | {paper.source if paper else '—'} |")
+    return "\n".join(lines) + "\n"
+
+
 def render(text: str) -> str:
     """``text`` with every generated block rewritten."""
 
@@ -83,8 +127,10 @@ def render(text: str) -> str:
             body = mechanisms_table(family)
         elif kind == "papers":
             body = papers_table(family)
+        elif kind == "models":
+            body = models_table()
         else:
-            raise ValueError(f"unknown generated block kind {kind!r}; expected 'mechanisms' or 'papers'")
+            raise ValueError(f"unknown generated block kind {kind!r}; expected 'mechanisms', 'papers' or 'models'")
         return f"{match.group(1)}{body}{match.group(5)}"
 
     return BLOCK.sub(fill, text)
