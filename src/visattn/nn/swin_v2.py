@@ -140,18 +140,55 @@ class WindowAttentionV2(nn.Module):
         bias = table[self.relative_position_index.reshape(-1)].reshape(n, n, self.num_heads).permute(2, 0, 1)
         return 16.0 * torch.sigmoid(bias)
 
+    def attention_bias(self, mask: Tensor | None = None) -> Tensor:
+        """Position bias plus the additive ``mask``, as the 4-D float mask of one SDPA call over
+        ``(B, num_windows * heads)`` batches: ``(1, num_windows * heads, N, N)`` (``num_windows = 1`` without
+        a mask).
+
+        Reused between calls while no gradient is recorded and neither the MLP nor the mask changed: the cache
+        key holds each tensor's storage, version counter (bumped by every in-place update, ``load_state_dict``
+        and optimiser steps included), shape, device and dtype, and the window sizes.
+        """
+        params = tuple(self.cpb_mlp.parameters())
+        tensors = params if mask is None else (*params, mask)
+        if (torch.is_grad_enabled() or torch.compiler.is_compiling()
+                or any(t.is_inference() or t.device.type == "meta" for t in tensors)):
+            return self._attention_bias(mask)
+        key = (tuple((t.data_ptr(), t._version, t.shape, t.device, t.dtype) for t in tensors), self.window_size,
+               self.pretrained_window_size)
+        cached = self.__dict__.get("_bias_cache")
+        if cached is None or cached[0] != key:
+            cached = (key, self._attention_bias(mask))
+            self.__dict__["_bias_cache"] = cached
+        return cached[1]
+
+    def _attention_bias(self, mask: Tensor | None) -> Tensor:
+        bias = self.position_bias()
+        n = bias.shape[-1]
+        if mask is not None:
+            bias = bias.unsqueeze(0) + mask.unsqueeze(1).to(bias.dtype)
+        return bias.reshape(1, -1, n, n)
+
     def qkv_heads(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """q, k, v of ``x`` ``(B_, N, C)`` as ``(B_, heads, N, head_dim)``; k carries no bias."""
-        bias = None
-        if self.q_bias is not None:
-            bias = torch.cat((self.q_bias, torch.zeros_like(self.q_bias), self.v_bias))
         b, n, c = x.shape
-        qkv = F.linear(x, self.qkv.weight, bias).reshape(b, n, 3, self.num_heads, c // self.num_heads)
+        qkv = self._qkv(x).reshape(b, n, 3, self.num_heads, c // self.num_heads)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
         return q, k, v
 
+    def _qkv(self, x: Tensor) -> Tensor:
+        bias = None
+        if self.q_bias is not None:
+            bias = torch.cat((self.q_bias, torch.zeros_like(self.q_bias), self.v_bias))
+        return F.linear(x, self.qkv.weight, bias)
+
     def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
-        """``x``: ``(num_windows * B, Wh * Ww, C)``; ``mask``: additive ``(num_windows, Wh * Ww, Wh * Ww)``."""
+        """``x``: ``(num_windows * B, Wh * Ww, C)``; ``mask``: additive ``(num_windows, Wh * Ww, Wh * Ww)``.
+
+        One layout copy puts q, k, v as ``(3, B, num_windows * heads, N, head_dim)``, so that a window's mask
+        broadcasts over the batch in one fused SDPA call; q and k are normalised together, the per-head
+        ``1 / tau`` folded into q's inverse norm.
+        """
         if not isinstance(x, Tensor) or x.dim() != 3:
             raise ValueError(f"x must be shaped (num_windows * B, Wh * Ww, C), got "
                              f"{tuple(x.shape) if isinstance(x, Tensor) else x!r}")
@@ -159,19 +196,25 @@ class WindowAttentionV2(nn.Module):
         if n != self.window_area or c != self.dim:
             raise ValueError(f"x must be shaped (num_windows * B, {self.window_area}, {self.dim}) for "
                              f"window_size={self.window_size}, dim={self.dim}; got {tuple(x.shape)}")
-        q, k, v = self.qkv_heads(x)
-        bias = self.position_bias()
+        groups = 1
         if mask is not None:
             if mask.dim() != 3 or mask.shape[1:] != (n, n) or windows % mask.shape[0]:
                 raise ValueError(f"mask must be shaped (num_windows, {n}, {n}) with num_windows dividing "
                                  f"{windows}, got {tuple(mask.shape)}")
-            num_windows = mask.shape[0]
-            bias = (bias.unsqueeze(0) + mask.unsqueeze(1).to(bias.dtype)).reshape(-1, n, n)
-            q, k, v = (t.reshape(windows // num_windows, num_windows * self.num_heads, n, -1) for t in (q, k, v))
+            groups = mask.shape[0]
+        heads, batch = self.num_heads, windows // groups
+        qkv = self._qkv(x).reshape(batch, groups, n, 3, heads, c // heads).permute(3, 0, 1, 4, 2, 5)
+        qkv = qkv.reshape(3, batch, groups * heads, n, c // heads)
+        qk, v = qkv[:2], qkv[2]
+        inverse_norm = torch.linalg.vector_norm(qk, dim=-1, keepdim=True).clamp_min(1e-12).reciprocal()
+        scale = cosine_logit_scale(self.logit_scale).to(qk.dtype).repeat(groups, 1, 1)
+        factor = torch.stack((scale, torch.ones_like(scale)))[:, None]
+        q, k = (qk * (inverse_norm * factor)).unbind(0)
         dropout_p = self.attn_drop if self.training else 0.0
-        out = scaled_cosine_attention(q, k, v, self.logit_scale.repeat(bias.shape[0] // self.num_heads, 1, 1),
-                                      bias, dropout_p)
-        out = out.reshape(windows, self.num_heads, n, -1).transpose(1, 2).reshape(windows, n, c)
+        # A 4-D float mask keeps SDPA on its fused CPU kernel; a 3-D one falls back to the math path.
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=self.attention_bias(mask).to(q.dtype),
+                                             dropout_p=dropout_p, scale=1.0)
+        out = out.reshape(batch, groups, heads, n, -1).transpose(2, 3).reshape(windows, n, c)
         return self.proj_drop(self.proj(out))
 
 
