@@ -14,5 +14,7 @@ parameter counts and FLOPs for the docs table live in :mod:`visattn.models.publi
 """
 
 from . import vit  # noqa: F401
+from . import maxvit  # noqa: F401
+from . import swin_v2  # noqa: F401
 from . import davit  # noqa: F401
 from . import nat  # noqa: F401
