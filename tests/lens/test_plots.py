@@ -19,6 +19,15 @@ def decoded(png: bytes) -> Image.Image:
     return image
 
 
+def panels(fig):
+    """The figure's axes without its colorbars."""
+    return [ax for ax in fig.axes if getattr(ax, "_colorbar", None) is None]
+
+
+def colorbars(fig):
+    return [ax._colorbar for ax in fig.axes if getattr(ax, "_colorbar", None) is not None]
+
+
 def test_upsample_scales_to_unit_range_and_keeps_a_constant_map_at_zero():
     heat = torch.tensor([[0.0, 1.0], [2.0, 3.0]])
     big = plots.upsample(heat, (8, 6))
@@ -43,18 +52,52 @@ def test_query_maps_take_the_class_row_the_mean_row_or_a_chosen_query():
 def test_overlay_figure_has_the_input_and_one_panel_per_map():
     image = (np.random.default_rng(0).random((40, 30, 3)) * 255).astype(np.uint8)
     fig = plots.overlay_figure(image, {"rollout": torch.rand(4, 3), "layer 1": torch.rand(4, 3)})
-    assert [ax.get_title() for ax in fig.axes] == ["input", "rollout", "layer 1"]
+    assert [ax.get_title() for ax in panels(fig)] == ["input", "rollout", "layer 1"]
     assert decoded(plots.png_bytes(fig)).format == "PNG"
 
 
 def test_head_grid_has_a_row_per_layer_and_a_column_per_head(tmp_path):
     maps = {0: torch.rand(3, 4, 4), 5: torch.rand(3, 4, 4)}
     fig = plots.head_grid_figure(maps, image=np.ones((16, 16, 3)))
-    assert len(fig.axes) == 6
-    assert [fig.axes[i].get_ylabel() for i in (0, 3)] == ["layer 0", "layer 5"]
-    assert [fig.axes[i].get_title() for i in range(3)] == ["head 0", "head 1", "head 2"]
+    axes = panels(fig)
+    assert len(axes) == 6 and len(colorbars(fig)) == 1
+    assert [axes[i].get_ylabel() for i in (0, 3)] == ["layer 0", "layer 5"]
+    assert [axes[i].get_title() for i in range(3)] == ["head 0", "head 1", "head 2"]
     path = plots.save_png(plots.head_grid_figure(maps), tmp_path / "sub" / "heads.png")
     assert decoded(path.read_bytes()).size[0] > 100
+
+
+def test_overlay_states_its_scale_with_colorbars_in_the_maps_units():
+    """A random model's rollout spans 0.00498..0.00519: per map, its colorbar says so (it used to fill the colormap
+    with no colorbar); on the absolute scale it shares one range from 0 with the other maps."""
+    image = np.ones((16, 16, 3))
+    flat = torch.linspace(0.00498, 0.00519, 16).view(4, 4)
+    strong = torch.zeros(4, 4)
+    strong[1, 2] = 0.9
+    fig = plots.overlay_figure(image, {"rollout": flat, "last layer": strong})
+    bars = colorbars(fig)
+    assert len(bars) == 2
+    assert (bars[0].vmin, bars[0].vmax) == pytest.approx((0.00498, 0.00519))
+    assert (bars[1].vmin, bars[1].vmax) == pytest.approx((0.0, 0.9))
+    assert "per map" in fig.get_suptitle()
+    fig = plots.overlay_figure(image, {"rollout": flat, "last layer": strong}, scale="absolute")
+    bars = colorbars(fig)
+    assert len(bars) == 1 and (bars[0].vmin, bars[0].vmax) == pytest.approx((0.0, 0.9))
+    assert [ax.images[-1].norm.vmax for ax in panels(fig)[1:]] == pytest.approx([0.9, 0.9])
+    assert "absolute" in fig.get_suptitle() and "0..0.9" in fig.get_suptitle()
+    fig = plots.overlay_figure(image, {"rollout": flat}, scale="absolute", limits=(0.0, 1.0))
+    assert (colorbars(fig)[0].vmin, colorbars(fig)[0].vmax) == (0.0, 1.0)
+    assert decoded(plots.png_bytes(fig)).format == "PNG"
+
+
+def test_head_grid_absolute_scale_shares_one_range():
+    maps = {0: torch.rand(2, 3, 3) * 0.1, 1: torch.rand(2, 3, 3)}
+    fig = plots.head_grid_figure(maps, scale="absolute")
+    top = float(max(m.max() for m in maps.values()))
+    assert [ax.images[-1].norm.vmax for ax in panels(fig)] == pytest.approx([top] * 4)
+    assert colorbars(fig)[0].vmax == pytest.approx(top) and "absolute" in fig.get_suptitle()
+    fig = plots.head_grid_figure(maps)
+    assert colorbars(fig)[0].vmax == pytest.approx(1.0) and "per map" in fig.get_suptitle()
 
 
 def test_metrics_and_similarity_figures_render():
@@ -82,5 +125,9 @@ def test_bad_input_names_the_argument():
         plots.head_grid_figure({2: torch.rand(4, 4)})
     with pytest.raises(ValueError, match="maps must hold at least one layer"):
         plots.head_grid_figure({})
+    with pytest.raises(ValueError, match=r"scale must be one of \('per_map', 'absolute'\), got 'log'"):
+        plots.overlay_figure(np.ones((4, 4, 3)), {"a": torch.rand(2, 2)}, scale="log")
+    with pytest.raises(ValueError, match="limits=.* needs scale='absolute'"):
+        plots.overlay_figure(np.ones((4, 4, 3)), {"a": torch.rand(2, 2)}, limits=(0, 1))
     with pytest.raises(ValueError, match=r"weights must be \(L, L\) with L = len\(layers\) = 3"):
         plots.similarity_figure(torch.rand(4, 4), layers=[0, 1, 2])
