@@ -9,12 +9,27 @@ models, then build them with timm::
     print(timm.list_models("visattn_*"))
     model = timm.create_model("visattn_vit_small_patch16_224", mixer="neighborhood", kernel_size=7)
 
-One module per family; each registers its models with ``@timm.models.register_model`` when imported here. Published
-parameter counts and FLOPs for the docs table live in :mod:`visattn.models.published`.
+One module per family (imports below, one line each, alphabetical); each registers its models with
+``@timm.models.register_model`` when imported here and maps the models that have a timm twin (same architecture,
+same weights) to its name in a module-level ``TIMM_COUNTERPARTS`` dict (:func:`timm_counterpart`, used by the
+benchmarks). Published parameter counts and FLOPs for the docs table live in :mod:`visattn.models.published`.
 """
 
+import sys
+
 from . import vit  # noqa: F401
-from . import maxvit  # noqa: F401
-from . import swin_v2  # noqa: F401
 from . import davit  # noqa: F401
 from . import nat  # noqa: F401
+from . import maxvit  # noqa: F401
+from . import swin_v2  # noqa: F401
+
+
+def timm_counterpart(name: str) -> str | None:
+    """The timm model with the same architecture and weights as the registered ``visattn_*`` model ``name`` (from
+    its family module's ``TIMM_COUNTERPARTS``), or None when timm has none (NAT, DiNAT)."""
+    import timm
+
+    if not isinstance(name, str) or not timm.is_model(name):
+        raise ValueError(f"name must be a registered timm model name, got {name!r}")
+    module = sys.modules[timm.models.model_entrypoint(name).__module__]
+    return getattr(module, "TIMM_COUNTERPARTS", {}).get(name)
