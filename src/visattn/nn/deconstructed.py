@@ -6,24 +6,33 @@ paper notes). ``V = H W_V`` in every variant; a hybrid model uses a variant in o
 
 * no token mixing — :class:`GatedMLP`: ``FC_down(SiLU(FC_gate H) * FC_up H)`` in place of attention.
 * approximate form — ``"taylor"`` (:class:`TaylorMixer`): softmax's ``exp(x)`` replaced by its 2nd-order Taylor
-  expansion ``1 + x + x^2/2`` with ``x = q . k / sqrt(d)`` (as in Based), linearised by the feature map
-  ``phi(x) = [1, x / d^(1/4), (x (x) x) / sqrt(2 d)]`` so that ``phi(q) . phi(k) = 1 + x + x^2/2`` (> 0):
-  ``out_i = phi(q_i) sum_j phi(k_j) v_j^T / phi(q_i) . sum_j phi(k_j)``, O(N d^3), causal by chunked prefix sums.
+  expansion ``1 + x + x^2/2`` with ``x = q' . k' / sqrt(f)`` as in Based, where ``q' = P_q q``, ``k' = P_k k``
+  project each head to ``f = feature_dim`` channels (16, Based's default), linearised by the feature map
+  ``phi(x) = [1, x / f^(1/4), (x (x) x) / sqrt(2 f)]`` so that ``phi(q') . phi(k') = 1 + x + x^2/2`` (> 0):
+  ``out_i = phi(q'_i) sum_j phi(k'_j) v_j^T / phi(q'_i) . sum_j phi(k'_j)``, O(N f^2 d), causal by chunked prefix
+  sums (:mod:`visattn.ops.taylor`).
 * non-approximate form — ``"elementwise_qk"`` (:class:`ElementwiseQKMixer`): ``A = softmax((Q * K) 1^T /
   sqrt(d_h))`` with ``Q = SiLU(H W_Q)`` and ``*`` the elementwise product; see the class for how the product is
-  contracted.
+  contracted (:mod:`visattn.ops.elementwise_qk`).
 * Q, K decoupled from the evolving hidden state — :class:`DecoupledQKAttention` with ``source`` ``"random"``
   (RndEmbQK), ``"fixed"`` (FixedSeqQK) or ``"static"`` (StaticEmbQK).
 """
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..ops.elementwise_qk import (
+    SCORE_AXES,
+    elementwise_qk_attention,
+    elementwise_qk_state_bytes,
+    elementwise_qk_weights,
+)
+from ..ops.linear_attention import check_chunk_size
+from ..ops.recurrent_state import layout
+from ..ops.taylor import taylor_attention, taylor_state_bytes, taylor_weights
 from ..registry import register_mixer
 from .token_mixer import TokenMixer
 
@@ -32,18 +41,10 @@ __all__ = [
     "ElementwiseQKMixer",
     "GatedMLP",  # noqa: F822  (resolved by the module __getattr__)
     "TaylorMixer",
-    "elementwise_qk_attention",
-    "elementwise_qk_weights",
-    "taylor_attention",
-    "taylor_feature_map",
-    "taylor_weights",
 ]
 
-
-def _check_chunk(chunk_size: int) -> int:
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
-        raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
-    return chunk_size
+BASED_FEATURE_DIM = 16
+"""Based's feature dimension (``feature_dim=16`` in its released ``LinearAttention``), the default of ``taylor``."""
 
 
 def _no_weight_dropout(attn_drop: float, name: str) -> float:
@@ -53,61 +54,10 @@ def _no_weight_dropout(attn_drop: float, name: str) -> float:
     return attn_drop
 
 
-def _causal(n: int, device: torch.device) -> Tensor:
-    return torch.ones(n, n, dtype=torch.bool, device=device).tril()
-
-
-def taylor_feature_map(x: Tensor) -> Tensor:
-    """``phi(x) = [1, x / d^(1/4), vec(x x^T) / sqrt(2 d)]`` (``1 + d + d^2`` features) so that
-    ``phi(q) . phi(k) = 1 + s + s^2 / 2`` with ``s = q . k / sqrt(d)``."""
-    d = x.shape[-1]
-    outer = (x.unsqueeze(-1) * x.unsqueeze(-2)).flatten(-2) / math.sqrt(2.0 * d)
-    return torch.cat((torch.ones_like(x[..., :1]), x / d ** 0.25, outer), dim=-1)
-
-
-def taylor_weights(q: Tensor, k: Tensor, is_causal: bool = False) -> Tensor:
-    """Dense normalised weights ``(1 + s + s^2/2) / sum_l (...)`` with ``s = q k^T / sqrt(d)`` (O(N^2))."""
-    s = (q @ k.transpose(-2, -1)) / math.sqrt(q.shape[-1])
-    kernel = 1.0 + s + 0.5 * s * s
-    if is_causal:
-        kernel = kernel.masked_fill(~_causal(q.shape[-2], q.device), 0.0)
-    return kernel / kernel.sum(dim=-1, keepdim=True)
-
-
-def taylor_attention(q: Tensor, k: Tensor, v: Tensor, is_causal: bool = False, chunk_size: int = 128) -> Tensor:
-    """2nd-order Taylor linear attention ``phi(q) (phi(K)^T V) / phi(q) . sum phi(K)`` in O(N d^3) time.
-
-    Tokens are processed ``chunk_size`` at a time, so memory is O(chunk_size d^2 + d^3), never N x N or N x d^2.
-    Causal: within a chunk the kernel ``1 + s + s^2/2`` is computed directly on the ``chunk x chunk`` block (masked),
-    and earlier chunks enter through the running state ``sum_j phi(k_j) v_j^T`` and ``sum_j phi(k_j)``.
-    """
-    chunk_size = _check_chunk(chunk_size)
-    n = q.shape[-2]
-    state = q.new_zeros(*q.shape[:-2], 1 + q.shape[-1] + q.shape[-1] ** 2, v.shape[-1])
-    norm = q.new_zeros(*q.shape[:-2], 1, state.shape[-2])
-    if not is_causal:
-        for start in range(0, n, chunk_size):
-            phi_k = taylor_feature_map(k[..., start:start + chunk_size, :])
-            state = state + phi_k.transpose(-2, -1) @ v[..., start:start + chunk_size, :]
-            norm = norm + phi_k.sum(dim=-2, keepdim=True)
-        out = []
-        for start in range(0, n, chunk_size):
-            phi_q = taylor_feature_map(q[..., start:start + chunk_size, :])
-            out.append((phi_q @ state) / (phi_q @ norm.transpose(-2, -1)))
-        return torch.cat(out, dim=-2)
-    out = []
-    scale = 1.0 / math.sqrt(q.shape[-1])
-    for start in range(0, n, chunk_size):
-        qc, kc, vc = (t[..., start:start + chunk_size, :] for t in (q, k, v))
-        s = (qc @ kc.transpose(-2, -1)) * scale
-        kernel = (1.0 + s + 0.5 * s * s).masked_fill(~_causal(qc.shape[-2], q.device), 0.0)
-        phi_q, phi_k = taylor_feature_map(qc), taylor_feature_map(kc)
-        numerator = kernel @ vc + phi_q @ state
-        denominator = kernel.sum(dim=-1, keepdim=True) + phi_q @ norm.transpose(-2, -1)
-        out.append(numerator / denominator)
-        state = state + phi_k.transpose(-2, -1) @ vc
-        norm = norm + phi_k.sum(dim=-2, keepdim=True)
-    return torch.cat(out, dim=-2)
+def _positive(value: int, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+    return value
 
 
 class TaylorMixer(TokenMixer):
@@ -115,105 +65,88 @@ class TaylorMixer(TokenMixer):
 
     Args:
         is_causal: causal prefix sums over the token order (the paper's language-model setting).
-        chunk_size: tokens per chunk (memory O(chunk_size d^2)).
+        chunk_size: tokens per chunk (memory O(chunk_size f^2)).
+        feature_dim: ``f``, the width q and k are projected to per head before the Taylor feature map (Based's
+            ``feature_dim``, default 16 as in its released code); the recurrent state is then
+            ``(1 + f + f^2)(Dv + 1)`` numbers per head. ``None`` applies the map to the full head dimension without
+            a projection -- the behaviour before this option existed (state ``(1 + d + d^2)(Dv + 1)``, larger than
+            a key-value cache of 2048 tokens at ``d = 64``).
+        num_heads, head_dim: layout of q and k (the projections are per head; filled in by
+            :class:`~visattn.nn.Attention`). Ignored when ``feature_dim`` is None.
+        learn_projection: the projections ``q_proj``, ``k_proj`` ``(heads, f, head_dim)`` are parameters (as Based's
+            ``proj_q``/``proj_k``); False keeps them fixed (buffers). Both start as the same random orthonormal map
+            scaled so that ``q' . k' / sqrt(f)`` has the expectation of ``q . k / sqrt(d)``.
     """
 
-    def __init__(self, is_causal: bool = False, chunk_size: int = 128, attn_drop: float = 0.0) -> None:
+    def __init__(self, is_causal: bool = False, chunk_size: int = 128, attn_drop: float = 0.0, *,
+                 feature_dim: int | None = BASED_FEATURE_DIM, num_heads: int = 8, head_dim: int = 64,
+                 learn_projection: bool = True) -> None:
         super().__init__(_no_weight_dropout(attn_drop, "taylor"))
         if not isinstance(is_causal, bool):
             raise TypeError(f"is_causal must be a bool, got {is_causal!r}")
         self.is_causal = is_causal
-        self.chunk_size = _check_chunk(chunk_size)
+        self.chunk_size = check_chunk_size(chunk_size)
+        self.feature_dim = None if feature_dim is None else _positive(feature_dim, "feature_dim")
+        self.num_heads, self.head_dim = _positive(num_heads, "num_heads"), _positive(head_dim, "head_dim")
+        self.learn_projection = bool(learn_projection)
+        if self.feature_dim is None:
+            self.q_proj = self.k_proj = None
+            return
+        weight = torch.empty(num_heads, self.feature_dim, head_dim)
+        with torch.no_grad():
+            for h in range(num_heads):
+                nn.init.orthogonal_(weight[h])
+            ratio = head_dim / self.feature_dim
+            weight.mul_((ratio if ratio >= 1 else 1 / ratio) ** 0.25)
+        for name, value in (("q_proj", weight), ("k_proj", weight.clone())):
+            if self.learn_projection:
+                setattr(self, name, nn.Parameter(value))
+            else:
+                self.register_buffer(name, value)
+
+    def _project(self, x: Tensor, weight: Tensor | None) -> Tensor:
+        if weight is None:
+            return x
+        if x.shape[1] != self.num_heads or x.shape[-1] != self.head_dim:
+            raise ValueError(f"q and k must be shaped (B, heads={self.num_heads}, N, head_dim={self.head_dim}) for "
+                             f"feature_dim={self.feature_dim}, got {tuple(x.shape)}")
+        return x @ weight.to(x.dtype).transpose(-2, -1)
+
+    def features(self, q: Tensor, k: Tensor) -> tuple[Tensor, Tensor]:
+        """``q' = P_q q``, ``k' = P_k k`` per head (``(B, heads, N, f)``), or ``q, k`` when ``feature_dim`` is None."""
+        return self._project(q, self.q_proj), self._project(k, self.k_proj)
 
     def forward(self, q: Tensor, k: Tensor, v: Tensor, shape: int | tuple[int, ...],
                 attn_mask: Tensor | None = None) -> Tensor:
         self._no_attn_mask(attn_mask)
         self.prepare(q, k, v, shape)
-        return taylor_attention(q, k, v, self.is_causal, self.chunk_size)
+        return taylor_attention(*self.features(q, k), v, self.is_causal, self.chunk_size)
 
     def attention_weights(self, q: Tensor, k: Tensor, shape: int | tuple[int, ...]) -> Tensor:
         """Dense ``(B, heads, N, N)`` normalised kernel weights, computed in O(N^2) for the lens."""
         self.prepare(q, k, k, shape)
-        return taylor_weights(q, k, self.is_causal)
+        return taylor_weights(*self.features(q, k), self.is_causal)
+
+    def state_bytes(self, batch_size: int = 1, num_heads: int | None = None, head_dim: int | None = None,
+                    value_dim: int | None = None, dtype: torch.dtype = torch.float32) -> int:
+        """Recurrent state ``(1 + f + f^2)(Dv + 1)`` elements per head, ``f = feature_dim`` (or ``head_dim`` when
+        ``feature_dim`` is None; :func:`~visattn.ops.taylor.taylor_state_bytes`)."""
+        num_heads, head_dim, value_dim = layout(num_heads, head_dim, value_dim, default_heads=self.num_heads,
+                                                default_head_dim=self.head_dim)
+        return taylor_state_bytes(batch_size, num_heads, self.feature_dim or head_dim, value_dim, dtype)
 
     def extra_repr(self) -> str:
-        return f"is_causal={self.is_causal}, chunk_size={self.chunk_size}"
+        return f"is_causal={self.is_causal}, chunk_size={self.chunk_size}, feature_dim={self.feature_dim}"
 
 
-@register_mixer("taylor", paper="decon_attention", complexity="O(N d^3)", family="reformulated",
+@register_mixer("taylor", paper="decon_attention", complexity="O(N f^2 d)", family="reformulated",
                 faces=("definition", "fast", "module"))
-def taylor(is_causal: bool = False, chunk_size: int = 128, attn_drop: float = 0.0) -> TaylorMixer:
-    """2nd-order Taylor softmax 1 + s + s^2/2 linearised by its feature map (as in Based); O(N) in tokens."""
-    return TaylorMixer(is_causal, chunk_size, attn_drop)
-
-
-SCORE_AXES = ("key", "query")
-
-
-def _elementwise_scores(q: Tensor, k: Tensor, query_activation: bool) -> Tensor:
-    q = F.silu(q) if query_activation else q
-    return (q * k).sum(dim=-1) / math.sqrt(q.shape[-1])
-
-
-def elementwise_qk_weights(q: Tensor, k: Tensor, is_causal: bool = False, score_axis: str = "key",
-                           query_activation: bool = True) -> Tensor:
-    """Dense weights ``(..., N, N)`` of the non-approximate variant (O(N^2)); see :class:`ElementwiseQKMixer`."""
-    if score_axis not in SCORE_AXES:
-        raise ValueError(f"score_axis must be one of {SCORE_AXES}, got {score_axis!r}")
-    s = _elementwise_scores(q, k, query_activation)
-    n = s.shape[-1]
-    logits = s.unsqueeze(-2).expand(*s.shape[:-1], n, n) if score_axis == "key" \
-        else s.unsqueeze(-1).expand(*s.shape, n)
-    if is_causal:
-        logits = logits.masked_fill(~_causal(n, s.device), float("-inf"))
-    return torch.softmax(logits, dim=-1)
-
-
-def _causal_key_softmax(s: Tensor, v: Tensor, chunk_size: int) -> Tensor:
-    """``out_i = sum_{j<=i} exp(s_j) v_j / sum_{j<=i} exp(s_j)`` in O(N d) memory, stable for any range of ``s``.
-
-    A running (max, sum exp, sum exp v) state carries earlier chunks; inside a chunk each row is referenced to its
-    own running maximum, so no term overflows and the carried sum is never below ``exp(0)``.
-    """
-    n = s.shape[-1]
-    run_max = s.new_full((*s.shape[:-1], 1), float("-inf"))
-    run_den = s.new_zeros(*s.shape[:-1], 1)
-    run_num = v.new_zeros(*v.shape[:-2], 1, v.shape[-1])
-    out = []
-    for start in range(0, n, chunk_size):
-        sc, vc = s[..., start:start + chunk_size], v[..., start:start + chunk_size, :]
-        reference = torch.maximum(torch.cummax(sc, dim=-1).values, run_max).detach()
-        tril = _causal(sc.shape[-1], s.device)
-        weights = torch.where(tril, sc.unsqueeze(-2) - reference.unsqueeze(-1), float("-inf")).exp()
-        carry = (run_max - reference).exp()
-        numerator = weights @ vc + carry.unsqueeze(-1) * run_num
-        denominator = weights.sum(dim=-1) + carry * run_den
-        out.append(numerator / denominator.unsqueeze(-1))
-        new_max = torch.maximum(run_max, sc.amax(dim=-1, keepdim=True)).detach()
-        decay = (run_max - new_max).exp()
-        scaled = (sc - new_max).exp()
-        run_num = decay.unsqueeze(-1) * run_num + scaled.unsqueeze(-2) @ vc
-        run_den = decay * run_den + scaled.sum(dim=-1, keepdim=True)
-        run_max = new_max
-    return torch.cat(out, dim=-2)
-
-
-def elementwise_qk_attention(q: Tensor, k: Tensor, v: Tensor, is_causal: bool = False, score_axis: str = "key",
-                             query_activation: bool = True, chunk_size: int = 128) -> Tensor:
-    """Output of the non-approximate variant in O(N d) (see :class:`ElementwiseQKMixer`)."""
-    if score_axis not in SCORE_AXES:
-        raise ValueError(f"score_axis must be one of {SCORE_AXES}, got {score_axis!r}")
-    chunk_size = _check_chunk(chunk_size)
-    n = q.shape[-2]
-    if score_axis == "query":
-        if is_causal:
-            return v.cumsum(dim=-2) / torch.arange(1, n + 1, device=v.device, dtype=v.dtype).unsqueeze(-1)
-        return v.mean(dim=-2, keepdim=True).expand_as(v)
-    s = _elementwise_scores(q, k, query_activation)
-    if is_causal:
-        return _causal_key_softmax(s, v, chunk_size)
-    pooled = torch.softmax(s, dim=-1).unsqueeze(-2) @ v
-    return pooled.expand(*v.shape[:-2], n, v.shape[-1])
+def taylor(is_causal: bool = False, chunk_size: int = 128, attn_drop: float = 0.0,
+           feature_dim: int | None = BASED_FEATURE_DIM, num_heads: int = 8, head_dim: int = 64,
+           learn_projection: bool = True) -> TaylorMixer:
+    """2nd-order Taylor softmax 1 + s + s^2/2 on q, k projected to feature_dim (16, as in Based); O(N) in tokens."""
+    return TaylorMixer(is_causal, chunk_size, attn_drop, feature_dim=feature_dim, num_heads=num_heads,
+                       head_dim=head_dim, learn_projection=learn_projection)
 
 
 class ElementwiseQKMixer(TokenMixer):
@@ -243,7 +176,7 @@ class ElementwiseQKMixer(TokenMixer):
         self.is_causal = is_causal
         self.score_axis = score_axis
         self.query_activation = bool(query_activation)
-        self.chunk_size = _check_chunk(chunk_size)
+        self.chunk_size = check_chunk_size(chunk_size)
 
     def forward(self, q: Tensor, k: Tensor, v: Tensor, shape: int | tuple[int, ...],
                 attn_mask: Tensor | None = None) -> Tensor:
@@ -256,6 +189,12 @@ class ElementwiseQKMixer(TokenMixer):
         """Dense ``(B, heads, N, N)`` weights, O(N^2), for the lens."""
         self.prepare(q, k, k, shape)
         return elementwise_qk_weights(q, k, self.is_causal, self.score_axis, self.query_activation)
+
+    def state_bytes(self, batch_size: int = 1, num_heads: int | None = None, head_dim: int | None = None,
+                    value_dim: int | None = None, dtype: torch.dtype = torch.float32) -> int:
+        """Causal scan state (running max, ``sum exp``, ``sum exp v``): ``Dv + 2`` elements per head."""
+        num_heads, _, value_dim = layout(num_heads, head_dim, value_dim)
+        return elementwise_qk_state_bytes(batch_size, num_heads, value_dim, dtype)
 
     def extra_repr(self) -> str:
         return f"is_causal={self.is_causal}, score_axis={self.score_axis!r}"
