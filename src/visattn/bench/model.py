@@ -158,19 +158,22 @@ class _Variant:
 
 
 def check_model_name(name: str) -> str:
-    """``name`` if timm knows the model, else ``ValueError`` (before anything is built or downloaded)."""
+    """``name`` if timm knows the model (visattn's ``visattn_*`` models registered first), else ``ValueError``
+    (before anything is built or downloaded)."""
     import timm
+
+    import visattn.models  # noqa: F401  (registers visattn_* in timm)
 
     if not isinstance(name, str) or not timm.is_model(name):
         raise ValueError(f"model must be a timm model name like 'vit_small_patch16_224', got {name!r}")
     return name
 
 
-def _create(name: str, img_size: int, settings: ModelBenchSettings) -> nn.Module:
+def _create(name: str, img_size: int, settings: ModelBenchSettings, **kwargs: Any) -> nn.Module:
     import timm
 
     torch.manual_seed(settings.seed)
-    model = timm.create_model(name, pretrained=False, img_size=img_size)
+    model = timm.create_model(name, pretrained=False, img_size=img_size, **kwargs)
     return model.to(device=settings.device, dtype=DTYPES[settings.dtype])
 
 
@@ -287,7 +290,7 @@ def iter_model_bench(model: str, mixers: Iterable[BenchCase | str], img_sizes: I
         raise ValueError(f"img_sizes must be positive ints, got {sizes!r}")
     if torch.device(settings.device).type == "cpu":
         prebuild_native_kernels()
-    labels = [UNMODIFIED] + [c.label for c in cases]
+    labels = baseline_labels(model) + [c.label for c in cases]
     histories = {label: {m: [] for m in MODES} for label in labels}
     generator = torch.Generator().manual_seed(settings.seed)
     for img_size in sorted(set(sizes)):
@@ -298,18 +301,36 @@ def iter_model_bench(model: str, mixers: Iterable[BenchCase | str], img_sizes: I
             yield from _measure_mode(model, img_size, variants, images, mode, settings)
 
 
+def baseline_labels(model: str) -> list[str]:
+    """The labels of the variants before the mixers: :data:`UNMODIFIED` for a timm model; ``["timm NAME",
+    model]`` for a ``visattn_*`` model with a timm counterpart NAME (the baseline of its ratios); ``[model]`` for a
+    ``visattn_*`` model without one."""
+    from ..models import timm_counterpart
+
+    if not model.startswith("visattn_"):
+        return [UNMODIFIED]
+    counterpart = timm_counterpart(model)
+    return [model] if counterpart is None else [f"timm {counterpart}", model]
+
+
 def _variants(model: str, img_size: int, cases: Sequence[BenchCase], settings: ModelBenchSettings,
               histories: dict[str, dict[str, list[tuple[int, float]]]]) -> list[_Variant]:
+    baselines = baseline_labels(model)
+    names = [label.removeprefix("timm ") if label != UNMODIFIED else model for label in baselines]
     try:
-        base = _create(model, img_size, settings)
+        built = [_create(name, img_size, settings) for name in names]
     except MODEL_ERRORS as err:
-        reason = f"cannot create {model} at img_size={img_size}: {_reason(err)}"
+        reason = f"cannot create {', '.join(names)} at img_size={img_size}: {_reason(err)}"
         return [_Variant(label, case, None, reason, histories[label])
-                for label, case in [(UNMODIFIED, None), *((c.label, c) for c in cases)]]
-    variants = [_Variant(UNMODIFIED, None, base, None, histories[UNMODIFIED])]
+                for label, case in [*((b, None) for b in baselines), *((c.label, c) for c in cases)]]
+    variants = [_Variant(label, None, net, None, histories[label]) for label, net in zip(baselines, built, strict=True)]
+    base = built[-1]
     for case in cases:
         try:
-            swapped, error = _swap(base, case), None
+            if model.startswith("visattn_"):
+                swapped, error = _create(model, img_size, settings, mixer=case.name, **case.kwargs), None
+            else:
+                swapped, error = _swap(base, case), None
         except MODEL_ERRORS as err:
             swapped, error = None, f"cannot replace the attention: {_reason(err)}"
         variants.append(_Variant(case.label, case, swapped, error, histories[case.label]))
@@ -322,7 +343,10 @@ def run_model_bench(model: str, mixers: Iterable[BenchCase | str], img_sizes: It
     """Benchmark timm ``model`` as built and with its attention replaced by each of ``mixers``.
 
     Args:
-        model: a timm model name whose attention :func:`visattn.replace_attention` can swap (ViT, DeiT, ...).
+        model: a timm model name whose attention :func:`visattn.replace_attention` can swap (ViT, DeiT, ...), or
+            a ``visattn_*`` model: then its timm counterpart (:func:`visattn.models.timm_counterpart`), where it
+            has one, is the first variant and the baseline of every ratio (:func:`baseline_labels`), and each
+            mixer is passed to ``timm.create_model(model, mixer=...)`` (models that take no mixer skip it).
         mixers: registry names or ``"name:key=value,..."`` strings (or :class:`BenchCase` objects).
         img_sizes: image sides passed to ``timm.create_model(img_size=...)``; :data:`DEFAULT_IMG_SIZES` if None.
         settings: :class:`ModelBenchSettings`; the defaults when None.
