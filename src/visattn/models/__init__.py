@@ -20,6 +20,7 @@ import sys
 from . import vit  # noqa: F401
 from . import davit  # noqa: F401
 from . import nat  # noqa: F401
+from . import halonet  # noqa: F401
 from . import maxvit  # noqa: F401
 from . import swin_v2  # noqa: F401
 

@@ -1,0 +1,194 @@
+"""HaloNets on visattn's halo attention: timm's ``halonet26t``, ``sehalonet33ts``, ``halonet50ts`` and the paper's
+H0-H7 family.
+
+Paper: Vaswani et al., "Scaling Local Self-Attention for Parameter Efficient Visual Backbones" (arXiv
+2103.12731). Queries come from non-overlapping ``b x b`` blocks, keys and values from the ``(b + 2h)^2`` window
+around each block (zero padding at the image border, kept in the softmax), with relative logits factorised into
+height and width tables:
+
+    ``out_q = sum_{k in window} softmax_k(q . k / sqrt(d) + q . R_h[x_k - x_q] + q . R_w[y_k - y_q]) v_k``
+
+The networks are timm's :class:`~timm.models.byobnet.ByobNet` (ResNet-style bottleneck blocks whose 3 x 3
+convolution is replaced by halo attention, stem, heads, ``feature_info``, ``forward_intermediates``, grad
+checkpointing, ``reset_classifier``) built from timm's configurations with every halo layer made by visattn's
+:class:`~visattn.nn.halo.HaloAttention` instead of timm's ``HaloAttn``.
+
+Checkpoints: the key mapping is the identity (``stages.{i}.{j}.self_attn.{q.weight, kv.weight,
+pos_embed.height_rel, pos_embed.width_rel}`` and timm's names for every other layer), so timm's
+``halonet26t.a1h_in1k``, ``sehalonet33ts.ra2_in1k`` and ``halonet50ts.a1h_in1k`` weights load unchanged through
+timm's ByobNet filter; the load is strict and keys that do not match raise PyTorch's error listing the missing
+and unexpected keys.
+
+Image sizes: each halo layer needs its input map, ``ceil(H / r)`` at reduction ``r``, to be a multiple of its
+block size; for the timm models (block 8, halo layers at reductions 8/16 to 32) that is any multiple of 256 for
+``halonet26t`` and ``halonet50ts`` and of 256 for ``sehalonet33ts``. Other sizes raise a ``ValueError`` naming
+the image size and the nearest sizes that fit, at construction (``img_size=``) and in forward.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from collections.abc import Mapping
+from dataclasses import asdict, replace
+from typing import Any
+
+from timm.models import build_model_with_cfg, generate_default_cfgs, get_pretrained_cfg, register_model
+from timm.models import byoanet as timm_byoanet
+from timm.models.byobnet import ByoBlockCfg, ByobNet, ByoModelCfg
+from timm.models.byobnet import checkpoint_filter_fn as byob_checkpoint_filter_fn
+from torch import Tensor, nn
+
+from ..nn.halo import HaloAttention
+
+__all__ = ["TIMM_COUNTERPARTS", "HaloNet", "checkpoint_filter_fn", "halonet_cfg"]
+
+TIMM_COUNTERPARTS: dict[str, str] = {
+    "visattn_halonet26t": "halonet26t",
+    "visattn_sehalonet33ts": "sehalonet33ts",
+    "visattn_halonet50ts": "halonet50ts",
+}
+"""visattn model name -> the timm model with the same architecture and weights."""
+
+_MODEL_ARGS = frozenset(inspect.signature(ByobNet.__init__).parameters) - {"self", "cfg"}
+
+
+def _with_visattn_halo(cfg: ByoModelCfg) -> ByoModelCfg:
+    """``cfg`` with every ``'halo'`` self-attention layer (model-wide or per block) made by visattn."""
+    def swap(layer: Any) -> Any:
+        if layer == "halo":
+            return HaloAttention
+        if layer not in (None, "", HaloAttention):
+            raise ValueError(f"visattn HaloNet builds halo attention only, got self_attn_layer={layer!r}")
+        return layer
+
+    def swap_block(block: ByoBlockCfg | tuple[ByoBlockCfg, ...]) -> ByoBlockCfg | tuple[ByoBlockCfg, ...]:
+        if isinstance(block, tuple):
+            return tuple(swap_block(b) for b in block)
+        return replace(block, self_attn_layer=swap(block.self_attn_layer))
+
+    blocks = tuple(swap_block(block) for block in cfg.blocks)
+    return replace(cfg, blocks=blocks, self_attn_layer=swap(cfg.self_attn_layer))
+
+
+def halonet_cfg(name: str) -> ByoModelCfg:
+    """The ByobNet configuration of ``name`` (a key of :data:`TIMM_COUNTERPARTS`); :class:`HaloNet` swaps its
+    halo layers for visattn's."""
+    if name in TIMM_COUNTERPARTS:
+        return timm_byoanet.model_cfgs[TIMM_COUNTERPARTS[name]]
+    raise ValueError(f"unknown HaloNet {name!r}; known: {sorted(TIMM_COUNTERPARTS)}")
+
+
+class HaloNet(ByobNet):
+    """timm's ``ByobNet`` whose halo layers are visattn's :class:`~visattn.nn.halo.HaloAttention`, with a clear
+    image-size check.
+
+    Arguments are ``ByobNet``'s; unknown names raise a ``TypeError`` listing the accepted ones, and an
+    ``img_size`` that the halo layers cannot tile raises a ``ValueError``.
+    """
+
+    def __init__(self, cfg: ByoModelCfg, **kwargs: Any) -> None:
+        unknown = sorted(set(kwargs) - _MODEL_ARGS)
+        if unknown:
+            raise TypeError(f"unknown HaloNet argument(s) {unknown}; accepted: {sorted(_MODEL_ARGS)}")
+        super().__init__(_with_visattn_halo(cfg), **kwargs)
+        self._halo_layers = self._find_halo_layers()
+        if kwargs.get("img_size") is not None:
+            size = kwargs["img_size"]
+            self.check_img_size((size, size) if isinstance(size, int) else tuple(size), name="img_size")
+
+    def _find_halo_layers(self) -> tuple[tuple[int, int], ...]:
+        """``(input reduction, block size)`` of every halo layer: a stage's reduction over the layer's stride."""
+        reductions = {info["module"]: info["reduction"] for info in self.feature_info}
+        layers = []
+        last = len(self.stages) - 1
+        for i, stage in enumerate(self.stages):
+            reduction = reductions.get(f"stages.{i}", reductions.get("final_conv") if i == last else None)
+            for module in stage.modules():
+                if isinstance(module, HaloAttention):
+                    stride = 2 if module.block_stride == 2 or isinstance(module.pool, nn.AvgPool2d) else 1
+                    layers.append((reduction // stride, module.block_size))
+        return tuple(sorted(set(layers)))
+
+    def fits(self, img_size: tuple[int, int]) -> bool:
+        """Whether every halo layer's input map is a multiple of its block size for images of ``img_size``."""
+        return all(math.ceil(side / r) % b == 0 for r, b in self._halo_layers for side in img_size)
+
+    def check_img_size(self, img_size: tuple[int, int], name: str = "img_size") -> None:
+        """Raise ``ValueError`` unless :meth:`fits`; the message names ``img_size`` and sizes that fit."""
+        if self.fits(img_size):
+            return
+        step = math.lcm(*(r * b for r, b in self._halo_layers))
+        near = sorted({max(step, step * round(side / step)) for side in img_size})
+        layers = ", ".join(f"block {b} at reduction {r}" for r, b in self._halo_layers)
+        raise ValueError(f"{name}={tuple(img_size)} does not fit this HaloNet: its halo layers ({layers}) need "
+                         f"ceil(side / reduction) to be a multiple of the block size; multiples of {step} fit "
+                         f"(e.g. {near})")
+
+    def _check_input(self, x: Tensor) -> None:
+        if not isinstance(x, Tensor) or x.dim() != 4:
+            raise ValueError(f"x must be an image batch (B, C, H, W), got "
+                             f"{tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__}")
+        self.check_img_size((x.shape[-2], x.shape[-1]), name="image size (H, W)")
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        self._check_input(x)
+        return super().forward_features(x)
+
+    def forward_intermediates(self, x: Tensor, *args: Any, **kwargs: Any) -> Any:
+        self._check_input(x)
+        return super().forward_intermediates(x, *args, **kwargs)
+
+
+def checkpoint_filter_fn(state_dict: Mapping[str, Tensor], model: nn.Module) -> dict[str, Tensor]:
+    """Map a timm HaloNet checkpoint onto :class:`HaloNet`: the identity on keys (timm's ByobNet filter only
+    reshapes legacy layouts). The strict load that follows lists missing and unexpected keys."""
+    state_dict = dict(state_dict)
+    state_dict = state_dict.get("state_dict", state_dict.get("model", state_dict))
+    return dict(byob_checkpoint_filter_fn(state_dict, model))
+
+
+def _timm_cfg(timm_name: str) -> dict[str, Any]:
+    """timm's default pretrained configuration of ``timm_name``, pointed at its weights."""
+    cfg = asdict(get_pretrained_cfg(timm_name))
+    for key in ("architecture", "tag"):
+        cfg.pop(key)
+    cfg.update(custom_load=False)
+    return cfg
+
+
+default_cfgs = generate_default_cfgs({
+    f"{name}.{get_pretrained_cfg(timm_name).tag}": _timm_cfg(timm_name) for name, timm_name in TIMM_COUNTERPARTS.items()
+})
+
+
+def _create(variant: str, pretrained: bool, cfg: ByoModelCfg, kwargs: dict[str, Any]) -> HaloNet:
+    return build_model_with_cfg(
+        HaloNet, variant, pretrained,
+        model_cfg=cfg,
+        pretrained_filter_fn=checkpoint_filter_fn,
+        feature_cfg=dict(flatten_sequential=True),
+        **kwargs,
+    )
+
+
+@register_model
+def visattn_halonet26t(pretrained: bool = False, **kwargs: Any) -> HaloNet:
+    """HaloNet on a ResNet-26-T (timm ``halonet26t``, 12.5 M parameters): halo attention (block 8, halo 2) in the
+    last two stages."""
+    return _create("visattn_halonet26t", pretrained, halonet_cfg("visattn_halonet26t"), kwargs)
+
+
+@register_model
+def visattn_sehalonet33ts(pretrained: bool = False, **kwargs: Any) -> HaloNet:
+    """HaloNet on a ResNet-33-TS with SE (timm ``sehalonet33ts``, 13.7 M parameters): halo attention (block 8,
+    halo 3) in stages 2-4."""
+    return _create("visattn_sehalonet33ts", pretrained, halonet_cfg("visattn_sehalonet33ts"), kwargs)
+
+
+@register_model
+def visattn_halonet50ts(pretrained: bool = False, **kwargs: Any) -> HaloNet:
+    """HaloNet on a ResNet-50-TS (timm ``halonet50ts``, 22.7 M parameters): halo attention (block 8, halo 3) in
+    the last three stages."""
+    return _create("visattn_halonet50ts", pretrained, halonet_cfg("visattn_halonet50ts"), kwargs)
+
