@@ -22,7 +22,6 @@ from visattn.nn import (
     lite_keep_counts,
     prune_tokens,
 )
-from visattn.nn.reversed_attention import reversed_attention
 
 FP64 = {"atol": 1e-12, "rtol": 1e-10}
 
@@ -161,15 +160,6 @@ def test_lite_encoder_prunes_to_the_counts_and_tracks_positions():
         if layer == 5:
             trace, mm, _ = prune_tokens(trace, mm, counts[1], 1)
     torch.testing.assert_close(out, trace)
-
-
-def test_gradcheck():
-    gen = torch.Generator().manual_seed(5)
-    q, k, v = torch.randn(3, 1, 2, 5, 3, generator=gen, dtype=torch.float64).unbind(0)
-    p = torch.softmax(torch.randn(1, 2, 5, generator=gen, dtype=torch.float64), dim=1)
-    m = torch.rand(1, 5, generator=gen, dtype=torch.float64)
-    args = tuple(t.requires_grad_() for t in (q, k, v, p, m))
-    assert torch.autograd.gradcheck(reversed_attention, args)
 
 
 def test_attention_module_with_registry_mixer():

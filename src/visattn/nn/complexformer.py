@@ -26,42 +26,11 @@ import torch
 from torch import Tensor, nn
 
 from ..ops import reference, sdpa_bool_mask
+from ..ops.complexformer import complex_features
 from ..registry import register_mixer
 from .token_mixer import TokenMixer
 
-__all__ = ["ComplexAttentionMixer", "complex_features", "complex_scores"]
-
-
-def _polar(x: Tensor, eps: float) -> tuple[Tensor, Tensor]:
-    real, imag = x.chunk(2, dim=-1)
-    return torch.sqrt(real * real + imag * imag + eps), torch.atan2(imag, real)
-
-
-def complex_features(q: Tensor, k: Tensor, delta: Tensor, bias: Tensor, base: float = 10000.0,
-                     eps: float = 1e-9) -> tuple[Tensor, Tensor]:
-    """Features ``q', k'`` (same shapes as ``q, k``) with ``q'_m . k'_n`` = ComplexFormer's ``score_mn``.
-
-    ``q'_m = [r_q cos phi_q, r_q sin phi_q]``, ``phi_q = delta theta_q + b + m g``; ``k'_n`` likewise with
-    ``phi_k = delta theta_k + n g``. ``delta``, ``bias``: ``(heads, d/2)``.
-    """
-    n, d = q.shape[-2], q.shape[-1]
-    half = d // 2
-    freqs = base ** (-2.0 * torch.arange(half, device=q.device, dtype=q.dtype) / d)
-    angle = torch.arange(n, device=q.device, dtype=q.dtype).unsqueeze(-1) * freqs
-    delta = delta.to(q.dtype).unsqueeze(-2)
-    r_q, theta_q = _polar(q, eps)
-    r_k, theta_k = _polar(k, eps)
-    phi_q = delta * theta_q + bias.to(q.dtype).unsqueeze(-2) + angle
-    phi_k = delta * theta_k + angle
-    return (torch.cat((r_q * torch.cos(phi_q), r_q * torch.sin(phi_q)), dim=-1),
-            torch.cat((r_k * torch.cos(phi_k), r_k * torch.sin(phi_k)), dim=-1))
-
-
-def complex_scores(q: Tensor, k: Tensor, delta: Tensor, bias: Tensor, base: float = 10000.0,
-                   eps: float = 1e-9) -> Tensor:
-    """ComplexFormer's scores ``(B, heads, N, N)`` by one matmul of :func:`complex_features`."""
-    q_feat, k_feat = complex_features(q, k, delta, bias, base, eps)
-    return q_feat @ k_feat.transpose(-2, -1)
+__all__ = ["ComplexAttentionMixer"]
 
 
 class ComplexAttentionMixer(TokenMixer):

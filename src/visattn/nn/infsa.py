@@ -28,35 +28,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..ops import reference
+from ..ops.infsa import infsa_weights, linear_infsa_vector
 from ..registry import register_mixer
 from .token_mixer import TokenMixer
 
-__all__ = ["InfSAMixer", "LinearInfSAMixer", "infsa_weights", "linear_infsa_vector"]
-
-
-def infsa_weights(q: Tensor, k: Tensor, rho: Tensor | float, mask: Tensor | None = None,
-                  eps: float = 1e-6) -> Tensor:
-    """``A = rho R / (||R||_F + eps)``, ``R = relu(q k^T / d)`` per head, ``(B, heads, N, N)``.
-
-    ``mask`` (bool, True = attend, broadcastable to ``(B, heads, N, N)``) zeroes ``R`` where False, before the
-    norm.
-    """
-    d = q.shape[-1]
-    r = torch.relu((q * d ** -0.5) @ (k * d ** -0.5).transpose(-2, -1))
-    if mask is not None:
-        r = r * mask
-    norm = torch.linalg.vector_norm(r, dim=(-2, -1), keepdim=True)
-    return rho * r / (norm + eps)
-
-
-def linear_infsa_vector(q: Tensor, k: Tensor, eps: float = 1e-6) -> Tensor:
-    """Linear-InfSA's attention vector ``a`` ``(B, heads, N)``: ``relu(q_bar . k_j / d)`` normalised to sum 1."""
-    d = q.shape[-1]
-    energy = torch.linalg.vector_norm(q, dim=-1)
-    w = energy / (energy.sum(dim=-1, keepdim=True) + eps * d ** 0.5)
-    q_bar = (w.unsqueeze(-2) @ q).squeeze(-2)
-    a = torch.relu((k @ q_bar.unsqueeze(-1)).squeeze(-1) / d)
-    return a / (a.sum(dim=-1, keepdim=True) + eps)
+__all__ = ["InfSAMixer", "LinearInfSAMixer"]
 
 
 def _rho_logit(rho: float) -> float:

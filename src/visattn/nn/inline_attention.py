@@ -22,52 +22,17 @@ The module names (``residual.0``, ``residual.2``) match the released code, so it
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .._checks import as_shape
-from ..ops.linear_attention import key_sums, row_blocks
+from ..ops.inline_attention import INLINE_KERNELS, inline_attention, inline_state_bytes, inline_weights
+from ..ops.recurrent_state import layout
 from ..registry import register_mixer
 from .token_mixer import TokenMixer
 
-__all__ = ["INLINE_KERNELS", "InLineMixer", "inline_attention", "inline_weights"]
-
-
-def _exp_kernel(x: Tensor) -> Tensor:
-    return (0.2 * x).exp()
-
-
-INLINE_KERNELS: dict[str, Callable[[Tensor], Tensor]] = {
-    "identity": lambda x: x,
-    "relu": F.relu,
-    "leakyrelu": F.leaky_relu,
-    "exp": _exp_kernel,
-}
-"""InLine's kernel functions ``phi`` by name (the released code's ``kernel_func`` options)."""
-
-
-def inline_attention(q: Tensor, k: Tensor, v: Tensor, kernel: str = "identity") -> Tensor:
-    """``y = phi(q) (phi(K)^T V) s / N + (1 - s phi(q) . mean(phi(K))) mean(V)``, ``s = d^-1/2``, ``phi`` =
-    :data:`INLINE_KERNELS` ``[kernel]``: O(N d^2), by blocks of keys then queries; rows of the weights sum to 1."""
-    phi = INLINE_KERNELS[kernel]
-    n, scale = k.shape[-2], q.shape[-1] ** -0.5
-    kv, z = key_sums(k, v, phi)
-    kv, mean_k, mean_v = kv * (scale / n), (z / n).unsqueeze(-1), v.mean(dim=-2, keepdim=True)
-
-    def readout(q_block: Tensor) -> Tensor:
-        fq = phi(q_block)
-        return fq @ kv + (1.0 - scale * (fq @ mean_k)) * mean_v
-
-    return row_blocks(readout, q)
-
-
-def inline_weights(fq: Tensor, fk: Tensor) -> Tensor:
-    """The dense InLine weights ``(s / N)(fq_i . fk_j - fq_i . mean(fk)) + 1 / N``, O(N^2), rows summing to 1."""
-    n, scale = fk.shape[-2], fq.shape[-1] ** -0.5
-    return (scale / n) * (fq @ fk.transpose(-2, -1) - fq @ fk.mean(dim=-2).unsqueeze(-1)) + 1.0 / n
+__all__ = ["InLineMixer"]
 
 
 class InLineMixer(TokenMixer):
@@ -150,6 +115,14 @@ class InLineMixer(TokenMixer):
         self.prepare(q, k, k, shape)
         phi = INLINE_KERNELS[self.kernel]
         return inline_weights(phi(q), phi(k))
+
+    def state_bytes(self, batch_size: int = 1, num_heads: int | None = None, head_dim: int | None = None,
+                    value_dim: int | None = None, dtype: torch.dtype = torch.float32) -> int:
+        """``phi(K)^T V``, ``mean phi(k)``, ``mean v``: ``d (Dv + 1) + Dv`` elements per head (the local residual
+        reads the whole value grid and is not part of it)."""
+        num_heads, head_dim, value_dim = layout(num_heads, head_dim, value_dim, default_heads=self.num_heads,
+                                                default_head_dim=self.head_dim)
+        return inline_state_bytes(batch_size, num_heads, head_dim, value_dim, dtype)
 
 
 @register_mixer("inline", paper="inline", complexity="O(N d^2)", family="reformulated",

@@ -21,28 +21,12 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from ..ops.linear_attention import key_sums, row_blocks
+from ..ops.l2vit import enhanced_linear_attention, enhanced_linear_weights, l2vit_state_bytes
+from ..ops.recurrent_state import layout
 from ..registry import register_mixer
 from .token_mixer import TokenMixer
 
-__all__ = ["L2ViTLinearMixer", "LocalConcentrationModule", "enhanced_linear_attention"]
-
-
-def enhanced_linear_attention(q: Tensor, k: Tensor, v: Tensor, temperature: Tensor,
-                              min_denominator: float = 100.0) -> Tensor:
-    """``relu(q) (relu(K)^T V) tau / max(relu(q) . sum_j relu(k_j), min_denominator)``, O(N d^2).
-
-    ``temperature`` broadcasts to ``(B, heads, 1, 1)`` (one value per head). Runs by blocks of keys then queries
-    (:func:`~visattn.ops.linear_attention.key_sums`).
-    """
-    kv, z = key_sums(k, v, torch.relu)
-    kv, z = kv * temperature, z.unsqueeze(-1)
-
-    def readout(q_block: Tensor) -> Tensor:
-        fq = torch.relu(q_block)
-        return fq @ kv / (fq @ z).clamp_min(min_denominator)
-
-    return row_blocks(readout, q)
+__all__ = ["L2ViTLinearMixer", "LocalConcentrationModule"]
 
 
 class L2ViTLinearMixer(TokenMixer):
@@ -87,9 +71,13 @@ class L2ViTLinearMixer(TokenMixer):
         """``w_ij = tau relu(q_i) . relu(k_j) / max(relu(q_i) . sum relu(k), 100)``, O(N^2); rows need not sum
         to 1 (they sum to ``tau`` times at most 1)."""
         self.prepare(q, k, k, shape)
-        q, k = torch.relu(q), torch.relu(k)
-        scores = q @ k.transpose(-2, -1)
-        return scores * self._temperature(q) / scores.sum(dim=-1, keepdim=True).clamp_min(self.min_denominator)
+        return enhanced_linear_weights(q, k, self._temperature(q), self.min_denominator)
+
+    def state_bytes(self, batch_size: int = 1, num_heads: int | None = None, head_dim: int | None = None,
+                    value_dim: int | None = None, dtype: torch.dtype = torch.float32) -> int:
+        """``relu(K)^T V`` and ``sum_j relu(k_j)``: ``d (Dv + 1)`` elements per head."""
+        num_heads, head_dim, value_dim = layout(num_heads, head_dim, value_dim, default_heads=self.num_heads)
+        return l2vit_state_bytes(batch_size, num_heads, head_dim, value_dim, dtype)
 
 
 @register_mixer("l2vit_linear", paper="l2vit", complexity="O(N d^2)", family="reformulated",
