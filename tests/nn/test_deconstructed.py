@@ -209,5 +209,5 @@ def test_bad_input():
         TaylorMixer(feature_dim=0)
     with pytest.raises(ValueError, match=r"q and k must be shaped \(B, heads=8, N, head_dim=64\) for feature_dim=16"):
         TaylorMixer()(q, k, v, 5)
-    with pytest.raises(ValueError, match="attn_drop must be 0 for taylor"):
-        Attention(16, num_heads=2, attn_drop=0.1, mixer="taylor")
+    with pytest.raises(ValueError, match=r"attn_drop must be in \[0, 1\), got 1.0"):
+        Attention(16, num_heads=2, attn_drop=1.0, mixer="taylor")

@@ -47,13 +47,6 @@ BASED_FEATURE_DIM = 16
 """Based's feature dimension (``feature_dim=16`` in its released ``LinearAttention``), the default of ``taylor``."""
 
 
-def _no_weight_dropout(attn_drop: float, name: str) -> float:
-    if attn_drop != 0.0:
-        raise ValueError(f"attn_drop must be 0 for {name}: it never materialises the attention weights to drop, "
-                         f"got {attn_drop!r}")
-    return attn_drop
-
-
 def _positive(value: int, name: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{name} must be a positive int, got {value!r}")
@@ -78,10 +71,13 @@ class TaylorMixer(TokenMixer):
             scaled so that ``q' . k' / sqrt(f)`` has the expectation of ``q . k / sqrt(d)``.
     """
 
+    supports_is_causal = True
+    uses_attn_drop = False
+
     def __init__(self, is_causal: bool = False, chunk_size: int = 128, attn_drop: float = 0.0, *,
                  feature_dim: int | None = BASED_FEATURE_DIM, num_heads: int = 8, head_dim: int = 64,
                  learn_projection: bool = True) -> None:
-        super().__init__(_no_weight_dropout(attn_drop, "taylor"))
+        super().__init__(attn_drop)
         if not isinstance(is_causal, bool):
             raise TypeError(f"is_causal must be a bool, got {is_causal!r}")
         self.is_causal = is_causal
@@ -117,10 +113,10 @@ class TaylorMixer(TokenMixer):
         return self._project(q, self.q_proj), self._project(k, self.k_proj)
 
     def forward(self, q: Tensor, k: Tensor, v: Tensor, shape: int | tuple[int, ...],
-                attn_mask: Tensor | None = None) -> Tensor:
+                attn_mask: Tensor | None = None, is_causal: bool = False) -> Tensor:
         self._no_attn_mask(attn_mask)
         self.prepare(q, k, v, shape)
-        return taylor_attention(*self.features(q, k), v, self.is_causal, self.chunk_size)
+        return taylor_attention(*self.features(q, k), v, self.is_causal or is_causal, self.chunk_size)
 
     def attention_weights(self, q: Tensor, k: Tensor, shape: int | tuple[int, ...]) -> Tensor:
         """Dense ``(B, heads, N, N)`` normalised kernel weights, computed in O(N^2) for the lens."""
@@ -163,12 +159,16 @@ class ElementwiseQKMixer(TokenMixer):
       compare with the literal equation.
 
     ``q`` arrives as ``H W_Q`` from :class:`~visattn.nn.Attention`; the mixer applies SiLU to it
-    (``query_activation``).
+    (``query_activation``). ``forward(..., is_causal=True)`` runs the causal form for one call; ``attn_drop`` is
+    accepted for timm compatibility and has no weights to drop (warns once in training when > 0).
     """
+
+    supports_is_causal = True
+    uses_attn_drop = False
 
     def __init__(self, is_causal: bool = False, score_axis: str = "key", query_activation: bool = True,
                  chunk_size: int = 128, attn_drop: float = 0.0) -> None:
-        super().__init__(_no_weight_dropout(attn_drop, "elementwise_qk"))
+        super().__init__(attn_drop)
         if not isinstance(is_causal, bool):
             raise TypeError(f"is_causal must be a bool, got {is_causal!r}")
         if score_axis not in SCORE_AXES:
@@ -179,10 +179,10 @@ class ElementwiseQKMixer(TokenMixer):
         self.chunk_size = check_chunk_size(chunk_size)
 
     def forward(self, q: Tensor, k: Tensor, v: Tensor, shape: int | tuple[int, ...],
-                attn_mask: Tensor | None = None) -> Tensor:
+                attn_mask: Tensor | None = None, is_causal: bool = False) -> Tensor:
         self._no_attn_mask(attn_mask)
         self.prepare(q, k, v, shape)
-        return elementwise_qk_attention(q, k, v, self.is_causal, self.score_axis, self.query_activation,
+        return elementwise_qk_attention(q, k, v, self.is_causal or is_causal, self.score_axis, self.query_activation,
                                         self.chunk_size)
 
     def attention_weights(self, q: Tensor, k: Tensor, shape: int | tuple[int, ...]) -> Tensor:
