@@ -15,10 +15,10 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from . import huggingface, timm_vit, visattn_modules
+from . import huggingface, timm_vit, timm_windowed, visattn_modules
 from .base import WHAT, ForwardState, Layer, LayerInfo, Route, first_tensor
 
-FAMILIES = (visattn_modules, timm_vit, huggingface)
+FAMILIES = (visattn_modules, timm_vit, timm_windowed, huggingface)
 
 __all__ = ["WHAT", "Attachment", "LayerInfo", "attention_layers"]
 
@@ -56,8 +56,8 @@ class Attachment:
         if not layers:
             raise TypeError(
                 f"visattn.lens cannot hook {type(model).__name__}: it has no visattn token mixer, timm Attention/"
-                f"AttentionRope/EvaAttention, or Hugging Face attention module that dispatches through "
-                f"AttentionInterface"
+                f"AttentionRope/EvaAttention, Swin (V1/V2) WindowAttention, MaxViT AttentionCl/Attention2d, or "
+                f"Hugging Face attention module that dispatches through AttentionInterface"
             )
         if within is not None:
             chosen = [layer for layer in layers if layer.name == within or _inside(layer.name, within)]

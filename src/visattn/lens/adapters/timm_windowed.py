@@ -1,0 +1,146 @@
+"""Lens adapter for timm's window and partition attention: Swin V1 and V2 ``WindowAttention``, MaxViT / CoAtNet
+``AttentionCl`` (channels-last) and ``Attention2d`` (NCHW).
+
+While a layer is routed its instance ``forward`` is replaced by one that computes q, k, v and the additive bias as
+timm does and hands them to ``lens_attention``:
+
+- Swin V1 (Liu et al., "Swin Transformer", arXiv 2103.14030): ``softmax(q k^T / sqrt(d) + B + M)`` per window, with
+  the relative position bias ``B`` and, in shifted blocks, the window mask ``M`` (0 / -100, one per window);
+- Swin V2 (Liu et al., "Swin Transformer V2", arXiv 2111.09883): cosine attention
+  ``softmax(cos(q, k) * exp(min(s, ln 100)) + 16 sigmoid(CPB) + M)``. The call carries ``q`` normalised and
+  multiplied by the per-head logit scale, ``k`` normalised and ``scale = 1``, so that ``q k^T`` are the logits; the
+  recorded ``q``/``k`` are these, not the raw projections;
+- MaxViT (Tu et al., "MaxViT", arXiv 2204.01697) block and grid partitions and CoAtNet transformer blocks:
+  ``softmax(q k^T / sqrt(d) + B)`` with the module's relative position bias (``rel_pos.get_bias()``, as timm's fused
+  path) or the shared bias it is given.
+
+The batch dim of a call is batch x windows (partitions) in timm's order; the grid is the window (partition, or for
+``Attention2d`` the feature map) with no prefix tokens. The block input is not a token sequence here, so these
+layers do not provide ``hidden``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Callable, Iterator
+
+import torch
+import torch.nn.functional as F
+from timm.models.maxxvit import Attention2d, AttentionCl
+from timm.models.swin_transformer import WindowAttention as SwinWindowAttention
+from timm.models.swin_transformer_v2 import WindowAttention as SwinV2WindowAttention
+from torch import Tensor, nn
+
+from ..call import AttentionCall
+from .base import ForwardState, Layer, check_no_dropout, dispatch, patch_forward, route_of
+
+FAMILY = "timm"
+SWIN_V2_MAX_LOGIT_SCALE = math.log(1.0 / 0.01)
+
+
+class WindowedLayer(Layer):
+    """A timm window / partition attention module as a lens layer."""
+
+    family = FAMILY
+
+    def patch(self) -> Callable[[], None]:
+        module = self.module
+        forward = FORWARDS[type(module)]
+        return patch_forward(module, lambda *args, **kwargs: forward(module, *args, **kwargs))
+
+
+def claim(name: str, module: nn.Module, modules: dict[str, nn.Module]) -> WindowedLayer | None:
+    """The lens layer for ``module`` if it is one of the supported classes with timm's own forward, else None."""
+    if type(module) not in FORWARDS:
+        return None
+    return WindowedLayer(name, module, None, module.num_heads)
+
+
+def _attend(module: nn.Module, q: Tensor, k: Tensor, v: Tensor, scale: float, bias: Tensor | None,
+            grid: tuple[int, ...] | None) -> Tensor:
+    route = route_of(module)
+    check_no_dropout(module.attn_drop.p if module.training else 0.0, route.info.name)
+    call = AttentionCall(route.info.index, route.info.name, q, k, v, scale, bias, grid=grid, num_prefix_tokens=0)
+    out, _ = dispatch(call, route)
+    return out
+
+
+def _with_window_mask(bias: Tensor, mask: Tensor | None, batch: int) -> Tensor:
+    """``bias (1, heads, N, N)`` plus the shifted-window mask ``(windows, N, N)`` of each window of each image."""
+    if mask is None:
+        return bias
+    windows = mask.shape[0]
+    return bias + mask.to(bias.dtype).repeat(batch // windows, 1, 1).unsqueeze(1)
+
+
+def swin_forward(module: SwinWindowAttention, x: Tensor, mask: Tensor | None = None) -> Tensor:
+    """``timm.models.swin_transformer.WindowAttention.forward`` with the attention computed by the lens."""
+    b, n, _ = x.shape
+    q, k, v = module.qkv(x).reshape(b, n, 3, module.num_heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
+    bias = _with_window_mask(module._get_rel_pos_bias(), mask, b)
+    out = _attend(module, q, k, v, module.scale, bias, tuple(module.window_size))
+    return module.proj_drop(module.proj(out.transpose(1, 2).reshape(b, n, -1)))
+
+
+def swin_v2_forward(module: SwinV2WindowAttention, x: Tensor, mask: Tensor | None = None) -> Tensor:
+    """``timm.models.swin_transformer_v2.WindowAttention.forward`` with the attention computed by the lens."""
+    b, n, c = x.shape
+    if module.q_bias is None:
+        qkv = module.qkv(x)
+    else:
+        qkv_bias = torch.cat((module.q_bias, module.k_bias, module.v_bias))
+        qkv = module.qkv(x) + qkv_bias if module.qkv_bias_separate else F.linear(x, module.qkv.weight, qkv_bias)
+    q, k, v = qkv.reshape(b, n, 3, module.num_heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
+    logit_scale = torch.clamp(module.logit_scale, max=SWIN_V2_MAX_LOGIT_SCALE).exp()
+    q, k = F.normalize(q, dim=-1) * logit_scale, F.normalize(k, dim=-1)
+    table = module.cpb_mlp(module.relative_coords_table).view(-1, module.num_heads)
+    bias = table[module.relative_position_index.view(-1)].view(n, n, -1).permute(2, 0, 1)
+    bias = _with_window_mask(16 * torch.sigmoid(bias).unsqueeze(0), mask, b)
+    out = _attend(module, q, k, v, 1.0, bias, tuple(module.window_size))
+    return module.proj_drop(module.proj(out.transpose(1, 2).reshape(b, n, c)))
+
+
+def _partition_bias(module: AttentionCl | Attention2d, shared_rel_pos: Tensor | None) -> Tensor | None:
+    return module.rel_pos.get_bias() if module.rel_pos is not None else shared_rel_pos
+
+
+def attention_cl_forward(module: AttentionCl, x: Tensor, shared_rel_pos: Tensor | None = None) -> Tensor:
+    """``timm.models.maxxvit.AttentionCl.forward`` (channels-last) with the attention computed by the lens."""
+    b = x.shape[0]
+    restore = x.shape[:-1]
+    heads, dim_head = module.num_heads, module.dim_head
+    if module.head_first:
+        q, k, v = module.qkv(x).view(b, -1, heads, dim_head * 3).transpose(1, 2).chunk(3, dim=3)
+    else:
+        q, k, v = module.qkv(x).reshape(b, -1, 3, heads, dim_head).transpose(1, 3).unbind(2)
+    grid = tuple(x.shape[1:-1]) if x.dim() > 3 else None
+    out = _attend(module, q, k, v, module.scale, _partition_bias(module, shared_rel_pos), grid)
+    return module.proj_drop(module.proj(out.transpose(1, 2).reshape(restore + (-1,))))
+
+
+def attention_2d_forward(module: Attention2d, x: Tensor, shared_rel_pos: Tensor | None = None) -> Tensor:
+    """``timm.models.maxxvit.Attention2d.forward`` (NCHW) with the attention computed by the lens."""
+    b, _, h, w = x.shape
+    heads, dim_head = module.num_heads, module.dim_head
+    if module.head_first:
+        q, k, v = module.qkv(x).view(b, heads, dim_head * 3, -1).chunk(3, dim=2)
+    else:
+        q, k, v = module.qkv(x).reshape(b, 3, heads, dim_head, -1).unbind(1)
+    q, k, v = (t.transpose(-1, -2) for t in (q, k, v))
+    out = _attend(module, q, k, v, module.scale, _partition_bias(module, shared_rel_pos), (h, w))
+    return module.proj_drop(module.proj(out.transpose(-1, -2).reshape(b, -1, h, w)))
+
+
+FORWARDS: dict[type, Callable[..., Tensor]] = {
+    SwinWindowAttention: swin_forward,
+    SwinV2WindowAttention: swin_v2_forward,
+    AttentionCl: attention_cl_forward,
+    Attention2d: attention_2d_forward,
+}
+
+
+@contextlib.contextmanager
+def model_hooks(model: nn.Module, layers: list[Layer], state: ForwardState) -> Iterator[None]:
+    """Window and partition layers get their grid from their input: no model-level hook is needed."""
+    yield
