@@ -1,4 +1,5 @@
-"""PAROAttention (arXiv 2506.16054): reordering, calibration, block-sparse execution and fake quantisation."""
+"""ParoMixer (PAROAttention, arXiv 2506.16054): calibration, the mixer against the masked reference, packed-bit
+masks, per-timestep masks, fake quantisation in the mixer, errors."""
 
 from __future__ import annotations
 
@@ -7,63 +8,16 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 import visattn
 from visattn.nn.paro import ParoMixer
 from visattn.ops.paro_attention import paro_block_sparse_attention
-from visattn.ops.paro_quant import fake_quant_tiles, fake_quant_tokens
-from visattn.ops.paro_reorder import axis_orders, block_metrics, inverse_permutation, reorder_permutation
+from visattn.ops.paro_bitmap import pack_bitmap
+from visattn.ops.paro_reorder import block_bitmap, block_metrics
 
 
 def rand(*shape: int, seed: int = 0) -> torch.Tensor:
     return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
-
-
-@settings(max_examples=30, deadline=None)
-@given(shape=st.lists(st.integers(1, 5), min_size=1, max_size=3), prefix=st.integers(0, 2), data=st.data())
-def test_every_order_round_trips_exactly(shape: list[int], prefix: int, data: st.DataObject) -> None:
-    order = data.draw(st.sampled_from(axis_orders(len(shape))))
-    perm = reorder_permutation(tuple(shape), order, prefix)
-    inv = inverse_permutation(perm)
-    n = prefix + math.prod(shape)
-    assert torch.equal(perm[inv], torch.arange(n)) and torch.equal(inv[perm], torch.arange(n))
-    x = rand(2, n, 3)
-    assert torch.equal(x[:, perm][:, inv], x)
-    # position p of the reordered grid holds the token whose coordinates, read in `order`, count up to p
-    coords = torch.stack(torch.unravel_index(perm[prefix:] - prefix, tuple(shape)), -1)
-    strides = [math.prod([shape[a] for a in order[i + 1:]]) for i in range(len(order))]
-    assert torch.equal(sum(coords[:, a] * s for a, s in zip(order, strides, strict=True)), torch.arange(n - prefix))
-
-
-def test_six_orders_for_a_video_grid() -> None:
-    assert len(set(axis_orders(3))) == 6 and axis_orders(3)[0] == (0, 1, 2)
-
-
-def naive_block_sparse(q, k, v, bitmap, block):
-    n = q.shape[2]
-    mask = torch.zeros(q.shape[1], n, n, dtype=torch.bool)
-    for h in range(q.shape[1]):
-        for i in range(n):
-            for j in range(n):
-                mask[h, i, j] = bool(bitmap[h, i // block, j // block])
-    scores = (q @ k.transpose(-2, -1)) / math.sqrt(q.shape[-1])
-    scores = scores.masked_fill(~mask, float("-inf"))
-    empty = ~mask.any(-1, keepdim=True)
-    return torch.softmax(scores.masked_fill(empty, 0.0), -1).masked_fill(empty, 0.0) @ v
-
-
-@settings(max_examples=20, deadline=None)
-@given(n=st.integers(3, 29), block=st.integers(2, 8), density=st.floats(0.05, 1.0), seed=st.integers(0, 999))
-def test_block_sparse_equals_masked_dense_reference(n: int, block: int, density: float, seed: int) -> None:
-    q, k, v = (rand(2, 2, n, 4, seed=seed + i) for i in range(3))
-    nb = -(-n // block)
-    bitmap = torch.rand(2, nb, nb, generator=torch.Generator().manual_seed(seed)) < density
-    expected = naive_block_sparse(q, k, v, bitmap, block)
-    torch.testing.assert_close(paro_block_sparse_attention(q, k, v, bitmap, block), expected)
-    quantless_explicit = paro_block_sparse_attention(q, k, v, bitmap, block, p_bits=8)
-    assert (quantless_explicit - expected).abs().max() < 0.05  # INT8 P: close to, not equal to, the reference
 
 
 def calibrated(heads: int, shape, prefix: int = 0, dim: int = 8, **kw) -> tuple[ParoMixer, list[torch.Tensor]]:
@@ -104,23 +58,6 @@ def test_calibration_picks_the_order_that_makes_temporal_attention_block_diagona
     assert sparse > block_metrics(maps[0], 4)[0]
 
 
-def test_fake_quant_error_is_bounded_and_int8_beats_int4() -> None:
-    x = rand(2, 3, 37, 16)
-    for bits in (8, 4):
-        err = (fake_quant_tokens(x, 8, bits) - x).abs()
-        blocks = torch.nn.functional.pad(x, (0, 0, 0, 3)).unflatten(-2, (-1, 8)).abs().amax((-2, -1))
-        step = blocks / (2 ** (bits - 1) - 1)
-        bound = step.repeat_interleave(8, -1)[..., :37, None] / 2
-        assert (err <= bound + 1e-12).all()
-    e8 = (fake_quant_tokens(x, 8, 8) - x).abs().mean()
-    e4 = (fake_quant_tokens(x, 8, 4) - x).abs().mean()
-    assert 0 < e8 < e4
-    p = torch.softmax(rand(2, 16, 24), -1)
-    p8, p4 = ((fake_quant_tiles(p, 8, 8, b) - p).abs().mean() for b in (8, 4))
-    assert 0 < p8 < p4
-    assert (fake_quant_tiles(p, 8, 8, 8) >= 0).all()
-
-
 def test_quantised_mixer_output_error_int8_below_int4() -> None:
     mixer, (q, k, v) = calibrated(2, (2, 4, 4), block=8, density=1.0, qk_bits=None, p_bits=None)
     exact = mixer(q, k, v, (2, 4, 4))
@@ -148,7 +85,66 @@ def test_registry_workflow_and_errors() -> None:
         ParoMixer(num_heads=3).calibrate(torch.rand(2, 16, 16), (4, 4))
     with pytest.raises(ValueError, match="attn_maps"):
         ParoMixer(num_heads=2).calibrate(torch.rand(2, 15, 15), (4, 4))
-    with pytest.raises(ValueError, match="order"):
-        reorder_permutation((2, 3), (0, 0))
-    with pytest.raises(ValueError, match="bitmap"):
-        paro_block_sparse_attention(q, k, v, torch.ones(2, 3, 3, dtype=torch.bool), 4)
+    with pytest.raises(ValueError, match="timestep must be an int in >= 0, got -1"):
+        mixer(q, k, v, (4, 4), timestep=-1)
+
+
+def test_mask_is_stored_as_packed_bits_and_gives_the_results_of_the_boolean_mask() -> None:
+    """The buffer is uint8 with 8 key blocks a byte (8x fewer bytes than the bool bitmap it encodes), and the mixer's
+    output equals block-sparse attention on the unpacked booleans and the dense reference on the token mask."""
+    mixer, (q, k, v) = calibrated(2, (4, 4, 4), block=4, density=0.3, qk_bits=None, p_bits=None)
+    packed, bitmap = mixer.packed_bitmap, mixer.bitmap
+    assert packed.dtype == torch.uint8 and bitmap.shape == (2, 16, 16) and packed.shape == (2, 16, 2)
+    assert packed.nbytes * 8 == bitmap.nbytes and "packed_bitmap" in mixer.state_dict()
+    assert torch.equal(pack_bitmap(bitmap), packed) and 0 < bitmap.float().mean() < 1
+    reordered = [t.gather(2, mixer.perm[None, :, :, None].expand(2, -1, -1, 8)) for t in (q, k, v)]
+    unpacked_out = paro_block_sparse_attention(*reordered, bitmap, 4)
+    expected = unpacked_out.gather(2, mixer.inverse[None, :, :, None].expand(2, -1, -1, 8))
+    torch.testing.assert_close(mixer(q, k, v, (4, 4, 4)), expected, atol=1e-12, rtol=0)
+    torch.testing.assert_close(mixer(q, k, v, (4, 4, 4)),
+                               visattn.ops.reference.attention(q, k, v, mask=mixer.token_mask()))
+
+
+def timestep_maps(shape, heads=2, steps=3):
+    """Maps that change with the step: step 0 attends within a frame, step 1 across frames at one (h, w), step 2
+    within a row; every head alike."""
+    n = math.prod(shape)
+    coords = torch.stack(torch.unravel_index(torch.arange(n), shape), -1)
+    rules = [coords[:, None, 0] == coords[None, :, 0], (coords[:, None, 1:] == coords[None, :, 1:]).all(-1),
+             (coords[:, None, :2] == coords[None, :, :2]).all(-1)]
+    maps = [(r.double() / r.sum(-1, keepdim=True)).expand(heads, n, n) for r in rules[:steps]]
+    return torch.stack(maps)
+
+
+def test_per_timestep_masks_select_by_timestep_and_match_their_own_reference() -> None:
+    shape = (4, 2, 4)
+    maps = timestep_maps(shape)
+    mixer = ParoMixer(num_heads=2, block=4, density=0.25, qk_bits=None, p_bits=None)
+    cal = mixer.calibrate_timesteps(maps, shape)
+    assert mixer.num_timesteps == 3 and mixer.packed_bitmap.shape == (3, 2, 8, 1) and len(cal.orders) == 2
+    masks = [mixer.token_mask(t) for t in range(3)]
+    assert not torch.equal(masks[0], masks[1]) and not torch.equal(masks[1], masks[2])
+    q, k, v = (rand(1, 2, 32, 4, seed=i) for i in range(3))
+    for t in range(3):
+        expected = visattn.ops.reference.attention(q, k, v, mask=masks[t])
+        torch.testing.assert_close(mixer(q, k, v, shape, timestep=t), expected)
+        mixer.set_timestep(t)
+        torch.testing.assert_close(mixer(q, k, v, shape), expected)
+        for head in range(2):  # each step's mask keeps the blocks of that step's own (reordered) map
+            perm = mixer.perm[head]
+            reordered = maps[t, head][perm][:, perm]
+            assert torch.equal(mixer.step_bitmap(t)[head], block_bitmap(reordered, 4, 0.25))
+
+
+def test_per_timestep_errors() -> None:
+    mixer = ParoMixer(num_heads=2, block=4, density=0.5)
+    mixer.calibrate_timesteps(timestep_maps((4, 2, 4)), (4, 2, 4))
+    q = rand(1, 2, 32, 4)
+    with pytest.raises(ValueError, match="timestep is required: this ParoMixer holds a mask for each of 3"):
+        mixer(q, q, q, (4, 2, 4))
+    with pytest.raises(ValueError, match=r"timestep must be an int in 0 \.\. 2, got 3"):
+        mixer(q, q, q, (4, 2, 4), timestep=3)
+    with pytest.raises(ValueError, match="timestep must be an int"):
+        mixer.set_timestep(1.5)
+    with pytest.raises(ValueError, match="attn_maps must have num_heads=2"):
+        mixer.calibrate_timesteps(torch.rand(2, 32, 32), (4, 2, 4))

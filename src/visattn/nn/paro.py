@@ -17,7 +17,16 @@ Workflow: the mixer needs calibration state before use.
     out = mixer(q, k, v, (T, H, W))
 
 ``calibrate`` stores, per head, the chosen order's permutation and its inverse and the bitmap as buffers (so
-they are part of ``state_dict``); calling the mixer before that raises ``RuntimeError``.
+they are part of ``state_dict``); calling the mixer before that raises ``RuntimeError``. The bitmap is kept as
+packed bits (``packed_bitmap``, uint8, 8 key blocks a byte: :mod:`visattn.ops.paro_bitmap`), 8x smaller than
+booleans, and unpacked (``heads x nb x nb``, tiny next to the attention it prunes) on each call.
+
+Per-timestep masks: a diffusion model's attention changes with the denoising step, so the paper calibrates its
+masks per timestep. ``calibrate_timesteps(maps, shape)`` with maps ``(T, [samples,] heads, N, N)`` keeps one
+order per head (chosen on all steps together; the permutation is static) and one bitmap per step and head
+(``packed_bitmap`` ``(T, heads, nb, ceil(nb / 8))``). The step is selected by ``timestep`` (an index in
+``0 .. T - 1``), passed to ``forward`` or set once per step with :meth:`ParoMixer.set_timestep` (the path when
+the mixer sits inside :class:`~visattn.nn.Attention`). A mixer calibrated without timesteps ignores ``timestep``.
 """
 
 from __future__ import annotations
@@ -28,8 +37,15 @@ from torch import Tensor
 from .._checks import as_shape
 from ..ops import reference
 from ..ops.paro_attention import bitmap_token_mask, paro_block_sparse_attention
+from ..ops.paro_bitmap import pack_bitmap, unpack_bitmap
 from ..ops.paro_quant import QUANT_BITS
-from ..ops.paro_reorder import ParoCalibration, calibrate_orders, inverse_permutation, reorder_permutation
+from ..ops.paro_reorder import (
+    ParoCalibration,
+    calibrate_orders,
+    inverse_permutation,
+    order_bitmaps,
+    reorder_permutation,
+)
 from ..registry import register_mixer
 from .token_mixer import TokenMixer
 
@@ -67,23 +83,48 @@ class ParoMixer(TokenMixer):
         self.num_heads, self.block, self.density = num_heads, block, density
         self.qk_bits, self.p_bits = _bits(qk_bits, "qk_bits"), _bits(p_bits, "p_bits")
         self.sparse_weight, self.quant_weight, self.scale = sparse_weight, quant_weight, scale
-        self.calibration: ParoCalibration | None = None
+        self.orders: tuple[tuple[int, ...], ...] | None = None
+        self.calibrated_shape: tuple[int, ...] | None = None
+        self.timestep: int | None = None
         self.register_buffer("perm", None)
         self.register_buffer("inverse", None)
-        self.register_buffer("bitmap", None)
+        self.register_buffer("packed_bitmap", None)
+
+    def _maps(self, attn_maps: Tensor, leading: int) -> Tensor:
+        dims = attn_maps.dim() if isinstance(attn_maps, Tensor) else None
+        if dims not in (3 + leading, 4 + leading) or attn_maps.shape[-3] != self.num_heads:
+            raise ValueError(f"attn_maps must have num_heads={self.num_heads} heads, got "
+                             f"{tuple(attn_maps.shape) if isinstance(attn_maps, Tensor) else attn_maps!r}")
+        return attn_maps
+
+    def _store(self, cal: ParoCalibration, bitmaps: Tensor, device: torch.device) -> None:
+        perms = torch.stack([reorder_permutation(cal.shape, o, cal.num_prefix_tokens, device) for o in cal.orders])
+        self.perm, self.inverse = perms, torch.stack([inverse_permutation(p) for p in perms])
+        self.packed_bitmap = pack_bitmap(bitmaps)
+        self.orders, self.calibrated_shape = cal.orders, cal.shape
 
     def calibrate(self, attn_maps: Tensor, shape: int | tuple[int, ...],
                   num_prefix_tokens: int = 0) -> ParoCalibration:
         """Choose the per-head orders and bitmaps from sample attention maps ``(heads, N, N)`` or
-        ``(samples, heads, N, N)``; store them on the mixer and return the calibration."""
-        maps = attn_maps if attn_maps.dim() == 4 else attn_maps.unsqueeze(0)
-        if maps.dim() != 4 or maps.shape[1] != self.num_heads:
-            raise ValueError(f"attn_maps must have num_heads={self.num_heads} heads, got {tuple(attn_maps.shape)}")
-        cal = calibrate_orders(attn_maps, shape, num_prefix_tokens, self.block, self.density, self.sparse_weight,
-                               self.quant_weight)
-        perms = torch.stack([reorder_permutation(cal.shape, o, num_prefix_tokens, maps.device) for o in cal.orders])
-        self.perm, self.inverse = perms, torch.stack([inverse_permutation(p) for p in perms])
-        self.bitmap, self.calibration = cal.bitmap, cal
+        ``(samples, heads, N, N)``; store them on the mixer (one mask for every timestep) and return the
+        calibration."""
+        cal = calibrate_orders(self._maps(attn_maps, 0), shape, num_prefix_tokens, self.block, self.density,
+                               self.sparse_weight, self.quant_weight)
+        self._store(cal, cal.bitmap, attn_maps.device)
+        return cal
+
+    def calibrate_timesteps(self, attn_maps: Tensor, shape: int | tuple[int, ...],
+                            num_prefix_tokens: int = 0) -> ParoCalibration:
+        """Per-timestep masks from maps ``(T, heads, N, N)`` or ``(T, samples, heads, N, N)``: the orders are
+        chosen on all steps together, then each step gets its own bitmap under those orders. Returns the
+        calibration over all steps (its ``bitmap`` is that of the pooled maps)."""
+        maps = self._maps(attn_maps, 1)
+        maps = maps if maps.dim() == 5 else maps.unsqueeze(1)
+        cal = calibrate_orders(maps.flatten(0, 1), shape, num_prefix_tokens, self.block, self.density,
+                               self.sparse_weight, self.quant_weight)
+        bitmaps = torch.stack([order_bitmaps(step.mean(0), cal.shape, cal.orders, num_prefix_tokens, self.block,
+                                             self.density) for step in maps])
+        self._store(cal, bitmaps, attn_maps.device)
         return cal
 
     def calibrate_qk(self, q: Tensor, k: Tensor, shape: int | tuple[int, ...]) -> ParoCalibration:
@@ -93,50 +134,89 @@ class ParoMixer(TokenMixer):
             maps = reference.attention(q, k, k, scale=self.scale, return_weights=True)[1]
         return self.calibrate(maps, shape, prefix)
 
+    @property
+    def num_timesteps(self) -> int:
+        """Timesteps with their own mask (0: one mask for all, or uncalibrated)."""
+        return self.packed_bitmap.shape[0] if self.packed_bitmap is not None and self.packed_bitmap.dim() == 4 else 0
+
+    def set_timestep(self, timestep: int | None) -> None:
+        """Select the mask used when ``forward`` gets no ``timestep`` (the denoising step's index)."""
+        self.timestep = None if timestep is None else self._check_timestep(timestep)
+
+    def _check_timestep(self, timestep: int) -> int:
+        if isinstance(timestep, bool) or not isinstance(timestep, int) or timestep < 0 or \
+                (self.num_timesteps and timestep >= self.num_timesteps):
+            limit = f"0 .. {self.num_timesteps - 1}" if self.num_timesteps else ">= 0"
+            raise ValueError(f"timestep must be an int in {limit}, got {timestep!r}")
+        return timestep
+
+    @property
+    def bitmap(self) -> Tensor | None:
+        """The calibrated bitmap as booleans: ``(heads, nb, nb)``, or ``(T, heads, nb, nb)`` per timestep."""
+        if self.packed_bitmap is None:
+            return None
+        return unpack_bitmap(self.packed_bitmap, self.packed_bitmap.shape[-2])
+
+    def step_bitmap(self, timestep: int | None = None) -> Tensor:
+        """Bool ``(heads, nb, nb)`` for ``timestep`` (default: the one set by :meth:`set_timestep`)."""
+        if self.packed_bitmap is None:
+            raise RuntimeError("ParoMixer needs calibration: call calibrate(...) first")
+        packed = self.packed_bitmap
+        if self.num_timesteps:
+            timestep = self.timestep if timestep is None else self._check_timestep(timestep)
+            if timestep is None:
+                raise ValueError(f"timestep is required: this ParoMixer holds a mask for each of "
+                                 f"{self.num_timesteps} timesteps (pass timestep= or call set_timestep)")
+            packed = packed[timestep]
+        elif timestep is not None:
+            self._check_timestep(timestep)
+        return unpack_bitmap(packed, packed.shape[-2])
+
     def _calibrated(self, q: Tensor, shape: int | tuple[int, ...]) -> None:
-        if self.calibration is None or self.perm is None:
+        if self.orders is None or self.perm is None:
             raise RuntimeError("ParoMixer needs calibration: call calibrate(attn_maps, shape) or "
                                "calibrate_qk(q, k, shape) before using it")
         shape = as_shape(shape)
-        cal = self.calibration
-        if shape != cal.shape or q.shape[2] != self.perm.shape[1] or q.shape[1] != self.num_heads:
+        if shape != self.calibrated_shape or q.shape[2] != self.perm.shape[1] or q.shape[1] != self.num_heads:
             raise ValueError(f"q {tuple(q.shape)} with shape={shape} does not match the calibration "
-                             f"(heads={self.num_heads}, shape={cal.shape}, N={self.perm.shape[1]})")
+                             f"(heads={self.num_heads}, shape={self.calibrated_shape}, N={self.perm.shape[1]})")
 
     def _reorder(self, x: Tensor, perm: Tensor) -> Tensor:
         return x.gather(2, perm[None, :, :, None].expand(x.shape[0], -1, -1, x.shape[-1]).to(x.device))
 
     def forward(self, q: Tensor, k: Tensor, v: Tensor, shape: int | tuple[int, ...],
-                attn_mask: Tensor | None = None) -> Tensor:
+                attn_mask: Tensor | None = None, timestep: int | None = None) -> Tensor:
         self.prepare(q, k, v, shape)
         self._no_attn_mask(attn_mask)
         self._calibrated(q, shape)
+        bitmap = self.step_bitmap(timestep)
         q, k, v = (self._reorder(t, self.perm) for t in (q, k, v))
-        out = paro_block_sparse_attention(q, k, v, self.bitmap, self.block, self.scale, self.qk_bits, self.p_bits,
+        out = paro_block_sparse_attention(q, k, v, bitmap, self.block, self.scale, self.qk_bits, self.p_bits,
                                           self.dropout_p)
         return self._reorder(out, self.inverse)
 
-    def token_mask(self) -> Tensor:
-        """The calibrated mask in the original token order, bool ``(heads, N, N)``."""
+    def token_mask(self, timestep: int | None = None) -> Tensor:
+        """The calibrated mask (of ``timestep``) in the original token order, bool ``(heads, N, N)``."""
         if self.perm is None:
             raise RuntimeError("ParoMixer needs calibration: call calibrate(...) first")
         n = self.perm.shape[1]
-        reordered = bitmap_token_mask(self.bitmap, self.block, n)
+        reordered = bitmap_token_mask(self.step_bitmap(timestep), self.block, n)
         inv = self.inverse.to(reordered.device)
         return reordered.gather(1, inv[:, :, None].expand(-1, -1, n)).gather(2, inv[:, None, :].expand(-1, n, -1))
 
-    def attention_weights(self, q: Tensor, k: Tensor, shape: int | tuple[int, ...]) -> Tensor:
+    def attention_weights(self, q: Tensor, k: Tensor, shape: int | tuple[int, ...],
+                          timestep: int | None = None) -> Tensor:
         """Dense ``(B, heads, N, N)`` softmax weights restricted to the calibrated mask (no fake quantisation),
         in the original token order; O(N^2)."""
         self.prepare(q, k, k, shape)
         self._calibrated(q, shape)
-        return reference.attention(q, k, k, mask=self.token_mask().to(q.device), scale=self.scale,
+        return reference.attention(q, k, k, mask=self.token_mask(timestep).to(q.device), scale=self.scale,
                                    return_weights=True)[1]
 
     def extra_repr(self) -> str:
-        orders = self.calibration.orders if self.calibration is not None else "uncalibrated"
+        orders = self.orders if self.orders is not None else "uncalibrated"
         return (f"num_heads={self.num_heads}, block={self.block}, density={self.density}, qk_bits={self.qk_bits}, "
-                f"p_bits={self.p_bits}, orders={orders}")
+                f"p_bits={self.p_bits}, orders={orders}, timesteps={self.num_timesteps}")
 
 
 @register_mixer("paro", paper="paroattention", complexity="O(density N^2 d)", family="reformulated",

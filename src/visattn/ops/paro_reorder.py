@@ -39,6 +39,7 @@ __all__ = [
     "block_metrics",
     "calibrate_orders",
     "inverse_permutation",
+    "order_bitmaps",
     "reorder_permutation",
 ]
 
@@ -153,8 +154,16 @@ def calibrate_orders(attn_maps: Tensor, shape: int | tuple[int, ...], num_prefix
     costs = sparse_weight * (1 - sparse_t) + quant_weight * quant_t / quant_t.amax(-1, keepdim=True)
     best = costs.argmin(-1).tolist()
     chosen = tuple(orders[i] for i in best)
+    bitmap = order_bitmaps(mean_map, shape, chosen, num_prefix_tokens, block, density)
+    return ParoCalibration(shape, num_prefix_tokens, block, chosen, costs, bitmap)
+
+
+def order_bitmaps(mean_map: Tensor, shape: Shape, orders: tuple[tuple[int, ...], ...], num_prefix_tokens: int,
+                  block: int, density: float) -> Tensor:
+    """Bool ``(heads, nq, nk)``: each head's averaged map ``(heads, N, N)`` reordered by its axis order, then
+    :func:`block_bitmap`. Used for one calibration and for the per-timestep masks of a fixed set of orders."""
     bitmaps = []
-    for head, order in enumerate(chosen):
-        perm = reorder_permutation(shape, order, num_prefix_tokens, maps.device)
+    for head, order in enumerate(orders):
+        perm = reorder_permutation(shape, order, num_prefix_tokens, mean_map.device)
         bitmaps.append(block_bitmap(mean_map[head][perm][:, perm], block, density))
-    return ParoCalibration(shape, num_prefix_tokens, block, chosen, costs, torch.stack(bitmaps))
+    return torch.stack(bitmaps)
