@@ -94,6 +94,22 @@ def test_observed_mixer_records_its_attention_weights_and_refuses_logits():
             pass
 
 
+@pytest.mark.parametrize("mixer", ["linear", "hedgehog", "taylor", "elementwise_qk"])
+def test_observed_mixer_records_causal_weights_when_called_with_is_causal(mixer):
+    """``Attention(...)(x, is_causal=True)`` hands the flag to these mixers (issue 13); the recorded probs are the
+    causal weights the call used: lower-triangular rows summing to 1, the first token on itself."""
+    torch.manual_seed(0)
+    attn = visattn.Attention(16, 2, mixer=mixer, shape=(3, 3)).double().eval()
+    x = torch.randn(2, 9, 16, dtype=torch.float64)
+    with torch.no_grad(), lens.capture(attn, what=("probs", "q", "k")) as rec:
+        attn(x, is_causal=True)
+    probs = rec.get("probs", 0).tensor
+    q, k = rec.get("q", 0).tensor, rec.get("k", 0).tensor
+    torch.testing.assert_close(probs, attn.mixer.attention_weights(q, k, (3, 3), is_causal=True))
+    assert torch.equal(probs, probs.tril())
+    torch.testing.assert_close(probs[..., 0, 0], torch.ones(2, 2, dtype=torch.float64), rtol=0, atol=1e-5)
+
+
 def test_standalone_mixer_and_mixed_model_order():
     mixer = visattn.create_mixer("neighborhood", kernel_size=3)
     (info,) = lens.attention_layers(mixer)

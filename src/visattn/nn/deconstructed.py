@@ -118,10 +118,11 @@ class TaylorMixer(TokenMixer):
         self.prepare(q, k, v, shape)
         return taylor_attention(*self.features(q, k), v, self.is_causal or is_causal, self.chunk_size)
 
-    def attention_weights(self, q: Tensor, k: Tensor, shape: int | tuple[int, ...]) -> Tensor:
-        """Dense ``(B, heads, N, N)`` normalised kernel weights, computed in O(N^2) for the lens."""
+    def attention_weights(self, q: Tensor, k: Tensor, shape: int | tuple[int, ...], is_causal: bool = False) -> Tensor:
+        """Dense ``(B, heads, N, N)`` normalised kernel weights, computed in O(N^2) for the lens; ``is_causal`` as in
+        ``forward``."""
         self.prepare(q, k, k, shape)
-        return taylor_weights(*self.features(q, k), self.is_causal)
+        return taylor_weights(*self.features(q, k), self.is_causal or is_causal)
 
     def state_bytes(self, batch_size: int = 1, num_heads: int | None = None, head_dim: int | None = None,
                     value_dim: int | None = None, dtype: torch.dtype = torch.float32) -> int:
@@ -185,10 +186,10 @@ class ElementwiseQKMixer(TokenMixer):
         return elementwise_qk_attention(q, k, v, self.is_causal or is_causal, self.score_axis, self.query_activation,
                                         self.chunk_size)
 
-    def attention_weights(self, q: Tensor, k: Tensor, shape: int | tuple[int, ...]) -> Tensor:
-        """Dense ``(B, heads, N, N)`` weights, O(N^2), for the lens."""
+    def attention_weights(self, q: Tensor, k: Tensor, shape: int | tuple[int, ...], is_causal: bool = False) -> Tensor:
+        """Dense ``(B, heads, N, N)`` weights, O(N^2), for the lens; ``is_causal`` as in ``forward``."""
         self.prepare(q, k, k, shape)
-        return elementwise_qk_weights(q, k, self.is_causal, self.score_axis, self.query_activation)
+        return elementwise_qk_weights(q, k, self.is_causal or is_causal, self.score_axis, self.query_activation)
 
     def state_bytes(self, batch_size: int = 1, num_heads: int | None = None, head_dim: int | None = None,
                     value_dim: int | None = None, dtype: torch.dtype = torch.float32) -> int:

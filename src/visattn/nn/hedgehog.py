@@ -128,11 +128,12 @@ class HedgehogMixer(TokenMixer):
         return hedgehog_attention(self.q_map.log_features(q), self.k_map.log_features(k), v,
                                   is_causal=self.is_causal or is_causal, chunk_size=self.chunk_size)
 
-    def attention_weights(self, q: Tensor, k: Tensor, shape: int | tuple[int, ...]) -> Tensor:
+    def attention_weights(self, q: Tensor, k: Tensor, shape: int | tuple[int, ...], is_causal: bool = False) -> Tensor:
         """The dense weights ``a^_ij = phi(q_i) . phi(k_j) / sum_j phi(q_i) . phi(k_j)`` (causal: ``j <= i``),
-        O(N^2)."""
+        O(N^2); ``is_causal`` as in ``forward``."""
         self.prepare(q, k, k, shape)
-        return hedgehog_weights(self.q_map.log_features(q), self.k_map.log_features(k), is_causal=self.is_causal)
+        return hedgehog_weights(self.q_map.log_features(q), self.k_map.log_features(k),
+                                is_causal=self.is_causal or is_causal)
 
     def state_bytes(self, batch_size: int = 1, num_heads: int | None = None, head_dim: int | None = None,
                     value_dim: int | None = None, dtype: torch.dtype = torch.float32) -> int:

@@ -60,11 +60,11 @@ class LinearAttentionMixer(TokenMixer):
         return linear_attention(q, k, v, FEATURE_MAPS[self.feature_map], is_causal=self.is_causal or is_causal,
                                 chunk_size=self.chunk_size, eps=self.eps)
 
-    def attention_weights(self, q: Tensor, k: Tensor, shape: int | tuple[int, ...]) -> Tensor:
-        """The equivalent dense weights, O(N^2) (see :func:`kernel_weights`)."""
+    def attention_weights(self, q: Tensor, k: Tensor, shape: int | tuple[int, ...], is_causal: bool = False) -> Tensor:
+        """The equivalent dense weights, O(N^2) (see :func:`kernel_weights`); ``is_causal`` as in ``forward``."""
         self.prepare(q, k, k, shape)
         phi = FEATURE_MAPS[self.feature_map]
-        return kernel_weights(phi(q), phi(k), is_causal=self.is_causal, eps=self.eps)
+        return kernel_weights(phi(q), phi(k), is_causal=self.is_causal or is_causal, eps=self.eps)
 
     def state_bytes(self, batch_size: int = 1, num_heads: int | None = None, head_dim: int | None = None,
                     value_dim: int | None = None, dtype: torch.dtype = torch.float32) -> int:

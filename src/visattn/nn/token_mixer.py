@@ -22,11 +22,14 @@ class TokenMixer(nn.Module):
     ``uses_input = True``; :class:`~visattn.nn.Attention` then also passes ``x=`` the ``(B, N, C)`` layer input.
 
     Mechanisms that compute causal attention themselves (a causal prefix scan, SDPA's ``is_causal``) set
-    ``supports_is_causal = True`` and take ``forward(..., is_causal=False)``: causal when either the flag or the
-    mixer's own ``is_causal`` says so. :class:`~visattn.nn.Attention` then passes ``is_causal=True`` instead of an
-    ``N x N`` causal mask. Mechanisms that never form attention weights (linear, Hedgehog, Taylor ...) set
-    ``uses_attn_drop = False``: they accept any ``attn_drop`` (a timm model's ``attn_drop_rate`` carries over) and
-    warn once, in training only, when it is above 0, since there is nothing to drop.
+    ``supports_is_causal = True`` and take ``forward(..., is_causal=False)`` and ``attention_weights(...,
+    is_causal=False)``: causal when either the flag or the mixer's own ``is_causal`` says so.
+    :class:`~visattn.nn.Attention` then passes ``is_causal=True`` instead of an ``N x N`` causal mask (and the lens
+    passes it on to ``attention_weights``).
+
+    Mechanisms that never form attention weights (linear, Hedgehog, Taylor ...) set ``uses_attn_drop = False``:
+    they accept any ``attn_drop`` (a timm model's ``attn_drop_rate`` carries over) and warn once, in training only,
+    when it is above 0, since there is nothing to drop.
     """
 
     supports_attn_mask: bool = False

@@ -124,8 +124,8 @@ def observed_forward(mixer: TokenMixer, name: str, q: Tensor, k: Tensor, v: Tens
         if attn_mask is not None:
             raise ValueError(f"layer {name!r}: {type(mixer).__name__}.attention_weights cannot take attn_mask; "
                              f"capture its probs without an attention mask")
-        takes_input = "x" in inspect.signature(mixer.attention_weights).parameters
-        tensors["probs"] = mixer.attention_weights(q, k, grid, **(extra if takes_input else {}))
+        accepted = inspect.signature(mixer.attention_weights).parameters
+        tensors["probs"] = mixer.attention_weights(q, k, grid, **{n: a for n, a in extra.items() if n in accepted})
     scale = getattr(mixer, "scale", None) or 1.0 / math.sqrt(q.shape[-1])
     notify(_call(route, q, k, v, scale, None, grid, prefix), tensors, route)
     return out
