@@ -186,7 +186,8 @@ def capture(model: nn.Module, layers: int | Sequence[int] | None = None, what: s
     """Record ``what`` at the attention ``layers`` of ``model`` while the ``with`` block runs it.
 
     Args:
-        model: a visattn module, a timm ViT-family model or a Hugging Face model (ViT, CLIP, LLaVA, Qwen2-VL, ...).
+        model: a visattn module, a timm ViT-family, Swin (V1/V2), MaxViT or CoAtNet model, or a Hugging Face model
+            (ViT, CLIP, LLaVA, Qwen2-VL, ...).
         layers: indices into the model's attention layers in module order (see
             :func:`visattn.lens.attention_layers`); None = all.
         what: names from ``("probs", "logits", "head_outputs", "hidden", "q", "k", "v")``.
