@@ -27,7 +27,7 @@ from dataclasses import asdict
 from typing import Any
 
 import torch
-from timm.layers import to_2tuple
+from timm.layers import resize_rel_pos_bias_table, to_2tuple
 from timm.models import build_model_with_cfg, generate_default_cfgs, get_pretrained_cfg, register_model
 from timm.models import maxxvit as timm_maxxvit
 from torch import Tensor, nn
@@ -124,12 +124,12 @@ class MaxVit(timm_maxxvit.MaxxVit):
         for stage_size in self.stage_sizes(img_size):
             for part in sizes:
                 if stage_size[0] % part[0] or stage_size[1] % part[1]:
-                    need = tuple(p * 32 for p in part)
+                    need = tuple(p * self.feature_info[-1]["reduction"] for p in part)
                     raise ValueError(
                         f"img_size={tuple(img_size)} does not fit this MaxViT: its stage map {stage_size} is not a "
                         f"multiple of the partition size {part} (built for img_size={self.img_size}); use a "
                         f"multiple of {need}, or create the model with img_size={tuple(img_size)} "
-                        f"(partition size img_size // 32)")
+                        f"(partition size img_size // {self.partition_ratio})")
 
     def _check_input(self, x: Tensor) -> None:
         if not isinstance(x, Tensor) or x.dim() != 4:
@@ -166,15 +166,30 @@ def checkpoint_filter_fn(state_dict: Mapping[str, Tensor], model: nn.Module) -> 
     """Map a timm MaxViT checkpoint (``timm/maxvit_*_tf_*``) onto :class:`MaxVit`.
 
     The key mapping is the identity: visattn keeps timm's names (``stages.{i}.blocks.{j}.attn_{block,grid}.
-    attn.{qkv,proj,rel_pos.relative_position_bias_table}``, norms, MLP, MBConv, head). timm's filter then resizes
-    bias tables when the model was built for another partition size and reshapes conv/linear weights.
-    Non-persistent buffers are dropped. The load is strict: keys that still do not match fail with PyTorch's
-    error listing the missing and unexpected keys.
+    attn.{qkv,proj,rel_pos.relative_position_bias_table}``, norms, MLP, MBConv, head). As timm's own filter does,
+    bias tables of another partition size are resized (``timm.layers.resize_rel_pos_bias_table``) and conv / linear
+    weights of equal size reshaped; timm's non-persistent lookup buffers are dropped. The load is strict: keys
+    that still do not match fail with PyTorch's error listing the missing and unexpected keys.
     """
     state_dict = dict(state_dict)
     state_dict = state_dict.get("state_dict", state_dict.get("model", state_dict))
-    state_dict = {k: v for k, v in state_dict.items() if not k.endswith(("height_lookup", "width_lookup"))}
-    return timm_maxxvit.checkpoint_filter_fn(state_dict, model)
+    own = model.state_dict()
+    out = {}
+    for key, value in state_dict.items():
+        if key.endswith(("height_lookup", "width_lookup")):
+            continue
+        target = own.get(key)
+        if target is not None and key.endswith(_TABLE) and value.shape != target.shape:
+            rel_pos = model.get_submodule(key[:-len(_TABLE)])
+            value = resize_rel_pos_bias_table(value, new_window_size=rel_pos.partition_size,
+                                              new_bias_shape=target.shape)
+        elif target is not None and value.ndim != target.ndim and value.numel() == target.numel():
+            value = value.reshape(target.shape)
+        out[key] = value
+    return out
+
+
+_TABLE = ".relative_position_bias_table"
 
 
 def _create(variant: str, pretrained: bool = False, **kwargs: Any) -> MaxVit:
