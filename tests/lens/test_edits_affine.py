@@ -8,7 +8,8 @@ import torch
 
 from visattn.lens import STATE, AttentionCall, lens_attention
 from visattn.lens.edits import AffineAttentionScaling
-from visattn.nn.affine_scaled import affine_scaled_weights, linear_clip
+from visattn.nn.affine_scaled import linear_clip
+from visattn.ops.affine_scaled import affine_scaled_weights
 
 
 def run(call: AttentionCall, *edits) -> torch.Tensor:

@@ -23,76 +23,18 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..ops import reference, sdpa_bool_mask
+from ..ops.affine_scaled import affine_scaled_attention, affine_scaled_weights
 from ..registry import register_mixer
 from .token_mixer import TokenMixer
 
-__all__ = ["AffineScaledMixer", "affine_scaled_attention", "affine_scaled_weights", "linear_clip"]
+__all__ = ["AffineScaledMixer", "linear_clip"]
 
 
 def linear_clip(z: Tensor) -> Tensor:
     """The paper's linear clipping ``phi(z)``: 0 for ``z <= -5``, ``0.1 z + 0.5`` in between, 1 for ``z >= 5``."""
     return (0.1 * z + 0.5).clamp(0.0, 1.0)
-
-
-def _allowed(n: int, is_causal: bool, attn_mask: Tensor | None, device: torch.device) -> Tensor | None:
-    allowed = torch.ones(n, n, dtype=torch.bool, device=device).tril() if is_causal else None
-    if attn_mask is not None:
-        allowed = attn_mask if allowed is None else allowed & attn_mask
-    return allowed
-
-
-def _check_mask(attn_mask: Tensor | None, q: Tensor) -> None:
-    if attn_mask is None:
-        return
-    reference.check_self_attn_mask(attn_mask, q)
-    if attn_mask.dtype != torch.bool:
-        raise TypeError(f"attn_mask must be bool (True = attend) for affine-scaled attention, whose offset is spread "
-                        f"over the visible keys; got {attn_mask.dtype}")
-
-
-def affine_scaled_weights(q: Tensor, k: Tensor, alpha: Tensor, alpha_ma: Tensor, is_causal: bool = False,
-                          attn_mask: Tensor | None = None, scale: float | None = None) -> Tensor:
-    """Dense ``(B, heads, N, N)`` weights ``alpha_i softmax(q k^T scale)_ij + beta_i`` over the visible keys.
-
-    ``alpha``: ``(B, heads, N, 1)`` per-token scales; ``alpha_ma``: ``(heads,)``. O(N^2) memory.
-    """
-    _check_mask(attn_mask, q)
-    n = q.shape[-2]
-    allowed = _allowed(n, is_causal, attn_mask, q.device)
-    probs = reference.attention(q, k, k, mask=allowed, scale=scale, return_weights=True)[1]
-    visible = torch.ones_like(probs) if allowed is None else allowed.to(q.dtype).expand_as(probs)
-    count = visible.sum(dim=-1, keepdim=True)
-    beta = (alpha_ma.to(q.dtype).view(1, -1, 1, 1) - alpha) / count.clamp_min(1.0)
-    return alpha * probs + beta * visible
-
-
-def affine_scaled_attention(q: Tensor, k: Tensor, v: Tensor, alpha: Tensor, alpha_ma: Tensor, is_causal: bool = False,
-                            attn_mask: Tensor | None = None, scale: float | None = None,
-                            dropout_p: float = 0.0) -> Tensor:
-    """``alpha * softmax(q k^T scale) v + beta * sum_visible(v)``, ``beta = (alpha_ma - alpha) / n_i``.
-
-    Unmasked and causal inputs use SDPA plus a sum (or prefix sum) of ``v``: O(N d) beyond SDPA. A boolean
-    ``attn_mask`` adds one ``(N x N) @ v`` product for the visible sums. ``dropout_p`` applies to the softmax part.
-    """
-    _check_mask(attn_mask, q)
-    n = q.shape[-2]
-    ma = alpha_ma.to(q.dtype).view(1, -1, 1, 1)
-    if attn_mask is None and not is_causal:
-        probs_v = F.scaled_dot_product_attention(q, k, v, scale=scale, dropout_p=dropout_p)
-        return alpha * probs_v + (ma - alpha) / n * v.sum(dim=-2, keepdim=True)
-    if attn_mask is None:
-        probs_v = F.scaled_dot_product_attention(q, k, v, scale=scale, dropout_p=dropout_p, is_causal=True)
-        count = torch.arange(1, n + 1, device=q.device, dtype=q.dtype).unsqueeze(-1)
-        return alpha * probs_v + (ma - alpha) / count * v.cumsum(dim=-2)
-    allowed = _allowed(n, is_causal, attn_mask, q.device)
-    probs_v = sdpa_bool_mask(q, k, v, allowed, scale, dropout_p)
-    visible = allowed.to(q.dtype)
-    count = visible.sum(dim=-1, keepdim=True)
-    return alpha * probs_v + (ma - alpha) / count.clamp_min(1.0) * (visible @ v)
 
 
 class AffineScaledMixer(TokenMixer):

@@ -23,12 +23,14 @@ from torch import Tensor, nn
 
 from .._checks import per_axis
 from ..masks.partition import window_mask
+from ..ops.channel_attention import channel_attention, channel_state_bytes, channel_weights
 from ..ops.masked import masked_attention
+from ..ops.recurrent_state import layout
 from ..registry import register_mixer
 from .token_mixer import TokenMixer
 
 # ConvPosEnc comes from the module __getattr__ below.
-__all__ = ["ChannelAttention", "ChannelGroupMixer", "ConvPosEnc", "SpatialWindowAttention", "channel_attention"]  # noqa: F822
+__all__ = ["ChannelAttention", "ChannelGroupMixer", "ConvPosEnc", "SpatialWindowAttention"]  # noqa: F822
 
 
 def _check_heads(dim: int, num_heads: int) -> None:
@@ -37,24 +39,6 @@ def _check_heads(dim: int, num_heads: int) -> None:
             raise ValueError(f"{name} must be a positive int, got {value!r}")
     if dim % num_heads:
         raise ValueError(f"dim must be divisible by num_heads, got dim={dim}, num_heads={num_heads}")
-
-
-def channel_weights(k: Tensor, v: Tensor, scale: float | None = None) -> Tensor:
-    """DaViT channel attention weights ``softmax((k * scale)^T v)``: ``(B, heads, head_dim, head_dim)``."""
-    scale = k.shape[-1] ** -0.5 if scale is None else scale
-    return torch.softmax((k * scale).transpose(-2, -1) @ v, dim=-1)
-
-
-def channel_attention(q: Tensor, k: Tensor, v: Tensor, scale: float | None = None,
-                      dropout_p: float = 0.0) -> Tensor:
-    """DaViT channel group attention on ``(B, heads, N, head_dim)``: ``q softmax((k * scale)^T v)^T``.
-
-    Every output token is the channel mix ``out_n = A q_n`` of its own query, with ``A`` (``head_dim x
-    head_dim`` per group) computed from all tokens' keys and values; ``scale`` defaults to ``head_dim ** -0.5``.
-    Cost O(N head_dim^2) per group.
-    """
-    weights = F.dropout(channel_weights(k, v, scale), p=dropout_p) if dropout_p else channel_weights(k, v, scale)
-    return q @ weights.transpose(-2, -1)
 
 
 class ChannelGroupMixer(TokenMixer):
@@ -80,6 +64,12 @@ class ChannelGroupMixer(TokenMixer):
     def channel_weights(self, k: Tensor, v: Tensor) -> Tensor:
         """The ``(B, heads, head_dim, head_dim)`` channel weights ``softmax((k * scale)^T v)``."""
         return channel_weights(k, v, self.scale)
+
+    def state_bytes(self, batch_size: int = 1, num_heads: int | None = None, head_dim: int | None = None,
+                    value_dim: int | None = None, dtype: torch.dtype = torch.float32) -> int:
+        """``(k s)^T v`` before the softmax: ``head_dim x Dv`` elements per group."""
+        num_heads, head_dim, value_dim = layout(num_heads, head_dim, value_dim)
+        return channel_state_bytes(batch_size, num_heads, head_dim, value_dim, dtype)
 
     def attention_weights(self, q: Tensor, k: Tensor, shape: int | tuple[int, ...]) -> Tensor:
         raise NotImplementedError("channel attention mixes channels, not tokens: it has no (N x N) weights; "

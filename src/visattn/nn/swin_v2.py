@@ -24,11 +24,9 @@ from torch import Tensor, nn
 
 from .. import masks
 from .._checks import per_axis
+from ..ops.scaled_cosine import cosine_logit_scale
 from ..registry import register_mixer
 from .masked import MaskedMixer
-
-LOGIT_SCALE_MAX = math.log(1.0 / 0.01)
-"""Upper clamp of the learned log logit scale: the temperature tau stays >= 0.01."""
 
 SHIFT_MASK_VALUE = -100.0
 """Additive logit between tokens from different regions of a shifted window (timm and the official code)."""
@@ -37,11 +35,6 @@ SHIFT_MASK_VALUE = -100.0
 def _pair(value: int | Sequence[int], name: str, minimum: int = 1) -> tuple[int, int]:
     first, second = per_axis(value, 2, name, minimum)
     return first, second
-
-
-def cosine_logit_scale(logit_scale: Tensor) -> Tensor:
-    """``1 / tau = exp(min(logit_scale, log 100))``, the per-head multiplier of the cosine similarity."""
-    return torch.clamp(logit_scale, max=LOGIT_SCALE_MAX).exp()
 
 
 def log_spaced_relative_coords(window_size: tuple[int, int], pretrained_window_size: tuple[int, int] = (0, 0),
@@ -66,18 +59,6 @@ def relative_position_index(window_size: tuple[int, int], device: torch.device |
     dy = rows[:, None] - rows[None, :] + wh - 1
     dx = cols[:, None] - cols[None, :] + ww - 1
     return dy * (2 * ww - 1) + dx
-
-
-def scaled_cosine_attention(q: Tensor, k: Tensor, v: Tensor, logit_scale: Tensor, bias: Tensor | None = None,
-                            dropout_p: float = 0.0) -> Tensor:
-    """``softmax(cos(q, k) * exp(min(logit_scale, log 100)) + bias) v`` (Swin-V2, arXiv 2111.09883, eq. 2).
-
-    ``q, k, v``: ``(..., heads, N, head_dim)``; ``logit_scale``: ``(heads, 1, 1)``; ``bias`` broadcastable to
-    the ``(..., heads, N, N)`` logits.
-    """
-    q = F.normalize(q, dim=-1) * cosine_logit_scale(logit_scale)
-    return F.scaled_dot_product_attention(q, F.normalize(k, dim=-1), v, attn_mask=bias, dropout_p=dropout_p,
-                                          scale=1.0)
 
 
 class WindowAttentionV2(nn.Module):
