@@ -1,9 +1,9 @@
-"""The mixer registry: names, metadata, creation and errors."""
+"""The mixer registry: names, metadata, creation and errors. What every mixer computes is checked by the
+contract over all of them, tests/test_mixer_contract.py."""
 
 from __future__ import annotations
 
 import pytest
-import torch
 
 import visattn
 from visattn.nn import TokenMixer
@@ -24,7 +24,9 @@ def test_every_entry_has_metadata_and_builds_a_token_mixer(name):
     assert spec.paper_key in PAPERS and spec.paper.title
     assert spec.complexity.startswith("O(")
     assert spec.family and spec.summary
-    assert set(spec.faces) <= set(FACES) and "definition" in spec.faces or "module" in spec.faces
+    assert set(spec.faces) <= set(FACES)
+    assert "definition" in spec.faces or "module" in spec.faces
+    assert callable(spec.oracle)
     assert isinstance(create_mixer_for_layer(name, dim=32, num_heads=4, head_dim=8), TokenMixer)
 
 
@@ -36,16 +38,6 @@ def test_family_filter():
 def test_create_passes_kwargs():
     mixer = visattn.create_mixer("neighborhood", kernel_size=(3, 5), dilation=2)
     assert mixer.mask == visattn.masks.neighborhood_mask((3, 5), dilation=2)
-
-
-def test_created_mixers_run_on_their_kind_of_grid():
-    shapes = {"sliding": (40,), "radial": (4, 4, 4)}
-    for name in FIRST_ENTRIES:
-        shape = shapes.get(name, (14, 14) if name != "halo" else (16, 16))
-        n = torch.Size(shape).numel()
-        q, k, v = (torch.randn(1, 2, n, 8) for _ in range(3))
-        out = visattn.create_mixer(name)(q, k, v, shape)
-        assert out.shape == q.shape and torch.isfinite(out).all()
 
 
 def test_unknown_name_lists_the_known_names():
@@ -64,3 +56,5 @@ def test_registration_is_checked():
         register_mixer("x", paper="vit", complexity="O(N)", family="dense", faces=("gpu",))
     with pytest.raises(ValueError, match="lowercase"):
         register_mixer("Softmax", paper="vit", complexity="O(N)", family="dense")
+    with pytest.raises(TypeError, match="oracle must be callable"):
+        register_mixer("x", paper="vit", complexity="O(N)", family="dense", oracle="reference")

@@ -125,8 +125,27 @@ class InLineMixer(TokenMixer):
         return inline_state_bytes(batch_size, num_heads, head_dim, value_dim, dtype)
 
 
+def inline_oracle(mixer: InLineMixer, q: Tensor, k: Tensor, v: Tensor, shape: int | tuple[int, ...],
+                  x: Tensor | None = None) -> Tensor:
+    """Naive InLine: the dense weights times ``v``, plus the local residual as nine shifted copies of the
+    zero-padded value grid weighted by the predicted 3 x 3 kernels (the registry's oracle for ``"inline"``)."""
+    out = mixer.attention_weights(q, k, shape) @ v
+    if mixer.residual is None:
+        return out
+    shape, prefix = mixer.prepare(q, k, v, shape)
+    batch, heads, _, d = v.shape
+    height, width = shape
+    kernels = mixer.residual(x.mean(dim=1).unsqueeze(-1).to(mixer.residual[0].weight.dtype)).to(v.dtype)
+    kernels = kernels.reshape(batch, heads, d, 3, 3)
+    grid = F.pad(v[:, :, prefix:].transpose(2, 3).reshape(batch, heads, d, height, width), (1, 1, 1, 1))
+    local = sum(kernels[..., i, j, None, None] * grid[..., i:i + height, j:j + width]
+                for i in range(3) for j in range(3))
+    local = local.reshape(batch, heads, d, height * width).transpose(2, 3)
+    return torch.cat([out[:, :, :prefix], out[:, :, prefix:] + local], dim=2)
+
+
 @register_mixer("inline", paper="inline", complexity="O(N d^2)", family="reformulated",
-                faces=("definition", "module"))
+                faces=("definition", "module"), oracle=inline_oracle)
 def inline(dim: int = 512, num_heads: int = 8, head_dim: int = 64, kernel: str = "identity",
            local_residual: bool = True, attn_drop: float = 0.0) -> InLineMixer:
     """InLine injective linear attention (rows sum to 1) plus a dynamic 3x3 depthwise residual on v."""
