@@ -52,11 +52,14 @@ def _check_feature_map(tensor: torch.Tensor, info: dict[str, Any], img_hw: tuple
 
 
 def check_timm_contract(model_name: str, img_size: int | tuple[int, int], *, out_indices: Sequence[int] | None = None,
-                        feature_fmt: str = "NCHW", check_meta: bool = True, pass_img_size: bool = True,
+                        feature_fmt: str = "NCHW", intermediates_fmt: str | None = None, check_meta: bool = True,
+                        pass_img_size: bool = True,
                         **kwargs: Any) -> nn.Module:
     """Create ``model_name`` with ``kwargs`` (and ``img_size=img_size`` when ``pass_img_size``, for families whose
     constructor takes it) through ``timm.create_model`` and check timm's conventions on images of ``img_size``;
-    return the model (eval mode, classifier reset to 5 classes). ``feature_fmt`` is the layout of the feature maps.
+    return the model (eval mode, classifier reset to 5 classes). ``feature_fmt`` is the layout of the feature maps,
+    ``intermediates_fmt`` that of ``forward_intermediates`` (default ``feature_fmt``; timm's Swin gives NHWC maps
+    from ``features_only`` and NCHW from ``forward_intermediates``).
 
     Checked: logits ``(B, num_classes)``; ``forward_head(forward_features(x)) == forward(x)``; ``pretrained_cfg``
     names the architecture; ``features_only=True`` with ``out_indices`` (all of ``feature_info`` when None) gives
@@ -108,7 +111,8 @@ def check_timm_contract(model_name: str, img_size: int | tuple[int, int], *, out
             torch.testing.assert_close(final, features, atol=ATOL, rtol=0)
             assert len(intermediates) == len(infos), (len(intermediates), len(infos))
             for i, (tensor, info) in enumerate(zip(intermediates, infos, strict=True)):
-                _check_feature_map(tensor, info, img_hw, feature_fmt, f"forward_intermediates output {i}")
+                _check_feature_map(tensor, info, img_hw, intermediates_fmt or feature_fmt,
+                                   f"forward_intermediates output {i}")
             last = model.forward_intermediates(x, indices=[len(infos) - 1], intermediates_only=True)
             torch.testing.assert_close(last[0], intermediates[-1], atol=ATOL, rtol=0)
 

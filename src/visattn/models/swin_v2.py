@@ -106,6 +106,24 @@ class SwinTransformerV2(timm_swin.SwinTransformerV2):
             if isinstance(block, timm_swin.SwinTransformerV2Block):
                 block.attn = SwinV2WindowAttention.from_timm(block.attn)
 
+    def _check_input(self, x: Tensor) -> None:
+        if not isinstance(x, Tensor) or x.dim() != 4:
+            raise ValueError(f"x must be an image batch (B, C, H, W), got "
+                             f"{tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__}")
+        size = tuple(x.shape[-2:])
+        if not self.dynamic_img_size and size != tuple(self.patch_embed.img_size):
+            raise ValueError(f"img_size={size} differs from the size this Swin-V2 was built for, "
+                             f"img_size={tuple(self.patch_embed.img_size)}; create it with dynamic_img_size=True to "
+                             "run any size (maps are padded to a multiple of the window)")
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        self._check_input(x)
+        return super().forward_features(x)
+
+    def forward_intermediates(self, x: Tensor, *args: Any, **kwargs: Any) -> Any:
+        self._check_input(x)
+        return super().forward_intermediates(x, *args, **kwargs)
+
 
 _SWIN_PARAMETERS = frozenset(inspect.signature(timm_swin.SwinTransformerV2.__init__).parameters) - {"self"}
 
