@@ -14,11 +14,11 @@ from visattn import lens
 from visattn.lens import Edit
 
 
-def swin(version: int):
+def swin(version: int, img_size: int = 32, window_size: int = 4):
     torch.manual_seed(0)
     name = "swin_tiny_patch4_window7_224" if version == 1 else "swinv2_tiny_window8_256"
-    return timm.create_model(name, pretrained=False, img_size=32, window_size=4, embed_dim=16, depths=(2, 2),
-                             num_heads=(2, 4), num_classes=5)
+    return timm.create_model(name, pretrained=False, img_size=img_size, window_size=window_size, embed_dim=16,
+                             depths=(2, 2), num_heads=(2, 4), num_classes=5)
 
 
 def maxvit(nchw: bool):
@@ -37,9 +37,11 @@ def coatnet():
     return MaxxVit(cfg, img_size=32, num_classes=5)
 
 
-MODELS = {"swin": lambda: swin(1), "swinv2": lambda: swin(2), "maxvit_cl": lambda: maxvit(False),
+MODELS = {"swin": lambda: swin(1), "swinv2": lambda: swin(2), "swin_odd": lambda: swin(1, 24, 3),
+          "swinv2_odd": lambda: swin(2, 24, 3), "maxvit_cl": lambda: maxvit(False),
           "maxvit_nchw": lambda: maxvit(True), "coatnet": coatnet}
-KINDS = {"swin": "WindowAttention", "swinv2": "WindowAttention", "maxvit_cl": "AttentionCl",
+KINDS = {"swin": "WindowAttention", "swinv2": "WindowAttention", "swin_odd": "WindowAttention",
+         "swinv2_odd": "WindowAttention", "maxvit_cl": "AttentionCl",
          "maxvit_nchw": "Attention2d", "coatnet": "Attention2d"}
 
 
@@ -64,7 +66,8 @@ def timm_maps(model, x):
 @pytest.mark.parametrize("name", list(MODELS))
 def test_captured_maps_equal_timm_unfused_maps(name):
     model = MODELS[name]().double().eval()
-    x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
+    size = 24 if name.endswith("_odd") else 32
+    x = torch.randn(2, 3, size, size, dtype=torch.float64)
     layers = lens.attention_layers(model)
     assert layers and {info.kind for info in layers} == {KINDS[name]}
     assert all(info.editable and "hidden" not in info.provides for info in layers)
