@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from visattn import create_mixer, get_mixer_spec
-from visattn.nn import Attention, DynamicRadialEmbedding, RadialStripAttention, RadialStripMixer
+from visattn.nn import Attention, DynamicRadialEmbedding, RadialStripAttention, RadialStripMixer, convert_mdt_state_dict
 from visattn.ops import masked_attention
 from visattn.transforms import polar_inverse, polar_resample
 
@@ -312,3 +312,77 @@ def test_modules_reject_bad_arguments_and_inputs():
         DynamicRadialEmbedding(3, 4)(torch.randn(1, 2, 5, 5))
     with pytest.raises(ValueError, match="center must lie within"):
         DynamicRadialEmbedding(3, 4, center=(-1.0, 0.0))(torch.randn(1, 3, 5, 5))
+
+
+def mdt_ring_attention(tokens, state, rings, angles):
+    """The official MDT code's ring attention (one head, window (1, A)) written from its formulas: per ring,
+    ``softmax(q . k / sqrt(C) + a_p[d] cos(2 pi d / A) + b_p[d] sin(2 pi d / A) + a_r[0])`` with ``d`` the
+    query-minus-key azimuth offset used as a Python index into tables of ``2A - 1`` entries, then ``proj``."""
+    qkv = tokens @ state["qkv.weight"].t() + state["qkv.bias"]
+    q, k, v = qkv.chunk(3, dim=-1)
+    scale = tokens.shape[-1] ** -0.5
+    out = torch.zeros_like(v)
+    a_p, b_p, a_r = state["a_p"][:, 0], state["b_p"][:, 0], state["a_r"][0, 0]
+    for ring in range(rings):
+        idx = list(range(ring * angles, (ring + 1) * angles))
+        for n in range(angles):
+            logits = []
+            for m in range(angles):
+                d = n - m
+                phase = 2 * math.pi * d / angles
+                logits.append((q[:, idx[n]] * k[:, idx[m]]).sum(-1) * scale + a_p[d] * math.cos(phase)
+                              + b_p[d] * math.sin(phase) + a_r)
+            weights = torch.softmax(torch.stack(logits, dim=-1), dim=-1)
+            out[:, idx[n]] = torch.einsum("bm,bmc->bc", weights, v[:, idx])
+    return out @ state["proj.weight"].t() + state["proj.bias"]
+
+
+@pytest.mark.parametrize(("rings", "angles"), [(2, 5), (3, 4), (2, 1)])
+def test_loads_the_official_mdt_weights_layout(rings, angles):
+    """A state dict in MDT's layout (tables (2A - 1, 1), radial tables (1, 1)) loads with table_layout="mdt"
+    and the attention equals MDT's formula; our default circular table (A entries) cannot take it."""
+    dim = 6
+    gen = torch.Generator().manual_seed(7)
+
+    def rand(*shape):
+        return torch.randn(*shape, generator=gen, dtype=torch.float64)
+
+    state = {"qkv.weight": rand(3 * dim, dim), "qkv.bias": rand(3 * dim), "proj.weight": rand(dim, dim),
+             "proj.bias": rand(dim), "a_p": rand(2 * angles - 1, 1), "b_p": rand(2 * angles - 1, 1),
+             "a_r": rand(1, 1), "b_r": rand(1, 1)}
+    module = RadialStripAttention(dim, rings, angles, table_layout="mdt").double()
+    module.load_state_dict(convert_mdt_state_dict(state), strict=True)
+    tokens = rand(2, rings * angles, dim)
+    torch.testing.assert_close(module.attend(tokens), mdt_ring_attention(tokens, state, rings, angles),
+                               rtol=1e-12, atol=1e-12)
+    if angles > 1:
+        with pytest.raises(RuntimeError, match="size mismatch"):
+            RadialStripAttention(dim, rings, angles).double().load_state_dict(convert_mdt_state_dict(state))
+
+
+@pytest.mark.parametrize("strip", ["ring", "ray"])
+def test_mdt_table_layout_indexes_offsets_as_python_indices(strip):
+    rings, angles, heads = 3, 4, 2
+    mixer = RadialStripMixer(rings, angles, strip, heads, table_layout="mdt").double()
+    length = angles if strip == "ring" else rings
+    assert mixer.a.shape == (heads, 2 * length - 1)
+    with torch.no_grad():
+        mixer.a.normal_()
+        mixer.b.normal_()
+    offset = torch.arange(length)[:, None] - torch.arange(length)[None, :]
+    step = 2 * math.pi / angles if strip == "ring" else math.pi / rings
+    a, b = mixer.a.detach(), mixer.b.detach()
+    expected = torch.stack([torch.tensor([[a[h, int(d)] * math.cos(d * step) + b[h, int(d)] * math.sin(d * step)
+                                           for d in row] for row in offset.tolist()], dtype=torch.float64)
+                            for h in range(heads)])
+    torch.testing.assert_close(mixer.relative_bias(), expected, rtol=1e-12, atol=1e-12)
+
+
+def test_convert_mdt_state_dict_rejects_other_windows():
+    state = {"a_p": torch.zeros(7, 1), "b_p": torch.zeros(7, 1), "a_r": torch.zeros(3, 1), "b_r": torch.zeros(3, 1)}
+    with pytest.raises(ValueError, match=r"state_dict\['a_r'\] must have one entry"):
+        convert_mdt_state_dict(state)
+    with pytest.raises(ValueError, match="must hold MDT's position table 'a_p'"):
+        convert_mdt_state_dict({})
+    with pytest.raises(ValueError, match="table_layout must be one of"):
+        RadialStripMixer(3, 4, table_layout="swin")

@@ -38,7 +38,7 @@ from .neighborhood import (
 )
 from .paro import ParoMixer
 from .partition import PartitionAttention
-from .radial_strip import DynamicRadialEmbedding, RadialStripAttention, RadialStripMixer
+from .radial_strip import DynamicRadialEmbedding, RadialStripAttention, RadialStripMixer, convert_mdt_state_dict
 from .relative_position import FactorizedRelativeLogits, RelativePositionBias
 from .replace import from_timm_attention, replace_attention
 from .reversed_attention import (
@@ -70,7 +70,7 @@ __all__ = [
 ]
 __all__ += ["ChannelAttention", "ChannelGroupMixer", "ConvPosEnc", "SpatialWindowAttention"]
 __all__ += ["CosineWindowMixer", "ShiftedWindowAttentionV2", "WindowAttentionV2"]
-__all__ += ["DynamicRadialEmbedding", "RadialStripAttention", "RadialStripMixer"]
+__all__ += ["DynamicRadialEmbedding", "RadialStripAttention", "RadialStripMixer", "convert_mdt_state_dict"]
 __all__ += ["HedgehogFeatureMap", "HedgehogMixer", "distill_attention", "hedgehog_student", "softmax_mimicry_loss"]
 __all__ += ["InLineMixer", "InfSAMixer", "L2ViTLinearMixer", "LinearAttentionMixer", "LinearInfSAMixer"]
 __all__ += ["LocalConcentrationModule"]

@@ -12,8 +12,14 @@ term, and the result is mapped back to the image (:func:`visattn.transforms.pola
 
 Offsets are query minus key. Ring offsets are circular: a ring closes on itself, so ``d`` and ``d + A`` are the
 same offset and share one entry (``A`` entries per head); ray offsets run over ``-(R - 1) .. R - 1`` (``2R - 1``
-entries). ``theta_max`` is the largest ray angle of the camera model in the paper's code (derived there from the
-lens distortion); without a lens model it is a hyper-parameter, ``pi`` by default.
+entries, index ``d + R - 1``). That is ``table_layout="circular"`` (default). ``theta_max`` is the largest ray
+angle of the camera model in the paper's code (derived there from the lens distortion); without a lens model it is
+a hyper-parameter, ``pi`` by default.
+
+``table_layout="mdt"`` is the layout of the official code (Calvin11311/MDT, ``WindowAttention`` in
+``basicsr/models/archs/mdt_arch.py``), so that its weights load (:func:`convert_mdt_state_dict`): ``2L - 1``
+entries for rings too, indexed with the signed offset as a Python index (``d`` for ``d >= 0``, ``2L - 1 + d`` for
+``d < 0``): on a ring, ``d`` and ``d - A`` then have entries of their own. Same phases.
 
 Unlike the public code, the polar resampling really happens (so strips are rings and rays of the image, not rows
 and columns), and every layer is created once in ``__init__``.
@@ -22,7 +28,7 @@ and columns), and every layer is created once in ``__init__``.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -36,6 +42,8 @@ from ..transforms import polar_center, polar_inverse, polar_resample
 from .token_mixer import TokenMixer
 
 STRIPS = ("ring", "ray")
+TABLE_LAYOUTS = ("circular", "mdt")
+"""Position-table layouts: ours (rings share ``d`` and ``d + A``) and the official MDT code's (``2L - 1`` entries)."""
 
 
 def _positive_int(value: object, name: str, minimum: int = 1) -> int:
@@ -58,7 +66,8 @@ class RadialStripMixer(TokenMixer):
     Tokens are the polar grid in row-major order (ring-major: token ``m A + n`` is ring ``m``, azimuth ``n``),
     optionally after prefix tokens, which see and are seen by every token without a position term.
     ``num_heads`` is the number of heads with their own tables ``a``, ``b`` (each ``(num_heads, entries)``);
-    ``num_heads=1`` shares one table across all heads of ``q``. Without prefix tokens the strips are batched
+    ``num_heads=1`` shares one table across all heads of ``q``. ``table_layout``: one of :data:`TABLE_LAYOUTS`
+    (module docstring). Without prefix tokens the strips are batched
     through ``scaled_dot_product_attention`` with the position term as a float mask (``L x L`` per strip);
     with prefix tokens, the dense ``N x N`` form is used.
     """
@@ -66,8 +75,12 @@ class RadialStripMixer(TokenMixer):
     supports_attn_mask = False
 
     def __init__(self, num_rings: int, num_angles: int, strip: str = "ring", num_heads: int = 1,
-                 theta_max: float = math.pi, scale: float | None = None, attn_drop: float = 0.0) -> None:
+                 theta_max: float = math.pi, scale: float | None = None, attn_drop: float = 0.0,
+                 table_layout: str = "circular") -> None:
         super().__init__(attn_drop)
+        if table_layout not in TABLE_LAYOUTS:
+            raise ValueError(f"table_layout must be one of {TABLE_LAYOUTS}, got {table_layout!r}")
+        self.table_layout = table_layout
         self.num_rings = _positive_int(num_rings, "num_rings", 2)
         self.num_angles = _positive_int(num_angles, "num_angles")
         if strip not in STRIPS:
@@ -77,7 +90,7 @@ class RadialStripMixer(TokenMixer):
         self.theta_max = _finite_real(theta_max, "theta_max")
         self.scale = None if scale is None else _finite_real(scale, "scale")
         length = self.strip_length
-        entries = length if strip == "ring" else 2 * length - 1
+        entries = length if strip == "ring" and table_layout == "circular" else 2 * length - 1
         self.a = nn.Parameter(torch.zeros(self.num_heads, entries))
         self.b = nn.Parameter(torch.zeros(self.num_heads, entries))
         from timm.layers import trunc_normal_
@@ -103,13 +116,14 @@ class RadialStripMixer(TokenMixer):
 
     def extra_repr(self) -> str:
         return (f"grid={self.grid}, strip={self.strip!r}, num_heads={self.num_heads}, "
-                f"theta_max={self.theta_max:.4g}")
+                f"theta_max={self.theta_max:.4g}, table_layout={self.table_layout!r}")
 
     def relative_bias(self, dtype: torch.dtype | None = None) -> Tensor:
         """The position term inside one strip, ``(num_heads, L, L)``: ``a[idx] cos(phase) + b[idx] sin(phase)``.
 
         ``offset`` is the integer query-minus-key offset ``(L, L)``; ring: ``idx = offset mod A``,
-        ``phase = 2 pi offset / A``; ray: ``idx = offset + R - 1``, ``phase = offset theta_max / R``. Computed in
+        ``phase = 2 pi offset / A``; ray: ``idx = offset + R - 1``, ``phase = offset theta_max / R``; with
+        ``table_layout="mdt"``, ``idx = offset mod (2L - 1)`` for both. Computed in
         float32 (float64 when asked for or when the tables are float64) and cast to ``dtype``.
         """
         dtype = dtype or self.a.dtype
@@ -119,6 +133,8 @@ class RadialStripMixer(TokenMixer):
             index, step = self.offset % length, 2 * math.pi / length
         else:
             index, step = self.offset + length - 1, self.theta_max / length
+        if self.table_layout == "mdt":
+            index = self.offset % (2 * length - 1)
         phase = self.offset.to(work) * step
         a, b = self.a.to(work)[:, index], self.b.to(work)[:, index]
         return (a * torch.cos(phase) + b * torch.sin(phase)).to(dtype)
@@ -179,9 +195,10 @@ class RadialStripMixer(TokenMixer):
 @register_mixer("radial_strip", paper="rst", complexity="O(N L)", family="structured",
                 faces=("definition", "fast", "module"))
 def radial_strip(num_rings: int = 16, num_angles: int = 64, strip: str = "ring", num_heads: int = 1,
-                 theta_max: float = math.pi, scale: float | None = None, attn_drop: float = 0.0) -> RadialStripMixer:
+                 theta_max: float = math.pi, scale: float | None = None, attn_drop: float = 0.0,
+                 table_layout: str = "circular") -> RadialStripMixer:
     """Radial strip attention on an (R, A) polar grid: rings or rays with cos/sin relative position terms (RST)."""
-    return RadialStripMixer(num_rings, num_angles, strip, num_heads, theta_max, scale, attn_drop)
+    return RadialStripMixer(num_rings, num_angles, strip, num_heads, theta_max, scale, attn_drop, table_layout)
 
 
 class RadialStripAttention(nn.Module):
@@ -191,11 +208,14 @@ class RadialStripAttention(nn.Module):
     ``max_radius`` (default: the largest disk inside the map), then ``proj(mixer(qkv(tokens)))`` with a
     :class:`RadialStripMixer` (rings or rays), then ``polar_inverse`` back to ``(H, W)``. Pixels outside the disk
     get 0 (use the module inside a residual branch, as RST does). One head by default, as in the paper.
+    ``table_layout="mdt"`` takes the official MDT code's ring attention weights through
+    :func:`convert_mdt_state_dict`.
     """
 
     def __init__(self, dim: int, num_rings: int, num_angles: int, strip: str = "ring", num_heads: int = 1,
                  qkv_bias: bool = True, theta_max: float = math.pi, center: Sequence[float] | None = None,
-                 max_radius: float | None = None, attn_drop: float = 0.0, proj_drop: float = 0.0) -> None:
+                 max_radius: float | None = None, attn_drop: float = 0.0, proj_drop: float = 0.0,
+                 table_layout: str = "circular") -> None:
         super().__init__()
         self.dim = _positive_int(dim, "dim")
         self.num_heads = _positive_int(num_heads, "num_heads")
@@ -208,7 +228,8 @@ class RadialStripAttention(nn.Module):
         if self.max_radius is not None and self.max_radius <= 0:
             raise ValueError(f"max_radius must be > 0, got {max_radius!r}")
         self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
-        self.mixer = RadialStripMixer(num_rings, num_angles, strip, num_heads, theta_max, attn_drop=attn_drop)
+        self.mixer = RadialStripMixer(num_rings, num_angles, strip, num_heads, theta_max, attn_drop=attn_drop,
+                                      table_layout=table_layout)
         self.proj = nn.Linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
 
@@ -220,13 +241,40 @@ class RadialStripAttention(nn.Module):
         size = tuple(x.shape[-2:])
         polar = polar_resample(x, self.mixer.grid, self.center, self.max_radius)
         batch, channels, rings, angles = polar.shape
-        tokens = polar.flatten(2).transpose(1, 2)
-        head_dim = channels // self.num_heads
-        q, k, v = self.qkv(tokens).reshape(batch, -1, 3, self.num_heads, head_dim).permute(2, 0, 3, 1, 4).unbind(0)
-        out = self.mixer(q, k, v, (rings, angles)).transpose(1, 2).reshape(batch, -1, channels)
-        out = self.proj_drop(self.proj(out))
+        out = self.attend(polar.flatten(2).transpose(1, 2))
         return polar_inverse(out.transpose(1, 2).reshape(batch, channels, rings, angles), size, self.center,
                              self.max_radius)
+
+    def attend(self, tokens: Tensor) -> Tensor:
+        """The attention on polar tokens ``(B, R A, C)`` (ring-major), without the resampling:
+        ``proj(mixer(qkv(tokens)))``."""
+        batch, _, channels = tokens.shape
+        head_dim = channels // self.num_heads
+        q, k, v = self.qkv(tokens).reshape(batch, -1, 3, self.num_heads, head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        out = self.mixer(q, k, v, self.mixer.grid).transpose(1, 2).reshape(batch, -1, channels)
+        return self.proj_drop(self.proj(out))
+
+
+def convert_mdt_state_dict(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """A state dict of the official MDT code's ring attention (``WindowAttention`` with window ``(1, W)``: keys
+    ``qkv.*``, ``proj.*``, ``a_p``, ``b_p``, ``a_r``, ``b_r``, tables shaped ``(entries, heads)``) for a
+    :class:`RadialStripAttention` built with ``strip="ring"`` and ``table_layout="mdt"``.
+
+    ``a_p``, ``b_p`` (``(2A - 1, heads)``) become ``mixer.a``, ``mixer.b`` (``(heads, 2A - 1)``). MDT also adds a
+    radial term ``a_r[0] cos(0) + b_r[0] sin(0) = a_r[0]`` over a one-ring window: the same constant on every logit
+    of a query, which the softmax removes, so ``a_r``, ``b_r`` must have one entry (a ring window) and are dropped.
+    """
+    out = dict(state_dict)
+    for key in ("a_p", "b_p", "a_r", "b_r"):
+        if key not in out:
+            raise ValueError(f"state_dict must hold MDT's position table {key!r}, got keys {sorted(state_dict)}")
+    for key in ("a_r", "b_r"):
+        if out[key].shape[0] != 1:
+            raise ValueError(f"state_dict[{key!r}] must have one entry (MDT's ring window (1, W)), got shape "
+                             f"{tuple(out[key].shape)}: a window over several rings is not a radial strip")
+        del out[key]
+    out["mixer.a"], out["mixer.b"] = out.pop("a_p").t().contiguous(), out.pop("b_p").t().contiguous()
+    return out
 
 
 class DynamicRadialEmbedding(nn.Module):
