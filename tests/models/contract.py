@@ -1,10 +1,11 @@
 """timm's model contract, checked on a tiny config of a ``visattn_*`` model, and two helpers every family test uses.
 
-    from contract import check_timm_contract, count_params_meta, digits_loss_falls
+    from contract import check_lens_cli, check_timm_contract, count_params_meta, digits_loss_falls
 
     check_timm_contract("visattn_vit_tiny_patch16_224", 32, patch_size=8, depth=2)
     assert count_params_meta("visattn_vit_small_patch16_224") == 22_050_664
     digits_loss_falls(timm.create_model("visattn_vit_tiny_patch16_224", img_size=32, patch_size=8, depth=2), 32)
+    check_lens_cli("visattn_vit_tiny_patch16_224", tmp_path, "img_size=32,patch_size=8,depth=2")
 
 (``tests/models/conftest.py`` puts this folder on ``sys.path``.) On the shared 2-core machine mark family test
 files ``pytestmark = pytest.mark.usefixtures("one_thread")``: tiny models on two busy threads run many times slower.
@@ -15,8 +16,10 @@ a family that breaks a convention fails here.
 from __future__ import annotations
 
 import copy
+import json
 import math
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -203,3 +206,29 @@ def digits_loss_falls(model: nn.Module, img_size: int, steps: int = 20, lr: floa
     assert all(math.isfinite(v) for v in losses), losses
     assert sum(losses[-3:]) / 3 < factor * losses[0], f"loss did not fall: {losses}"
     return losses
+
+
+def check_lens_cli(model_name: str, tmp_path: Path, model_kwargs: str = "", min_layers: int = 1) -> dict[str, Any]:
+    """Run ``visattn lens IMAGE --model model_name --model-kwargs model_kwargs`` in-process on a generated 64x64
+    picture (resized by the model's data config); assert it exits 0, writes the report and the four pictures, and
+    measures at least ``min_layers`` attention layers; return metrics.json."""
+    import numpy as np
+    from PIL import Image
+
+    from visattn import cli
+
+    image = tmp_path / "photo.png"
+    pixels = np.random.default_rng(0).integers(0, 256, size=(64, 64, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(image)
+    out = tmp_path / "lens"
+    args = ["lens", str(image), "--model", model_name, "--out", str(out)]
+    if model_kwargs:
+        args += ["--model-kwargs", model_kwargs]
+    assert cli.main(args) == 0
+    for name in ("report.html", "attention.png", "heads.png", "metrics.png", "similarity.png"):
+        assert (out / name).stat().st_size > 0, name
+    data = json.loads((out / "metrics.json").read_text())
+    layers = {layer for values in data["per_layer"].values() for layer in values}
+    assert len(layers) >= min_layers, data["per_layer"]
+    assert model_name in (out / "report.html").read_text(encoding="utf-8")
+    return data

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import timm
 import torch
-from contract import check_timm_contract, count_params_meta, digits_loss_falls
+from contract import check_lens_cli, check_timm_contract, count_params_meta, digits_loss_falls
 
 from visattn.models.vit import TIMM_COUNTERPARTS
 from visattn.nn import Attention
@@ -96,3 +96,11 @@ def test_tiny_vit_learns_digits():
                               **TINY)
     losses = digits_loss_falls(model, 32)
     assert losses[-1] < losses[0]
+
+
+@pytest.mark.parametrize("mixer", ["softmax", "neighborhood,kernel_size=3"])
+def test_lens_cli_reports_on_the_model(tmp_path, mixer):
+    data = check_lens_cli("visattn_vit_tiny_patch16_224", tmp_path,
+                          f"img_size=32,patch_size=8,embed_dim=32,depth=2,num_heads=4,mixer={mixer}", min_layers=2)
+    assert all(set(values) == {"0", "1"} for values in data["per_layer"].values())
+    assert any(name.startswith("mean attention distance") for name in data["per_layer"])
