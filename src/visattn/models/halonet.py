@@ -163,6 +163,10 @@ default_cfgs = generate_default_cfgs({
 
 
 def _create(variant: str, pretrained: bool, cfg: ByoModelCfg, kwargs: dict[str, Any]) -> HaloNet:
+    """Build ``variant``; ``model_cfg=`` in ``kwargs`` replaces its ByobNet configuration (e.g. a tiny one)."""
+    cfg = kwargs.pop("model_cfg", cfg)
+    if not isinstance(cfg, ByoModelCfg):
+        raise TypeError(f"model_cfg must be a timm ByoModelCfg, got {type(cfg).__name__}")
     return build_model_with_cfg(
         HaloNet, variant, pretrained,
         model_cfg=cfg,

@@ -1,0 +1,166 @@
+"""visattn_halonet*: timm's model contract, same logits and gradients as timm's HaloNets on the same weights,
+timm's parameter counts, timm checkpoints through pretrained=True, image sizes and bad input refused, training."""
+
+from __future__ import annotations
+
+import pytest
+import timm
+import torch
+from contract import check_timm_contract, count_params_meta, digits_loss_falls
+from timm.models.byobnet import ByoBlockCfg, ByobNet, ByoModelCfg
+
+import visattn.models  # noqa: F401
+from visattn.nn.halo import HaloAttention
+from visattn.testing import randomize_module
+
+TIMM_NAMES = ("halonet26t", "sehalonet33ts", "halonet50ts")
+
+
+def tiny_cfg(block_size: int = 4, halo_size: int = 1, self_attn_layer: str = "halo") -> ByoModelCfg:
+    """A three-stage HaloNet: a bottleneck stage, then halo attention (two heads) with a strided first layer."""
+    return ByoModelCfg(
+        blocks=(
+            ByoBlockCfg(type="bottle", d=1, c=32, s=1, gs=0, br=0.25),
+            ByoBlockCfg(type="self_attn", d=2, c=64, s=2, gs=0, br=0.25),
+            ByoBlockCfg(type="self_attn", d=1, c=96, s=2, gs=0, br=0.25),
+        ),
+        stem_chs=16, stem_type="tiered", stem_pool="maxpool",
+        self_attn_layer=self_attn_layer,
+        self_attn_kwargs=dict(block_size=block_size, halo_size=halo_size, num_heads=2),
+    )
+
+
+def _pair(cfg_kwargs: dict | None = None, seed: int = 0):
+    """timm's ByobNet with timm's HaloAttn and random weights, and visattn's HaloNet holding the same weights."""
+    cfg = tiny_cfg(**(cfg_kwargs or {}))
+    torch.manual_seed(seed)
+    theirs = randomize_module(ByobNet(cfg), seed=seed, scale=0.2)
+    ours = timm.create_model("visattn_halonet26t", model_cfg=cfg).eval()
+    ours.load_state_dict(theirs.state_dict())
+    return ours, theirs
+
+
+def test_attention_is_visattn():
+    model = timm.create_model("visattn_halonet50ts", pretrained=False)
+    halos = [m for m in model.modules() if isinstance(m, HaloAttention)]
+    assert len(halos) == 5
+    assert {m.num_heads for m in halos} == {4, 8}  # halonet50ts's per-block override in stage 2
+    assert not any(type(m).__name__ == "HaloAttn" for m in model.modules())
+
+
+@pytest.mark.parametrize("cfg_kwargs", [dict(), dict(block_size=4, halo_size=6)])
+@pytest.mark.parametrize("img_hw", [(32, 32), (64, 96)])
+def test_same_logits_and_gradients_as_timm(cfg_kwargs, img_hw):
+    """Same weights: logits, input gradients and halo-layer weight gradients within 1e-4 of timm's (fp32), at two
+    sizes; also with a halo larger than the block."""
+    ours, theirs = _pair(cfg_kwargs)
+    x = torch.randn(2, 3, *img_hw, generator=torch.Generator().manual_seed(1))
+    x_ours, x_theirs = x.clone().requires_grad_(), x.clone().requires_grad_()
+    out_ours, out_theirs = ours(x_ours), theirs(x_theirs)
+    assert out_theirs.abs().max() > 0.1
+    torch.testing.assert_close(out_ours, out_theirs, atol=1e-4, rtol=0)
+    out_ours.square().sum().backward()
+    out_theirs.square().sum().backward()
+    torch.testing.assert_close(x_ours.grad, x_theirs.grad, atol=1e-4, rtol=1e-4)
+    grads_theirs = {n: p.grad for n, p in theirs.named_parameters()}
+    attn_names = [n for n, _ in ours.named_parameters() if ".self_attn." in n]
+    assert attn_names
+    for name, p in ours.named_parameters():
+        if name in attn_names:
+            torch.testing.assert_close(p.grad, grads_theirs[name], atol=1e-4, rtol=1e-4, msg=name)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", TIMM_NAMES)
+def test_published_models_equal_timm(name):
+    """The full timm configurations at 256 and 256 x 512 (random weights, BN statistics included)."""
+    torch.manual_seed(0)
+    theirs = randomize_module(timm.create_model(name), scale=0.1)
+    ours = timm.create_model(f"visattn_{name}").eval()
+    ours.load_state_dict(theirs.state_dict())
+    for hw in ((256, 256), (256, 512)):
+        x = torch.randn(1, 3, *hw)
+        with torch.no_grad():
+            torch.testing.assert_close(ours(x), theirs(x), atol=1e-4, rtol=0)
+
+
+def test_timm_contract():
+    check_timm_contract("visattn_halonet26t", 32, model_cfg=tiny_cfg())
+
+
+@pytest.mark.parametrize("name", TIMM_NAMES)
+def test_parameter_count_and_keys_equal_timm(name):
+    assert count_params_meta(f"visattn_{name}") == count_params_meta(name)
+    with torch.device("meta"):
+        ours = timm.create_model(f"visattn_{name}").state_dict()
+        theirs = timm.create_model(name).state_dict()
+    assert list(ours) == list(theirs)
+    assert all(ours[k].shape == theirs[k].shape for k in ours)
+
+
+def test_pretrained_cfg_points_at_timm_weights():
+    for name in TIMM_NAMES:
+        cfg = timm.models.get_pretrained_cfg(f"visattn_{name}")
+        assert cfg.hf_hub_id == f"timm/{timm.models.get_pretrained_cfg(name).hf_hub_id.split('/')[1]}"
+        assert cfg.input_size == (3, 256, 256)
+
+
+def test_pretrained_loads_a_timm_checkpoint(tmp_path):
+    cfg = tiny_cfg()
+    source = randomize_module(ByobNet(cfg), seed=5, scale=0.2)
+    path = tmp_path / "halonet.pth"
+    torch.save(source.state_dict(), path)
+    loaded = timm.create_model("visattn_halonet26t", pretrained=True, pretrained_cfg_overlay=dict(file=str(path)),
+                               model_cfg=cfg).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), source(x), atol=1e-4, rtol=0)
+
+
+def test_pretrained_with_keys_that_do_not_match_lists_them(tmp_path):
+    cfg = tiny_cfg()
+    state = ByobNet(cfg).state_dict()
+    state["stages.1.0.self_attn.extra"] = torch.zeros(1)
+    del state["stages.2.0.self_attn.pos_embed.width_rel"]
+    path = tmp_path / "bad.pth"
+    torch.save(state, path)
+    with pytest.raises(RuntimeError, match=r"(?s)Missing key.*stages\.2\.0\.self_attn\.pos_embed\.width_rel"
+                                           r".*Unexpected key.*self_attn\.extra"):
+        timm.create_model("visattn_halonet26t", pretrained=True, pretrained_cfg_overlay=dict(file=str(path)),
+                          model_cfg=cfg)
+
+
+def test_image_sizes_the_halo_layers_cannot_tile_are_refused():
+    model = timm.create_model("visattn_halonet26t", model_cfg=tiny_cfg()).eval()
+    assert model.fits((32, 32)) and model.fits((64, 96)) and not model.fits((48, 48))
+    with pytest.raises(ValueError, match=r"image size \(H, W\)=\(48, 48\).*multiples of 32"):
+        model(torch.randn(1, 3, 48, 48))
+    with pytest.raises(ValueError, match=r"img_size=\(200, 200\).*block 8 at reduction 32.*multiples of 256"):
+        timm.create_model("visattn_halonet26t", img_size=200)
+    with pytest.raises(ValueError, match="forward_intermediates|image size"):
+        model.forward_intermediates(torch.randn(1, 3, 40, 32))
+
+
+def test_bad_arguments_are_refused():
+    with pytest.raises(TypeError, match=r"unknown HaloNet argument\(s\) \['blok_size'\]"):
+        timm.create_model("visattn_halonet26t", blok_size=8)
+    with pytest.raises(TypeError, match="model_cfg must be a timm ByoModelCfg"):
+        timm.create_model("visattn_halonet26t", model_cfg=dict(blocks=()))
+    with pytest.raises(ValueError, match="halo attention only"):
+        timm.create_model("visattn_halonet26t", model_cfg=tiny_cfg(self_attn_layer="bottleneck"))
+
+
+def test_tiny_halonet_learns_digits():
+    torch.manual_seed(0)
+    model = timm.create_model("visattn_halonet26t", model_cfg=tiny_cfg(), num_classes=10)
+    losses = digits_loss_falls(model, 32, lr=3e-3)
+    assert losses[-1] < losses[0]
+
+
+@pytest.mark.slow
+def test_compiles_and_matches_eager():
+    ours, _ = _pair()
+    compiled = torch.compile(ours)
+    x = torch.randn(2, 3, 64, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(x), ours(x), atol=1e-4, rtol=1e-4)
