@@ -125,3 +125,18 @@ def test_bad_input_errors_name_the_argument():
         hedgehog_attention(lq[0], lk, v)
     with pytest.raises(ValueError, match="chunk_size must be a positive int, got 0"):
         hedgehog_attention(lq, lk, v, is_causal=True, chunk_size=0)
+
+
+@pytest.mark.parametrize("is_causal", [False, True])
+def test_feature_maps_applied_by_blocks_equal_precomputed_log_features(is_causal):
+    """q_features / k_features map blocks of the inputs (Hedgehog passes q, k and its maps): same result as
+    mapping everything first, across row blocks and ragged chunks."""
+    gen = torch.Generator().manual_seed(7)
+    n = ROW_BLOCK + 5 if not is_causal else 23
+    q, k = (torch.randn(1, 2, n, 3, generator=gen, dtype=torch.float64) for _ in range(2))
+    v = torch.randn(1, 2, n, 2, generator=gen, dtype=torch.float64)
+    scale = torch.tensor([0.5, 2.0, -1.0], dtype=torch.float64)
+    got = hedgehog_attention(q, k, v, is_causal=is_causal, chunk_size=5,
+                             q_features=lambda x: log_features(x * scale), k_features=log_features)
+    expected = hedgehog_attention(log_features(q * scale), log_features(k), v, is_causal=is_causal, chunk_size=5)
+    torch.testing.assert_close(got, expected, **FP64)

@@ -125,8 +125,8 @@ class HedgehogMixer(TokenMixer):
                 attn_mask: Tensor | None = None, is_causal: bool = False) -> Tensor:
         self.prepare(q, k, v, shape)
         self._no_attn_mask(attn_mask)
-        return hedgehog_attention(self.q_map.log_features(q), self.k_map.log_features(k), v,
-                                  is_causal=self.is_causal or is_causal, chunk_size=self.chunk_size)
+        return hedgehog_attention(q, k, v, is_causal=self.is_causal or is_causal, chunk_size=self.chunk_size,
+                                  q_features=self.q_map.log_features, k_features=self.k_map.log_features)
 
     def attention_weights(self, q: Tensor, k: Tensor, shape: int | tuple[int, ...], is_causal: bool = False) -> Tensor:
         """The dense weights ``a^_ij = phi(q_i) . phi(k_j) / sum_j phi(q_i) . phi(k_j)`` (causal: ``j <= i``),

@@ -26,22 +26,23 @@ Numerics (exact shifts, in exact arithmetic): ``phi(q_i) . phi(k_j)`` is unchang
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
-from .linear_attention import check_chunk_size, key_sums, row_blocks
+from .linear_attention import ROW_BLOCK, check_chunk_size, key_sums, row_blocks
 from .recurrent_state import state_bytes
 
 __all__ = ["hedgehog_attention", "hedgehog_state_bytes", "hedgehog_weights"]
 
 
-def _check(log_q: Tensor, log_k: Tensor, v: Tensor | None = None) -> None:
+def _check(log_q: Tensor, log_k: Tensor, v: Tensor | None = None, same_width: bool = True) -> None:
     for name, t in (("log_q", log_q), ("log_k", log_k), ("v", v)):
         if t is not None and (not isinstance(t, Tensor) or t.dim() != 4):
             raise ValueError(f"{name} must be a (B, heads, N, F) tensor, got "
                              f"{tuple(t.shape) if isinstance(t, Tensor) else type(t).__name__}")
-    if log_q.shape[:2] != log_k.shape[:2] or log_q.shape[-1] != log_k.shape[-1] or log_q.shape[2] != log_k.shape[2]:
+    if log_q.shape[:3] != log_k.shape[:3] or (same_width and log_q.shape[-1] != log_k.shape[-1]):
         raise ValueError(f"log_q and log_k must share (B, heads, N, F), got {tuple(log_q.shape)} and "
                          f"{tuple(log_k.shape)}")
     if v is not None and v.shape[:3] != log_k.shape[:3]:
@@ -60,44 +61,53 @@ def hedgehog_weights(log_q: Tensor, log_k: Tensor, *, is_causal: bool = False) -
     return torch.softmax(scores, dim=-1)
 
 
-def hedgehog_attention(log_q: Tensor, log_k: Tensor, v: Tensor, *, is_causal: bool = False,
-                       chunk_size: int = 64) -> Tensor:
+def _identity(x: Tensor) -> Tensor:
+    return x
+
+
+def hedgehog_attention(log_q: Tensor, log_k: Tensor, v: Tensor, *, is_causal: bool = False, chunk_size: int = 64,
+                       q_features: Callable[[Tensor], Tensor] | None = None,
+                       k_features: Callable[[Tensor], Tensor] | None = None) -> Tensor:
     """``y_i = sum_j exp(lq_i) . exp(lk_j) v_j / sum_j exp(lq_i) . exp(lk_j)`` without an N x N matrix.
 
-    ``log_q``, ``log_k``: log-features ``(B, heads, N, F)``; ``v``: ``(B, heads, N, Dv)``. Non-causal in
-    O(N F Dv) by blocks; causal by chunks of ``chunk_size`` tokens with per-row shifts (module docstring).
+    ``log_q``, ``log_k``: log-features ``(B, heads, N, F)``, or inputs that ``q_features`` / ``k_features`` map to
+    log-features block by block (so the ``N x F`` features are never held at once: Hedgehog passes ``q``, ``k`` and
+    its feature maps). ``v``: ``(B, heads, N, Dv)``. Non-causal in O(N F Dv) by blocks; causal by chunks of
+    ``chunk_size`` tokens with per-row shifts (module docstring).
     """
-    _check(log_q, log_k, v)
+    _check(log_q, log_k, v, same_width=q_features is None and k_features is None)
     chunk_size = check_chunk_size(chunk_size)
+    q_features, k_features = q_features or _identity, k_features or _identity
     if is_causal:
-        return _causal(log_q, log_k, v, chunk_size)
-    shift = log_k.detach().amax(dim=-2, keepdim=True)
-    kv, z = key_sums(log_k, v, lambda lk: (lk - shift).exp())
+        return _causal(log_q, log_k, v, chunk_size, q_features, k_features)
+    shift = None
+    for start in range(0, log_k.shape[2], ROW_BLOCK):
+        block_max = k_features(log_k[:, :, start:start + ROW_BLOCK]).detach().amax(dim=-2, keepdim=True)
+        shift = block_max if shift is None else torch.maximum(shift, block_max)
+    kv, z = key_sums(log_k, v, lambda x: (k_features(x) - shift).exp())
     z = z.unsqueeze(-1)
 
-    def readout(lq: Tensor) -> Tensor:
-        lq = lq + shift
+    def readout(x: Tensor) -> Tensor:
+        lq = q_features(x) + shift
         fq = (lq - lq.detach().amax(dim=-1, keepdim=True)).exp()
         return (fq @ kv) / (fq @ z)
 
     return row_blocks(readout, log_q)
 
 
-def _causal(log_q: Tensor, log_k: Tensor, v: Tensor, chunk_size: int) -> Tensor:
-    b, h, n, f = log_q.shape
-    c = min(chunk_size, n)
-    pad = (-n) % c
+def _causal(q: Tensor, k: Tensor, v: Tensor, chunk_size: int, q_features: Callable[[Tensor], Tensor],
+            k_features: Callable[[Tensor], Tensor]) -> Tensor:
+    n = q.shape[2]
     v1 = torch.cat([v, v.new_ones(v.shape[:-1] + (1,))], dim=-1)
-    if pad:  # padded keys sit after every real query, so the causal mask hides them; 0 keeps gradients finite
-        log_q, log_k, v1 = (F.pad(t, (0, 0, 0, pad)) for t in (log_q, log_k, v1))
-    m = (n + pad) // c
-    log_q, log_k, v1 = (t.reshape(b, h, m, c, t.shape[-1]) for t in (log_q, log_k, v1))
-    hidden = ~torch.ones(c, c, dtype=torch.bool, device=log_q.device).tril()
-    chunk_max = log_k.detach().amax(dim=3)
+    hidden = ~torch.ones(chunk_size, chunk_size, dtype=torch.bool, device=q.device).tril()
     out, state, shift = [], None, None
-    for t in range(m):
-        lq, lk, vt = log_q[:, :, t], log_k[:, :, t], v1[:, :, t]
-        scores = torch.logsumexp(lq.unsqueeze(-2) + lk.unsqueeze(-3), dim=-1).masked_fill(hidden, float("-inf"))
+    for start in range(0, n, chunk_size):
+        stop = min(start + chunk_size, n)
+        lq, lk, vt = q_features(q[:, :, start:stop]), k_features(k[:, :, start:stop]), v1[:, :, start:stop]
+        _check(lq, lk, vt)
+        c = stop - start
+        scores = torch.logsumexp(lq.unsqueeze(-2) + lk.unsqueeze(-3), dim=-1).masked_fill(hidden[:c, :c],
+                                                                                          float("-inf"))
         reference = scores.detach().amax(dim=-1, keepdim=True)
         if state is not None:
             carried = lq + shift.unsqueeze(-2)
@@ -106,11 +116,14 @@ def _causal(log_q: Tensor, log_k: Tensor, v: Tensor, chunk_size: int) -> Tensor:
         if state is not None:
             y = y + (carried - reference).exp() @ state
         out.append(y)
-        new_shift = chunk_max[:, :, t] if shift is None else torch.maximum(shift, chunk_max[:, :, t])
+        if stop == n:
+            break
+        chunk_max = lk.detach().amax(dim=-2)
+        new_shift = chunk_max if shift is None else torch.maximum(shift, chunk_max)
         chunk_state = (lk - new_shift.unsqueeze(-2)).exp().transpose(-2, -1) @ vt
         state = chunk_state if state is None else state * (shift - new_shift).exp().unsqueeze(-1) + chunk_state
         shift = new_shift
-    y = torch.stack(out, dim=2).reshape(b, h, m * c, -1)[:, :, :n]
+    y = torch.cat(out, dim=2)
     dv = v.shape[-1]
     return y[..., :dv] / y[..., dv:]
 
