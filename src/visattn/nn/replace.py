@@ -11,6 +11,7 @@ from torch import nn
 
 from ..registry import get_mixer_spec
 from .attention import Attention
+from .replace_eva import replace_eva_attention
 
 if TYPE_CHECKING:
     from timm.layers import Attention as TimmAttention
@@ -103,7 +104,8 @@ def replace_attention(model: nn.Module, mixer: str = "softmax", **mixer_kwargs: 
     shape, prefix = _grid_and_prefix(model)
     timm_attention = _timm_attention()
     targets = [(name, m) for name, m in model.named_modules() if isinstance(m, timm_attention)]
-    if not targets:
+    replaced = replace_eva_attention(model, mixer, shape=shape, num_prefix_tokens=prefix, **mixer_kwargs)
+    if not targets and not replaced:
         raise ValueError(f"model ({type(model).__name__}) has no timm Attention module to replace")
     for name, module in targets:
         parent_name, _, child = name.rpartition(".")
