@@ -97,7 +97,8 @@ class HedgehogMixer(TokenMixer):
         num_heads, head_dim: layout of q and k; one :class:`HedgehogFeatureMap` for q (``q_map``) and one for k
             (``k_map``), each with a ``head_dim x head_dim`` matrix per head.
         is_causal: each token sees itself and the tokens before it (O(N) memory chunked scan).
-        chunk_size: tokens per chunk of the causal scan.
+        chunk_size: tokens per chunk of the causal scan (16: the per-pair scores inside a chunk cost
+            ``chunk_size`` exponentials per token and feature; see :mod:`visattn.ops.hedgehog`).
         attn_drop: accepted for timm compatibility; there are no attention weights to drop (warns once in training
             when > 0).
 
@@ -108,7 +109,7 @@ class HedgehogMixer(TokenMixer):
     supports_is_causal = True
     uses_attn_drop = False
 
-    def __init__(self, num_heads: int = 8, head_dim: int = 64, is_causal: bool = False, chunk_size: int = 64,
+    def __init__(self, num_heads: int = 8, head_dim: int = 64, is_causal: bool = False, chunk_size: int = 16,
                  attn_drop: float = 0.0) -> None:
         super().__init__(attn_drop)
         if not isinstance(is_causal, bool):
@@ -145,7 +146,7 @@ class HedgehogMixer(TokenMixer):
 
 @register_mixer("hedgehog", paper="hedgehog", complexity="O(N d^2)", family="reformulated",
                 faces=("definition", "fast", "module"))
-def hedgehog(num_heads: int = 8, head_dim: int = 64, is_causal: bool = False, chunk_size: int = 64,
+def hedgehog(num_heads: int = 8, head_dim: int = 64, is_causal: bool = False, chunk_size: int = 16,
              attn_drop: float = 0.0) -> HedgehogMixer:
     """Hedgehog: linear attention with learnable [exp(Wx+b), exp(-(Wx+b))] maps distilled to mimic softmax."""
     return HedgehogMixer(num_heads, head_dim, is_causal, chunk_size, attn_drop)

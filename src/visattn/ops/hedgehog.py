@@ -20,8 +20,10 @@ Numerics (exact shifts, in exact arithmetic): ``phi(q_i) . phi(k_j)`` is unchang
   inside a chunk the scores ``s_ij`` are formed per pair (log-sum-exp over features, ``C x C x F`` per chunk).
   Each row is then referenced to its own maximum over what it sees -- the largest ``s_ij``, ``j <= i``, and its
   largest shifted feature against the carried state -- as the elementwise-QK scan does, so its denominator is
-  >= 1 again. Time O(N C F + N F Dv); the per-pair intra-chunk term costs ``exp`` per (i, j, f), about what the
-  ``C x C`` matmul costs in multiply-adds.
+  >= 1 again. Time O(N C F + N F Dv): the per-pair intra-chunk term costs one ``exp`` per (i, j, f), so small
+  chunks are fastest (default 16). Measured (N = 4,096, 4 heads, head_dim 32, float32, 1 thread, shared 2-core
+  machine): 290 ms at C = 16 and 550 ms at C = 64, against 114 ms for the former chunk-level shift at C = 64,
+  which could return wrong rows.
 """
 
 from __future__ import annotations
@@ -65,7 +67,7 @@ def _identity(x: Tensor) -> Tensor:
     return x
 
 
-def hedgehog_attention(log_q: Tensor, log_k: Tensor, v: Tensor, *, is_causal: bool = False, chunk_size: int = 64,
+def hedgehog_attention(log_q: Tensor, log_k: Tensor, v: Tensor, *, is_causal: bool = False, chunk_size: int = 16,
                        q_features: Callable[[Tensor], Tensor] | None = None,
                        k_features: Callable[[Tensor], Tensor] | None = None) -> Tensor:
     """``y_i = sum_j exp(lq_i) . exp(lk_j) v_j / sum_j exp(lq_i) . exp(lk_j)`` without an N x N matrix.
