@@ -5,7 +5,8 @@
 - :mod:`visattn.nn`: ``Attention`` with pluggable mixers, drop-in for timm, and modules per mechanism;
 - :mod:`visattn.transforms`: geometric transforms (polar resampling and its inverse);
 - :mod:`visattn.lens`: capture, measure and edit attention inside timm, Hugging Face and visattn models;
-- :func:`list_mixers` / :func:`create_mixer`: the registry.
+- :func:`list_mixers` / :func:`create_mixer`: the registry;
+- :func:`clear_caches`: drop the cached masks and plans (bounded by ``$VISATTN_CACHE_BYTES``, default 512 MiB).
 
 :mod:`visattn.lens` and :mod:`visattn.cli` are imported on first access (``visattn.lens``), not with the package,
 so that ``import visattn`` stays fast.
@@ -15,6 +16,7 @@ import importlib
 from types import ModuleType
 
 from . import masks, nn, ops, transforms
+from ._cache import clear_caches
 from .nn import Attention, create_attn, get_attn, replace_attention
 from .papers import PAPERS
 from .registry import MixerSpec, create_mixer, create_mixer_for_layer, get_mixer_spec, list_mixers, register_mixer
@@ -24,6 +26,7 @@ __version__ = "0.1.0"
 __all__ = [
     "PAPERS",
     "Attention",
+    "clear_caches",
     "MixerSpec",
     "create_attn",
     "create_mixer",

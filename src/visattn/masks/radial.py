@@ -43,13 +43,13 @@ Releases (``release=``, dated by the commit that changed the mask; ``"2025-11"``
 
 from __future__ import annotations
 
-import functools
 import math
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
+from .._cache import byte_cached
 from .._checks import Shape, num_tokens
 from .base import Mask, SpatialMod
 
@@ -98,7 +98,7 @@ def _code_sink(model_type: str, release: str) -> bool:
     return model_type == "wan" or release == "2025-06"
 
 
-@functools.lru_cache(maxsize=16)
+@byte_cached
 def code_block_mask(frames: int, s: int, block_size: int, decay_factor: float, model_type: str,
                     threshold: int, release: str = RELEASES[-1]) -> Tensor:
     """The code's block mask (version ``release``), bool ``[nb, nb]`` with ``nb = ceil(frames * s / block_size)``.

@@ -17,7 +17,6 @@ elsewhere they run as one masked call. Prefix queries attend densely to all keys
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -25,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..._cache import byte_cached
 from ..._checks import Shape, num_tokens
 from ...masks import Mask, RadialMask
 from ...masks.base import ROW_BUDGET
@@ -225,7 +225,7 @@ def _group_query_blocks(full: list[int], masked: list[int], key_block: int) -> l
     return groups
 
 
-@functools.lru_cache(maxsize=8)
+@byte_cached
 def block_sparse_plan(mask: Mask, shape: Shape, num_prefix_tokens: int, query_block: int,
                       key_block: int) -> BlockSparsePlan:
     """The block-sparse plan of ``mask`` on ``shape`` with ``num_prefix_tokens`` prefix tokens (cached)."""
@@ -414,7 +414,7 @@ def default_blocks(mask: Mask, shape: Shape) -> tuple[int, int]:
     return query, max(MIN_BLOCK // 2, min(KEY_BLOCK, query // 2))
 
 
-@functools.lru_cache(maxsize=8)
+@byte_cached
 def block_tiles(mask: Mask, shape: Shape, num_prefix_tokens: int, query_block: int, key_block: int) -> TileList:
     """The mask's present blocks as a :class:`~visattn.ops.engines.fused_tiles.TileList` for the fused tile kernel: per
     query block (split into tiles of at most ``MAX_TILE_QUERIES`` queries), the prefix keys, each run of

@@ -6,12 +6,12 @@ The ``N x N`` mask is built once per (mask, grid, prefix tokens, device) and kep
 
 from __future__ import annotations
 
-import functools
 from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
+from ..._cache import byte_cached
 from ...masks import Mask, materialize, to_block_mask
 from .sdpa import sdpa
 
@@ -21,13 +21,13 @@ if TYPE_CHECKING:
 __all__ = ["block_mask", "dense_mask", "sdpa_bool_mask"]
 
 
-@functools.lru_cache(maxsize=8)
+@byte_cached
 def dense_mask(mask: Mask, shape: tuple[int, ...], num_prefix_tokens: int, device: torch.device) -> Tensor:
     """Cached :func:`~visattn.masks.materialize` (masks are immutable, so the result never goes stale)."""
     return materialize(mask, shape, num_prefix_tokens, device=device)
 
 
-@functools.lru_cache(maxsize=8)
+@byte_cached
 def block_mask(mask: Mask, shape: tuple[int, ...], num_prefix_tokens: int, device: torch.device) -> BlockMask:
     """Cached :func:`~visattn.masks.to_block_mask`."""
     return to_block_mask(mask, shape, num_prefix_tokens, device=device)

@@ -35,6 +35,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..._cache import byte_cached
 from ...masks.axis import Progression
 from .. import native
 from ..native import DTYPE_SUFFIX, call, row_major, strides
@@ -274,7 +275,7 @@ def _key_groups(progression: Progression) -> int | None:
     return int(runs[0]) if len(np.unique(members)) == len(members) else None
 
 
-@functools.lru_cache(maxsize=32)
+@byte_cached
 def disjoint_tile_sizes(layout: LocalLayout) -> tuple[int, ...] | None:
     """Per-axis tile sizes whose tiles share no key (each tile one window, grid cell or line), or None where the
     mask has none within ``MAX_TRAINING_TILE_QUERIES`` queries a tile. Training on them needs no per-thread gradient
@@ -286,7 +287,7 @@ def disjoint_tile_sizes(layout: LocalLayout) -> tuple[int, ...] | None:
     return tuple(sizes)
 
 
-@functools.lru_cache(maxsize=32)
+@byte_cached
 def progression_tiles(layout: LocalLayout, num_prefix_tokens: int = 0, tile_sizes: tuple[int, ...] | None = None,
                       prefix_queries: bool = False) -> TileList:
     """The :class:`TileList` of a progression layout: the grid queries (prefix keys are a first, unmasked segment of

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..._cache import byte_cached
 from ..._checks import check_scale
 from ...masks import Mask
 from ..native import DTYPE_SUFFIX, needs_grad, row_major
@@ -358,18 +359,10 @@ def _(q, k, v, bitmap, block, scale):
     return q.new_empty(*q.shape[:3], v.shape[-1])
 
 
-_BITMAP_CACHE: dict[tuple[bytes, int, int, int], fused_tiles.TileList] = {}
-
-
+@byte_cached
 def _bitmap_tiles(bitmap: bytes, nb: int, block: int, num_tokens: int) -> fused_tiles.TileList:
-    """PARO's bitmaps are static after calibration: their tiles are built once (at most 256 kept)."""
-    key = (bitmap, nb, block, num_tokens)
-    if key not in _BITMAP_CACHE:
-        if len(_BITMAP_CACHE) >= 256:
-            _BITMAP_CACHE.pop(next(iter(_BITMAP_CACHE)))
-        _BITMAP_CACHE[key] = fused_tiles.bitmap_tiles(np.frombuffer(bitmap, dtype=bool).reshape(nb, nb), block,
-                                                      num_tokens)
-    return _BITMAP_CACHE[key]
+    """PARO's bitmaps are static after calibration: their tiles are built once (kept in the byte-bounded cache)."""
+    return fused_tiles.bitmap_tiles(np.frombuffer(bitmap, dtype=bool).reshape(nb, nb), block, num_tokens)
 
 
 @torch.library.custom_op("visattn::index_attention", mutates_args=())

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..._cache import byte_cached
 from ..._checks import Shape
 from ...masks import Mask, SeparableMask, SlidingWindowMask
 from ...masks.axis import AxisRule, Progression
@@ -126,7 +127,7 @@ class LocalLayout:
         return math.prod(int(p[1].sum()) for p in self.axes)
 
 
-@functools.lru_cache(maxsize=64)
+@byte_cached
 def local_layout(mask: Mask, shape: Shape) -> LocalLayout | None:
     """The kernel layout of ``mask`` on ``shape``; None if the mask is not a progression along every axis."""
     if isinstance(mask, SlidingWindowMask):

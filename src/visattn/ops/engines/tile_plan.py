@@ -28,16 +28,16 @@ the plan it ran.
 
 from __future__ import annotations
 
-import functools
 import itertools
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from ..._cache import byte_cached, cache_get, cache_put
 from ..._checks import Shape, num_tokens
 from ...masks import Mask, SeparableMask, SequenceMask
 from ...masks.axis import AxisRule
@@ -110,7 +110,6 @@ class TilePlan:
     unfold_rest: int
     runs: tuple[MaskRun, ...]
     empty: Tensor | None
-    _cache: dict = field(default_factory=dict, repr=False)
 
     @property
     def tile_sizes(self) -> tuple[int, ...]:
@@ -136,21 +135,28 @@ class TilePlan:
         return sum(r.allowed.numel() for r in self.runs if r.allowed is not None)
 
     def tensors(self, dtype: torch.dtype, device: torch.device) -> PlanTensors:
-        """The index tensors on ``device`` and the runs' 0 / -inf SDPA masks in ``dtype`` (cached per pair)."""
-        key = (dtype, device)
-        if key not in self._cache:
-            masks = []
-            for run in self.runs:
-                if run.allowed is None:
-                    masks.append(None)
-                    continue
-                bias = torch.zeros(run.allowed.shape, dtype=dtype, device=device)
-                bias.masked_fill_(~run.allowed.to(device), float("-inf"))
-                masks.append(bias.view(1, -1, self.tile_queries, self.tile_keys))
-            empty = None if self.empty is None else self.empty.to(device)[:, None]
-            self._cache[key] = PlanTensors(self.query_index.to(device), self.token_slot.to(device),
-                                           self.key_index.to(device), empty, tuple(masks))
-        return self._cache[key]
+        """The index tensors on ``device`` and the runs' 0 / -inf SDPA masks in ``dtype``, kept per pair in the
+        byte-bounded cache (:func:`visattn.clear_caches`)."""
+        if torch.compiler.is_compiling():
+            return self._build_tensors(dtype, device)
+        key = ("TilePlan.tensors", self, dtype, device)
+        found, value = cache_get(key)
+        if found:
+            return value[1]
+        return cache_put(key, (self, self._build_tensors(dtype, device)))[1]
+
+    def _build_tensors(self, dtype: torch.dtype, device: torch.device) -> PlanTensors:
+        masks = []
+        for run in self.runs:
+            if run.allowed is None:
+                masks.append(None)
+                continue
+            bias = torch.zeros(run.allowed.shape, dtype=dtype, device=device)
+            bias.masked_fill_(~run.allowed.to(device), float("-inf"))
+            masks.append(bias.view(1, -1, self.tile_queries, self.tile_keys))
+        empty = None if self.empty is None else self.empty.to(device)[:, None]
+        return PlanTensors(self.query_index.to(device), self.token_slot.to(device), self.key_index.to(device),
+                           empty, tuple(masks))
 
     def describe(self) -> str:
         """One line: tile and window per axis, unfold axis, SDPA problem and score elements per batch-head."""
@@ -169,7 +175,7 @@ def mask_axis_rules(mask: Mask, shape: Shape) -> tuple[Shape, tuple[AxisRule, ..
     raise TypeError(f"mask must be a SeparableMask or SequenceMask for the tiled engine, got {type(mask).__name__}")
 
 
-@functools.lru_cache(maxsize=16)
+@byte_cached
 def tile_plan(mask: Mask, shape: Shape, num_prefix_tokens: int = 0, tile_sizes: tuple[int, ...] | None = None,
               unfold: bool = True) -> TilePlan:
     """Plan the tiled engine for ``mask`` on ``shape`` (cached; masks are immutable).
