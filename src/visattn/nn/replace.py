@@ -12,6 +12,7 @@ from torch import nn
 from ..registry import get_mixer_spec
 from .attention import Attention
 from .replace_eva import replace_eva_attention
+from .replace_hf import is_hf_model, replace_hf_attention
 
 if TYPE_CHECKING:
     from timm.layers import Attention as TimmAttention
@@ -101,6 +102,8 @@ def replace_attention(model: nn.Module, mixer: str = "softmax", **mixer_kwargs: 
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
     _check_not_causal_by_default(mixer, mixer_kwargs)
+    if is_hf_model(model):
+        return replace_hf_attention(model, mixer, **mixer_kwargs)
     shape, prefix = _grid_and_prefix(model)
     timm_attention = _timm_attention()
     targets = [(name, m) for name, m in model.named_modules() if isinstance(m, timm_attention)]
