@@ -1,0 +1,170 @@
+"""visattn's DaViT and HaloNets against timm's, same weights, ratios measured in one run.
+
+    python benchmarks/models_davit_halonet.py                  # DaViT-T 224, HaloNet-26t 256
+    python benchmarks/models_davit_halonet.py --models davit_tiny sehalonet33ts halonet50ts --rounds 7 --train
+
+For each timm model and its ``visattn_*`` twin holding the same (randomised) state dict, fp32, eval, ``--batch``
+images at the model's published resolution:
+
+- ``attn``: every attention layer alone, in place. The inputs each of timm's attention layers receives in one
+  forward are recorded, then all of timm's layers and all of visattn's run on those same inputs. DaViT spatial:
+  timm's pad, window partition, ``WindowAttention``, window reverse and crop vs visattn's
+  ``SpatialWindowAttention`` on the map (the same span of ``SpatialBlock.forward``); DaViT channel: timm's
+  ``ChannelAttention`` vs visattn's; HaloNet: timm's ``HaloAttn`` vs visattn's ``HaloAttention``. Ratio = timm's
+  time / visattn's time (> 1: visattn faster).
+- ``model``: whole-model inference, the same ratio (= images/s of visattn / images/s of timm).
+- ``train`` (``--train``): one forward + backward in train mode.
+
+Samples are taken in interleaved rounds (timm, then visattn, each a burst of ``--calls`` calls); each ratio is the
+median of the per-round ratios, with their range, so that a shared machine's drift hits both sides alike. The
+largest logit difference is printed as a check that both compute the same function.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+from collections.abc import Callable
+
+import timm
+import torch
+import torch.nn.functional as F
+from timm.layers.halo_attn import HaloAttn
+from timm.models import davit as timm_davit
+from torch import nn
+
+import visattn.models  # noqa: F401  (registers visattn_* in timm)
+from visattn.bench import load_average
+from visattn.bench.timing import interleaved_bursts
+from visattn.testing import randomize_module
+
+DEFAULT_MODELS = ("davit_tiny", "halonet26t")
+
+
+def _pair(name: str) -> tuple[nn.Module, nn.Module]:
+    theirs = randomize_module(timm.create_model(name), seed=0, scale=0.1)
+    ours = timm.create_model(f"visattn_{name}").eval()
+    ours.load_state_dict(theirs.state_dict())
+    return theirs, ours
+
+
+def _timm_spatial(block: timm_davit.SpatialBlock, x: torch.Tensor) -> torch.Tensor:
+    """The window-attention span of timm's ``SpatialBlock.forward`` on the normed map ``x`` ``(B, H, W, C)``."""
+    _, h, w, c = x.shape
+    wh, ww = block.window_size
+    x = F.pad(x, (0, 0, 0, (ww - w % ww) % ww, 0, (wh - h % wh) % wh))
+    hp, wp = x.shape[1:3]
+    windows = timm_davit.window_partition(x, block.window_size).view(-1, wh * ww, c)
+    out = block.attn(windows).view(-1, wh, ww, c)
+    return timm_davit.window_reverse(out, block.window_size, hp, wp)[:, :h, :w, :].contiguous()
+
+
+def attention_calls(theirs: nn.Module, ours: nn.Module,
+                    images: torch.Tensor) -> tuple[list[Callable[[], object]], list[Callable[[], object]]]:
+    """Zero-argument calls of each attention layer of timm's model and of visattn's, on the inputs timm's layers
+    received in one forward of ``images``."""
+    recorded: list[tuple[str, torch.Tensor]] = []
+    hooks = []
+    for name, module in theirs.named_modules():
+        if isinstance(module, timm_davit.SpatialBlock):
+            hooks.append(module.norm1.register_forward_hook(
+                lambda _m, _a, out, block=module, name=name: recorded.append(
+                    (name, out.view(out.shape[0], *block._hw, -1)))))
+            hooks.append(module.register_forward_pre_hook(
+                lambda m, args: setattr(m, "_hw", tuple(args[0].shape[-2:]))))
+        elif isinstance(module, (timm_davit.ChannelAttention, HaloAttn)):
+            hooks.append(module.register_forward_pre_hook(
+                lambda _m, args, name=name: recorded.append((name, args[0]))))
+    with torch.no_grad():
+        theirs(images)
+    for hook in hooks:
+        hook.remove()
+    theirs_modules, ours_modules = dict(theirs.named_modules()), dict(ours.named_modules())
+    timm_calls, visattn_calls = [], []
+    for name, x in recorded:
+        timm_layer = theirs_modules[name]
+        if isinstance(timm_layer, timm_davit.SpatialBlock):
+            timm_calls.append(lambda b=timm_layer, x=x: _timm_spatial(b, x))
+            visattn_calls.append(lambda f=ours_modules[name].attn, x=x: f(x))
+        else:
+            timm_calls.append(lambda f=timm_layer, x=x: f(x))
+            visattn_calls.append(lambda f=ours_modules[name], x=x: f(x))
+    with torch.no_grad():
+        for t, o in zip(timm_calls, visattn_calls, strict=True):
+            torch.testing.assert_close(o(), t(), atol=1e-4, rtol=1e-4)
+    return timm_calls, visattn_calls
+
+
+def _run_all(calls: list[Callable[[], object]]) -> Callable[[], None]:
+    def run() -> None:
+        with torch.no_grad():
+            for call in calls:
+                call()
+    return run
+
+
+def _inference(model: nn.Module, images: torch.Tensor) -> Callable[[], None]:
+    def run() -> None:
+        with torch.no_grad():
+            model(images)
+    return run
+
+
+def _train_step(model: nn.Module, images: torch.Tensor) -> Callable[[], None]:
+    def run() -> None:
+        model.zero_grad(set_to_none=True)
+        model(images).float().square().mean().backward()
+    return run
+
+
+def paired_ratio(theirs: Callable[[], object], ours: Callable[[], object], rounds: int,
+                 calls: int) -> tuple[float, float, float, float, float]:
+    """Median of per-round ``time(theirs) / time(ours)``, its min and max, and the median ms of each side."""
+    theirs(), ours()
+    t, o = interleaved_bursts([theirs, ours], [calls, calls], rounds, lambda: None)
+    ratios = [a / b for a, b in zip(t, o, strict=True)]
+    return statistics.median(ratios), min(ratios), max(ratios), statistics.median(t), statistics.median(o)
+
+
+def _row(case: str, what: str, result: tuple[float, float, float, float, float]) -> str:
+    ratio, low, high, t_ms, o_ms = result
+    return f"| {case} | {what} | {ratio:.2f}x | {low:.2f}-{high:.2f} | {t_ms:.0f} | {o_ms:.0f} |"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--models", nargs="+", default=list(DEFAULT_MODELS), help="timm names with a visattn_ twin")
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved samples per side")
+    parser.add_argument("--calls", type=int, default=1, help="calls per burst")
+    parser.add_argument("--train", action="store_true", help="also time forward + backward in train mode")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    print(f"torch {torch.__version__}, timm {timm.__version__}, {args.threads} threads, batch {args.batch}, "
+          f"{args.rounds} rounds, load average before {load_average()}")
+    print("| model | measured | ratio timm/visattn time | range | timm ms | visattn ms |")
+    print("|---|---|---|---|---|---|")
+    for name in args.models:
+        theirs, ours = _pair(name)
+        size = theirs.pretrained_cfg["input_size"][1:]
+        images = torch.randn(args.batch, 3, *size, generator=torch.Generator().manual_seed(0))
+        with torch.no_grad():
+            diff = (theirs(images) - ours(images)).abs().max().item()
+        case = f"{name} ({size[0]}, max logit diff {diff:.1e})"
+        timm_calls, visattn_calls = attention_calls(theirs, ours, images)
+        print(_row(case, f"attn ({len(timm_calls)} layers)",
+                   paired_ratio(_run_all(timm_calls), _run_all(visattn_calls), args.rounds, args.calls)), flush=True)
+        del timm_calls, visattn_calls
+        print(_row(case, "model inference", paired_ratio(_inference(theirs, images), _inference(ours, images),
+                                                         args.rounds, args.calls)), flush=True)
+        if args.train:
+            theirs.train(), ours.train()
+            print(_row(case, "model train step", paired_ratio(_train_step(theirs, images),
+                                                              _train_step(ours, images), args.rounds, args.calls)),
+                  flush=True)
+    print(f"load average after {load_average()}")
+
+
+if __name__ == "__main__":
+    main()
