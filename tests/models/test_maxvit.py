@@ -10,6 +10,7 @@ from contract import check_timm_contract, count_params_meta, digits_loss_falls
 
 from visattn.models.maxvit import TIMM_COUNTERPARTS, MaxVitPartitionBlock
 from visattn.nn.partition import PartitionAttention
+from visattn.testing import randomize_module
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -22,8 +23,9 @@ THREE_STAGES = dict(depths=(1, 1, 1), embed_dim=(32, 32, 32), block_type=("M",) 
 
 
 def _pair(kwargs, seed=0):
-    torch.manual_seed(seed)
-    ours = timm.create_model(NAME, **kwargs).eval()
+    """visattn's model with seeded random weights (every parameter, norms included: Swin-V2's post-norms start at
+    0, which would hide the attention) and timm's model holding the same state dict."""
+    ours = randomize_module(timm.create_model(NAME, **kwargs), seed, scale=0.2)
     theirs = timm.create_model(NAME.removeprefix("visattn_"), **kwargs).eval()
     theirs.load_state_dict(ours.state_dict())
     return ours, theirs
@@ -80,8 +82,7 @@ def test_real_tiny_layout_same_logits_as_timm():
 def test_pretrained_loads_a_timm_checkpoint(tmp_path):
     """A randomly initialised timm MaxViT-T saved to a file and loaded by pretrained=True: the same logits; built
     for another partition size, timm's filter resizes the bias tables exactly as timm does for its own model."""
-    torch.manual_seed(3)
-    source = timm.create_model("maxvit_tiny_tf_224", img_size=64, **NARROW).eval()
+    source = randomize_module(timm.create_model("maxvit_tiny_tf_224", img_size=64, **NARROW), 3, scale=0.2)
     path = tmp_path / "maxvit.pth"
     torch.save(source.state_dict(), path)
     overlay = dict(file=str(path))

@@ -12,6 +12,7 @@ import torch
 from contract import check_timm_contract, count_params_meta, digits_loss_falls
 
 from visattn.models.swin_v2 import TIMM_COUNTERPARTS, SwinV2WindowAttention
+from visattn.testing import randomize_module
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -21,8 +22,9 @@ NARROW = dict(embed_dim=16, num_heads=(1, 2, 4, 8), depths=(2, 2, 2, 2))
 
 
 def _pair(kwargs, seed=0):
-    torch.manual_seed(seed)
-    ours = timm.create_model(NAME, **kwargs).eval()
+    """visattn's model with seeded random weights (every parameter, norms included: Swin-V2's post-norms start at
+    0, which would hide the attention) and timm's model holding the same state dict."""
+    ours = randomize_module(timm.create_model(NAME, **kwargs), seed, scale=0.2)
     theirs = timm.create_model(NAME.removeprefix("visattn_"), **kwargs).eval()
     theirs.load_state_dict(ours.state_dict())
     return ours, theirs
@@ -84,8 +86,7 @@ def _official_layout(state):
 def test_pretrained_loads_a_checkpoint(tmp_path, layout):
     """A randomly initialised timm Swin-V2 saved to a file (timm's or the official layout) and loaded by
     pretrained=True: the same logits."""
-    torch.manual_seed(3)
-    source = timm.create_model("swinv2_tiny_window8_256", img_size=64, **NARROW).eval()
+    source = randomize_module(timm.create_model("swinv2_tiny_window8_256", img_size=64, **NARROW), 3, scale=0.2)
     state = source.state_dict()
     path = tmp_path / "swin.pth"
     torch.save(state if layout == "timm" else _official_layout(state), path)
