@@ -123,8 +123,8 @@ class NATBlock(nn.Module):
         self.drop_path = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=nn.GELU, drop=drop)
-        self.layer_scale = layer_scale is not None
-        if layer_scale is not None:
+        self.layer_scale = bool(layer_scale)
+        if layer_scale:
             self.gamma1 = nn.Parameter(torch.full((dim,), float(layer_scale)))
             self.gamma2 = nn.Parameter(torch.full((dim,), float(layer_scale)))
 
@@ -196,7 +196,8 @@ class NAT(nn.Module):
             code's ``drop_rate``).
         attn_drop_rate: attention dropout.
         drop_path_rate: stochastic depth, rising linearly over the blocks to this rate.
-        layer_scale: initial value of the per-channel residual scales ``gamma1, gamma2``, or None for none.
+        layer_scale: initial value of the per-channel residual scales ``gamma1, gamma2``; None or 0 for none (as
+            transformers' ``layer_scale_init_value``; timm's ``create_model`` drops None, so pass 0 there).
     """
 
     def __init__(self, embed_dim: int = 64, depths: Sequence[int] = (3, 4, 18, 5),
@@ -265,7 +266,7 @@ class NAT(nn.Module):
                 raise ValueError(f"global_pool must be 'avg' or '', got {global_pool!r}")
             self.global_pool = global_pool
         self.num_classes = num_classes
-        device = self.norm.weight.device
+        device = self.patch_embed.norm.weight.device
         self.head = nn.Linear(self.num_features, num_classes, device=device) if num_classes > 0 else nn.Identity()
 
     def forward_intermediates(self, x: Tensor, indices: int | list[int] | None = None, norm: bool = False,

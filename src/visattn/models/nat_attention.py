@@ -82,57 +82,77 @@ def axis_plan(length: int, kernel_size: int, dilation: int, tile: int, device: t
     )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class TilePlan:
-    """Index plan of a 2-D map: ``tiles`` query tiles of ``queries_per_tile`` tokens, each with a key region.
+    """Row plan of a 2-D map for ``heads`` heads: ``tiles`` query tiles of ``t`` tokens, each with ``r`` keys.
 
-    ``query_index (tiles * t,)`` and ``key_index (tiles * r,)`` are row-major token indices;
-    ``bias_index (tiles * t * r,)`` indexes the flattened ``(2k_h - 1) (2k_w - 1)`` bias table of a head;
-    ``blocked`` is True where a key lies outside the query's neighborhood; ``output_index (H * W,)`` is each
-    token's row in the tiled output.
+    The sources are ``(B, rows, head_dim)`` tensors whose rows are (token, head) pairs: ``q_rows``, ``k_rows``,
+    ``v_rows`` ``(heads * tiles * t)`` / ``(heads * tiles * r)`` pick, in one gather each, the ``(B, heads * tiles,
+    t or r, head_dim)`` layout of the batched attention; ``out_rows`` gathers its output back to one row per
+    (token, head) in the source order. ``bias_index (tiles * t * r,)`` indexes a head's flattened
+    ``(2k_h - 1) (2k_w - 1)`` bias table; ``blocked`` is True where the key is outside the query's neighborhood.
+    Source layouts: ``"qkv"``, one ``(B, N * 3 * heads, head_dim)`` view of a fused ``qkv`` projection
+    ``(B, N, 3, heads, head_dim)`` (output ``(B, N * heads, head_dim)``); ``"bhnd"``, each of q, k, v as
+    ``(B, heads * N, head_dim)`` (output the same).
     """
 
     tiles: int
     queries_per_tile: int
     keys_per_tile: int
-    query_index: Tensor
-    key_index: Tensor
+    q_rows: Tensor
+    k_rows: Tensor
+    v_rows: Tensor
+    out_rows: Tensor
     bias_index: Tensor
     blocked: Tensor
-    output_index: Tensor
 
 
 def build_tile_plan(shape: tuple[int, int], kernel_size: tuple[int, int], dilation: tuple[int, int], tile: int,
-                    device: torch.device) -> TilePlan:
+                    heads: int, layout: str, device: torch.device) -> TilePlan:
     """The :class:`TilePlan` of a ``shape`` map: the product of the two axes' :class:`AxisPlan`."""
     py = axis_plan(shape[0], kernel_size[0], dilation[0], tile, device)
     px = axis_plan(shape[1], kernel_size[1], dilation[1], tile, device)
     (ny, ty), (nx, tx) = py.query_index.shape, px.query_index.shape
     ry, rx = py.key_index.shape[1], px.key_index.shape[1]
-    width = shape[1]
-    query_index = py.query_index[:, None, :, None] * width + px.query_index[None, :, None, :]
-    key_index = py.key_index[:, None, :, None] * width + px.key_index[None, :, None, :]
+    tiles, t, r = ny * nx, ty * tx, ry * rx
+    query_index = (py.query_index[:, None, :, None] * shape[1] + px.query_index[None, :, None, :]).reshape(-1)
+    key_index = (py.key_index[:, None, :, None] * shape[1] + px.key_index[None, :, None, :]).reshape(-1)
     bias_index = (py.relative[:, None, :, None, :, None] * (2 * kernel_size[1] - 1)
                   + px.relative[None, :, None, :, None, :])
     allowed = py.allowed[:, None, :, None, :, None] & px.allowed[None, :, None, :, None, :]
     oy, ox = py.output_index, px.output_index
-    output_index = ((oy // ty * nx)[:, None] + (ox // tx)[None, :]) * (ty * tx)
-    output_index = output_index + (oy % ty * tx)[:, None] + (ox % tx)[None, :]
-    return TilePlan(tiles=ny * nx, queries_per_tile=ty * tx, keys_per_tile=ry * rx,
-                    query_index=query_index.reshape(-1), key_index=key_index.reshape(-1),
-                    bias_index=bias_index.reshape(-1), blocked=~allowed.reshape(1, -1),
-                    output_index=output_index.reshape(-1))
+    output_index = ((oy // ty * nx)[:, None] + (ox // tx)[None, :]) * t + (oy % ty * tx)[:, None] + (ox % tx)[None, :]
+    head = torch.arange(heads, device=device)[:, None]
+    output_rows = head * (tiles * t) + output_index.reshape(1, -1)
+    tokens = shape[0] * shape[1]
+    if layout == "qkv":
+        q_rows, k_rows, v_rows = ((index[None] * 3 + part) * heads + head for part, index in
+                                  ((0, query_index), (1, key_index), (2, key_index)))
+        out_rows = output_rows.t()
+    elif layout == "bhnd":
+        q_rows, k_rows = head * tokens + query_index[None], head * tokens + key_index[None]
+        v_rows, out_rows = k_rows, output_rows
+    else:
+        raise ValueError(f"layout must be 'qkv' or 'bhnd', got {layout!r}")
+    return TilePlan(tiles=tiles, queries_per_tile=t, keys_per_tile=r, q_rows=q_rows.reshape(-1),
+                    k_rows=k_rows.reshape(-1), v_rows=v_rows.reshape(-1), out_rows=out_rows.reshape(-1),
+                    bias_index=bias_index.reshape(-1), blocked=~allowed.reshape(1, -1))
 
 
-_cached_tile_plan = functools.lru_cache(maxsize=64)(build_tile_plan)
+_cached_tile_plan = functools.lru_cache(maxsize=128)(build_tile_plan)
 
 
 def tile_plan(shape: tuple[int, int], kernel_size: tuple[int, int], dilation: tuple[int, int], tile: int,
-              device: torch.device) -> TilePlan:
-    """:func:`build_tile_plan`, cached per arguments in eager mode (rebuilt, from index arithmetic, when traced)."""
+              heads: int, layout: str, device: torch.device) -> TilePlan:
+    """:func:`build_tile_plan`, cached per arguments in eager mode (rebuilt, from index arithmetic, when traced).
+
+    Cached plans are built outside inference mode, so a plan first made under ``torch.inference_mode`` serves
+    training later.
+    """
     if torch.compiler.is_compiling() or device.type == "meta":
-        return build_tile_plan(shape, kernel_size, dilation, tile, device)
-    return _cached_tile_plan(shape, kernel_size, dilation, tile, device)
+        return build_tile_plan(shape, kernel_size, dilation, tile, heads, layout, device)
+    with torch.inference_mode(False), torch.no_grad():
+        return _cached_tile_plan(shape, kernel_size, dilation, tile, heads, layout, device)
 
 
 def _check_call(q: Tensor, k: Tensor, v: Tensor, rpb: Tensor, shape: tuple[int, int], kernel_size: tuple[int, int],
@@ -166,21 +186,35 @@ def neighborhood_attention_rpb(q: Tensor, k: Tensor, v: Tensor, rpb: Tensor, sha
     dil = per_axis(dilation, 2, "dilation")
     shape = per_axis(shape, 2, "shape")
     _check_call(q, k, v, rpb, shape, kernel, dil)
-    if tile < 1:
-        raise ValueError(f"tile must be >= 1, got {tile!r}")
-    batch, heads, _, head_dim = q.shape
-    plan = tile_plan(shape, kernel, dil, tile, q.device)
-    tiles, t, r = plan.tiles, plan.queries_per_tile, plan.keys_per_tile
-    q_t = q.reshape(batch * heads, -1, head_dim).index_select(1, plan.query_index)
-    k_t = k.reshape(batch * heads, -1, head_dim).index_select(1, plan.key_index)
-    v_t = v.reshape(batch * heads, -1, v.shape[-1]).index_select(1, plan.key_index)
-    bias = rpb.to(q.dtype).reshape(heads, -1)[:, plan.bias_index].masked_fill(plan.blocked, float("-inf"))
+    if isinstance(tile, bool) or not isinstance(tile, int) or tile < 1:
+        raise ValueError(f"tile must be an int >= 1, got {tile!r}")
+    batch, heads, tokens, head_dim = q.shape
+    plan = tile_plan(shape, kernel, dil, tile, heads, "bhnd", q.device)
+    out = tiled_attention(q.reshape(batch, heads * tokens, head_dim), k.reshape(batch, heads * tokens, head_dim),
+                          v.reshape(batch, heads * tokens, v.shape[-1]), rpb_bias(rpb, plan, q.dtype), plan,
+                          head_dim ** -0.5 if scale is None else scale, dropout_p)
+    return out.reshape(batch, heads, tokens, -1)
+
+
+def rpb_bias(rpb: Tensor, plan: TilePlan, dtype: torch.dtype) -> Tensor:
+    """The float mask ``(1, heads * tiles, t, r)`` of a plan: ``rpb`` at each allowed pair, ``-inf`` elsewhere."""
+    heads = rpb.shape[0]
+    bias = rpb.to(dtype).reshape(heads, -1)[:, plan.bias_index].masked_fill(plan.blocked, float("-inf"))
+    return bias.reshape(1, heads * plan.tiles, plan.queries_per_tile, plan.keys_per_tile)
+
+
+def tiled_attention(q: Tensor, k: Tensor, v: Tensor, bias: Tensor, plan: TilePlan, scale: float,
+                    dropout_p: float = 0.0) -> Tensor:
+    """The tiled core: ``q, k, v`` are ``(B, rows, d)`` sources in the plan's layout (the same tensor for a fused
+    ``qkv``), ``bias`` from :func:`rpb_bias`; returns ``(B, rows_out, d_v)`` in the layout's output order."""
+    batch = q.shape[0]
+    groups = bias.shape[1]
     out = F.scaled_dot_product_attention(
-        q_t.reshape(batch, heads * tiles, t, head_dim), k_t.reshape(batch, heads * tiles, r, head_dim),
-        v_t.reshape(batch, heads * tiles, r, v.shape[-1]), attn_mask=bias.reshape(1, heads * tiles, t, r),
-        dropout_p=dropout_p, scale=head_dim ** -0.5 if scale is None else scale)
-    out = out.reshape(batch * heads, tiles * t, -1).index_select(1, plan.output_index)
-    return out.reshape(batch, heads, shape[0] * shape[1], -1)
+        q.index_select(1, plan.q_rows).reshape(batch, groups, plan.queries_per_tile, q.shape[-1]),
+        k.index_select(1, plan.k_rows).reshape(batch, groups, plan.keys_per_tile, k.shape[-1]),
+        v.index_select(1, plan.v_rows).reshape(batch, groups, plan.keys_per_tile, v.shape[-1]),
+        attn_mask=bias, dropout_p=dropout_p, scale=scale)
+    return out.reshape(batch, -1, out.shape[-1]).index_select(1, plan.out_rows)
 
 
 class NeighborhoodAttention2dRPB(nn.Module):
@@ -223,9 +257,25 @@ class NeighborhoodAttention2dRPB(nn.Module):
         nn.init.trunc_normal_(self.rpb, std=0.02, a=-2.0, b=2.0)
         self.proj = nn.Linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
+        self._bias_cache: dict[tuple[int, torch.dtype], tuple[tuple[int, int], Tensor, TilePlan]] = {}
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}, num_heads={self.num_heads}, kernel_size={self.kernel_size}, dilation={self.dilation}"
+
+    def _bias(self, plan: TilePlan, dtype: torch.dtype) -> Tensor:
+        """:func:`rpb_bias`, kept between calls while ``rpb`` is unchanged and needs no gradient (inference)."""
+        if (torch.is_grad_enabled() and self.rpb.requires_grad) or torch.compiler.is_compiling() \
+                or self.rpb.device.type == "meta":
+            return rpb_bias(self.rpb, plan, dtype)
+        key = (id(plan), dtype)
+        version = (self.rpb._version, self.rpb.data_ptr())
+        cached = self._bias_cache.get(key)
+        if cached is None or cached[0] != version:
+            if len(self._bias_cache) >= 8:
+                self._bias_cache.clear()
+            with torch.inference_mode(False), torch.no_grad():
+                cached = self._bias_cache[key] = (version, rpb_bias(self.rpb, plan, dtype), plan)
+        return cached[1]
 
     def forward(self, x: Tensor) -> Tensor:
         """``x``: ``(B, H, W, dim)``; returns the same shape."""
@@ -237,12 +287,11 @@ class NeighborhoodAttention2dRPB(nn.Module):
         if pad_h or pad_w:
             x = F.pad(x, (0, 0, 0, pad_w, 0, pad_h))
         batch, hp, wp, _ = x.shape
-        qkv = self.qkv(x).reshape(batch, hp * wp, 3, self.num_heads, self.head_dim)
-        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
-        out = neighborhood_attention_rpb(q, k, v, self.rpb, (hp, wp), kernel_size=self.kernel_size,
-                                         dilation=self.dilation, scale=self.scale,
-                                         dropout_p=self.attn_drop if self.training else 0.0)
-        out = out.transpose(1, 2).reshape(batch, hp, wp, self.dim)
+        rows = self.qkv(x).reshape(batch, hp * wp * 3 * self.num_heads, self.head_dim)
+        plan = tile_plan((hp, wp), (self.kernel_size,) * 2, (self.dilation,) * 2, DEFAULT_TILE, self.num_heads, "qkv",
+                         x.device)
+        out = tiled_attention(rows, rows, rows, self._bias(plan, x.dtype), plan, self.scale,
+                              self.attn_drop if self.training else 0.0).reshape(batch, hp, wp, self.dim)
         if pad_h or pad_w:
             out = out[:, :height, :width]
         return self.proj_drop(self.proj(out))
