@@ -23,6 +23,8 @@ from . import nat  # noqa: F401
 from . import halonet  # noqa: F401
 from . import maxvit  # noqa: F401
 from . import swin_v2  # noqa: F401
+from . import inline  # noqa: F401
+from . import fasternet  # noqa: F401
 
 
 def timm_counterpart(name: str) -> str | None:

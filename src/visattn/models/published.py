@@ -34,10 +34,17 @@ class Published:
 
 _DEIT = "DeiT, arXiv 2012.12877, Table 1"
 _SWIN = "DeiT-S/B as compared in Swin, arXiv 2103.14030, Table 1(a)"
+_FASTERNET = "FasterNet, arXiv 2303.03667; ImageNet-1k table of JierunChen/FasterNet's README"
 
 PUBLISHED: dict[str, Published] = {
     "visattn_vit_tiny_patch16_224": Published(5, None, 224, _DEIT),
     "visattn_vit_small_patch16_224": Published(22, 4.6, 224, f"{_DEIT}; FLOPs: {_SWIN}"),
     "visattn_vit_base_patch16_224": Published(86, 17.5, 224, f"{_DEIT}; FLOPs: {_SWIN}"),
+    "visattn_fasternet_t0": Published(3.9, 0.34, 224, _FASTERNET),
+    "visattn_fasternet_t1": Published(7.6, 0.85, 224, _FASTERNET),
+    "visattn_fasternet_t2": Published(15.0, 1.90, 224, _FASTERNET),
+    "visattn_fasternet_s": Published(31.1, 4.55, 224, _FASTERNET),
+    "visattn_fasternet_m": Published(53.5, 8.72, 224, _FASTERNET),
+    "visattn_fasternet_l": Published(93.4, 15.49, 224, _FASTERNET),
 }
 """Published figures by registered model name."""
