@@ -113,3 +113,23 @@ def test_mixer_parameters_are_new_and_bad_input_is_refused():
                                                           intermediate_size=64, vocab_size=99))
     with pytest.raises(ValueError, match="no vision attention layer"):
         visattn.replace_attention(text, "softmax")
+
+
+def test_the_lens_routes_the_mixer_not_its_own_softmax():
+    """Under visattn.lens.capture the model still runs its mixers (same logits) and the recorded probabilities are
+    the neighborhood mixer's: zero outside each query's 3x3 window."""
+    from visattn.lens import capture
+    from visattn.lens.adapters import attention_layers
+
+    model = visattn.replace_attention(_build("vit"), "neighborhood", kernel_size=3)
+    assert [(info.name, info.family) for info in attention_layers(model)] == [
+        (f"vit.layers.{i}.attention.visattn_mixer", "visattn") for i in range(2)]
+    x = torch.randn(1, 3, 32, 32)
+    ref = _output(model, x)
+    with capture(model, what="probs") as recording:
+        out = _output(model, x)
+    torch.testing.assert_close(out, ref, atol=1e-6, rtol=0)
+    probs = recording.get("probs", 0).tensor
+    assert probs.shape == (1, 2, 17, 17)
+    grid_probs = probs[0, 0, 1:, 1:].reshape(4, 4, 4, 4)
+    assert grid_probs[0, 0, 3, 3] == 0 and grid_probs[0, 0, 1, 1] > 0

@@ -64,8 +64,11 @@ def dispatches_attention(cls: type) -> bool:
 
 
 def claim(name: str, module: nn.Module, modules: dict[str, nn.Module]) -> HuggingFaceLayer | None:
-    """The lens layer for ``module`` if it is a Hugging Face attention module using the registry, else None."""
+    """The lens layer for ``module`` if it is a Hugging Face attention module using the registry, else None (also
+    for a module given a visattn mixer by ``visattn.replace_attention``: the lens routes that mixer instead)."""
     if not available() or not hasattr(module, "config") or not dispatches_attention(type(module)):
+        return None
+    if getattr(module, "visattn_mixer", None) is not None:
         return None
     block_name = parent_name(name)
     block = modules[block_name] if block_name is not None else module
