@@ -132,6 +132,22 @@ def test_non_square_image_that_partitions_runs():
         assert model(torch.randn(1, 3, 64, 128)).shape == (1, 3)
 
 
+def test_built_on_meta_then_materialised_equals_a_cpu_build():
+    """Meta construction, ``to_empty``, timm's ``reinit_non_persistent_buffers`` and a state dict: the same logits
+    as the model built on the CPU."""
+    from timm.models._manipulate import reinit_non_persistent_buffers
+
+    ours, _ = _pair(dict(img_size=64, **NARROW))
+    with torch.device("meta"):
+        meta = timm.create_model(NAME, img_size=64, **NARROW)
+    meta = meta.to_empty(device="cpu")
+    reinit_non_persistent_buffers(meta)
+    meta.load_state_dict(ours.state_dict())
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(meta.eval()(x), ours(x), atol=1e-5, rtol=0)
+
+
 def test_unknown_argument_is_refused():
     with pytest.raises(TypeError, match=r"unknown MaxViT argument\(s\) \['window'\]"):
         timm.create_model(NAME, window=7)

@@ -145,6 +145,22 @@ def test_fixed_size_model_refuses_other_sizes():
         assert dynamic(torch.randn(1, 3, 72, 100)).shape == (1, 3)
 
 
+def test_built_on_meta_then_materialised_equals_a_cpu_build():
+    """Meta construction, ``to_empty``, timm's ``reinit_non_persistent_buffers`` and a state dict: the same logits
+    as the model built on the CPU."""
+    from timm.models._manipulate import reinit_non_persistent_buffers
+
+    ours, _ = _pair(dict(img_size=64, **NARROW))
+    with torch.device("meta"):
+        meta = timm.create_model(NAME, img_size=64, **NARROW)
+    meta = meta.to_empty(device="cpu")
+    reinit_non_persistent_buffers(meta)
+    meta.load_state_dict(ours.state_dict())
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(meta.eval()(x), ours(x), atol=1e-5, rtol=0)
+
+
 def test_unknown_argument_is_refused():
     with pytest.raises(TypeError, match=r"unknown Swin-V2 argument\(s\) \['window'\]"):
         timm.create_model(NAME, window=7)

@@ -70,6 +70,15 @@ class MaxVitPartitionBlock(nn.Module):
         self.norm2, self.mlp = source.norm2, source.mlp
         self.ls2, self.drop_path2 = source.ls2, source.drop_path2
 
+    def init_non_persistent_buffers(self) -> None:
+        """Recompute the partition coordinates the bias is gathered with (after ``to_empty`` from the meta device;
+        timm's ``reinit_non_persistent_buffers`` calls this)."""
+        rel_pos = self.attn.rel_pos
+        device = rel_pos.relative_position_bias_table.device
+        rows, cols = (torch.arange(p, device=device) for p in rel_pos.partition_size)
+        grid_rows, grid_cols = torch.meshgrid(rows, cols, indexing="ij")
+        rel_pos.coords = torch.stack([grid_rows.flatten(), grid_cols.flatten()], dim=-1)
+
     def set_partition_size(self, partition_size: int | tuple[int, int]) -> None:
         """Not supported: build the model with another ``img_size`` (the bias table is sized by the partition)."""
         raise NotImplementedError(
