@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["gradcheck_module", "random_qkv", "randomize_module"]
+__all__ = ["gradcheck_module", "random_qkv", "randomize_module", "rowwise_attention"]
 
 
 def random_qkv(batch: int, heads: int, tokens: int, head_dim: int, dtype: torch.dtype = torch.float64,
@@ -50,3 +50,23 @@ def gradcheck_module(module: torch.nn.Module, x: Tensor) -> bool:
 
     return (torch.autograd.gradcheck(module, (x,))
             and torch.autograd.gradcheck(by_params, tuple(module.parameters())))
+
+
+def rowwise_attention(q: Tensor, k: Tensor, v: Tensor, allowed: Tensor, scale: float | None = None) -> Tensor:
+    """An oracle for masked attention sharing no code with :mod:`visattn.ops.reference`: query by query, the
+    softmax over the keys it may see by log-sum-exp, in float64 (a Python loop over rows: tiny inputs only).
+
+    ``out[b, h, i] = sum_{j: allowed[i, j]} exp(s_ij - logsumexp_j s_ij) v_j`` with ``s_ij = scale q_i . k_j``;
+    0 for a row that sees no key. ``allowed``: bool ``(N, M)``.
+    """
+    q, k, v = q.double(), k.double(), v.double()
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    out = torch.zeros(*q.shape[:-1], v.shape[-1], dtype=torch.float64, device=q.device)
+    for i in range(q.shape[2]):
+        keys = allowed[i].nonzero().flatten()
+        if keys.numel() == 0:
+            continue
+        scores = torch.einsum("bhd,bhjd->bhj", q[:, :, i], k[:, :, keys]) * scale
+        weights = (scores - torch.logsumexp(scores, dim=-1, keepdim=True)).exp()
+        out[:, :, i] = torch.einsum("bhj,bhjd->bhd", weights, v[:, :, keys])
+    return out

@@ -1,6 +1,7 @@
 """Double backward (``create_graph=True``, e.g. an R1 gradient penalty) through every engine equals naive attention's,
 or raises a clear RuntimeError (an autograd Function marked ``once_differentiable``, a derivative torch does not
-implement): never gradients silently detached from q, k or v.
+implement): never gradients silently detached from q, k or v. Naive attention here is
+``visattn.testing.rowwise_attention`` (row by row, no code shared with the reference engine, which is tested too).
 
 ``ENGINES`` maps an engine name to ``fn(q, k, v, mask, shape, num_prefix_tokens) -> Tensor``;
 the dispatch's engines are ``masked_attention(..., backend=name)``.
@@ -17,11 +18,11 @@ from torch import Tensor
 
 from visattn import masks
 from visattn.masks import AxialMask, Mask, materialize
-from visattn.ops import masked_attention, reference
+from visattn.ops import masked_attention
 from visattn.ops.engines.block_sparse import block_tiles, default_blocks
 from visattn.ops.engines.kernel_ops import tile_attention
 from visattn.ops.native import native_library
-from visattn.testing import random_qkv
+from visattn.testing import random_qkv, rowwise_attention
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -74,7 +75,7 @@ def test_double_backward_matches_naive_or_raises(engine, mask, shape, prefix):
     q, k, v = random_qkv(1, 2, prefix + math.prod(shape), 8, seed=5)
     weight = torch.randn(q.shape, generator=torch.Generator().manual_seed(6), dtype=q.dtype)
     allowed = materialize(mask, shape, prefix)
-    want = penalty_gradients(lambda *x: reference.attention(*x, mask=allowed), q, k, v, weight)
+    want = penalty_gradients(lambda *x: rowwise_attention(*x, allowed), q, k, v, weight)
 
     def out_fn(*x: Tensor) -> Tensor:
         out = ENGINES[engine](*x, mask, shape, prefix)
