@@ -25,8 +25,6 @@ from . import maxvit  # noqa: F401
 from . import swin_v2  # noqa: F401
 from . import inline  # noqa: F401
 from . import l2vit  # noqa: F401
-from . import inline  # noqa: F401
-from . import l2vit  # noqa: F401
 from . import fasternet  # noqa: F401
 
 
