@@ -35,6 +35,8 @@ class Published:
 _DEIT = "DeiT, arXiv 2012.12877, Table 1"
 _SWIN = "DeiT-S/B as compared in Swin, arXiv 2103.14030, Table 1(a)"
 _FASTERNET = "FasterNet, arXiv 2303.03667; ImageNet-1k table of JierunChen/FasterNet's README"
+_L2VIT = "L2ViT, arXiv 2501.16182; ImageNet-1k table of ChuanyangZheng/L2ViT's README"
+_INLINE = "InLine, arXiv 2412.06590; Pretrained Models table of LeapLabTHU/InLine's README"
 
 PUBLISHED: dict[str, Published] = {
     "visattn_vit_tiny_patch16_224": Published(5, None, 224, _DEIT),
@@ -46,5 +48,12 @@ PUBLISHED: dict[str, Published] = {
     "visattn_fasternet_s": Published(31.1, 4.55, 224, _FASTERNET),
     "visattn_fasternet_m": Published(53.5, 8.72, 224, _FASTERNET),
     "visattn_fasternet_l": Published(93.4, 15.49, 224, _FASTERNET),
+    "visattn_l2vit_tiny": Published(29, 4.7, 224, _L2VIT),
+    "visattn_l2vit_small": Published(50, 9.0, 224, _L2VIT),
+    "visattn_l2vit_base": Published(89, 15.9, 224, _L2VIT),
+    "visattn_inline_deit_tiny": Published(6.5, 1.1, 224, _INLINE),
+    "visattn_inline_swin_tiny": Published(30, 4.5, 224, _INLINE),
+    "visattn_inline_swin_small": Published(50, 8.7, 224, _INLINE),
+    "visattn_inline_swin_base": Published(88, 15.4, 224, _INLINE),
 }
 """Published figures by registered model name."""
