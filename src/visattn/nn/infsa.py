@@ -119,7 +119,16 @@ class LinearInfSAMixer(_RhoMixer):
         return a.unsqueeze(-2).expand(-1, -1, q.shape[2], -1)
 
 
-@register_mixer("infsa", paper="infsa", complexity="O(N^2)", family="reformulated", faces=("definition", "module"))
+def infsa_oracle(mixer: InfSAMixer, q: Tensor, k: Tensor, v: Tensor, shape: int | tuple[int, ...]) -> Tensor:
+    """Naive InfSA with the sums written out (the registry's oracle for ``"infsa"``):
+    ``out_i = rho sum_j R_ij v_j / (sqrt(sum_ij R_ij^2) + eps)``, ``R_ij = max(0, sum_c q_ic k_jc / d)``."""
+    r = torch.einsum("bhic,bhjc->bhij", q, k).div(q.shape[-1]).clamp(min=0)
+    norm = r.square().sum(dim=(-2, -1), keepdim=True).sqrt()
+    return torch.einsum("bhij,bhjc->bhic", r, v) * mixer.rho.to(q.dtype) / (norm + mixer.eps)
+
+
+@register_mixer("infsa", paper="infsa", complexity="O(N^2)", family="reformulated", faces=("definition", "module"),
+                oracle=infsa_oracle)
 def infsa(rho: float = 0.95, learn_rho: bool = True, eps: float = 1e-6, attn_drop: float = 0.0) -> InfSAMixer:
     """InfSA: rho relu(q k^T/d) / ||.||_F per head, no row normalisation (Katz series over layers)."""
     return InfSAMixer(rho, learn_rho, eps, attn_drop)
