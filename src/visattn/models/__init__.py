@@ -26,6 +26,7 @@ from . import swin_v2  # noqa: F401
 from . import inline  # noqa: F401
 from . import l2vit  # noqa: F401
 from . import fasternet  # noqa: F401
+from . import patnet  # noqa: F401
 
 
 def timm_counterpart(name: str) -> str | None:

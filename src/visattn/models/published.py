@@ -37,6 +37,8 @@ _SWIN = "DeiT-S/B as compared in Swin, arXiv 2103.14030, Table 1(a)"
 _FASTERNET = "FasterNet, arXiv 2303.03667; ImageNet-1k table of JierunChen/FasterNet's README"
 _L2VIT = "L2ViT, arXiv 2501.16182; ImageNet-1k table of ChuanyangZheng/L2ViT's README"
 _INLINE = "InLine, arXiv 2412.06590; Pretrained Models table of LeapLabTHU/InLine's README"
+_PATNET = ("PATNet, arXiv 2503.03148: its ImageNet-1k table could not be read here, so no figure is recorded "
+           "(the release, haiduo/PartialNet, gives none)")
 
 PUBLISHED: dict[str, Published] = {
     "visattn_vit_tiny_patch16_224": Published(5, None, 224, _DEIT),
@@ -55,5 +57,11 @@ PUBLISHED: dict[str, Published] = {
     "visattn_inline_swin_tiny": Published(30, 4.5, 224, _INLINE),
     "visattn_inline_swin_small": Published(50, 8.7, 224, _INLINE),
     "visattn_inline_swin_base": Published(88, 15.4, 224, _INLINE),
+    "visattn_patnet_t0": Published(None, None, 224, _PATNET),
+    "visattn_patnet_t1": Published(None, None, 224, _PATNET),
+    "visattn_patnet_t2": Published(None, None, 224, _PATNET),
+    "visattn_patnet_s": Published(None, None, 224, _PATNET),
+    "visattn_patnet_m": Published(None, None, 224, _PATNET),
+    "visattn_patnet_l": Published(None, None, 224, _PATNET),
 }
 """Published figures by registered model name."""
