@@ -164,3 +164,39 @@ def test_compiles_and_matches_eager():
     x = torch.randn(2, 3, 64, 32)
     with torch.no_grad():
         torch.testing.assert_close(compiled(x), ours(x), atol=1e-4, rtol=1e-4)
+
+
+PAPER_PARAMS_M = (5.5, 8.1, 9.4, 11.8, 19.1, 30.7, 43.5, 67.4)
+
+
+@pytest.mark.parametrize("index", range(8))
+def test_paper_family_parameter_counts(index):
+    """H0-H7 on the meta device: counts rounded to 0.1 M (see halonet_cfg for their provenance)."""
+    assert round(count_params_meta(f"visattn_halonet_h{index}") / 1e6, 1) == PAPER_PARAMS_M[index]
+
+
+def test_paper_h1_is_timm_halonet_h1():
+    """timm's halonet_h1 ("as per the paper") has the same architecture: same parameter count and shapes."""
+    assert count_params_meta("visattn_halonet_h1") == count_params_meta("halonet_h1") == 8_100_056
+    with torch.device("meta"):
+        ours = timm.create_model("visattn_halonet_h1").state_dict()
+        theirs = timm.create_model("halonet_h1").state_dict()
+    assert {k: v.shape for k, v in ours.items()} == {k: v.shape for k, v in theirs.items()}
+
+
+def test_paper_family_values_are_wider_than_queries():
+    model = timm.create_model("visattn_halonet_h5", pretrained=False, num_classes=0)
+    layer = model.stages[0][0].self_attn
+    assert isinstance(layer, HaloAttention)
+    assert (layer.dim_head_qk * layer.num_heads, layer.dim_head_v * layer.num_heads) == (64, 160)
+    assert (layer.block_size, layer.halo_size) == (14, 2)
+    assert model.pretrained_cfg["input_size"] == (3, 448, 448)
+    with pytest.raises(ValueError, match=r"img_size=\(256, 256\).*multiples of 448"):
+        timm.create_model("visattn_halonet_h5", img_size=256)
+
+
+def test_paper_h0_forward_at_its_input_size():
+    model = timm.create_model("visattn_halonet_h0", num_classes=10).eval()
+    with torch.no_grad():
+        out = model(torch.randn(1, 3, 256, 256))
+    assert out.shape == (1, 10) and torch.isfinite(out).all()

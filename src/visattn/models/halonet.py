@@ -31,17 +31,19 @@ import inspect
 import math
 from collections.abc import Mapping
 from dataclasses import asdict, replace
+from functools import partial
 from typing import Any
 
+from timm.layers import make_divisible
 from timm.models import build_model_with_cfg, generate_default_cfgs, get_pretrained_cfg, register_model
 from timm.models import byoanet as timm_byoanet
-from timm.models.byobnet import ByoBlockCfg, ByobNet, ByoModelCfg
+from timm.models.byobnet import ByoBlockCfg, ByobNet, ByoModelCfg, SelfAttnBlock
 from timm.models.byobnet import checkpoint_filter_fn as byob_checkpoint_filter_fn
 from torch import Tensor, nn
 
 from ..nn.halo import HaloAttention
 
-__all__ = ["TIMM_COUNTERPARTS", "HaloNet", "checkpoint_filter_fn", "halonet_cfg"]
+__all__ = ["PAPER_FAMILY", "TIMM_COUNTERPARTS", "HaloBottleneck", "HaloNet", "checkpoint_filter_fn", "halonet_cfg"]
 
 TIMM_COUNTERPARTS: dict[str, str] = {
     "visattn_halonet26t": "halonet26t",
@@ -49,6 +51,38 @@ TIMM_COUNTERPARTS: dict[str, str] = {
     "visattn_halonet50ts": "halonet50ts",
 }
 """visattn model name -> the timm model with the same architecture and weights."""
+
+PAPER_FAMILY: dict[str, tuple[int, int, float, float, int, int | None, int]] = {
+    "visattn_halonet_h0": (8, 3, 1.0, 0.5, 7, None, 256),
+    "visattn_halonet_h1": (8, 3, 1.0, 1.0, 10, None, 256),
+    "visattn_halonet_h2": (8, 3, 1.0, 1.25, 11, None, 256),
+    "visattn_halonet_h3": (10, 3, 1.0, 1.5, 12, 1024, 320),
+    "visattn_halonet_h4": (12, 2, 1.0, 3.0, 12, 1280, 384),
+    "visattn_halonet_h5": (14, 2, 2.5, 2.0, 23, 1536, 448),
+    "visattn_halonet_h6": (8, 4, 3.0, 2.75, 24, 1536, 512),
+    "visattn_halonet_h7": (10, 3, 4.0, 3.5, 26, 2048, 640),
+}
+"""The paper's H0-H7: ``(b, h, r_v, r_b, l_3, d_f, input size)`` (see :func:`halonet_cfg` for the provenance)."""
+
+
+class HaloBottleneck(SelfAttnBlock):
+    """HaloNet's bottleneck: ``1x1 conv (in -> m)``, halo attention with ``m``-wide queries and keys and
+    ``value_ratio * m`` values (strided queries when ``stride`` is 2), BN + act, ``1x1 conv (-> out)``, residual.
+
+    timm's ``SelfAttnBlock`` with the value width decoupled from the query/key width (``r_v`` of the paper);
+    ``bottle_ratio`` sets ``m = out_chs * bottle_ratio``, ``num_heads`` heads of ``m / num_heads`` channels.
+    """
+
+    def __init__(self, *args: Any, value_ratio: float = 1.0, num_heads: int = 8, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        layers, dd = kwargs["layers"], {k: kwargs.get(k) for k in ("device", "dtype")}
+        mid = self.conv1_1x1.conv.out_channels
+        values = make_divisible(mid * value_ratio)
+        stride = 1 if not isinstance(self.conv2_kxk, nn.Identity) else kwargs.get("stride", 1)
+        self.self_attn = layers.self_attn(mid, dim_out=values, stride=stride, num_heads=num_heads,
+                                          dim_head=mid // num_heads, **dd)
+        self.post_attn = layers.norm_act(values, **dd)
+        self.conv3_1x1 = layers.conv_norm_act(values, kwargs["out_chs"], 1, apply_act=False, **dd)
 
 _MODEL_ARGS = frozenset(inspect.signature(ByobNet.__init__).parameters) - {"self", "cfg"}
 
@@ -72,11 +106,33 @@ def _with_visattn_halo(cfg: ByoModelCfg) -> ByoModelCfg:
 
 
 def halonet_cfg(name: str) -> ByoModelCfg:
-    """The ByobNet configuration of ``name`` (a key of :data:`TIMM_COUNTERPARTS`); :class:`HaloNet` swaps its
-    halo layers for visattn's."""
+    """The ByobNet configuration of ``name``, a key of :data:`TIMM_COUNTERPARTS` (timm's configuration; :class:`HaloNet`
+    swaps its halo layers for visattn's) or of :data:`PAPER_FAMILY`.
+
+    The paper's H0-H7 are ResNet-like: a 7 x 7 stride-2 stem (64 channels) and 3 x 3 max-pool, then four stages of
+    ``3, 3, l_3, 3`` :class:`HaloBottleneck` blocks of base widths ``64, 128, 256, 512``, each with ``base``-wide
+    queries and keys (8 heads), ``r_v * base`` values and ``r_b * base`` output channels, the first block of stages
+    2-4 striding its queries, an optional final ``1 x 1`` conv to ``d_f`` channels, block ``b`` and halo ``h``
+    throughout. Provenance: the values of ``b, h, r_v, r_b, l_3, d_f`` are those of two independent public
+    reimplementations, which agree with each other; the paper's PDF was not available here. This reading
+    reproduces the paper's parameter counts as recalled (5.5, 8.1, 9.4, 11.8, 19.1, 30.7, 43.4, 67.4 M, not
+    verified against the PDF either). Input sizes are the smallest the halo layers tile for H0-H5 (256, 320, 384,
+    448, matching the paper's training sizes as recalled); H6 512 and H7 640 (a 600 px image, recalled as H7's, does
+    not tile with ``b = 10``) are unverified. No weights were released for H0-H7.
+    """
     if name in TIMM_COUNTERPARTS:
         return timm_byoanet.model_cfgs[TIMM_COUNTERPARTS[name]]
-    raise ValueError(f"unknown HaloNet {name!r}; known: {sorted(TIMM_COUNTERPARTS)}")
+    if name not in PAPER_FAMILY:
+        raise ValueError(f"unknown HaloNet {name!r}; known: {sorted(TIMM_COUNTERPARTS) + sorted(PAPER_FAMILY)}")
+    b, h, rv, rb, l3, df, _ = PAPER_FAMILY[name]
+    block = partial(HaloBottleneck, value_ratio=rv)
+    return ByoModelCfg(
+        blocks=tuple(ByoBlockCfg(type=block, d=d, c=int(base * rb), s=s, gs=0, br=1 / rb)
+                     for d, base, s in ((3, 64, 1), (3, 128, 2), (l3, 256, 2), (3, 512, 2))),
+        stem_chs=64, stem_type="7x7", stem_pool="maxpool",
+        num_features=df or 0,
+        self_attn_layer="halo", self_attn_kwargs=dict(block_size=b, halo_size=h),
+    )
 
 
 class HaloNet(ByobNet):
@@ -157,8 +213,19 @@ def _timm_cfg(timm_name: str) -> dict[str, Any]:
     return cfg
 
 
+def _paper_cfg(name: str) -> dict[str, Any]:
+    """Pretrained configuration of a paper HaloNet: no weights, its input size (see :func:`halonet_cfg`)."""
+    cfg = _timm_cfg("halonet26t")
+    size = PAPER_FAMILY[name][-1]
+    cfg.update(url="", hf_hub_id=None, input_size=(3, size, size), min_input_size=(3, size, size),
+               pool_size=(size // 32, size // 32), license=None)
+    return cfg
+
+
 default_cfgs = generate_default_cfgs({
-    f"{name}.{get_pretrained_cfg(timm_name).tag}": _timm_cfg(timm_name) for name, timm_name in TIMM_COUNTERPARTS.items()
+    **{f"{name}.{get_pretrained_cfg(timm_name).tag}": _timm_cfg(timm_name)
+       for name, timm_name in TIMM_COUNTERPARTS.items()},
+    **{name: _paper_cfg(name) for name in PAPER_FAMILY},
 })
 
 
@@ -196,3 +263,50 @@ def visattn_halonet50ts(pretrained: bool = False, **kwargs: Any) -> HaloNet:
     the last three stages."""
     return _create("visattn_halonet50ts", pretrained, halonet_cfg("visattn_halonet50ts"), kwargs)
 
+
+@register_model
+def visattn_halonet_h0(pretrained: bool = False, **kwargs: Any) -> HaloNet:
+    """HaloNet-H0 of the paper (see :func:`halonet_cfg`; no released weights)."""
+    return _create("visattn_halonet_h0", pretrained, halonet_cfg("visattn_halonet_h0"), kwargs)
+
+
+@register_model
+def visattn_halonet_h1(pretrained: bool = False, **kwargs: Any) -> HaloNet:
+    """HaloNet-H1 of the paper (see :func:`halonet_cfg`; no released weights)."""
+    return _create("visattn_halonet_h1", pretrained, halonet_cfg("visattn_halonet_h1"), kwargs)
+
+
+@register_model
+def visattn_halonet_h2(pretrained: bool = False, **kwargs: Any) -> HaloNet:
+    """HaloNet-H2 of the paper (see :func:`halonet_cfg`; no released weights)."""
+    return _create("visattn_halonet_h2", pretrained, halonet_cfg("visattn_halonet_h2"), kwargs)
+
+
+@register_model
+def visattn_halonet_h3(pretrained: bool = False, **kwargs: Any) -> HaloNet:
+    """HaloNet-H3 of the paper (see :func:`halonet_cfg`; no released weights)."""
+    return _create("visattn_halonet_h3", pretrained, halonet_cfg("visattn_halonet_h3"), kwargs)
+
+
+@register_model
+def visattn_halonet_h4(pretrained: bool = False, **kwargs: Any) -> HaloNet:
+    """HaloNet-H4 of the paper (see :func:`halonet_cfg`; no released weights)."""
+    return _create("visattn_halonet_h4", pretrained, halonet_cfg("visattn_halonet_h4"), kwargs)
+
+
+@register_model
+def visattn_halonet_h5(pretrained: bool = False, **kwargs: Any) -> HaloNet:
+    """HaloNet-H5 of the paper (see :func:`halonet_cfg`; no released weights)."""
+    return _create("visattn_halonet_h5", pretrained, halonet_cfg("visattn_halonet_h5"), kwargs)
+
+
+@register_model
+def visattn_halonet_h6(pretrained: bool = False, **kwargs: Any) -> HaloNet:
+    """HaloNet-H6 of the paper (see :func:`halonet_cfg`; no released weights)."""
+    return _create("visattn_halonet_h6", pretrained, halonet_cfg("visattn_halonet_h6"), kwargs)
+
+
+@register_model
+def visattn_halonet_h7(pretrained: bool = False, **kwargs: Any) -> HaloNet:
+    """HaloNet-H7 of the paper (see :func:`halonet_cfg`; no released weights)."""
+    return _create("visattn_halonet_h7", pretrained, halonet_cfg("visattn_halonet_h7"), kwargs)
