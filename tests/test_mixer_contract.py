@@ -3,9 +3,9 @@
 For each mixer and each case below: float64 forward equal to the naive oracle its registry entry names
 (``MixerSpec.oracle``) on random inputs with a prefix token and an odd grid; ``gradcheck`` on tiny sizes; float32
 within a stated tolerance of float64; bad input raises ``ValueError``; the forward runs on the meta device;
-``torch.compile`` runs it (a few mixers by
-default, all under ``slow``); ``replace_attention`` puts it into a random-init tiny timm ViT whose weights load
-back into timm unchanged (with ``"softmax"`` the outputs equal timm's). Plus completeness: every mixer is
+``torch.compile`` runs it (a few mixers by default, all under ``slow``); ``replace_attention`` puts it into a
+random-init tiny timm ViT whose weights load back into timm unchanged (with ``"softmax"`` the outputs equal
+timm's). Plus completeness: every mixer is
 registered by ``import visattn`` alone, every ``TokenMixer`` class in the package is built by some registry entry,
 and every factory is importable from the module that registers it.
 """
