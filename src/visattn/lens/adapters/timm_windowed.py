@@ -14,6 +14,10 @@ timm does and hands them to ``lens_attention``:
   ``softmax(q k^T / sqrt(d) + B)`` with the module's relative position bias (``rel_pos.get_bias()``, as timm's fused
   path) or the shared bias it is given.
 
+visattn's own modules of the same mechanisms, which ``visattn_swinv2_*`` and ``visattn_maxvit_*`` run on
+(:class:`~visattn.nn.swin_v2.WindowAttentionV2` on timm's windows, :class:`~visattn.nn.partition.PartitionAttention`
+on the whole channels-last map, partitioning itself), are routed the same way.
+
 The batch dim of a call is batch x windows (partitions) in timm's order; the grid is the window (partition, or for
 ``Attention2d`` the feature map) with no prefix tokens. The block input is not a token sequence here, so these
 layers do not provide ``hidden``.
@@ -32,6 +36,8 @@ from timm.models.swin_transformer import WindowAttention as SwinWindowAttention
 from timm.models.swin_transformer_v2 import WindowAttention as SwinV2WindowAttention
 from torch import Tensor, nn
 
+from ...nn.partition import PartitionAttention, merge_partitions, partition
+from ...nn.swin_v2 import WindowAttentionV2, cosine_logit_scale
 from ..call import AttentionCall
 from .base import ForwardState, Layer, check_no_dropout, dispatch, patch_forward, route_of
 
@@ -46,13 +52,21 @@ class WindowedLayer(Layer):
 
     def patch(self) -> Callable[[], None]:
         module = self.module
-        forward = FORWARDS[type(module)]
+        forward = _forward_of(module)
         return patch_forward(module, lambda *args, **kwargs: forward(module, *args, **kwargs))
 
 
+def _forward_of(module: nn.Module) -> Callable[..., Tensor] | None:
+    forward = FORWARDS.get(type(module))
+    if forward is None and isinstance(module, (WindowAttentionV2, PartitionAttention)):
+        forward = FORWARDS[WindowAttentionV2 if isinstance(module, WindowAttentionV2) else PartitionAttention]
+    return forward
+
+
 def claim(name: str, module: nn.Module, modules: dict[str, nn.Module]) -> WindowedLayer | None:
-    """The lens layer for ``module`` if it is one of the supported classes with timm's own forward, else None."""
-    if type(module) not in FORWARDS:
+    """The lens layer for ``module`` if it is one of the supported classes with timm's own forward (or a visattn
+    window / partition attention module), else None."""
+    if _forward_of(module) is None:
         return None
     return WindowedLayer(name, module, None, module.num_heads)
 
@@ -60,7 +74,8 @@ def claim(name: str, module: nn.Module, modules: dict[str, nn.Module]) -> Window
 def _attend(module: nn.Module, q: Tensor, k: Tensor, v: Tensor, scale: float, bias: Tensor | None,
             grid: tuple[int, ...] | None) -> Tensor:
     route = route_of(module)
-    check_no_dropout(module.attn_drop.p if module.training else 0.0, route.info.name)
+    drop = module.attn_drop if isinstance(module.attn_drop, float) else module.attn_drop.p
+    check_no_dropout(drop if module.training else 0.0, route.info.name)
     call = AttentionCall(route.info.index, route.info.name, q, k, v, scale, bias, grid=grid, num_prefix_tokens=0)
     out, _ = dispatch(call, route)
     return out
@@ -132,11 +147,41 @@ def attention_2d_forward(module: Attention2d, x: Tensor, shared_rel_pos: Tensor 
     return module.proj_drop(module.proj(out.transpose(-1, -2).reshape(b, -1, h, w)))
 
 
+def window_attention_v2_forward(module: WindowAttentionV2, x: Tensor, mask: Tensor | None = None) -> Tensor:
+    """:class:`visattn.nn.swin_v2.WindowAttentionV2` ``forward`` with the attention computed by the lens (the call
+    carries normalised ``q`` times the logit scale, normalised ``k`` and ``scale = 1``, as for timm's Swin V2)."""
+    b, n, c = x.shape
+    q, k, v = module.qkv_heads(x)
+    q, k = F.normalize(q, dim=-1) * cosine_logit_scale(module.logit_scale), F.normalize(k, dim=-1)
+    bias = _with_window_mask(module.position_bias().unsqueeze(0), mask, b)
+    out = _attend(module, q, k, v, 1.0, bias, tuple(module.window_size))
+    return module.proj_drop(module.proj(out.transpose(1, 2).reshape(b, n, c)))
+
+
+def partition_attention_forward(module: PartitionAttention, x: Tensor) -> Tensor:
+    """:class:`visattn.nn.partition.PartitionAttention` ``forward`` ``(B, H, W, C)`` with the attention of each
+    partition computed by the lens; the batch dim of a call is batch x partitions, the grid the partition."""
+    module._check_input(x)
+    _, h, w, _ = x.shape
+    if h % module.partition_size[0] or w % module.partition_size[1]:
+        raise NotImplementedError(f"the lens captures partition attention on maps divisible by the partition size "
+                                  f"{module.partition_size}; got (H, W)=({h}, {w}) with pad=True")
+    windows = module.qkv(partition(x, module.partition_type, module.partition_size))
+    q, k, v = module._split_heads(windows)
+    bias = module.rel_pos().to(x.dtype).unsqueeze(0)
+    out = _attend(module, q, k, v, module.scale, bias, tuple(module.partition_size))
+    out = merge_partitions(out.transpose(1, 2).reshape(windows.shape[0], -1, module.dim), module.partition_type,
+                           module.partition_size, (h, w))
+    return module.proj_drop(module.proj(out))
+
+
 FORWARDS: dict[type, Callable[..., Tensor]] = {
     SwinWindowAttention: swin_forward,
     SwinV2WindowAttention: swin_v2_forward,
     AttentionCl: attention_cl_forward,
     Attention2d: attention_2d_forward,
+    WindowAttentionV2: window_attention_v2_forward,
+    PartitionAttention: partition_attention_forward,
 }
 
 
