@@ -148,6 +148,27 @@ def test_built_on_meta_then_materialised_equals_a_cpu_build():
         torch.testing.assert_close(meta.eval()(x), ours(x), atol=1e-5, rtol=0)
 
 
+def test_lens_captures_the_maps_it_captures_on_timms_model():
+    """visattn.lens routes visattn's attention modules: float64, same weights, the captured attention maps and the
+    model output equal those on timm's model."""
+    from visattn import lens
+
+    ours, theirs = (m.double() for m in _pair(dict(img_size=64, **NARROW)))
+    x = torch.randn(1, 3, 64, 64, dtype=torch.float64)
+    layers = lens.attention_layers(ours)
+    assert [info.name for info in layers] == [info.name for info in lens.attention_layers(theirs)]
+    assert len(layers) == 8
+    records = []
+    for model in (ours, theirs):
+        with lens.capture(model, what=("probs",)) as rec, torch.no_grad():
+            records.append((model(x), rec))
+    (out_ours, rec_ours), (out_theirs, rec_theirs) = records
+    for i in range(len(layers)):
+        torch.testing.assert_close(rec_ours.get("probs", i).tensor, rec_theirs.get("probs", i).tensor)
+    torch.testing.assert_close(out_ours, out_theirs)
+    assert all("forward" not in m.__dict__ for m in ours.modules())
+
+
 def test_unknown_argument_is_refused():
     with pytest.raises(TypeError, match=r"unknown MaxViT argument\(s\) \['window'\]"):
         timm.create_model(NAME, window=7)
