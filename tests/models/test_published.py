@@ -22,21 +22,29 @@ def test_every_published_entry_names_a_registered_model():
     assert set(PUBLISHED) <= set(timm.list_models("visattn_*")), set(PUBLISHED) - set(timm.list_models("visattn_*"))
 
 
-def test_the_page_lists_every_registered_model_and_is_current():
+def test_the_page_lists_every_registered_model():
+    """Quick; the full comparison with a fresh render (every model run on the meta device) is
+    tests/test_docgen.py::test_committed_docs_match_the_registry[models.md], marked slow."""
     text = PAGE.read_text()
-    for name in timm.list_models("visattn_*"):
-        assert f"| `{name}` |" in text, name
-    assert docgen.render(text) == text, "docs/models.md is stale: run `python -m visattn.docgen`"
+    rows = docgen.BLOCK.search(text).group(4).splitlines()[2:]
+    assert [row.split("`")[1] for row in rows] == timm.list_models("visattn_*"), "run `python -m visattn.docgen`"
 
 
 @pytest.mark.parametrize("name", sorted(PUBLISHED))
-def test_counted_figures_are_near_the_published_ones(name):
-    params, macs, side = docgen.count_model(name)
+def test_counted_parameters_are_near_the_published_ones(name):
     paper = PUBLISHED[name]
-    assert side == paper.img_size
-    assert params == count_params_meta(name)
+    params = count_params_meta(name)
+    assert timm.models.get_pretrained_cfg(name).input_size[-1] == paper.img_size
     if paper.params_m is not None:
         assert abs(params / 1e6 - paper.params_m) <= PAPER_ROUNDING * paper.params_m, (params, paper)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(PUBLISHED))
+def test_counted_multiply_adds_are_near_the_published_ones(name):
+    params, macs, side = docgen.count_model(name)
+    paper = PUBLISHED[name]
+    assert (params, side) == (count_params_meta(name), paper.img_size)
     if paper.gmacs is not None:
         assert abs(macs / 1e9 - paper.gmacs) <= PAPER_ROUNDING * paper.gmacs, (macs, paper)
 

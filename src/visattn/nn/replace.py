@@ -91,7 +91,10 @@ def from_timm_attention(module: TimmAttention, mixer: str = "softmax", *, shape:
 
 def replace_attention(model: nn.Module, mixer: str = "softmax", **mixer_kwargs: Any) -> nn.Module:
     """Replace every timm ``Attention`` in ``model`` (a timm VisionTransformer or relative) by visattn's
-    :class:`Attention` with ``mixer``, keeping the weights, the grid size and the prefix tokens.
+    :class:`Attention` with ``mixer``, keeping the weights, the grid size and the prefix tokens; timm's
+    ``EvaAttention`` (EVA-02, RoPE ViTs) by :class:`~visattn.nn.replace_eva.EvaMixerAttention`; in a Hugging Face
+    vision model, every vision attention layer runs the mixer through transformers' ``AttentionInterface``
+    (:func:`~visattn.nn.replace_hf.replace_hf_attention`).
 
     The model is changed in place and returned. With ``mixer="softmax"`` the outputs are unchanged. A mixer that
     is causal by default (``lssa``, ``lssar``: the paper's language-model setting) is refused with a
