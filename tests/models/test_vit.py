@@ -104,3 +104,15 @@ def test_lens_cli_reports_on_the_model(tmp_path, mixer):
                           f"img_size=32,patch_size=8,embed_dim=32,depth=2,num_heads=4,mixer={mixer}", min_layers=2)
     assert all(set(values) == {"0", "1"} for values in data["per_layer"].values())
     assert any(name.startswith("mean attention distance") for name in data["per_layer"])
+
+
+@pytest.mark.parametrize(("mixer", "kwargs"), [("softmax", {}), ("neighborhood", {"kernel_size": 3})])
+def test_traces_as_one_graph(mixer, kwargs):
+    """torch.compile(fullgraph=True) traces the whole model without a graph break (dynamo with the eager backend:
+    the trace is what is tested, not inductor's code generation) and computes the eager logits."""
+    torch.manual_seed(0)
+    model = timm.create_model("visattn_vit_tiny_patch16_224", img_size=32, embed_dim=32, num_heads=2, mixer=mixer,
+                              **TINY, **kwargs).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(torch.compile(model, fullgraph=True, backend="eager")(x), model(x))
