@@ -61,6 +61,8 @@ def nbytes_of(value: Any, _seen: set[int] | None = None) -> int:
     if isinstance(value, torch.Tensor):
         if value.is_meta:
             return 0
+        if value.layout != torch.strided:  # sparse and nested tensors: their elements, no shared-storage check
+            return value.numel() * value.element_size()
         storage = value.untyped_storage()
         if storage.data_ptr() in seen:
             return 0
