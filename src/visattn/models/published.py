@@ -40,6 +40,10 @@ _INLINE = "InLine, arXiv 2412.06590; Pretrained Models table of LeapLabTHU/InLin
 _PATNET = ("PATNet, arXiv 2503.03148: its ImageNet-1k table could not be read here, so no figure is recorded "
            "(the release, haiduo/PartialNet, gives none)")
 
+_DAVIT = "DaViT, arXiv 2204.03645, ImageNet-1k comparison table (DaViT-Tiny/Small/Base at 224)"
+_NAT = "NAT, arXiv 2204.07143; ImageNet-1k table of SHI-Labs/Neighborhood-Attention-Transformer's classification/NAT.md"
+_DINAT = ("DiNAT, arXiv 2209.15001; ImageNet table of SHI-Labs/Neighborhood-Attention-Transformer's "
+          "classification/DiNAT.md")
 PUBLISHED: dict[str, Published] = {
     "visattn_vit_tiny_patch16_224": Published(5, None, 224, _DEIT),
     "visattn_vit_small_patch16_224": Published(22, 4.6, 224, f"{_DEIT}; FLOPs: {_SWIN}"),
@@ -63,5 +67,18 @@ PUBLISHED: dict[str, Published] = {
     "visattn_patnet_s": Published(None, None, 224, _PATNET),
     "visattn_patnet_m": Published(None, None, 224, _PATNET),
     "visattn_patnet_l": Published(None, None, 224, _PATNET),
+    "visattn_davit_tiny": Published(28.3, 4.5, 224, _DAVIT),
+    "visattn_davit_small": Published(49.7, 8.8, 224, _DAVIT),
+    "visattn_davit_base": Published(87.9, 15.5, 224, _DAVIT),
+    "visattn_nat_mini": Published(20, 2.7, 224, _NAT),
+    "visattn_nat_tiny": Published(28, 4.3, 224, _NAT),
+    "visattn_nat_small": Published(51, 7.8, 224, _NAT),
+    "visattn_nat_base": Published(90, 13.7, 224, _NAT),
+    "visattn_dinat_mini": Published(20, 2.7, 224, _DINAT),
+    "visattn_dinat_tiny": Published(28, 4.3, 224, _DINAT),
+    "visattn_dinat_small": Published(51, 7.8, 224, _DINAT),
+    "visattn_dinat_base": Published(90, 13.7, 224, _DINAT),
+    "visattn_dinat_large": Published(200, 30.6, 224, _DINAT),
+    "visattn_dinat_large_384": Published(200, 89.7, 384, _DINAT),
 }
 """Published figures by registered model name."""
