@@ -174,6 +174,11 @@ def test_unknown_argument_is_refused():
         timm.create_model(NAME, window=7)
 
 
+def test_other_block_types_are_refused():
+    with pytest.raises(ValueError, match=r"block_type=\('C', 'T'\)"):
+        timm.create_model(NAME, img_size=64, depths=(1, 1), embed_dim=(32, 64), block_type=("C", "T"))
+
+
 def test_changing_the_partition_size_after_building_is_refused():
     model = timm.create_model(NAME, img_size=64, **NARROW)
     with pytest.raises(NotImplementedError, match="img_size"):

@@ -103,8 +103,9 @@ class MaxVit(timm_maxxvit.MaxxVit):
     def __init__(self, cfg: timm_maxxvit.MaxxVitCfg, img_size: int | tuple[int, int] = 224, **kwargs: Any) -> None:
         _check_kwargs(cfg, kwargs)
         super().__init__(cfg, img_size=img_size, **kwargs)
-        if any(t != "M" for types in self._cfg_block_types(cfg) for t in types):
-            raise ValueError(f"visattn MaxVit builds MaxViT ('M') blocks only, got block_type={cfg.block_type!r}")
+        if not all(isinstance(b, timm_maxxvit.MaxxVitBlock) for stage in self.stages for b in stage.blocks):
+            raise ValueError(f"visattn MaxVit builds MaxViT ('M') blocks only, got "
+                             f"block_type={kwargs.get('block_type', cfg.block_type)!r}")
         for block in self.modules():
             if isinstance(block, timm_maxxvit.MaxxVitBlock):
                 if block.nchw_attn:
@@ -113,10 +114,6 @@ class MaxVit(timm_maxxvit.MaxxVit):
                 if block.attn_block is not None:
                     block.attn_block = MaxVitPartitionBlock(block.attn_block)
                 block.attn_grid = MaxVitPartitionBlock(block.attn_grid)
-
-    @staticmethod
-    def _cfg_block_types(cfg: timm_maxxvit.MaxxVitCfg) -> tuple[tuple[str, ...], ...]:
-        return tuple((t,) if isinstance(t, str) else tuple(t) for t in cfg.block_type)
 
     def stage_sizes(self, img_size: tuple[int, int]) -> list[tuple[int, int]]:
         """Feature-map size of each stage for an input of ``img_size`` (stride 2 stem and stages, rounded up)."""
