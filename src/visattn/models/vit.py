@@ -49,10 +49,11 @@ _BUILD_PARAMETERS = frozenset({"features_only", "out_indices", "feature_cfg", "p
 
 def _timm_cfg(timm_name: str) -> dict[str, Any]:
     """timm's default pretrained configuration of ``timm_name``, pointed at its Hugging Face weights."""
-    cfg = asdict(get_pretrained_cfg(timm_name))
+    timm_cfg = get_pretrained_cfg(timm_name)
+    cfg = asdict(timm_cfg)
     for key in ("architecture", "tag"):
         cfg.pop(key)
-    cfg.update(url="", custom_load=False, origin_url=f"timm:{timm_name}.{get_pretrained_cfg(timm_name).tag}")
+    cfg.update(url="", custom_load=False, notes=(f"the weights of timm's {timm_name}.{timm_cfg.tag}",))
     return cfg
 
 
