@@ -18,7 +18,7 @@ from torch import Tensor
 
 from visattn.masks import neighborhood_mask
 from visattn.masks.evaluate import materialize
-from visattn.models import nat
+from visattn.models import dinat, nat
 from visattn.models.nat_attention import NeighborhoodAttention2dRPB, neighborhood_attention_rpb
 from visattn.ops import reference
 
@@ -188,18 +188,21 @@ def test_layer_plan_made_in_inference_mode_serves_training():
 
 
 PAPER_PARAMS_M = {"nat_mini": 20, "nat_tiny": 28, "nat_small": 51, "nat_base": 90, "dinat_mini": 20,
-                  "dinat_tiny": 28, "dinat_small": 51, "dinat_base": 90, "dinat_large": 200, "dinat_large_384": 200}
+                  "dinat_tiny": 28, "dinat_small": 51, "dinat_base": 90, "dinat_large": 200, "dinat_large_384": 200,
+                  "dinat_s_tiny": 28, "dinat_s_small": 50, "dinat_s_base": 88, "dinat_s_large": 197,
+                  "dinat_s_large_384": 197}
 
 
 @pytest.mark.parametrize("name", sorted(PAPER_PARAMS_M))
 def test_parameter_counts_match_papers(name):
-    """The papers print millions rounded or cut (DiNAT-L: 200.9M printed as 200M): within 1%."""
+    """The tables print whole millions, rounded or cut (DiNAT-L: 200.9M printed as 200M)."""
     count = count_params_meta(f"visattn_{name}") / 1e6
-    assert abs(count - PAPER_PARAMS_M[name]) < 0.01 * PAPER_PARAMS_M[name], count
+    assert PAPER_PARAMS_M[name] in (math.floor(count), round(count)), count
 
 
 @pytest.mark.parametrize("name, extra", [("visattn_nat_mini", {}),
-                                         ("visattn_dinat_tiny", dict(dilations=TINY_DILATIONS))])
+                                         ("visattn_dinat_tiny", dict(dilations=TINY_DILATIONS)),
+                                         ("visattn_dinat_s_tiny", dict(dilations=TINY_DILATIONS))])
 def test_timm_contract(name, extra):
     check_timm_contract(name, (40, 36), pass_img_size=False, **TINY, **extra)
 
@@ -289,6 +292,47 @@ def test_official_checkpoint_loads_through_timm(tmp_path, layer_scale):
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         torch.testing.assert_close(model(x), source.eval()(x), rtol=0, atol=0)
+
+
+def test_official_dinat_s_checkpoint_loads():
+    """SHI-Labs' ``classification/dinats.py``: ``patch_embed.proj`` (4x4 conv) and ``norm``; ``layers`` of
+    ``BasicLayer`` with ``blocks`` of ``NATransformerLayer`` (``norm1``, ``attn``, ``norm2``, ``mlp``, no layer
+    scale) and ``downsample`` = ``PatchMerging`` (``norm`` over 4C, ``reduction`` without bias); ``norm``, ``head``."""
+    model = timm.create_model("visattn_dinat_s_tiny", **TINY, dilations=TINY_DILATIONS).eval()
+    keys = ["patch_embed.proj.weight", "patch_embed.proj.bias", "patch_embed.norm.weight", "patch_embed.norm.bias"]
+    for i, depth in enumerate(TINY["depths"]):
+        for j in range(depth):
+            keys += [f"layers.{i}.blocks.{j}.{n}" for n in (
+                "norm1.weight", "norm1.bias", "attn.rpb", "attn.qkv.weight", "attn.qkv.bias", "attn.proj.weight",
+                "attn.proj.bias", "norm2.weight", "norm2.bias", "mlp.fc1.weight", "mlp.fc1.bias", "mlp.fc2.weight",
+                "mlp.fc2.bias")]
+        if i < len(TINY["depths"]) - 1:
+            keys += [f"layers.{i}.downsample.{n}" for n in ("norm.weight", "norm.bias", "reduction.weight")]
+    keys += ["norm.weight", "norm.bias", "head.weight", "head.bias"]
+    ours = model.state_dict()
+    torch.manual_seed(0)
+    official = {k: torch.randn_like(ours["levels." + k[len("layers."):] if k.startswith("layers.") else k])
+                for k in keys}
+    dinat.load_checkpoint(model, official)
+    for key, value in official.items():
+        torch.testing.assert_close(model.state_dict()[key.replace("layers.", "levels.", 1)], value, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="missing keys"):
+        dinat.load_checkpoint(model, {k: v for k, v in official.items() if "rpb" not in k})
+
+
+def test_patch_merging_order():
+    """Swin's order: ``x[0::2, 0::2], x[1::2, 0::2], x[0::2, 1::2], x[1::2, 1::2]``; odd sides padded with zeros."""
+    merge = dinat.PatchMerging(1)
+    with torch.no_grad():
+        merge.norm.weight.fill_(1.0)
+        merge.norm.bias.zero_()
+        merge.reduction.weight.copy_(torch.tensor([[1.0, 10.0, 100.0, 1000.0], [0.0, 0.0, 0.0, 0.0]]))
+        merge.norm = torch.nn.Identity()
+        x = torch.arange(9.0).reshape(1, 3, 3, 1)
+        out = merge(x)[..., 0]
+    assert out.shape == (1, 2, 2)
+    assert out[0, 0, 0] == 0 + 10 * 3 + 100 * 1 + 1000 * 4
+    assert out[0, 1, 1] == 8
 
 
 def test_mismatched_checkpoint_lists_keys():

@@ -38,3 +38,4 @@ def timm_counterpart(name: str) -> str | None:
         raise ValueError(f"name must be a registered timm model name, got {name!r}")
     module = sys.modules[timm.models.model_entrypoint(name).__module__]
     return getattr(module, "TIMM_COUNTERPARTS", {}).get(name)
+from . import dinat  # noqa: F401

@@ -43,7 +43,7 @@ sizes its dilated layers pad more.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -140,14 +140,15 @@ class NATBlock(nn.Module):
 
 
 class NATLevel(nn.Module):
-    """``depth`` blocks at one resolution, then (except at the last level) the downsampler."""
+    """``depth`` blocks at one resolution, then (except at the last level) ``downsample(dim)``: ``(B, H, W, dim) ->
+    (B, ceil(H / 2), ceil(W / 2), 2 dim)``."""
 
-    def __init__(self, dim: int, depth: int, downsample: bool, dilations: Sequence[int], drop_path: Sequence[float],
-                 **block_args: Any) -> None:
+    def __init__(self, dim: int, depth: int, downsample: Callable[[int], nn.Module] | None,
+                 dilations: Sequence[int], drop_path: Sequence[float], **block_args: Any) -> None:
         super().__init__()
         self.blocks = nn.ModuleList(NATBlock(dim, dilation=dilations[i], drop_path=drop_path[i], **block_args)
                                     for i in range(depth))
-        self.downsample = ConvDownsampler(dim) if downsample else None
+        self.downsample = downsample(dim) if downsample is not None else None
         self.grad_checkpointing = False
 
     def forward_blocks(self, x: Tensor) -> Tensor:
@@ -198,6 +199,10 @@ class NAT(nn.Module):
         drop_path_rate: stochastic depth, rising linearly over the blocks to this rate.
         layer_scale: initial value of the per-channel residual scales ``gamma1, gamma2``; None or 0 for none (as
             transformers' ``layer_scale_init_value``; timm's ``create_model`` drops None, so pass 0 there).
+        stem_layer: ``stem_layer(in_chans, embed_dim)`` maps images to a ``(B, H/4, W/4, embed_dim)`` map
+            (NAT's :class:`ConvTokenizer` by default).
+        downsample_layer: ``downsample_layer(dim)`` halves the map and doubles the channels between levels
+            (NAT's :class:`ConvDownsampler` by default).
     """
 
     def __init__(self, embed_dim: int = 64, depths: Sequence[int] = (3, 4, 18, 5),
@@ -205,7 +210,8 @@ class NAT(nn.Module):
                  dilations: Sequence[Sequence[int]] | None = None, in_chans: int = 3, num_classes: int = 1000,
                  global_pool: str = "avg", qkv_bias: bool = True, qk_scale: float | None = None,
                  drop_rate: float = 0.0, attn_drop_rate: float = 0.0, drop_path_rate: float = 0.2,
-                 layer_scale: float | None = None) -> None:
+                 layer_scale: float | None = None, stem_layer: Callable[[int, int], nn.Module] = ConvTokenizer,
+                 downsample_layer: Callable[[int], nn.Module] = ConvDownsampler) -> None:
         super().__init__()
         _check_args(depths, num_heads, dilations, embed_dim, kernel_size)
         if global_pool not in ("avg", ""):
@@ -215,7 +221,7 @@ class NAT(nn.Module):
         self.num_levels = len(depths)
         self.embed_dim = embed_dim
         self.num_features = self.head_hidden_size = embed_dim * 2 ** (self.num_levels - 1)
-        self.patch_embed = ConvTokenizer(in_chans, embed_dim)
+        self.patch_embed = stem_layer(in_chans, embed_dim)
         self.pos_drop = nn.Dropout(drop_rate)
         rates = torch.linspace(0, drop_path_rate, sum(depths), device="cpu").tolist()
         self.levels = nn.ModuleList()
@@ -223,7 +229,8 @@ class NAT(nn.Module):
         for i, depth in enumerate(depths):
             dim = embed_dim * 2 ** i
             self.levels.append(NATLevel(
-                dim, depth, i < self.num_levels - 1, dilations[i] if dilations is not None else (1,) * depth,
+                dim, depth, downsample_layer if i < self.num_levels - 1 else None,
+                dilations[i] if dilations is not None else (1,) * depth,
                 rates[sum(depths[:i]):sum(depths[:i + 1])], num_heads=num_heads[i], kernel_size=kernel_size,
                 mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, qk_scale=qk_scale, drop=drop_rate, attn_drop=attn_drop_rate,
                 layer_scale=layer_scale))
@@ -266,7 +273,7 @@ class NAT(nn.Module):
                 raise ValueError(f"global_pool must be 'avg' or '', got {global_pool!r}")
             self.global_pool = global_pool
         self.num_classes = num_classes
-        device = self.patch_embed.norm.weight.device
+        device = self.norm.weight.device if isinstance(self.norm, nn.LayerNorm) else None
         self.head = nn.Linear(self.num_features, num_classes, device=device) if num_classes > 0 else nn.Identity()
 
     def forward_intermediates(self, x: Tensor, indices: int | list[int] | None = None, norm: bool = False,
@@ -398,25 +405,28 @@ _BUILD_KWARGS = frozenset({"features_only", "out_indices", "feature_cfg", "pretr
                            "pretrained_strict", "cache_dir", "output_stride", "feature_cls"})
 
 
-def _create(variant: str, pretrained: bool = False, **kwargs: Any) -> NAT:
+def _create(variant: str, pretrained: bool = False, *, args: Mapping[str, Any] | None = None,
+            filter_fn: Callable[[Mapping[str, Any], nn.Module], dict[str, Tensor]] = checkpoint_filter_fn,
+            **kwargs: Any) -> NAT:
+    """Build ``variant`` with its ``args`` (``NAT_ARGS`` by default) updated by the user's ``kwargs``."""
     unknown = sorted(set(kwargs) - _NAT_PARAMETERS - _BUILD_KWARGS)
     if unknown:
         raise TypeError(f"{variant} got unexpected keyword arguments {unknown}; NAT takes {sorted(_NAT_PARAMETERS)}")
-    args = dict(NAT_ARGS[variant.removeprefix("visattn_")], **kwargs)
+    args = dict(NAT_ARGS[variant.removeprefix("visattn_")] if args is None else args, **kwargs)
     out_indices = args.pop("out_indices", (0, 1, 2, 3))
-    return build_model_with_cfg(NAT, variant, pretrained, pretrained_filter_fn=checkpoint_filter_fn,
+    return build_model_with_cfg(NAT, variant, pretrained, pretrained_filter_fn=filter_fn,
                                 feature_cfg=dict(feature_cls="getter", out_indices=out_indices), **args)
 
 
 _URL = "https://shi-labs.com/projects/"
 
 
-def _cfg(url: str, hf: str, **kwargs: Any) -> dict[str, Any]:
+def _cfg(url: str, hf: str | None, **kwargs: Any) -> dict[str, Any]:
+    notes = () if hf is None else (f"the same weights in the Hugging Face layout: {hf} (converted on load)",)
     cfg = dict(url=url, num_classes=1000, input_size=(3, 224, 224), pool_size=(7, 7), crop_pct=0.875,
                interpolation="bicubic", mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225),
                first_conv="patch_embed.proj.0", classifier="head", license="mit",
-               origin_url="https://github.com/SHI-Labs/Neighborhood-Attention-Transformer",
-               notes=(f"the same weights in the Hugging Face layout: {hf} (converted on load)",))
+               origin_url="https://github.com/SHI-Labs/Neighborhood-Attention-Transformer", notes=notes)
     cfg.update(kwargs)
     return cfg
 

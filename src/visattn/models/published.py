@@ -80,5 +80,10 @@ PUBLISHED: dict[str, Published] = {
     "visattn_dinat_base": Published(90, 13.7, 224, _DINAT),
     "visattn_dinat_large": Published(200, 30.6, 224, _DINAT),
     "visattn_dinat_large_384": Published(200, 89.7, 384, _DINAT),
+    "visattn_dinat_s_tiny": Published(28, 4.5, 224, _DINAT),
+    "visattn_dinat_s_small": Published(50, 8.7, 224, _DINAT),
+    "visattn_dinat_s_base": Published(88, 15.4, 224, _DINAT),
+    "visattn_dinat_s_large": Published(197, 34.5, 224, _DINAT),
+    "visattn_dinat_s_large_384": Published(197, 101.5, 384, _DINAT),
 }
 """Published figures by registered model name."""
