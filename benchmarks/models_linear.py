@@ -1,0 +1,92 @@
+"""Linear-attention backbones against the softmax models they replace: images/s ratios measured in one run.
+
+    python benchmarks/models_linear.py                        # 224 and 384, batch 1, 5 rounds, 2 threads
+    python benchmarks/models_linear.py --sizes 224 512 --rounds 3
+
+Pairs (fp32, eval, random weights, the same images for both sides of a pair):
+
+- InLine-Swin-T (``visattn_inline_swin_tiny``: InLine over the whole map in stages 1-3) against timm's
+  ``swin_tiny_patch4_window7_224`` (softmax windows of 7). At 384 both are built for 384: InLine keeps the whole
+  map, timm's Swin-T runs windows of 12 (the official InLine and Swin 384 configs).
+- L2ViT-T (``visattn_l2vit_tiny``) against its softmax counterpart: the same network with the enhanced linear
+  attention of every odd block replaced by softmax attention over the whole map (visattn's ``softmax`` mixer,
+  SDPA), the local-window blocks unchanged.
+
+Samples are taken in rounds (softmax model, then linear model, each a burst of ``--calls`` calls), the printed
+ratio is the median of the per-round ratios ``time(softmax) / time(linear)`` (> 1: the linear model is faster)
+with its range. Absolute times are printed only to show what was measured; compare ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+from collections.abc import Callable
+
+import timm
+import torch
+from torch import nn
+
+import visattn.models  # noqa: F401  (registers visattn_* in timm)
+from visattn.bench import load_average
+from visattn.bench.timing import interleaved_bursts
+from visattn.models.l2vit import LinearGlobalBlock
+from visattn.registry import create_mixer
+
+
+def l2vit_softmax_counterpart(model: nn.Module) -> nn.Module:
+    """``model`` (an L2ViT) with every linear global block's mixer replaced by global softmax attention."""
+    for module in model.modules():
+        if isinstance(module, LinearGlobalBlock):
+            module.attn.mixer = create_mixer("softmax")
+    return model
+
+
+def pairs(size: int) -> list[tuple[str, nn.Module, nn.Module]]:
+    """(name, softmax model, linear model) at image side ``size``."""
+    swin_window = max(7, size // 32)
+    swin = timm.create_model("swin_tiny_patch4_window7_224", img_size=size, window_size=swin_window)
+    inline = timm.create_model("visattn_inline_swin_tiny", img_size=size)
+    torch.manual_seed(0)
+    l2vit = timm.create_model("visattn_l2vit_tiny")
+    softmax_l2vit = timm.create_model("visattn_l2vit_tiny")
+    softmax_l2vit.load_state_dict(l2vit.state_dict(), strict=False)
+    l2vit_softmax_counterpart(softmax_l2vit)
+    return [(f"InLine-Swin-T vs timm Swin-T (window {swin_window})", swin.eval(), inline.eval()),
+            ("L2ViT-T vs L2ViT-T with softmax global blocks", softmax_l2vit.eval(), l2vit.eval())]
+
+
+def _inference(model: nn.Module, images: torch.Tensor) -> Callable[[], None]:
+    def run() -> None:
+        with torch.no_grad():
+            model(images)
+    return run
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[224, 384])
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--calls", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    print(f"torch {torch.__version__}, timm {timm.__version__}, {args.threads} threads, batch {args.batch}, "
+          f"load average before {load_average()}")
+    print("| pair | image | ratio softmax/linear time | range | softmax ms | linear ms |")
+    print("|---|---|---|---|---|---|")
+    for size in args.sizes:
+        images = torch.randn(args.batch, 3, size, size, generator=torch.Generator().manual_seed(0))
+        for name, softmax_model, linear_model in pairs(size):
+            slow, fast = _inference(softmax_model, images), _inference(linear_model, images)
+            slow(), fast()
+            s, f = interleaved_bursts([slow, fast], [args.calls, args.calls], args.rounds, lambda: None)
+            ratios = [a / b for a, b in zip(s, f, strict=True)]
+            print(f"| {name} | {size} | {statistics.median(ratios):.2f}x | {min(ratios):.2f}-{max(ratios):.2f} "
+                  f"| {statistics.median(s):.0f} | {statistics.median(f):.0f} |", flush=True)
+    print(f"load average after {load_average()}")
+
+
+if __name__ == "__main__":
+    main()
