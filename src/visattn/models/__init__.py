@@ -9,24 +9,25 @@ models, then build them with timm::
     print(timm.list_models("visattn_*"))
     model = timm.create_model("visattn_vit_small_patch16_224", mixer="neighborhood", kernel_size=7)
 
-One module per family (imports below, one line each, alphabetical); each registers its models with
-``@timm.models.register_model`` when imported here and maps the models that have a timm twin (same architecture,
-same weights) to its name in a module-level ``TIMM_COUNTERPARTS`` dict (:func:`timm_counterpart`, used by the
-benchmarks). Published parameter counts and FLOPs for the docs table live in :mod:`visattn.models.published`.
+One module per family (imports below, one line each as ``from . import name as name``, alphabetical); each registers
+its models with ``@timm.models.register_model`` when imported here and maps the models that have a timm twin (same
+architecture, same weights) to its name in a module-level ``TIMM_COUNTERPARTS`` dict (:func:`timm_counterpart`, used
+by the benchmarks). Published parameter counts and FLOPs for the docs table live in :mod:`visattn.models.published`.
 """
 
 import sys
 
-from . import vit  # noqa: F401
-from . import davit  # noqa: F401
-from . import nat  # noqa: F401
-from . import halonet  # noqa: F401
-from . import maxvit  # noqa: F401
-from . import swin_v2  # noqa: F401
-from . import inline  # noqa: F401
-from . import l2vit  # noqa: F401
-from . import fasternet  # noqa: F401
-from . import patnet  # noqa: F401
+from . import davit as davit
+from . import dinat as dinat
+from . import fasternet as fasternet
+from . import halonet as halonet
+from . import inline as inline
+from . import l2vit as l2vit
+from . import maxvit as maxvit
+from . import nat as nat
+from . import patnet as patnet
+from . import swin_v2 as swin_v2
+from . import vit as vit
 
 
 def timm_counterpart(name: str) -> str | None:
@@ -38,4 +39,3 @@ def timm_counterpart(name: str) -> str | None:
         raise ValueError(f"name must be a registered timm model name, got {name!r}")
     module = sys.modules[timm.models.model_entrypoint(name).__module__]
     return getattr(module, "TIMM_COUNTERPARTS", {}).get(name)
-from . import dinat  # noqa: F401
