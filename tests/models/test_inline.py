@@ -9,7 +9,7 @@ import re
 import pytest
 import timm
 import torch
-from contract import check_timm_contract, count_params_meta, digits_loss_falls
+from contract import check_lens_cli, check_timm_contract, count_params_meta, digits_loss_falls
 
 from visattn.models.inline import InLineWindowAttention, checkpoint_filter_fn, parse_attn_types
 from visattn.nn.inline_attention import inline_oracle
@@ -50,6 +50,16 @@ def test_official_layouts_at_224():
     assert [isinstance(b.attn, InLineWindowAttention) for b in base.layers[2].blocks] == [True] * 2 + [False] * 16
     assert [b.window_size for b in base.layers[2].blocks[1:4]] == [(14, 14), (7, 7), (7, 7)]
     assert base.layers[2].blocks[3].shift_size == (3, 3)
+
+
+def test_layout_at_384():
+    """Built for 384 (the official 384 configs: window 96 for InLine, 12 for softmax): InLine over the whole
+    96 x 96 map, stage 4's softmax window 12 = its map."""
+    with torch.device("meta"):
+        model = timm.create_model("visattn_inline_swin_tiny", img_size=384)
+    assert model.layers[0].blocks[0].window_size == (96, 96)
+    assert model.layers[0].blocks[0].attn.window_size == (96, 96)
+    assert [b.window_size for b in model.layers[3].blocks] == [(12, 12)] * 2
 
 
 @pytest.mark.parametrize(("name", "paper_m", "exact"), [
@@ -174,3 +184,11 @@ def test_deit_digits_loss_falls():
     torch.manual_seed(0)
     model = timm.create_model("visattn_inline_deit_tiny", num_classes=10, **dict(DEIT_NARROW, embed_dim=32))
     digits_loss_falls(model, 32, lr=3e-3)
+
+
+@pytest.mark.slow
+def test_lens_cli_on_the_deit(tmp_path):
+    """The lens reads InLine's weights in every block of InLine-DeiT (~12 s on a busy machine). InLine-Swin is not
+    covered: the lens's timm Swin adapter cannot give the hidden states of its softmax stage."""
+    check_lens_cli("visattn_inline_deit_tiny", tmp_path, "img_size=32,patch_size=8,embed_dim=24,depth=2,num_heads=2",
+                   min_layers=2)
