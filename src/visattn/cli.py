@@ -24,6 +24,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from . import bench, cli_lens
+from .bench import model as bench_model
 from .bench import tables
 from .bench.model import DEFAULT_IMG_SIZES, ModelBenchReport, ModelBenchSettings, check_model_name, iter_model_bench
 from .bench.outputs import output_paths, prepare
@@ -248,7 +249,8 @@ def _bench_model(args: argparse.Namespace, err: Console) -> ModelBenchReport:
     sizes = list(DEFAULT_IMG_SIZES if args.img_size is None else args.img_size)
     report = ModelBenchReport(model, settings)
     with _progress(err) as progress:
-        task = progress.add_task("building native kernels", total=(1 + len(cases)) * len(sizes) * len(settings.modes))
+        variants = len(bench_model.baseline_labels(model)) + len(cases)
+        task = progress.add_task("building native kernels", total=variants * len(sizes) * len(settings.modes))
         for record in iter_model_bench(model, cases, sizes, settings):
             report.records.append(record)
             progress.update(task, advance=1, description=f"{record.label} {record.img_size} {record.mode}")
