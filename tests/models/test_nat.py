@@ -190,7 +190,8 @@ def test_layer_plan_made_in_inference_mode_serves_training():
 PAPER_PARAMS_M = {"nat_mini": 20, "nat_tiny": 28, "nat_small": 51, "nat_base": 90, "dinat_mini": 20,
                   "dinat_tiny": 28, "dinat_small": 51, "dinat_base": 90, "dinat_large": 200, "dinat_large_384": 200,
                   "dinat_s_tiny": 28, "dinat_s_small": 50, "dinat_s_base": 88, "dinat_s_large": 197,
-                  "dinat_s_large_384": 197}
+                  "dinat_s_large_384": 197, "nat_isotropic_small": 22, "dinat_isotropic_small": 22,
+                  "nat_isotropic_base": 86, "dinat_isotropic_base": 86}
 
 
 @pytest.mark.parametrize("name", sorted(PAPER_PARAMS_M))
@@ -205,6 +206,23 @@ def test_parameter_counts_match_papers(name):
                                          ("visattn_dinat_s_tiny", dict(dilations=TINY_DILATIONS))])
 def test_timm_contract(name, extra):
     check_timm_contract(name, (40, 36), pass_img_size=False, **TINY, **extra)
+
+
+def test_isotropic_contract_and_official_keys():
+    """``classification/isotropic.py``: ``patch_embed`` (16x16 conv, ``norm``), ``layers`` = Sequential of
+    ``NATransformerLayer`` (``norm1``, ``attn`` with ``rpb``, ``norm2``, ``mlp``), ``norm``, ``head``."""
+    kwargs = dict(embed_dim=16, depth=3, num_heads=2, kernel_size=3, drop_path_rate=0.0)
+    model = check_timm_contract("visattn_dinat_isotropic_small", (70, 50), pass_img_size=False, **kwargs)
+    assert [b.attn.dilation for b in model.layers] == [1, 2, 1]
+    keys = ["patch_embed.proj.weight", "patch_embed.proj.bias", "patch_embed.norm.weight", "patch_embed.norm.bias",
+            "norm.weight", "norm.bias", "head.weight", "head.bias"]
+    keys += [f"layers.{i}.{n}" for i in range(3) for n in (
+        "norm1.weight", "norm1.bias", "attn.rpb", "attn.qkv.weight", "attn.qkv.bias", "attn.proj.weight",
+        "attn.proj.bias", "norm2.weight", "norm2.bias", "mlp.fc1.weight", "mlp.fc1.bias", "mlp.fc2.weight",
+        "mlp.fc2.bias")]
+    assert sorted(model.state_dict()) == sorted(keys)
+    with pytest.raises(TypeError, match="depths"):
+        timm.create_model("visattn_nat_isotropic_small", depths=(1, 1))
 
 
 def test_dynamic_image_sizes_and_padding():

@@ -1,4 +1,4 @@
-"""DiNAT_s: DiNAT's blocks on Swin's skeleton, ``visattn_dinat_s_{tiny,small,base,large}`` (``_large_384``).
+"""DiNAT_s (``visattn_dinat_s_*``) and the isotropic NAT / DiNAT (``visattn_{nat,dinat}_isotropic_{small,base}``).
 
 Paper: Hassani, Shi, "Dilated Neighborhood Attention Transformer" (arXiv 2209.15001), its alternative model
 DiNAT_s: Swin Transformer's non-overlapping 4x4 patch embedding (LayerNorm after it) and patch merging (2x2
@@ -13,24 +13,30 @@ the levels ``layers``; :func:`checkpoint_filter_fn` renames ``layers.`` to ``lev
 :func:`visattn.models.nat.checkpoint_filter_fn` (strict: missing and unexpected keys listed). Hugging Face has no
 DiNAT_s.
 
+The isotropic models (:class:`NATIsotropic`, same paper) are a ViT-like column of NAT blocks on a 16x16 patch
+embedding; their checkpoints' names are ours. (ViT-rpb, the release's dense-attention baseline, is not built.)
+
 Image sizes: any. The input is zero-padded at the bottom / right to a multiple of 4, and odd maps to even before
 each patch merging (as in the official code); attention pads maps smaller than ``kernel_size * dilation``.
 """
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Mapping
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from timm.models import generate_default_cfgs, register_model
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models._features import feature_take_indices
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
-from .nat import NAT, _cfg, _create
+from .nat import _BUILD_KWARGS, NAT, NATBlock, _cfg, _create
 from .nat import checkpoint_filter_fn as nat_checkpoint_filter_fn
 
-__all__ = ["DINAT_S_ARGS", "PatchEmbed", "PatchMerging", "checkpoint_filter_fn"]
+__all__ = ["DINAT_S_ARGS", "ISOTROPIC_ARGS", "NATIsotropic", "PatchEmbed", "PatchMerging", "checkpoint_filter_fn"]
 
 
 class PatchEmbed(nn.Module):
@@ -141,3 +147,159 @@ def visattn_dinat_s_large(pretrained: bool = False, **kwargs: Any) -> NAT:
 def visattn_dinat_s_large_384(pretrained: bool = False, **kwargs: Any) -> NAT:
     """DiNAT_s-Large at 384 (dilations 13, 6, 3, 1)."""
     return _create_s("visattn_dinat_s_large_384", pretrained, **kwargs)
+
+
+class NATIsotropic(nn.Module):
+    """Isotropic NAT / DiNAT (DiNAT paper, ``classification/isotropic.py``): a 16x16 patch embedding, ``depth``
+    blocks at one resolution (dilation 1 in even blocks, ``dilation`` in odd ones), LayerNorm, average pooling and
+    a linear classifier. Parameter names are the official ones (``patch_embed``, ``layers.i``, ``norm``, ``head``).
+    Any image size (padded to a multiple of 16; attention pads maps below ``kernel_size * dilation``)."""
+
+    def __init__(self, embed_dim: int = 384, depth: int = 12, num_heads: int = 12, mlp_ratio: float = 4.0,
+                 kernel_size: int = 7, dilation: int = 1, patch_size: int = 16, in_chans: int = 3,
+                 num_classes: int = 1000, global_pool: str = "avg", qkv_bias: bool = True,
+                 qk_scale: float | None = None, drop_rate: float = 0.0, attn_drop_rate: float = 0.0,
+                 drop_path_rate: float = 0.1) -> None:
+        super().__init__()
+        if global_pool not in ("avg", ""):
+            raise ValueError(f"global_pool must be 'avg' or '', got {global_pool!r}")
+        if embed_dim % num_heads:
+            raise ValueError(f"num_heads={num_heads} must divide embed_dim={embed_dim}")
+        self.num_classes, self.global_pool = num_classes, global_pool
+        self.num_features = self.head_hidden_size = self.embed_dim = embed_dim
+        self.patch_embed = PatchEmbed(in_chans, embed_dim, patch_size)
+        self.pos_drop = nn.Dropout(drop_rate)
+        rates = torch.linspace(0, drop_path_rate, depth, device="cpu").tolist()
+        self.layers = nn.Sequential(*(NATBlock(embed_dim, num_heads, kernel_size, 1 if i % 2 == 0 else dilation,
+                                               mlp_ratio, qkv_bias, qk_scale, drop_rate, attn_drop_rate, rates[i], None)
+                                      for i in range(depth)))
+        self.grad_checkpointing = False
+        self.feature_info = [dict(num_chs=embed_dim, reduction=patch_size, module=f"layers.{i}") for i in range(depth)]
+        self.norm = nn.LayerNorm(embed_dim)
+        self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+        self.apply(NAT._init_weights)
+
+    @torch.jit.ignore
+    def no_weight_decay_keywords(self) -> set[str]:
+        return {"rpb"}
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
+        return dict(stem=r"^patch_embed", blocks=[(r"^layers\.(\d+)", None), (r"^norm", (99999,))])
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.grad_checkpointing = enable
+
+    @torch.jit.ignore
+    def get_classifier(self) -> nn.Module:
+        return self.head
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        if global_pool is not None:
+            if global_pool not in ("avg", ""):
+                raise ValueError(f"global_pool must be 'avg' or '', got {global_pool!r}")
+            self.global_pool = global_pool
+        self.num_classes = num_classes
+        device = self.norm.weight.device if isinstance(self.norm, nn.LayerNorm) else None
+        self.head = nn.Linear(self.num_features, num_classes, device=device) if num_classes > 0 else nn.Identity()
+
+    def _run(self, block: nn.Module, x: Tensor) -> Tensor:
+        if self.grad_checkpointing and torch.is_grad_enabled() and not torch.jit.is_scripting():
+            return checkpoint(block, x, use_reentrant=False)
+        return block(x)
+
+    def forward_intermediates(self, x: Tensor, indices: int | list[int] | None = None, norm: bool = False,
+                              stop_early: bool = False, output_fmt: str = "NCHW",
+                              intermediates_only: bool = False) -> list[Tensor] | tuple[Tensor, list[Tensor]]:
+        """Each requested block's output map (``(B, C, H, W)``, the last normed if ``norm``)."""
+        if output_fmt not in ("NCHW", "NHWC"):
+            raise ValueError(f"output_fmt must be 'NCHW' or 'NHWC', got {output_fmt!r}")
+        take, max_index = feature_take_indices(len(self.layers), indices)
+        intermediates = []
+        x = self.pos_drop(self.patch_embed(x))
+        blocks = self.layers[:max_index + 1] if stop_early else self.layers
+        for i, block in enumerate(blocks):
+            x = self._run(block, x)
+            if i in take:
+                y = self.norm(x) if norm and i == len(self.layers) - 1 else x
+                intermediates.append(y.permute(0, 3, 1, 2) if output_fmt == "NCHW" else y)
+        if intermediates_only:
+            return intermediates
+        return self.norm(x), intermediates
+
+    def prune_intermediate_layers(self, indices: int | list[int] = 1, prune_norm: bool = False,
+                                  prune_head: bool = True) -> list[int]:
+        take, max_index = feature_take_indices(len(self.layers), indices)
+        self.layers = self.layers[:max_index + 1]
+        if prune_norm:
+            self.norm = nn.Identity()
+        if prune_head:
+            self.reset_classifier(0, "")
+        return take
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        x = self.pos_drop(self.patch_embed(x))
+        for block in self.layers:
+            x = self._run(block, x)
+        return self.norm(x)
+
+    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
+        if self.global_pool == "avg":
+            x = x.mean(dim=(1, 2))
+        return x if pre_logits else self.head(x)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.forward_head(self.forward_features(x))
+
+
+ISOTROPIC_ARGS: dict[str, dict[str, Any]] = {
+    "nat_isotropic_small": dict(embed_dim=384, depth=12, num_heads=12, dilation=1, drop_path_rate=0.1),
+    "dinat_isotropic_small": dict(embed_dim=384, depth=12, num_heads=12, dilation=2, drop_path_rate=0.1),
+    "nat_isotropic_base": dict(embed_dim=768, depth=12, num_heads=24, dilation=1, drop_path_rate=0.4),
+    "dinat_isotropic_base": dict(embed_dim=768, depth=12, num_heads=24, dilation=2, drop_path_rate=0.4),
+}
+"""Isotropic models as in SHI-Labs' ``classification/isotropic.py`` (kernel 7, MLP ratio 4, patch 16)."""
+
+_ISO_PARAMETERS = frozenset(inspect.signature(NATIsotropic.__init__).parameters) - {"self"}
+
+
+def _create_isotropic(variant: str, pretrained: bool = False, **kwargs: Any) -> NATIsotropic:
+    unknown = sorted(set(kwargs) - _ISO_PARAMETERS - _BUILD_KWARGS)
+    if unknown:
+        raise TypeError(f"{variant} got unexpected keyword arguments {unknown}; it takes {sorted(_ISO_PARAMETERS)}")
+    args = dict(ISOTROPIC_ARGS[variant.removeprefix("visattn_")], **kwargs)
+    out_indices = args.pop("out_indices", (args["depth"] - 1,))
+    return build_model_with_cfg(NATIsotropic, variant, pretrained, pretrained_filter_fn=nat_checkpoint_filter_fn,
+                                feature_cfg=dict(feature_cls="getter", out_indices=out_indices), **args)
+
+
+_ISO_URL = "https://shi-labs.com/projects/dinat/checkpoints/isotropic/"
+default_cfgs.update(generate_default_cfgs({
+    f"visattn_{name}.in1k": _cfg(f"{_ISO_URL}{name}_in1k_224.pth", None, first_conv="patch_embed.proj",
+                                 pool_size=(14, 14)) for name in ISOTROPIC_ARGS
+}))
+
+
+@register_model
+def visattn_nat_isotropic_small(pretrained: bool = False, **kwargs: Any) -> NATIsotropic:
+    """NAT-iso-Small (22M parameters in the DiNAT paper)."""
+    return _create_isotropic("visattn_nat_isotropic_small", pretrained, **kwargs)
+
+
+@register_model
+def visattn_dinat_isotropic_small(pretrained: bool = False, **kwargs: Any) -> NATIsotropic:
+    """DiNAT-iso-Small (22M; dilation 2 in odd blocks)."""
+    return _create_isotropic("visattn_dinat_isotropic_small", pretrained, **kwargs)
+
+
+@register_model
+def visattn_nat_isotropic_base(pretrained: bool = False, **kwargs: Any) -> NATIsotropic:
+    """NAT-iso-Base (86M)."""
+    return _create_isotropic("visattn_nat_isotropic_base", pretrained, **kwargs)
+
+
+@register_model
+def visattn_dinat_isotropic_base(pretrained: bool = False, **kwargs: Any) -> NATIsotropic:
+    """DiNAT-iso-Base (86M)."""
+    return _create_isotropic("visattn_dinat_isotropic_base", pretrained, **kwargs)

@@ -85,5 +85,9 @@ PUBLISHED: dict[str, Published] = {
     "visattn_dinat_s_base": Published(88, 15.4, 224, _DINAT),
     "visattn_dinat_s_large": Published(197, 34.5, 224, _DINAT),
     "visattn_dinat_s_large_384": Published(197, 101.5, 384, _DINAT),
+    "visattn_nat_isotropic_small": Published(22, 4.3, 224, _DINAT),
+    "visattn_dinat_isotropic_small": Published(22, 4.3, 224, _DINAT),
+    "visattn_nat_isotropic_base": Published(86, 16.9, 224, _DINAT),
+    "visattn_dinat_isotropic_base": Published(86, 16.9, 224, _DINAT),
 }
 """Published figures by registered model name."""
