@@ -12,9 +12,11 @@ Pairs (fp32, eval, random weights, the same images for both sides of a pair):
   attention of every odd block replaced by softmax attention over the whole map (visattn's ``softmax`` mixer,
   SDPA), the local-window blocks unchanged.
 
-Samples are taken in rounds (softmax model, then linear model, each a burst of ``--calls`` calls), the printed
-ratio is the median of the per-round ratios ``time(softmax) / time(linear)`` (> 1: the linear model is faster)
-with its range. Absolute times are printed only to show what was measured; compare ratios.
+Samples are taken in rounds (softmax model, then linear model, each a burst of ``--calls`` calls, timed with
+:func:`visattn.bench.timing.time_burst`), the printed ratios are the medians of the per-round ratios
+``time(softmax) / time(linear)`` (> 1: the linear model is faster) of wall time (with its range) and of CPU time
+(all threads; less sensitive than wall time to other processes on a shared machine). Absolute times are printed
+only to show what was measured; compare ratios.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from torch import nn
 
 import visattn.models  # noqa: F401  (registers visattn_* in timm)
 from visattn.bench import load_average
-from visattn.bench.timing import interleaved_bursts
+from visattn.bench.timing import time_burst
 from visattn.models.l2vit import LinearGlobalBlock
 from visattn.registry import create_mixer
 
@@ -74,17 +76,19 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, timm {timm.__version__}, {args.threads} threads, batch {args.batch}, "
           f"load average before {load_average()}")
-    print("| pair | image | ratio softmax/linear time | range | softmax ms | linear ms |")
-    print("|---|---|---|---|---|---|")
+    print("| pair | image | ratio softmax/linear wall | range | ratio CPU time | softmax ms | linear ms |")
+    print("|---|---|---|---|---|---|---|")
     for size in args.sizes:
         images = torch.randn(args.batch, 3, size, size, generator=torch.Generator().manual_seed(0))
         for name, softmax_model, linear_model in pairs(size):
             slow, fast = _inference(softmax_model, images), _inference(linear_model, images)
             slow(), fast()
-            s, f = interleaved_bursts([slow, fast], [args.calls, args.calls], args.rounds, lambda: None)
-            ratios = [a / b for a, b in zip(s, f, strict=True)]
-            print(f"| {name} | {size} | {statistics.median(ratios):.2f}x | {min(ratios):.2f}-{max(ratios):.2f} "
-                  f"| {statistics.median(s):.0f} | {statistics.median(f):.0f} |", flush=True)
+            rounds = [(time_burst(slow, args.calls), time_burst(fast, args.calls)) for _ in range(args.rounds)]
+            wall = [s[0] / f[0] for s, f in rounds]
+            cpu = statistics.median(s[1] / f[1] for s, f in rounds)
+            print(f"| {name} | {size} | {statistics.median(wall):.2f}x | {min(wall):.2f}-{max(wall):.2f} "
+                  f"| {cpu:.2f}x | {1e3 * statistics.median(s[0] for s, _ in rounds):.0f} "
+                  f"| {1e3 * statistics.median(f[0] for _, f in rounds):.0f} |", flush=True)
     print(f"load average after {load_average()}")
 
 
