@@ -29,7 +29,8 @@ from torch import Tensor, nn
 from .._checks import per_axis
 
 DEFAULT_TILE = 7
-"""Query tile side per axis (clamped to the dilation group's length): measured fastest on CPU for k = 7."""
+"""Query tile side per axis (clamped to the dilation group's length). On a loaded 2-core CPU, k = 7, forward and
+backward at 56, 28 and 14 tokens a side: 7 and 8 close, 4 and 14 slower; 7 tiles NAT's 56 / 28 / 14 / 7 maps exactly."""
 
 
 @dataclass(frozen=True)
