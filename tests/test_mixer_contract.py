@@ -158,12 +158,7 @@ def test_bad_input_raises_value_error(name, kwargs, shape):
 
 
 # forwards that still read a value on the host (a .item() sync), which the meta device refuses
-HOST_SYNC = {"paro": "ops.paro_attention reads the bitmap's largest row count with int(...) before the kernel"}
-
-
-@pytest.mark.parametrize(("name", "kwargs", "shape"), [
-    pytest.param(*p.values, id=p.id, marks=[pytest.mark.xfail(strict=True, reason=HOST_SYNC[p.values[0]])]
-                 if p.values[0] in HOST_SYNC else []) for p in ALL_CASES])
+@pytest.mark.parametrize(("name", "kwargs", "shape"), ALL_CASES)
 def test_meta_device(name, kwargs, shape):
     """Device-generic: the forward runs on the meta device (no CPU tensor made, no host sync)."""
     mixer = _build(name, kwargs)

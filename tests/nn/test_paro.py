@@ -148,3 +148,27 @@ def test_per_timestep_errors() -> None:
         mixer.set_timestep(1.5)
     with pytest.raises(ValueError, match="attn_maps must have num_heads=2"):
         mixer.calibrate_timesteps(torch.rand(2, 32, 32), (4, 2, 4))
+
+
+def test_forward_reads_no_count_back_from_the_bitmap(monkeypatch):
+    """The tiles per row come from calibration (a Python int), so forward never copies the bitmap to the host."""
+    import visattn.ops.paro_attention as paro_ops
+
+    torch.manual_seed(0)
+    mixer = visattn.create_mixer("paro", num_heads=2, block=4, density=0.5)
+    q, k, v = (torch.randn(1, 2, 64, 8, dtype=torch.float64, requires_grad=True) for _ in range(3))
+    mixer.calibrate_qk(q.detach(), k.detach(), (8, 8))
+    seen = []
+    real = paro_ops.paro_block_sparse_attention
+    monkeypatch.setattr("visattn.nn.paro.paro_block_sparse_attention",
+                        lambda *a, **kw: seen.append(kw.get("kept_blocks")) or real(*a, **kw))
+    out = mixer(q, k, v, (8, 8))
+    bitmap = mixer.step_bitmap()
+    assert seen == [int(bitmap.sum(-1).max())]
+    reordered = [mixer._reorder(t, mixer.perm) for t in (q, k, v)]
+    mixer.kept_blocks = None  # as after loading a state dict: the count is read from the bitmap
+    torch.testing.assert_close(mixer(q, k, v, (8, 8)), out)
+    assert seen[-1] is None
+    torch.testing.assert_close(real(*reordered, bitmap, 4, kept_blocks=seen[0]), real(*reordered, bitmap, 4))
+    with pytest.raises(ValueError, match="kept_blocks"):
+        real(*reordered, bitmap, 4, kept_blocks=bitmap.shape[-1] + 1)

@@ -86,6 +86,7 @@ class ParoMixer(TokenMixer):
         self.orders: tuple[tuple[int, ...], ...] | None = None
         self.calibrated_shape: tuple[int, ...] | None = None
         self.timestep: int | None = None
+        self.kept_blocks: tuple[int, ...] | None = None
         self.register_buffer("perm", None)
         self.register_buffer("inverse", None)
         self.register_buffer("packed_bitmap", None)
@@ -102,6 +103,8 @@ class ParoMixer(TokenMixer):
         self.perm, self.inverse = perms, torch.stack([inverse_permutation(p) for p in perms])
         self.packed_bitmap = pack_bitmap(bitmaps)
         self.orders, self.calibrated_shape = cal.orders, cal.shape
+        rows = bitmaps.sum(-1).flatten(-2).amax(-1).reshape(-1)
+        self.kept_blocks = tuple(int(r) for r in rows.tolist())
 
     def calibrate(self, attn_maps: Tensor, shape: int | tuple[int, ...],
                   num_prefix_tokens: int = 0) -> ParoCalibration:
@@ -192,8 +195,17 @@ class ParoMixer(TokenMixer):
         bitmap = self.step_bitmap(timestep)
         q, k, v = (self._reorder(t, self.perm) for t in (q, k, v))
         out = paro_block_sparse_attention(q, k, v, bitmap, self.block, self.scale, self.qk_bits, self.p_bits,
-                                          self.dropout_p)
+                                          self.dropout_p, kept_blocks=self._kept_blocks(timestep))
         return self._reorder(out, self.inverse)
+
+    def _kept_blocks(self, timestep: int | None) -> int | None:
+        """Most tiles in a bitmap row of the step, kept from calibration so that ``forward`` never reads the
+        bitmap back from the device (None after a ``load_state_dict`` without calibration: read then)."""
+        if self.kept_blocks is None or len(self.kept_blocks) != max(1, self.num_timesteps):
+            return None
+        if not self.num_timesteps:
+            return self.kept_blocks[0]
+        return self.kept_blocks[self.timestep if timestep is None else timestep]
 
     def token_mask(self, timestep: int | None = None) -> Tensor:
         """The calibrated mask (of ``timestep``) in the original token order, bool ``(heads, N, N)``."""

@@ -48,7 +48,7 @@ def _check_bitmap(bitmap: Tensor, heads: int, blocks: int) -> None:
 
 def paro_block_sparse_attention(q: Tensor, k: Tensor, v: Tensor, bitmap: Tensor, block: int = 64,
                                 scale: float | None = None, qk_bits: int | None = None, p_bits: int | None = None,
-                                dropout_p: float = 0.0) -> Tensor:
+                                dropout_p: float = 0.0, kept_blocks: int | None = None) -> Tensor:
     """Block-sparse softmax attention over the tiles of ``bitmap`` (see module docstring).
 
     Args:
@@ -56,6 +56,9 @@ def paro_block_sparse_attention(q: Tensor, k: Tensor, v: Tensor, bitmap: Tensor,
         bitmap: bool ``(heads, ceil(N / block), ceil(N / block))``, True = compute the tile.
         qk_bits: fake-quantise q and k per block of tokens to this many bits (8 or 4), or None.
         p_bits: fake-quantise the softmax weights per tile (8 or 4), or None.
+        kept_blocks: the largest number of True tiles in a row of ``bitmap`` (a Python int, known when the
+            bitmap was made: :class:`visattn.nn.ParoMixer` keeps it from calibration). When None it is read from
+            ``bitmap``, a device-to-host copy that waits for the device and cannot run on the ``meta`` device.
     """
     check_qkv(q, k, v)
     if isinstance(block, bool) or not isinstance(block, int) or block < 1:
@@ -75,7 +78,12 @@ def paro_block_sparse_attention(q: Tensor, k: Tensor, v: Tensor, bitmap: Tensor,
     pad = nb * block - n
     qb, kb, vb = (F.pad(t, (0, 0, 0, pad)).unflatten(2, (nb, block)) for t in (q, k, v))
     bitmap = bitmap.to(q.device)
-    kept = int(bitmap.sum(-1).max())
+    if kept_blocks is None:
+        kept = int(bitmap.sum(-1).max())
+    elif isinstance(kept_blocks, bool) or not isinstance(kept_blocks, int) or not 0 <= kept_blocks <= nb:
+        raise ValueError(f"kept_blocks must be an int in 0 .. {nb} (tiles per row of bitmap), got {kept_blocks!r}")
+    else:
+        kept = kept_blocks
     if kept == 0:
         return q.new_zeros(b, h, n, v.shape[-1])
     slots = bitmap.to(torch.int8).sort(dim=-1, descending=True, stable=True)[1][..., :kept]
@@ -90,17 +98,19 @@ def paro_block_sparse_attention(q: Tensor, k: Tensor, v: Tensor, bitmap: Tensor,
         keys = kb[:, heads, idx].flatten(3, 4)
         vals = vb[:, heads, idx].flatten(3, 4)
         ok = allowed[:, s:s + chunk].unsqueeze(-2)
-        outs.append(_tiles_attention(qb[:, :, s:s + chunk], keys, vals, ok, scale, block, p_bits, dropout_p))
+        outs.append(_tiles_attention(qb[:, :, s:s + chunk], keys, vals, ok, scale, block, p_bits, dropout_p,
+                                     check_dense=kept_blocks is None))
     return torch.cat(outs, dim=2).flatten(2, 3)[:, :, :n]
 
 
 def _tiles_attention(q: Tensor, k: Tensor, v: Tensor, allowed: Tensor, scale: float, block: int,
-                     p_bits: int | None, dropout_p: float) -> Tensor:
-    """Attention of ``q`` ``(B, H, G, block, d)`` over gathered ``k, v`` ``(B, H, G, S, d)``."""
+                     p_bits: int | None, dropout_p: float, check_dense: bool) -> Tensor:
+    """Attention of ``q`` ``(B, H, G, block, d)`` over gathered ``k, v`` ``(B, H, G, S, d)``; with
+    ``check_dense``, unmasked SDPA when every gathered key is allowed (a check that waits for the device)."""
     b, h, g = q.shape[:3]
     if p_bits is None:
         flat = [t.flatten(1, 2) for t in (q, k, v)]
-        if bool(allowed.all()):
+        if check_dense and bool(allowed.all()):
             out = F.scaled_dot_product_attention(*flat, scale=scale, dropout_p=dropout_p)
         else:
             out = sdpa_bool_mask(*flat, allowed.expand(h, g, 1, -1).flatten(0, 1), scale, dropout_p)
