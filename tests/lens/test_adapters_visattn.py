@@ -121,3 +121,18 @@ def test_standalone_mixer_and_mixed_model_order():
 
     model = torch.nn.Sequential(visattn.Attention(16, 2, shape=(2, 2)), timm.layers.Attention(16, 2))
     assert [(i.name, i.family) for i in lens.attention_layers(model)] == [("0", "visattn"), ("1", "timm")]
+
+
+def test_softmax_is_causal_flag_is_captured_as_causal():
+    """The softmax mixer takes ``is_causal`` as a flag (SDPA's own, no N x N mask); the lens routes it too."""
+    torch.manual_seed(0)
+    attn = visattn.Attention(16, 2, mixer="softmax", shape=(3, 3)).double().eval()
+    x = torch.randn(2, 9, 16, dtype=torch.float64)
+    with torch.no_grad():
+        expected = attn(x, is_causal=True)
+        with lens.capture(attn, what=("probs",)) as rec:
+            out = attn(x, is_causal=True)
+    torch.testing.assert_close(out, expected)
+    probs = rec.get("probs", 0).tensor
+    assert torch.equal(probs, probs.tril())
+    torch.testing.assert_close(probs[..., 0, 0], torch.ones(2, 2, dtype=torch.float64))

@@ -222,3 +222,27 @@ def test_weightless_mixers_accept_attn_drop_and_warn_once_in_training_only(mixer
     messages = [str(w.message) for w in caught if issubclass(w.category, UserWarning)]
     assert len(messages) == 1 and "attn_drop=0.3 drops nothing" in messages[0]
     torch.testing.assert_close(trained, plain.train()(x), rtol=1e-12, atol=1e-12)
+
+
+def test_softmax_gets_is_causal_as_a_flag_not_a_mask(monkeypatch):
+    """Issue 13: the softmax mixer computes causality itself (SDPA's is_causal); Attention builds no N x N mask,
+    and the result equals timm's Attention(x, is_causal=True) and the explicit causal mask."""
+    import timm.layers
+
+    torch.manual_seed(0)
+    ours = visattn.nn.Attention(32, 4, qkv_bias=True).double().eval()
+    theirs = timm.layers.Attention(32, 4, qkv_bias=True).double().eval()
+    theirs.load_state_dict(ours.state_dict())
+    x = torch.randn(2, 9, 32, dtype=torch.float64)
+    seen = []
+    real = ours.mixer.forward
+    monkeypatch.setattr(ours.mixer, "forward", lambda *a, **kw: seen.append(kw) or real(*a, **kw))
+    with torch.no_grad():
+        out = ours(x, is_causal=True)
+        torch.testing.assert_close(out, theirs(x, is_causal=True))
+        torch.testing.assert_close(out, ours(x, attn_mask=torch.ones(9, 9, dtype=torch.bool).tril()))
+        allowed = torch.rand(9, 9) > 0.3
+        allowed.fill_diagonal_(True)
+        both = ours(x, attn_mask=allowed, is_causal=True)
+        torch.testing.assert_close(both, ours(x, attn_mask=allowed & torch.ones(9, 9, dtype=torch.bool).tril()))
+    assert seen[0] == {"attn_mask": None, "is_causal": True}

@@ -95,15 +95,16 @@ def _call(route: Route, q: Tensor, k: Tensor, v: Tensor, scale: float, bias: Ten
 
 
 def explicit_forward(mixer: SoftmaxMixer | MaskedMixer, name: str, q: Tensor, k: Tensor, v: Tensor,
-                     shape: int | tuple[int, ...], attn_mask: Tensor | None = None) -> Tensor:
-    """The mixer's attention through ``lens_attention``: same result as its own forward, visible and editable."""
+                     shape: int | tuple[int, ...], attn_mask: Tensor | None = None, is_causal: bool = False) -> Tensor:
+    """The mixer's attention through ``lens_attention``: same result as its own forward, visible and editable
+    (``is_causal``: the causal flag :class:`~visattn.nn.Attention` hands a softmax mixer)."""
     route = route_of(mixer)
     grid, prefix = mixer.prepare(q, k, v, shape)
     check_no_dropout(mixer.dropout_p, name)
     b, h, n, d = q.shape
     if attn_mask is not None:
         reference.check_attn_mask(attn_mask, b, h, n, n, "attn_mask")
-    bias = additive_bias(attn_mask, False, n, n, q.dtype, q.device)
+    bias = additive_bias(attn_mask, is_causal, n, n, q.dtype, q.device)
     if isinstance(mixer, MaskedMixer):
         allowed = dense_mask(mixer.mask, grid, prefix, q.device)
         structure = torch.zeros(n, n, dtype=q.dtype, device=q.device).masked_fill(~allowed, float("-inf"))
