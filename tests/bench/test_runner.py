@@ -293,3 +293,11 @@ def test_spread_flag_without_a_baseline(monkeypatch):
     prepared = _Prepared(BenchCase("softmax"), _SlowFirstCall(0.0), {}, None, "2d", per_grid=False)
     record = _measure(prepared, 8, settings, [], [(1, 1.0)], [])  # SDPA predicted far over the time budget
     assert record.sdpa_skipped.startswith("predicted") and record.noisy is True and record.ratio_to_sdpa is None
+
+
+def test_calibrated_mixers_are_calibrated_per_size():
+    """PARO is calibrated on each size's own q, k; all sizes are probed before their shared rounds, so each size
+    keeps its own calibrated copy (one shared mixer ended calibrated for the last size only)."""
+    records = run_bench(["paro:block=4"], [8, 12], BenchSettings(**FAST)).records
+    assert [r.skipped for r in records] == [None, None]
+    assert all(r.median_ms > 0 and r.ratio_to_sdpa > 0 for r in records)

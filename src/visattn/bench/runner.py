@@ -12,6 +12,7 @@ every size, so that every size and its baseline see the same machine. Each burst
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -188,11 +189,12 @@ def _probe_calls(record: BenchRecord, mixer: Any, shape: tuple[int, ...], settin
                  history: list[tuple[int, float]], sdpa_history: list[tuple[int, float]]) -> _Ready | None:
     """Warm up and probe the mixer and dense SDPA on the same q, k, v (the baseline has its own budget checks;
     when it is skipped the mixer is still timed), size their bursts and measure their peak memory. Mixers that
-    need calibration (``calibrate_qk``, e.g. PARO) are calibrated on the run's own q, k first."""
+    need calibration (``calibrate_qk``, e.g. PARO) are calibrated on the run's own q, k first, a copy per size."""
     s, tokens = settings, record.tokens
     q, k, v, x = _inputs(s, tokens)
     params = [p for p in mixer.parameters() if p.requires_grad] if isinstance(mixer, torch.nn.Module) else []
     if callable(getattr(mixer, "calibrate_qk", None)):
+        mixer = copy.deepcopy(mixer)  # one calibration per size: every size's bursts run after all are probed
         mixer.calibrate_qk(q.detach(), k.detach(), shape)
     if getattr(mixer, "uses_input", False):
         call = _call(lambda: mixer(q, k, v, shape, x=x), (q, k, v, x, *params), s.backward)
