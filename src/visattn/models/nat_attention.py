@@ -19,13 +19,13 @@ work (3.4x at ``t = 7``) instead of the ``N / k^2`` of a dense masked map.
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .._cache import byte_cached
 from .._checks import per_axis
 
 DEFAULT_TILE = 7
@@ -140,7 +140,8 @@ def build_tile_plan(shape: tuple[int, int], kernel_size: tuple[int, int], dilati
                     bias_index=bias_index.reshape(-1), blocked=~allowed.reshape(1, -1))
 
 
-_cached_tile_plan = functools.lru_cache(maxsize=128)(build_tile_plan)
+_cached_tile_plan = byte_cached(build_tile_plan)
+"""Plans hold device index tensors: kept in visattn's shared byte-bounded cache (``visattn.clear_caches()``)."""
 
 
 def tile_plan(shape: tuple[int, int], kernel_size: tuple[int, int], dilation: tuple[int, int], tile: int,

@@ -44,7 +44,28 @@ _DAVIT = "DaViT, arXiv 2204.03645, ImageNet-1k comparison table (DaViT-Tiny/Smal
 _NAT = "NAT, arXiv 2204.07143; ImageNet-1k table of SHI-Labs/Neighborhood-Attention-Transformer's classification/NAT.md"
 _DINAT = ("DiNAT, arXiv 2209.15001; ImageNet table of SHI-Labs/Neighborhood-Attention-Transformer's "
           "classification/DiNAT.md")
+_MAXVIT = "MaxViT, arXiv 2204.01697, Table 1 (ImageNet-1k, 224/384/512)"
+_SWINV2 = ("Swin-V2, arXiv 2111.09883; ImageNet-1k model zoo of microsoft/Swin-Transformer (torchvision's table gives "
+           "28.4/49.7/87.9 M and 5.94/11.55/20.32 G for window 8)")
 PUBLISHED: dict[str, Published] = {
+    "visattn_maxvit_tiny_tf_224": Published(31, 5.6, 224, _MAXVIT),
+    "visattn_maxvit_tiny_tf_384": Published(31, 17.7, 384, _MAXVIT),
+    "visattn_maxvit_tiny_tf_512": Published(31, 33.7, 512, _MAXVIT),
+    "visattn_maxvit_small_tf_224": Published(69, 11.7, 224, _MAXVIT),
+    "visattn_maxvit_small_tf_384": Published(69, 36.1, 384, _MAXVIT),
+    "visattn_maxvit_small_tf_512": Published(69, 67.6, 512, _MAXVIT),
+    "visattn_maxvit_base_tf_224": Published(120, 23.4, 224, _MAXVIT),
+    "visattn_maxvit_base_tf_384": Published(120, 74.2, 384, _MAXVIT),
+    "visattn_maxvit_base_tf_512": Published(120, 138.5, 512, _MAXVIT),
+    "visattn_maxvit_large_tf_224": Published(212, 43.9, 224, _MAXVIT),
+    "visattn_maxvit_large_tf_384": Published(212, 133.1, 384, _MAXVIT),
+    "visattn_maxvit_large_tf_512": Published(212, 245.4, 512, _MAXVIT),
+    "visattn_swinv2_tiny_window8_256": Published(28, 5.9, 256, _SWINV2),
+    "visattn_swinv2_tiny_window16_256": Published(28, 6.6, 256, _SWINV2),
+    "visattn_swinv2_small_window8_256": Published(50, 11.5, 256, _SWINV2),
+    "visattn_swinv2_small_window16_256": Published(50, 12.6, 256, _SWINV2),
+    "visattn_swinv2_base_window8_256": Published(88, 20.3, 256, _SWINV2),
+    "visattn_swinv2_base_window16_256": Published(88, 21.8, 256, _SWINV2),
     "visattn_vit_tiny_patch16_224": Published(5, None, 224, _DEIT),
     "visattn_vit_small_patch16_224": Published(22, 4.6, 224, f"{_DEIT}; FLOPs: {_SWIN}"),
     "visattn_vit_base_patch16_224": Published(86, 17.5, 224, f"{_DEIT}; FLOPs: {_SWIN}"),
