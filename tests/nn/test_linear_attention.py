@@ -8,33 +8,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import visattn
+from oracles import naive_linear, seeded_qkv
 from visattn.nn import Attention, LinearAttentionMixer
 
 FP64 = {"atol": 1e-10, "rtol": 1e-10}
 FP32 = {"atol": 1e-5, "rtol": 1e-4}
-PHI = {"elu+1": lambda x: torch.where(x > 0, x + 1, torch.exp(x)), "relu": lambda x: x.clamp_min(0)}
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def naive_linear(q, k, v, feature_map="elu+1", is_causal=False, eps=1e-6):
-    """Katharopoulos et al. Eq. 6 / 9 token by token: y_i = sum_j phi(q_i).phi(k_j) v_j / (sum_j phi(q_i).phi(k_j)
-    + eps), j over all keys or j <= i."""
-    phi = PHI[feature_map]
-    fq, fk = phi(q), phi(k)
-    out = torch.zeros_like(v)
-    n = q.shape[2]
-    for i in range(n):
-        last = i + 1 if is_causal else n
-        sims = (fq[:, :, i : i + 1] * fk[:, :, :last]).sum(-1)
-        out[:, :, i] = (sims.unsqueeze(-1) * v[:, :, :last]).sum(2) / (sims.sum(-1, keepdim=True) + eps)
-    return out
-
-
-def qkv(b, h, n, d, dtype=torch.float64, seed=0, dv=None):
-    gen = torch.Generator().manual_seed(seed)
-    return tuple(torch.randn(b, h, n, e, generator=gen, dtype=dtype) for e in (d, d, dv or d))
+qkv = seeded_qkv
 
 
 @settings(max_examples=30, deadline=None)

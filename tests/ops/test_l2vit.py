@@ -8,6 +8,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from oracles import naive_l2vit, seeded_qkv
 from visattn.ops.l2vit import enhanced_linear_attention, enhanced_linear_weights, l2vit_state_bytes
 from visattn.ops.linear_attention import ROW_BLOCK, key_sums
 
@@ -17,19 +18,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def qkv(b, h, n, d, seed=0, scale=1.0):
-    gen = torch.Generator().manual_seed(seed)
-    return tuple(torch.randn(b, h, n, d, generator=gen, dtype=torch.float64) * scale for _ in range(3))
-
-
-def naive_l2vit(q, k, v, tau, clamp=100.0):
-    """out_i = sum_j (relu(q_i).relu(k_j)) v_j tau_h / max(sum_j relu(q_i).relu(k_j), clamp), token by token."""
-    q, k = q.clamp_min(0), k.clamp_min(0)
-    out = torch.zeros_like(v)
-    for i in range(q.shape[2]):
-        sims = (q[:, :, i : i + 1] * k).sum(-1)
-        denominator = torch.maximum(sims.sum(-1), torch.tensor(clamp, dtype=q.dtype))
-        out[:, :, i] = (sims.unsqueeze(-1) * v).sum(2) * tau.reshape(1, -1, 1) / denominator.unsqueeze(-1)
-    return out
+    return seeded_qkv(b, h, n, d, seed=seed, scale=scale)
 
 
 @settings(max_examples=20, deadline=None)
