@@ -232,3 +232,37 @@ def check_lens_cli(model_name: str, tmp_path: Path, model_kwargs: str = "", min_
     assert len(layers) >= min_layers, data["per_layer"]
     assert model_name in (out / "report.html").read_text(encoding="utf-8")
     return data
+
+
+def check_meta_build_matches(model_name: str, model: nn.Module, x: torch.Tensor, **kwargs: Any) -> None:
+    """Meta construction, ``to_empty``, timm's ``reinit_non_persistent_buffers`` and ``model``'s state dict give
+    ``model``'s logits on ``x`` (``kwargs``: what ``model`` was built with)."""
+    import timm
+    from timm.models._manipulate import reinit_non_persistent_buffers
+
+    with torch.device("meta"):
+        meta = timm.create_model(model_name, **kwargs)
+    meta = meta.to_empty(device="cpu")
+    reinit_non_persistent_buffers(meta)
+    meta.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(meta.eval()(x), model.eval()(x), atol=1e-5, rtol=0)
+
+
+def check_lens_matches(ours: nn.Module, theirs: nn.Module, x: torch.Tensor, num_layers: int) -> None:
+    """visattn.lens finds the same attention layers in ``ours`` and ``theirs`` (same weights), captures equal maps
+    and leaves both outputs equal, with no instance ``forward`` left behind."""
+    from visattn import lens
+
+    layers = lens.attention_layers(ours)
+    assert [info.name for info in layers] == [info.name for info in lens.attention_layers(theirs)]
+    assert len(layers) == num_layers
+    records = []
+    for model in (ours, theirs):
+        with lens.capture(model, what=("probs",)) as rec, torch.no_grad():
+            records.append((model(x), rec))
+    (out_ours, rec_ours), (out_theirs, rec_theirs) = records
+    for i in range(len(layers)):
+        torch.testing.assert_close(rec_ours.get("probs", i).tensor, rec_theirs.get("probs", i).tensor)
+    torch.testing.assert_close(out_ours, out_theirs)
+    assert all("forward" not in m.__dict__ for m in ours.modules())

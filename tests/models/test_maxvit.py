@@ -6,7 +6,13 @@ from __future__ import annotations
 import pytest
 import timm
 import torch
-from contract import check_timm_contract, count_params_meta, digits_loss_falls
+from contract import (
+    check_lens_matches,
+    check_meta_build_matches,
+    check_timm_contract,
+    count_params_meta,
+    digits_loss_falls,
+)
 
 from visattn.models.maxvit import TIMM_COUNTERPARTS, MaxVitPartitionBlock
 from visattn.nn.partition import PartitionAttention
@@ -135,38 +141,15 @@ def test_non_square_image_that_partitions_runs():
 def test_built_on_meta_then_materialised_equals_a_cpu_build():
     """Meta construction, ``to_empty``, timm's ``reinit_non_persistent_buffers`` and a state dict: the same logits
     as the model built on the CPU."""
-    from timm.models._manipulate import reinit_non_persistent_buffers
-
     ours, _ = _pair(dict(img_size=64, **NARROW))
-    with torch.device("meta"):
-        meta = timm.create_model(NAME, img_size=64, **NARROW)
-    meta = meta.to_empty(device="cpu")
-    reinit_non_persistent_buffers(meta)
-    meta.load_state_dict(ours.state_dict())
-    x = torch.randn(1, 3, 64, 64)
-    with torch.no_grad():
-        torch.testing.assert_close(meta.eval()(x), ours(x), atol=1e-5, rtol=0)
+    check_meta_build_matches(NAME, ours, torch.randn(1, 3, 64, 64), img_size=64, **NARROW)
 
 
 def test_lens_captures_the_maps_it_captures_on_timms_model():
     """visattn.lens routes visattn's attention modules: float64, same weights, the captured attention maps and the
     model output equal those on timm's model."""
-    from visattn import lens
-
     ours, theirs = (m.double() for m in _pair(dict(img_size=64, **NARROW)))
-    x = torch.randn(1, 3, 64, 64, dtype=torch.float64)
-    layers = lens.attention_layers(ours)
-    assert [info.name for info in layers] == [info.name for info in lens.attention_layers(theirs)]
-    assert len(layers) == 8
-    records = []
-    for model in (ours, theirs):
-        with lens.capture(model, what=("probs",)) as rec, torch.no_grad():
-            records.append((model(x), rec))
-    (out_ours, rec_ours), (out_theirs, rec_theirs) = records
-    for i in range(len(layers)):
-        torch.testing.assert_close(rec_ours.get("probs", i).tensor, rec_theirs.get("probs", i).tensor)
-    torch.testing.assert_close(out_ours, out_theirs)
-    assert all("forward" not in m.__dict__ for m in ours.modules())
+    check_lens_matches(ours, theirs, torch.randn(1, 3, 64, 64, dtype=torch.float64), num_layers=8)
 
 
 def test_unknown_argument_is_refused():
