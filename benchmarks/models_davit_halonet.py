@@ -23,7 +23,6 @@ largest logit difference is printed as a check that both compute the same functi
 from __future__ import annotations
 
 import argparse
-import statistics
 from collections.abc import Callable
 
 import timm
@@ -35,7 +34,7 @@ from torch import nn
 
 import visattn.models  # noqa: F401  (registers visattn_* in timm)
 from visattn.bench import load_average
-from visattn.bench.timing import interleaved_bursts
+from visattn.bench.paired import inference_call, paired_ratio, run_all, train_step_call
 from visattn.testing import randomize_module
 
 DEFAULT_MODELS = ("davit_tiny", "halonet26t")
@@ -95,42 +94,6 @@ def attention_calls(theirs: nn.Module, ours: nn.Module,
     return timm_calls, visattn_calls
 
 
-def _run_all(calls: list[Callable[[], object]]) -> Callable[[], None]:
-    def run() -> None:
-        with torch.no_grad():
-            for call in calls:
-                call()
-    return run
-
-
-def _inference(model: nn.Module, images: torch.Tensor) -> Callable[[], None]:
-    def run() -> None:
-        with torch.no_grad():
-            model(images)
-    return run
-
-
-def _train_step(model: nn.Module, images: torch.Tensor) -> Callable[[], None]:
-    def run() -> None:
-        model.zero_grad(set_to_none=True)
-        model(images).float().square().mean().backward()
-    return run
-
-
-def paired_ratio(theirs: Callable[[], object], ours: Callable[[], object], rounds: int,
-                 calls: int) -> tuple[float, float, float, float, float]:
-    """Median of per-round ``time(theirs) / time(ours)``, its min and max, and the median ms of each side."""
-    theirs(), ours()
-    t, o = interleaved_bursts([theirs, ours], [calls, calls], rounds, lambda: None)
-    ratios = [a / b for a, b in zip(t, o, strict=True)]
-    return statistics.median(ratios), min(ratios), max(ratios), statistics.median(t), statistics.median(o)
-
-
-def _row(case: str, what: str, result: tuple[float, float, float, float, float]) -> str:
-    ratio, low, high, t_ms, o_ms = result
-    return f"| {case} | {what} | {ratio:.2f}x | {low:.2f}-{high:.2f} | {t_ms:.0f} | {o_ms:.0f} |"
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", nargs="+", default=list(DEFAULT_MODELS), help="timm names with a visattn_ twin")
@@ -153,16 +116,17 @@ def main(argv: list[str] | None = None) -> None:
             diff = (theirs(images) - ours(images)).abs().max().item()
         case = f"{name} ({size[0]}, max logit diff {diff:.1e})"
         timm_calls, visattn_calls = attention_calls(theirs, ours, images)
-        print(_row(case, f"attn ({len(timm_calls)} layers)",
-                   paired_ratio(_run_all(timm_calls), _run_all(visattn_calls), args.rounds, args.calls)), flush=True)
+        attn = paired_ratio(run_all(timm_calls), run_all(visattn_calls), args.rounds, args.calls)
+        print(attn.markdown_row(case, f"attn ({len(timm_calls)} layers)"), flush=True)
         del timm_calls, visattn_calls
-        print(_row(case, "model inference", paired_ratio(_inference(theirs, images), _inference(ours, images),
-                                                         args.rounds, args.calls)), flush=True)
+        inference = paired_ratio(inference_call(theirs, images), inference_call(ours, images), args.rounds,
+                                 args.calls)
+        print(inference.markdown_row(case, "model inference"), flush=True)
         if args.train:
             theirs.train(), ours.train()
-            print(_row(case, "model train step", paired_ratio(_train_step(theirs, images),
-                                                              _train_step(ours, images), args.rounds, args.calls)),
-                  flush=True)
+            step = paired_ratio(train_step_call(theirs, images), train_step_call(ours, images), args.rounds,
+                                args.calls)
+            print(step.markdown_row(case, "model train step"), flush=True)
     print(f"load average after {load_average()}")
 
 
