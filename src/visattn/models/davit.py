@@ -28,15 +28,15 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Mapping
-from dataclasses import asdict
 from typing import Any
 
 import torch
-from timm.models import build_model_with_cfg, generate_default_cfgs, get_pretrained_cfg, register_model
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models import davit as timm_davit
 from torch import Tensor, nn
 
 from ..nn.davit import ChannelAttention, SpatialWindowAttention
+from ._pretrained import counterpart_cfgs
 
 __all__ = ["DAVIT_ARGS", "TIMM_COUNTERPARTS", "DaVit", "DaVitSpatialBlock", "checkpoint_filter_fn"]
 
@@ -126,23 +126,7 @@ def checkpoint_filter_fn(state_dict: Mapping[str, Tensor], model: nn.Module) -> 
     return dict(timm_davit.checkpoint_filter_fn(dict(state_dict), model))
 
 
-def _timm_cfg(timm_name: str) -> dict[str, Any]:
-    """timm's default pretrained configuration of ``timm_name`` (its Hugging Face weights where timm has them)."""
-    cfg = asdict(get_pretrained_cfg(timm_name))
-    for key in ("architecture", "tag"):
-        cfg.pop(key)
-    cfg.update(url="", custom_load=False)
-    return cfg
-
-
-def _tagged(timm_name: str) -> str:
-    tag = get_pretrained_cfg(timm_name).tag
-    return f".{tag}" if tag else ""
-
-
-default_cfgs = generate_default_cfgs({
-    f"{name}{_tagged(timm_name)}": _timm_cfg(timm_name) for name, timm_name in TIMM_COUNTERPARTS.items()
-})
+default_cfgs = generate_default_cfgs(counterpart_cfgs(TIMM_COUNTERPARTS, url=""))
 
 
 def _create(variant: str, pretrained: bool, kwargs: dict[str, Any]) -> DaVit:

@@ -30,18 +30,19 @@ from __future__ import annotations
 import inspect
 import math
 from collections.abc import Mapping
-from dataclasses import asdict, replace
+from dataclasses import replace
 from functools import partial
 from typing import Any
 
 from timm.layers import make_divisible
-from timm.models import build_model_with_cfg, generate_default_cfgs, get_pretrained_cfg, register_model
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models import byoanet as timm_byoanet
 from timm.models.byobnet import ByoBlockCfg, ByobNet, ByoModelCfg, SelfAttnBlock
 from timm.models.byobnet import checkpoint_filter_fn as byob_checkpoint_filter_fn
 from torch import Tensor, nn
 
 from ..nn.halo import HaloAttention
+from ._pretrained import counterpart_cfgs, timm_pretrained_cfg
 
 __all__ = ["PAPER_FAMILY", "TIMM_COUNTERPARTS", "HaloBottleneck", "HaloNet", "checkpoint_filter_fn", "halonet_cfg"]
 
@@ -204,18 +205,9 @@ def checkpoint_filter_fn(state_dict: Mapping[str, Tensor], model: nn.Module) -> 
     return dict(byob_checkpoint_filter_fn(state_dict, model))
 
 
-def _timm_cfg(timm_name: str) -> dict[str, Any]:
-    """timm's default pretrained configuration of ``timm_name``, pointed at its weights."""
-    cfg = asdict(get_pretrained_cfg(timm_name))
-    for key in ("architecture", "tag"):
-        cfg.pop(key)
-    cfg.update(custom_load=False)
-    return cfg
-
-
 def _paper_cfg(name: str) -> dict[str, Any]:
     """Pretrained configuration of a paper HaloNet: no weights, its input size (see :func:`halonet_cfg`)."""
-    cfg = _timm_cfg("halonet26t")
+    cfg = timm_pretrained_cfg("halonet26t")
     size = PAPER_FAMILY[name][-1]
     cfg.update(url="", hf_hub_id=None, input_size=(3, size, size), min_input_size=(3, size, size),
                pool_size=(size // 32, size // 32), license=None)
@@ -223,8 +215,7 @@ def _paper_cfg(name: str) -> dict[str, Any]:
 
 
 default_cfgs = generate_default_cfgs({
-    **{f"{name}.{get_pretrained_cfg(timm_name).tag}": _timm_cfg(timm_name)
-       for name, timm_name in TIMM_COUNTERPARTS.items()},
+    **counterpart_cfgs(TIMM_COUNTERPARTS),
     **{name: _paper_cfg(name) for name in PAPER_FAMILY},
 })
 

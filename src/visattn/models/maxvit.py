@@ -23,16 +23,16 @@ stage maps (``H / 4, H / 8, H / 16, H / 32``, rounded up) are multiples of the w
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import asdict
 from typing import Any
 
 import torch
 from timm.layers import resize_rel_pos_bias_table, to_2tuple
-from timm.models import build_model_with_cfg, generate_default_cfgs, get_pretrained_cfg, register_model
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models import maxxvit as timm_maxxvit
 from torch import Tensor, nn
 
 from ..nn.partition import PartitionAttention
+from ._pretrained import counterpart_cfgs
 
 __all__ = ["TIMM_COUNTERPARTS", "MaxVit", "MaxVitPartitionBlock", "checkpoint_filter_fn"]
 
@@ -207,23 +207,12 @@ def _create(variant: str, pretrained: bool = False, **kwargs: Any) -> MaxVit:
                                 pretrained_filter_fn=checkpoint_filter_fn, **kwargs)
 
 
-def _timm_cfg(timm_name: str) -> dict[str, Any]:
-    """timm's default pretrained configuration of ``timm_name``, pointed at its Hugging Face weights."""
-    cfg = asdict(get_pretrained_cfg(timm_name))
-    for key in ("architecture", "tag"):
-        cfg.pop(key)
-    cfg.update(url="", custom_load=False)
-    return cfg
-
-
 TIMM_COUNTERPARTS: dict[str, str] = {
     f"visattn_maxvit_{size}_tf_{res}": f"maxvit_{size}_tf_{res}" for size in SIZES for res in RESOLUTIONS
 }
 """visattn model name -> the timm model with the same architecture and weights."""
 
-default_cfgs = generate_default_cfgs({
-    f"{name}.{get_pretrained_cfg(timm_name).tag}": _timm_cfg(timm_name) for name, timm_name in TIMM_COUNTERPARTS.items()
-})
+default_cfgs = generate_default_cfgs(counterpart_cfgs(TIMM_COUNTERPARTS, url=""))
 
 
 @register_model

@@ -25,15 +25,15 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict
 from typing import Any
 
 import torch
-from timm.models import build_model_with_cfg, generate_default_cfgs, get_pretrained_cfg, register_model
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models import swin_transformer_v2 as timm_swin
 from torch import Tensor, nn
 
 from ..nn.swin_v2 import WindowAttentionV2, relative_position_index
+from ._pretrained import counterpart_cfgs
 
 __all__ = ["TIMM_COUNTERPARTS", "SwinTransformerV2", "SwinV2WindowAttention", "checkpoint_filter_fn"]
 
@@ -150,18 +150,7 @@ def _create(variant: str, pretrained: bool = False, **kwargs: Any) -> SwinTransf
                                 **dict(args, **kwargs))
 
 
-def _timm_cfg(timm_name: str) -> dict[str, Any]:
-    """timm's default pretrained configuration of ``timm_name``, pointed at its Hugging Face weights."""
-    cfg = asdict(get_pretrained_cfg(timm_name))
-    for key in ("architecture", "tag"):
-        cfg.pop(key)
-    cfg.update(url="", custom_load=False)
-    return cfg
-
-
-default_cfgs = generate_default_cfgs({
-    f"{name}.{get_pretrained_cfg(timm_name).tag}": _timm_cfg(timm_name) for name, timm_name in TIMM_COUNTERPARTS.items()
-})
+default_cfgs = generate_default_cfgs(counterpart_cfgs(TIMM_COUNTERPARTS, url=""))
 
 
 @register_model

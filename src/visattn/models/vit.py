@@ -21,7 +21,6 @@ and every other key must match (a strict load, missing and unexpected keys liste
 from __future__ import annotations
 
 import inspect
-from dataclasses import asdict
 from typing import Any
 
 from timm.models import build_model_with_cfg, generate_default_cfgs, get_pretrained_cfg, register_model
@@ -29,6 +28,7 @@ from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_
 from torch import Tensor, nn
 
 from ..nn.replace import replace_attention
+from ._pretrained import timm_pretrained_cfg
 
 __all__ = ["VIT_ARGS", "TIMM_COUNTERPARTS", "vit_with_mixer"]
 
@@ -47,18 +47,9 @@ _BUILD_PARAMETERS = frozenset({"features_only", "out_indices", "feature_cfg", "p
                                "pretrained_cfg_overlay", "pretrained_strict", "cache_dir"})
 
 
-def _timm_cfg(timm_name: str) -> dict[str, Any]:
-    """timm's default pretrained configuration of ``timm_name``, pointed at its Hugging Face weights."""
-    timm_cfg = get_pretrained_cfg(timm_name)
-    cfg = asdict(timm_cfg)
-    for key in ("architecture", "tag"):
-        cfg.pop(key)
-    cfg.update(url="", custom_load=False, notes=(f"the weights of timm's {timm_name}.{timm_cfg.tag}",))
-    return cfg
-
-
 default_cfgs = generate_default_cfgs({
-    f"{name}.{get_pretrained_cfg(timm_name).tag}": _timm_cfg(timm_name)
+    f"{name}.{get_pretrained_cfg(timm_name).tag}": timm_pretrained_cfg(
+        timm_name, url="", notes=(f"the weights of timm's {timm_name}.{get_pretrained_cfg(timm_name).tag}",))
     for name, timm_name in TIMM_COUNTERPARTS.items()
 })
 
