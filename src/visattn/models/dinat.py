@@ -33,7 +33,7 @@ from timm.models._features import feature_take_indices
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from .nat import _BUILD_KWARGS, NAT, NATBlock, _cfg, _create
+from .nat import _BUILD_KWARGS, NAT, ClassifierHead, NATBlock, _cfg, _create
 from .nat import checkpoint_filter_fn as nat_checkpoint_filter_fn
 
 __all__ = ["DINAT_S_ARGS", "ISOTROPIC_ARGS", "NATIsotropic", "PatchEmbed", "PatchMerging", "checkpoint_filter_fn"]
@@ -149,7 +149,7 @@ def visattn_dinat_s_large_384(pretrained: bool = False, **kwargs: Any) -> NAT:
     return _create_s("visattn_dinat_s_large_384", pretrained, **kwargs)
 
 
-class NATIsotropic(nn.Module):
+class NATIsotropic(ClassifierHead):
     """Isotropic NAT / DiNAT (DiNAT paper, ``classification/isotropic.py``): a 16x16 patch embedding, ``depth``
     blocks at one resolution (dilation 1 in even blocks, ``dilation`` in odd ones), LayerNorm, average pooling and
     a linear classifier. Parameter names are the official ones (``patch_embed``, ``layers.i``, ``norm``, ``head``).
@@ -191,19 +191,6 @@ class NATIsotropic(nn.Module):
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         self.grad_checkpointing = enable
 
-    @torch.jit.ignore
-    def get_classifier(self) -> nn.Module:
-        return self.head
-
-    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
-        if global_pool is not None:
-            if global_pool not in ("avg", ""):
-                raise ValueError(f"global_pool must be 'avg' or '', got {global_pool!r}")
-            self.global_pool = global_pool
-        self.num_classes = num_classes
-        device = self.norm.weight.device if isinstance(self.norm, nn.LayerNorm) else None
-        self.head = nn.Linear(self.num_features, num_classes, device=device) if num_classes > 0 else nn.Identity()
-
     def _run(self, block: nn.Module, x: Tensor) -> Tensor:
         if self.grad_checkpointing and torch.is_grad_enabled() and not torch.jit.is_scripting():
             return checkpoint(block, x, use_reentrant=False)
@@ -244,13 +231,6 @@ class NATIsotropic(nn.Module):
             x = self._run(block, x)
         return self.norm(x)
 
-    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
-        if self.global_pool == "avg":
-            x = x.mean(dim=(1, 2))
-        return x if pre_logits else self.head(x)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.forward_head(self.forward_features(x))
 
 
 ISOTROPIC_ARGS: dict[str, dict[str, Any]] = {

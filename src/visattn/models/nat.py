@@ -179,7 +179,34 @@ def _check_args(depths: Sequence[int], num_heads: Sequence[int], dilations: Sequ
         raise ValueError(f"kernel_size must be an odd int >= 1, got {kernel_size!r}")
 
 
-class NAT(nn.Module):
+class ClassifierHead(nn.Module):
+    """The head shared by NAT's networks: channels-last features ``(B, H, W, C)`` from ``forward_features``,
+    average-pooled over H and W (``global_pool="avg"``) and a linear ``head``; timm's ``get_classifier`` and
+    ``reset_classifier``. Subclasses set ``head``, ``norm``, ``num_features``, ``num_classes``, ``global_pool``."""
+
+    @torch.jit.ignore
+    def get_classifier(self) -> nn.Module:
+        return self.head
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        if global_pool is not None:
+            if global_pool not in ("avg", ""):
+                raise ValueError(f"global_pool must be 'avg' or '', got {global_pool!r}")
+            self.global_pool = global_pool
+        self.num_classes = num_classes
+        device = self.norm.weight.device if isinstance(self.norm, nn.LayerNorm) else None
+        self.head = nn.Linear(self.num_features, num_classes, device=device) if num_classes > 0 else nn.Identity()
+
+    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
+        if self.global_pool == "avg":
+            x = x.mean(dim=(1, 2))
+        return x if pre_logits else self.head(x)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.forward_head(self.forward_features(x))
+
+
+class NAT(ClassifierHead):
     """NAT / DiNAT (see the module docstring), channels-last inside, timm's model interface outside.
 
     Args:
@@ -263,19 +290,6 @@ class NAT(nn.Module):
         for level in self.levels:
             level.grad_checkpointing = enable
 
-    @torch.jit.ignore
-    def get_classifier(self) -> nn.Module:
-        return self.head
-
-    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
-        if global_pool is not None:
-            if global_pool not in ("avg", ""):
-                raise ValueError(f"global_pool must be 'avg' or '', got {global_pool!r}")
-            self.global_pool = global_pool
-        self.num_classes = num_classes
-        device = self.norm.weight.device if isinstance(self.norm, nn.LayerNorm) else None
-        self.head = nn.Linear(self.num_features, num_classes, device=device) if num_classes > 0 else nn.Identity()
-
     def forward_intermediates(self, x: Tensor, indices: int | list[int] | None = None, norm: bool = False,
                               stop_early: bool = False, output_fmt: str = "NCHW",
                               intermediates_only: bool = False) -> list[Tensor] | tuple[Tensor, list[Tensor]]:
@@ -320,13 +334,6 @@ class NAT(nn.Module):
             x = level(x)
         return self.norm(x)
 
-    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
-        if self.global_pool == "avg":
-            x = x.mean(dim=(1, 2))
-        return x if pre_logits else self.head(x)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.forward_head(self.forward_features(x))
 
 
 def convert_hf_state_dict(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
