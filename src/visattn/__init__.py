@@ -13,7 +13,6 @@ so that ``import visattn`` stays fast.
 """
 
 import importlib
-from types import ModuleType
 
 from . import masks, nn, ops, transforms
 from ._cache import clear_caches
@@ -27,6 +26,7 @@ __all__ = [
     "PAPERS",
     "Attention",
     "clear_caches",
+    "convert",
     "MixerSpec",
     "create_attn",
     "create_mixer",
@@ -44,14 +44,18 @@ __all__ = [
 ]
 
 _LAZY_MODULES = ("cli", "docgen", "lens")
+_LAZY_FUNCTIONS = {"convert": ".train.convert"}
 
 
-def __getattr__(name: str) -> ModuleType:
-    """Import the heavier submodules (the lens, the command line) when first used."""
+def __getattr__(name: str) -> object:
+    """Import the heavier submodules (the lens, the command line) and the training entry points (``convert``)
+    when first used."""
     if name in _LAZY_MODULES:
         return importlib.import_module(f".{name}", __name__)
+    if name in _LAZY_FUNCTIONS:
+        return getattr(importlib.import_module(_LAZY_FUNCTIONS[name], __name__), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def __dir__() -> list[str]:
-    return sorted({*globals(), *_LAZY_MODULES})
+    return sorted({*globals(), *_LAZY_MODULES, *_LAZY_FUNCTIONS})

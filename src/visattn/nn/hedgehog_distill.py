@@ -71,12 +71,13 @@ def layer_attention_weights(layer: nn.Module, x: Tensor, shape: int | tuple[int,
     raise TypeError(f"layer must be a visattn Attention or a timm Attention, got {type(layer).__name__}")
 
 
-def hedgehog_student(teacher_model: nn.Module, **mixer_kwargs: Any) -> nn.Module:
-    """A deep copy of ``teacher_model`` whose attention layers use the ``"hedgehog"`` mixer, weights kept.
+def hedgehog_student(teacher_model: nn.Module, mixer: str = "hedgehog", **mixer_kwargs: Any) -> nn.Module:
+    """A deep copy of ``teacher_model`` whose attention layers use ``mixer`` (default ``"hedgehog"``), weights kept.
 
     timm ``Attention`` layers are first replaced by visattn's (:func:`~visattn.nn.replace_attention` with
     ``"softmax"``, which keeps the weights, grid and prefix tokens); then every visattn ``Attention`` gets a new
-    Hedgehog mixer (identity-initialised feature maps). The copy is left in the teacher's train/eval mode.
+    mixer (Hedgehog: identity-initialised feature maps; any registered mixer name works, e.g. another linear
+    attention for :func:`visattn.train.convert.convert`). The copy is left in the teacher's train/eval mode.
     """
     if not attention_layers(teacher_model):
         raise ValueError(f"teacher_model ({type(teacher_model).__name__}) has no attention layer to convert")
@@ -86,9 +87,9 @@ def hedgehog_student(teacher_model: nn.Module, **mixer_kwargs: Any) -> nn.Module
         replace_attention(student, "softmax")
     for layer in attention_layers(student):
         weight = layer.qkv.weight
-        mixer = create_mixer_for_layer("hedgehog", dim=layer.qkv.in_features, num_heads=layer.num_heads,
-                                       head_dim=layer.head_dim, **mixer_kwargs)
-        layer.mixer = mixer.to(device=weight.device, dtype=weight.dtype)
+        new = create_mixer_for_layer(mixer, dim=layer.qkv.in_features, num_heads=layer.num_heads,
+                                     head_dim=layer.head_dim, **mixer_kwargs)
+        layer.mixer = new.to(device=weight.device, dtype=weight.dtype)
     return student
 
 
