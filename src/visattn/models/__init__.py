@@ -18,6 +18,7 @@ by the benchmarks). Published parameter counts and FLOPs for the docs table live
 import sys
 
 from . import davit as davit
+from . import dependency_vit as dependency_vit
 from . import dinat as dinat
 from . import fasternet as fasternet
 from . import halonet as halonet
