@@ -27,6 +27,7 @@ from . import l2vit as l2vit
 from . import maxvit as maxvit
 from . import nat as nat
 from . import patnet as patnet
+from . import raptor as raptor
 from . import swin_v2 as swin_v2
 from . import vit as vit
 
