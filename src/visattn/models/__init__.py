@@ -28,6 +28,7 @@ from . import maxvit as maxvit
 from . import nat as nat
 from . import patnet as patnet
 from . import raptor as raptor
+from . import shift_equivariant as shift_equivariant
 from . import swin_v2 as swin_v2
 from . import vit as vit
 
