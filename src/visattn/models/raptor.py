@@ -298,10 +298,10 @@ def raptor_from_teacher(teacher: VisionTransformer, phases: Sequence[Sequence[in
         global_pool=teacher.global_pool, embed_dim=teacher.embed_dim, num_heads=num_heads,
         class_token=teacher.cls_token is not None, reg_tokens=teacher.num_reg_tokens,
         no_embed_class=teacher.no_embed_class, pos_embed="learn" if teacher.pos_embed is not None else "none",
-        pre_norm=not isinstance(teacher.norm_pre, identity), final_norm=not isinstance(teacher.norm, identity),
-        fc_norm=not isinstance(teacher.fc_norm, identity), dynamic_img_size=teacher.dynamic_img_size,
-        pool_include_prefix=teacher.pool_include_prefix, norm_layer=_norm_of(teacher),
-        qkv_bias=qkv is None or qkv.bias is not None,
+        pre_norm=not isinstance(teacher.norm_pre, identity), fc_norm=not isinstance(teacher.fc_norm, identity),
+        final_norm=not (isinstance(teacher.norm, identity) and isinstance(teacher.fc_norm, identity)),
+        dynamic_img_size=teacher.dynamic_img_size, pool_include_prefix=teacher.pool_include_prefix,
+        norm_layer=_norm_of(teacher), qkv_bias=qkv is None or qkv.bias is not None,
     )
     reference = next(iter(teacher.parameters()))
     surrogate = Raptor(checked, **dict(shape, **kwargs)).to(device=reference.device, dtype=reference.dtype)
@@ -309,8 +309,10 @@ def raptor_from_teacher(teacher: VisionTransformer, phases: Sequence[Sequence[in
     theirs = teacher.state_dict()
     shared = [k for k in ours if not k.startswith("recurrent_blocks.")]
     absent = [k for k in shared if k not in theirs or theirs[k].shape != ours[k].shape]
+    absent += [k for k in theirs if not k.startswith("blocks.") and k not in ours]
     if absent:
-        raise ValueError(f"teacher ({type(teacher).__name__}) lacks or reshapes the embedding/head entries {absent}")
+        raise ValueError(f"teacher ({type(teacher).__name__}) and its Raptor disagree on the embedding/head "
+                         f"entries {absent}")
     surrogate.load_state_dict({k: theirs[k] for k in shared}, strict=False)
     return surrogate
 
