@@ -47,7 +47,12 @@ _DINAT = ("DiNAT, arXiv 2209.15001; ImageNet table of SHI-Labs/Neighborhood-Atte
 _MAXVIT = "MaxViT, arXiv 2204.01697, Table 1 (ImageNet-1k, 224/384/512)"
 _SWINV2 = ("Swin-V2, arXiv 2111.09883; ImageNet-1k model zoo of microsoft/Swin-Transformer (torchvision's table gives "
            "28.4/49.7/87.9 M and 5.94/11.55/20.32 G for window 8)")
+_DEPENDENCYVIT = ("DependencyViT, arXiv 2304.03282: its ImageNet-1k table could not be read here and no release "
+                  "gives figures (no official code; the configs follow timm PR #2062), so none is recorded")
 PUBLISHED: dict[str, Published] = {
+    "visattn_dependencyvit_tiny_patch16_224": Published(None, None, 224, _DEPENDENCYVIT),
+    "visattn_dependencyvit_small_patch16_224": Published(None, None, 224, _DEPENDENCYVIT),
+    "visattn_dependencyvit_lite_tiny_patch16_224": Published(None, None, 224, _DEPENDENCYVIT),
     "visattn_maxvit_tiny_tf_224": Published(31, 5.6, 224, _MAXVIT),
     "visattn_maxvit_tiny_tf_384": Published(31, 17.7, 384, _MAXVIT),
     "visattn_maxvit_tiny_tf_512": Published(31, 33.7, 512, _MAXVIT),
