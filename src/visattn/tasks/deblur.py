@@ -160,9 +160,10 @@ def rotational_blur(images: Tensor, angle: float | Tensor, center: Tensor | None
 def random_blur(images: Tensor, generator: torch.Generator, max_length: float = 15.0,
                 max_rotation: float = math.radians(12.0), kinds: Sequence[str] = ("motion", "rotation", "both")
                 ) -> Tensor:
-    """Blur each image with a kind drawn from ``kinds``: linear motion (length uniform in ``[max_length / 2, max_length]``,
-    angle uniform), rotation (angle uniform in ``[max_rotation / 2, max_rotation]``, either sense, centre uniform over the middle
-    half of the image) or both. ``generator`` (a CPU ``torch.Generator``) makes it reproducible."""
+    """Blur each image with a kind drawn from ``kinds``: linear motion (length uniform in
+    ``[max_length / 2, max_length]``, angle uniform), rotation (angle uniform in ``[max_rotation / 2, max_rotation]``,
+    either sense, centre uniform over the middle half of the image) or both. ``generator`` (a CPU
+    ``torch.Generator``) makes it reproducible."""
     images = _check_images(images)
     allowed = ("motion", "rotation", "both")
     if not kinds or any(k not in allowed for k in kinds):
