@@ -47,12 +47,19 @@ _DINAT = ("DiNAT, arXiv 2209.15001; ImageNet table of SHI-Labs/Neighborhood-Atte
 _MAXVIT = "MaxViT, arXiv 2204.01697, Table 1 (ImageNet-1k, 224/384/512)"
 _SWINV2 = ("Swin-V2, arXiv 2111.09883; ImageNet-1k model zoo of microsoft/Swin-Transformer (torchvision's table gives "
            "28.4/49.7/87.9 M and 5.94/11.55/20.32 G for window 8)")
+_POLY = ("arXiv 2306.07470 keeps the base architecture (anchoring has no parameters; the ViTs swap the position "
+         "embedding for a 3x3 depthwise PEG, -0.07 M); its own size table could not be read here, so these are the "
+         "base models' figures")
 _DEPENDENCYVIT = ("DependencyViT, arXiv 2304.03282: its ImageNet-1k table could not be read here and no release "
                   "gives figures (no official code; the configs follow timm PR #2062), so none is recorded")
 PUBLISHED: dict[str, Published] = {
     "visattn_dependencyvit_tiny_patch16_224": Published(None, None, 224, _DEPENDENCYVIT),
     "visattn_dependencyvit_small_patch16_224": Published(None, None, 224, _DEPENDENCYVIT),
     "visattn_dependencyvit_lite_tiny_patch16_224": Published(None, None, 224, _DEPENDENCYVIT),
+    "visattn_polyvit_tiny_patch16_224": Published(5, None, 224, f"{_POLY}: {_DEIT}"),
+    "visattn_polyvit_small_patch16_224": Published(22, 4.6, 224, f"{_POLY}: {_DEIT}; FLOPs: {_SWIN}"),
+    "visattn_polyvit_base_patch16_224": Published(86, 17.5, 224, f"{_POLY}: {_DEIT}; FLOPs: {_SWIN}"),
+    "visattn_polyswin_tiny_patch4_window7_224": Published(28, 4.5, 224, f"{_POLY}: Swin, arXiv 2103.14030, Table 1(a)"),
     "visattn_maxvit_tiny_tf_224": Published(31, 5.6, 224, _MAXVIT),
     "visattn_maxvit_tiny_tf_384": Published(31, 17.7, 384, _MAXVIT),
     "visattn_maxvit_tiny_tf_512": Published(31, 33.7, 512, _MAXVIT),
@@ -117,3 +124,15 @@ PUBLISHED: dict[str, Published] = {
     "visattn_dinat_isotropic_base": Published(86, 16.9, 224, _DINAT),
 }
 """Published figures by registered model name."""
+
+_MORPH = ("MORPH, arXiv 2509.21670: the paper's size table could not be read here; lanl/MORPH's "
+          "config/argument_parser.py states ~480 M for L with its 16-step positional table, none for Ti/S/M")
+PUBLISHED_TASK_MODELS: dict[str, Published] = {
+    "morph_ti": Published(None, None, 128, _MORPH),
+    "morph_s": Published(None, None, 128, _MORPH),
+    "morph_m": Published(None, None, 128, _MORPH),
+    "morph_l": Published(480, None, 128, _MORPH),
+}
+"""Published figures of the task models that are not timm classifiers (``visattn.models.morph``'s
+``create_morph(size)`` as ``morph_<size>``), counted beside them in docs/tasks.md; ``img_size`` is the side of the
+published 2-D example input (128 x 128)."""
