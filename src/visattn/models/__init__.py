@@ -22,6 +22,7 @@ from . import dependency_vit as dependency_vit
 from . import dinat as dinat
 from . import fasternet as fasternet
 from . import halonet as halonet
+from . import infvit as infvit
 from . import inline as inline
 from . import l2vit as l2vit
 from . import maxvit as maxvit
@@ -29,6 +30,7 @@ from . import nat as nat
 from . import patnet as patnet
 from . import raptor as raptor
 from . import shift_equivariant as shift_equivariant
+from . import sparsifiner as sparsifiner
 from . import swin_v2 as swin_v2
 from . import vit as vit
 
