@@ -1,0 +1,128 @@
+"""visattn.tasks.deblur: the blur generator against scipy/scikit-image oracles in float64, the loss, the metrics,
+errors, and a tiny RST whose loss falls."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from visattn.models.rst import RadialStripTransformer
+from visattn.tasks import deblur
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def test_motion_kernels_sum_to_one_and_follow_the_angle():
+    length = torch.tensor([0.0, 6.0, 6.0], dtype=torch.float64)
+    angle = torch.tensor([0.3, 0.0, math.pi / 2], dtype=torch.float64)
+    k = deblur.motion_blur_kernel(length, angle, 9)
+    torch.testing.assert_close(k.sum(dim=(1, 2)), torch.ones(3, dtype=torch.float64))
+    assert k[0, 4, 4] == 1.0, "length 0 is the identity"
+    assert k[1].nonzero()[:, 0].unique().tolist() == [4], "angle 0 is a horizontal line"
+    torch.testing.assert_close(k[2], k[1].t(), rtol=0, atol=1e-12)
+    torch.testing.assert_close(k[1], k[1].flip(-1), rtol=0, atol=1e-12)
+    assert k[1].nonzero()[:, 1].tolist() == list(range(1, 8)), "6 pixels long: columns 1..7 (end points shared)"
+
+
+def test_linear_motion_blur_matches_scipy_correlation():
+    from scipy.ndimage import correlate
+
+    g = torch.Generator().manual_seed(0)
+    images = torch.rand(2, 3, 13, 17, generator=g, dtype=torch.float64)
+    length = torch.tensor([5.0, 3.5], dtype=torch.float64)
+    angle = torch.tensor([0.7, -1.2], dtype=torch.float64)
+    out = deblur.linear_motion_blur(images, length, angle)
+    kernels = deblur.motion_blur_kernel(length, angle, 7).numpy()
+    for b in range(2):
+        for c in range(3):
+            expected = correlate(images[b, c].numpy(), kernels[b], mode="nearest")
+            np.testing.assert_allclose(out[b, c].numpy(), expected, rtol=0, atol=1e-12)
+
+
+def test_rotational_blur_matches_scikit_image_rotations():
+    """The mean over angles symmetric about 0 does not depend on the rotation's sense; scikit-image rotates about
+    ((W - 1) / 2, (H - 1) / 2) bilinearly with edge replication, as rotational_blur does by default."""
+    from skimage.transform import rotate
+
+    g = torch.Generator().manual_seed(1)
+    images = torch.rand(1, 2, 15, 21, generator=g, dtype=torch.float64)
+    spread, steps = 0.3, 5
+    out = deblur.rotational_blur(images, spread, steps=steps)
+    angles = np.linspace(-spread / 2, spread / 2, steps)
+    for c in range(2):
+        expected = np.mean([rotate(images[0, c].numpy(), math.degrees(a), order=1, mode="edge") for a in angles],
+                           axis=0)
+        np.testing.assert_allclose(out[0, c, 2:-2, 2:-2].numpy(), expected[2:-2, 2:-2], rtol=0, atol=1e-9)
+
+
+def test_rotational_blur_of_zero_angle_is_the_identity_and_centres_are_per_image():
+    images = torch.rand(2, 3, 16, 16, dtype=torch.float64)
+    torch.testing.assert_close(deblur.rotational_blur(images, 0.0), images, rtol=0, atol=1e-12)
+    centre = torch.tensor([[2.0, 3.0], [10.0, 12.0]], dtype=torch.float64)
+    a = deblur.rotational_blur(images, 0.4, centre)
+    b = deblur.rotational_blur(images, 0.4)
+    assert not torch.allclose(a, b)
+
+
+def test_random_blur_is_seeded_and_blurs():
+    images = deblur.random_crops(deblur.sample_images(("astronaut",)), 4, 32, torch.Generator().manual_seed(0))
+    one = deblur.random_blur(images, torch.Generator().manual_seed(5))
+    two = deblur.random_blur(images, torch.Generator().manual_seed(5))
+    three = deblur.random_blur(images, torch.Generator().manual_seed(6))
+    assert torch.equal(one, two) and not torch.equal(one, three)
+    assert one.shape == images.shape
+    assert deblur.psnr(one.clamp(0, 1), images) < 40
+
+
+def test_loss_is_l1_plus_a_tenth_of_the_spectrum_l1():
+    g = torch.Generator().manual_seed(2)
+    pred, target = torch.rand(2, 3, 8, 10, generator=g, dtype=torch.float64), torch.rand(2, 3, 8, 10, generator=g,
+                                                                                          dtype=torch.float64)
+    p, t = np.fft.rfft2(pred.numpy()), np.fft.rfft2(target.numpy())
+    spectral = np.mean(np.abs(np.stack([p.real - t.real, p.imag - t.imag])))
+    expected = np.mean(np.abs(pred.numpy() - target.numpy())) + 0.1 * spectral
+    assert deblur.deblur_loss(pred, target).item() == pytest.approx(expected, rel=1e-12)
+    assert deblur.deblur_loss(pred, pred).item() == 0.0
+
+
+def test_psnr_and_ssim_are_scikit_images():
+    g = torch.Generator().manual_seed(3)
+    target = torch.rand(2, 3, 16, 16, generator=g, dtype=torch.float64)
+    pred = (target + 0.05 * torch.randn(target.shape, generator=g, dtype=torch.float64)).clamp(0, 1)
+    mse = ((pred - target) ** 2).mean(dim=(1, 2, 3))
+    assert deblur.psnr(pred, target) == pytest.approx(float((10 * torch.log10(1 / mse)).mean()), rel=1e-9)
+    assert 0 < deblur.ssim(pred, target) < deblur.ssim(target, target) == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize(("call", "error", "match"), [
+    (lambda: deblur.linear_motion_blur(torch.rand(3, 8, 8), 3.0, 0.0), ValueError, "images"),
+    (lambda: deblur.linear_motion_blur(torch.rand(1, 3, 8, 8), -1.0, 0.0), ValueError, "length"),
+    (lambda: deblur.linear_motion_blur(torch.rand(1, 3, 8, 8), 30.0, 0.0), ValueError, "length"),
+    (lambda: deblur.rotational_blur(torch.rand(1, 3, 8, 8), 0.1, steps=0), ValueError, "steps"),
+    (lambda: deblur.random_blur(torch.rand(1, 3, 8, 8), torch.Generator(), kinds=("zoom",)), ValueError, "kinds"),
+    (lambda: deblur.random_crops(deblur.sample_images(("coins",)), 2, 4000, torch.Generator()), ValueError, "size"),
+    (lambda: deblur.sample_images(("no_such_image",)), ValueError, "names"),
+    (lambda: deblur.deblur_loss(torch.rand(1, 3, 8, 8), torch.rand(1, 3, 8, 4)), ValueError, "one shape"),
+])
+def test_bad_inputs_raise(call, error, match):
+    with pytest.raises(error, match=match):
+        call()
+
+
+def test_tiny_rst_loss_falls_on_blurred_crops():
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(0)
+    blurred, sharp = deblur.deblur_pairs(deblur.sample_images(("astronaut", "chelsea")), 4, 32, g)
+    model = RadialStripTransformer(dim=8, num_blocks=(1, 1, 1), num_refinement_blocks=1, img_size=32)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=1e-3, betas=(0.9, 0.9))
+    losses = []
+    for _ in range(15):
+        loss = deblur.deblur_loss(model(blurred), sharp)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert sum(losses[-3:]) / 3 < 0.8 * losses[0], losses
