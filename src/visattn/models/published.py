@@ -52,7 +52,14 @@ _POLY = ("arXiv 2306.07470 keeps the base architecture (anchoring has no paramet
          "base models' figures")
 _DEPENDENCYVIT = ("DependencyViT, arXiv 2304.03282: its ImageNet-1k table could not be read here and no release "
                   "gives figures (no official code; the configs follow timm PR #2062), so none is recorded")
+_SPARSIFINER = ("Sparsifiner, arXiv 2303.13755: its ImageNet-1k table could not be read here and the release "
+                "(lim142857/Sparsifiner) states no sizes, so none is recorded")
+_INFVIT = ("InfSA, arXiv 2603.00175; results table of giorgioroffo/infinite-self-attention's README (Linear InfViT 4L: "
+           "53.5 M, 59 GFLOPs at 224, counting convention not stated; the configuration is inferred, see "
+           "visattn.models.infvit)")
 PUBLISHED: dict[str, Published] = {
+    "visattn_sparsifiner_deit_small_patch16_224": Published(None, None, 224, _SPARSIFINER),
+    "visattn_infvit_linear_patch16_224": Published(53.5, 59, 224, _INFVIT),
     "visattn_dependencyvit_tiny_patch16_224": Published(None, None, 224, _DEPENDENCYVIT),
     "visattn_dependencyvit_small_patch16_224": Published(None, None, 224, _DEPENDENCYVIT),
     "visattn_dependencyvit_lite_tiny_patch16_224": Published(None, None, 224, _DEPENDENCYVIT),
