@@ -55,11 +55,11 @@ _DEPENDENCYVIT = ("DependencyViT, arXiv 2304.03282: its ImageNet-1k table could 
 _SPARSIFINER = ("Sparsifiner, arXiv 2303.13755: its ImageNet-1k table could not be read here and the release "
                 "(lim142857/Sparsifiner) states no sizes, so none is recorded")
 _INFVIT = ("InfSA, arXiv 2603.00175; results table of giorgioroffo/infinite-self-attention's README (Linear InfViT 4L: "
-           "53.5 M, 59 GFLOPs at 224, counting convention not stated; the configuration is inferred, see "
-           "visattn.models.infvit)")
+           "53.5 M; the configuration is inferred, see visattn.models.infvit). Its 59 GFLOPs at 224 is not recorded: "
+           "it is the 24-layer ViT-L/16's count (about 60 G multiply-adds), not a 4-layer network's (10.1 G counted)")
 PUBLISHED: dict[str, Published] = {
     "visattn_sparsifiner_deit_small_patch16_224": Published(None, None, 224, _SPARSIFINER),
-    "visattn_infvit_linear_patch16_224": Published(53.5, 59, 224, _INFVIT),
+    "visattn_infvit_linear_patch16_224": Published(53.5, None, 224, _INFVIT),
     "visattn_dependencyvit_tiny_patch16_224": Published(None, None, 224, _DEPENDENCYVIT),
     "visattn_dependencyvit_small_patch16_224": Published(None, None, 224, _DEPENDENCYVIT),
     "visattn_dependencyvit_lite_tiny_patch16_224": Published(None, None, 224, _DEPENDENCYVIT),
