@@ -263,13 +263,17 @@ class Trainer:
         self.scheduler.step()
         return all_reduce_mean(loss.detach(), self.context)
 
-    @torch.no_grad()
     def evaluate(self) -> dict[str, dict[str, float]]:
         """Accuracy and mean loss on every eval set, each rank taking every ``world_size``-th sample."""
+        return self.evaluate_sets(self.evals)
+
+    @torch.no_grad()
+    def evaluate_sets(self, sets: Mapping[str, tuple[Tensor, Tensor]]) -> dict[str, dict[str, float]]:
+        """Accuracy and mean loss of the model (as trained by :meth:`fit`) on each of ``sets``."""
         self.model.eval()
         device, rank, world = self.context.device, self.context.rank, self.context.world_size
         results = {}
-        for name, (images, labels) in self.evals.items():
+        for name, (images, labels) in sets.items():
             mine = torch.arange(rank, len(labels), world)
             totals = torch.zeros(3, dtype=torch.float64, device=device)
             for start in range(0, len(mine), self.config.eval_batch_size):
