@@ -23,7 +23,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from . import bench, cli_lens
+from . import bench, cli_arena, cli_lens
 from .bench import model as bench_model
 from .bench import tables
 from .bench.model import DEFAULT_IMG_SIZES, ModelBenchReport, ModelBenchSettings, check_model_name, iter_model_bench
@@ -181,6 +181,7 @@ def _parser() -> argparse.ArgumentParser:
                      help="write the PNG plot to this file (default: bench.png beside the default JSON)")
     run.add_argument("--no-save", action="store_true", help="write no JSON or plot unless --json/--plot name one")
     cli_lens.add_parser(commands)
+    cli_arena.add_parser(commands)
     citing = commands.add_parser("cite", help="BibTeX of the paper(s) behind a mixer, edit, metric or paper",
                                  description="Print the BibTeX of the paper(s) behind NAME, from the paper table "
                                              "that feeds the docs; visattn's own entry without NAME.")
@@ -314,6 +315,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "cite":
             out.print(cite(args.name), end="", highlight=False, markup=False, soft_wrap=True)
             return 0
+        if args.command == "arena":
+            return cli_arena.execute(args, out, err)
         if args.command == "lens":
             from .lens import command as lens_command
 
