@@ -57,6 +57,10 @@ _SPARSIFINER = ("Sparsifiner, arXiv 2303.13755: its ImageNet-1k table could not 
 _INFVIT = ("InfSA, arXiv 2603.00175; results table of giorgioroffo/infinite-self-attention's README (Linear InfViT 4L: "
            "53.5 M; the configuration is inferred, see visattn.models.infvit). Its 59 GFLOPs at 224 is not recorded: "
            "it is the 24-layer ViT-L/16's count (about 60 G multiply-adds), not a 4-layer network's (10.1 G counted)")
+_RST = ("RST, arXiv 2404.00358: its size table could not be read here; the layout is the authors' "
+        "release (Calvin11311/MDT, options/train/GoPro.yml), so no figure is recorded")
+_RTNET = ("RTNet, arXiv 2102.02717: no parameter count could be read here (paper or hhj1897/face_parsing), "
+          "so none is recorded")
 PUBLISHED: dict[str, Published] = {
     "visattn_sparsifiner_deit_small_patch16_224": Published(None, None, 224, _SPARSIFINER),
     "visattn_infvit_linear_patch16_224": Published(53.5, None, 224, _INFVIT),
@@ -129,6 +133,9 @@ PUBLISHED: dict[str, Published] = {
     "visattn_dinat_isotropic_small": Published(22, 4.3, 224, _DINAT),
     "visattn_nat_isotropic_base": Published(86, 16.9, 224, _DINAT),
     "visattn_dinat_isotropic_base": Published(86, 16.9, 224, _DINAT),
+    "visattn_rst": Published(None, None, 128, _RST),
+    "visattn_rtnet50": Published(None, None, 512, _RTNET),
+    "visattn_rtnet101": Published(None, None, 512, _RTNET),
 }
 """Published figures by registered model name."""
 
