@@ -31,6 +31,7 @@ from . import patnet as patnet
 from . import raptor as raptor
 from . import rst as rst
 from . import rtnet as rtnet
+from . import s2lic as s2lic
 from . import shift_equivariant as shift_equivariant
 from . import sparsifiner as sparsifiner
 from . import swin_v2 as swin_v2

@@ -61,6 +61,8 @@ _RST = ("RST, arXiv 2404.00358: its size table could not be read here; the layou
         "release (Calvin11311/MDT, options/train/GoPro.yml), so no figure is recorded")
 _RTNET = ("RTNet, arXiv 2102.02717: no parameter count could be read here (paper or hhj1897/face_parsing), "
           "so none is recorded")
+_S2LIC = ("S2LIC, arXiv 2403.14471: no parameter count could be read here (paper or wyq2021/S2LIC); the widths of "
+          "the parts the release imports from a private CompressAI fork are ours, so none is recorded")
 PUBLISHED: dict[str, Published] = {
     "visattn_sparsifiner_deit_small_patch16_224": Published(None, None, 224, _SPARSIFINER),
     "visattn_infvit_linear_patch16_224": Published(53.5, None, 224, _INFVIT),
@@ -136,6 +138,7 @@ PUBLISHED: dict[str, Published] = {
     "visattn_rst": Published(None, None, 128, _RST),
     "visattn_rtnet50": Published(None, None, 512, _RTNET),
     "visattn_rtnet101": Published(None, None, 512, _RTNET),
+    "visattn_s2lic": Published(None, None, 256, _S2LIC),
 }
 """Published figures by registered model name."""
 
