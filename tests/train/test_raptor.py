@@ -152,3 +152,35 @@ def test_bad_input_is_refused():
         fit_raptor(teacher, x, phases=[[0, 1, 2, 3]], token_weights=(1.0, 1.0), phase_steps=0, joint_steps=0)
     with pytest.raises(TypeError, match="non-empty `blocks`"):
         teacher_states(nn.Linear(2, 2), x)
+
+
+def test_evaluate_raptor_against_a_direct_computation():
+    """Accuracies, agreement and per-phase R^2 = 1 - SS_res / SS_tot (over tokens, around the channel means), the
+    sums streamed over batches of 3."""
+    teacher = _teacher(2).eval()
+    torch.manual_seed(0)
+    surrogate = raptor_from_teacher(teacher, [[0], [1, 2], [3]], mlp_ratio=2.0).eval()
+    for block in surrogate.recurrent_blocks:
+        with torch.no_grad():
+            block.ls1.gamma.fill_(0.3)
+            block.ls2.gamma.fill_(0.3)
+    x = torch.randn(10, 3, 16, 16)
+    y = torch.randint(0, 3, (10,))
+    measured = evaluate_raptor(surrogate, teacher, (x, y), batch_size=3)
+    with torch.no_grad():
+        states = teacher_states(teacher, x).double()
+        h, r2 = states[0].float(), []
+        outputs = []
+        for step in surrogate.blocks:
+            h = step(h)
+            outputs.append(h.double())
+        for end in (1, 3, 4):
+            target = states[end].flatten(0, 1)
+            residual = (outputs[end - 1].flatten(0, 1) - target).square().sum()
+            r2.append(float(1 - residual / (target - target.mean(0)).square().sum()))
+        teacher_top, surrogate_top = teacher(x).argmax(-1), surrogate(x).argmax(-1)
+    assert measured["phase_r2"] == pytest.approx(r2, abs=1e-9)
+    assert measured["teacher_accuracy"] == pytest.approx(float((teacher_top == y).float().mean()))
+    assert measured["surrogate_accuracy"] == pytest.approx(float((surrogate_top == y).float().mean()))
+    assert measured["agreement"] == pytest.approx(float((teacher_top == surrogate_top).float().mean()))
+    assert min(r2) < 0.99

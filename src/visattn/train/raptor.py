@@ -212,7 +212,9 @@ def evaluate_raptor(surrogate: Raptor, teacher: nn.Module, data: Data, batch_siz
     surrogate.eval()
     ends = [phase[-1] + 1 for phase in surrogate.phases]
     residual = torch.zeros(len(ends), dtype=torch.float64)
-    spread: list[list[Tensor]] = [[] for _ in ends]
+    sums: list[Tensor | float] = [0.0] * len(ends)
+    squares: list[Tensor | float] = [0.0] * len(ends)
+    tokens = 0
     count = agree = teacher_right = surrogate_right = 0
     labelled = True
     try:
@@ -226,8 +228,11 @@ def evaluate_raptor(surrogate: Raptor, teacher: nn.Module, data: Data, batch_siz
                     x = step(x)
                     outputs[layer] = x
                 for i, end in enumerate(ends):
-                    residual[i] += (outputs[end] - states[end]).double().square().sum().cpu()
-                    spread[i].append(states[end].double().flatten(0, 1).cpu())
+                    target = states[end].double().flatten(0, 1)
+                    residual[i] += (outputs[end].double().flatten(0, 1) - target).square().sum().cpu()
+                    sums[i] = sums[i] + target.sum(0).cpu()
+                    squares[i] = squares[i] + target.square().sum(0).cpu()
+                tokens += states.shape[1] * states.shape[2]
                 teacher_top = teacher.forward_head(teacher.norm(states[-1])).argmax(-1)
                 surrogate_top = surrogate(images).argmax(-1)
                 count += len(images)
@@ -245,8 +250,7 @@ def evaluate_raptor(surrogate: Raptor, teacher: nn.Module, data: Data, batch_siz
         raise ValueError("data gave no images to evaluate")
     r2 = []
     for i in range(len(ends)):
-        tokens = torch.cat(spread[i])
-        total = float((tokens - tokens.mean(0)).square().sum())
+        total = float((squares[i] - sums[i].square() / tokens).sum())
         r2.append(1.0 - float(residual[i]) / total if total > 0 else float("nan"))
     return dict(teacher_accuracy=teacher_right / count if labelled else None,
                 surrogate_accuracy=surrogate_right / count if labelled else None,
