@@ -41,9 +41,9 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     arena.add_argument("--size", type=int, default=32, help="training image side in pixels")
     arena.add_argument("--eval-sizes", nargs="+", type=int, default=None, metavar="PIXELS",
                        help="test image sides (extrapolation); the training size x 1, 1.5 and 2 when left out")
-    arena.add_argument("--steps", type=int, default=300, help="optimiser steps per mixer")
+    arena.add_argument("--steps", type=int, default=500, help="optimiser steps per mixer")
     arena.add_argument("--batch", type=int, default=32, help="global batch size (split over the processes)")
-    arena.add_argument("--lr", type=float, default=2e-3, help="peak AdamW learning rate")
+    arena.add_argument("--lr", type=float, default=3e-3, help="peak AdamW learning rate")
     arena.add_argument("--weight-decay", type=float, default=0.05, help="AdamW weight decay (2-d weights only)")
     arena.add_argument("--warmup", type=int, default=20, help="linear warmup steps before the cosine decay")
     arena.add_argument("--train-count", type=int, default=2000, help="training images (generated once, seeded)")
