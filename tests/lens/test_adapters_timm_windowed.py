@@ -70,14 +70,19 @@ def test_captured_maps_equal_timm_unfused_maps(name):
     x = torch.randn(2, 3, size, size, dtype=torch.float64)
     layers = lens.attention_layers(model)
     assert layers and {info.kind for info in layers} == {KINDS[name]}
-    assert all(info.editable and "hidden" not in info.provides for info in layers)
-    with lens.capture(model, what=("probs", "q", "k", "v", "head_outputs")) as rec, torch.no_grad():
+    assert all(info.editable and "hidden" in info.provides for info in layers)
+    with lens.capture(model, what=("probs", "q", "k", "v", "head_outputs", "hidden")) as rec, torch.no_grad():
         out = model(x)
     base, maps = timm_maps(model, x)
     assert len(maps) == len(layers)
     for i in range(len(layers)):
         probs = rec.get("probs", i).tensor
         torch.testing.assert_close(probs, maps[i], atol=1e-12, rtol=1e-10)
+        layout, hidden = rec.layout(i), rec.get("hidden", i).tensor
+        assert layout.windows * 2 == probs.shape[0] and layout.queries.shape[1] == probs.shape[-1]
+        assert hidden.dim() == 3 and hidden.shape[0] == 2
+        assert sorted(map(tuple, layout.queries.reshape(-1, 2).tolist())) == [
+            (y, x) for y in range(layout.grid[0]) for x in range(layout.grid[1])]
         torch.testing.assert_close(rec.get("head_outputs", i).tensor, probs @ rec.get("v", i).tensor)
     torch.testing.assert_close(out, base, atol=1e-10, rtol=1e-10)
     assert all("forward" not in m.__dict__ for m in model.modules())

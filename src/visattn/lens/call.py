@@ -11,6 +11,8 @@ from dataclasses import dataclass, replace
 
 from torch import Tensor
 
+from .layout import TokenLayout
+
 
 @dataclass
 class AttentionCall:
@@ -28,6 +30,8 @@ class AttentionCall:
         grid: spatial layout of the image tokens, where known (e.g. ``(14, 14)``).
         num_prefix_tokens: tokens in front of the grid (class, register), where known.
         image_tokens: index tensor of the visual tokens in the sequence, where known (vision-language models).
+        layout: where the call's grid queries and keys lie on the layer's feature map (windows, blocks, halos),
+            where the adapter knows it (:class:`~visattn.lens.layout.TokenLayout`).
     """
 
     layer: int
@@ -41,6 +45,7 @@ class AttentionCall:
     grid: tuple[int, ...] | None = None
     num_prefix_tokens: int = 0
     image_tokens: Tensor | None = None
+    layout: TokenLayout | None = None
 
     def with_qkv(self, q: Tensor, k: Tensor, v: Tensor) -> AttentionCall:
         """A copy with other q, k, v (for edits that act on them)."""

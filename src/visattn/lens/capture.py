@@ -37,6 +37,7 @@ from torch import Tensor, nn
 from .adapters import WHAT, Attachment, LayerInfo
 from .call import AttentionCall
 from .compute import pushed
+from .layout import TokenLayout, flatten_hidden
 
 DIMS = {
     "probs": ("batch", "head", "query", "key"),
@@ -88,6 +89,7 @@ class Recording:
         self.layers = tuple(layers)
         self.what = tuple(what)
         self.entries: dict[int, list[dict[str, Record]]] = {i: [] for i in self.layers}
+        self.layouts: dict[int, list[TokenLayout | None]] = {i: [] for i in self.layers}
 
     def __repr__(self) -> str:
         calls = {i: len(e) for i, e in self.entries.items()}
@@ -114,6 +116,18 @@ class Recording:
             raise ValueError(f"call {call} out of range: layer {layer} has {len(entries)} recorded calls")
         return entries[call][what]
 
+    def layout(self, layer: int, call: int = -1) -> TokenLayout | None:
+        """Where the grid queries and keys of ``layer``'s attention call ``call`` lie on its feature map (windows,
+        blocks, halos), or None where the adapter does not know."""
+        self._check(layer=layer)
+        layouts = self.layouts[layer]
+        if not layouts:
+            raise ValueError(f"nothing recorded at layer {layer} ({self.infos[layer].name!r}) yet: run the model "
+                             f"inside the capture context")
+        if not -len(layouts) <= call < len(layouts):
+            raise ValueError(f"call {call} out of range: layer {layer} has {len(layouts)} recorded calls")
+        return layouts[call]
+
     def all(self, what: str, layer: int) -> list[Record]:
         """The records of ``what`` at ``layer`` from every call, oldest first."""
         self._check(what, layer)
@@ -134,6 +148,8 @@ class Recording:
         """Forget every entry (keep recording into the same object)."""
         for entries in self.entries.values():
             entries.clear()
+        for layouts in self.layouts.values():
+            layouts.clear()
 
     def _check(self, what: str | None = None, layer: int | None = None) -> None:
         if what is not None and what not in self.what:
@@ -150,10 +166,11 @@ class Recording:
             tensor = tensors.get(what) if what in ("probs", "logits", "head_outputs") else getattr(call, what)
             if tensor is None:
                 raise ValueError(f"layer {call.layer} ({call.name!r}) did not provide {what!r} in this call")
-            if what == "hidden" and tensor.dim() == 2:
-                tensor = tensor.unsqueeze(0)
+            if what == "hidden":
+                tensor = flatten_hidden(tensor, None if call.layout is None else call.layout.grid)
             entry[what] = Record(tensor.detach() if detach else tensor, DIMS[what])
         self.entries[call.layer].append(entry)
+        self.layouts[call.layer].append(call.layout)
 
 
 def check_what(what: str | Sequence[str]) -> tuple[str, ...]:

@@ -1,4 +1,4 @@
-"""``visattn lens IMAGE --model NAME_OR_CHECKPOINT``: capture a ViT's attention on one image, measure it, draw it.
+"""``visattn lens IMAGE --model NAME_OR_CHECKPOINT``: capture a model's attention on one image, measure it, draw it.
 
 The model is a timm model name built with random weights unless ``--pretrained`` is given (a warning says so;
 the weights come from the Hugging Face cache, and when they are not there and the Hub cannot be reached the run
@@ -13,6 +13,12 @@ grid keys, CARVE), ``distance`` (mean attention distance in patches), ``sinks`` 
 massive-activation dims and sink tokens, VAR), ``rollout``, ``grad_rollout`` (gradient rollout of the top class),
 ``phases`` (layer dissimilarity and max-cut phases, Raptor). Rollouts run over the captured layers only.
 
+That is the report of a ViT-style model, whose layers all attend over its patch grid
+(:class:`~visattn.lens.measurements.GridMeasurements`). Models whose layers attend in windows, blocks, halos or
+neighborhoods of shrinking feature maps (Swin, MaxViT, DaViT, HaloNet, NAT/DiNAT, L2ViT, InLine-Swin, PATNet) get
+:class:`~visattn.lens.map_measurements.MapMeasurements`: entropy, mean attention distance in input pixels and maps
+of the attention each position receives, read through each call's token layout; rollouts do not apply there.
+
 The output folder is checked before the model is built; bad values and unreadable files raise ``ValueError``,
 which ``visattn`` prints as one line. The arguments are defined in :mod:`visattn.cli_lens`.
 """
@@ -21,14 +27,11 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import json
 import logging
 import math
 import os
 import pickle
 import socket
-from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -42,10 +45,11 @@ from torch import Tensor, nn
 
 from ..cli_lens import METRICS, parse_model_kwargs
 from ..cli_paths import check_output_folder
-from . import metrics, plots
 from .capture import capture
+from .map_measurements import MapMeasurements
+from .measurements import GridMeasurements, LensOptions, LensOutput
 from .metrics import SINK_TAU
-from .report import Picture, Report, format_value
+from .report import format_value
 
 logger = logging.getLogger("visattn.lens")
 
@@ -54,35 +58,6 @@ __all__ = ["METRICS", "LensOptions", "LensOutput", "build_model", "execute", "la
 
 HUB_TIMEOUT_S = 3.0
 """Seconds to wait for a connection to the Hugging Face Hub before calling it unreachable."""
-
-
-@dataclass
-class LensOptions:
-    """Everything ``visattn lens`` needs; ``metrics=None`` means every metric that applies to the model."""
-
-    image: Path
-    model: str
-    model_name: str | None = None
-    model_kwargs: dict[str, Any] = field(default_factory=dict)
-    pretrained: bool = False
-    layers: tuple[int, ...] | None = None
-    metrics: tuple[str, ...] | None = None
-    out: Path = Path("visattn-lens")
-    query: int | None = None
-    sink_tau: float = SINK_TAU
-    phase_eps: float = 0.1
-    seed: int = 0
-
-
-@dataclass
-class LensOutput:
-    """The files one run wrote and what it measured."""
-
-    report: Path
-    json: Path
-    pictures: list[Path]
-    per_layer: dict[str, dict[int, float]]
-    summary: dict[str, str]
 
 
 def _register_visattn_models() -> None:
@@ -220,11 +195,22 @@ def layout(model: nn.Module, x: Tensor) -> tuple[tuple[int, ...], int]:
     """The patch grid and the number of prefix tokens of a ViT-style model for input ``x``."""
     patch_embed = getattr(model, "patch_embed", None)
     if patch_embed is None:
-        raise ValueError(f"{type(model).__name__} has no patch_embed: visattn lens needs a ViT-style model whose "
-                         "tokens lie on a patch grid")
+        raise ValueError(f"{type(model).__name__} has no patch_embed: it is not a ViT-style model whose tokens lie on "
+                         "one patch grid")
     dynamic = getattr(patch_embed, "dynamic_feat_size", None)
     grid = dynamic(tuple(x.shape[-2:])) if dynamic is not None else patch_embed.grid_size
     return tuple(int(g) for g in grid), int(getattr(model, "num_prefix_tokens", 0) or 0)
+
+
+def _vit_layout(model: nn.Module, x: Tensor, probs: dict[int, Tensor]) -> tuple[tuple[int, ...], int] | None:
+    """The patch grid and prefix count when every captured layer attends over exactly them, else None."""
+    if getattr(model, "patch_embed", None) is None or not hasattr(model.patch_embed, "grid_size"):
+        return None
+    grid, prefix = layout(model, x)
+    tokens = prefix + math.prod(grid)
+    if any(p.dim() != 4 or p.shape[-2:] != (tokens, tokens) for p in probs.values()):
+        return None
+    return grid, prefix
 
 
 def _chosen_metrics(options: LensOptions) -> tuple[tuple[str, ...], bool]:
@@ -244,20 +230,19 @@ def run(options: LensOptions) -> LensOutput:
     torch.manual_seed(options.seed)
     model = build_model(options)
     picture_input, picture = prepare(model, image)
-    grid, prefix = layout(model, picture_input)
     need_hidden = "sinks" in chosen or "phases" in chosen
-    need_grad = "grad_rollout" in chosen
+    need_grad = "grad_rollout" in chosen and hasattr(getattr(model, "patch_embed", None), "grid_size")
     what = ("probs", "hidden") if need_hidden else ("probs",)
     with torch.set_grad_enabled(need_grad), capture(model, options.layers, what, detach=not need_grad) as rec:
         output = model(picture_input)
     layers = rec.layers
     probs = {layer: rec.get("probs", layer).tensor for layer in layers}
-    tokens = prefix + math.prod(grid)
-    for layer, p in probs.items():
-        if p.shape[-1] != tokens:
-            raise ValueError(f"layer {layer} attends over {p.shape[-1]} tokens, but the patch grid {grid} plus "
-                             f"{prefix} prefix tokens gives {tokens}")
-    measured = _Measurements(options, grid, prefix, layers, explicit)
+    vit = _vit_layout(model, picture_input, probs)
+    if vit is not None:
+        measured = GridMeasurements(options, *vit, layers, explicit)
+    else:
+        layouts = {layer: rec.layout(layer) for layer in layers}
+        measured = MapMeasurements(options, layers, explicit, layouts, tuple(picture_input.shape[-2:]))
     measured.attention(chosen, probs)
     if need_hidden:
         hidden = {layer: rec.get("hidden", layer).tensor.detach() for layer in layers}
@@ -265,129 +250,6 @@ def run(options: LensOptions) -> LensOutput:
     if need_grad:
         measured.gradients(output, probs)
     return measured.write(model, picture, {layer: p.detach() for layer, p in probs.items()})
-
-
-class _Measurements:
-    """The numbers, maps and notes of one run, filled metric by metric."""
-
-    def __init__(self, options: LensOptions, grid: tuple[int, ...], prefix: int, layers: tuple[int, ...],
-                 explicit: bool) -> None:
-        self.options, self.grid, self.prefix, self.layers, self.explicit = options, grid, prefix, layers, explicit
-        self.per_layer: dict[str, dict[int, float]] = {}
-        self.per_head: dict[str, dict[int, list[float]]] = {}
-        self.summary: dict[str, str] = {}
-        self.maps: dict[str, Tensor] = {}
-        self.notes: list[str] = []
-        self.similarity: tuple[Tensor, list[list[int]]] | None = None
-
-    def skip(self, metric: str, reason: str) -> None:
-        if self.explicit:
-            raise ValueError(f"--metrics {metric}: {reason}")
-        self.notes.append(f"{metric} skipped: {reason}.")
-
-    def attention(self, chosen: Sequence[str], probs: dict[int, Tensor]) -> None:
-        detached = {layer: p.detach() for layer, p in probs.items()}
-        if "entropy" in chosen:
-            self.per_layer[f"entropy over grid keys (max ln {math.prod(self.grid)} = "
-                           f"{math.log(math.prod(self.grid)):.3g})"] = {
-                layer: float(metrics.attention_entropy(p, keys=slice(self.prefix, None)).mean())
-                for layer, p in detached.items()}
-        if "distance" in chosen:
-            name = "mean attention distance (patches)"
-            per_head = {layer: metrics.mean_attention_distance(p, self.grid, self.prefix).mean(dim=0)
-                        for layer, p in detached.items()}
-            self.per_layer[name] = {layer: float(d.mean()) for layer, d in per_head.items()}
-            self.per_head[name] = {layer: d.tolist() for layer, d in per_head.items()}
-        if "rollout" in chosen:
-            stacked = [detached[layer] for layer in self.layers]
-            self.maps["attention rollout"] = self._query_map(metrics.attention_rollout(stacked))
-
-    def hidden_states(self, chosen: Sequence[str], hidden: dict[int, Tensor]) -> None:
-        if "sinks" in chosen:
-            tau = self.options.sink_tau
-            everything = torch.cat([h.reshape(-1, h.shape[-1]) for h in hidden.values()])
-            channels = everything.shape[-1]
-            self.per_layer["max |x|/RMS"] = {
-                layer: float(metrics.rms_ratio(h).amax()) for layer, h in hidden.items()}
-            dims = metrics.massive_activation_dims(everything, threshold=tau)
-            if dims.numel():
-                self.summary["massive-activation dims"] = ", ".join(map(str, dims.tolist()))
-                self.per_layer[f"sink tokens (phi > {tau:g})"] = {
-                    layer: float(metrics.sink_tokens(h, dims, tau).sum(dim=-1).float().mean())
-                    for layer, h in hidden.items()}
-            else:
-                self.summary["massive-activation dims"] = (f"none: no |x|/RMS above tau = {tau:g} (it is at most "
-                                                           f"sqrt(C) = {math.sqrt(channels):.3g} for C = {channels})")
-        if "phases" in chosen:
-            if len(self.layers) < 2:
-                self.skip("phases", "layer dissimilarity needs at least 2 captured layers")
-                return
-            weights = metrics.layer_dissimilarity([hidden[layer] for layer in self.layers], self.prefix)
-            found = metrics.max_cut_phases(weights, eps=self.options.phase_eps)
-            phases = [[self.layers[i] for i in phase] for phase in found]
-            self.similarity = (weights, found)
-            self.summary[f"phases (max-cut, eps = {self.options.phase_eps:g})"] = " | ".join(
-                ", ".join(map(str, phase)) for phase in phases)
-
-    def gradients(self, output: Any, probs: dict[int, Tensor]) -> None:
-        if not isinstance(output, Tensor) or output.dim() != 2 or output.shape[-1] < 1:
-            self.skip("grad_rollout", "it needs a classifier output (batch, classes) to differentiate")
-            return
-        top = int(output[0].argmax())
-        inputs = [probs[layer] for layer in self.layers]
-        grads = torch.autograd.grad(output[0, top], inputs, allow_unused=True)
-        grads = [torch.zeros_like(p) if g is None else g for p, g in zip(inputs, grads, strict=True)]
-        relevance = metrics.gradient_rollout([p.detach() for p in inputs], grads)
-        self.maps[f"gradient rollout (class {top})"] = self._query_map(relevance)
-
-    def _query_map(self, relevance: Tensor) -> Tensor:
-        rows = relevance[0].unsqueeze(0).unsqueeze(0)
-        return plots.query_maps(rows, self.grid, self.prefix, self.options.query)[0, 0]
-
-    def write(self, model: nn.Module, picture: np.ndarray, probs: dict[int, Tensor]) -> LensOutput:
-        out = Path(self.options.out)
-        out.mkdir(parents=True, exist_ok=True)
-        last = self.layers[-1]
-        heads = {layer: plots.query_maps(p, self.grid, self.prefix, self.options.query)[0]
-                 for layer, p in probs.items()}
-        query = ("class token" if self.prefix else "mean over queries") if self.options.query is None \
-            else f"query {self.options.query}"
-        figures = {
-            "attention.png": (plots.overlay_figure(picture, {**self.maps, f"layer {last}, head mean":
-                                                              heads[last].mean(dim=0)}),
-                              "Attention over the input", f"Rollouts and the last captured layer's attention of the "
-                                                          f"{query}, upsampled from the {self.grid} patch grid."),
-            "heads.png": (plots.head_grid_figure(heads, picture), "Layers x heads",
-                          f"Attention of the {query} per layer and head, each map scaled to its own range."),
-        }
-        if self.per_layer:
-            figures["metrics.png"] = (plots.metrics_figure(self.per_layer, self.per_head), "Metrics by layer",
-                                      "Per-layer values (line) and per-head values (dots) where measured per head.")
-        if self.similarity is not None:
-            weights, found = self.similarity
-            figures["similarity.png"] = (plots.similarity_figure(weights, self.layers, found), "Layer dissimilarity",
-                                         "W[l, m] = mean(1 - cos) of the class token and the mean patch token "
-                                         "entering each layer; boxes outline contiguous phases.")
-        report = Report(
-            title=f"visattn lens: {self.options.model} on {Path(self.options.image).name}",
-            info={"model": self.options.model if not self.options.model_name
-                  else f"{self.options.model_name} from {self.options.model}",
-                  "weights": "pretrained" if self.options.pretrained else
-                  ("checkpoint" if self.options.model_name else f"random (seed {self.options.seed})"),
-                  "architecture": type(model).__name__, "image": str(self.options.image),
-                  "grid": " x ".join(map(str, self.grid)), "prefix tokens": str(self.prefix),
-                  "layers": ", ".join(map(str, self.layers)), "query": query},
-            per_layer=self.per_layer, summary=self.summary, notes=self.notes)
-        written = []
-        for name, (fig, title, caption) in figures.items():
-            png = plots.png_bytes(fig)
-            (out / name).write_bytes(png)
-            written.append(out / name)
-            report.pictures.append(Picture(title, png, caption))
-        json_path = out / "metrics.json"
-        json_path.write_text(json.dumps({"info": report.info, "per_layer": self.per_layer, "summary": self.summary,
-                                         "notes": self.notes}, indent=2), encoding="utf-8")
-        return LensOutput(report.write(out / "report.html"), json_path, written, self.per_layer, self.summary)
 
 
 def options_from(args: argparse.Namespace) -> LensOptions:

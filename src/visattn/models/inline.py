@@ -90,6 +90,9 @@ class InLineWindowAttention(Attention):
     not used (as the official ``InLineAttention``). Parameters: ``qkv``, ``mixer.residual``, ``proj``.
     """
 
+    forward_calls_mixer = True
+    """Its ``forward`` is :class:`~visattn.nn.Attention`'s (the mask dropped), so the lens can route the mixer."""
+
     def __init__(self, dim: int, num_heads: int, window_size: int | Sequence[int], qkv_bias: bool = True,
                  proj_drop: float = 0.0, kernel: str = "identity") -> None:
         super().__init__(dim, num_heads, qkv_bias=qkv_bias, proj_drop=proj_drop, mixer="inline",

@@ -15,10 +15,10 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from . import huggingface, timm_vit, timm_windowed, visattn_modules
+from . import huggingface, timm_vit, timm_windowed, visattn_layers, visattn_modules
 from .base import WHAT, ForwardState, Layer, LayerInfo, Route, first_tensor
 
-FAMILIES = (visattn_modules, timm_vit, timm_windowed, huggingface)
+FAMILIES = (visattn_modules, visattn_layers, timm_vit, timm_windowed, huggingface)
 
 __all__ = ["WHAT", "Attachment", "LayerInfo", "attention_layers"]
 
@@ -55,9 +55,10 @@ class Attachment:
         layers = _discover(model)
         if not layers:
             raise TypeError(
-                f"visattn.lens cannot hook {type(model).__name__}: it has no visattn token mixer, timm Attention/"
-                f"AttentionRope/EvaAttention, Swin (V1/V2) WindowAttention, MaxViT AttentionCl/Attention2d, or "
-                f"Hugging Face attention module that dispatches through AttentionInterface"
+                f"visattn.lens cannot hook {type(model).__name__}: it has no visattn token mixer or attention layer "
+                f"(NAT/DiNAT, HaloNet, DaViT, PATNet), timm Attention/AttentionRope/EvaAttention, Swin (V1/V2) "
+                f"WindowAttention, MaxViT AttentionCl/Attention2d, or Hugging Face attention module that dispatches "
+                f"through AttentionInterface"
             )
         if within is not None:
             chosen = [layer for layer in layers if layer.name == within or _inside(layer.name, within)]

@@ -18,6 +18,7 @@ from torch import Tensor, nn
 
 from ..call import AttentionCall
 from ..compute import STATE, lens_attention, pushed
+from ..layout import TokenLayout, probe_method, probed_layout
 
 WHAT = ("probs", "logits", "head_outputs", "hidden", "q", "k", "v")
 """Everything the lens can record at a layer that runs explicit attention."""
@@ -79,14 +80,16 @@ class Layer:
     ``module`` is the mixer of the named ``Attention``). ``module`` carries the route; ``block`` is the module whose
     input is the hidden state entering the layer (the transformer block around the attention), or None where there
     is none; ``tower`` names the enclosing vision model whose patch grid lays out the tokens, and ``prefix`` is its
-    number of prefix tokens, where known.
+    number of prefix tokens, where known. ``block_path`` is the qualified name of ``block`` (default: the parent of
+    ``name``); ``layouts`` caches the token layouts of the block's windows per map size.
     """
 
     family: str = ""
 
     def __init__(self, name: str, module: nn.Module, block: nn.Module | None, num_heads: int | None,
                  kind: str | None = None, provides: frozenset[str] = frozenset(WHAT), editable: bool = True,
-                 tower: str | None = None, prefix: int | None = None, path: str | None = None) -> None:
+                 tower: str | None = None, prefix: int | None = None, path: str | None = None,
+                 block_path: str | None = None) -> None:
         self.name = name
         self.path = name if path is None else path
         self.module = module
@@ -97,6 +100,8 @@ class Layer:
         self.editable = editable
         self.tower = tower
         self.prefix = prefix
+        self.block_path = block_path if block_path is not None else (parent_name(self.name) or "")
+        self.layouts: dict[tuple[int, int], Any] = {}
 
     def info(self, index: int) -> LayerInfo:
         provides = self.provides if self.block is not None else self.provides - {"hidden"}
@@ -127,6 +132,22 @@ class Layer:
     def patch(self) -> Callable[[], None]:
         """Make the module call the lens while routed; return the function that undoes it."""
         return lambda: None
+
+
+def probed_block_layout(layer: Layer, hidden: Tensor | None, channels_first: bool = False) -> TokenLayout | None:
+    """The windows of ``layer``'s block on the map it received (``hidden``, channels-last unless
+    ``channels_first``), from the block's own partition method run on coordinates
+    (:func:`~visattn.lens.layout.probed_layout`, cached per map size), or None where the block has no such method."""
+    method = probe_method(layer.block)
+    if method is None or hidden is None or hidden.dim() != 4:
+        return None
+    grid = tuple(int(n) for n in (hidden.shape[2:] if channels_first else hidden.shape[1:3]))
+    cached = layer.layouts.get(grid)
+    if cached is None:
+        inner = layer.path[len(layer.block_path) + 1:] if layer.block_path else layer.path
+        cached = layer.layouts[grid] = probed_layout(layer.block, method, inner.split(".", 1)[0], grid,
+                                                     channels_first)
+    return cached
 
 
 def route_of(module: nn.Module) -> Route | None:

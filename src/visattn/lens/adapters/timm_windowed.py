@@ -19,8 +19,10 @@ visattn's own modules of the same mechanisms, which ``visattn_swinv2_*`` and ``v
 on the whole channels-last map, partitioning itself), are routed the same way.
 
 The batch dim of a call is batch x windows (partitions) in timm's order; the grid is the window (partition, or for
-``Attention2d`` the feature map) with no prefix tokens. The block input is not a token sequence here, so these
-layers do not provide ``hidden``.
+``Attention2d`` the feature map) with no prefix tokens. Each call carries its :class:`~visattn.lens.layout.TokenLayout`
+(where every window's tokens lie on the feature map): from the partition for visattn's ``PartitionAttention``, and
+for timm's blocks by running the block's own roll / pad / partition once on a map of coordinates. ``hidden`` is the
+block's input map, flattened to tokens.
 """
 
 from __future__ import annotations
@@ -39,7 +41,17 @@ from torch import Tensor, nn
 from ...nn.partition import PartitionAttention, merge_partitions, partition
 from ...nn.swin_v2 import WindowAttentionV2, cosine_logit_scale
 from ..call import AttentionCall
-from .base import ForwardState, Layer, check_no_dropout, dispatch, patch_forward, route_of
+from ..layout import TokenLayout, grid_layout, partition_layout
+from .base import (
+    ForwardState,
+    Layer,
+    check_no_dropout,
+    dispatch,
+    parent_name,
+    patch_forward,
+    probed_block_layout,
+    route_of,
+)
 
 FAMILY = "timm"
 SWIN_V2_MAX_LOGIT_SCALE = math.log(1.0 / 0.01)
@@ -68,15 +80,21 @@ def claim(name: str, module: nn.Module, modules: dict[str, nn.Module]) -> Window
     window / partition attention module), else None."""
     if _forward_of(module) is None:
         return None
-    return WindowedLayer(name, module, None, module.num_heads)
+    block_name = parent_name(name)
+    block = modules.get(block_name) if block_name is not None else None
+    return WindowedLayer(name, module, block, module.num_heads)
 
 
 def _attend(module: nn.Module, q: Tensor, k: Tensor, v: Tensor, scale: float, bias: Tensor | None,
-            grid: tuple[int, ...] | None) -> Tensor:
+            grid: tuple[int, ...] | None, layout: TokenLayout | None = None, hidden: Tensor | None = None) -> Tensor:
     route = route_of(module)
     drop = module.attn_drop if isinstance(module.attn_drop, float) else module.attn_drop.p
     check_no_dropout(drop if module.training else 0.0, route.info.name)
-    call = AttentionCall(route.info.index, route.info.name, q, k, v, scale, bias, grid=grid, num_prefix_tokens=0)
+    if layout is None:
+        layout = probed_block_layout(route.layer, route.hidden)
+    call = AttentionCall(route.info.index, route.info.name, q, k, v, scale, bias,
+                         hidden=route.hidden if hidden is None else hidden, grid=grid, num_prefix_tokens=0,
+                         layout=layout)
     out, _ = dispatch(call, route)
     return out
 
@@ -143,7 +161,10 @@ def attention_2d_forward(module: Attention2d, x: Tensor, shared_rel_pos: Tensor 
     else:
         q, k, v = module.qkv(x).reshape(b, 3, heads, dim_head, -1).unbind(1)
     q, k, v = (t.transpose(-1, -2) for t in (q, k, v))
-    out = _attend(module, q, k, v, module.scale, _partition_bias(module, shared_rel_pos), (h, w))
+    route = route_of(module)
+    layout = probed_block_layout(route.layer, route.hidden, channels_first=True) or grid_layout((h, w), device=x.device)
+    hidden = None if route.hidden is None or route.hidden.dim() != 4 else route.hidden.flatten(2).transpose(1, 2)
+    out = _attend(module, q, k, v, module.scale, _partition_bias(module, shared_rel_pos), (h, w), layout, hidden)
     return module.proj_drop(module.proj(out.transpose(-1, -2).reshape(b, -1, h, w)))
 
 
@@ -169,7 +190,8 @@ def partition_attention_forward(module: PartitionAttention, x: Tensor) -> Tensor
     windows = module.qkv(partition(x, module.partition_type, module.partition_size))
     q, k, v = module._split_heads(windows)
     bias = module.rel_pos().to(x.dtype).unsqueeze(0)
-    out = _attend(module, q, k, v, module.scale, bias, tuple(module.partition_size))
+    layout = partition_layout(lambda c: partition(c, module.partition_type, module.partition_size), (h, w), x.device)
+    out = _attend(module, q, k, v, module.scale, bias, tuple(module.partition_size), layout)
     out = merge_partitions(out.transpose(1, 2).reshape(windows.shape[0], -1, module.dim), module.partition_type,
                            module.partition_size, (h, w))
     return module.proj_drop(module.proj(out))

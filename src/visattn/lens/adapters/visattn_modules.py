@@ -4,7 +4,10 @@ The hook point is the mixer's ``forward(q, k, v, shape, attn_mask=None)``: it al
 head_dim)`` tensors and the token grid. Plain softmax (:class:`~visattn.nn.SoftmaxMixer`) and mask-defined mixers
 (:class:`~visattn.nn.MaskedMixer`, e.g. neighborhood, window, grid, halo) are recomputed explicitly by
 ``lens_attention`` with the additive bias ``0`` where the mask allows a pair and ``-inf`` where it forbids it
-(the mask materialised by :func:`visattn.masks.materialize`), so they can be captured and edited. Every other mixer
+(the mask materialised by :func:`visattn.masks.materialize`), so they can be captured and edited. An
+:class:`~visattn.nn.Attention` subclass whose own ``forward`` still calls its mixer says so with a class attribute
+``forward_calls_mixer = True`` (InLine-Swin's window attention); a mixer called on windows cut by its block (L2ViT's
+local windows, Swin blocks) gets its token layout from the block's partition. Every other mixer
 runs its own forward; the lens records its ``attention_weights(q, k, shape)`` (where the mechanism has them), its
 per-head output, q, k, v and the hidden state, and refuses edits.
 """
@@ -24,6 +27,7 @@ from ...nn import Attention, MaskedMixer, SoftmaxMixer, TokenMixer
 from ...ops import reference
 from ...ops.engines.dense import dense_mask
 from ..call import AttentionCall
+from ..layout import TokenLayout, grid_layout
 from .base import (
     WHAT,
     ForwardState,
@@ -35,6 +39,7 @@ from .base import (
     notify,
     parent_name,
     patch_forward,
+    probed_block_layout,
     route_of,
 )
 
@@ -70,7 +75,7 @@ def claim(name: str, module: nn.Module, modules: dict[str, nn.Module]) -> Visatt
     owner_name = parent_name(name)
     owner = modules.get(owner_name) if owner_name is not None else None
     if isinstance(owner, Attention):
-        if type(owner).forward is not Attention.forward:
+        if type(owner).forward is not Attention.forward and not getattr(type(owner), "forward_calls_mixer", False):
             return None
         layer_name, block_name = owner_name, parent_name(owner_name)
         block = modules[block_name] if block_name is not None else owner
@@ -88,10 +93,20 @@ def claim(name: str, module: nn.Module, modules: dict[str, nn.Module]) -> Visatt
                         editable=explicit, path=name)
 
 
+def _layout(route: Route, grid: tuple[int, ...], prefix: int, q: Tensor) -> TokenLayout | None:
+    """Windows cut by the block (probed), else the whole 2-D grid when the call holds all of it, else None."""
+    probed = probed_block_layout(route.layer, route.hidden)
+    if probed is not None:
+        return probed
+    if len(grid) == 2 and q.shape[2] == prefix + math.prod(grid):
+        return grid_layout(grid, prefix, q.device)
+    return None
+
+
 def _call(route: Route, q: Tensor, k: Tensor, v: Tensor, scale: float, bias: Tensor | None,
           grid: tuple[int, ...], prefix: int) -> AttentionCall:
     return AttentionCall(route.info.index, route.info.name, q, k, v, scale, bias, hidden=route.hidden, grid=grid,
-                         num_prefix_tokens=prefix)
+                         num_prefix_tokens=prefix, layout=_layout(route, grid, prefix, q))
 
 
 def explicit_forward(mixer: SoftmaxMixer | MaskedMixer, name: str, q: Tensor, k: Tensor, v: Tensor,

@@ -1,0 +1,230 @@
+"""Lens adapter for visattn's attention layers that are not token mixers: the layers of the ``visattn_*`` backbones.
+
+While routed, each layer's instance ``forward`` computes q, k, v and its additive bias as the layer does and hands
+them to ``lens_attention``, with the :class:`~visattn.lens.layout.TokenLayout` of the call:
+
+- NAT / DiNAT ``NeighborhoodAttention2dRPB`` (arXiv 2204.07143, 2209.15001): ``softmax(q k^T * scale + B)`` over the
+  whole (padded) map, ``B`` the relative position bias inside each query's (dilated) neighborhood and ``-inf``
+  outside it (NAT eq. 2);
+- HaloNet ``HaloAttention`` (arXiv 2103.12731): one call per query block of ``b x b`` tokens and its
+  ``(b + 2h) x (b + 2h)`` key window, the factorised relative logits as the bias; window keys in the zero padding
+  lie off the map;
+- DaViT ``SpatialWindowAttention`` (arXiv 2204.03645): softmax attention inside each window of the zero-padded map;
+  DaViT ``ChannelAttention``: ``A = softmax(scale * k^T v)`` over channels, ``out = (A q^T)^T``, which is attention
+  with queries ``k^T``, keys ``v^T`` and values ``q^T`` (its rows are channels, so it has no token layout);
+- PATNet's ``RelativePositionMHSA`` (PAT_sf, arXiv 2503.03148): softmax attention over the whole map with the iRPE
+  key bias.
+
+The block around each layer is its parent module; its input map is the ``hidden`` state.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from collections.abc import Callable, Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ...masks import neighborhood_mask
+from ...nn.davit import ChannelAttention, SpatialWindowAttention
+from ...nn.feature_maps.pat_attention import RelativePositionMHSA
+from ...nn.halo import HaloAttention
+from ...ops.engines.dense import dense_mask
+from ..call import AttentionCall
+from ..layout import TokenLayout, grid_layout, grid_positions, partition_layout
+from .base import ForwardState, Layer, check_no_dropout, dispatch, parent_name, patch_forward, route_of
+
+FAMILY = "visattn"
+NAT_MODULE = "visattn.models.nat_attention"
+
+
+class VisattnModelLayer(Layer):
+    """One of visattn's attention layers as a lens layer."""
+
+    family = FAMILY
+
+    def patch(self) -> Callable[[], None]:
+        module = self.module
+        forward = _forward_of(module)
+        return patch_forward(module, lambda *args, **kwargs: forward(module, *args, **kwargs))
+
+
+def _nat_class() -> type | None:
+    """NAT's attention class, if :mod:`visattn.models.nat_attention` is imported (any NAT model was built)."""
+    module = sys.modules.get(NAT_MODULE)
+    return None if module is None else module.NeighborhoodAttention2dRPB
+
+
+def _forward_of(module: nn.Module) -> Callable[..., Tensor] | None:
+    nat = _nat_class()
+    if nat is not None and type(module) is nat:
+        return nat_forward
+    return FORWARDS.get(type(module))
+
+
+def claim(name: str, module: nn.Module, modules: dict[str, nn.Module]) -> VisattnModelLayer | None:
+    """The lens layer for ``module`` if it is one of these layers with its own forward, else None."""
+    if _forward_of(module) is None:
+        return None
+    block_name = parent_name(name)
+    block = modules.get(block_name) if block_name is not None else None
+    return VisattnModelLayer(name, module, block, module.num_heads)
+
+
+def _attend(module: nn.Module, q: Tensor, k: Tensor, v: Tensor, scale: float, bias: Tensor | None,
+            grid: tuple[int, ...] | None, layout: TokenLayout | None, dropout: float,
+            hidden: Tensor | None = None) -> Tensor:
+    route = route_of(module)
+    check_no_dropout(dropout if module.training else 0.0, route.info.name)
+    call = AttentionCall(route.info.index, route.info.name, q, k, v, scale, bias,
+                         hidden=route.hidden if hidden is None else hidden, grid=grid, layout=layout)
+    out, _ = dispatch(call, route)
+    return out
+
+
+def _cropped_layout(padded: tuple[int, int], grid: tuple[int, int], device: torch.device) -> TokenLayout:
+    """The whole padded map as one window; tokens past ``grid`` (the padding) lie off the map."""
+    positions = grid_positions(padded, device)
+    outside = (positions[:, 0] >= grid[0]) | (positions[:, 1] >= grid[1])
+    positions = positions.masked_fill(outside[:, None], -1)[None]
+    return TokenLayout(positions, positions, grid)
+
+
+def neighborhood_bias(rpb: Tensor, shape: tuple[int, int], kernel_size: int, dilation: int) -> Tensor:
+    """``(heads, N, N)``: NAT's ``rpb[h, (y_j - y_i) / d + k - 1, (x_j - x_i) / d + k - 1]`` where key ``j`` is in
+    query ``i``'s neighborhood, ``-inf`` elsewhere."""
+    allowed = dense_mask(neighborhood_mask(kernel_size, dilation=dilation), shape, 0, rpb.device)
+    positions = grid_positions(shape, rpb.device)
+    offsets = (positions[None] - positions[:, None]).div(dilation, rounding_mode="floor") + kernel_size - 1
+    offsets = offsets.clamp(0, 2 * kernel_size - 2)
+    bias = rpb[:, offsets[..., 0], offsets[..., 1]]
+    return bias.masked_fill(~allowed, float("-inf"))
+
+
+def nat_forward(module: nn.Module, x: Tensor) -> Tensor:
+    """``NeighborhoodAttention2dRPB.forward`` with the attention computed by the lens over the whole map."""
+    if x.dim() != 4 or x.shape[-1] != module.dim:
+        raise ValueError(f"x must be shaped (B, H, W, dim={module.dim}), got {tuple(x.shape)}")
+    height, width = int(x.shape[1]), int(x.shape[2])
+    window = module.kernel_size * module.dilation
+    pad_h, pad_w = max(0, window - height), max(0, window - width)
+    if pad_h or pad_w:
+        x = F.pad(x, (0, 0, 0, pad_w, 0, pad_h))
+    batch, hp, wp, _ = x.shape
+    q, k, v = module.qkv(x).reshape(batch, hp * wp, 3, module.num_heads, module.head_dim).permute(2, 0, 3, 1, 4)
+    bias = neighborhood_bias(module.rpb, (hp, wp), module.kernel_size, module.dilation).to(x.dtype).unsqueeze(0)
+    layout = _cropped_layout((hp, wp), (height, width), x.device)
+    out = _attend(module, q, k, v, module.scale, bias, (hp, wp), layout, module.attn_drop)
+    out = out.transpose(1, 2).reshape(batch, hp, wp, module.dim)[:, :height, :width]
+    return module.proj_drop(module.proj(out))
+
+
+def halo_layout(module: HaloAttention, height: int, width: int, device: torch.device) -> TokenLayout:
+    """Query blocks (strided when the layer subsamples) and their halo windows on the ``height x width`` map."""
+    bs, halo, win, step = module.block_size, module.halo_size, module.win_size, module.block_stride
+    origins = grid_positions((height // bs, width // bs), device) * bs
+    inner = grid_positions((module.block_size_ds,) * 2, device) * step
+    around = grid_positions((win, win), device) - halo
+    queries = origins[:, None] + inner[None]
+    keys = origins[:, None] + around[None]
+    outside = (keys < 0).any(-1) | (keys[..., 0] >= height) | (keys[..., 1] >= width)
+    return TokenLayout(queries, keys.masked_fill(outside[..., None], -1), (height, width))
+
+
+def halo_forward(module: HaloAttention, x: Tensor) -> Tensor:
+    """``HaloAttention.forward`` with each block's attention computed by the lens (calls: images x blocks)."""
+    module._check_input(x)
+    batch, _, height, width = x.shape
+    heads, d_qk, d_v = module.num_heads, module.dim_head_qk, module.dim_head_v
+    n_h, n_w = height // module.block_size, width // module.block_size
+    b, w, halo = module.block_size_ds, module.win_size, module.halo_size
+    q = module.q(x).reshape(batch, heads, d_qk, n_h, b, n_w, b)
+    q = q.permute(0, 1, 3, 5, 4, 6, 2).reshape(batch * heads, n_h * n_w, b * b, d_qk)
+    kv = F.pad(module.kv(x), (halo, halo, halo, halo))
+    kv = kv.unfold(2, w, module.block_size).unfold(3, w, module.block_size)
+    kv = kv.reshape(batch * heads, d_qk + d_v, n_h * n_w, w * w).permute(0, 2, 3, 1)
+    k, v = kv.split((d_qk, d_v), dim=-1)
+    rel = module.pos_embed(q)
+    bias = rel * module.scale if module.scale_pos_embed else rel
+
+    def per_block(t: Tensor) -> Tensor:
+        return t.reshape(batch, heads, n_h * n_w, *t.shape[2:]).transpose(1, 2).flatten(0, 1)
+
+    layout = halo_layout(module, height, width, x.device)
+    out = _attend(module, per_block(q), per_block(k), per_block(v), module.scale, per_block(bias), (b, b), layout, 0.0)
+    out = out.reshape(batch, n_h * n_w, heads, b * b, d_v).transpose(1, 2)
+    out = out.reshape(batch, heads, n_h, n_w, b, b, d_v).permute(0, 1, 6, 2, 4, 3, 5)
+    return module.pool(out.reshape(batch, heads * d_v, n_h * b, n_w * b))
+
+
+def _davit_windows(x: Tensor, window: tuple[int, int]) -> Tensor:
+    """A channels-last map zero-padded to whole windows, as ``(B * windows, Wh * Ww, C)`` in row-major order."""
+    _, h, w, c = x.shape
+    x = F.pad(x, (0, 0, 0, (-w) % window[1], 0, (-h) % window[0]))
+    b, hp, wp, _ = x.shape
+    x = x.reshape(b, hp // window[0], window[0], wp // window[1], window[1], c).transpose(2, 3)
+    return x.reshape(-1, window[0] * window[1], c)
+
+
+def davit_spatial_forward(module: SpatialWindowAttention, x: Tensor) -> Tensor:
+    """``SpatialWindowAttention.forward`` with each window's attention computed by the lens (zero-padded tokens
+    take part as keys, as in DaViT)."""
+    if not isinstance(x, Tensor) or x.dim() != 4 or x.shape[-1] != module.dim:
+        raise ValueError(f"x must be shaped (B, H, W, C={module.dim}), got "
+                         f"{tuple(x.shape) if isinstance(x, Tensor) else x!r}")
+    batch, h, w, c = x.shape
+    (wh, ww), heads = module.window_size, module.num_heads
+    if ((-h) % wh or (-w) % ww) and not module.padding:
+        raise ValueError(f"window_size={module.window_size} must divide the map (H, W)={(h, w)} when padding=False")
+    windows = _davit_windows(x, (wh, ww))
+    n = windows.shape[1]
+    q, k, v = module.qkv(windows).reshape(-1, n, 3, heads, c // heads).permute(2, 0, 3, 1, 4)
+    layout = partition_layout(lambda coordinates: _davit_windows(coordinates, (wh, ww)), (h, w), x.device)
+    out = _attend(module, q, k, v, (c // heads) ** -0.5, None, (wh, ww), layout, 0.0)
+    hp, wp = h + (-h) % wh, w + (-w) % ww
+    out = out.transpose(1, 2).reshape(batch, hp // wh, wp // ww, wh, ww, c).transpose(2, 3).reshape(batch, hp, wp, c)
+    return module.proj(out[:, :h, :w])
+
+
+def davit_channel_forward(module: ChannelAttention, x: Tensor) -> Tensor:
+    """``ChannelAttention.forward`` with ``softmax(scale * k^T v)`` computed by the lens as attention over channels
+    (queries ``k^T``, keys ``v^T``, values ``q^T``: the recorded rows and columns are channels)."""
+    if not isinstance(x, Tensor) or x.dim() != 3 or x.shape[-1] != module.dim:
+        raise ValueError(f"x must be shaped (B, N, C={module.dim}), got "
+                         f"{tuple(x.shape) if isinstance(x, Tensor) else x!r}")
+    b, n, c = x.shape
+    q, k, v = module.qkv(x).reshape(b, n, 3, module.num_heads, c // module.num_heads).permute(2, 0, 3, 1, 4)
+    hidden = route_of(module).hidden
+    if hidden is not None and hidden.dim() == 4:
+        hidden = hidden.flatten(2).transpose(1, 2) if hidden.shape[1] == c else hidden.flatten(1, 2)
+    out = _attend(module, k.transpose(-1, -2), v.transpose(-1, -2), q.transpose(-1, -2), module.scale, None, None,
+                  None, 0.0, hidden)
+    return module.proj(out.permute(0, 3, 1, 2).reshape(b, n, c))
+
+
+def pat_self_attention_forward(module: RelativePositionMHSA, x: Tensor) -> Tensor:
+    """``RelativePositionMHSA.forward`` (PAT_sf) with the attention computed by the lens over the whole map."""
+    b, c, h, w = x.shape
+    tokens = x.flatten(2).transpose(1, 2)
+    q, k, v = module.qkv(tokens).reshape(b, h * w, 3, module.num_heads, c // module.num_heads).permute(2, 0, 3, 1, 4)
+    bias = module.position_bias(h, w).to(x.dtype).unsqueeze(0)
+    out = _attend(module, q, k, v, module.scale, bias, (h, w), grid_layout((h, w), device=x.device), module.attn_drop)
+    out = module.proj_drop(module.proj(out.transpose(1, 2).reshape(b, h * w, c)))
+    return out.transpose(1, 2).reshape(b, c, h, w)
+
+
+FORWARDS: dict[type, Callable[..., Tensor]] = {
+    HaloAttention: halo_forward,
+    SpatialWindowAttention: davit_spatial_forward,
+    ChannelAttention: davit_channel_forward,
+    RelativePositionMHSA: pat_self_attention_forward,
+}
+
+
+@contextlib.contextmanager
+def model_hooks(model: nn.Module, layers: list[Layer], state: ForwardState) -> Iterator[None]:
+    """These layers get their map from their input: no model-level hook is needed."""
+    yield
