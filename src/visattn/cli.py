@@ -23,7 +23,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from . import bench, cli_arena, cli_lens
+from . import bench, cli_arena, cli_codec, cli_lens
 from .bench import model as bench_model
 from .bench import tables
 from .bench.model import DEFAULT_IMG_SIZES, ModelBenchReport, ModelBenchSettings, check_model_name, iter_model_bench
@@ -182,6 +182,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--no-save", action="store_true", help="write no JSON or plot unless --json/--plot name one")
     cli_lens.add_parser(commands)
     cli_arena.add_parser(commands)
+    cli_codec.add_parser(commands)
     citing = commands.add_parser("cite", help="BibTeX of the paper(s) behind a mixer, edit, metric or paper",
                                  description="Print the BibTeX of the paper(s) behind NAME, from the paper table "
                                              "that feeds the docs; visattn's own entry without NAME.")
@@ -317,6 +318,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         if args.command == "arena":
             return cli_arena.execute(args, out, err)
+        if args.command == "codec":
+            return cli_codec.execute(args, out)
         if args.command == "lens":
             from .lens import command as lens_command
 

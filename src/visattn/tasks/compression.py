@@ -21,6 +21,7 @@ import io
 import logging
 import math
 import struct
+import zlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,8 +33,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 __all__ = ["LAMBDAS", "TINY_CONFIG", "TRAIN_IMAGES", "TEST_IMAGES", "JpegPoint", "bits_per_pixel", "jpeg_curve",
-           "jpeg_psnr_at_bpp", "jpeg_roundtrip", "load_checkpoint", "pack_stream", "psnr", "rate_distortion_loss",
-           "sample_image", "save_checkpoint", "stream_bpp", "train", "unpack_stream"]
+           "jpeg_psnr_at_bpp", "jpeg_roundtrip", "load_checkpoint", "model_fingerprint", "pack_stream", "psnr",
+           "rate_distortion_loss", "sample_image", "save_checkpoint", "stream_bpp", "train", "unpack_stream"]
 
 logger = logging.getLogger(__name__)
 
@@ -54,8 +55,9 @@ TEST_IMAGES = ("astronaut", "coffee")
 MAGIC = b"S2LC"
 """First bytes of a bitstream file written by :func:`pack_stream`."""
 
-_HEADER = struct.Struct(">4sBHHHHI")
-"""magic, format version, image height and width, hyper-latent height and width, length of the y string."""
+_HEADER = struct.Struct(">4sBHHHHII")
+"""magic, format version, image height and width, hyper-latent height and width, model fingerprint, length of the
+y string."""
 
 
 def rate_distortion_loss(output: Mapping[str, Any], target: Tensor, lmbda: float) -> dict[str, Tensor]:
@@ -88,25 +90,36 @@ def stream_bpp(strings: Sequence[Sequence[bytes]], num_pixels: int, header_bytes
     return 8 * (sum(len(s) for group in strings for s in group) + header_bytes) / num_pixels
 
 
-def pack_stream(strings: Sequence[Sequence[bytes]], shape: Sequence[int], image_size: Sequence[int]) -> bytes:
-    """One image's coded strings as a file: a 17-byte header (magic ``S2LC``, version 1, the image's height and
-    width before padding, the hyper-latent's height and width, the y string's length), the y string, the z
-    string."""
+def model_fingerprint(model: torch.nn.Module) -> int:
+    """CRC-32 of every tensor of ``model``'s state dict (names, shapes and bytes, in order): a bitstream records
+    the fingerprint of the model that wrote it, so that decoding with other weights is refused."""
+    crc = 0
+    for name, tensor in model.state_dict().items():
+        crc = zlib.crc32(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode(), crc)
+        crc = zlib.crc32(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes(), crc)
+    return crc
+
+
+def pack_stream(strings: Sequence[Sequence[bytes]], shape: Sequence[int], image_size: Sequence[int],
+                fingerprint: int = 0) -> bytes:
+    """One image's coded strings as a file: a 21-byte header (magic ``S2LC``, version 1, the image's height and
+    width before padding, the hyper-latent's height and width, the model's :func:`model_fingerprint`, the y
+    string's length), the y string, the z string."""
     (y_string,), (z_string,) = strings
-    return _HEADER.pack(MAGIC, 1, *image_size, *shape, len(y_string)) + y_string + z_string
+    return _HEADER.pack(MAGIC, 1, *image_size, *shape, fingerprint, len(y_string)) + y_string + z_string
 
 
-def unpack_stream(data: bytes) -> tuple[list[list[bytes]], tuple[int, int], tuple[int, int]]:
-    """Inverse of :func:`pack_stream`: ``(strings, hyper-latent shape, image size)``; ``ValueError`` when ``data``
-    is not such a file."""
+def unpack_stream(data: bytes) -> tuple[list[list[bytes]], tuple[int, int], tuple[int, int], int]:
+    """Inverse of :func:`pack_stream`: ``(strings, hyper-latent shape, image size, model fingerprint)``;
+    ``ValueError`` when ``data`` is not such a file."""
     if len(data) < _HEADER.size or data[:4] != MAGIC:
         raise ValueError("the input is not an S2LIC bitstream (it does not start with the S2LC header)")
-    magic, version, h, w, zh, zw, y_length = _HEADER.unpack_from(data)
+    _, version, h, w, zh, zw, fingerprint, y_length = _HEADER.unpack_from(data)
     if version != 1 or len(data) < _HEADER.size + y_length:
         raise ValueError(f"the S2LIC bitstream is truncated or of an unknown version ({version})")
     y_string = data[_HEADER.size:_HEADER.size + y_length]
     z_string = data[_HEADER.size + y_length:]
-    return [[y_string], [z_string]], (zh, zw), (h, w)
+    return [[y_string], [z_string]], (zh, zw), (h, w), fingerprint
 
 
 def psnr(reference: Tensor | np.ndarray, test: Tensor | np.ndarray) -> float:
