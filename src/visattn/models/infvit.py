@@ -18,7 +18,7 @@ ViT-L-width network (1024 channels, 16 heads of 64, patch 16, MLP ratio 4, class
 1024 x 1024 linear layers (1,049,600 parameters each): 53.5 M = 52.40 M + 1 of them, 57.7 M = 52.40 M + 5,
 330.6 M = 304.33 M + 25. So Linear InfViT is taken to be that 4-layer
 ViT plus one more 1024 x 1024 layer outside the blocks, modelled as the original ViT's pre-logits representation
-layer ``tanh(W z + b)`` before the classifier (``representation_size=1024``; ``representation_size=None`` removes it)
+layer ``tanh(W z + b)`` before the classifier (``representation_size=1024``; ``representation_size=0`` removes it)
 -- an inference, not a published fact. (The Pure variant's extra 1024 x 1024 layer per block is not identifiable,
 so Pure InfViT is not registered; ``visattn_vit_*`` with ``mixer="infsa"`` gives an InfSA ViT of a timm size.)
 
@@ -57,19 +57,19 @@ class InfViT(timm_vit.VisionTransformer):
 
     Args:
         mixer: a visattn mixer name; ``mixer_kwargs`` (``rho``, ``learn_rho``, ...) build it.
-        representation_size: channels of the pre-logits layer, None for none.
+        representation_size: channels of the pre-logits layer, None or 0 for none.
         **kwargs: timm's ``VisionTransformer`` arguments.
     """
 
     def __init__(self, mixer: str = "linear_infsa", mixer_kwargs: dict[str, Any] | None = None,
                  representation_size: int | None = None, **kwargs: Any) -> None:
         if representation_size is not None and (isinstance(representation_size, bool) or not isinstance(
-                representation_size, int) or representation_size < 1):
-            raise ValueError(f"representation_size must be a positive int or None, got {representation_size!r}")
+                representation_size, int) or representation_size < 0):
+            raise ValueError(f"representation_size must be an int >= 0 or None, got {representation_size!r}")
         super().__init__(**kwargs)
         replace_attention(self, mixer, **(mixer_kwargs or {}))
         self.mixer = mixer
-        if representation_size is None:
+        if not representation_size:
             self.representation = nn.Identity()
         else:
             fc = nn.Linear(self.embed_dim, representation_size)
