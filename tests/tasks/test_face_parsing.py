@@ -118,3 +118,11 @@ def test_tiny_rtnet_loss_falls_on_synthetic_faces():
     assert sum(losses[-3:]) / 3 < 0.8 * losses[0], losses
     scores = fp.evaluate_face_parser(model, images, labels, boxes)
     assert 0 <= scores["miou"] <= 1
+
+
+def test_training_entry_reports_scores_in_the_image_frame():
+    torch.manual_seed(0)
+    model = RTNet(num_classes=11, layers=(1, 1, 1, 1), warp_size=32, base_width=4)
+    report = fp.train_face_parser(model, steps=2, batch_size=2, size=32, eval_count=2, log_every=1)
+    assert len(report.losses) == 2 and all(np.isfinite(report.losses))
+    assert len(report.scores["iou"]) == 11 and 0 <= report.scores["miou"] <= 1
