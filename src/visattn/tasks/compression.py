@@ -144,7 +144,7 @@ def to_tensor(pixels: np.ndarray) -> Tensor:
     """``(H, W, 3)`` uint8 -> ``(3, H, W)`` float32 in ``[0, 1]``."""
     if pixels.ndim != 3 or pixels.shape[2] != 3 or pixels.dtype != np.uint8:
         raise ValueError(f"pixels must be an (H, W, 3) uint8 RGB array, got {pixels.shape} {pixels.dtype}")
-    return torch.from_numpy(np.ascontiguousarray(pixels)).permute(2, 0, 1).float() / 255
+    return torch.from_numpy(np.array(pixels)).permute(2, 0, 1).float() / 255
 
 
 @dataclass(frozen=True)
