@@ -206,3 +206,9 @@ def test_full_fine_tuning_updates_every_parameter_that_gets_a_gradient():
 def test_bad_arguments_are_refused(call, error, match):
     with pytest.raises(error, match=match):
         call()
+
+
+def test_training_entry_runs_and_logs_errors(caplog):
+    with caplog.at_level("INFO", logger="visattn.tasks.pde"):
+        assert pde.main(["--grid", "8", "8", "--steps", "2", "--horizon", "2", "--residual"]) == 0
+    assert "one-step nRMSE" in caplog.text and "persistence" in caplog.text
