@@ -10,6 +10,8 @@ import pytest
 import timm
 import torch
 from contract import count_params_meta
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from visattn.models.rst import FrequencyFeedForward, RadialStripBlock, RadialStripTransformer
 from visattn.transforms import polar_inverse, polar_resample
@@ -37,6 +39,18 @@ def test_spectral_filter_matches_a_per_window_numpy_loop(dim, height, width, pat
     with torch.no_grad():
         ffn.fft.normal_()
     z = torch.randn(2, ffn.fft.shape[0], height, width, dtype=torch.float64)
+    expected = _naive_spectral_filter(z.numpy(), ffn.fft.detach().numpy(), patch)
+    np.testing.assert_allclose(ffn.spectral_filter(z).detach().numpy(), expected, rtol=0, atol=1e-12)
+
+
+@settings(max_examples=12, deadline=None)
+@given(channels=st.integers(1, 5), rows=st.integers(1, 3), cols=st.integers(1, 3), patch=st.sampled_from([2, 3, 4]))
+def test_spectral_filter_any_window_grid(channels, rows, cols, patch):
+    torch.manual_seed(channels)
+    ffn = FrequencyFeedForward(channels, 1.0, patch=patch).double()
+    with torch.no_grad():
+        ffn.fft.normal_()
+    z = torch.randn(1, 2 * channels, rows * patch, cols * patch, dtype=torch.float64)
     expected = _naive_spectral_filter(z.numpy(), ffn.fft.detach().numpy(), patch)
     np.testing.assert_allclose(ffn.spectral_filter(z).detach().numpy(), expected, rtol=0, atol=1e-12)
 
