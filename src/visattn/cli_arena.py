@@ -60,7 +60,9 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
                        help="autocast: auto = bf16 on GPUs that have it, fp32 on CPU")
     arena.add_argument("--grad-checkpointing", action="store_true", help="recompute activations in backward")
     arena.add_argument("--device", default=None, help="torch device (default: this rank's GPU, else the CPU)")
-    arena.add_argument("--threads", type=int, default=None, help="torch.set_num_threads per process")
+    arena.add_argument("--threads", type=int, default=1,
+                       help="torch.set_num_threads per process: the arena's small models gain little from intra-op "
+                            "threads (and lose much on a busy machine); use torchrun for more cores")
     arena.add_argument("--out", type=Path, default=Path("visattn-arena"),
                        help="output folder: results.md, results.json, plots, one folder per mixer")
     arena.add_argument("--resume", action="store_true",
@@ -111,7 +113,7 @@ def _env(context: Any) -> dict[str, Any]:
 def execute(args: argparse.Namespace, out: Console, err: Console) -> int:
     """Run ``visattn arena`` with parsed ``args``; returns the exit status."""
     check_out(args.out, args.resume)
-    if args.threads is not None and args.threads < 1:
+    if args.threads < 1:
         raise ValueError(f"--threads must be >= 1, got {args.threads}")
     config = _config(args)
 
@@ -122,8 +124,7 @@ def execute(args: argparse.Namespace, out: Console, err: Console) -> int:
     from .train.arena_report import rich_table, write_outputs
     from .train.distributed import init_distributed, shutdown
 
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
+    torch.set_num_threads(args.threads)
     context = init_distributed(args.device)
     try:
         columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
