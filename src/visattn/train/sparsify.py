@@ -128,16 +128,21 @@ def _dense_output(layer: nn.Module, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     return out, q, k
 
 
+def _pairs(data: Iterable[tuple[Tensor, Tensor]]) -> Iterator[tuple[Tensor, Tensor]]:
+    """The ``(images, labels)`` batches of ``data``, checked; ValueError if there are none."""
+    empty = True
+    for batch in data:
+        empty = False
+        if not (isinstance(batch, (tuple, list)) and len(batch) == 2 and all(isinstance(t, Tensor) for t in batch)):
+            raise TypeError(f"data must yield (images, labels) tensor pairs, got {type(batch).__name__}")
+        yield batch[0], batch[1]
+    if empty:
+        raise ValueError("data yielded no batches")
+
+
 def _cycle(data: Iterable[tuple[Tensor, Tensor]]) -> Iterator[tuple[Tensor, Tensor]]:
     while True:
-        empty = True
-        for batch in data:
-            empty = False
-            if not (isinstance(batch, (tuple, list)) and len(batch) == 2 and all(isinstance(t, Tensor) for t in batch)):
-                raise TypeError(f"data must yield (images, labels) tensor pairs, got {type(batch).__name__}")
-            yield batch[0], batch[1]
-        if empty:
-            raise ValueError("data yielded no batches")
+        yield from _pairs(data)
 
 
 def _lr(step: int, total: int, base: float, final: float, warmup: int) -> float:
@@ -154,12 +159,12 @@ def accuracy(model: nn.Module, data: Iterable[tuple[Tensor, Tensor]]) -> float:
     was_training = model.training
     model.eval()
     correct = total = 0
-    for x, y in data:
-        correct += (model(x).argmax(-1) == y).sum()
-        total += y.numel()
-    model.train(was_training)
-    if not total:
-        raise ValueError("data yielded no batches")
+    try:
+        for x, y in _pairs(data):
+            correct += (model(x).argmax(-1) == y).sum()
+            total += y.numel()
+    finally:
+        model.train(was_training)
     return float(correct) / total
 
 
@@ -178,12 +183,12 @@ def attention_density(student: nn.Module, data: Iterable[tuple[Tensor, Tensor]])
 
     was_training = student.training
     student.eval()
-    with _hooks(layers, record):
-        for x, _y in data:
-            student(x)
-    student.train(was_training)
-    if not pairs:
-        raise ValueError("data yielded no batches")
+    try:
+        with _hooks(layers, record):
+            for x, _y in _pairs(data):
+                student(x)
+    finally:
+        student.train(was_training)
     return float(torch.stack(kept).sum()) / sum(pairs)
 
 
