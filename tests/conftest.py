@@ -24,6 +24,16 @@ def pytest_configure(config):
         os.environ["VISATTN_REQUIRE_NATIVE"] = "1"
 
 
+@pytest.fixture(autouse=True)
+def system_allocator(monkeypatch):
+    """``visattn bench`` keeps freed memory for the rest of its process (visattn.bench.allocator); tests that call
+    the CLI in-process keep glibc's defaults so the test process is not changed. Subprocess tests check the real
+    behaviour."""
+    import visattn.cli
+
+    monkeypatch.setattr(visattn.cli, "keep_freed_memory", lambda: False)
+
+
 @pytest.fixture
 def one_thread():
     """Run a test on one thread and restore the setting after: tiny tensors gain nothing from a second thread, and on

@@ -12,6 +12,7 @@ import pytest
 
 import visattn
 from visattn import cli
+from visattn.bench.allocator import KEPT, SYSTEM
 from visattn.bench.budget import WORKSPACE_BYTES
 
 RECORD_TYPES = {
@@ -48,6 +49,7 @@ def test_tiny_bench_json_and_plot(tmp_path):
     assert out_png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     data = json.loads(out_json.read_text())
+    assert data["environment"]["allocator"] == KEPT
     assert data["settings"]["repeats"] == 2 and data["settings"]["backward"] is False
     records = data["records"]
     assert [r["mixer"] for r in records] == ["softmax", "neighborhood"]
@@ -188,6 +190,14 @@ def test_os_error_during_a_run_is_one_line_exit_1(capsys, monkeypatch):
     monkeypatch.setattr(cli, "_bench", full_disk)
     assert cli.main(["bench", "--mixers", "softmax"]) == 1
     assert "visattn bench: OSError: [Errno 28] No space left on device" in _one_line(capsys.readouterr().err)
+
+
+def test_system_allocator_keeps_glibc_defaults(tmp_path):
+    out_json = tmp_path / "out.json"
+    result = _run("bench", "--mixers", "softmax", "--sizes", "4", "--repeats", "1", "--min-sample", "0", "--no-memory",
+                  "--system-allocator", "--json", str(out_json), module="visattn")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(out_json.read_text())["environment"]["allocator"] == SYSTEM
 
 
 def test_bad_output_path_in_a_subprocess_prints_no_traceback(tmp_path):

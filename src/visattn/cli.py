@@ -26,6 +26,7 @@ from rich.table import Table
 from . import bench, cli_arena, cli_codec, cli_lens
 from .bench import model as bench_model
 from .bench import tables
+from .bench.allocator import keep_freed_memory
 from .bench.model import DEFAULT_IMG_SIZES, ModelBenchReport, ModelBenchSettings, check_model_name, iter_model_bench
 from .bench.outputs import output_paths, prepare
 from .bench.plot import plot_model_report
@@ -180,6 +181,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--plot", metavar="PATH", default=None,
                      help="write the PNG plot to this file (default: bench.png beside the default JSON)")
     run.add_argument("--no-save", action="store_true", help="write no JSON or plot unless --json/--plot name one")
+    run.add_argument("--system-allocator", action="store_true",
+                     help="keep glibc malloc's defaults (large temporaries are mapped and unmapped on every call) "
+                          "instead of keeping freed memory (visattn.bench.allocator)")
     cli_lens.add_parser(commands)
     cli_arena.add_parser(commands)
     cli_codec.add_parser(commands)
@@ -265,6 +269,8 @@ def _bench(args: argparse.Namespace, out: Console, err: Console) -> int:
             raise ValueError(f"--threads must be >= 1, got {args.threads}")
         torch.set_num_threads(args.threads)
     json_path, plot_path = output_paths(args.json, args.plot, save=not args.no_save)
+    if not args.system_allocator:
+        keep_freed_memory()
     load = bench.load_average()
     busy = bench.busy_message(None if load is None else load[0], os.cpu_count(), torch.get_num_threads())
     if busy:

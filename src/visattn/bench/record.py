@@ -141,6 +141,7 @@ def environment() -> dict[str, Any]:
     """Versions, threads and the load average (1, 5, 15 min) at the start, so that a JSON file says where and on
     how busy a machine it was measured."""
     from .. import __version__
+    from .allocator import allocator_state
 
     return {
         "visattn": __version__,
@@ -150,6 +151,7 @@ def environment() -> dict[str, Any]:
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "load_average": load_average(),
+        "allocator": allocator_state(),
     }
 
 
