@@ -8,7 +8,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from visattn.ops.hedgehog import hedgehog_attention, hedgehog_state_bytes, hedgehog_weights
+from visattn.ops.hedgehog import hedgehog_attention, hedgehog_dense_weights, hedgehog_state_bytes, hedgehog_weights
 from visattn.ops.linear_attention import ROW_BLOCK
 
 FP64 = {"atol": 1e-10, "rtol": 1e-10}
@@ -140,3 +140,19 @@ def test_feature_maps_applied_by_blocks_equal_precomputed_log_features(is_causal
                              q_features=lambda x: log_features(x * scale), k_features=log_features)
     expected = hedgehog_attention(log_features(q * scale), log_features(k), v, is_causal=is_causal, chunk_size=5)
     torch.testing.assert_close(got, expected, **FP64)
+
+
+@settings(max_examples=20, deadline=None)
+@given(n=st.integers(1, 9), f=st.integers(1, 6), scale=st.sampled_from([0.5, 5.0, 40.0]), seed=st.integers(0, 999))
+def test_dense_weights_by_one_product_equal_the_oracle(n, f, scale, seed):
+    """float64 equal to the log-sum-exp oracle for any magnitude; float32 finite and close even at |l| ~ 40 * 3
+    (a naive exp would overflow); gradients by finite differences; causal returns the oracle."""
+    g = torch.Generator().manual_seed(seed)
+    lq, lk = (torch.randn(2, 2, n, f, generator=g, dtype=torch.float64) * scale for _ in range(2))
+    torch.testing.assert_close(hedgehog_dense_weights(lq, lk), hedgehog_weights(lq, lk), rtol=1e-10, atol=1e-12)
+    low = hedgehog_dense_weights(lq.float(), lk.float())
+    assert torch.isfinite(low).all()
+    torch.testing.assert_close(low.double(), hedgehog_weights(lq, lk), rtol=0, atol=1e-4)
+    assert torch.equal(hedgehog_dense_weights(lq, lk, is_causal=True), hedgehog_weights(lq, lk, is_causal=True))
+    small = (lq[:1, :1, :4, :3].clone().requires_grad_(), lk[:1, :1, :4, :3].clone().requires_grad_())
+    assert torch.autograd.gradcheck(lambda a, b: hedgehog_dense_weights(a / scale, b / scale), small)

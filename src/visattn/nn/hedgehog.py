@@ -25,7 +25,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from ..ops.hedgehog import hedgehog_attention, hedgehog_state_bytes, hedgehog_weights
+from ..ops.hedgehog import hedgehog_attention, hedgehog_dense_weights, hedgehog_state_bytes
 from ..ops.linear_attention import check_chunk_size
 from ..ops.recurrent_state import layout
 from ..registry import register_mixer
@@ -131,10 +131,11 @@ class HedgehogMixer(TokenMixer):
 
     def attention_weights(self, q: Tensor, k: Tensor, shape: int | tuple[int, ...], is_causal: bool = False) -> Tensor:
         """The dense weights ``a^_ij = phi(q_i) . phi(k_j) / sum_j phi(q_i) . phi(k_j)`` (causal: ``j <= i``),
-        O(N^2); ``is_causal`` as in ``forward``."""
+        O(N^2) (one product, :func:`~visattn.ops.hedgehog.hedgehog_dense_weights`); ``is_causal`` as in
+        ``forward``."""
         self.prepare(q, k, k, shape)
-        return hedgehog_weights(self.q_map.log_features(q), self.k_map.log_features(k),
-                                is_causal=self.is_causal or is_causal)
+        return hedgehog_dense_weights(self.q_map.log_features(q), self.k_map.log_features(k),
+                                      is_causal=self.is_causal or is_causal)
 
     def state_bytes(self, batch_size: int = 1, num_heads: int | None = None, head_dim: int | None = None,
                     value_dim: int | None = None, dtype: torch.dtype = torch.float32) -> int:

@@ -36,7 +36,7 @@ from torch import Tensor
 from .linear_attention import ROW_BLOCK, check_chunk_size, key_sums, row_blocks
 from .recurrent_state import state_bytes
 
-__all__ = ["hedgehog_attention", "hedgehog_state_bytes", "hedgehog_weights"]
+__all__ = ["hedgehog_attention", "hedgehog_dense_weights", "hedgehog_state_bytes", "hedgehog_weights"]
 
 
 def _check(log_q: Tensor, log_k: Tensor, v: Tensor | None = None, same_width: bool = True) -> None:
@@ -61,6 +61,22 @@ def hedgehog_weights(log_q: Tensor, log_k: Tensor, *, is_causal: bool = False) -
         n = scores.shape[-1]
         scores = scores.masked_fill(~torch.ones(n, n, dtype=torch.bool, device=scores.device).tril(), float("-inf"))
     return torch.softmax(scores, dim=-1)
+
+
+def hedgehog_dense_weights(log_q: Tensor, log_k: Tensor, *, is_causal: bool = False) -> Tensor:
+    """:func:`hedgehog_weights` by one ``(N x F) @ (F x N)`` product instead of an ``N x N x F`` log-sum-exp (what
+    attention distillation evaluates every step). With the non-causal shifts of the module docstring -- ``c_f =
+    max_j lk_jf`` moved from the keys to the queries, each query divided by its largest shifted feature -- every
+    factor is <= 1 and every row holds a term equal to 1, so no row under- or overflows. Causal rows may not be
+    shifted by keys they do not see: ``is_causal=True`` returns the oracle."""
+    if is_causal:
+        return hedgehog_weights(log_q, log_k, is_causal=True)
+    _check(log_q, log_k)
+    shift = log_k.detach().amax(dim=-2, keepdim=True)
+    shifted_q = log_q + shift
+    features_q = (shifted_q - shifted_q.detach().amax(dim=-1, keepdim=True)).exp()
+    kernel = features_q @ (log_k - shift).exp().transpose(-2, -1)
+    return kernel / kernel.sum(dim=-1, keepdim=True)
 
 
 def _identity(x: Tensor) -> Tensor:
