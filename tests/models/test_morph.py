@@ -11,6 +11,8 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from visattn.models.morph import (
     MORPH_SIZES,
@@ -20,6 +22,7 @@ from visattn.models.morph import (
     create_morph,
     morph_l,
     morph_ti,
+    params_table,
     patch_sizes,
     patchify,
     to_uptf7,
@@ -133,6 +136,19 @@ def test_patchify_matches_a_loop_and_unpatchify_inverts_it(grid, patch):
                 index += 1
     assert index == tokens.shape[1]
     torch.testing.assert_close(unpatchify(tokens, 3, tuple(counts), p), x, **TOL)
+
+
+@settings(max_examples=25, deadline=None)
+@given(grid=st.tuples(st.integers(1, 3), st.integers(1, 3), st.integers(1, 3)), patch=st.integers(1, 3),
+       channels=st.integers(1, 3))
+def test_unpatchify_inverts_patchify_on_any_grid(grid, patch, channels):
+    counts = tuple(g for g in grid)
+    p = patch_sizes(tuple(c * patch if c > 1 else 1 for c in counts), patch)
+    sides = tuple(c * q for c, q in zip(counts, p, strict=True))
+    x = torch.randn(2, channels, *sides)
+    tokens = patchify(x, p)
+    assert tokens.shape == (2, math.prod(counts), channels * math.prod(p))
+    assert torch.equal(unpatchify(tokens, channels, counts, p), x)
 
 
 def _forward_oracle(model: Morph, x: torch.Tensor) -> torch.Tensor:
@@ -325,3 +341,11 @@ def test_bad_size_rollout_steps_and_spatial_dims():
         to_uptf7(torch.zeros(1, 1, 1, 1, 4), 4)
     with pytest.raises(ValueError, match="2 grid axes"):
         to_uptf7(torch.zeros(1, 1, 1, 1, 4), 2)
+
+
+def test_docs_show_the_current_parameter_table():
+    """docs/tasks.md's MORPH table is :func:`params_table` (regenerate it with ``print(params_table())``)."""
+    from pathlib import Path
+
+    page = Path(__file__).resolve().parents[2] / "docs" / "tasks.md"
+    assert params_table() in page.read_text()

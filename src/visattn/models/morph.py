@@ -47,8 +47,8 @@ from torch import Tensor, nn
 from ..nn.axial import MorphAxialAttention
 
 __all__ = [
-    "MORPH_SIZES", "ComponentConv", "FieldCrossAttention", "Morph", "MorphBlock", "MorphEmbedding",
-    "MorphPositionalEncoding", "MorphSize", "create_morph", "morph_l", "morph_m", "morph_s", "morph_ti",
+    "MORPH_SIZES", "ComponentConv", "FieldCrossAttention", "Morph", "MorphBlock", "MorphEmbedding", "count_parameters",
+    "MorphPositionalEncoding", "MorphSize", "create_morph", "morph_l", "morph_m", "morph_s", "morph_ti", "params_table",
     "patch_sizes", "patchify", "to_uptf7", "unpatchify",
 ]
 
@@ -376,6 +376,28 @@ def create_morph(size: str = "Ti", **kwargs: object) -> Morph:
     args = dict(dim=spec.dim, depth=spec.depth, heads=spec.heads, mlp_dim=spec.mlp_dim, filters=spec.filters,
                 max_ar=spec.max_ar, pos_mode=spec.pos_mode)
     return Morph(**(args | kwargs))
+
+
+def count_parameters(size: str, **kwargs: object) -> int:
+    """Parameters of ``create_morph(size, **kwargs)``, built on the meta device (no memory, no initialisation)."""
+    with torch.device("meta"):
+        model = create_morph(size, **kwargs)
+    return sum(p.numel() for p in model.parameters())
+
+
+def params_table() -> str:
+    """Markdown table of the published sizes: architecture, parameters counted on the meta device and the published
+    figure (:data:`visattn.models.published.PUBLISHED_TASK_MODELS`), as docs/tasks.md shows it."""
+    from .published import PUBLISHED_TASK_MODELS
+
+    lines = ["| size | filters / dim / heads / depth / MLP | max_ar | params (M) | published (M) |",
+             "|---|---|---|---|---|"]
+    for size, spec in MORPH_SIZES.items():
+        paper = PUBLISHED_TASK_MODELS[f"morph_{size.lower()}"]
+        published = "—" if paper.params_m is None else f"~{paper.params_m:g}"
+        lines.append(f"| MORPH-{size} | {spec.filters} / {spec.dim} / {spec.heads} / {spec.depth} / {spec.mlp_dim} "
+                     f"| {spec.max_ar} | {count_parameters(size) / 1e6:.2f} | {published} |")
+    return "\n".join(lines) + "\n"
 
 
 def morph_ti(**kwargs: object) -> Morph:
