@@ -121,6 +121,12 @@ def test_new_blocks_pass_gradcheck():
     assert torch.autograd.gradcheck(attn, (tokens,))
 
 
+def test_whole_model_passes_gradcheck():
+    model = _randomize(Morph(**(TINY | dict(dim=8, mlp_dim=8, heads_xa=2, max_ar=2))), seed=7).double()
+    x = torch.randn(1, 2, 2, 1, 1, 2, 3, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(model, (x,))
+
+
 @pytest.mark.parametrize(("grid", "patch"), [((1, 1, 12), 4), ((1, 6, 9), 3), ((4, 2, 6), 2)])
 def test_patchify_matches_a_loop_and_unpatchify_inverts_it(grid, patch):
     p = patch_sizes(grid, patch)
