@@ -304,11 +304,10 @@ class Morph(nn.Module):
         """``x`` if it is a UPTF-7 batch this model accepts, else ``TypeError``/``ValueError`` saying why."""
         x = _check_tensor("x", x, 7, "(N, T, F, C, D, H, W) (UPTF-7)")
         _, t, f, c = x.shape[:4]
-        for name, value, most in (("T", t, self.max_ar), ("F", f, self.max_fields), ("C", c, self.max_components)):
+        for axis, value, limit, most in (("T", t, "max_ar", self.max_ar), ("F", f, "max_fields", self.max_fields),
+                                         ("C", c, "max_components", self.max_components)):
             if value > most:
-                limit = {"T": "max_ar", "F": "max_fields", "C": "max_components"}[name]
-                raise ValueError(f"x has {name}={value} (shape {tuple(x.shape)}), beyond the layout's "
-                                 f"{limit}={most}")
+                raise ValueError(f"x has {axis}={value} (shape {tuple(x.shape)}), beyond the layout's {limit}={most}")
         if not self.pad:
             patch = patch_sizes(tuple(x.shape[4:]), self.patch_size)
             if any(size % p for size, p in zip(x.shape[4:], patch, strict=True)):
