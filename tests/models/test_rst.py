@@ -185,6 +185,13 @@ def test_forward_shapes_float32_tolerance_and_other_sizes():
     torch.testing.assert_close(y, y64.float(), rtol=0, atol=1e-4)
 
 
+def test_zero_initialised_output_makes_the_untrained_network_the_identity():
+    x = torch.rand(1, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(_tiny(zero_init_output=True)(x), x)
+        assert not torch.equal(_tiny()(x), x)
+
+
 @pytest.mark.parametrize(("shape", "match"), [((1, 3, 16, 16), "multiples of 32"), ((1, 3, 32, 40), "multiples of 32"),
                                               ((1, 1, 32, 32), "channels|3, H, W")])
 def test_bad_images_raise(shape, match):

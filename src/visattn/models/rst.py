@@ -217,12 +217,14 @@ class RadialStripTransformer(nn.Module):
         theta_max: ray position-term angle scale.
         cover: see :data:`COVERS`.
         fft_patch: FFN window side.
+        zero_init_output: start the output convolution at zero, so that the untrained network is the identity
+            (ours, for short training runs; the release keeps PyTorch's default initialisation, the default here).
     """
 
     def __init__(self, in_chans: int = 3, out_chans: int = 3, dim: int = 48, num_blocks: Sequence[int] = (6, 6, 12),
                  num_refinement_blocks: int = 4, ffn_expansion_factor: float = 3.0, bias: bool = False,
                  img_size: int = 128, drop_path_rate: float = 0.1, theta_max: float = math.pi,
-                 cover: str = "image", fft_patch: int = 8, **kwargs: Any) -> None:
+                 cover: str = "image", fft_patch: int = 8, zero_init_output: bool = False, **kwargs: Any) -> None:
         super().__init__()
         kwargs.pop("num_classes", None)
         if kwargs:
@@ -273,6 +275,8 @@ class RadialStripTransformer(nn.Module):
         self.decoder1 = level(0, num_blocks[0], True)
         self.refinement = level(0, num_refinement_blocks, True)
         self.output = nn.Conv2d(dim, out_chans, 3, padding=1, bias=bias)
+        if zero_init_output:
+            nn.init.zeros_(self.output.weight)
 
     def check_input(self, x: object) -> Tensor:
         """``x`` must be ``(B, in_chans, H, W)`` with ``H`` and ``W`` positive multiples of ``4 fft_patch``."""

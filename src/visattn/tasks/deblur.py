@@ -320,13 +320,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--refinement", type=int, default=1)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--default-output-init", action="store_true",
+                        help="keep the release's initialisation of the output convolution instead of zero")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     from ..models.rst import RadialStripTransformer
 
     torch.manual_seed(args.seed)
     model = RadialStripTransformer(dim=args.dim, num_blocks=tuple(args.blocks),
-                                   num_refinement_blocks=args.refinement, img_size=args.crop)
+                                   num_refinement_blocks=args.refinement, img_size=args.crop,
+                                   zero_init_output=not args.default_output_init)
     report = train_deblur(model, args.steps, args.batch_size, args.crop, args.lr, args.seed)
     first, last = report.losses[0], sum(report.losses[-10:]) / len(report.losses[-10:])
     log.info("loss %.4f -> %.4f (mean of the last 10) over %d steps", first, last, args.steps)
