@@ -7,27 +7,13 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from torch.utils._python_dispatch import TorchDispatchMode
 
 import visattn
+from oracles import naive_scores
+from probes import LargestTensor
 from visattn.nn import Attention, ComplexAttentionMixer
 
 FP64 = {"atol": 1e-10, "rtol": 1e-10}
-
-
-def naive_scores(q, k, delta, bias, base=10000.0, eps=1e-9):
-    """score_mn = sum_i r_q,m,i r_k,n,i cos(delta_i (theta_q,m,i - theta_k,n,i) + b_i + (m - n) g_i), materialising
-    the (B, H, N, N, d/2) tensor of angles."""
-    n, d = q.shape[-2], q.shape[-1]
-    half = d // 2
-    r_q = torch.sqrt(q[..., :half] ** 2 + q[..., half:] ** 2 + eps)
-    r_k = torch.sqrt(k[..., :half] ** 2 + k[..., half:] ** 2 + eps)
-    t_q, t_k = torch.atan2(q[..., half:], q[..., :half]), torch.atan2(k[..., half:], k[..., :half])
-    g = torch.tensor([base ** (-2.0 * i / d) for i in range(half)], dtype=q.dtype)
-    rel = (torch.arange(n, dtype=q.dtype)[:, None] - torch.arange(n, dtype=q.dtype)[None, :])[..., None] * g
-    angle = delta[None, :, None, None, :] * (t_q[:, :, :, None, :] - t_k[:, :, None, :, :]) \
-        + bias[None, :, None, None, :] + rel
-    return (r_q[:, :, :, None, :] * r_k[:, :, None, :, :] * torch.cos(angle)).sum(-1)
 
 
 def naive_attention(q, k, v, delta, bias, mask=None, eps=1e-9):
@@ -83,21 +69,6 @@ def test_delta_one_bias_zero_is_unscaled_rope_attention():
     torch.testing.assert_close(mixer(q, k, v, 17), torch.softmax(scores, -1) @ v, **FP64)
     mixer.eps = 1e-9
     torch.testing.assert_close(mixer(q, k, v, 17), torch.softmax(scores, -1) @ v, atol=1e-7, rtol=1e-7)
-
-
-class LargestTensor(TorchDispatchMode):
-    """Records the largest number of elements of any tensor an op returns."""
-
-    def __init__(self):
-        super().__init__()
-        self.largest = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        for t in out if isinstance(out, (tuple, list)) else (out,):
-            if isinstance(t, torch.Tensor):
-                self.largest = max(self.largest, t.numel())
-        return out
 
 
 @pytest.mark.parametrize("backward", [False, True])

@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import visattn
+from oracles import naive_elementwise, naive_taylor
 from visattn.nn import Attention, DecoupledQKAttention, GatedMLP, TaylorMixer
 
 FP64 = {"atol": 1e-12, "rtol": 1e-10}
@@ -19,29 +20,6 @@ FP64 = {"atol": 1e-12, "rtol": 1e-10}
 
 def rand(*shape, seed=0, dtype=torch.float64):
     return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=dtype)
-
-
-def naive_taylor(q, k, v, is_causal):
-    """a_ij = (1 + s + s^2/2) / sum_l (...) over visible l, s = q_i . k_j / sqrt(d), pair by pair."""
-    b, h, n, d = q.shape
-    weights = torch.zeros(b, h, n, n, dtype=q.dtype)
-    for i in range(n):
-        for j in range(i + 1 if is_causal else n):
-            s = (q[..., i, :] * k[..., j, :]).sum(-1) / math.sqrt(d)
-            weights[..., i, j] = 1 + s + s * s / 2
-    weights = weights / weights.sum(-1, keepdim=True)
-    return weights @ v, weights
-
-
-def naive_elementwise(q, k, v, is_causal):
-    """A_ij = exp(s_j) / sum_{visible l} exp(s_l), s_t = SiLU(q_t) . k_t / sqrt(d)."""
-    d, n = q.shape[-1], q.shape[-2]
-    s = (q * torch.sigmoid(q) * k).sum(-1) / math.sqrt(d)
-    weights = torch.zeros(*s.shape, n, dtype=q.dtype)
-    for i in range(n):
-        visible = s[..., : i + 1] if is_causal else s
-        weights[..., i, : visible.shape[-1]] = torch.softmax(visible, dim=-1)
-    return weights @ v, weights
 
 
 @settings(max_examples=6, deadline=None)

@@ -8,26 +8,12 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from oracles import naive_scores
 from visattn.ops.complexformer import complex_features, complex_scores
 
 FP64 = {"atol": 1e-10, "rtol": 1e-10}
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def naive_scores(q, k, delta, bias, base=10000.0, eps=1e-9):
-    """score_mn = sum_i r_q,m,i r_k,n,i cos(delta_i (theta_q,m,i - theta_k,n,i) + b_i + (m - n) g_i), materialising
-    the (B, H, N, N, d/2) tensor of angles."""
-    n, d = q.shape[-2], q.shape[-1]
-    half = d // 2
-    r_q = torch.sqrt(q[..., :half] ** 2 + q[..., half:] ** 2 + eps)
-    r_k = torch.sqrt(k[..., :half] ** 2 + k[..., half:] ** 2 + eps)
-    t_q, t_k = torch.atan2(q[..., half:], q[..., :half]), torch.atan2(k[..., half:], k[..., :half])
-    g = torch.tensor([base ** (-2.0 * i / d) for i in range(half)], dtype=q.dtype)
-    rel = (torch.arange(n, dtype=q.dtype)[:, None] - torch.arange(n, dtype=q.dtype)[None, :])[..., None] * g
-    angle = delta[None, :, None, None, :] * (t_q[:, :, :, None, :] - t_k[:, :, None, :, :]) \
-        + bias[None, :, None, None, :] + rel
-    return (r_q[:, :, :, None, :] * r_k[:, :, None, :, :] * torch.cos(angle)).sum(-1)
 
 
 def inputs(b, h, n, half, seed):

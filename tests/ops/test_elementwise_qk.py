@@ -3,14 +3,13 @@ causal scan, linear memory, causality, gradients and the scan state."""
 
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from torch.utils._python_dispatch import TorchDispatchMode
 
+from oracles import naive_elementwise
+from probes import LargestTensor
 from visattn.ops.elementwise_qk import elementwise_qk_attention, elementwise_qk_state_bytes, elementwise_qk_weights
 
 FP64 = {"atol": 1e-12, "rtol": 1e-10}
@@ -18,32 +17,6 @@ FP64 = {"atol": 1e-12, "rtol": 1e-10}
 
 def rand(*shape, seed=0, dtype=torch.float64):
     return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=dtype)
-
-
-def naive_elementwise(q, k, v, is_causal):
-    """A_ij = exp(s_j) / sum_{visible l} exp(s_l), s_t = SiLU(q_t) . k_t / sqrt(d)."""
-    d, n = q.shape[-1], q.shape[-2]
-    s = (q * torch.sigmoid(q) * k).sum(-1) / math.sqrt(d)
-    weights = torch.zeros(*s.shape, n, dtype=q.dtype)
-    for i in range(n):
-        visible = s[..., : i + 1] if is_causal else s
-        weights[..., i, : visible.shape[-1]] = torch.softmax(visible, dim=-1)
-    return weights @ v, weights
-
-
-class LargestTensor(TorchDispatchMode):
-    """Records the largest number of elements of any tensor an op returns."""
-
-    def __init__(self):
-        super().__init__()
-        self.largest = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        for t in out if isinstance(out, (tuple, list)) else (out,):
-            if isinstance(t, torch.Tensor):
-                self.largest = max(self.largest, t.numel())
-        return out
 
 
 @settings(max_examples=25, deadline=None)

@@ -9,8 +9,9 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from torch.utils._python_dispatch import TorchDispatchMode
 
+from oracles import naive_taylor
+from probes import LargestTensor
 from visattn.ops.recurrent_state import kv_cache_bytes
 from visattn.ops.taylor import taylor_attention, taylor_feature_map, taylor_state, taylor_state_bytes, taylor_weights
 
@@ -19,33 +20,6 @@ FP64 = {"atol": 1e-12, "rtol": 1e-10}
 
 def rand(*shape, seed=0, dtype=torch.float64):
     return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=dtype)
-
-
-def naive_taylor(q, k, v, is_causal):
-    """a_ij = (1 + s + s^2/2) / sum_l (...) over visible l, s = q_i . k_j / sqrt(d), pair by pair."""
-    b, h, n, d = q.shape
-    weights = torch.zeros(b, h, n, n, dtype=q.dtype)
-    for i in range(n):
-        for j in range(i + 1 if is_causal else n):
-            s = (q[..., i, :] * k[..., j, :]).sum(-1) / math.sqrt(d)
-            weights[..., i, j] = 1 + s + s * s / 2
-    weights = weights / weights.sum(-1, keepdim=True)
-    return weights @ v, weights
-
-
-class LargestTensor(TorchDispatchMode):
-    """Records the largest number of elements of any tensor an op returns."""
-
-    def __init__(self):
-        super().__init__()
-        self.largest = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        for t in out if isinstance(out, (tuple, list)) else (out,):
-            if isinstance(t, torch.Tensor):
-                self.largest = max(self.largest, t.numel())
-        return out
 
 
 def test_taylor_feature_map_gives_the_second_order_expansion():
