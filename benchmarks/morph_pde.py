@@ -12,8 +12,9 @@ steps, each beside persistence (the last state) and as the ratio model / persist
 persistence). Two heads: ``state`` predicts the next state (MORPH's) and ``residual`` the change from the last
 state (``Morph(residual=True)``).
 
-finetune: pretrain on 2-D heat, then train on 2-D Burgers for the same steps from scratch, fully fine-tuned and with
-LoRA adapters only (peft; ranks 8/6 on this small model); the one-step nRMSE of each and the trainable parameters.
+finetune: pretrain on 2-D heat, then train on 2-D Burgers for the same steps from scratch, fully fine-tuned, with
+LoRA adapters only (peft; ranks 8/6 on this small model) and with the adapters and the decoder; the one-step nRMSE of
+each and the trainable parameters.
 
 speed: MORPH of each size on the release's example input (F = 2 fields, C = 1, 128 x 128, T = 1; a 3-D 64^3 case
 with ``--grid 64 64 64``): forward and training-step samples/s and peak memory (visattn.bench.memory), and the
@@ -84,7 +85,8 @@ def finetune(args: argparse.Namespace) -> None:
     print("|---|---|---|---|")
     torch.manual_seed(args.seed)
     runs = {"scratch": Morph(**SMALL), "full fine-tuning": copy.deepcopy(pretrained),
-            "LoRA (r 8, MLP 6)": pde.lora(copy.deepcopy(pretrained), rank=8, mlp_rank=6)}
+            "LoRA (r 8, MLP 6)": pde.lora(copy.deepcopy(pretrained), rank=8, mlp_rank=6),
+            "LoRA + decoder": pde.lora(copy.deepcopy(pretrained), rank=8, mlp_rank=6, also_train=("head",))}
     for label, model in runs.items():
         pde.train(model, burgers, args.steps, lr=args.lr, seed=args.seed)
         step, still = pde.one_step_error(model, burgers_test)

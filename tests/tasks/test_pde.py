@@ -179,6 +179,9 @@ def test_lora_fine_tuning_touches_only_the_adapters():
             original = name.removeprefix("base_model.model.").replace(".base_layer", "")
             torch.testing.assert_close(p, base[original], atol=0, rtol=0)
     assert adapted.rollout(x, 2).shape == (3, 2, 1, 1, 1, 4, 4)
+    with_head = pde.lora(Morph(**TINY), also_train=("head",))
+    extra = {name for name, p in with_head.named_parameters() if p.requires_grad and "lora_" not in name}
+    assert extra and all(".head." in name for name in extra), extra
 
 
 def test_full_fine_tuning_updates_every_parameter_that_gets_a_gradient():

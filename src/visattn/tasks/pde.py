@@ -253,12 +253,15 @@ LORA_MLP = r".*blocks\.\d+\.mlp\.fc[12]"
 """The blocks' MLP layers."""
 
 
-def lora(model: nn.Module, rank: int = 16, mlp_rank: int = 12, dropout: float = 0.05) -> nn.Module:
+def lora(model: nn.Module, rank: int = 16, mlp_rank: int = 12, dropout: float = 0.05,
+         also_train: Sequence[str] = ()) -> nn.Module:
     """``model`` (a :class:`~visattn.models.morph.Morph`) with `peft` LoRA adapters ``W x + (alpha / r) B A x``
     (``alpha = 2 r``, ``B = 0`` at the start) on every axial attention's qkv and output projections (rank ``rank``)
     and on the MLP layers (rank ``mlp_rank``), as the release's fine-tuning; every other parameter frozen. The
     release puts separate adapters on q, k and v; visattn's axial attention has one fused qkv projection, so here
-    one adapter of rank ``rank`` covers all three. Returns peft's wrapper (calls and ``rollout`` reach the model)."""
+    one adapter of rank ``rank`` covers all three. ``also_train`` names modules trained in full beside the adapters
+    (peft's ``modules_to_save``; e.g. ``("head",)`` for the decoder, which the release's fine-tuning levels 3-4
+    unfreeze). Returns peft's wrapper (calls and ``rollout`` reach the model)."""
     try:
         import peft
     except ImportError as error:  # pragma: no cover - peft is in the dev extra
@@ -274,7 +277,8 @@ def lora(model: nn.Module, rank: int = 16, mlp_rank: int = 12, dropout: float = 
     config = peft.LoraConfig(r=rank, lora_alpha=2 * rank, lora_dropout=dropout,
                              target_modules=f"({LORA_ATTENTION})|({LORA_MLP})",
                              rank_pattern={"mlp.fc1": mlp_rank, "mlp.fc2": mlp_rank},
-                             alpha_pattern={"mlp.fc1": 2 * mlp_rank, "mlp.fc2": 2 * mlp_rank})
+                             alpha_pattern={"mlp.fc1": 2 * mlp_rank, "mlp.fc2": 2 * mlp_rank},
+                             modules_to_save=list(also_train) or None)
     return peft.get_peft_model(model, config)
 
 
