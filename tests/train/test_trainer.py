@@ -176,7 +176,7 @@ from train_tiny import build_vit, data
 from visattn.train.trainer import TrainConfig, Trainer
 config = TrainConfig(**{config!r})
 def slow(record):
-    time.sleep(0.05)  # room for the kill to land between checkpoints
+    time.sleep(0.2)  # seconds of room for the kill to land before the last checkpoint
 Trainer(build_vit, data(), {{"16": data(32, "test")}}, config, out_dir={out!r}, on_record=slow).fit(resume=True)
 """
 
