@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 import timm
 import torch
-from contract import check_timm_contract, count_params_meta, digits, digits_loss_falls
+from contract import check_lens_cli, check_timm_contract, count_params_meta, digits, digits_loss_falls
 from torch import nn
 
 from visattn.models.published import PUBLISHED
@@ -156,6 +156,10 @@ def test_parameter_counts_against_timm_and_the_published_sizes(name):
 def test_digits_loss_falls_in_20_steps(name, kwargs, lr):
     torch.manual_seed(0)
     digits_loss_falls(timm.create_model(name, img_size=32, num_classes=10, **kwargs), 32, steps=20, lr=lr)
+
+
+def test_the_lens_cli_reads_polyvit(tmp_path):
+    check_lens_cli(VIT, tmp_path, "img_size=32,patch_size=8,depth=2", min_layers=2)
 
 
 def test_a_plain_timm_vit_checkpoint_loads_with_a_fresh_peg():
