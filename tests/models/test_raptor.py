@@ -8,7 +8,13 @@ import math
 import pytest
 import timm
 import torch
-from contract import check_meta_build_matches, check_timm_contract, count_params_meta, digits_loss_falls
+from contract import (
+    check_lens_cli,
+    check_meta_build_matches,
+    check_timm_contract,
+    count_params_meta,
+    digits_loss_falls,
+)
 from timm.models.vision_transformer import VisionTransformer
 
 from visattn import lens
@@ -240,3 +246,10 @@ def test_bad_arguments_are_refused():
         RaptorBlock(8, 2, init_values=0)
     with pytest.raises(ValueError, match="sizes must be positive"):
         phases_from_sizes((3, 0))
+
+
+def test_lens_cli(tmp_path):
+    """`visattn lens` reads a Raptor: one row per shared block (its latest call, the last step of its phase)."""
+    data = check_lens_cli("visattn_raptor_small_patch16_224", tmp_path,
+                          "img_size=32,patch_size=8,embed_dim=24,num_heads=2,phases=[[0,1,2],[3]]", min_layers=2)
+    assert {layer for values in data["per_layer"].values() for layer in values} == {"0", "1"}
