@@ -184,3 +184,30 @@ def test_evaluate_raptor_against_a_direct_computation():
     assert measured["surrogate_accuracy"] == pytest.approx(float((surrogate_top == y).float().mean()))
     assert measured["agreement"] == pytest.approx(float((teacher_top == surrogate_top).float().mean()))
     assert min(r2) < 0.99
+
+
+@pytest.mark.parametrize("anneal", [0.5, 0.0])
+def test_first_phase_loss_is_the_stated_formula(anneal):
+    """Step 0 of a phase: teacher forcing only (r = 1) is mean_l MSE(f(h_{l-1}, l), h_l); without annealing (r = 0)
+    the block runs on its own outputs from the first teacher state of each contiguous run of the phase
+    ([0, 1, 3]: runs [0, 1] and [3]), mean_l MSE(x_l, h_l)."""
+    teacher = _teacher(3)
+    x = torch.randn(12, 3, 16, 16)
+    phases = [[0, 1, 3], [2]]
+    _, report = fit_raptor(teacher, x, phases=phases, phase_steps=2, joint_steps=1, batch_size=5,
+                           teacher_forcing_anneal=anneal, mlp_ratio=2.0, seed=7)
+    torch.manual_seed(7)
+    block = raptor_from_teacher(teacher, phases, mlp_ratio=2.0).recurrent_blocks[0]
+    batch = x[torch.randint(12, (5,), generator=torch.Generator().manual_seed(7))]
+    teacher.eval()
+    with torch.no_grad():
+        h = teacher_states(teacher, batch)
+        step = [lambda state, layer=layer: block(state, torch.full((5,), float(layer + 1))) for layer in range(4)]
+        if anneal:
+            terms = [step[layer](h[layer]) - h[layer + 1] for layer in (0, 1, 3)]
+        else:
+            first = step[0](h[0])
+            terms = [first - h[1], step[1](first) - h[2], step[3](h[3]) - h[4]]
+        expected = sum(term.square().mean() for term in terms) / 3
+    assert report.phase_losses[0][0] == pytest.approx(float(expected), rel=1e-5)
+    assert all(math.isfinite(v) for losses in report.phase_losses for v in losses)
