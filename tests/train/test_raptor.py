@@ -211,3 +211,23 @@ def test_first_phase_loss_is_the_stated_formula(anneal):
         expected = sum(term.square().mean() for term in terms) / 3
     assert report.phase_losses[0][0] == pytest.approx(float(expected), rel=1e-5)
     assert all(math.isfinite(v) for losses in report.phase_losses for v in losses)
+
+
+def test_joint_loss_token_weights():
+    """0.45 / 0.10 / 0.45 over class, register and patch tokens; a group the model lacks is dropped and the rest
+    renormalised."""
+    from visattn.models.raptor import Raptor
+    from visattn.train.raptor import _groups, _token_mse
+
+    pred, target = torch.randn(2, 1 + 2 + 16, 8), torch.randn(2, 1 + 2 + 16, 8)
+    mse = [(pred[:, s] - target[:, s]).square().mean() for s in (slice(0, 1), slice(1, 3), slice(3, None))]
+    with torch.device("meta"):
+        registers = Raptor([[0]], img_size=16, patch_size=4, embed_dim=8, num_heads=2, reg_tokens=2)
+        plain = Raptor([[0]], img_size=16, patch_size=4, embed_dim=8, num_heads=2)
+    weights = (0.45, 0.10, 0.45)
+    torch.testing.assert_close(_token_mse(pred, target, _groups(registers, weights)),
+                               0.45 * mse[0] + 0.10 * mse[1] + 0.45 * mse[2])
+    torch.testing.assert_close(_token_mse(pred[:, 2:], target[:, 2:], _groups(plain, weights)),
+                               (0.45 * (pred[:, 2:3] - target[:, 2:3]).square().mean()
+                                + 0.45 * (pred[:, 3:] - target[:, 3:]).square().mean()) / 0.9)
+    torch.testing.assert_close(_token_mse(pred, target, None), (pred - target).square().mean())
