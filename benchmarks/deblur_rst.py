@@ -27,6 +27,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--fft-weight", type=float, default=0.1, help="weight of the spectrum L1 term (release: 0.1)")
     parser.add_argument("--default-output-init", action="store_true",
                         help="keep PyTorch's initialisation of the output convolution (the release's) instead of zero")
     args = parser.parse_args()
@@ -38,12 +39,13 @@ def main() -> None:
     params = sum(p.numel() for p in model.parameters())
     start = time.perf_counter()
     report = train_deblur(model, args.steps, args.batch_size, args.crop, args.lr, args.seed, eval_count=32,
-                          log_every=25)
+                          log_every=25, fft_weight=args.fft_weight)
     elapsed = time.perf_counter() - start
     head, tail = report.losses[:10], report.losses[-10:]
     init = "default" if args.default_output_init else "zero"
     print(f"RST dim={args.dim} blocks=1-1-2+1 ({params / 1e3:.1f} k parameters, {init} output init), {args.steps} "
-          f"steps of {args.batch_size} x {args.crop}^2 crops at lr {args.lr:g}, {elapsed:.0f} s")
+          f"steps of {args.batch_size} x {args.crop}^2 crops at lr {args.lr:g}, fft weight {args.fft_weight:g}, "
+          f"{elapsed:.0f} s")
     print(f"loss (mean of 10): first {sum(head) / len(head):.4f}, last {sum(tail) / len(tail):.4f}")
     print(f"held-out PSNR: blurred {report.psnr_blurred:.2f} dB -> restored {report.psnr_restored:.2f} dB "
           f"({report.psnr_restored - report.psnr_blurred:+.2f} dB)")

@@ -282,9 +282,10 @@ def evaluate_deblur(model: nn.Module, blurred: Tensor, sharp: Tensor, batch_size
 
 
 def train_deblur(model: nn.Module, steps: int = 300, batch_size: int = 8, crop: int = 64, lr: float = 1e-3,
-                 seed: int = 0, eval_count: int = 16, log_every: int = 50) -> DeblurReport:
+                 seed: int = 0, eval_count: int = 16, log_every: int = 50, fft_weight: float = 0.1) -> DeblurReport:
     """Train ``model`` on freshly blurred crops of :data:`TRAIN_IMAGES` for ``steps`` AdamW steps (the release's
-    optimiser: weight decay 1e-3, betas 0.9/0.9, cosine schedule) with :func:`deblur_loss`; evaluate on
+    optimiser: weight decay 1e-3, betas 0.9/0.9, cosine schedule) with :func:`deblur_loss` (``fft_weight`` 0.1 as
+    released); evaluate on
     ``eval_count`` blurred crops of :data:`TEST_IMAGES`."""
     generator = torch.Generator().manual_seed(seed)
     train_images = sample_images(TRAIN_IMAGES)
@@ -294,7 +295,7 @@ def train_deblur(model: nn.Module, steps: int = 300, batch_size: int = 8, crop: 
     model.train()
     for step in range(steps):
         blurred, sharp = deblur_pairs(train_images, batch_size, crop, generator)
-        loss = deblur_loss(model(blurred), sharp)
+        loss = deblur_loss(model(blurred), sharp, fft_weight)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
