@@ -68,11 +68,13 @@ def scale_table(minimum: float = SCALES_MIN, maximum: float = SCALES_MAX, levels
 
 
 def _compressai() -> Any:
-    """CompressAI's entropy models and rANS coder, imported on first use (``pip install compressai``)."""
+    """CompressAI's entropy models and rANS coder, imported on first use (``pip install --no-deps compressai``
+    beside the ``codec`` extra)."""
     try:
         from compressai import ans, entropy_models
     except ImportError as err:
-        raise ImportError("S2LIC needs CompressAI's entropy models: pip install compressai (or visattn[dev])") from err
+        raise ImportError("S2LIC needs CompressAI's entropy models: pip install \"visattn[codec]\" && "
+                          "pip install --no-deps compressai (its wheels pin numpy<2; it runs on numpy 2)") from err
     return entropy_models, ans
 
 
