@@ -323,7 +323,8 @@ def summarise(experiment: str, fixations: dict[str, dict[int, Sequence[int]]]) -
     for condition in exp.conditions:
         per_size = fixations[condition]
         if sorted(per_size) != sorted(exp.set_sizes):
-            raise ValueError(f"fixations[{condition!r}] must have the set sizes {exp.set_sizes}, got {sorted(per_size)}")
+            raise ValueError(f"fixations[{condition!r}] must have the set sizes {exp.set_sizes}, "
+                             f"got {sorted(per_size)}")
         rts[condition] = [float(np.mean(reaction_time(np.asarray(per_size[n])))) for n in exp.set_sizes]
         model[condition] = rt_slope(exp.set_sizes, rts[condition])
         human[condition] = exp.human_slope(condition)

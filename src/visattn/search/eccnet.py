@@ -149,7 +149,7 @@ class EccNet(nn.Module):
             ``nn.MaxPool2d``/``nn.AvgPool2d`` layers of stride 2 (these are replaced, in module order).
         pretrained: load timm's pretrained weights (needs them cached or downloadable).
         checkpoint_path: a state-dict file for the backbone (user-supplied weights).
-        eccentricity: the per-layer constants; ``None`` keeps the backbone's own pooling (IVSN).
+        eccentricity: the per-layer constants; ``None`` gives IVSN: 2x2 max pooling ("same" padding) everywhere.
         feature_layers: 1-based pooling layers whose features drive the top-down modulation (paper: 3, 4, 5).
         layer_weights: optional fixed weights per feature layer instead of each layer's maximum response.
         mean, std: input normalisation; default the timm config's, else ImageNet's.
@@ -196,9 +196,9 @@ class EccNet(nn.Module):
         self.plain_mode = eccentricity.mode if eccentricity is not None else "max"
         self.rf_min = eccentricity.rf_min if eccentricity is not None else 2
         self.switches: list[_SwitchPool] = []
-        for index, (name, module) in enumerate(pools[: max(layers)]):
+        for index, (name, _) in enumerate(pools[: max(layers)]):
             if eccentricity is None:
-                switch = _SwitchPool(module, module)
+                switch = _SwitchPool(_SamePool(2, "max"), _SamePool(2, "max"))
             else:
                 ecc = EccentricityPool2d(rf_min=eccentricity.rf_min, slope=eccentricity.slopes[index],
                                          deg2px=eccentricity.deg2px[index], fovea=eccentricity.fovea,

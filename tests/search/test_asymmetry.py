@@ -1,0 +1,141 @@
+"""The asymmetry experiments: generators, the RT model, slopes and the asymmetry index against hand values."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from visattn.search.asymmetry import (
+    EXPERIMENTS,
+    HUMAN_RT_MS,
+    asymmetry_index,
+    fixations_per_search,
+    generate_condition,
+    generate_display,
+    reaction_time,
+    rt_slope,
+    run_experiment,
+    summarise,
+)
+from visattn.search.chance import chance_search
+
+
+def test_reaction_time_formula():
+    assert reaction_time(0) == pytest.approx(376.271)
+    assert reaction_time(3) == pytest.approx(3 * 252.359 + 376.271)  # 1133.348
+    np.testing.assert_allclose(reaction_time(np.array([1, 2])), [628.63, 880.989])
+
+
+def test_slope_by_hand():
+    assert rt_slope([3, 6, 9], [100, 130, 160]) == pytest.approx(10.0)
+    # x = 1, 4, 8, 12 (mean 6.25), y = 0, 3, 7, 20 (mean 7.5): sum(xc*yc) / sum(xc^2) = 120.5 / 68.75
+    assert rt_slope([1, 4, 8, 12], [0, 3, 7, 20]) == pytest.approx(120.5 / 68.75)
+    with pytest.raises(ValueError, match="equal length"):
+        rt_slope([1, 2], [1, 2, 3])
+    with pytest.raises(ValueError, match="all be equal"):
+        rt_slope([2, 2], [1, 3])
+
+
+def test_asymmetry_index_by_hand():
+    # human slope of b is larger -> H = b: (30 - 10) / (30 + 10)
+    assert asymmetry_index(10, 30, 5, 20) == pytest.approx(0.5)
+    # H = a by the human slopes, even though the model's a is smaller: (10 - 30) / 40
+    assert asymmetry_index(10, 30, 20, 5) == pytest.approx(-0.5)
+    # negative model slopes are clipped at 0
+    assert asymmetry_index(-5, 10, 1, 2) == pytest.approx(1.0)
+    assert asymmetry_index(-5, -1, 1, 2) == 0.0
+    # a tie in human slopes takes b as H
+    assert asymmetry_index(4, 12, 3, 3) == pytest.approx(0.5)
+
+
+def test_human_slopes_and_index():
+    inter, tl = EXPERIMENTS["intersection"], EXPERIMENTS["t_vs_l"]
+    assert inter.human_slope("cross") == pytest.approx(96) and inter.human_slope("non_cross") == pytest.approx(45)
+    assert tl.human_slope("Ls") == pytest.approx(33) and tl.human_slope("Ts") == pytest.approx(14)
+    assert EXPERIMENTS["curvature"].human_slope("line_in_curves") > EXPERIMENTS["curvature"].human_slope(
+        "curve_in_lines")
+    assert set(HUMAN_RT_MS) == {c for e in EXPERIMENTS.values() for c in e.conditions}
+    for e in EXPERIMENTS.values():
+        for c in e.conditions:
+            assert len(HUMAN_RT_MS[c]) == len(e.set_sizes)
+
+
+def test_published_set_sizes():
+    sizes = {e.number: e.set_sizes for e in EXPERIMENTS.values()}
+    assert sizes == {1: (8, 16, 32), 2: (1, 6, 12), 3: (3, 6, 9), 4: (3, 6, 9), 5: (1, 4, 8, 12), 6: (1, 4, 8, 12)}
+    assert {e.number: e.grid for e in EXPERIMENTS.values()} == {1: (6, 6), 2: (4, 4), 3: (3, 3), 4: (3, 3),
+                                                              5: (4, 4), 6: (4, 4)}
+    assert EXPERIMENTS["curvature"].display_px == 336
+
+
+@pytest.mark.parametrize("name", sorted(EXPERIMENTS))
+def test_generators_produce_set_sizes_and_counts(name):
+    exp = EXPERIMENTS[name]
+    for condition in exp.conditions:
+        for n in exp.set_sizes:
+            d = generate_display(name, condition, n, seed=n)
+            side = exp.display_px
+            assert d.image.shape == (3, side, side) and d.item_masks.shape == (exp.grid[0] * exp.grid[1], side, side)
+            assert len(d.occupied) == len(set(d.occupied)) == n and d.set_size == n
+            assert d.target_item in d.occupied  # one target, n - 1 distractors
+            assert torch.equal(d.target_mask, d.item_masks[d.target_item])
+            assert 0 <= float(d.image.min()) and float(d.image.max()) <= 1
+            ink = (d.image[0] - d.background).abs() > 1e-6
+            drawn = (d.item_masks & ink).flatten(1).any(1)
+            assert drawn.nonzero().flatten().tolist() == list(d.occupied)
+            assert d.target.shape == (3, exp.item_px, exp.item_px)
+
+
+def test_generators_are_seeded_and_conditions_differ():
+    a = generate_display("t_vs_l", "Ts", 6, seed=3)
+    b = generate_display("t_vs_l", "Ts", 6, seed=3)
+    c = generate_display("t_vs_l", "Ts", 6, seed=4)
+    assert torch.equal(a.image, b.image) and not torch.equal(a.image, c.image)
+    assert not torch.equal(generate_display("t_vs_l", "Ls", 1, seed=0).target,
+                           generate_display("t_vs_l", "Ts", 1, seed=0).target)
+    displays = generate_condition("intersection", "cross", displays_per_set_size=2)
+    assert [d.set_size for d in displays] == [3, 3, 6, 6, 9, 9]
+    assert EXPERIMENTS["intersection"].displays_per_set_size == 36
+
+
+def test_generator_bad_inputs():
+    with pytest.raises(ValueError, match=r"set_size must be an int in \[1, 9\]"):
+        generate_display("intersection", "cross", 10, seed=0)
+    with pytest.raises(ValueError, match="set_size"):
+        generate_display("curvature", "curve_in_lines", 0, seed=0)
+    with pytest.raises(ValueError, match="condition"):
+        generate_display("curvature", "cross", 8, seed=0)
+    with pytest.raises(KeyError):
+        generate_display("nope", "cross", 8, seed=0)
+
+
+def test_failed_search_counts_the_set_size():
+    assert fixations_per_search(True, 4, 9) == 4
+    assert fixations_per_search(False, 10, 9) == 9
+
+
+def test_summarise_by_hand():
+    # cross: 1, 2, 3 fixations at 3, 6, 9 items -> RT slope 252.359 / 3; non_cross: flat -> 0
+    counts = {"cross": {3: [1, 1], 6: [2, 2], 9: [3, 3]}, "non_cross": {3: [2], 6: [2], 9: [2]}}
+    result = summarise("intersection", counts)
+    assert result.model_slopes["cross"] == pytest.approx(252.359 / 3)
+    assert result.model_slopes["non_cross"] == pytest.approx(0.0)
+    assert result.model_index == pytest.approx(1.0)
+    assert result.human_index == pytest.approx((96 - 45) / (96 + 45))
+    assert result.rt_by_condition["non_cross"] == pytest.approx([2 * 252.359 + 376.271] * 3)
+    with pytest.raises(ValueError, match="set sizes"):
+        summarise("intersection", {"cross": {3: [1]}, "non_cross": {3: [1]}})
+
+
+def test_run_experiment_with_the_chance_baseline():
+    g = torch.Generator().manual_seed(0)
+
+    def chance(display):
+        result = chance_search(display.item_masks, display.target_item, candidates=display.occupied, generator=g)
+        return result.found, result.num_fixations
+
+    result = run_experiment(chance, "intersection", displays_per_set_size=2)
+    assert set(result.model_slopes) == {"cross", "non_cross"}
+    assert -1 <= result.model_index <= 1
+    assert all(len(v) == 3 for v in result.rt_by_condition.values())  # one mean RT per set size
