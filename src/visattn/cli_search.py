@@ -93,7 +93,8 @@ def _scaled(x: Any, scale: float, nearest: bool = False) -> Any:
         return x
     size = [max(1, round(s * scale)) for s in x.shape[-2:]]
     if nearest:
-        return F.interpolate(x[None].float(), size=size, mode="nearest")[0] > 0.5
+        batched = x.reshape(1, -1, *x.shape[-2:]).float()
+        return (F.interpolate(batched, size=size, mode="nearest") > 0.5).reshape(*x.shape[:-2], *size)
     return F.interpolate(x[None], size=size, mode="bilinear", align_corners=False, antialias=True)[0].clamp(0, 1)
 
 
