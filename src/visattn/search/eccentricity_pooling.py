@@ -11,7 +11,8 @@ rings around the centre: a fovea of radius ``e_0 = round(fovea * deg2px / 2)`` p
 ``d`` belongs to the fovea when ``d < e_0`` and to the ring of outer radius ``e`` when ``e - step <= d < e``.
 When the fovea already covers the map (``e_0 > n / 2``) the whole map uses ``rf_min``. Each ring's output is an
 ordinary average (or max) pooling with window ``rf(e)`` and stride 2 ("same" padding, padding excluded from the
-average), kept only inside the ring. Published constants for VGG16's five pooling layers:
+average), kept only inside the ring; rings sharing a window share one pass (windows never shrink outwards).
+Published constants for VGG16's five pooling layers:
 ``slope = [0, 0, 0.07, 0.16, 0.32]``, ``deg2px = [30, 15, 8, 4, 2]``, ``fovea = 4`` deg, ``rf_quant = 1`` deg,
 ``rf_min = 2``.
 
@@ -155,8 +156,9 @@ class EccentricityPool2d(nn.Module):
             return same_pool2d(x, layout.rf_sizes[0], self.stride, self.mode)
         index = layout.region_index(x.device)
         out = torch.zeros((), dtype=x.dtype, device=x.device)
-        for region, size in enumerate(layout.rf_sizes):
-            keep = (index == region).to(x.dtype)
+        for size in sorted(set(layout.rf_sizes)):
+            regions = [i for i, s in enumerate(layout.rf_sizes) if s == size]
+            keep = ((index >= regions[0]) & (index <= regions[-1])).to(x.dtype)
             out = out + keep * same_pool2d(x, size, self.stride, self.mode)
         return out
 

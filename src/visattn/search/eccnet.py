@@ -262,7 +262,7 @@ class EccNet(nn.Module):
         view = _batched(view, "view")
         maps, peaks = [], []
         for feats, kernel in zip(self._features(view, target=False), kernels, strict=True):
-            m = F.conv2d(feats, kernel, padding="same")[0, 0]
+            m = F.conv2d(_pad_same(feats, kernel.shape[-2:]), kernel)[0, 0]
             peaks.append(m.max())
             low, high = m.min(), m.max()
             maps.append((m - low) / (high - low).clamp_min(torch.finfo(m.dtype).tiny))
@@ -337,6 +337,12 @@ class EccNet(nn.Module):
                     result.found = True
                     break
         return result
+
+
+def _pad_same(x: torch.Tensor, kernel: tuple[int, int]) -> torch.Tensor:
+    """Zero padding for a stride-1 "same" convolution (the extra row/column of an even kernel goes last)."""
+    kh, kw = kernel
+    return F.pad(x, ((kw - 1) // 2, kw // 2, (kh - 1) // 2, kh // 2))
 
 
 def _batched(x: torch.Tensor, name: str) -> torch.Tensor:
