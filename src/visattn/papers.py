@@ -576,11 +576,16 @@ IMPLEMENTATIONS: tuple[Implementation, ...] = (
     *_impl("consistedit", "edit", "visattn.lens.edits.ConsistEditControl"),
     *_impl("vas_avar", "edit", "visattn.lens.edits.VisualSystemModulation"),
     *_impl("vas_avar", "metric", "visattn.lens.metrics.visual_attention_score"),
+    *_impl("eccnet", "module", "visattn.search.eccentricity_pooling.EccentricityPool2d"),
+    *_impl("eccnet", "tool", "visattn.search.eccnet.EccNet", "visattn.search.chance.chance_search",
+           "visattn.search.asymmetry.generate_display"),
+    *_impl("eccnet", "metric", "visattn.search.asymmetry.reaction_time", "visattn.search.asymmetry.asymmetry_index"),
 )
 """Edits, metrics, transforms, modules and tools that implement a paper, beside the registered mixers."""
 
 NOT_YET: dict[str, str] = {
-    "eccnet": "the eccNET visual-search model (eccentricity-dependent recognition, top-down target modulation)",
+    "eccnet": "pretrained VGG16 weights (user supplied) and the release's stimulus images for Exp 2-6 (re-rendered "
+              "here from the paper's descriptions)",
     "rtnet": "trained weights (iBugMask, Helen, LaPa): the parser is trained here on synthetic faces only",
     "brain_encoder": "the transformer brain encoder (cross-attention from brain-region queries to image features)",
     "trackvla_pp": "the TrackVLA++ reasoning and memory modules",
