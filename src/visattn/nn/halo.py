@@ -121,8 +121,9 @@ class HaloAttention(nn.Module):
         if isinstance(self.pool, nn.AvgPool2d) and min(h, w) < 2:
             raise ValueError(f"x's (H, W)=({h}, {w}) is too small for stride 2 with 2 x 2 average pooling")
 
-    def forward(self, x: Tensor) -> Tensor:
-        """``(B, dim, H, W) -> (B, dim_out, H / stride, W / stride)``."""
+    def blocks(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """``q (B * heads, blocks, b^2, d_qk)``, ``k (..., w^2, d_qk)``, ``v (..., w^2, d_v)`` and the additive
+        relative-logit bias ``(B * heads, blocks, b^2, w^2)`` of every query block and its halo window."""
         self._check_input(x)
         batch, _, height, width = x.shape
         heads, d_qk, d_v = self.num_heads, self.dim_head_qk, self.dim_head_v
@@ -138,8 +139,17 @@ class HaloAttention(nn.Module):
         k, v = kv.split((d_qk, d_v), dim=-1)
 
         rel = self.pos_embed(q)
-        bias = rel * self.scale if self.scale_pos_embed else rel
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=self.scale)
+        return q, k, v, rel * self.scale if self.scale_pos_embed else rel
 
-        out = out.reshape(batch, heads, n_h, n_w, b, b, d_v).permute(0, 1, 6, 2, 4, 3, 5)
-        return self.pool(out.reshape(batch, heads * d_v, n_h * b, n_w * b))
+    def merge(self, out: Tensor, height: int, width: int) -> Tensor:
+        """The blocks' outputs ``(B * heads, blocks, b^2, d_v)`` of an ``height x width`` input back to the map
+        ``(B, dim_out, H / stride, W / stride)``."""
+        n_h, n_w, b = height // self.block_size, width // self.block_size, self.block_size_ds
+        out = out.reshape(-1, self.num_heads, n_h, n_w, b, b, self.dim_head_v).permute(0, 1, 6, 2, 4, 3, 5)
+        return self.pool(out.reshape(-1, self.num_heads * self.dim_head_v, n_h * b, n_w * b))
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``(B, dim, H, W) -> (B, dim_out, H / stride, W / stride)``."""
+        q, k, v, bias = self.blocks(x)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=self.scale)
+        return self.merge(out, x.shape[2], x.shape[3])

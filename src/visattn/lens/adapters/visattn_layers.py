@@ -136,28 +136,18 @@ def halo_layout(module: HaloAttention, height: int, width: int, device: torch.de
 
 def halo_forward(module: HaloAttention, x: Tensor) -> Tensor:
     """``HaloAttention.forward`` with each block's attention computed by the lens (calls: images x blocks)."""
-    module._check_input(x)
-    batch, _, height, width = x.shape
-    heads, d_qk, d_v = module.num_heads, module.dim_head_qk, module.dim_head_v
-    n_h, n_w = height // module.block_size, width // module.block_size
-    b, w, halo = module.block_size_ds, module.win_size, module.halo_size
-    q = module.q(x).reshape(batch, heads, d_qk, n_h, b, n_w, b)
-    q = q.permute(0, 1, 3, 5, 4, 6, 2).reshape(batch * heads, n_h * n_w, b * b, d_qk)
-    kv = F.pad(module.kv(x), (halo, halo, halo, halo))
-    kv = kv.unfold(2, w, module.block_size).unfold(3, w, module.block_size)
-    kv = kv.reshape(batch * heads, d_qk + d_v, n_h * n_w, w * w).permute(0, 2, 3, 1)
-    k, v = kv.split((d_qk, d_v), dim=-1)
-    rel = module.pos_embed(q)
-    bias = rel * module.scale if module.scale_pos_embed else rel
+    q, k, v, bias = module.blocks(x)
+    batch, blocks = x.shape[0], q.shape[1]
 
     def per_block(t: Tensor) -> Tensor:
-        return t.reshape(batch, heads, n_h * n_w, *t.shape[2:]).transpose(1, 2).flatten(0, 1)
+        return t.reshape(batch, module.num_heads, blocks, *t.shape[2:]).transpose(1, 2).flatten(0, 1)
 
-    layout = halo_layout(module, height, width, x.device)
-    out = _attend(module, per_block(q), per_block(k), per_block(v), module.scale, per_block(bias), (b, b), layout, 0.0)
-    out = out.reshape(batch, n_h * n_w, heads, b * b, d_v).transpose(1, 2)
-    out = out.reshape(batch, heads, n_h, n_w, b, b, d_v).permute(0, 1, 6, 2, 4, 3, 5)
-    return module.pool(out.reshape(batch, heads * d_v, n_h * b, n_w * b))
+    layout = halo_layout(module, x.shape[2], x.shape[3], x.device)
+    side = module.block_size_ds
+    out = _attend(module, per_block(q), per_block(k), per_block(v), module.scale, per_block(bias), (side, side),
+                  layout, 0.0)
+    out = out.reshape(batch, blocks, module.num_heads, *out.shape[2:]).transpose(1, 2).flatten(0, 1)
+    return module.merge(out, x.shape[2], x.shape[3])
 
 
 def _davit_windows(x: Tensor, window: tuple[int, int]) -> Tensor:
