@@ -73,6 +73,16 @@ def test_bankers_rounding_vs_half_up():
         round_number(1.0, "up")
 
 
+def test_published_constants_have_no_half_cases_at_the_curvature_view():
+    """The 800-px view (336-px display, release margins): both roundings give the same rings, as printed in docs."""
+    size = 800
+    for slope, deg2px in zip(PUBLISHED_SLOPES, PUBLISHED_DEG2PX, strict=True):
+        even = ring_layout(size, slope=slope, deg2px=deg2px)
+        assert even == ring_layout(size, slope=slope, deg2px=deg2px, rounding="half_up")
+        size = even.out_size
+    assert ring_layout(200, slope=0.07, deg2px=8).rf_sizes == (2, 3, 3, 4, 4, 5, 5, 6, 6, 7)
+
+
 def test_region_index_matches_distance_rule():
     layout = ring_layout(41, slope=0.32, deg2px=2)
     index = layout.region_index()
