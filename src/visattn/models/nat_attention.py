@@ -279,21 +279,25 @@ class NeighborhoodAttention2dRPB(nn.Module):
                 cached = self._bias_cache[key] = (version, rpb_bias(self.rpb, plan, dtype), plan)
         return cached[1]
 
-    def forward(self, x: Tensor) -> Tensor:
-        """``x``: ``(B, H, W, dim)``; returns the same shape."""
+    def pad(self, x: Tensor) -> Tensor:
+        """``x`` ``(B, H, W, dim)`` checked, and zero-padded at the bottom / right up to ``kernel_size * dilation``
+        on an axis where it is smaller (the outputs there are cropped)."""
         if x.dim() != 4 or x.shape[-1] != self.dim:
             raise ValueError(f"x must be shaped (B, H, W, dim={self.dim}), got {tuple(x.shape)}")
-        height, width = int(x.shape[1]), int(x.shape[2])
         window = self.kernel_size * self.dilation
-        pad_h, pad_w = max(0, window - height), max(0, window - width)
-        if pad_h or pad_w:
-            x = F.pad(x, (0, 0, 0, pad_w, 0, pad_h))
+        pad_h, pad_w = max(0, window - int(x.shape[1])), max(0, window - int(x.shape[2]))
+        return F.pad(x, (0, 0, 0, pad_w, 0, pad_h)) if pad_h or pad_w else x
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``x``: ``(B, H, W, dim)``; returns the same shape."""
+        height, width = int(x.shape[1]), int(x.shape[2])
+        x = self.pad(x)
         batch, hp, wp, _ = x.shape
         rows = self.qkv(x).reshape(batch, hp * wp * 3 * self.num_heads, self.head_dim)
         plan = tile_plan((hp, wp), (self.kernel_size,) * 2, (self.dilation,) * 2, DEFAULT_TILE, self.num_heads, "qkv",
                          x.device)
         out = tiled_attention(rows, rows, rows, self._bias(plan, x.dtype), plan, self.scale,
                               self.attn_drop if self.training else 0.0).reshape(batch, hp, wp, self.dim)
-        if pad_h or pad_w:
+        if (hp, wp) != (height, width):
             out = out[:, :height, :width]
         return self.proj_drop(self.proj(out))

@@ -106,13 +106,8 @@ def neighborhood_bias(rpb: Tensor, shape: tuple[int, int], kernel_size: int, dil
 
 def nat_forward(module: nn.Module, x: Tensor) -> Tensor:
     """``NeighborhoodAttention2dRPB.forward`` with the attention computed by the lens over the whole map."""
-    if x.dim() != 4 or x.shape[-1] != module.dim:
-        raise ValueError(f"x must be shaped (B, H, W, dim={module.dim}), got {tuple(x.shape)}")
     height, width = int(x.shape[1]), int(x.shape[2])
-    window = module.kernel_size * module.dilation
-    pad_h, pad_w = max(0, window - height), max(0, window - width)
-    if pad_h or pad_w:
-        x = F.pad(x, (0, 0, 0, pad_w, 0, pad_h))
+    x = module.pad(x)
     batch, hp, wp, _ = x.shape
     q, k, v = module.qkv(x).reshape(batch, hp * wp, 3, module.num_heads, module.head_dim).permute(2, 0, 3, 1, 4)
     bias = neighborhood_bias(module.rpb, (hp, wp), module.kernel_size, module.dilation).to(x.dtype).unsqueeze(0)
