@@ -72,6 +72,8 @@ def test_bad_inputs_raise():
         det.shapes_scenes(2, "art")
     with pytest.raises(ValueError, match="count"):
         det.shapes_scenes(0)
+    with pytest.raises(ValueError, match="stride must be 8 or 16"):
+        det.tiny_detr(stride=4)
     model = det.tiny_detr(d_model=16, layers=1, queries=4)
     images = torch.rand(2, 3, 48, 48)
     with pytest.raises(ValueError, match="support set is empty"):

@@ -117,12 +117,15 @@ def to_detr_labels(boxes: Sequence[Tensor], labels: Sequence[Tensor], image_size
 
 
 def tiny_detr(num_classes: int = len(CLASSES), d_model: int = 32, layers: int = 2, heads: int = 2,
-              queries: int = 8) -> nn.Module:
-    """A randomly initialised small ``DetrForObjectDetection`` (ResNet stride 16, eager attention): no download."""
+              queries: int = 8, stride: int = 16) -> nn.Module:
+    """A randomly initialised small ``DetrForObjectDetection`` (ResNet of stride 8 or 16, eager attention): no
+    download."""
     from transformers import DetrConfig, DetrForObjectDetection, ResNetConfig
 
+    if stride not in (8, 16):
+        raise ValueError(f"stride must be 8 or 16, got {stride!r}")
     backbone = ResNetConfig(embedding_size=16, hidden_sizes=[16, 32, 48], depths=[1, 1, 1], layer_type="basic",
-                            out_features=["stage3"])
+                            out_features=["stage3" if stride == 16 else "stage2"])
     config = DetrConfig(use_timm_backbone=False, use_pretrained_backbone=False, backbone_config=backbone,
                         d_model=d_model, encoder_layers=layers, decoder_layers=layers,
                         encoder_attention_heads=heads, decoder_attention_heads=heads, encoder_ffn_dim=2 * d_model,
