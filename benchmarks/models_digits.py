@@ -64,7 +64,7 @@ FAMILIES = (
     Family("patnet", "visattn_patnet_t1", 32, 2e-3, dict(embed_dim=16, depths=(1, 2, 1, 1), feature_dim=64),
            size_kwarg=False),
     Family("dependencyvit", "visattn_dependencyvit_tiny_patch16_224", 32, 3e-3, dict(_VIT)),
-    Family("infvit", "visattn_infvit_linear_patch16_224", 32, 3e-3, dict(_VIT, representation_size=0)),
+    Family("infvit", "visattn_infvit_linear_patch16_224", 32, 1e-3, dict(_VIT, representation_size=0)),
 )
 
 
