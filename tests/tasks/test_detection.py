@@ -92,5 +92,11 @@ def test_tiny_detr_with_refiner_trains_and_reports_distances():
     assert sum(losses[-5:]) < 0.8 * sum(losses[:5]), losses
     distances = det.attention_distances(model, images)
     assert distances.shape == (1,) and (distances > 0).all() and (distances < 3 * 2**0.5).all()
+    with torch.no_grad():
+        own = model(pixel_values=images, output_attentions=True).encoder_attentions[0].double()
+    ys, xs = torch.meshgrid(torch.arange(3.0), torch.arange(3.0), indexing="ij")
+    pos = torch.stack([ys.flatten(), xs.flatten()], -1).double()
+    naive = (own * torch.cdist(pos, pos)).sum(dim=(-2, -1)).mean() / 9
+    torch.testing.assert_close(distances[0].double(), naive, rtol=1e-5, atol=1e-6)
     preds = det.predict(model, images)
     assert preds[0]["boxes"].shape == (4, 4) and preds[0]["scores"].shape == (4,)

@@ -11,8 +11,8 @@ Paper: "Remedying Target-Domain Astigmatism for Cross-Domain Few-Shot Object Det
 - :func:`mean_average_precision`: COCO mAP@[.5:.95] and mAP@.5 from pycocotools (imported lazily).
 - :func:`finetune_detector`: AdamW on DETR's Hungarian loss (+ TSA's alignment loss when the refiner has text),
   prototypes recomputed from the support set at every step.
-- :func:`attention_distances`: per-layer mean attention distance of the encoder self-attention, via the model's
-  own ``output_attentions`` and :func:`visattn.lens.metrics.mean_attention_distance`.
+- :func:`attention_distances`: per-layer mean attention distance of the encoder self-attention, recorded with
+  :func:`visattn.lens.capture.capture` and measured with :func:`visattn.lens.metrics.mean_attention_distance`.
 """
 
 from __future__ import annotations
@@ -226,14 +226,22 @@ def finetune_detector(model: nn.Module, images: Tensor, boxes: Sequence[Tensor],
 
 @torch.no_grad()
 def attention_distances(model: nn.Module, images: Tensor) -> Tensor:
-    """Mean attention distance (feature cells) of each encoder layer, averaged over heads and images, ``(L,)``."""
+    """Mean attention distance (feature cells) of each encoder layer, averaged over heads and images, ``(L,)``.
+
+    The encoder's self-attention is recorded with :func:`visattn.lens.capture.capture` (its Hugging Face adapter
+    routes DETR's attention) and measured with :func:`visattn.lens.metrics.mean_attention_distance` on the
+    backbone's feature grid.
+    """
+    from ..lens.capture import capture
     from ..lens.metrics.distance import mean_attention_distance
 
-    out = model(pixel_values=images, output_attentions=True)
-    if not out.encoder_attentions:
-        raise ValueError("the model returned no encoder attentions: build it with attn_implementation='eager'")
+    with capture(model, within="model.encoder") as recording:
+        model(pixel_values=images)
+    if not recording.names:
+        raise ValueError(f"no encoder attention was recorded in {type(model).__name__}")
     h, w = _grid(model, images)
-    return torch.stack([mean_attention_distance(a, (h, w)).mean() for a in out.encoder_attentions])
+    return torch.stack([mean_attention_distance(recording.get("probs", i).tensor, (h, w)).mean()
+                        for i in sorted(recording.names)])
 
 
 def _grid(model: nn.Module, images: Tensor) -> tuple[int, int]:
