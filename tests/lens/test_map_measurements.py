@@ -97,3 +97,16 @@ def test_distance_is_in_input_pixels():
     assert measured.per_layer["mean attention distance (input pixels)"] == {0: 8.0}
     assert measured.per_layer["entropy over keys (nats)"][1] == pytest.approx(np.log(3))
     assert any("layers 1 attend over channels" in note for note in measured.notes)
+
+
+@pytest.mark.parametrize("model, kwargs", [
+    ("visattn_dependencyvit_tiny_patch16_224", "embed_dim=32,depth=2,num_heads=2"),
+    ("visattn_dependencyvit_lite_tiny_patch16_224", "embed_dim=32,depth=3,num_heads=2,prune_layers=(2,)"),
+])
+def test_lens_cli_reports_on_dependency_vit(tmp_path, model, kwargs):
+    """DependencyViT's reversed attention is observed through ``forward_with_message``: the ViT report while every
+    layer sees the whole grid, the feature-map report once Lite has pruned tokens."""
+    data, files = run_lens(tmp_path, model, kwargs)
+    entropy = next(values for name, values in data["per_layer"].items() if name.startswith("entropy"))
+    assert len(entropy) == (2 if "lite" not in model else 3)
+    assert "report.html" in files

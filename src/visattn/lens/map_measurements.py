@@ -77,6 +77,11 @@ class MapMeasurements(GridMeasurements):
     def hidden_states(self, chosen: Sequence[str], hidden: dict[int, Tensor]) -> None:
         widths = {h.shape[-1] for h in hidden.values()}
         if len(widths) == 1:
+            tokens = {h.shape[-2] for h in hidden.values()}
+            if "phases" in chosen and len(tokens) > 1:
+                self.skip("phases", f"layer dissimilarity compares the same tokens across layers, and the captured "
+                                    f"layers hold {min(tokens)}..{max(tokens)} tokens (pruned or merged)")
+                chosen = [metric for metric in chosen if metric != "phases"]
             super().hidden_states(chosen, hidden)
             return
         if "sinks" in chosen:

@@ -155,17 +155,18 @@ def route_of(module: nn.Module) -> Route | None:
     return module.__dict__.get(ROUTE_ATTR)
 
 
-def patch_forward(module: nn.Module, forward: Callable[..., Any]) -> Callable[[], None]:
-    """Replace ``module.forward`` on the instance; return the function that puts the previous one back."""
-    had_own = "forward" in module.__dict__
-    previous = module.__dict__.get("forward")
-    module.forward = forward
+def patch_forward(module: nn.Module, forward: Callable[..., Any], attribute: str = "forward") -> Callable[[], None]:
+    """Replace ``module.forward`` (or another method, ``attribute``) on the instance; return the function that puts
+    the previous one back."""
+    had_own = attribute in module.__dict__
+    previous = module.__dict__.get(attribute)
+    setattr(module, attribute, forward)
 
     def undo() -> None:
         if had_own:
-            module.forward = previous
+            setattr(module, attribute, previous)
         else:
-            del module.forward
+            delattr(module, attribute)
 
     return undo
 

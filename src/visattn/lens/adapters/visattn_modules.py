@@ -24,6 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from ...nn import Attention, MaskedMixer, SoftmaxMixer, TokenMixer
+from ...nn.reversed_attention import ReversedMixer
 from ...ops import reference
 from ...ops.engines.dense import dense_mask
 from ..call import AttentionCall
@@ -64,8 +65,26 @@ class VisattnLayer(Layer):
 
     def patch(self) -> Callable[[], None]:
         mixer = self.module
+        if isinstance(mixer, ReversedMixer):
+            return _patch_message_forward(mixer, self.name)
         forward = explicit_forward if is_explicit(mixer) else observed_forward
         return patch_forward(mixer, lambda *args, **kwargs: forward(mixer, self.name, *args, **kwargs))
+
+
+def _patch_message_forward(mixer: ReversedMixer, name: str) -> Callable[[], None]:
+    """DependencyViT's :class:`~visattn.nn.reversed_attention.ReversedAttention` calls its mixer's
+    ``forward_with_message(q, k, v, shape, x, message)``: observe that call (the reversed weights ``A_R`` as
+    ``probs``)."""
+    def observed(q: Tensor, k: Tensor, v: Tensor, shape: Any, x: Tensor,
+                 message: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        route = route_of(mixer)
+        out, m = type(mixer).forward_with_message(mixer, q, k, v, shape, x, message)
+        grid, prefix = mixer.prepare(q, k, v, shape)
+        tensors = {"head_outputs": out, "probs": mixer.attention_weights(q, k, grid, x=x, message=message)}
+        notify(_call(route, q, k, v, mixer.scale or 1.0 / math.sqrt(q.shape[-1]), None, grid, prefix), tensors, route)
+        return out, m
+
+    return patch_forward(mixer, observed, "forward_with_message")
 
 
 def claim(name: str, module: nn.Module, modules: dict[str, nn.Module]) -> VisattnLayer | None:
@@ -75,7 +94,8 @@ def claim(name: str, module: nn.Module, modules: dict[str, nn.Module]) -> Visatt
     owner_name = parent_name(name)
     owner = modules.get(owner_name) if owner_name is not None else None
     if isinstance(owner, Attention):
-        if type(owner).forward is not Attention.forward and not getattr(type(owner), "forward_calls_mixer", False):
+        if type(owner).forward is not Attention.forward and not getattr(type(owner), "forward_calls_mixer", False) \
+                and not isinstance(module, ReversedMixer):
             return None
         layer_name, block_name = owner_name, parent_name(owner_name)
         block = modules[block_name] if block_name is not None else owner
