@@ -79,6 +79,7 @@ def test_sine_encoding_values():
     torch.testing.assert_close(pe[5], torch.tensor(ref, dtype=torch.float64))
 
 
+@pytest.mark.slow
 def test_vit_features_and_training_falls(tmp_path):
     timm = pytest.importorskip("timm")
     torch.manual_seed(0)

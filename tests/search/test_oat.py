@@ -90,6 +90,7 @@ def test_object_mask_hides_padding():
     assert torch.isinf(logits[..., 2]).all() and torch.isfinite(logits[..., [0, 1, 3]]).all()
 
 
+@pytest.mark.slow
 def test_trains_with_falling_loss():
     model = _tiny()
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
