@@ -145,3 +145,10 @@ def test_bad_inputs():
         roi_mask_from_labels(np.array([-1, 2]))
     with pytest.raises(ValueError, match="before fit"):
         RidgeReadout().predict(torch.zeros(2, 3, 4))
+
+
+def test_gradcheck_encoder():
+    torch.manual_seed(2)
+    enc = BrainEncoder(3, roi_mask_from_labels(torch.tensor([1, 2, 2])), (1, 2), dim=4, num_heads=2).double()
+    tokens = torch.randn(1, 2, 3, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(enc, (tokens,))

@@ -108,3 +108,10 @@ def test_bad_inputs():
         fixation_policy(torch.zeros(1, 4), torch.zeros(4, 2), max_fixations=0)
     with pytest.raises(ValueError, match="fixations must be shaped"):
         fixation_policy(torch.zeros(1, 4), torch.zeros(3, 2))
+
+
+def test_gradcheck_fovea():
+    model = FoveatedClassifier(nn.Flatten(), out_size=(3, 4))
+    img = torch.rand(1, 1, 5, 6, dtype=torch.float64, requires_grad=True)
+    fix = torch.tensor([[2.2, 2.7]], dtype=torch.float64)
+    assert torch.autograd.gradcheck(lambda x: model(x, fix), (img,))
