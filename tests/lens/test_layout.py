@@ -33,7 +33,7 @@ def naive_received(probs: torch.Tensor, layout: TokenLayout) -> torch.Tensor:
     out = torch.zeros(images, heads, *layout.grid, dtype=torch.float64)
     count = 0
     for w in range(layout.windows):
-        for qi, (qy, qx) in enumerate(layout.queries[w].tolist()):
+        for qi, (qy, _) in enumerate(layout.queries[w].tolist()):
             if qy < 0:
                 continue
             count += 1

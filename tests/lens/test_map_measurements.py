@@ -14,6 +14,7 @@ from visattn.lens.layout import grid_layout
 from visattn.lens.map_measurements import MapMeasurements
 from visattn.lens.measurements import LensOptions
 
+
 def at(size: int) -> str:
     """The model kwarg that makes the lens feed ``size x size`` pictures (timm's data config reads it)."""
     return f"pretrained_cfg_overlay={{'input_size':(3,{size},{size})}}"
