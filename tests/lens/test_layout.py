@@ -28,39 +28,38 @@ def random_probs(images: int, layout: TokenLayout, heads: int, seed: int) -> tor
     return logits.softmax(dim=-1)
 
 
+def on_map_pairs(layout: TokenLayout):
+    """Every (window, query row, query position, key row, key position) with both tokens on the map, and the number
+    of queries on the map, written out token by token."""
+    pairs, queries = [], 0
+    for w in range(layout.windows):
+        for qi, query in enumerate(layout.queries[w].tolist()):
+            if query[0] < 0:
+                continue
+            queries += 1
+            pairs += [(w, qi, query, ki, key) for ki, key in enumerate(layout.keys[w].tolist()) if key[0] >= 0]
+    return pairs, queries
+
+
 def naive_received(probs: torch.Tensor, layout: TokenLayout) -> torch.Tensor:
     images, heads, prefix = probs.shape[0] // layout.windows, probs.shape[1], layout.num_prefix_tokens
     out = torch.zeros(images, heads, *layout.grid, dtype=torch.float64)
-    count = 0
-    for w in range(layout.windows):
-        for qi, (qy, _) in enumerate(layout.queries[w].tolist()):
-            if qy < 0:
-                continue
-            count += 1
-            for ki, (ky, kx) in enumerate(layout.keys[w].tolist()):
-                if ky < 0:
-                    continue
-                for b in range(images):
-                    out[b, :, ky, kx] += probs[b * layout.windows + w, :, prefix + qi, prefix + ki]
-    return out / count
+    pairs, queries = on_map_pairs(layout)
+    for w, qi, _, ki, (ky, kx) in pairs:
+        for b in range(images):
+            out[b, :, ky, kx] += probs[b * layout.windows + w, :, prefix + qi, prefix + ki]
+    return out / queries
 
 
 def naive_distance(probs: torch.Tensor, layout: TokenLayout, scale: tuple[float, float]) -> torch.Tensor:
     images, heads, prefix = probs.shape[0] // layout.windows, probs.shape[1], layout.num_prefix_tokens
     total = torch.zeros(images, heads, dtype=torch.float64)
-    count = 0
-    for w in range(layout.windows):
-        for qi, (qy, qx) in enumerate(layout.queries[w].tolist()):
-            if qy < 0:
-                continue
-            count += 1
-            for ki, (ky, kx) in enumerate(layout.keys[w].tolist()):
-                if ky < 0:
-                    continue
-                d = math.hypot((qy - ky) * scale[0], (qx - kx) * scale[1])
-                for b in range(images):
-                    total[b] += probs[b * layout.windows + w, :, prefix + qi, prefix + ki] * d
-    return total / count
+    pairs, queries = on_map_pairs(layout)
+    for w, qi, (qy, qx), ki, (ky, kx) in pairs:
+        d = math.hypot((qy - ky) * scale[0], (qx - kx) * scale[1])
+        for b in range(images):
+            total[b] += probs[b * layout.windows + w, :, prefix + qi, prefix + ki] * d
+    return total / queries
 
 
 def halo_like(grid: tuple[int, int], block: int, halo: int) -> TokenLayout:
