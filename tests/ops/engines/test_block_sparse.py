@@ -243,3 +243,17 @@ def test_two_part_merge(mask, shape, prefix, blocks, monkeypatch):
 def test_gapped_rows_use_the_empty_row_merge():
     plan = block_sparse_plan(GappedMask(), (4, 6), 4, 4, 4)
     assert any(g.masked_row_empty is not None for g in plan.groups)
+
+
+def test_query_blocks_that_see_no_key_keep_the_graph():
+    """The radial 'code' rule on 4 tokens in blocks of 4 leaves a query block with no key: its zero output must still
+    carry gradients (zeros, as the dense reference's fully masked rows do), found by hypothesis in the entry-point
+    gradient test."""
+    mask = masks.radial_mask(rule="code", block_size=4, model_type="hunyuan")
+    gen = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, 1, 4, 1, generator=gen, dtype=torch.float64, requires_grad=True) for _ in range(3))
+    out = masked_attention(q, k, v, mask, (4, 1, 1), 0, backend="block_sparse")
+    grads = torch.autograd.grad(out.sum(), (q, k, v))
+    reference = torch.autograd.grad(masked_attention(q, k, v, mask, (4, 1, 1), 0, backend="reference").sum(), (q, k, v))
+    for got, want in zip(grads, reference, strict=True):
+        torch.testing.assert_close(got, want)

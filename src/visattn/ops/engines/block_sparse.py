@@ -345,6 +345,15 @@ def _two_part_ok(q: Tensor, v: Tensor) -> bool:
             and q.dtype in (torch.float32, torch.float64, torch.bfloat16))
 
 
+def _no_keys(q_group: Tensor, k_blocks: Tensor, v_blocks: Tensor) -> Tensor:
+    """The zero output ``(B * H, blocks, bq, d_v)`` of query blocks that see no key, as a product over an empty key
+    set: zero, and still in the graph of q, k and v (zero gradients, no NaN from non-finite inputs), as the dense
+    reference gives for fully masked rows."""
+    k_none = k_blocks.flatten(1, 2)[:, :0].unsqueeze(1)
+    v_none = v_blocks.flatten(1, 2)[:, :0].unsqueeze(1)
+    return (q_group @ k_none.transpose(-1, -2)) @ v_none
+
+
 def run_block_sparse_plan(plan: BlockSparsePlan, q: Tensor, k: Tensor, v: Tensor, scale: float | None = None) -> Tensor:
     """Run a :class:`BlockSparsePlan` on checked ``q, k, v`` (differentiable through SDPA and gathers)."""
     b, h, n, dim = q.shape
@@ -372,7 +381,7 @@ def run_block_sparse_plan(plan: BlockSparsePlan, q: Tensor, k: Tensor, v: Tensor
     for group in plan.groups:
         size = group.query_blocks.shape[0]
         if not group.num_full + group.num_masked:
-            outs.append(q_blocks.new_zeros(b * h, size, bq, dim_v))
+            outs.append(_no_keys(q_blocks.index_select(1, group.query_blocks.to(device)), k_blocks, v_blocks))
             continue
         q_group = q_blocks.index_select(1, group.query_blocks.to(device))
         k_full, v_full = gather(k_blocks, group.full_keys, size), gather(v_blocks, group.full_keys, size)
