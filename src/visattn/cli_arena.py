@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .cli_lens import parse_model_kwargs
+from .cli_lens import model_kwargs_argument
 from .cli_paths import check_output_folder
 
 if TYPE_CHECKING:
@@ -22,13 +22,6 @@ TASK_NAMES = ("digits", "pathfinder", "search")
 DESCRIPTION = ("Train the same small ViT with each mixer on a procedural task (curve tracing, visual search, "
                "upscaled digits), test it at the training size and larger ones, and write a table and plots. "
                "Run it under torchrun for DDP.")
-
-
-def _model_kwargs(text: str) -> dict[str, Any]:
-    try:
-        return parse_model_kwargs(text)
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(str(err)) from err
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
@@ -54,7 +47,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     arena.add_argument("--model", default="visattn_vit_tiny_patch16_224",
                        help="backbone: a visattn_vit_* (shrunk to patch 4, width 64, depth 2, 2 heads) or any timm "
                             "model whose attention replace_attention can swap")
-    arena.add_argument("--model-kwargs", type=_model_kwargs, default={},
+    arena.add_argument("--model-kwargs", type=model_kwargs_argument, default={},
                        help="keyword arguments for timm.create_model, e.g. embed_dim=96,depth=4")
     arena.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto",
                        help="autocast: auto = bf16 on GPUs that have it, fp32 on CPU")

@@ -45,7 +45,8 @@ def _layers(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(f"--layers must be integers, got {text!r}") from err
 
 
-def _model_kwargs(text: str) -> dict[str, Any]:
+def model_kwargs_argument(text: str) -> dict[str, Any]:
+    """:func:`parse_model_kwargs` as an argparse ``type`` (its ``ValueError`` becomes the usage error)."""
     try:
         return parse_model_kwargs(text)
     except ValueError as err:
@@ -59,7 +60,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     lens.add_argument("image", type=Path, help="the input picture (PNG, JPEG, ...)")
     lens.add_argument("--model", required=True, help="timm model name, or a checkpoint file (with --model-name)")
     lens.add_argument("--model-name", default=None, help="timm name of the architecture a checkpoint was saved from")
-    lens.add_argument("--model-kwargs", type=_model_kwargs, default={},
+    lens.add_argument("--model-kwargs", type=model_kwargs_argument, default={},
                       help="keyword arguments for timm.create_model, e.g. img_size=32,depth=2")
     lens.add_argument("--pretrained", action="store_true",
                       help="load timm's pretrained weights for a model name (from the Hugging Face cache, or "
