@@ -89,6 +89,18 @@ def _chance(config: ArenaConfig) -> float:
     return 1.0 / get_task(config.task).num_classes
 
 
+def _finish(figure: Any, axes: Any, config: ArenaConfig, xlabel: str, ylabel: str, title: str,
+            path: str | os.PathLike[str]) -> None:
+    """The chance line, labels, grid and legend every arena plot shares; then save the figure to ``path``."""
+    axes.axhline(_chance(config), color="grey", linestyle=":", label="chance")
+    axes.set_xlabel(xlabel)
+    axes.set_ylabel(ylabel)
+    axes.set_title(title)
+    axes.grid(True, alpha=0.3)
+    axes.legend(fontsize="small")
+    figure.savefig(path, dpi=110)
+
+
 def plot_accuracy_vs_steps(config: ArenaConfig, results: Sequence[MixerResult], path: str | os.PathLike[str]) -> None:
     figure, colors = _figure((7, 4.5))
     axes = figure.add_subplot()
@@ -96,13 +108,8 @@ def plot_accuracy_vs_steps(config: ArenaConfig, results: Sequence[MixerResult], 
         curve = r.curve(config.size)
         if curve:
             axes.plot(*zip(*curve, strict=True), marker="o", color=colors[index % len(colors)], label=r.label)
-    axes.axhline(_chance(config), color="grey", linestyle=":", label="chance")
-    axes.set_xlabel("training step")
-    axes.set_ylabel(f"test accuracy at {config.size}px")
-    axes.set_title(f"{config.task}: accuracy during training")
-    axes.grid(True, alpha=0.3)
-    axes.legend(fontsize="small")
-    figure.savefig(path, dpi=110)
+    _finish(figure, axes, config, "training step", f"test accuracy at {config.size}px",
+            f"{config.task}: accuracy during training", path)
 
 
 def plot_accuracy_vs_speed(config: ArenaConfig, results: Sequence[MixerResult], path: str | os.PathLike[str]) -> None:
@@ -112,13 +119,8 @@ def plot_accuracy_vs_speed(config: ArenaConfig, results: Sequence[MixerResult], 
         accuracy = r.accuracy.get(config.size)
         if accuracy is not None:
             axes.scatter([r.images_per_s], [accuracy], s=60, color=colors[index % len(colors)], label=r.label)
-    axes.axhline(_chance(config), color="grey", linestyle=":", label="chance")
-    axes.set_xlabel("training throughput (images/s, median step)")
-    axes.set_ylabel(f"final test accuracy at {config.size}px")
-    axes.set_title(f"{config.task}: accuracy against speed")
-    axes.grid(True, alpha=0.3)
-    axes.legend(fontsize="small")
-    figure.savefig(path, dpi=110)
+    _finish(figure, axes, config, "training throughput (images/s, median step)",
+            f"final test accuracy at {config.size}px", f"{config.task}: accuracy against speed", path)
 
 
 def plot_extrapolation(config: ArenaConfig, results: Sequence[MixerResult], path: str | os.PathLike[str]) -> None:
@@ -129,13 +131,8 @@ def plot_extrapolation(config: ArenaConfig, results: Sequence[MixerResult], path
         if points:
             axes.plot(*zip(*points, strict=True), marker="o", color=colors[index % len(colors)], label=r.label)
     axes.axvline(config.size, color="black", linestyle="--", alpha=0.5, label="training size")
-    axes.axhline(_chance(config), color="grey", linestyle=":", label="chance")
-    axes.set_xlabel("test image side (px)")
-    axes.set_ylabel("final test accuracy")
-    axes.set_title(f"{config.task}: trained at {config.size}px, tested larger")
-    axes.grid(True, alpha=0.3)
-    axes.legend(fontsize="small")
-    figure.savefig(path, dpi=110)
+    _finish(figure, axes, config, "test image side (px)", "final test accuracy",
+            f"{config.task}: trained at {config.size}px, tested larger", path)
 
 
 def write_outputs(config: ArenaConfig, results: Sequence[MixerResult], out: str | os.PathLike[str],
