@@ -40,6 +40,7 @@ from timm.models._manipulate import checkpoint
 from torch import Tensor, nn
 
 from ..nn.reversed_attention import LITE_LAYERS, LITE_RATIO, ReversedBlock, lite_keep_counts, prune_tokens
+from ._pretrained import paper_cfg
 from .dependency_tree import attach_pruned, tree_from_scores
 
 __all__ = ["DEPENDENCY_VIT_ARGS", "DependencyViT", "checkpoint_filter_fn"]
@@ -294,15 +295,11 @@ def checkpoint_filter_fn(state_dict: Mapping[str, Any], model: nn.Module) -> dic
             for k, v in state_dict.items()}
 
 
-def _cfg(**kwargs: Any) -> dict[str, Any]:
-    return dict(url="", num_classes=1000, input_size=(3, 224, 224), pool_size=None, crop_pct=0.9,
-                interpolation="bicubic", fixed_input_size=True, mean=IMAGENET_INCEPTION_MEAN,
-                std=IMAGENET_INCEPTION_STD, first_conv="patch_embed.proj", classifier="head",
-                paper_ids="arXiv:2304.03282", notes=("no released weights (the authors published no code or "
-                                                      "checkpoints); configs from timm PR #2062",), **kwargs)
-
-
-default_cfgs = generate_default_cfgs({name: _cfg() for name in DEPENDENCY_VIT_ARGS})
+default_cfgs = generate_default_cfgs({name: paper_cfg(
+    "2304.03282", crop_pct=0.9, fixed_input_size=True, mean=IMAGENET_INCEPTION_MEAN, std=IMAGENET_INCEPTION_STD,
+    first_conv="patch_embed.proj", classifier="head",
+    notes=("no released weights (the authors published no code or checkpoints); configs from timm PR #2062",))
+    for name in DEPENDENCY_VIT_ARGS})
 
 
 def _create(variant: str, pretrained: bool, kwargs: dict[str, Any]) -> DependencyViT:

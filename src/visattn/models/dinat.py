@@ -33,7 +33,7 @@ from timm.models._features import feature_take_indices
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from .nat import _BUILD_KWARGS, NAT, ClassifierHead, NATBlock, _cfg, _create
+from .nat import _BUILD_KWARGS, DINAT_ARXIV, NAT, ClassifierHead, NATBlock, _cfg, _create
 from .nat import checkpoint_filter_fn as nat_checkpoint_filter_fn
 
 __all__ = ["DINAT_S_ARGS", "ISOTROPIC_ARGS", "NATIsotropic", "PatchEmbed", "PatchMerging", "checkpoint_filter_fn"]
@@ -109,12 +109,12 @@ def _create_s(variant: str, pretrained: bool = False, **kwargs: Any) -> NAT:
 
 _URL = "https://shi-labs.com/projects/dinat/checkpoints/imagenet1k/"
 default_cfgs = generate_default_cfgs({
-    **{f"visattn_dinat_s_{s}.in1k": _cfg(f"{_URL}dinat_s_{s}_in1k_224.pth", None, first_conv="patch_embed.proj")
-       for s in ("tiny", "small", "base")},
-    "visattn_dinat_s_large.in22k_ft_in1k": _cfg(f"{_URL}dinat_s_large_in1k_224.pth", None,
+    **{f"visattn_dinat_s_{s}.in1k": _cfg(DINAT_ARXIV, f"{_URL}dinat_s_{s}_in1k_224.pth", None,
+                                         first_conv="patch_embed.proj") for s in ("tiny", "small", "base")},
+    "visattn_dinat_s_large.in22k_ft_in1k": _cfg(DINAT_ARXIV, f"{_URL}dinat_s_large_in1k_224.pth", None,
                                                 first_conv="patch_embed.proj"),
-    "visattn_dinat_s_large_384.in22k_ft_in1k": _cfg(f"{_URL}dinat_s_large_in1k_384.pth", None,
-                                                    first_conv="patch_embed.proj", input_size=(3, 384, 384),
+    "visattn_dinat_s_large_384.in22k_ft_in1k": _cfg(DINAT_ARXIV, f"{_URL}dinat_s_large_in1k_384.pth", None,
+                                                    first_conv="patch_embed.proj", input_size=384,
                                                     pool_size=(12, 12), crop_pct=1.0),
 })
 
@@ -256,7 +256,7 @@ def _create_isotropic(variant: str, pretrained: bool = False, **kwargs: Any) -> 
 
 _ISO_URL = "https://shi-labs.com/projects/dinat/checkpoints/isotropic/"
 default_cfgs.update(generate_default_cfgs({
-    f"visattn_{name}.in1k": _cfg(f"{_ISO_URL}{name}_in1k_224.pth", None, first_conv="patch_embed.proj",
+    f"visattn_{name}.in1k": _cfg(DINAT_ARXIV, f"{_ISO_URL}{name}_in1k_224.pth", None, first_conv="patch_embed.proj",
                                  pool_size=(14, 14)) for name in ISOTROPIC_ARGS
 }))
 

@@ -35,12 +35,12 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models import vision_transformer as timm_vit
 from torch import Tensor, nn
 
 from ..nn.replace import replace_attention
+from ._pretrained import paper_cfg
 
 __all__ = ["INFVIT_ARGS", "InfViT", "checkpoint_filter_fn"]
 
@@ -133,11 +133,9 @@ def checkpoint_filter_fn(state_dict: Mapping[str, Any], model: nn.Module) -> dic
 
 
 default_cfgs = generate_default_cfgs({
-    name: dict(url="", num_classes=1000, input_size=(3, 224, 224), pool_size=None, crop_pct=0.875,
-               interpolation="bicubic", mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD,
-               first_conv="patch_embed.proj", classifier="head", license="mit", paper_ids="arXiv:2603.00175",
-               origin_url="https://github.com/giorgioroffo/infinite-self-attention",
-               notes=("configuration inferred from the published parameter counts; no weights released",))
+    name: paper_cfg("2603.00175", first_conv="patch_embed.proj", classifier="head", license="mit",
+                    origin_url="https://github.com/giorgioroffo/infinite-self-attention",
+                    notes=("configuration inferred from the published parameter counts; no weights released",))
     for name in INFVIT_ARGS
 })
 

@@ -36,7 +36,6 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import to_2tuple
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models import swin_transformer as timm_swin
@@ -44,6 +43,7 @@ from timm.models import vision_transformer as timm_vit
 from torch import Tensor, nn
 
 from ..nn.attention import Attention
+from ._pretrained import paper_cfg
 from .vit import vit_with_mixer
 
 __all__ = ["DEIT_ARGS", "SWIN_ARGS", "InLineSwinTransformer", "InLineWindowAttention", "checkpoint_filter_fn",
@@ -164,16 +164,14 @@ def checkpoint_filter_fn(state_dict: Mapping[str, Any], model: nn.Module) -> dic
     return timm_vit.checkpoint_filter_fn(state_dict, model)
 
 
-def _cfg(input_size: int = 224, **kwargs: Any) -> dict[str, Any]:
-    return dict(url="", num_classes=1000, input_size=(3, input_size, input_size), pool_size=None, crop_pct=0.9,
-                interpolation="bicubic", mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD, license="mit",
-                origin_url=_README, paper_ids="arXiv:2412.06590", **kwargs)
+def _cfg(**kwargs: Any) -> dict[str, Any]:
+    return paper_cfg("2412.06590", crop_pct=0.9, first_conv="patch_embed.proj", license="mit", origin_url=_README,
+                     **kwargs)
 
 
 default_cfgs = generate_default_cfgs({
-    "visattn_inline_deit_tiny.in1k": _cfg(first_conv="patch_embed.proj", classifier="head"),
-    **{f"{name}.in1k": _cfg(first_conv="patch_embed.proj", classifier="head.fc", fixed_input_size=True)
-       for name in SWIN_ARGS},
+    "visattn_inline_deit_tiny.in1k": _cfg(classifier="head"),
+    **{f"{name}.in1k": _cfg(classifier="head.fc", fixed_input_size=True) for name in SWIN_ARGS},
 })
 
 

@@ -31,7 +31,6 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import ClassifierHead, DropPath, Mlp, trunc_normal_
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
@@ -41,6 +40,7 @@ from torch import Tensor, nn
 
 from ..nn.attention import Attention
 from ..nn.l2vit import LocalConcentrationModule
+from ._pretrained import paper_cfg
 
 __all__ = ["L2VIT_ARGS", "L2ViT", "checkpoint_filter_fn"]
 
@@ -307,15 +307,9 @@ def checkpoint_filter_fn(state_dict: Mapping[str, Any], model: nn.Module) -> dic
     return out
 
 
-def _cfg(**kwargs: Any) -> dict[str, Any]:
-    return dict(url="", num_classes=1000, input_size=(3, 224, 224), pool_size=(7, 7), crop_pct=0.875,
-                interpolation="bicubic", mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD,
-                first_conv="stem.proj.0", classifier="head.fc", license="apache-2.0",
-                origin_url="https://github.com/ChuanyangZheng/L2ViT/releases/tag/v1.0", paper_ids="arXiv:2501.16182",
-                **kwargs)
-
-
-default_cfgs = generate_default_cfgs({f"{name}.in1k": _cfg() for name in L2VIT_ARGS})
+default_cfgs = generate_default_cfgs({f"{name}.in1k": paper_cfg(
+    "2501.16182", pool_size=(7, 7), first_conv="stem.proj.0", classifier="head.fc", license="apache-2.0",
+    origin_url="https://github.com/ChuanyangZheng/L2ViT/releases/tag/v1.0") for name in L2VIT_ARGS})
 
 
 def _create(variant: str, pretrained: bool, kwargs: dict[str, Any]) -> L2ViT:

@@ -53,6 +53,7 @@ from timm.models._features import feature_take_indices
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from ._pretrained import paper_cfg
 from .nat_attention import NeighborhoodAttention2dRPB
 
 __all__ = ["NAT", "NAT_ARGS", "checkpoint_filter_fn", "convert_hf_state_dict"]
@@ -428,26 +429,28 @@ def _create(variant: str, pretrained: bool = False, *, args: Mapping[str, Any] |
 _URL = "https://shi-labs.com/projects/"
 
 
-def _cfg(url: str, hf: str | None, **kwargs: Any) -> dict[str, Any]:
+NAT_ARXIV, DINAT_ARXIV = "2204.07143", "2209.15001"
+
+
+def _cfg(arxiv: str, url: str, hf: str | None, **kwargs: Any) -> dict[str, Any]:
+    """The SHI-Labs checkpoint at ``url`` (``hf``: the same weights on the Hugging Face hub, if any)."""
     notes = () if hf is None else (f"the same weights in the Hugging Face layout: {hf} (converted on load)",)
-    cfg = dict(url=url, num_classes=1000, input_size=(3, 224, 224), pool_size=(7, 7), crop_pct=0.875,
-               interpolation="bicubic", mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225),
-               first_conv="patch_embed.proj.0", classifier="head", license="mit",
-               origin_url="https://github.com/SHI-Labs/Neighborhood-Attention-Transformer", notes=notes)
-    cfg.update(kwargs)
-    return cfg
+    fields = dict(pool_size=(7, 7), first_conv="patch_embed.proj.0", classifier="head", license="mit",
+                  origin_url="https://github.com/SHI-Labs/Neighborhood-Attention-Transformer", notes=notes)
+    return paper_cfg(arxiv, url=url, **{**fields, **kwargs})
 
 
 default_cfgs = generate_default_cfgs({
-    **{f"visattn_nat_{s}.in1k": _cfg(f"{_URL}nat/checkpoints/CLS/nat_{s}.pth", f"shi-labs/nat-{s}-in1k-224")
+    **{f"visattn_nat_{s}.in1k": _cfg(NAT_ARXIV, f"{_URL}nat/checkpoints/CLS/nat_{s}.pth", f"shi-labs/nat-{s}-in1k-224")
        for s in ("mini", "tiny", "small", "base")},
-    **{f"visattn_dinat_{s}.in1k": _cfg(f"{_URL}dinat/checkpoints/imagenet1k/dinat_{s}_in1k_224.pth",
+    **{f"visattn_dinat_{s}.in1k": _cfg(DINAT_ARXIV, f"{_URL}dinat/checkpoints/imagenet1k/dinat_{s}_in1k_224.pth",
                                        f"shi-labs/dinat-{s}-in1k-224") for s in ("mini", "tiny", "small", "base")},
-    "visattn_dinat_large.in22k_ft_in1k": _cfg(f"{_URL}dinat/checkpoints/imagenet1k/dinat_large_in22k_in1k_224.pth",
-                                              "shi-labs/dinat-large-in22k-in1k-224"),
+    "visattn_dinat_large.in22k_ft_in1k": _cfg(
+        DINAT_ARXIV, f"{_URL}dinat/checkpoints/imagenet1k/dinat_large_in22k_in1k_224.pth",
+        "shi-labs/dinat-large-in22k-in1k-224"),
     "visattn_dinat_large_384.in22k_ft_in1k": _cfg(
-        f"{_URL}dinat/checkpoints/imagenet1k/dinat_large_in22k_in1k_384.pth", "shi-labs/dinat-large-in22k-in1k-384",
-        input_size=(3, 384, 384), pool_size=(12, 12), crop_pct=1.0),
+        DINAT_ARXIV, f"{_URL}dinat/checkpoints/imagenet1k/dinat_large_in22k_in1k_384.pth",
+        "shi-labs/dinat-large-in22k-in1k-384", input_size=384, pool_size=(12, 12), crop_pct=1.0),
 })
 
 

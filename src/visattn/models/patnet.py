@@ -63,7 +63,6 @@ from functools import partial
 from typing import Any
 
 import torch
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import Linear, SelectAdaptivePool2d, calculate_drop_path_rates
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models import fasternet as timm_fasternet
@@ -71,6 +70,7 @@ from timm.models._manipulate import checkpoint_seq
 from torch import Tensor, nn
 
 from ..nn.feature_maps import PartialSelfAttention, PATBlock
+from ._pretrained import paper_cfg
 from .fasternet import official_to_timm_layout
 
 __all__ = ["PATNET_ARGS", "PATNet", "PATStage", "checkpoint_filter_fn"]
@@ -194,17 +194,10 @@ def checkpoint_filter_fn(state_dict: Mapping[str, Tensor], model: nn.Module) -> 
     return out
 
 
-def _cfg(**kwargs: Any) -> dict[str, Any]:
-    return {
-        "url": "", "num_classes": 1000, "input_size": (3, 224, 224), "pool_size": (7, 7), "crop_pct": 0.9,
-        "interpolation": "bicubic", "mean": IMAGENET_DEFAULT_MEAN, "std": IMAGENET_DEFAULT_STD,
-        "first_conv": "patch_embed.proj", "classifier": "classifier", "paper_ids": "arXiv:2503.03148",
-        "paper_name": "Partial Convolution Meets Visual Attention", "origin_url": "https://github.com/haiduo/PartialNet",
-        **kwargs,
-    }
-
-
-default_cfgs = generate_default_cfgs({name: _cfg() for name in PATNET_ARGS})
+default_cfgs = generate_default_cfgs({name: paper_cfg(
+    "2503.03148", pool_size=(7, 7), crop_pct=0.9, first_conv="patch_embed.proj", classifier="classifier",
+    paper_name="Partial Convolution Meets Visual Attention", origin_url="https://github.com/haiduo/PartialNet")
+    for name in PATNET_ARGS})
 
 
 def _create(variant: str, pretrained: bool, kwargs: dict[str, Any]) -> PATNet:

@@ -58,6 +58,7 @@ from torch import Tensor, nn
 
 from ..nn.radial_strip import DynamicRadialEmbedding, RadialStripAttention
 from ..transforms import polar_inverse, polar_resample
+from ._pretrained import paper_cfg
 
 __all__ = ["COVERS", "RST_ARGS", "FrequencyFeedForward", "RadialStripBlock", "RadialStripTransformer",
            "SkipFusion"]
@@ -301,17 +302,11 @@ class RadialStripTransformer(nn.Module):
         return self.output(self.refinement(dec)) + x
 
 
-def _cfg(**kwargs: Any) -> dict[str, Any]:
-    return {
-        "url": "", "num_classes": 0, "input_size": (3, 128, 128), "crop_pct": 1.0, "interpolation": "bicubic",
-        "mean": (0.0, 0.0, 0.0), "std": (1.0, 1.0, 1.0), "first_conv": "embed.conv", "classifier": "",
-        "paper_ids": "arXiv:2404.00358",
-        "paper_name": "Spread Your Wings: A Radial Strip Transformer for Image Deblurring",
-        "origin_url": "https://github.com/Calvin11311/MDT", **kwargs,
-    }
-
-
-default_cfgs = generate_default_cfgs({name: _cfg() for name in RST_ARGS})
+default_cfgs = generate_default_cfgs({name: paper_cfg(
+    "2404.00358", num_classes=0, input_size=128, crop_pct=1.0, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0),
+    first_conv="embed.conv", classifier="",
+    paper_name="Spread Your Wings: A Radial Strip Transformer for Image Deblurring",
+    origin_url="https://github.com/Calvin11311/MDT") for name in RST_ARGS})
 
 
 @register_model

@@ -40,6 +40,7 @@ from ..transforms.tanh_polar import (
     roi_tanh_restore,
     roi_tanh_warp,
 )
+from ._pretrained import paper_cfg
 
 __all__ = ["RTNET_ARGS", "WARPS", "FCNHead", "RTNet", "RTNetBackbone"]
 
@@ -228,17 +229,11 @@ class RTNet(nn.Module):
         return self.restore(self(images, rois), rois, images.shape[-2:])
 
 
-def _cfg(**kwargs: Any) -> dict[str, Any]:
-    return {
-        "url": "", "num_classes": 11, "input_size": (3, 512, 512), "crop_pct": 1.0, "interpolation": "bilinear",
-        "mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5), "first_conv": "backbone.conv1", "classifier": "head.4",
-        "paper_ids": "arXiv:2102.02717",
-        "paper_name": "RoI Tanh-polar Transformer Network for Face Parsing in the Wild",
-        "origin_url": "https://github.com/hhj1897/face_parsing", **kwargs,
-    }
-
-
-default_cfgs = generate_default_cfgs({name: _cfg() for name in RTNET_ARGS})
+default_cfgs = generate_default_cfgs({name: paper_cfg(
+    "2102.02717", num_classes=11, input_size=512, crop_pct=1.0, interpolation="bilinear", mean=(0.5, 0.5, 0.5),
+    std=(0.5, 0.5, 0.5), first_conv="backbone.conv1", classifier="head.4",
+    paper_name="RoI Tanh-polar Transformer Network for Face Parsing in the Wild",
+    origin_url="https://github.com/hhj1897/face_parsing") for name in RTNET_ARGS})
 
 
 def _create(variant: str, pretrained: bool, kwargs: dict[str, Any]) -> RTNet:

@@ -49,6 +49,7 @@ from torch import Tensor, nn
 
 from ..nn.acgc import ChannelAttentionContext, DeformableGlobalContext
 from ..nn.swin_v2 import ShiftedWindowAttentionV2
+from ._pretrained import paper_cfg
 
 __all__ = ["S2LIC", "DOWNSAMPLING", "checkerboard_mask", "pad_to_multiple", "scale_table"]
 
@@ -524,9 +525,9 @@ def _create(variant: str, pretrained: bool = False, **kwargs: Any) -> S2LIC:
 
 
 default_cfgs = generate_default_cfgs({
-    "visattn_s2lic": dict(url="", input_size=(3, 256, 256), num_classes=0, mean=(0.0, 0.0, 0.0),
-                          std=(1.0, 1.0, 1.0), crop_pct=1.0, interpolation="bicubic",
-                          license="the official release (wyq2021/S2LIC) ships no weights"),
+    "visattn_s2lic": paper_cfg("2403.14471", input_size=256, num_classes=0, mean=(0.0, 0.0, 0.0),
+                               std=(1.0, 1.0, 1.0), crop_pct=1.0,
+                               license="the official release (wyq2021/S2LIC) ships no weights"),
 })
 
 
