@@ -8,6 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from visattn.bench import MAX_FIT_ERROR, fit_exponent, fit_exponent_with_error
+from visattn.bench.fit import fit_exponent_above_fixed_cost
 
 
 @settings(max_examples=40, deadline=None)
@@ -83,3 +84,43 @@ def test_noisy_or_short_fits_are_not_sound():
     assert exact.sound() and exact.stderr == pytest.approx(0.0, abs=1e-12)
     assert exact.sound(min_points=4) is False
     assert fit_exponent_with_error([64, 64, 64], [1.0, 2.0, 3.0]) is None
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    alpha=st.floats(0.5, 2.5),
+    log_c=st.floats(-12.0, -2.0),
+    fixed=st.floats(1e-3, 10.0),
+    tokens=st.lists(st.integers(100, 10**5), min_size=3, max_size=6, unique=True),
+)
+def test_recovers_the_exponent_above_a_fixed_cost(alpha, log_c, fixed, tokens):
+    n0 = 64
+    times = [fixed + math.exp(log_c) * (n**alpha - n0**alpha) for n in tokens]
+    fit = fit_exponent_above_fixed_cost(tokens, times, n0, fixed)
+    assert fit.alpha == pytest.approx(alpha, abs=1e-6)
+    assert fit.stderr == pytest.approx(0.0, abs=1e-5) and fit.points == len(tokens)
+    assert (fit.fixed_ms, fit.fixed_tokens) == (fixed, n0)
+
+
+def test_fixed_cost_fit_against_a_written_out_least_squares():
+    # residual sum of squares over a fine alpha grid, log c solved per alpha: the fit sits at its minimum
+    tokens, times, n0, t0 = [1024, 2304, 4096], [0.34, 0.65, 1.14], 64, 0.104
+    fit = fit_exponent_above_fixed_cost(tokens, times, n0, t0)
+
+    def loss(a):
+        d = [math.log(t - t0) - math.log(n**a - n0**a) for n, t in zip(tokens, times, strict=True)]
+        mean = sum(d) / len(d)
+        return sum((x - mean) ** 2 for x in d)
+
+    best = min((loss(a / 10000), a / 10000) for a in range(5000, 15001))[1]
+    assert fit.alpha == pytest.approx(best, abs=2e-4)
+    assert 0.0 < fit.stderr < 0.1
+
+
+def test_fixed_cost_fit_needs_times_above_the_fixed_cost():
+    assert fit_exponent_above_fixed_cost([1024, 2304, 4096], [0.1, 0.5, 1.0], 64, 0.2) is None
+    assert fit_exponent_above_fixed_cost([32, 1024], [0.1, 0.5], 64, 0.05) is None  # one size above N0
+    fit = fit_exponent_above_fixed_cost([1024, 4096], [0.5, 1.0], 64, 0.05)
+    assert fit.stderr is None and not fit.sound()
+    with pytest.raises(ValueError, match="times"):
+        fit_exponent_above_fixed_cost([1024, 4096], [0.5, 1.0], 64, 0.0)

@@ -28,11 +28,22 @@ def test_exponents_are_shown_only_where_sound():
     records += [_record("wobbly", n, t) for n, t in ((256, 1.0), (1024, 0.2), (4096, 30.0))]
     records += [_record("two", n, 1e-3 * n) for n in (256, 1024)] + [_record("two", 4096, None)]
     rows = _rows(_text(exponent_table(BenchReport(BenchSettings(), records))))
-    assert rows["exact"] == ["1.00", "0.00", "3", ""]
+    # columns: alpha, std err, t0 ms, log-log alpha, sizes, not reported because
+    assert rows["exact"] == ["1.00", "0.00", "", "1.00", "3", ""]
     assert rows["wobbly"][0] == "" and float(rows["wobbly"][1]) > 0.1
-    assert rows["wobbly"][3] == "standard error above 0.1"
-    assert rows["two"] == ["", "", "2", "fewer than 3 sizes timed"]
-    assert rows["dense SDPA"][2:] == ["3", "standard error above 0.1"]  # SDPA times follow the wobbly mixer too
+    assert rows["wobbly"][5] == "standard error above 0.1"
+    assert rows["two"] == ["", "", "", "", "2", "fewer than 3 sizes timed"]
+    assert rows["dense SDPA"][4:] == ["3", "standard error above 0.1"]  # SDPA times follow the wobbly mixer too
+
+
+def test_exponent_table_shows_the_fixed_cost_and_the_plain_slope():
+    records = [_record("window", n, 0.1 + 2e-4 * (n - 64)) for n in (1024, 2304, 4096)]
+    for r in records:
+        r.fixed_cost_tokens, r.fixed_cost_ms = 64, 0.1
+    rows = _rows(_text(exponent_table(BenchReport(BenchSettings(), records))))
+    alpha, _, fixed, plain, sizes, reason = rows["window"]
+    assert (alpha, fixed, sizes, reason) == ("1.00", "0.100", "3", "")
+    assert float(plain) < 0.9
 
 
 def test_noisy_rows_are_marked():

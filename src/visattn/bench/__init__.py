@@ -11,7 +11,14 @@ exceeds a quarter of the median; the report adds the fitted scaling exponent per
 
 from .budget import estimate_memory_bytes, format_bytes, parse_bytes
 from .case import BENCH_PRESETS, BenchCase, build_mixer, parse_case
-from .fit import MAX_FIT_ERROR, MIN_FIT_POINTS, ExponentFit, fit_exponent, fit_exponent_with_error
+from .fit import (
+    MAX_FIT_ERROR,
+    MIN_FIT_POINTS,
+    ExponentFit,
+    fit_exponent,
+    fit_exponent_above_fixed_cost,
+    fit_exponent_with_error,
+)
 from .flops import attended_pairs, gflops_per_second, useful_flops
 from .layout import grid_for, infer_layout, parse_size, resolve_shape
 from .load import busy_message, load_average
@@ -42,6 +49,7 @@ __all__ = [
     "default_cases",
     "estimate_memory_bytes",
     "fit_exponent",
+    "fit_exponent_above_fixed_cost",
     "fit_exponent_with_error",
     "format_bytes",
     "gflops_per_second",

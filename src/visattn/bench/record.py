@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from .fit import MAX_FIT_ERROR, MIN_FIT_POINTS, ExponentFit, fit_exponent_with_error
+from .fit import MAX_FIT_ERROR, MIN_FIT_POINTS, ExponentFit, fit_exponent_above_fixed_cost, fit_exponent_with_error
 from .load import load_average
 from .settings import BenchSettings
 
@@ -31,7 +31,9 @@ class BenchRecord:
     their distance over the median. ``peak_memory_bytes`` is what the call allocates (:mod:`visattn.bench.memory`),
     ``estimated_memory_bytes`` the estimate, inputs included, that the memory budget is checked against. ``skipped``
     holds the reason the mixer was not timed (``sdpa_skipped`` for the baseline), None when it was; the measurements
-    of a skipped side are None.
+    of a skipped side are None. ``fixed_cost_ms`` is the mixer's median time on the tiny grid of
+    ``fixed_cost_tokens`` tokens timed in the same rounds (the same for every size of the case; None where it was not
+    timed), which the exponent fit separates from the work.
     """
 
     mixer: str
@@ -76,6 +78,8 @@ class BenchRecord:
     ratio_p75: float | None = None
     ratio_relative_spread: float | None = None
     noisy: bool | None = None
+    fixed_cost_ms: float | None = None
+    fixed_cost_tokens: int | None = None
     skipped: str | None = None
     sdpa_skipped: str | None = None
 
@@ -93,12 +97,28 @@ def _jsonable(value: Any) -> Any:
     return repr(value)
 
 
+def _timed_by_label(records: list[BenchRecord]) -> dict[str, list[BenchRecord]]:
+    return {label: [r for r in records if r.label == label and r.median_ms is not None]
+            for label in dict.fromkeys(r.label for r in records)}
+
+
+def log_log_fits(records: list[BenchRecord]) -> dict[str, ExponentFit | None]:
+    """Per mixer label: the plain log-log fit of ``median_ms`` against ``tokens`` over its timed sizes (None below
+    two), fixed cost included."""
+    return {label: fit_exponent_with_error([r.tokens for r in timed], [r.median_ms for r in timed]) if timed else None
+            for label, timed in _timed_by_label(records).items()}
+
+
 def exponent_fits(records: list[BenchRecord]) -> dict[str, ExponentFit | None]:
-    """Per mixer label: the fit of ``median_ms`` against ``tokens`` over its timed sizes (None below two)."""
-    out: dict[str, ExponentFit | None] = {}
-    for label in dict.fromkeys(r.label for r in records):
-        timed = [r for r in records if r.label == label and r.median_ms is not None]
-        out[label] = fit_exponent_with_error([r.tokens for r in timed], [r.median_ms for r in timed]) if timed else None
+    """Per mixer label: the exponent of the work above the fixed cost of a call
+    (:func:`~visattn.bench.fit.fit_exponent_above_fixed_cost`) where the case timed its fixed cost and that fit
+    exists, else the plain log-log fit (:func:`log_log_fits`)."""
+    out = log_log_fits(records)
+    for label, timed in _timed_by_label(records).items():
+        fixed = {(r.fixed_cost_tokens, r.fixed_cost_ms) for r in timed}
+        if len(fixed) == 1 and None not in (point := fixed.pop()):
+            above = fit_exponent_above_fixed_cost([r.tokens for r in timed], [r.median_ms for r in timed], *point)
+            out[label] = above if above is not None else out[label]
     return out
 
 
@@ -134,7 +154,8 @@ def sdpa_exponent(records: list[BenchRecord]) -> float | None:
 def _fit_dict(fit: ExponentFit | None) -> dict[str, Any] | None:
     if fit is None:
         return None
-    return {"alpha": fit.alpha, "stderr": fit.stderr, "points": fit.points, "sound": fit.sound()}
+    return {"alpha": fit.alpha, "stderr": fit.stderr, "points": fit.points, "sound": fit.sound(),
+            "fixed_ms": fit.fixed_ms, "fixed_tokens": fit.fixed_tokens}
 
 
 def environment() -> dict[str, Any]:
@@ -171,6 +192,7 @@ class BenchReport:
             "exponents": exponents_by_label(self.records),
             "sdpa_exponent": sdpa_exponent(self.records),
             "exponent_fits": {k: _fit_dict(v) for k, v in exponent_fits(self.records).items()},
+            "log_log_exponent_fits": {k: _fit_dict(v) for k, v in log_log_fits(self.records).items()},
             "sdpa_exponent_fit": _fit_dict(sdpa_exponent_fit(self.records)),
             "fit_rule": {"min_points": MIN_FIT_POINTS, "max_stderr": MAX_FIT_ERROR},
             "noisy_records": sum(bool(r.noisy) for r in self.records),

@@ -6,8 +6,9 @@ first (so each size's time can be predicted from the smaller ones): count the at
 skip if a budget would be exceeded, make q, k, v, make ``warmup`` untimed calls (one-time set-up), one probe call
 of the mixer and one of dense ``scaled_dot_product_attention`` (no mask) timed against the time budget, and one
 profiled call of each for peak memory. Then ``repeats`` rounds: in each, one burst of the mixer and one of SDPA at
-every size, so that every size and its baseline see the same machine. Each burst lasts at least
-``min_sample_s`` (sized by the probe call). The ratio to SDPA is the median of the per-round ratios.
+every size, so that every size and its baseline see the same machine, and one burst of the mixer on a tiny grid
+(:data:`FIXED_COST_SIDE`) for the fixed cost of a call. Each burst lasts at least ``min_sample_s`` (sized by the
+probe call). The ratio to SDPA is the median of the per-round ratios.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from .budget import (
 )
 from .case import BenchCase, build_mixer, mixer_kwargs, parse_case, preset_for
 from .flops import attended_pairs, gflops_per_second, useful_flops
-from .layout import Size, infer_layout, nominal_tokens, resolve_shape
+from .layout import Size, grid_for, infer_layout, nominal_tokens, resolve_shape
 from .memory import peak_memory_bytes
 from .prebuild import prebuild_native_kernels
 from .record import BenchRecord, BenchReport
@@ -50,6 +51,11 @@ SKIPPABLE_ERRORS = (ValueError, NotImplementedError, MemoryError, torch.cuda.Out
 a grid the mechanism rejects, a mechanism not implemented for it, running out of memory."""
 
 Call = Callable[[], None]
+
+FIXED_COST_SIDE = 8
+"""Nominal side of the tiny grid (64 tokens) each mixer is also timed on, in the same rounds as its sizes, for the
+fixed cost of a call that :func:`~visattn.bench.fit.fit_exponent_above_fixed_cost` separates from the work: the
+smallest side on which every default window, block and dilation fits."""
 
 
 def default_cases() -> list[BenchCase]:
@@ -120,6 +126,20 @@ def _call(fn: Callable[[], Tensor], inputs: Sequence[Tensor], backward: bool) ->
     return forward_backward
 
 
+def _mixer_call(mixer: Any, shape: tuple[int, ...], settings: BenchSettings, inputs: Sequence[Tensor]) -> Call:
+    """The timed call of ``mixer`` on ``inputs`` (q, k, v and the layer input x, passed to mixers with
+    ``uses_input``). A mixer that needs calibration (``calibrate_qk``, e.g. PARO) is calibrated on these q, k first,
+    as a copy: one calibration per grid, since every size's bursts run after all are probed."""
+    q, k, v, x = inputs
+    params = [p for p in mixer.parameters() if p.requires_grad] if isinstance(mixer, torch.nn.Module) else []
+    if callable(getattr(mixer, "calibrate_qk", None)):
+        mixer = copy.deepcopy(mixer)
+        mixer.calibrate_qk(q.detach(), k.detach(), shape)
+    if getattr(mixer, "uses_input", False):
+        return _call(lambda: mixer(q, k, v, shape, x=x), (q, k, v, x, *params), settings.backward)
+    return _call(lambda: mixer(q, k, v, shape), (q, k, v, *params), settings.backward)
+
+
 def _warm_up_and_probe(call: Call, sync: Call, warmup: int, budget_s: float) -> tuple[float | None, str | None]:
     """Make ``warmup`` untimed calls, then one probe call timed against ``budget_s``: its seconds and None, or
     None and why the size is skipped."""
@@ -188,18 +208,10 @@ def _probe(prepared: _Prepared, size: Size, settings: BenchSettings, history: li
 def _probe_calls(record: BenchRecord, mixer: Any, shape: tuple[int, ...], settings: BenchSettings,
                  history: list[tuple[int, float]], sdpa_history: list[tuple[int, float]]) -> _Ready | None:
     """Warm up and probe the mixer and dense SDPA on the same q, k, v (the baseline has its own budget checks;
-    when it is skipped the mixer is still timed), size their bursts and measure their peak memory. Mixers that
-    need calibration (``calibrate_qk``, e.g. PARO) are calibrated on the run's own q, k first, a copy per size."""
+    when it is skipped the mixer is still timed), size their bursts and measure their peak memory."""
     s, tokens = settings, record.tokens
     q, k, v, x = _inputs(s, tokens)
-    params = [p for p in mixer.parameters() if p.requires_grad] if isinstance(mixer, torch.nn.Module) else []
-    if callable(getattr(mixer, "calibrate_qk", None)):
-        mixer = copy.deepcopy(mixer)  # one calibration per size: every size's bursts run after all are probed
-        mixer.calibrate_qk(q.detach(), k.detach(), shape)
-    if getattr(mixer, "uses_input", False):
-        call = _call(lambda: mixer(q, k, v, shape, x=x), (q, k, v, x, *params), s.backward)
-    else:
-        call = _call(lambda: mixer(q, k, v, shape), (q, k, v, *params), s.backward)
+    call = _mixer_call(mixer, shape, s, (q, k, v, x))
     sdpa = _call(lambda: F.scaled_dot_product_attention(q, k, v), (q, k, v), s.backward)
     sync = synchronizer(s.torch_device)
 
@@ -273,14 +285,39 @@ def _measure_sizes(prepared: _Prepared, sizes: Sequence[Size], settings: BenchSe
         if timed is not None:
             ready.append(timed)
     if ready:
-        fns = [call for r in ready for call in r.calls]
-        counts = [count for r in ready for count in r.counts]
+        fixed = _fixed_cost_call(prepared, settings, min(r.record.tokens for r in ready))
+        fns = [call for r in ready for call in r.calls] + ([fixed[1]] if fixed else [])
+        counts = [count for r in ready for count in r.counts] + ([fixed[2]] if fixed else [])
         samples = interleaved_bursts(fns, counts, settings.repeats, synchronizer(settings.torch_device))
         start = 0
         for r in ready:
             _finish(r, samples[start:start + len(r.calls)], settings)
             start += len(r.calls)
+        if fixed:
+            fixed_ms = summarize(samples[-1]).median_ms
+            for r in ready:
+                r.record.fixed_cost_tokens, r.record.fixed_cost_ms = fixed[0], fixed_ms
     return records
+
+
+def _fixed_cost_call(prepared: _Prepared, settings: BenchSettings, smallest: int) -> tuple[int, Call, int] | None:
+    """The call of the mixer on the :data:`FIXED_COST_SIDE` grid of its layout, ready to be timed in the case's
+    rounds: its tokens, the call and its burst length; None where that grid is not smaller than ``smallest`` (the
+    case's smallest timed size) or the mixer cannot run on it. Its time is the fixed cost the exponent fit separates
+    from the work (:func:`~visattn.bench.fit.fit_exponent_above_fixed_cost`)."""
+    s = settings
+    shape = grid_for(prepared.layout, FIXED_COST_SIDE)
+    tokens = s.num_prefix_tokens + math.prod(shape)
+    if tokens >= smallest:
+        return None
+    mixer, _, error = _create(prepared.case, s, shape) if prepared.per_grid else (prepared.mixer, None, None)
+    if error is not None:
+        return None
+    call = _mixer_call(mixer, shape, s, _inputs(s, tokens))
+    seconds, skipped = _warm_up_and_probe(call, synchronizer(s.torch_device), s.warmup, s.time_budget_s)
+    if skipped:
+        return None
+    return tokens, call, calls_per_sample(seconds, s.min_sample_s)
 
 
 def _measure(prepared: _Prepared, size: Size, settings: BenchSettings, history: list[tuple[int, float]],

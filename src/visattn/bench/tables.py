@@ -8,7 +8,7 @@ from rich.table import Table
 from .budget import format_bytes
 from .fit import MAX_FIT_ERROR, MIN_FIT_POINTS, ExponentFit
 from .model import MODES, UNMODIFIED, ModelBenchReport, ModelRecord
-from .record import BenchReport, exponent_fits, sdpa_exponent_fit, sdpa_times
+from .record import BenchReport, exponent_fits, log_log_fits, sdpa_exponent_fit, sdpa_times
 
 NOISY_MARK = "!"
 
@@ -52,29 +52,35 @@ def results_table(report: BenchReport) -> Table:
     return table
 
 
-def _fit_row(label: str, fit: ExponentFit | None, timed: int) -> tuple[str, ...]:
+def _fit_row(label: str, fit: ExponentFit | None, timed: int, plain: ExponentFit | None) -> tuple[str, ...]:
+    fixed = "" if fit is None or fit.fixed_ms is None else f"{fit.fixed_ms:.3f}"
+    raw = f"{plain.alpha:.2f}" if plain is not None and plain.sound() else ""
     if fit is None:
-        return label, "", "", str(timed), f"fewer than {MIN_FIT_POINTS} sizes timed"
+        return label, "", "", fixed, raw, str(timed), f"fewer than {MIN_FIT_POINTS} sizes timed"
     stderr = "" if fit.stderr is None else f"{fit.stderr:.2f}"
     if fit.sound():
-        return label, f"{fit.alpha:.2f}", stderr, str(fit.points), ""
+        return label, f"{fit.alpha:.2f}", stderr, fixed, raw, str(fit.points), ""
     if fit.points < MIN_FIT_POINTS:
-        return label, "", stderr, str(fit.points), f"fewer than {MIN_FIT_POINTS} sizes timed"
-    return label, "", stderr, str(fit.points), f"standard error above {MAX_FIT_ERROR:g}"
+        return label, "", stderr, fixed, raw, str(fit.points), f"fewer than {MIN_FIT_POINTS} sizes timed"
+    return label, "", stderr, fixed, raw, str(fit.points), f"standard error above {MAX_FIT_ERROR:g}"
 
 
 def exponent_table(report: BenchReport) -> Table:
-    """The fitted exponent alpha of time ~ N^alpha per mixer and for SDPA, with its standard error; alpha is left
-    empty where the fit is not sound (too few sizes or too uncertain), with the reason."""
-    table = Table(title="fitted scaling exponent: time ~ N^alpha (log-log least squares)")
-    for column, justify in (("mixer", "left"), ("alpha", "right"), ("std err", "right"), ("sizes", "right"),
-                            ("not reported because", "left")):
+    """The fitted exponent alpha per mixer and for SDPA, with its standard error: of the work above the fixed cost
+    ``t0`` of a call where the case timed it (``time = t0 + c (N^alpha - N0^alpha)``, see
+    :mod:`visattn.bench.fit`), next to the plain log-log slope; alpha is left empty where the fit is not sound (too
+    few sizes or too uncertain), with the reason."""
+    table = Table(title="fitted scaling exponent: time = t0 + c (N^alpha - N0^alpha), t0 timed at N0 = 64 tokens "
+                        "(plain log-log slope beside it)")
+    for column, justify in (("mixer", "left"), ("alpha", "right"), ("std err", "right"), ("t0 ms", "right"),
+                            ("log-log alpha", "right"), ("sizes", "right"), ("not reported because", "left")):
         table.add_column(column, justify=justify, no_wrap=column == "mixer")
+    plain = log_log_fits(report.records)
     for label, fit in exponent_fits(report.records).items():
         timed = sum(r.label == label and r.median_ms is not None for r in report.records)
-        table.add_row(*_fit_row(label, fit, timed))
+        table.add_row(*_fit_row(label, fit, timed, plain.get(label)))
     dense = sdpa_exponent_fit(report.records)
-    table.add_row(*_fit_row("dense SDPA", dense, len(sdpa_times(report.records))), style="bold")
+    table.add_row(*_fit_row("dense SDPA", dense, len(sdpa_times(report.records)), dense), style="bold")
     return table
 
 
