@@ -2,7 +2,9 @@
 
 One walk over ``model.named_modules()`` asks each family (visattn token mixers, timm ViT attention, Hugging Face
 attention-interface modules) whether a module is an attention layer it can route; layers are numbered in module
-order. A module inside a claimed layer is not a layer of its own. :class:`Attachment` routes a chosen set of layers
+order. A module inside a claimed layer is not a layer of its own. A step module that applies a shared block
+(Raptor's recurrence, :mod:`.recurrent`) contributes the attention layers of that block as layers of its own, one
+per application, and the shared block is not walked again. :class:`Attachment` routes a chosen set of layers
 (and installs the model-level hooks: hidden states, patch grids, image tokens, the Hugging Face implementation
 switch) for the duration of a ``with`` block and restores everything afterwards, even on error.
 """
@@ -15,7 +17,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from . import huggingface, timm_vit, timm_windowed, visattn_layers, visattn_modules
+from . import huggingface, recurrent, timm_vit, timm_windowed, visattn_layers, visattn_modules
 from .base import WHAT, ForwardState, Layer, LayerInfo, Route, first_tensor
 
 FAMILIES = (visattn_modules, visattn_layers, timm_vit, timm_windowed, huggingface)
@@ -25,8 +27,28 @@ __all__ = ["WHAT", "Attachment", "LayerInfo", "attention_layers"]
 
 def _discover(model: nn.Module) -> list[Layer]:
     modules = dict(model.named_modules())
+    names = {id(module): name for name, module in modules.items()}
+    steps = {name: step for name, module in modules.items() if (step := recurrent.shared_block(module)) is not None}
+    shared = [names.get(id(block), f"{name}.block") for name, (block, _) in steps.items()]
     layers: list[Layer] = []
     for name, module in modules.items():
+        if any(_inside(name, layer.path) for layer in layers) or any(_within(name, path) for path in shared):
+            continue
+        if name in steps:
+            block, label = steps[name]
+            path = names.get(id(block), f"{name}.block")
+            inner = {_join(path, n): m for n, m in block.named_modules()}
+            layers += [recurrent.StepLayer(layer, name, module, label)
+                       for layer in _claimed(inner.items(), {**inner, **modules})]
+            continue
+        layers += _claimed([(name, module)], modules)
+    return layers
+
+
+def _claimed(items: Iterable[tuple[str, nn.Module]], modules: dict[str, nn.Module]) -> list[Layer]:
+    """The layers the families claim among ``items`` in order (none inside a layer claimed before it)."""
+    layers: list[Layer] = []
+    for name, module in items:
         if any(_inside(name, layer.path) for layer in layers):
             continue
         for family in FAMILIES:
@@ -39,6 +61,21 @@ def _discover(model: nn.Module) -> list[Layer]:
 
 def _inside(name: str, prefix: str) -> bool:
     return prefix == "" or name.startswith(prefix + ".")
+
+
+def _within(name: str, path: str) -> bool:
+    return name == path or _inside(name, path)
+
+
+def _scopes(layer: Layer) -> tuple[str, ...]:
+    """The names ``within=`` selects ``layer`` by: its name and module path, and for a step layer its step."""
+    if isinstance(layer, recurrent.StepLayer):
+        return layer.name, layer.path, layer.block_path
+    return layer.name, layer.path
+
+
+def _join(prefix: str, name: str) -> str:
+    return f"{prefix}.{name}" if prefix and name else prefix or name
 
 
 class Attachment:
@@ -61,7 +98,7 @@ class Attachment:
                 f"through AttentionInterface"
             )
         if within is not None:
-            chosen = [layer for layer in layers if layer.name == within or _inside(layer.name, within)]
+            chosen = [layer for layer in layers if any(_within(scope, within) for scope in _scopes(layer))]
             if not chosen:
                 raise ValueError(f"within={within!r} holds no attention layer of {type(model).__name__}; its layers "
                                  f"are named {[layer.name for layer in layers]}")
