@@ -37,10 +37,27 @@ _SWIN = "DeiT-S/B as compared in Swin, arXiv 2103.14030, Table 1(a)"
 _FASTERNET = "FasterNet, arXiv 2303.03667; ImageNet-1k table of JierunChen/FasterNet's README"
 _L2VIT = "L2ViT, arXiv 2501.16182; ImageNet-1k table of ChuanyangZheng/L2ViT's README"
 _INLINE = "InLine, arXiv 2412.06590; Pretrained Models table of LeapLabTHU/InLine's README"
-_PATNET = ("PATNet, arXiv 2503.03148: its ImageNet-1k table could not be read here, so no figure is recorded "
-           "(the release, haiduo/PartialNet, gives none)")
+_PATNET = ("PATNet, arXiv 2503.03148: no figure found; checked the paper's arXiv HTML and summaries (chatpaper, "
+           "qeios; only the abstract and introduction were readable) and the release haiduo/PartialNet (its README "
+           "is a title only), so none is recorded")
 
 _DAVIT = "DaViT, arXiv 2204.03645, ImageNet-1k comparison table (DaViT-Tiny/Small/Base at 224)"
+_DAVIT_L = ("DaViT, arXiv 2204.03645 (DaViT-L, ImageNet-22k); the authors' dingmyu/davit timm/models/davit.py, "
+            "DaViT_large_window12_384: params 196,811,752 (equal to ours: the 7 x 7 window has no parameters) and "
+            "102,966,676,992 FLOPs at 384 with window 12, which is not this model's 224 / window 7 setting, so no "
+            "GMACs are recorded")
+_HALONET = ("HaloNet, arXiv 2103.12731, H0-H7 table (params; the paper's PDF could not be read here): figures as "
+            "transcribed beside the paper's top-1 in leondgarse/keras_cv_attention_models, "
+            "keras_cv_attention_models/halonet/README.md; that table's FLOPs are its own counts, not recorded")
+_HALONET_H7 = f"{_HALONET}; H7 is listed at 600 px, ours runs at 640 (600 does not tile with b = 10)"
+_TIMM_HALO = ("timm's own HaloNet (no paper configuration, per its model card): Hugging Face model card timm/{} "
+              "(Model Stats)")
+_HALONET26T = ("timm's own HaloNet (no paper configuration): 12.5 M as listed for timm's halonet26t weights in "
+               "leondgarse/keras_cv_attention_models/halonet/__init__.py (the Hugging Face card "
+               "timm/halonet26t.a1h_in1k could not be read here); its 3.18 G there is that project's count, not "
+               "recorded")
+_RAPTOR = ("Raptor, arXiv 2512.19941: no parameter count found; checked the release KempnerInstitute/raptor (README "
+           "and docs/index.md give none; its Table 1 script aggregates probe accuracies), so none is recorded")
 _NAT = "NAT, arXiv 2204.07143; ImageNet-1k table of SHI-Labs/Neighborhood-Attention-Transformer's classification/NAT.md"
 _DINAT = ("DiNAT, arXiv 2209.15001; ImageNet table of SHI-Labs/Neighborhood-Attention-Transformer's "
           "classification/DiNAT.md")
@@ -48,21 +65,24 @@ _MAXVIT = "MaxViT, arXiv 2204.01697, Table 1 (ImageNet-1k, 224/384/512)"
 _SWINV2 = ("Swin-V2, arXiv 2111.09883; ImageNet-1k model zoo of microsoft/Swin-Transformer (torchvision's table gives "
            "28.4/49.7/87.9 M and 5.94/11.55/20.32 G for window 8)")
 _POLY = ("arXiv 2306.07470 keeps the base architecture (anchoring has no parameters; the ViTs swap the position "
-         "embedding for a 3x3 depthwise PEG, -0.07 M); its own size table could not be read here, so these are the "
-         "base models' figures")
-_DEPENDENCYVIT = ("DependencyViT, arXiv 2304.03282: its ImageNet-1k table could not be read here and no release "
-                  "gives figures (no official code; the configs follow timm PR #2062), so none is recorded")
-_SPARSIFINER = ("Sparsifiner, arXiv 2303.13755: its ImageNet-1k table could not be read here and the release "
-                "(lim142857/Sparsifiner) states no sizes, so none is recorded")
+         "embedding for a 3x3 depthwise PEG, -0.07 M); no size table of its own was found (checked its arXiv pages and "
+         "the README of willding123/Shift-Equivariant-Vision-Transformers), so these are the base models' figures")
+_DEPENDENCYVIT = ("DependencyViT, arXiv 2304.03282: no figure found; checked its arXiv/IEEE abstract pages, timm "
+                  "PR #2062 (a from-scratch port; its thread gives top-1 only) and the official dingmyu/DependencyViT "
+                  "(code never published), so none is recorded")
+_SPARSIFINER = ("Sparsifiner, arXiv 2303.13755: no figure found; checked its arXiv, CVPR and papers-with-code pages "
+                "(no results listed) and the release lim142857/Sparsifiner (README states no sizes), so none is "
+                "recorded")
 _INFVIT = ("InfSA, arXiv 2603.00175; results table of giorgioroffo/infinite-self-attention's README (Linear InfViT 4L: "
            "53.5 M; the configuration is inferred, see visattn.models.infvit). Its 59 GFLOPs at 224 is not recorded: "
            "it is the 24-layer ViT-L/16's count (about 60 G multiply-adds), not a 4-layer network's (10.1 G counted)")
-_RST = ("RST, arXiv 2404.00358: its size table could not be read here; the layout is the authors' "
-        "release (Calvin11311/MDT, options/train/GoPro.yml), so no figure is recorded")
-_RTNET = ("RTNet, arXiv 2102.02717: no parameter count could be read here (paper or hhj1897/face_parsing), "
-          "so none is recorded")
-_S2LIC = ("S2LIC, arXiv 2403.14471: no parameter count could be read here (paper or wyq2021/S2LIC); the widths of "
-          "the parts the release imports from a private CompressAI fork are ours, so none is recorded")
+_RST = ("RST, arXiv 2404.00358: no figure found; checked its arXiv pages and the authors' release Calvin11311/MDT "
+        "(README gives none; the layout is its options/train/GoPro.yml), so none is recorded")
+_RTNET = ("RTNet, arXiv 2102.02717: no figure found; checked its arXiv pages and hhj1897/face_parsing (README gives "
+          "none), so none is recorded")
+_S2LIC = ("S2LIC, arXiv 2403.14471: no figure found; checked its arXiv pages and wyq2021/S2LIC (README shows RD "
+          "curves only); the widths of the parts the release imports from a private CompressAI fork are ours, so none "
+          "is recorded")
 PUBLISHED: dict[str, Published] = {
     "visattn_sparsifiner_deit_small_patch16_224": Published(None, None, 224, _SPARSIFINER),
     "visattn_infvit_linear_patch16_224": Published(53.5, None, 224, _INFVIT),
@@ -104,7 +124,8 @@ PUBLISHED: dict[str, Published] = {
     "visattn_l2vit_small": Published(50, 9.0, 224, _L2VIT),
     "visattn_l2vit_base": Published(89, 15.9, 224, _L2VIT),
     "visattn_inline_deit_tiny": Published(6.5, 1.1, 224, _INLINE),
-    "visattn_inline_swin_tiny": Published(30, 4.5, 224, _INLINE),
+    "visattn_inline_swin_tiny": Published(
+        30, 4.5, 224, f"{_INLINE}; its cfgs/inline_swin_t.yaml builds 29.22 M (ours equal), the table prints 30M"),
     "visattn_inline_swin_small": Published(50, 8.7, 224, _INLINE),
     "visattn_inline_swin_base": Published(88, 15.4, 224, _INLINE),
     "visattn_patnet_t0": Published(None, None, 224, _PATNET),
@@ -116,6 +137,23 @@ PUBLISHED: dict[str, Published] = {
     "visattn_davit_tiny": Published(28.3, 4.5, 224, _DAVIT),
     "visattn_davit_small": Published(49.7, 8.8, 224, _DAVIT),
     "visattn_davit_base": Published(87.9, 15.5, 224, _DAVIT),
+    "visattn_davit_large": Published(196.8, None, 224, _DAVIT_L),
+    "visattn_halonet_h0": Published(5.5, None, 256, _HALONET),
+    "visattn_halonet_h1": Published(8.1, None, 256, _HALONET),
+    "visattn_halonet_h2": Published(9.4, None, 256, _HALONET),
+    "visattn_halonet_h3": Published(11.8, None, 320, _HALONET),
+    "visattn_halonet_h4": Published(19.1, None, 384, _HALONET),
+    "visattn_halonet_h5": Published(30.7, None, 448, _HALONET),
+    "visattn_halonet_h6": Published(43.4, None, 512, _HALONET),
+    "visattn_halonet_h7": Published(67.4, None, 640, _HALONET_H7),
+    "visattn_halonet26t": Published(12.5, None, 256, _HALONET26T),
+    "visattn_sehalonet33ts": Published(13.7, 3.6, 256, _TIMM_HALO.format("sehalonet33ts.ra2_in1k")),
+    "visattn_halonet50ts": Published(22.7, 5.3, 256, _TIMM_HALO.format("halonet50ts.a1h_in1k")),
+    "visattn_raptor_small_patch16_224": Published(None, None, 224, _RAPTOR),
+    "visattn_raptor_base_patch16_224": Published(None, None, 224, _RAPTOR),
+    "visattn_raptor2_base_patch14_reg4_dinov2": Published(None, None, 518, _RAPTOR),
+    "visattn_raptor3_base_patch14_reg4_dinov2": Published(None, None, 518, _RAPTOR),
+    "visattn_raptor4_base_patch14_reg4_dinov2": Published(None, None, 518, _RAPTOR),
     "visattn_nat_mini": Published(20, 2.7, 224, _NAT),
     "visattn_nat_tiny": Published(28, 4.3, 224, _NAT),
     "visattn_nat_small": Published(51, 7.8, 224, _NAT),
