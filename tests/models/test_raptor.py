@@ -199,14 +199,16 @@ def test_from_teacher_copies_the_embedding_and_head():
         raptor_from_teacher(teacher, [[0, 1], [2]])
 
 
-def test_the_lens_sees_one_attention_layer_per_phase_called_once_per_step():
+def test_the_lens_sees_one_attention_layer_per_applied_step():
+    """The lens unrolls the recurrence (visattn.lens.adapters.recurrent; tested in tests/lens)."""
     model = Raptor([[0, 1, 2], [3]], **TINY).eval()
     layers = lens.attention_layers(model)
-    assert [info.name for info in layers] == ["recurrent_blocks.0.attn", "recurrent_blocks.1.attn"]
+    assert [info.name for info in layers] == ["recurrent_blocks.0.attn@t1", "recurrent_blocks.0.attn@t2",
+                                              "recurrent_blocks.0.attn@t3", "recurrent_blocks.1.attn@t4"]
     x = torch.randn(1, 3, 32, 32)
     with lens.capture(model, what=("probs",)) as rec, torch.no_grad():
         captured = model(x)
-    assert [len(rec.calls(i)) for i in range(2)] == [3, 1]
+    assert [len(rec.calls(i)) for i in range(4)] == [1, 1, 1, 1]
     assert rec.get("probs", 0).shape == {"batch": 1, "head": 2, "query": 17, "key": 17}
     with torch.no_grad():
         torch.testing.assert_close(captured, model(x), atol=1e-5, rtol=0)
@@ -249,7 +251,7 @@ def test_bad_arguments_are_refused():
 
 
 def test_lens_cli(tmp_path):
-    """`visattn lens` reads a Raptor: one row per shared block (its latest call, the last step of its phase)."""
+    """`visattn lens` reads a Raptor: one row per applied step."""
     data = check_lens_cli("visattn_raptor_small_patch16_224", tmp_path,
-                          "img_size=32,patch_size=8,embed_dim=24,num_heads=2,phases=[[0,1,2],[3]]", min_layers=2)
-    assert {layer for values in data["per_layer"].values() for layer in values} == {"0", "1"}
+                          "img_size=32,patch_size=8,embed_dim=24,num_heads=2,phases=[[0,1,2],[3]]", min_layers=4)
+    assert {layer for values in data["per_layer"].values() for layer in values} == {"0", "1", "2", "3"}
