@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
@@ -19,3 +21,8 @@ class LargestTensor(TorchDispatchMode):
             if isinstance(t, torch.Tensor):
                 self.largest = max(self.largest, t.numel())
         return out
+
+
+def exit_at_once(job: object) -> None:
+    """A child-process target that ends its process without a result, as a crash inside a kernel would."""
+    os._exit(70)

@@ -34,6 +34,7 @@ from .budget import (
 )
 from .case import BenchCase, build_mixer, mixer_kwargs, parse_case, preset_for
 from .flops import attended_pairs, gflops_per_second, useful_flops
+from .isolation import CaseProcesses, isolation_available
 from .layout import Size, grid_for, infer_layout, nominal_tokens, resolve_shape
 from .memory import peak_memory_bytes
 from .prebuild import prebuild_native_kernels
@@ -344,7 +345,8 @@ def iter_bench(cases: Iterable[BenchCase | str] | None = None, sizes: Iterable[S
             mixer by default.
         sizes: int sides (``s * s`` tokens in each mixer's layout, see :mod:`visattn.bench.layout`) or grid
             shapes; :data:`DEFAULT_SIZES` by default.
-        settings: :class:`BenchSettings`; the defaults when None.
+        settings: :class:`BenchSettings`; the defaults when None. With ``settings.isolate`` each case runs in its
+            own fresh process (:mod:`visattn.bench.isolation`) where that is available.
     """
     settings = BenchSettings() if settings is None else settings
     if not isinstance(settings, BenchSettings):
@@ -360,8 +362,21 @@ def iter_bench(cases: Iterable[BenchCase | str] | None = None, sizes: Iterable[S
     if settings.torch_device.type == "cpu":
         prebuild_native_kernels()
     sdpa_history: list[tuple[int, float]] = []
+    if settings.isolate and isolation_available(settings):
+        with CaseProcesses() as processes:
+            for case in cases:
+                records, sdpa_history = processes.measure(case, sizes, settings, sdpa_history)
+                yield from records
+        return
     for case in cases:
-        yield from _measure_sizes(_prepare(case, settings), sizes, settings, [], sdpa_history, [])
+        yield from measure_case(case, sizes, settings, sdpa_history)
+
+
+def measure_case(case: BenchCase, sizes: Sequence[Size], settings: BenchSettings,
+                 sdpa_history: list[tuple[int, float]]) -> list[BenchRecord]:
+    """The records of one case at every size (smallest first), in this process; ``sdpa_history`` (token count,
+    seconds of dense SDPA's probe) grows with the baselines timed, and predicts the baseline's time budget."""
+    return _measure_sizes(_prepare(case, settings), sizes, settings, [], sdpa_history, [])
 
 
 def run_bench(cases: Iterable[BenchCase | str] | None = None, sizes: Iterable[Size] | None = None,

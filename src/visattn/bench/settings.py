@@ -42,7 +42,8 @@ class BenchSettings:
     interquartile range above ``spread_limit`` times their median (the mixer's times, without a baseline) is
     flagged as noisy. ``backward`` times forward +
     backward of ``out.sum()``. ``memory_budget`` (bytes) and ``time_budget_s`` (seconds per call) decide skips;
-    ``measure_memory`` adds one profiled call per mixer and per SDPA baseline.
+    ``measure_memory`` adds one profiled call per mixer and per SDPA baseline. ``isolate`` times each mixer in its
+    own fresh process (:mod:`visattn.bench.isolation`; ``visattn bench`` does unless given ``--same-process``).
     """
 
     heads: int = 4
@@ -60,6 +61,7 @@ class BenchSettings:
     time_budget_s: float = 2.0
     measure_memory: bool = True
     seed: int = 0
+    isolate: bool = False
 
     def __post_init__(self) -> None:
         minimums = {"heads": 1, "head_dim": 1, "batch": 1, "repeats": 1, "warmup": 1, "num_prefix_tokens": 0,
@@ -76,7 +78,7 @@ class BenchSettings:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < float("inf"):
                 raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
-        for name in ("backward", "measure_memory"):
+        for name in ("backward", "measure_memory", "isolate"):
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(f"{name} must be a bool, got {getattr(self, name)!r}")
 
