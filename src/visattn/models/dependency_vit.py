@@ -40,6 +40,7 @@ from timm.models._manipulate import checkpoint
 from torch import Tensor, nn
 
 from ..nn.reversed_attention import LITE_LAYERS, LITE_RATIO, ReversedBlock, lite_keep_counts, prune_tokens
+from ._head import ChannelsLastHead, check_global_pool
 from ._pretrained import paper_cfg
 from .dependency_tree import attach_pruned, tree_from_scores
 
@@ -53,10 +54,8 @@ DEPENDENCY_VIT_ARGS: dict[str, dict[str, Any]] = {
 }
 """Sizes, as timm PR #2062's ``dependencyvit_{tiny,small,lite_tiny}_patch16_224``."""
 
-GLOBAL_POOLS = ("avg", "")
 
-
-class DependencyViT(nn.Module):
+class DependencyViT(ChannelsLastHead):
     """DependencyViT (Ding et al., arXiv 2304.03282) with timm's model interface (module docstring).
 
     Args:
@@ -84,7 +83,7 @@ class DependencyViT(nn.Module):
         if embed_dim % num_heads:
             raise ValueError(f"embed_dim must be divisible by num_heads, got embed_dim={embed_dim}, "
                              f"num_heads={num_heads}")
-        self._check_pool(global_pool)
+        check_global_pool(global_pool)
         layers = tuple(sorted(set(prune_layers)))
         if any(isinstance(i, bool) or not isinstance(i, int) or not 1 <= i <= depth for i in layers):
             raise ValueError(f"prune_layers must be 1-based block indices in [1, {depth}], got {tuple(prune_layers)}")
@@ -116,11 +115,6 @@ class DependencyViT(nn.Module):
         self.apply(self._init_weights)
 
     @staticmethod
-    def _check_pool(global_pool: str) -> None:
-        if global_pool not in GLOBAL_POOLS:
-            raise ValueError(f"global_pool must be one of {GLOBAL_POOLS}, got {global_pool!r}")
-
-    @staticmethod
     def _init_weights(module: nn.Module) -> None:
         if isinstance(module, nn.Linear):
             trunc_normal_(module.weight, std=0.02)
@@ -138,17 +132,6 @@ class DependencyViT(nn.Module):
     @torch.jit.ignore
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         self.grad_checkpointing = enable
-
-    @torch.jit.ignore
-    def get_classifier(self) -> nn.Module:
-        return self.head
-
-    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
-        self.num_classes = num_classes
-        if global_pool is not None:
-            self._check_pool(global_pool)
-            self.global_pool = global_pool
-        self.head = nn.Linear(self.embed_dim, num_classes) if num_classes > 0 else nn.Identity()
 
     def _embed(self, x: Tensor) -> Tensor:
         if not isinstance(x, Tensor) or x.dim() != 4 or x.shape[1] != self.in_chans:
@@ -203,15 +186,6 @@ class DependencyViT(nn.Module):
         """``(B, C, H, W)`` images -> the final tokens ``LN(x) * m`` ``(B, N_kept, embed_dim)``."""
         out = self._run(self._embed(x), len(self.blocks) - 1)
         return self._finish(out["x"], out["m"])
-
-    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
-        if self.global_pool == "avg":
-            x = x.mean(dim=1)
-        x = self.head_drop(x)
-        return x if pre_logits else self.head(x)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.forward_head(self.forward_features(x))
 
     def _to_grid(self, tokens: Tensor, index: Tensor) -> Tensor:
         """Tokens at ``index`` back on the patch grid, NCHW, zero where pruned."""

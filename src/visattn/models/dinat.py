@@ -33,7 +33,8 @@ from timm.models._features import feature_take_indices
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from .nat import _BUILD_KWARGS, DINAT_ARXIV, NAT, ClassifierHead, NATBlock, _cfg, _create
+from ._head import ChannelsLastHead, check_global_pool
+from .nat import _BUILD_KWARGS, DINAT_ARXIV, NAT, NATBlock, _cfg, _create
 from .nat import checkpoint_filter_fn as nat_checkpoint_filter_fn
 
 __all__ = ["DINAT_S_ARGS", "ISOTROPIC_ARGS", "NATIsotropic", "PatchEmbed", "PatchMerging", "checkpoint_filter_fn"]
@@ -149,7 +150,7 @@ def visattn_dinat_s_large_384(pretrained: bool = False, **kwargs: Any) -> NAT:
     return _create_s("visattn_dinat_s_large_384", pretrained, **kwargs)
 
 
-class NATIsotropic(ClassifierHead):
+class NATIsotropic(ChannelsLastHead):
     """Isotropic NAT / DiNAT (DiNAT paper, ``classification/isotropic.py``): a 16x16 patch embedding, ``depth``
     blocks at one resolution (dilation 1 in even blocks, ``dilation`` in odd ones), LayerNorm, average pooling and
     a linear classifier. Parameter names are the official ones (``patch_embed``, ``layers.i``, ``norm``, ``head``).
@@ -161,8 +162,7 @@ class NATIsotropic(ClassifierHead):
                  qk_scale: float | None = None, drop_rate: float = 0.0, attn_drop_rate: float = 0.0,
                  drop_path_rate: float = 0.1) -> None:
         super().__init__()
-        if global_pool not in ("avg", ""):
-            raise ValueError(f"global_pool must be 'avg' or '', got {global_pool!r}")
+        check_global_pool(global_pool)
         if embed_dim % num_heads:
             raise ValueError(f"num_heads={num_heads} must divide embed_dim={embed_dim}")
         self.num_classes, self.global_pool = num_classes, global_pool
@@ -176,6 +176,7 @@ class NATIsotropic(ClassifierHead):
         self.grad_checkpointing = False
         self.feature_info = [dict(num_chs=embed_dim, reduction=patch_size, module=f"layers.{i}") for i in range(depth)]
         self.norm = nn.LayerNorm(embed_dim)
+        self.head_drop = nn.Identity()
         self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
         self.apply(NAT._init_weights)
 

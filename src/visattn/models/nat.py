@@ -53,6 +53,7 @@ from timm.models._features import feature_take_indices
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from ._head import ChannelsLastHead, check_global_pool
 from ._pretrained import paper_cfg
 from .nat_attention import NeighborhoodAttention2dRPB
 
@@ -180,34 +181,7 @@ def _check_args(depths: Sequence[int], num_heads: Sequence[int], dilations: Sequ
         raise ValueError(f"kernel_size must be an odd int >= 1, got {kernel_size!r}")
 
 
-class ClassifierHead(nn.Module):
-    """The head shared by NAT's networks: channels-last features ``(B, H, W, C)`` from ``forward_features``,
-    average-pooled over H and W (``global_pool="avg"``) and a linear ``head``; timm's ``get_classifier`` and
-    ``reset_classifier``. Subclasses set ``head``, ``norm``, ``num_features``, ``num_classes``, ``global_pool``."""
-
-    @torch.jit.ignore
-    def get_classifier(self) -> nn.Module:
-        return self.head
-
-    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
-        if global_pool is not None:
-            if global_pool not in ("avg", ""):
-                raise ValueError(f"global_pool must be 'avg' or '', got {global_pool!r}")
-            self.global_pool = global_pool
-        self.num_classes = num_classes
-        device = self.norm.weight.device if isinstance(self.norm, nn.LayerNorm) else None
-        self.head = nn.Linear(self.num_features, num_classes, device=device) if num_classes > 0 else nn.Identity()
-
-    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
-        if self.global_pool == "avg":
-            x = x.mean(dim=(1, 2))
-        return x if pre_logits else self.head(x)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.forward_head(self.forward_features(x))
-
-
-class NAT(ClassifierHead):
+class NAT(ChannelsLastHead):
     """NAT / DiNAT (see the module docstring), channels-last inside, timm's model interface outside.
 
     Args:
@@ -242,10 +216,8 @@ class NAT(ClassifierHead):
                  downsample_layer: Callable[[int], nn.Module] = ConvDownsampler) -> None:
         super().__init__()
         _check_args(depths, num_heads, dilations, embed_dim, kernel_size)
-        if global_pool not in ("avg", ""):
-            raise ValueError(f"global_pool must be 'avg' or '', got {global_pool!r}")
         self.num_classes = num_classes
-        self.global_pool = global_pool
+        self.global_pool = check_global_pool(global_pool)
         self.num_levels = len(depths)
         self.embed_dim = embed_dim
         self.num_features = self.head_hidden_size = embed_dim * 2 ** (self.num_levels - 1)
@@ -264,6 +236,7 @@ class NAT(ClassifierHead):
                 layer_scale=layer_scale))
             self.feature_info.append(dict(num_chs=dim, reduction=4 * 2 ** i, module=f"levels.{i}"))
         self.norm = nn.LayerNorm(self.num_features)
+        self.head_drop = nn.Identity()
         self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
         self.apply(self._init_weights)
 
