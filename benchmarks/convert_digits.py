@@ -21,29 +21,13 @@ import argparse
 import time
 
 import torch
-import torch.nn.functional as F
 from rich.console import Console
 from rich.table import Table
-from sklearn.datasets import load_digits
-from sklearn.model_selection import train_test_split
 from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor
 
+from visattn.tasks.digits import stratified_digits
 from visattn.train.convert import convert, evaluate_accuracy, finetune
-
-
-def upscaled_digits(size: int, seed: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """scikit-learn's digits upscaled (bilinear) to ``size``, standardised with the training statistics; a
-    stratified 75/25 split."""
-    data = load_digits()
-    images = torch.tensor(data.images, dtype=torch.float32).unsqueeze(1) / 16
-    images = F.interpolate(images, size=size, mode="bilinear", align_corners=False)
-    labels = torch.tensor(data.target, dtype=torch.long)
-    train_idx, test_idx = train_test_split(range(len(labels)), test_size=0.25, random_state=seed,
-                                           stratify=data.target)
-    x_train, x_test = images[train_idx], images[test_idx]
-    mean, std = x_train.mean(), x_train.std()
-    return (x_train - mean) / std, labels[train_idx], (x_test - mean) / std, labels[test_idx]
 
 
 def batches(x: Tensor, y: Tensor, size: int, seed: int) -> list[tuple[Tensor, Tensor]]:
@@ -69,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     console = Console()
-    x_train, y_train, x_test, y_test = upscaled_digits(args.img_size, args.seed)
+    x_train, y_train, x_test, y_test = stratified_digits(args.img_size, seed=args.seed)
     train = batches(x_train, y_train, 64, args.seed)
     test = batches(x_test, y_test, 256, args.seed)
 

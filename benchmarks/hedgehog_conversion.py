@@ -19,24 +19,11 @@ import torch
 import torch.nn.functional as F
 from rich.console import Console
 from rich.table import Table
-from sklearn.datasets import load_digits
-from sklearn.model_selection import train_test_split
 from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor, nn
 
 from visattn.nn import distill_attention, hedgehog_student
-
-
-def digits(seed: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """scikit-learn's digits as ``(B, 1, 8, 8)`` float images standardised with the training statistics."""
-    data = load_digits()
-    images = torch.tensor(data.images, dtype=torch.float32).unsqueeze(1)
-    labels = torch.tensor(data.target, dtype=torch.long)
-    train_idx, test_idx = train_test_split(range(len(labels)), test_size=0.25, random_state=seed,
-                                           stratify=data.target)
-    x_train, x_test = images[train_idx], images[test_idx]
-    mean, std = x_train.mean(), x_train.std()
-    return (x_train - mean) / std, labels[train_idx], (x_test - mean) / std, labels[test_idx]
+from visattn.tasks.digits import stratified_digits
 
 
 def tiny_vit(seed: int) -> VisionTransformer:
@@ -84,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     console = Console()
-    x_train, y_train, x_test, y_test = digits(args.seed)
+    x_train, y_train, x_test, y_test = stratified_digits(seed=args.seed)  # (B, 1, 8, 8), standardised
 
     start = time.perf_counter()
     teacher = tiny_vit(args.seed)

@@ -23,23 +23,11 @@ import torch
 import torch.nn.functional as F
 from rich.console import Console
 from rich.table import Table
-from sklearn.datasets import load_digits
-from sklearn.model_selection import train_test_split
 from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor
 
+from visattn.tasks.digits import stratified_digits
 from visattn.train.raptor import fit_raptor, teacher_phases
-
-
-def digits(seed: int, size: int = 32) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Digits upscaled (nearest) to ``size``, on RGB, standardised with the training statistics; 75/25 split."""
-    data = load_digits()
-    images = torch.tensor(data.images, dtype=torch.float32).unsqueeze(1)
-    images = F.interpolate(images, size=size, mode="nearest").expand(-1, 3, -1, -1).contiguous()
-    labels = torch.tensor(data.target, dtype=torch.long)
-    train, test = train_test_split(range(len(labels)), test_size=0.25, random_state=seed, stratify=data.target)
-    mean, std = images[train].mean(), images[train].std()
-    return (images[train] - mean) / std, labels[train], (images[test] - mean) / std, labels[test]
 
 
 def train_teacher(x: Tensor, y: Tensor, steps: int, seed: int, depth: int) -> VisionTransformer:
@@ -73,7 +61,8 @@ def main() -> None:
     if args.quick:
         args.teacher_steps, args.phase_steps, args.joint_steps = 60, 10, 10
     console = Console(width=150)
-    x_train, y_train, x_test, y_test = digits(args.seed)
+    # digits upscaled (nearest) to 32, on RGB, standardised with the training statistics; 75/25 split
+    x_train, y_train, x_test, y_test = stratified_digits(32, channels=3, mode="nearest", seed=args.seed)
     start = time.perf_counter()
     teacher = train_teacher(x_train, y_train, args.teacher_steps, args.seed, args.depth)
     console.print(f"teacher trained in {time.perf_counter() - start:.0f} s")

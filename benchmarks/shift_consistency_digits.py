@@ -16,15 +16,12 @@ import time
 
 import timm
 import torch
-import torch.nn.functional as F
 from rich.console import Console
 from rich.table import Table
-from sklearn.datasets import load_digits
-from sklearn.model_selection import train_test_split
-from torch import Tensor
 
 import visattn.models  # noqa: F401  (registers visattn_* in timm)
 from visattn.models.shift_equivariant import circular_shift, shift_consistency
+from visattn.tasks.digits import stratified_digits
 from visattn.train.convert import evaluate_accuracy, finetune
 
 CONFIGS = {
@@ -33,18 +30,6 @@ CONFIGS = {
     "swin": ("swin_tiny_patch4_window7_224", "visattn_polyswin_tiny_patch4_window7_224",
              dict(patch_size=4, window_size=4, embed_dim=48, depths=(2, 2), num_heads=(2, 4), drop_path_rate=0.0)),
 }
-
-
-def upscaled_digits(size: int, seed: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    data = load_digits()
-    images = torch.tensor(data.images, dtype=torch.float32).unsqueeze(1) / 16
-    images = F.interpolate(images, size=size, mode="bilinear", align_corners=False).expand(-1, 3, -1, -1)
-    labels = torch.tensor(data.target, dtype=torch.long)
-    train_idx, test_idx = train_test_split(range(len(labels)), test_size=0.25, random_state=seed,
-                                           stratify=data.target)
-    x_train, x_test = images[train_idx], images[test_idx]
-    mean, std = x_train.mean(), x_train.std()
-    return (x_train - mean) / std, labels[train_idx], (x_test - mean) / std, labels[test_idx]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -56,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     console = Console()
-    x_train, y_train, x_test, y_test = upscaled_digits(32, args.seed)
+    x_train, y_train, x_test, y_test = stratified_digits(32, channels=3, seed=args.seed)
     order = torch.randperm(len(y_train), generator=torch.Generator().manual_seed(args.seed))
     train = [(x_train[order[i : i + 64]], y_train[order[i : i + 64]]) for i in range(0, len(order), 64)]
     test = [(x_test, y_test)]

@@ -2,7 +2,7 @@
 upscaled scikit-learn digits.
 
 A small DeiT (timm's ``VisionTransformer``: 32 px images, patches of 4, so N = 64 + 1 tokens; ``--dim`` 64 channels,
-``--depth`` 3, 4 heads) is trained on 1,437 digits (the other 360, a fixed fifth of each class, are held out). The
+``--depth`` 3, 4 heads) is trained on 1,437 digits (the other 360, every fifth image of the set, are held out). The
 student, ``visattn_sparsifiner_deit_small_patch16_224`` built at the same size, starts from the teacher's weights
 and is trained by :func:`visattn.train.sparsify.sparsify` (predictor fit to the teacher's attention, then
 distillation; ``backend="dense"``, the masked-SDPA execution, equal in value to the gathering one and faster at 65
@@ -24,24 +24,10 @@ import torch
 import torch.nn.functional as F
 
 import visattn.models  # noqa: F401  (registers visattn_* in timm)
+from visattn.tasks.digits import heldout_digits
 from visattn.train.sparsify import SparsifyReport, sparsify
 
 IMG_SIZE, PATCH = 32, 4
-HOLDOUT = 5
-
-
-def digits_split(img_size: int = IMG_SIZE) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, ...]]:
-    """scikit-learn's digits upsampled (bilinear) to ``img_size``, standardised, repeated over RGB; every
-    ``HOLDOUT``-th image held out: ``(train_x, train_y), (test_x, test_y)``."""
-    from sklearn.datasets import load_digits
-
-    data = load_digits()
-    x = torch.tensor(data.images, dtype=torch.float32)[:, None] / 16
-    x = F.interpolate(x, size=img_size, mode="bilinear", align_corners=False)
-    x = ((x - x.mean()) / x.std()).expand(-1, 3, -1, -1).contiguous()
-    y = torch.tensor(data.target)
-    held = torch.arange(len(y)) % HOLDOUT == 0
-    return (x[~held], y[~held]), (x[held], y[held])
 
 
 def batches(x: torch.Tensor, y: torch.Tensor, size: int, seed: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -78,7 +64,7 @@ def train_teacher(train: tuple[torch.Tensor, torch.Tensor], steps: int, dim: int
 def digits_experiment(teacher_steps: int = 500, steps: int = 150, dim: int = 64, depth: int = 3,
                       seed: int = 0) -> SparsifyReport:
     """Train the teacher, sparsify a student from it, and return the report measured on the held-out digits."""
-    train, test = digits_split()
+    train, test = heldout_digits(IMG_SIZE, channels=3)
     teacher = train_teacher(train, teacher_steps, dim, depth, seed)
     torch.manual_seed(seed)
     student = timm.create_model("visattn_sparsifiner_deit_small_patch16_224", backend="dense",
