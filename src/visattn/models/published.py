@@ -38,8 +38,8 @@ _FASTERNET = "FasterNet, arXiv 2303.03667; ImageNet-1k table of JierunChen/Faste
 _L2VIT = "L2ViT, arXiv 2501.16182; ImageNet-1k table of ChuanyangZheng/L2ViT's README"
 _INLINE = "InLine, arXiv 2412.06590; Pretrained Models table of LeapLabTHU/InLine's README"
 _PATNET = ("PATNet, arXiv 2503.03148: no figure found; checked the paper's arXiv HTML and summaries (chatpaper, "
-           "qeios; only the abstract and introduction were readable) and the release haiduo/PartialNet (its README "
-           "is a title only), so none is recorded")
+           "qeios; only the abstract and introduction were readable) and the release haiduo/PartialNet (README at "
+           "679cfc0: 'Results: please refer to our paper', no table), so none is recorded")
 
 _DAVIT = "DaViT, arXiv 2204.03645, ImageNet-1k comparison table (DaViT-Tiny/Small/Base at 224)"
 _DAVIT_L = ("DaViT, arXiv 2204.03645 (DaViT-L, ImageNet-22k); the authors' dingmyu/davit timm/models/davit.py, "
