@@ -180,8 +180,10 @@ PUBLISHED: dict[str, Published] = {
 }
 """Published figures by registered model name."""
 
-_MORPH = ("MORPH, arXiv 2509.21670: the paper's size table could not be read here; lanl/MORPH's "
-          "config/argument_parser.py states ~480 M for L with its 16-step positional table, none for Ti/S/M")
+_MORPH = ("MORPH, arXiv 2509.21670: no size table found (checked its arXiv pages, lanl/MORPH's README and "
+          "docs/user-guide.md); lanl/MORPH's config/argument_parser.py states ~480 M for L with its 16-step positional "
+          "table (and ~231 M / ~1.12 B for its later Lt / XL sizes), none for Ti/S/M; its fine-tuning notebooks print "
+          "task-specific counts with their heads, not recorded")
 PUBLISHED_TASK_MODELS: dict[str, Published] = {
     "morph_ti": Published(None, None, 128, _MORPH),
     "morph_s": Published(None, None, 128, _MORPH),
