@@ -15,6 +15,7 @@ from torch import nn
 import visattn
 from visattn.nn import Attention, HedgehogMixer
 from visattn.nn.hedgehog_distill import attention_layers, hedgehog_student
+from visattn.tasks.digits import heldout_digits
 from visattn.train.convert import attention_agreement, convert, evaluate_accuracy, finetune
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -179,15 +180,7 @@ def test_bad_input_is_refused():
 
 
 def _upscaled_digits(side: int) -> tuple[list, list]:
-    from sklearn.datasets import load_digits
-
-    digits = load_digits()
-    images = F.interpolate(torch.tensor(digits.images, dtype=torch.float32)[:, None] / 16, size=side,
-                           mode="bilinear", align_corners=False)
-    images = (images - images.mean()) / images.std()
-    labels = torch.tensor(digits.target)
-    test = torch.arange(len(labels)) % 5 == 0
-    train_x, train_y, test_x, test_y = images[~test], labels[~test], images[test], labels[test]
+    (train_x, train_y), (test_x, test_y) = heldout_digits(side)
     order = torch.randperm(len(train_y), generator=torch.Generator().manual_seed(0))
     train = [(train_x[order[i : i + 64]], train_y[order[i : i + 64]]) for i in range(0, len(order), 64)]
     return train, [(test_x, test_y)]
