@@ -9,6 +9,7 @@ import torch
 from visattn.search.asymmetry import (
     EXPERIMENTS,
     HUMAN_RT_MS,
+    _items,
     asymmetry_index,
     fixations_per_search,
     generate_condition,
@@ -66,7 +67,53 @@ def test_published_set_sizes():
     assert sizes == {1: (8, 16, 32), 2: (1, 6, 12), 3: (3, 6, 9), 4: (3, 6, 9), 5: (1, 4, 8, 12), 6: (1, 4, 8, 12)}
     assert {e.number: e.grid for e in EXPERIMENTS.values()} == {1: (6, 6), 2: (4, 4), 3: (3, 3), 4: (3, 3),
                                                               5: (4, 4), 6: (4, 4)}
-    assert EXPERIMENTS["curvature"].display_px == 336
+
+
+
+def test_release_stimulus_constants():
+    """Pixel sizes of the release's generators at 30 px/deg: (display, cell, item, jitter) and background."""
+    expected = {"curvature": (339, 56, 48, 8, 0), "lighting_direction": (198, 49, 31, 18, 27),
+                "intersection": (615, 205, 177, 27, 255), "t_vs_l": (615, 205, 177, 27, 255),
+                "orientation_homogeneous": (339, 84, 69, 15, 255), "orientation_heterogeneous": (339, 84, 69, 15, 255)}
+    got = {n: (e.display_px, e.cell_px, e.item_px, e.jitter_px, e.background) for n, e in EXPERIMENTS.items()}
+    assert got == expected
+    assert EXPERIMENTS["intersection"].dog == ((5, 3.0), (7, 5.0))
+    assert EXPERIMENTS["lighting_direction"].dog == ((3, 0.0), (5, 1.0))
+
+
+def test_release_item_geometry():
+    # lighting: 31-px disk, 16 grey bands of 2 px (0, 17, ..., 255), lit side brightest; outside the disk background
+    d = generate_display("lighting_direction", "top_down", 1, seed=0)
+    t = d.target[0].numpy() * 255
+    assert t.shape == (31, 31) and abs(t[0, 0] - 27) < 1e-3
+    # lit from top: row r inside the disk has band 17 * ((30 - r) // 2); row 30 lies outside (15^2 is not < 15^2)
+    assert abs(t[1, 15] - 238) < 1e-3 and abs(t[29, 15] - 0) < 1e-3 and abs(t[30, 15] - 27) < 1e-3
+    side = generate_display("lighting_direction", "left_right", 1, seed=0).target[0].numpy() * 255
+    assert abs(side[15, 1] - 238) < 1e-3 and abs(side[15, 29] - 0) < 1e-3
+    # intersection: 177-px item, 6-px border, strokes 16-17 px; a cross has ink in all four arms around the crossing
+    cross = generate_display("intersection", "cross", 1, seed=0).target[0].numpy()
+    assert cross.shape == (177, 177) and cross[:6].min() == 1 and cross[:, :6].min() == 1
+    assert int((cross < 0.5).sum()) == 165 * 16 + 165 * 17 - 16 * 17
+    non = generate_display("intersection", "non_cross", 1, seed=0).target[0].numpy()
+    # vertical 165 x 16; left half rows [49, 66) x cols [0, 82); right half rows [99, 115) x cols [82, 165)
+    assert int((non < 0.5).sum()) == 165 * 16 + (82 - 8) * 17 + (83 - 8) * 16
+    # orientation: the 60 x 9 px bar sampled at pixel centres around the 69-px canvas's middle pixel: 61 x 9
+    bar0 = generate_display("orientation_homogeneous", "homo_t0", 1, seed=0).target[0].numpy()
+    assert bar0.shape == (69, 69) and int((bar0 < 0.5).sum()) == 61 * 9
+    bar20 = generate_display("orientation_homogeneous", "homo_t20", 1, seed=0).target[0].numpy()
+    assert abs(int((bar20 < 0.5).sum()) - 540) < 40
+
+
+def test_heterogeneous_distractors_are_balanced():
+    for n in (4, 8, 12):
+        d = generate_display("orientation_heterogeneous", "hetero_t0", n, seed=n)
+        assert d.set_size == n
+    rng = np.random.default_rng(0)
+    _, distractors = _items("hetero_t0", 69, 12, rng)
+    kinds = {d.tobytes() for d in distractors}
+    assert len(distractors) == 11 and len(kinds) == 8  # all eight orientations before any repeat
+    _, distractors = _items("hetero_t20", 69, 8, rng)
+    assert len({d.tobytes() for d in distractors}) == 7  # distinct when there are at most eight
 
 
 @pytest.mark.parametrize("name", sorted(EXPERIMENTS))

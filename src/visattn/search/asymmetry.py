@@ -11,10 +11,11 @@ condition is the least-squares slope of mean RT against set size; the asymmetry 
 
     AI = (s_H - s_L) / (s_H + s_L),   s clipped at 0,   AI = 0 when s_H + s_L = 0,
 
-where H is the condition with the larger *human* slope. Grid sizes, set sizes, displays per set size, the
-background grey level and the curvature geometry (11.3 deg display, 6 x 6 grid, 1.6 deg items at 30 px/deg) follow
-the official release; the other experiments' item drawings are our own renderings of the paper's descriptions
-(sizes in degrees chosen by us, documented per experiment). The human slopes are the release's human RT data.
+where H is the condition with the larger *human* slope. Display, cell and item sizes, jitter, grids, set sizes,
+displays per set size, background levels, item geometry and poses, distractor sampling and DoG sizes follow the
+official release's stimulus generators and experiment settings (checked against kreimanlab/VisualSearchAsymmetry);
+the drawing code is ours (no anti-aliasing, exact rotations of analytic shapes), so displays match the release's in
+geometry, not pixel for pixel. The human slopes are the release's human RT data.
 """
 
 from __future__ import annotations
@@ -87,7 +88,14 @@ HUMAN_RT_MS: dict[str, tuple[float, ...]] = {
 
 @dataclass(frozen=True)
 class Experiment:
-    """One asymmetry experiment: two conditions, set sizes, grid and rendering constants."""
+    """One asymmetry experiment: two conditions, set sizes, grid and the release's stimulus constants.
+
+    Sizes are in degrees at ``DEG2PX`` = 30 px/deg and become pixels with ``int`` as in the release's generators:
+    display ``int(view_deg * 30)``, cell ``int(view_deg / cols * 30)`` (cells tile the top-left corner; the
+    display may have a few pixels more), item ``int(item_deg * 30)``, jitter offsets ``[0, jitter_px)`` with
+    ``jitter_px = int((view_deg / cols - item_deg) * 30)``. ``dog`` is the release's (size, sigma) pair per
+    experiment for eccNET's DoG smoothing (sigma 0: OpenCV's default for the size).
+    """
 
     number: int
     name: str
@@ -95,30 +103,48 @@ class Experiment:
     set_sizes: tuple[int, ...]
     displays_per_set_size: int
     grid: tuple[int, int]
-    cell_px: int
-    item_px: int
+    view_deg: float
+    item_deg: float
     background: int
+    dog: tuple[tuple[int, float], tuple[int, float]]
 
     @property
     def display_px(self) -> int:
-        return self.grid[0] * self.cell_px
+        return int(self.view_deg * DEG2PX)
+
+    @property
+    def cell_px(self) -> int:
+        return int(self.view_deg / self.grid[1] * DEG2PX)
+
+    @property
+    def item_px(self) -> int:
+        return int(self.item_deg * DEG2PX)
+
+    @property
+    def jitter_px(self) -> int:
+        return int((self.view_deg / self.grid[1] - self.item_deg) * DEG2PX)
 
     def human_slope(self, condition: str) -> float:
         """Slope (ms/item) of the published human RTs of ``condition``."""
         return rt_slope(self.set_sizes, HUMAN_RT_MS[condition])
 
 
+_DOG_SMALL = ((3, 1.0), (5, 3.0))
 EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in (
-    Experiment(1, "curvature", ("curve_in_lines", "line_in_curves"), (8, 16, 32), 30, (6, 6),
-               int(11.3 / 6 * DEG2PX), int(1.6 * DEG2PX), 0),
-    Experiment(2, "lighting_direction", ("top_down", "left_right"), (1, 6, 12), 30, (4, 4), 60, 40, 27),
-    Experiment(3, "intersection", ("non_cross", "cross"), (3, 6, 9), 36, (3, 3), 80, 48, 255),
-    Experiment(4, "t_vs_l", ("Ts", "Ls"), (3, 6, 9), 36, (3, 3), 80, 48, 255),
-    Experiment(5, "orientation_homogeneous", ("homo_t20", "homo_t0"), (1, 4, 8, 12), 30, (4, 4), 60, 48, 255),
-    Experiment(6, "orientation_heterogeneous", ("hetero_t0", "hetero_t20"), (1, 4, 8, 12), 30, (4, 4), 60, 48,
-               255),
+    Experiment(1, "curvature", ("curve_in_lines", "line_in_curves"), (8, 16, 32), 30, (6, 6), 11.3, 1.6, 0,
+               _DOG_SMALL),
+    Experiment(2, "lighting_direction", ("top_down", "left_right"), (1, 6, 12), 30, (4, 4), 6.6, 1.04, 27,
+               ((3, 0.0), (5, 1.0))),
+    Experiment(3, "intersection", ("non_cross", "cross"), (3, 6, 9), 36, (3, 3), 20.5, 5.9, 255,
+               ((5, 3.0), (7, 5.0))),
+    Experiment(4, "t_vs_l", ("Ts", "Ls"), (3, 6, 9), 36, (3, 3), 20.5, 5.9, 255, ((5, 3.0), (7, 5.0))),
+    Experiment(5, "orientation_homogeneous", ("homo_t20", "homo_t0"), (1, 4, 8, 12), 30, (4, 4), 11.3, 2.3, 255,
+               _DOG_SMALL),
+    Experiment(6, "orientation_heterogeneous", ("hetero_t0", "hetero_t20"), (1, 4, 8, 12), 30, (4, 4), 11.3, 2.3,
+               255, _DOG_SMALL),
 )}
-"""The six experiments in the paper's order (Exp 1-6); conditions in the release's order."""
+"""The six experiments in the paper's order (Exp 1-6); conditions in the release's order; constants as in the
+release's stimulus generators (curvature, lighting direction, intersection (also T vs L), categorization)."""
 
 
 def _grid(size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -131,10 +157,10 @@ def _rotate(rows: np.ndarray, cols: np.ndarray, degrees: float) -> tuple[np.ndar
     return cols * math.sin(a) + rows * math.cos(a), cols * math.cos(a) - rows * math.sin(a)
 
 
-def _bar(size: int, length: float, width: float, degrees: float, dr: float = 0.0, dc: float = 0.0) -> np.ndarray:
-    """A bar ``length`` x ``width`` px, vertical at 0 deg, rotated clockwise by ``degrees``, centre offset."""
+def _bar(size: int, length: float, width: float, degrees: float) -> np.ndarray:
+    """A centred bar ``length`` x ``width`` px, vertical at 0 deg, rotated clockwise by ``degrees``."""
     rows, cols = _grid(size)
-    u, v = _rotate(rows - dr, cols - dc, degrees)
+    u, v = _rotate(rows, cols, degrees)
     return ((np.abs(u) <= length / 2) & (np.abs(v) <= width / 2)).astype(np.float64)
 
 
@@ -155,79 +181,97 @@ def _line(size: int, degrees: float) -> np.ndarray:
 
 
 def _shaded_disk(size: int, lit_from: str) -> np.ndarray:
-    """A disk shaded by a linear ramp, bright on the side the light comes from ("top", "bottom", "left", "right").
+    """A disk of diameter ``size`` in 16 grey bands (0, 17, ..., 255 / 255, ``size // 15`` px each), brightest on
+    the side the light comes from ("top", "bottom", "left", "right"); outside the disk NaN (background).
 
-    The background is 27/255; outside the disk the value is NaN (filled with the background by the renderer).
+    The release's lighting items: 1.04 deg disks at 30 px/deg, pixels with ``(r - R)^2 + (c - R)^2 < R^2``,
+    ``R = size // 2``.
     """
-    rows, cols = _grid(size)
-    radius = size / 2 - 1
-    ramp = {"top": -rows, "bottom": rows, "left": -cols, "right": cols}[lit_from] / radius
-    disk = np.where(np.hypot(rows, cols) <= radius, 0.5 + 0.45 * ramp, np.nan)
-    return disk
+    r = size // 2
+    rows, cols = np.meshgrid(np.arange(size), np.arange(size), indexing="ij")
+    band = max(size // 15, 1)
+    lit_below = np.minimum(17 * (rows // band), 255) / 255
+    shade = {"bottom": lit_below, "top": lit_below[::-1], "right": lit_below.T, "left": lit_below.T[:, ::-1]}
+    return np.where((rows - r) ** 2 + (cols - r) ** 2 < r * r, shade[lit_from], np.nan)
 
 
-def _two_bars(size: int, kind: str, degrees: float) -> np.ndarray:
-    """Two perpendicular strokes: ``cross`` (+), ``non_cross`` (strokes apart), ``T`` or ``L``; black on white."""
-    length, width = size * 0.8, max(size / 10, 2.0)
-    half = length / 2
+def _strokes(kind: str) -> np.ndarray:
+    """The release's intersection items before posing, black strokes (0) on white (1), at 30 px/deg.
+
+    A 5.5 deg square (165 px) with 0.55 deg strokes inside a 0.2 deg white border (177 px): ``cross`` is a vertical
+    stroke crossed by a full-width horizontal one at rows [3, 4) x 0.55 deg; ``non_cross`` splits the horizontal
+    stroke into a left half at that height and a right half at [6, 7) x 0.55 deg, so no stroke crosses; ``L`` is
+    the left and bottom edges; ``T`` the centre vertical stroke and the top edge.
+    """
+    side, weight = int(5.5 * DEG2PX), 0.55 * DEG2PX
+    border, full = int(0.2 * DEG2PX), int(5.9 * DEG2PX)
+    inner = np.ones((side, side))
+    lo, hi, half = int((5.5 * DEG2PX - weight) / 2), int((5.5 * DEG2PX + weight) / 2), int(5.5 * DEG2PX / 2)
+    band = lambda k: slice(int(k * weight), int((k + 1) * weight))  # noqa: E731
+    if kind in ("cross", "non_cross", "T"):
+        inner[:, lo:hi] = 0
     if kind == "cross":
-        shape = np.maximum(_bar(size, length, width, degrees), _bar(size, length, width, degrees + 90))
+        inner[band(3), :] = 0
     elif kind == "non_cross":
-        shape = np.maximum(_bar(size, length, width, degrees, *_rot_offset(0, -half / 2, degrees)),
-                           _bar(size, length / 2, width, degrees + 90, *_rot_offset(0, half / 2 + width, degrees)))
+        inner[band(3), :half] = 0
+        inner[band(6), half:] = 0
     elif kind == "T":
-        shape = np.maximum(_bar(size, length, width, degrees + 90, *_rot_offset(-half, 0, degrees)),
-                           _bar(size, length, width, degrees))
+        inner[: int(weight), :] = 0
     elif kind == "L":
-        shape = np.maximum(_bar(size, length, width, degrees, *_rot_offset(0, -half, degrees)),
-                           _bar(size, length, width, degrees + 90, *_rot_offset(half, 0, degrees)))
+        inner[:, : int(weight)] = 0
+        inner[int(side - weight): side, :] = 0
     else:
         raise ValueError(f"kind must be cross, non_cross, T or L, got {kind!r}")
-    return 1.0 - shape
+    item = np.ones((full, full))
+    item[border: border + side, border: border + side] = inner
+    return item
 
 
-def _rot_offset(dr: float, dc: float, degrees: float) -> tuple[float, float]:
-    a = math.radians(degrees)
-    return dr * math.cos(a) - dc * math.sin(a), dr * math.sin(a) + dc * math.cos(a)
+def _posed(item: np.ndarray, pose: int) -> np.ndarray:
+    """The release's four poses: as drawn, flipped upside down, transposed, transposed and mirrored."""
+    return (item, item[::-1], item.T, item.T[:, ::-1])[pose].copy()
 
 
 def _oriented_bar(size: int, degrees: float) -> np.ndarray:
-    """A black bar (1.2 deg x 0.2 deg at 30 px/deg, scaled to the item) tilted ``degrees`` from vertical."""
-    return 1.0 - _bar(size, size * 0.8, max(size / 8, 2.0), degrees)
+    """A black 2 deg x 0.3 deg bar (60 x 9 px at 30 px/deg) on white, tilted ``degrees`` clockwise from vertical."""
+    return 1.0 - _bar(size, 2.0 * DEG2PX, 0.3 * DEG2PX, degrees)
 
 
 _HETERO_ANGLES = (-80, -60, -40, -20, 20, 40, 60, 80)
+_CURVE_POSES = (-45, -90, -135, 180)
 
 
-def _item_drawers(condition: str, size: int, rng: np.random.Generator) -> tuple[Callable[[], np.ndarray],
-                                                                                 Callable[[], np.ndarray]]:
-    """(draw target, draw distractor) for ``condition``; each call draws one item (random pose where published)."""
-    poses = (-45, -90, -135, 180)
+def _items(condition: str, size: int, set_size: int, rng: np.random.Generator) -> tuple[np.ndarray, list[np.ndarray]]:
+    """The target and the ``set_size - 1`` distractors of one display, in placement order.
 
-    def pick(seq: Sequence) -> float:
-        return seq[int(rng.integers(len(seq)))]
-
-    quarter = (0, 90, 180, 270)
-    table: dict[str, tuple[Callable[[], np.ndarray], Callable[[], np.ndarray]]] = {
-        "curve_in_lines": (lambda: _curve(size, pick(poses)), lambda: _line(size, pick(poses))),
-        "line_in_curves": (lambda: _line(size, pick(poses)), lambda: _curve(size, pick(poses))),
-        "top_down": (lambda: _shaded_disk(size, "top"), lambda: _shaded_disk(size, "bottom")),
-        "left_right": (lambda: _shaded_disk(size, "left"), lambda: _shaded_disk(size, "right")),
-        "cross": (lambda: _two_bars(size, "cross", pick(quarter)), lambda: _two_bars(size, "non_cross",
-                                                                                    pick(quarter))),
-        "non_cross": (lambda: _two_bars(size, "non_cross", pick(quarter)), lambda: _two_bars(size, "cross",
-                                                                                            pick(quarter))),
-        "Ts": (lambda: _two_bars(size, "T", pick(quarter)), lambda: _two_bars(size, "L", pick(quarter))),
-        "Ls": (lambda: _two_bars(size, "L", pick(quarter)), lambda: _two_bars(size, "T", pick(quarter))),
-        "homo_t0": (lambda: _oriented_bar(size, 0), lambda: _oriented_bar(size, 20)),
-        "homo_t20": (lambda: _oriented_bar(size, 20), lambda: _oriented_bar(size, 0)),
-        "hetero_t0": (lambda: _oriented_bar(size, 0), lambda: _oriented_bar(size, pick(_HETERO_ANGLES))),
-        "hetero_t20": (lambda: _oriented_bar(size, 20),
-                       lambda: _oriented_bar(size, pick([a for a in _HETERO_ANGLES if a != 20] + [0]))),
-    }
-    if condition not in table:
-        raise ValueError(f"condition must be one of {sorted(table)}, got {condition!r}")
-    return table[condition]
+    Curvature poses cycle through the release's four angles over the items in placement order; intersection items
+    take one of the four poses at random; heterogeneous distractor orientations are drawn without replacement
+    (all eight types once before any repeats), as the release does.
+    """
+    n = set_size - 1
+    if condition in ("curve_in_lines", "line_in_curves"):
+        target_is_curve = condition == "curve_in_lines"
+        slot = int(rng.integers(set_size))
+        draw = [(_curve if (i == slot) == target_is_curve else _line)(size, _CURVE_POSES[i % 4])
+                for i in range(set_size)]
+        return draw[slot], draw[:slot] + draw[slot + 1:]
+    if condition in ("top_down", "left_right"):
+        lit = {"top_down": ("top", "bottom"), "left_right": ("left", "right")}[condition]
+        return _shaded_disk(size, lit[0]), [_shaded_disk(size, lit[1]) for _ in range(n)]
+    strokes = {"cross": ("cross", "non_cross"), "non_cross": ("non_cross", "cross"), "Ts": ("T", "L"),
+               "Ls": ("L", "T")}
+    if condition in strokes:
+        t, d = (_strokes(k) for k in strokes[condition])
+        return _posed(t, int(rng.integers(4))), [_posed(d, int(rng.integers(4))) for _ in range(n)]
+    if condition in ("homo_t0", "homo_t20"):
+        t, d = (0, 20) if condition == "homo_t0" else (20, 0)
+        return _oriented_bar(size, t), [_oriented_bar(size, d) for _ in range(n)]
+    if condition in ("hetero_t0", "hetero_t20"):
+        t = 0 if condition == "hetero_t0" else 20
+        types = _HETERO_ANGLES if t == 0 else tuple(a for a in _HETERO_ANGLES if a != 20) + (0,)
+        order = np.concatenate([rng.permutation(len(types)) for _ in range(-(-n // len(types)) or 1)])[:n]
+        return _oriented_bar(size, t), [_oriented_bar(size, types[int(i)]) for i in rng.permutation(order)]
+    raise ValueError(f"condition must be one of {sorted(HUMAN_RT_MS)}, got {condition!r}")
 
 
 @dataclass
@@ -245,10 +289,16 @@ class Display:
     background: float
 
 
-def cell_masks(grid: tuple[int, int], cell_px: int) -> torch.Tensor:
-    """``(rows * cols, H, W)`` bool masks of the grid cells, row-major (the release's ``gt_mask``)."""
+def cell_masks(grid: tuple[int, int], cell_px: int, side: int | None = None) -> torch.Tensor:
+    """``(rows * cols, side, side)`` bool masks of the grid cells, row-major (the release's ``gt_mask``).
+
+    Cells tile the top-left ``rows * cell_px`` pixels; ``side`` (default that) is the display's size.
+    """
     rows, cols = grid
-    masks = torch.zeros(rows * cols, rows * cell_px, cols * cell_px, dtype=torch.bool)
+    side = max(rows, cols) * cell_px if side is None else side
+    if side < max(rows, cols) * cell_px:
+        raise ValueError(f"side must be >= {max(rows, cols) * cell_px} for grid {grid} of {cell_px} px, got {side}")
+    masks = torch.zeros(rows * cols, side, side, dtype=torch.bool)
     for index in range(rows * cols):
         r, c = divmod(index, cols)
         masks[index, r * cell_px:(r + 1) * cell_px, c * cell_px:(c + 1) * cell_px] = True
@@ -256,7 +306,11 @@ def cell_masks(grid: tuple[int, int], cell_px: int) -> torch.Tensor:
 
 
 def generate_display(experiment: str | Experiment, condition: str, set_size: int, seed: int) -> Display:
-    """One display of ``condition`` with ``set_size`` items (1 target, ``set_size - 1`` distractors), seeded."""
+    """One display of ``condition`` with ``set_size`` items (1 target, ``set_size - 1`` distractors), seeded.
+
+    ``set_size`` random cells (the placement order is random); the target takes a random one; each item is put
+    at its cell's corner plus a random offset in ``[0, jitter_px)`` per axis.
+    """
     exp = EXPERIMENTS[experiment] if isinstance(experiment, str) else experiment
     if isinstance(experiment, str) and experiment not in EXPERIMENTS:
         raise ValueError(f"experiment must be one of {sorted(EXPERIMENTS)}, got {experiment!r}")
@@ -267,30 +321,69 @@ def generate_display(experiment: str | Experiment, condition: str, set_size: int
         raise ValueError(f"set_size must be an int in [1, {cells}] (the {exp.grid[0]}x{exp.grid[1]} grid holds "
                          f"{cells} items), got {set_size!r}")
     rng = np.random.default_rng(seed)
-    draw_target, draw_distractor = _item_drawers(condition, exp.item_px, rng)
+    placed = [int(i) for i in rng.choice(cells, size=set_size, replace=False)]
+    target_patch, distractors = _items(condition, exp.item_px, set_size, rng)
+    slot = int(rng.integers(set_size))
+    patches = distractors[:slot] + [target_patch] + distractors[slot:]
     background = exp.background / 255
     side = exp.display_px
     image = np.full((side, side), background)
-    occupied = sorted(int(i) for i in rng.choice(cells, size=set_size, replace=False))
-    target_item = occupied[int(rng.integers(set_size))]
-    target_patch = None
-    jitter = exp.cell_px - exp.item_px
-    for cell in occupied:
-        patch = draw_target() if cell == target_item else draw_distractor()
+    for cell, patch in zip(placed, patches, strict=True):
         r, c = divmod(cell, exp.grid[1])
-        top = r * exp.cell_px + int(rng.integers(jitter + 1))
-        left = c * exp.cell_px + int(rng.integers(jitter + 1))
-        if exp.background == 0:
-            patch = np.nan_to_num(patch, nan=0.0)
-        region = image[top: top + exp.item_px, left: left + exp.item_px]
-        image[top: top + exp.item_px, left: left + exp.item_px] = np.where(np.isnan(patch), region, patch)
-        if cell == target_item:
-            target_patch = np.where(np.isnan(patch), background, patch)
-    masks = cell_masks(exp.grid, exp.cell_px)
+        top = r * exp.cell_px + (int(rng.integers(exp.jitter_px)) if exp.jitter_px > 0 else 0)
+        left = c * exp.cell_px + (int(rng.integers(exp.jitter_px)) if exp.jitter_px > 0 else 0)
+        h, w = patch.shape
+        region = image[top: top + h, left: left + w]
+        image[top: top + h, left: left + w] = np.where(np.isnan(patch), region, patch)
+    target_item = placed[slot]
+    masks = cell_masks(exp.grid, exp.cell_px, side)
     as_rgb = lambda a: torch.from_numpy(np.clip(a, 0, 1)).float().expand(3, -1, -1).clone()  # noqa: E731
-    return Display(image=as_rgb(image), target=as_rgb(target_patch), target_mask=masks[target_item].clone(),
-                   item_masks=masks, target_item=target_item, occupied=tuple(occupied), set_size=set_size,
-                   condition=condition, background=background)
+    return Display(image=as_rgb(image), target=as_rgb(np.where(np.isnan(target_patch), background, target_patch)),
+                   target_mask=masks[target_item].clone(), item_masks=masks, target_item=target_item,
+                   occupied=tuple(sorted(placed)), set_size=set_size, condition=condition, background=background)
+
+
+def scale_display(display: Display, scale: float) -> Display:
+    """``display`` resized by ``scale`` in (0, 1] (area-averaged image and target, nearest-neighbour masks).
+
+    For quick runs of the experiments at a fraction of the published size (eccNET's cost grows with the view).
+    """
+    if not isinstance(scale, (int, float)) or not 0 < scale <= 1:
+        raise ValueError(f"scale must be a number in (0, 1], got {scale!r}")
+    if scale == 1:
+        return display
+
+    def resize(x: torch.Tensor, nearest: bool) -> torch.Tensor:
+        size = [max(1, round(s * scale)) for s in x.shape[-2:]]
+        if nearest:
+            return torch.nn.functional.interpolate(x[None].float(), size=size, mode="nearest")[0].bool()
+        return torch.nn.functional.interpolate(x[None], size=size, mode="area")[0]
+
+    return Display(image=resize(display.image, False), target=resize(display.target, False),
+                   target_mask=resize(display.target_mask[None], True)[0],
+                   item_masks=resize(display.item_masks, True), target_item=display.target_item,
+                   occupied=display.occupied, set_size=display.set_size, condition=display.condition,
+                   background=display.background)
+
+
+def eccnet_searcher(model, experiment: str, *, scale: float = 1.0, corner_bias: int = 64
+                    ) -> Callable[[Display], tuple[bool, int]]:
+    """A ``run_experiment`` search function running ``model.search`` (an ``EccNet``) as the release does.
+
+    The view spans the display side plus ``corner_bias`` (release: 64) each way around the fixation, the
+    experiment's DoG sizes smooth the map, and a search fails after ``cells + 1`` fixations. ``scale`` < 1 runs on
+    displays resized by :func:`scale_display` (margin scaled too) for quick runs.
+    """
+    exp = EXPERIMENTS[experiment]
+    margin = max(1, round(corner_bias * scale))
+
+    def search(display: Display) -> tuple[bool, int]:
+        d = scale_display(display, scale)
+        result = model.search(d.image, d.target, d.target_mask, item_masks=d.item_masks, background=d.background,
+                              corner_bias=margin, dog=exp.dog)
+        return result.found, result.num_fixations
+
+    return search
 
 
 def generate_condition(experiment: str, condition: str, *, displays_per_set_size: int | None = None,

@@ -17,7 +17,14 @@ Nat. Commun. 2018): the same search without eccentricity-dependent pooling.
 
 Departures from the release, all documented: the argmax runs only over visible, uninhibited pixels (so an
 inhibited cell is never fixated again, even on ties), the attention map is resized bilinearly, and the backbone's
-own mean/std normalisation replaces Caffe-style mean subtraction.
+own mean/std normalisation replaces Caffe-style mean subtraction (except for Keras weights, see below).
+
+Weights: ``pretrained=True`` (timm's ImageNet weights), or ``checkpoint_path``: a PyTorch state dict (``.pth``,
+``.pt``, ``.bin``; optionally under ``"state_dict"``) or a Keras HDF5 weights file (``.h5``/``.hdf5``) in the
+layout the release loads (``vgg16_imagenet_filters.h5``: one group per layer named ``block{b}_conv{c}`` holding a
+``(kh, kw, in, out)`` kernel and a bias, for Keras' VGG16 architecture), converted by :func:`keras_vgg_state_dict`.
+Keras VGG16 weights expect Caffe inputs (BGR, 0-255, mean subtracted): the converter flips the first kernel to RGB
+and the input normalisation defaults to ``KERAS_VGG16_MEAN`` / ``KERAS_VGG16_STD``.
 """
 
 from __future__ import annotations
@@ -37,6 +44,13 @@ logger = logging.getLogger(__name__)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+KERAS_VGG16_MEAN = (123.68 / 255, 116.779 / 255, 103.939 / 255)
+"""Keras' ``preprocess_input`` for VGG16 (Caffe mode) on RGB images in [0, 1]: subtract these, then ..."""
+KERAS_VGG16_STD = (1 / 255, 1 / 255, 1 / 255)
+"""... divide by these (x 255): the 0-255 scale the Keras weights were trained on."""
+KERAS_VGG16_CONVS = tuple(f"block{b}_conv{c}" for b, n in enumerate((2, 2, 3, 3, 3), start=1)
+                          for c in range(1, n + 1))
+"""The 13 convolution layers of Keras' VGG16, in order (the groups of the release's weights file)."""
 
 
 @dataclass(frozen=True)
@@ -148,11 +162,13 @@ class EccNet(nn.Module):
         backbone: a timm model name (``"vgg16"`` as published) or an ``nn.Module`` whose downsampling is done by
             ``nn.MaxPool2d``/``nn.AvgPool2d`` layers of stride 2 (these are replaced, in module order).
         pretrained: load timm's pretrained weights (needs them cached or downloadable).
-        checkpoint_path: a state-dict file for the backbone (user-supplied weights).
+        checkpoint_path: user-supplied backbone weights: a PyTorch state dict or Keras HDF5 VGG weights
+            (:func:`load_backbone_checkpoint`); every parameter up to the last pooling layer eccNET uses must be in it.
         eccentricity: the per-layer constants; ``None`` gives IVSN: 2x2 max pooling ("same" padding) everywhere.
         feature_layers: 1-based pooling layers whose features drive the top-down modulation (paper: 3, 4, 5).
         layer_weights: optional fixed weights per feature layer instead of each layer's maximum response.
-        mean, std: input normalisation; default the timm config's, else ImageNet's.
+        mean, std: input normalisation; default the timm config's, Keras' Caffe constants for ``.h5`` weights,
+            else ImageNet's.
     """
 
     def __init__(self, backbone: str | nn.Module = "vgg16", *, pretrained: bool = False,
@@ -163,19 +179,15 @@ class EccNet(nn.Module):
         if isinstance(backbone, str):
             import timm
 
-            model = timm.create_model(backbone, pretrained=pretrained, num_classes=0,
-                                      checkpoint_path=str(checkpoint_path) if checkpoint_path else "")
+            model = timm.create_model(backbone, pretrained=pretrained, num_classes=0)
             cfg = getattr(model, "pretrained_cfg", {}) or {}
-            mean = mean or cfg.get("mean")
-            std = std or cfg.get("std")
+            mean = mean or (None if checkpoint_path is not None else cfg.get("mean"))
+            std = std or (None if checkpoint_path is not None else cfg.get("std"))
         elif isinstance(backbone, nn.Module):
             model = backbone
             if pretrained:
                 raise ValueError("pretrained=True needs a timm model name as backbone, got an nn.Module; "
                                  "pass checkpoint_path instead")
-            if checkpoint_path is not None:
-                state = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
-                model.load_state_dict(state.get("state_dict", state) if isinstance(state, dict) else state)
         else:
             raise TypeError(f"backbone must be a timm model name or an nn.Module, got {type(backbone).__name__}")
         layers = tuple(feature_layers)
@@ -185,6 +197,10 @@ class EccNet(nn.Module):
         if len(pools) < max(layers):
             raise ValueError(f"backbone has {len(pools)} stride-2 pooling layers, feature_layers={layers} needs "
                              f"{max(layers)}; eccNET replaces pooling layers, so it needs a pooling backbone (VGG)")
+        if checkpoint_path is not None:
+            keras = load_backbone_checkpoint(model, checkpoint_path, pools[max(layers) - 1][0])
+            if keras:
+                mean, std = mean or KERAS_VGG16_MEAN, std or KERAS_VGG16_STD
         if eccentricity is not None and len(eccentricity.slopes) < max(layers):
             raise ValueError(f"eccentricity has constants for {len(eccentricity.slopes)} pooling layers, "
                              f"feature_layers={layers} needs {max(layers)}")
@@ -337,6 +353,92 @@ class EccNet(nn.Module):
                     result.found = True
                     break
         return result
+
+
+def keras_vgg_state_dict(path: str | Path, model: nn.Module,
+                         layer_names: Sequence[str] = KERAS_VGG16_CONVS) -> dict[str, torch.Tensor]:
+    """A state dict for ``model``'s first ``len(layer_names)`` ``nn.Conv2d`` layers from a Keras HDF5 weights file.
+
+    Each named group (top level, or under ``model_weights`` in a whole-model file) holds one 4-D kernel
+    ``(kh, kw, in, out)`` and one 1-D bias, at any depth (Keras 2 nests ``name/name/kernel:0``). Kernels become
+    ``(out, in, kh, kw)``; the first layer's input channels are reversed (Keras' VGG16 reads BGR). Keras'
+    ``padding="same"`` with odd kernels is PyTorch's ``padding=k // 2``, so outputs agree. Needs h5py.
+    """
+    try:
+        import h5py
+    except ImportError as error:
+        raise ImportError("reading Keras .h5 weights needs h5py (pip install h5py)") from error
+    convs = [(name, m) for name, m in model.named_modules() if isinstance(m, nn.Conv2d)]
+    if len(convs) < len(layer_names):
+        raise ValueError(f"model has {len(convs)} Conv2d layers, the Keras layers {list(layer_names)} need "
+                         f"{len(layer_names)}")
+    state: dict[str, torch.Tensor] = {}
+    with h5py.File(path, "r") as f:
+        root = f["model_weights"] if "model_weights" in f else f
+        for index, (keras_name, (name, conv)) in enumerate(zip(layer_names, convs, strict=False)):
+            if keras_name not in root:
+                raise ValueError(f"{path} has no layer group {keras_name!r}; groups: {sorted(root.keys())[:20]}")
+            arrays = _h5_arrays(root[keras_name])
+            kernels = [a for a in arrays if a.ndim == 4]
+            biases = [a for a in arrays if a.ndim == 1]
+            if len(kernels) != 1 or len(biases) > 1:
+                raise ValueError(f"layer {keras_name!r} of {path} must hold one 4-D kernel and at most one bias, got "
+                                 f"shapes {[a.shape for a in arrays]}")
+            weight = torch.from_numpy(kernels[0]).permute(3, 2, 0, 1).contiguous()
+            if index == 0:
+                weight = weight.flip(1)
+            if weight.shape != conv.weight.shape:
+                raise ValueError(f"layer {keras_name!r} of {path} has kernel {tuple(kernels[0].shape)} (Keras "
+                                 f"layout), {name} expects {tuple(conv.weight.shape)} (PyTorch layout)")
+            state[f"{name}.weight"] = weight.to(conv.weight.dtype)
+            if conv.bias is not None:
+                if not biases or biases[0].shape != (conv.out_channels,):
+                    raise ValueError(f"layer {keras_name!r} of {path} needs a bias of {conv.out_channels} values")
+                state[f"{name}.bias"] = torch.from_numpy(biases[0]).to(conv.bias.dtype)
+    return state
+
+
+def _h5_arrays(group) -> list:
+    """Every dataset under an h5py group, depth first, as NumPy arrays."""
+    out = []
+    for item in group.values():
+        out.extend(_h5_arrays(item) if hasattr(item, "keys") else [item[()]])
+    return out
+
+
+def load_backbone_checkpoint(model: nn.Module, path: str | Path, last_used: str | None = None) -> bool:
+    """Load user weights into ``model``; returns True for Keras ``.h5``/``.hdf5`` weights (Caffe inputs).
+
+    A PyTorch file is a state dict (or a dict with ``"state_dict"``); keys it has that ``model`` lacks are an error,
+    and so are missing parameters of modules registered before ``last_used`` (the layers the search runs through);
+    missing later parameters (a classifier head eccNET never runs) are only logged.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"checkpoint_path must be an existing file, got {str(path)!r}")
+    keras = path.suffix.lower() in (".h5", ".hdf5")
+    if keras:
+        state = keras_vgg_state_dict(path, model)
+    else:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+            state = state["state_dict"]
+        if not isinstance(state, dict):
+            raise ValueError(f"checkpoint {str(path)!r} must hold a state dict, got {type(state).__name__}")
+    used: set[str] = set()
+    for name, module in model.named_modules():
+        if last_used is not None and name == last_used:
+            break
+        used.update(f"{name}.{p}" if name else p for p, _ in module.named_parameters(recurse=False))
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if unexpected:
+        raise ValueError(f"checkpoint {str(path)!r} has keys the backbone lacks: {unexpected[:10]}")
+    needed = sorted(set(missing) & used)
+    if needed:
+        raise ValueError(f"checkpoint {str(path)!r} lacks weights the search uses: {needed[:10]}")
+    if missing:
+        logger.info("checkpoint %s: %d parameters after the last used pooling layer kept at init", path, len(missing))
+    return keras
 
 
 def _pad_same(x: torch.Tensor, kernel: tuple[int, int]) -> torch.Tensor:

@@ -1,11 +1,18 @@
-"""Generated object displays with scanpaths from a greedy target-similarity searcher, and a saliency-order baseline.
+"""Generated object displays, scanpaths over them from eccNET or a greedy searcher, and a saliency-order baseline.
 
 Training and evaluation data for OAT ("OAT: Object-Level Attention Transformer for Gaze Scanpath Prediction",
 arXiv 2407.13335) when no eye-tracking data is at hand. A display puts ``num_objects`` coloured squares in distinct
-cells of a ``rows x cols`` grid; one of them has the target's colour. The searcher (ours, a stand-in for people or
-eccNET) starts at the display centre and fixates, among objects not yet fixated, the one maximising
-``-|c_o - c_target| - distance_weight * |p_o - p_now| / diag`` until it fixates the target. The saliency-order
-baseline fixates objects by decreasing bottom-up saliency (brightness ``sum(c_o)``) until the target.
+cells of a ``rows x cols`` grid; one of them has the target's colour.
+
+- ``eccnet_scanpath``: the display is rendered as one image (each crop centred in its ``cell_px`` cell on a grey
+  background) and searched by eccNET's own fixation loop (``EccNet.search``: eccentricity pooling around each
+  fixation, top-down modulation by the target, DoG smoothing, inhibition of return of the fixated object's cell;
+  Gupta et al., *Visual Search Asymmetry*, arXiv:2106.02953). Only the objects' cells can be fixated, so each
+  fixation maps to the object whose cell holds it; the search stops on the target's cell.
+- ``greedy_search_scanpath`` (ours, a fast stand-in): from the display centre, fixate among objects not yet
+  fixated the one maximising ``-|c_o - c_target| - distance_weight * |p_o - p_now| / diag`` until the target.
+- ``saliency_order_scanpath``, the baseline: objects by decreasing bottom-up saliency (brightness ``sum(c_o)``)
+  until the target.
 """
 
 from __future__ import annotations
@@ -16,7 +23,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-__all__ = ["ObjectDisplay", "generate_displays", "greedy_search_scanpath", "saliency_order_scanpath"]
+from .eccnet import EccNet
+
+__all__ = ["ObjectDisplay", "eccnet_scanpath", "generate_displays", "greedy_search_scanpath", "render_display",
+           "saliency_order_scanpath"]
 
 
 @dataclass(frozen=True)
@@ -82,4 +92,52 @@ def saliency_order_scanpath(display: ObjectDisplay) -> list[list[int]]:
         order = torch.argsort(display.colours[b].sum(1), descending=True).tolist()
         t = int(display.target_index[b])
         out.append(order[:order.index(t) + 1])
+    return out
+
+
+def render_display(display: ObjectDisplay, index: int, grid: tuple[int, int], cell_px: int | None = None,
+                   background: float = 0.5) -> tuple[Tensor, Tensor]:
+    """Display ``index`` as an image ``(3, rows * cell_px, cols * cell_px)`` and its objects' cells ``(O, H, W)``.
+
+    Each crop is centred in its grid cell (``cell_px`` defaults to the crop size) on ``background`` grey; mask
+    ``o`` is the whole cell of object ``o``, in object order.
+    """
+    rows, cols = grid
+    crop = display.crops.shape[-1]
+    cell_px = crop if cell_px is None else cell_px
+    if not isinstance(cell_px, int) or cell_px < crop:
+        raise ValueError(f"cell_px must be an int >= the crop size {crop}, got {cell_px!r}")
+    if not 0 <= index < display.crops.shape[0]:
+        raise ValueError(f"index must be in [0, {display.crops.shape[0]}), got {index!r}")
+    cells = display.cells[index].tolist()
+    if any(not (0 <= r < rows and 0 <= c < cols) for r, c in cells):
+        raise ValueError(f"grid {grid} does not hold the display's cells {cells}")
+    crops = display.crops[index]
+    image = torch.full((3, rows * cell_px, cols * cell_px), background, dtype=crops.dtype, device=crops.device)
+    masks = torch.zeros(len(cells), rows * cell_px, cols * cell_px, dtype=torch.bool, device=crops.device)
+    offset = (cell_px - crop) // 2
+    for o, (r, c) in enumerate(cells):
+        top, left = r * cell_px, c * cell_px
+        image[:, top + offset: top + offset + crop, left + offset: left + offset + crop] = crops[o]
+        masks[o, top: top + cell_px, left: left + cell_px] = True
+    return image, masks
+
+
+def eccnet_scanpath(model: EccNet, display: ObjectDisplay, grid: tuple[int, int], cell_px: int | None = None,
+                    background: float = 0.5, corner_bias: int = 16,
+                    dog: tuple[tuple[int, float], tuple[int, float]] = ((3, 1.0), (5, 3.0))) -> list[list[int]]:
+    """Object-index scanpaths of eccNET's fixation loop on the rendered displays, each ending on the target.
+
+    The start (display centre) is not an object fixation and is left out. Recognition needs the fixation inside
+    the target's cell (``ior_size=1``); the budget ``O + 1`` with one cell inhibited per fixation always reaches it.
+    """
+    out = []
+    for b in range(display.crops.shape[0]):
+        image, masks = render_display(display, b, grid, cell_px, background)
+        t = int(display.target_index[b])
+        result = model.search(image, display.target[b], masks[t], item_masks=masks, background=background,
+                              corner_bias=corner_bias, ior_size=1, dog=dog)
+        if not result.found:
+            raise RuntimeError(f"eccNET did not reach the target of display {b} in {result.num_fixations} fixations")
+        out.append(result.fixated_items)
     return out
