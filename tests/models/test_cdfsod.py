@@ -86,7 +86,7 @@ def test_ncm_matches_a_loop():
     for b in range(2):
         for i in range(7):
             s = cos(x[b, i], n) - max(cos(x[b, i], p[k]) for k in range(3))
-            expect = refined[b, i] * (1 - sig(0.4) * sig(3.0 * s - 0.2))
+            expect = refined[b, i] * (1 - 0.4 * sig(3.0 * s - 0.2))
             torch.testing.assert_close(got[b, i], expect)
 
 
@@ -109,6 +109,9 @@ def test_refiner_gradients():
     features, boxes, labels, size = _support(dim=3)
     refiner = cdfsod.CenterPeripheryRefiner(3, 2, torch.randn(2, 3, dtype=D)).double()
     torch.nn.init.normal_(refiner.tsa.inject.weight)
+    with torch.no_grad():
+        refiner.ppr.gamma.fill_(0.6)
+        refiner.ncm.strength.fill_(0.4)
     x = torch.randn(1, 3, 2, 3, dtype=D, requires_grad=True)
     features.requires_grad_(True)
 
@@ -126,15 +129,16 @@ def test_refiner_runs_on_meta():
     assert out.shape == (2, 8, 5, 3) and out.device.type == "meta"
 
 
-def _tiny_detr():
+def _tiny_detr(kind: str = "detr"):
     from visattn.tasks.detection import tiny_detr
 
     torch.manual_seed(0)
-    return tiny_detr(d_model=16, layers=1, queries=4).eval()
+    return tiny_detr(d_model=16, layers=1, queries=4, kind=kind).eval()
 
 
-def test_attach_detach_and_disabled_leave_outputs_unchanged():
-    model = _tiny_detr()
+@pytest.mark.parametrize("kind", ["detr", "conditional"])
+def test_attach_detach_and_disabled_leave_outputs_unchanged(kind):
+    model = _tiny_detr(kind)
     x = torch.rand(2, 3, 64, 64)
     with torch.no_grad():
         before = model(pixel_values=x).logits
@@ -144,12 +148,17 @@ def test_attach_detach_and_disabled_leave_outputs_unchanged():
                                                                                         [0.0, 30.0, 20.0, 64.0]])],
                             [torch.tensor([0]), torch.tensor([1, 2])], (64, 64))
         handle = cdfsod.attach_cdfsod(model, refiner)
+        fresh = model(pixel_values=x).logits
+        refiner.ppr.gamma.fill_(0.5)
+        refiner.ncm.strength.fill_(0.3)
         enabled = model(pixel_values=x).logits
         refiner.enabled = False
         disabled = model(pixel_values=x).logits
         refiner.enabled = True
         handle.remove()
         detached = model(pixel_values=x).logits
+    # a fresh refiner is the identity (zero-initialised gamma, NCM strength and text injection)
+    torch.testing.assert_close(fresh, before, rtol=0, atol=0)
     assert not torch.allclose(enabled, before)
     torch.testing.assert_close(disabled, before, rtol=0, atol=0)
     torch.testing.assert_close(detached, before, rtol=0, atol=0)

@@ -74,6 +74,10 @@ def test_bad_inputs_raise():
         det.shapes_scenes(0)
     with pytest.raises(ValueError, match="stride must be 8 or 16"):
         det.tiny_detr(stride=4)
+    with pytest.raises(ValueError, match="kind must be 'detr' or 'conditional'"):
+        det.tiny_detr(kind="deformable")
+    with pytest.raises(TypeError, match="DETR-family"):
+        det.trainable_backbone(torch.nn.Linear(2, 2))
     model = det.tiny_detr(d_model=16, layers=1, queries=4)
     images = torch.rand(2, 3, 48, 48)
     with pytest.raises(ValueError, match="support set is empty"):
@@ -88,8 +92,9 @@ def test_tiny_detr_with_refiner_trains_and_reports_distances():
     model = det.tiny_detr(d_model=16, layers=1, queries=4)
     refiner = CenterPeripheryRefiner(16, 3, torch.randn(3, 8))
     attach_cdfsod(model, refiner)
-    losses = det.finetune_detector(model, images, boxes, labels, steps=30, lr=3e-3, batch_size=6, refiner=refiner)
-    assert sum(losses[-5:]) < 0.8 * sum(losses[:5]), losses
+    losses = det.finetune_detector(model, images, boxes, labels, steps=30, lr=3e-3, batch_size=6, refiner=refiner,
+                                    max_grad_norm=1.0)
+    assert sum(losses[-5:]) < 0.85 * sum(losses[:5]), losses
     distances = det.attention_distances(model, images)
     assert distances.shape == (1,) and (distances > 0).all() and (distances < 3 * 2**0.5).all()
     with torch.no_grad():
@@ -100,3 +105,30 @@ def test_tiny_detr_with_refiner_trains_and_reports_distances():
     torch.testing.assert_close(distances[0].double(), naive, rtol=1e-5, atol=1e-6)
     preds = det.predict(model, images)
     assert preds[0]["boxes"].shape == (4, 4) and preds[0]["scores"].shape == (4,)
+
+
+@pytest.mark.parametrize("kind", ["detr", "conditional"])
+def test_tiny_detr_backbone_is_trainable_and_normalised(kind):
+    model = det.tiny_detr(d_model=16, layers=1, queries=4, kind=kind)
+    backbone = model.model.backbone.model
+    names = {type(m).__name__ for m in backbone.modules()}
+    assert not any(n.endswith("FrozenBatchNorm2d") for n in names) and "GroupNorm" in names, names
+    assert all(p.requires_grad for p in model.parameters())
+    # the stem's convolution (frozen by transformers for pretrained backbones) now receives gradients
+    stem = next(m for m in backbone.modules() if isinstance(m, torch.nn.Conv2d))
+    images, boxes, labels = det.shapes_scenes(2, "source", 48, torch.Generator().manual_seed(0))
+    model(pixel_values=images, labels=det.to_detr_labels(boxes, labels, (48, 48))).loss.backward()
+    assert stem.weight.grad is not None and stem.weight.grad.abs().sum() > 0
+
+
+def test_conditional_detr_trains_and_predicts_per_class():
+    torch.manual_seed(0)
+    images, boxes, labels = det.shapes_scenes(6, "source", 48, torch.Generator().manual_seed(0))
+    model = det.tiny_detr(d_model=16, layers=1, queries=4, kind="conditional")
+    losses = det.finetune_detector(model, images, boxes, labels, steps=30, lr=3e-3, batch_size=6, max_grad_norm=1.0)
+    assert sum(losses[-5:]) < 0.8 * sum(losses[:5]), losses
+    preds = det.predict(model, images)
+    # one detection per (query, class): 4 queries x 3 classes, scores are sigmoid probabilities
+    assert preds[0]["boxes"].shape == (12, 4) and preds[0]["labels"].tolist() == [0, 1, 2] * 4
+    assert ((preds[0]["scores"] > 0) & (preds[0]["scores"] < 1)).all()
+    assert ((preds[0]["boxes"] >= 0) & (preds[0]["boxes"] <= 48)).all()

@@ -3,8 +3,10 @@
 Paper: "Remedying Target-Domain Astigmatism for Cross-Domain Few-Shot Object Detection", arXiv 2603.18541. On a
 new domain a detector's attention disperses ("astigmatism": a larger mean attention distance, see
 :func:`visattn.lens.metrics.mean_attention_distance`); the paper refocuses it, like the fovea and the periphery of
-the eye, with three modules. The paper has no public code and our notes hold no equations for the modules, so the
-formulas below are OUR reading of the module names and descriptions, written down so that they can be tested:
+the eye, with three modules. The paper has no public code (searched 2026-12-05: GitHub code index, issues, paper
+notes pages, which list "Code: None"), and neither our notes nor the stored copies of the paper that could be read
+give the modules' equations, so the formulas below are OUR reading of the module names and descriptions, written
+down so that they can be tested:
 
 - class prototypes (support set): ``p_k = mean_{boxes b of class k} RoIAlign(F, b)``, ``F`` the detector's
   projected feature map ``(B, d, h, w)``; negative context ``n = mean of F over positions outside every box``.
@@ -14,13 +16,17 @@ formulas below are OUR reading of the module names and descriptions, written dow
 - Positive Pattern Refinement (PPR), for every token ``x_i`` of ``F``:
   ``x'_i = x_i + gamma_p * sum_k softmax_k((W_q x_i) . (W_k p~_k) / sqrt(d)) W_v p~_k``.
 - Negative Context Modulation (NCM), the periphery: ``s_i = cos(x_i, n) - max_k cos(x_i, p~_k)``,
-  ``x''_i = x'_i * (1 - sigmoid(g) * sigmoid(a * s_i + b))``: tokens that look like the support's background
-  are damped, tokens that look like a prototype are kept.
+  ``x''_i = x'_i * (1 - g * sigmoid(a * s_i + b))``: tokens that look like the support's background are damped,
+  tokens that look like a prototype are kept.
 
-:func:`attach_cdfsod` hooks a :class:`CenterPeripheryRefiner` onto the output of a Hugging Face
-``DetrForObjectDetection``'s input projection (the encoder's input), so the encoder's self-attention, the decoder's
-cross-attention and the heads all see the refined features; the returned handle's ``remove()`` detaches it, and
-``refiner.enabled = False`` leaves the detector's outputs unchanged.
+``gamma_p``, ``g`` and ``W_t`` start at zero, so attaching a fresh refiner to a pretrained detector leaves its
+outputs unchanged (tested) and fine-tuning grows the refinement from there, as zero-initialised residual branches
+are added to pretrained networks; the paper's initialisation is not known to us.
+
+:func:`attach_cdfsod` hooks a :class:`CenterPeripheryRefiner` onto the output of the input projection of a Hugging
+Face ``DetrForObjectDetection`` or ``ConditionalDetrForObjectDetection`` (the encoder's input), so the encoder's
+self-attention, the decoder's cross-attention and the heads all see the refined features; the returned handle's
+``remove()`` detaches it, and ``refiner.enabled = False`` leaves the detector's outputs unchanged.
 """
 
 from __future__ import annotations
@@ -153,9 +159,12 @@ def _check_text(prototypes: Tensor, text: Tensor) -> None:
 
 
 class PositivePatternRefinement(nn.Module):
-    """PPR: ``x'_i = x_i + gamma_p sum_k softmax_k((W_q x_i).(W_k p_k)/sqrt(d)) W_v p_k`` (arXiv 2603.18541)."""
+    """PPR: ``x'_i = x_i + gamma_p sum_k softmax_k((W_q x_i).(W_k p_k)/sqrt(d)) W_v p_k`` (arXiv 2603.18541).
 
-    def __init__(self, dim: int, gamma: float = 0.5) -> None:
+    ``gamma_p`` is learnable and starts at ``gamma`` (0: the identity until fine-tuning moves it).
+    """
+
+    def __init__(self, dim: int, gamma: float = 0.0) -> None:
         super().__init__()
         self.q = nn.Linear(dim, dim, bias=False)
         self.k = nn.Linear(dim, dim, bias=False)
@@ -169,7 +178,9 @@ class PositivePatternRefinement(nn.Module):
 
 
 class NegativeContextModulation(nn.Module):
-    """NCM: ``x''_i = x'_i (1 - sigmoid(g) sigmoid(a s_i + b))``, ``s_i = cos(x_i, n) - max_k cos(x_i, p_k)``."""
+    """NCM: ``x''_i = x'_i (1 - g sigmoid(a s_i + b))``, ``s_i = cos(x_i, n) - max_k cos(x_i, p_k)`` (arXiv
+    2603.18541); ``a``, ``b`` and the strength ``g`` are learnable, ``g`` starts at ``strength`` (0: the identity).
+    """
 
     def __init__(self, scale: float = 4.0, strength: float = 0.0) -> None:
         super().__init__()
@@ -178,11 +189,11 @@ class NegativeContextModulation(nn.Module):
         self.strength = nn.Parameter(torch.tensor(float(strength)))
 
     def gate(self, tokens: Tensor, prototypes: Tensor, negative: Tensor) -> Tensor:
-        """The damping ``sigmoid(g) sigmoid(a s_i + b)`` per token, ``(B, N, 1)``."""
+        """The damping ``g sigmoid(a s_i + b)`` per token, ``(B, N, 1)``."""
         unit = F.normalize(tokens, dim=-1)
         pos = (unit @ F.normalize(prototypes, dim=-1).T).amax(dim=-1, keepdim=True)
         neg = unit @ F.normalize(negative, dim=-1)[:, None]
-        return torch.sigmoid(self.strength) * torch.sigmoid(self.scale * (neg - pos) + self.bias)
+        return self.strength * torch.sigmoid(self.scale * (neg - pos) + self.bias)
 
     def forward(self, refined: Tensor, tokens: Tensor, prototypes: Tensor, negative: Tensor) -> Tensor:
         """Damp ``refined`` (PPR's output) where the original ``tokens`` look like negative context."""
@@ -250,8 +261,8 @@ def _input_projection(model: nn.Module) -> nn.Module:
     inner = getattr(model, "model", model)
     projection = getattr(inner, "input_projection", None)
     if not isinstance(projection, nn.Conv2d):
-        raise TypeError(f"model must be a transformers DetrForObjectDetection/DetrModel (with an input_projection "
-                        f"Conv2d), got {type(model).__name__}")
+        raise TypeError(f"model must be a transformers DetrForObjectDetection/ConditionalDetrForObjectDetection "
+                        f"(with a model.input_projection Conv2d), got {type(model).__name__}")
     return projection
 
 

@@ -35,6 +35,7 @@ __all__ = [
     "shapes_scenes",
     "tiny_detr",
     "to_detr_labels",
+    "trainable_backbone",
 ]
 
 logger = logging.getLogger(__name__)
@@ -117,35 +118,85 @@ def to_detr_labels(boxes: Sequence[Tensor], labels: Sequence[Tensor], image_size
 
 
 def tiny_detr(num_classes: int = len(CLASSES), d_model: int = 32, layers: int = 2, heads: int = 2,
-              queries: int = 8, stride: int = 16) -> nn.Module:
-    """A randomly initialised small ``DetrForObjectDetection`` (ResNet of stride 8 or 16, eager attention): no
-    download."""
-    from transformers import DetrConfig, DetrForObjectDetection, ResNetConfig
+              queries: int = 8, stride: int = 16, kind: str = "detr", auxiliary_loss: bool = False) -> nn.Module:
+    """A randomly initialised small DETR-family detector (ResNet of stride 8 or 16, eager attention): no download.
+
+    ``kind="detr"``: ``DetrForObjectDetection`` (softmax over the classes and no-object). ``kind="conditional"``:
+    ``ConditionalDetrForObjectDetection`` ("Conditional DETR for Fast Training Convergence", arXiv 2108.06152:
+    conditional spatial queries in the decoder's cross-attention, sigmoid focal classification), which learns the
+    generated scenes within a few hundred CPU steps where DETR does not. Both have ``model.model.input_projection``,
+    so :func:`visattn.models.cdfsod.attach_cdfsod` applies. The backbone is made trainable by
+    :func:`trainable_backbone`. Dropout is 0 (the scenes are generated, and the lens checks that none is active).
+    """
+    from transformers import ResNetConfig
 
     if stride not in (8, 16):
         raise ValueError(f"stride must be 8 or 16, got {stride!r}")
+    if kind not in ("detr", "conditional"):
+        raise ValueError(f"kind must be 'detr' or 'conditional', got {kind!r}")
     backbone = ResNetConfig(embedding_size=16, hidden_sizes=[16, 32, 48], depths=[1, 1, 1], layer_type="basic",
                             out_features=["stage3" if stride == 16 else "stage2"])
-    config = DetrConfig(use_timm_backbone=False, use_pretrained_backbone=False, backbone_config=backbone,
-                        d_model=d_model, encoder_layers=layers, decoder_layers=layers,
-                        encoder_attention_heads=heads, decoder_attention_heads=heads, encoder_ffn_dim=2 * d_model,
-                        decoder_ffn_dim=2 * d_model, num_queries=queries, num_labels=num_classes,
-                        attn_implementation="eager")
-    return DetrForObjectDetection(config)
+    options = dict(use_timm_backbone=False, use_pretrained_backbone=False, backbone_config=backbone,
+                   d_model=d_model, encoder_layers=layers, decoder_layers=layers, encoder_attention_heads=heads,
+                   decoder_attention_heads=heads, encoder_ffn_dim=2 * d_model, decoder_ffn_dim=2 * d_model,
+                   num_queries=queries, num_labels=num_classes, dropout=0.0, auxiliary_loss=auxiliary_loss,
+                   attn_implementation="eager")
+    if kind == "detr":
+        from transformers import DetrConfig, DetrForObjectDetection
+
+        model = DetrForObjectDetection(DetrConfig(**options))
+    else:
+        from transformers import ConditionalDetrConfig, ConditionalDetrForObjectDetection
+
+        model = ConditionalDetrForObjectDetection(ConditionalDetrConfig(**options))
+    return trainable_backbone(model)
+
+
+def trainable_backbone(model: nn.Module) -> nn.Module:
+    """Make a randomly initialised DETR's convolutional backbone trainable, in place; returns ``model``.
+
+    transformers freezes a DETR backbone for fine-tuning a pretrained one: every ``BatchNorm2d`` becomes a frozen
+    batch norm (with random init its statistics are 0 and 1, so it does not normalise) and the ResNet's stem and
+    first stage get ``requires_grad=False``. Trained from scratch, that leaves a fixed random stem and no
+    normalisation. Here each frozen batch norm becomes a ``GroupNorm`` (batch-independent, so few-shot batches and
+    domain shifts do not move statistics) and every backbone parameter is trainable.
+    """
+    inner = getattr(model, "model", model)
+    backbone = getattr(getattr(inner, "backbone", None), "model", None)
+    if not isinstance(backbone, nn.Module):
+        raise TypeError(f"model must be a transformers DETR-family detector with model.backbone.model, got "
+                        f"{type(model).__name__}")
+    for module in list(backbone.modules()):
+        for name, child in list(module.named_children()):
+            if type(child).__name__.endswith("FrozenBatchNorm2d"):
+                channels = int(child.weight.shape[0])
+                setattr(module, name, nn.GroupNorm(4 if channels % 4 == 0 else 1, channels))
+    for parameter in backbone.parameters():
+        parameter.requires_grad_(True)
+    return model
 
 
 @torch.no_grad()
 def predict(model: nn.Module, images: Tensor) -> list[dict[str, Tensor]]:
-    """Per image ``boxes`` (pixels, xyxy), ``scores`` and ``labels`` from DETR's softmax (no-object dropped)."""
+    """Per image ``boxes`` (pixels, xyxy), ``scores`` and ``labels``.
+
+    DETR (softmax with a no-object class): one detection per query, its best class. Conditional DETR (sigmoid per
+    class, as its post-processing): one detection per (query, class) pair, scored by that class's probability.
+    """
     from torchvision.ops import box_convert
 
     out = model(pixel_values=images)
-    probs = out.logits.softmax(-1)[..., :-1]
-    scores, labels = probs.max(-1)
     height, width = images.shape[-2:]
     scale = out.pred_boxes.new_tensor([width, height, width, height])
-    boxes = box_convert(out.pred_boxes, "cxcywh", "xyxy") * scale
-    return [{"boxes": b, "scores": s, "labels": lab} for b, s, lab in zip(boxes, scores, labels, strict=True)]
+    boxes = box_convert(out.pred_boxes, "cxcywh", "xyxy").clamp(0, 1) * scale
+    if getattr(model.config, "model_type", "detr") == "detr":
+        scores, labels = out.logits.softmax(-1)[..., :-1].max(-1)
+        return [{"boxes": b, "scores": s, "labels": lab} for b, s, lab in zip(boxes, scores, labels, strict=True)]
+    probs = out.logits.sigmoid()
+    queries, classes = probs.shape[-2:]
+    labels = torch.arange(classes, device=probs.device).repeat(queries)
+    return [{"boxes": b.repeat_interleave(classes, dim=0), "scores": p.reshape(-1), "labels": labels}
+            for b, p in zip(boxes, probs, strict=True)]
 
 
 def mean_average_precision(predictions: Sequence[dict[str, Tensor]], boxes: Sequence[Tensor],
@@ -183,11 +234,12 @@ def mean_average_precision(predictions: Sequence[dict[str, Tensor]], boxes: Sequ
 def finetune_detector(model: nn.Module, images: Tensor, boxes: Sequence[Tensor], labels: Sequence[Tensor],
                       steps: int = 200, lr: float = 1e-3, batch_size: int = 8,
                       refiner: CenterPeripheryRefiner | None = None, tsa_weight: float = 0.1,
-                      generator: torch.Generator | None = None) -> list[float]:
+                      generator: torch.Generator | None = None, max_grad_norm: float = 0.1) -> list[float]:
     """Fine-tune ``model`` (a DETR; with ``refiner`` already attached, if any) on a (support) set; returns losses.
 
     With a refiner the class prototypes and the negative context are recomputed, with gradients, from the whole
-    set at every step (taken before the refiner, by :func:`detr_feature_map`).
+    set at every step (taken before the refiner, by :func:`detr_feature_map`). Gradients are clipped to
+    ``max_grad_norm`` (0.1, as DETR and Conditional DETR train).
     """
     if len(boxes) != images.shape[0] or len(labels) != images.shape[0]:
         raise ValueError(f"boxes and labels need one entry per image ({images.shape[0]}), got {len(boxes)}, "
@@ -211,7 +263,7 @@ def finetune_detector(model: nn.Module, images: Tensor, boxes: Sequence[Tensor],
         loss = out.loss + loss_extra
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
         optimizer.step()
         losses.append(float(loss.detach()))
         if step % 50 == 0:
