@@ -27,9 +27,8 @@ block's input map, flattened to tokens.
 
 from __future__ import annotations
 
-import contextlib
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -40,63 +39,41 @@ from torch import Tensor, nn
 
 from ...nn.partition import PartitionAttention, merge_partitions, partition
 from ...nn.swin_v2 import WindowAttentionV2, cosine_logit_scale
-from ..call import AttentionCall
 from ..layout import TokenLayout, grid_layout, partition_layout
-from .base import (
-    ForwardState,
-    Layer,
-    check_no_dropout,
-    dispatch,
-    parent_name,
-    patch_forward,
-    probed_block_layout,
-    route_of,
-)
+from ._forward_table import ForwardTable, TableLayer, attend
+from .base import probed_block_layout, route_of
 
 FAMILY = "timm"
 SWIN_V2_MAX_LOGIT_SCALE = math.log(1.0 / 0.01)
 
 
-class WindowedLayer(Layer):
+class WindowedLayer(TableLayer):
     """A timm window / partition attention module as a lens layer."""
 
     family = FAMILY
 
-    def patch(self) -> Callable[[], None]:
-        module = self.module
-        forward = _forward_of(module)
-        return patch_forward(module, lambda *args, **kwargs: forward(module, *args, **kwargs))
+
+def _subclass_forward(module: nn.Module) -> Callable[..., Tensor] | None:
+    """The lens forward of a subclass of visattn's window / partition attention (e.g. visattn_swinv2's)."""
+    for cls in (WindowAttentionV2, PartitionAttention):
+        if isinstance(module, cls):
+            return TABLE.forwards[cls]
+    return None
 
 
-def _forward_of(module: nn.Module) -> Callable[..., Tensor] | None:
-    forward = FORWARDS.get(type(module))
-    if forward is None and isinstance(module, (WindowAttentionV2, PartitionAttention)):
-        forward = FORWARDS[WindowAttentionV2 if isinstance(module, WindowAttentionV2) else PartitionAttention]
-    return forward
-
-
-def claim(name: str, module: nn.Module, modules: dict[str, nn.Module]) -> WindowedLayer | None:
-    """The lens layer for ``module`` if it is one of the supported classes with timm's own forward (or a visattn
-    window / partition attention module), else None."""
-    if _forward_of(module) is None:
-        return None
-    block_name = parent_name(name)
-    block = modules.get(block_name) if block_name is not None else None
-    return WindowedLayer(name, module, block, module.num_heads)
+TABLE = ForwardTable(WindowedLayer, fallback=_subclass_forward)
+claim, model_hooks = TABLE.claim, TABLE.model_hooks
 
 
 def _attend(module: nn.Module, q: Tensor, k: Tensor, v: Tensor, scale: float, bias: Tensor | None,
             grid: tuple[int, ...] | None, layout: TokenLayout | None = None, hidden: Tensor | None = None) -> Tensor:
+    """:func:`~._forward_table.attend` with the module's attention dropout (a rate or a ``Dropout``) and, when the
+    forward gives no layout, the windows of the layer's block probed on its input map."""
     route = route_of(module)
     drop = module.attn_drop if isinstance(module.attn_drop, float) else module.attn_drop.p
-    check_no_dropout(drop if module.training else 0.0, route.info.name)
     if layout is None:
         layout = probed_block_layout(route.layer, route.hidden)
-    call = AttentionCall(route.info.index, route.info.name, q, k, v, scale, bias,
-                         hidden=route.hidden if hidden is None else hidden, grid=grid, num_prefix_tokens=0,
-                         layout=layout)
-    out, _ = dispatch(call, route)
-    return out
+    return attend(module, q, k, v, scale, bias, grid, layout, drop, hidden)
 
 
 def _with_window_mask(bias: Tensor, mask: Tensor | None, batch: int) -> Tensor:
@@ -107,6 +84,7 @@ def _with_window_mask(bias: Tensor, mask: Tensor | None, batch: int) -> Tensor:
     return bias + mask.to(bias.dtype).repeat(batch // windows, 1, 1).unsqueeze(1)
 
 
+@TABLE.register(SwinWindowAttention)
 def swin_forward(module: SwinWindowAttention, x: Tensor, mask: Tensor | None = None) -> Tensor:
     """``timm.models.swin_transformer.WindowAttention.forward`` with the attention computed by the lens."""
     b, n, _ = x.shape
@@ -116,6 +94,7 @@ def swin_forward(module: SwinWindowAttention, x: Tensor, mask: Tensor | None = N
     return module.proj_drop(module.proj(out.transpose(1, 2).reshape(b, n, -1)))
 
 
+@TABLE.register(SwinV2WindowAttention)
 def swin_v2_forward(module: SwinV2WindowAttention, x: Tensor, mask: Tensor | None = None) -> Tensor:
     """``timm.models.swin_transformer_v2.WindowAttention.forward`` with the attention computed by the lens."""
     b, n, c = x.shape
@@ -138,6 +117,7 @@ def _partition_bias(module: AttentionCl | Attention2d, shared_rel_pos: Tensor | 
     return module.rel_pos.get_bias() if module.rel_pos is not None else shared_rel_pos
 
 
+@TABLE.register(AttentionCl)
 def attention_cl_forward(module: AttentionCl, x: Tensor, shared_rel_pos: Tensor | None = None) -> Tensor:
     """``timm.models.maxxvit.AttentionCl.forward`` (channels-last) with the attention computed by the lens."""
     b = x.shape[0]
@@ -152,6 +132,7 @@ def attention_cl_forward(module: AttentionCl, x: Tensor, shared_rel_pos: Tensor 
     return module.proj_drop(module.proj(out.transpose(1, 2).reshape(restore + (-1,))))
 
 
+@TABLE.register(Attention2d)
 def attention_2d_forward(module: Attention2d, x: Tensor, shared_rel_pos: Tensor | None = None) -> Tensor:
     """``timm.models.maxxvit.Attention2d.forward`` (NCHW) with the attention computed by the lens."""
     b, _, h, w = x.shape
@@ -168,6 +149,7 @@ def attention_2d_forward(module: Attention2d, x: Tensor, shared_rel_pos: Tensor 
     return module.proj_drop(module.proj(out.transpose(-1, -2).reshape(b, -1, h, w)))
 
 
+@TABLE.register(WindowAttentionV2)
 def window_attention_v2_forward(module: WindowAttentionV2, x: Tensor, mask: Tensor | None = None) -> Tensor:
     """:class:`visattn.nn.swin_v2.WindowAttentionV2` ``forward`` with the attention computed by the lens (the call
     carries normalised ``q`` times the logit scale, normalised ``k`` and ``scale = 1``, as for timm's Swin V2)."""
@@ -179,6 +161,7 @@ def window_attention_v2_forward(module: WindowAttentionV2, x: Tensor, mask: Tens
     return module.proj_drop(module.proj(out.transpose(1, 2).reshape(b, n, c)))
 
 
+@TABLE.register(PartitionAttention)
 def partition_attention_forward(module: PartitionAttention, x: Tensor) -> Tensor:
     """:class:`visattn.nn.partition.PartitionAttention` ``forward`` ``(B, H, W, C)`` with the attention of each
     partition computed by the lens; the batch dim of a call is batch x partitions, the grid the partition."""
@@ -195,19 +178,3 @@ def partition_attention_forward(module: PartitionAttention, x: Tensor) -> Tensor
     out = merge_partitions(out.transpose(1, 2).reshape(windows.shape[0], -1, module.dim), module.partition_type,
                            module.partition_size, (h, w))
     return module.proj_drop(module.proj(out))
-
-
-FORWARDS: dict[type, Callable[..., Tensor]] = {
-    SwinWindowAttention: swin_forward,
-    SwinV2WindowAttention: swin_v2_forward,
-    AttentionCl: attention_cl_forward,
-    Attention2d: attention_2d_forward,
-    WindowAttentionV2: window_attention_v2_forward,
-    PartitionAttention: partition_attention_forward,
-}
-
-
-@contextlib.contextmanager
-def model_hooks(model: nn.Module, layers: list[Layer], state: ForwardState) -> Iterator[None]:
-    """Window and partition layers get their grid from their input: no model-level hook is needed."""
-    yield

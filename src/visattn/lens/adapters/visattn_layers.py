@@ -20,9 +20,8 @@ The block around each layer is its parent module; its input map is the ``hidden`
 
 from __future__ import annotations
 
-import contextlib
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -33,56 +32,29 @@ from ...nn.davit import ChannelAttention, SpatialWindowAttention
 from ...nn.feature_maps.pat_attention import RelativePositionMHSA
 from ...nn.halo import HaloAttention
 from ...ops.engines.dense import dense_mask
-from ..call import AttentionCall
 from ..layout import TokenLayout, grid_layout, grid_positions, partition_layout
-from .base import ForwardState, Layer, check_no_dropout, dispatch, parent_name, patch_forward, route_of
+from ._forward_table import ForwardTable, TableLayer, attend
+from .base import route_of
 
 FAMILY = "visattn"
 NAT_MODULE = "visattn.models.nat_attention"
 
 
-class VisattnModelLayer(Layer):
+class VisattnModelLayer(TableLayer):
     """One of visattn's attention layers as a lens layer."""
 
     family = FAMILY
 
-    def patch(self) -> Callable[[], None]:
-        module = self.module
-        forward = _forward_of(module)
-        return patch_forward(module, lambda *args, **kwargs: forward(module, *args, **kwargs))
+
+def _nat_forward_of(module: nn.Module) -> Callable[..., Tensor] | None:
+    """NAT's lens forward for NAT's attention class, if :mod:`visattn.models.nat_attention` is imported (any NAT
+    model was built)."""
+    nat = sys.modules.get(NAT_MODULE)
+    return nat_forward if nat is not None and type(module) is nat.NeighborhoodAttention2dRPB else None
 
 
-def _nat_class() -> type | None:
-    """NAT's attention class, if :mod:`visattn.models.nat_attention` is imported (any NAT model was built)."""
-    module = sys.modules.get(NAT_MODULE)
-    return None if module is None else module.NeighborhoodAttention2dRPB
-
-
-def _forward_of(module: nn.Module) -> Callable[..., Tensor] | None:
-    nat = _nat_class()
-    if nat is not None and type(module) is nat:
-        return nat_forward
-    return FORWARDS.get(type(module))
-
-
-def claim(name: str, module: nn.Module, modules: dict[str, nn.Module]) -> VisattnModelLayer | None:
-    """The lens layer for ``module`` if it is one of these layers with its own forward, else None."""
-    if _forward_of(module) is None:
-        return None
-    block_name = parent_name(name)
-    block = modules.get(block_name) if block_name is not None else None
-    return VisattnModelLayer(name, module, block, module.num_heads)
-
-
-def _attend(module: nn.Module, q: Tensor, k: Tensor, v: Tensor, scale: float, bias: Tensor | None,
-            grid: tuple[int, ...] | None, layout: TokenLayout | None, dropout: float,
-            hidden: Tensor | None = None) -> Tensor:
-    route = route_of(module)
-    check_no_dropout(dropout if module.training else 0.0, route.info.name)
-    call = AttentionCall(route.info.index, route.info.name, q, k, v, scale, bias,
-                         hidden=route.hidden if hidden is None else hidden, grid=grid, layout=layout)
-    out, _ = dispatch(call, route)
-    return out
+TABLE = ForwardTable(VisattnModelLayer, fallback=_nat_forward_of)
+claim, model_hooks = TABLE.claim, TABLE.model_hooks
 
 
 def _cropped_layout(padded: tuple[int, int], grid: tuple[int, int], device: torch.device) -> TokenLayout:
@@ -112,7 +84,7 @@ def nat_forward(module: nn.Module, x: Tensor) -> Tensor:
     q, k, v = module.qkv(x).reshape(batch, hp * wp, 3, module.num_heads, module.head_dim).permute(2, 0, 3, 1, 4)
     bias = neighborhood_bias(module.rpb, (hp, wp), module.kernel_size, module.dilation).to(x.dtype).unsqueeze(0)
     layout = _cropped_layout((hp, wp), (height, width), x.device)
-    out = _attend(module, q, k, v, module.scale, bias, (hp, wp), layout, module.attn_drop)
+    out = attend(module, q, k, v, module.scale, bias, (hp, wp), layout, module.attn_drop)
     out = out.transpose(1, 2).reshape(batch, hp, wp, module.dim)[:, :height, :width]
     return module.proj_drop(module.proj(out))
 
@@ -129,6 +101,7 @@ def halo_layout(module: HaloAttention, height: int, width: int, device: torch.de
     return TokenLayout(queries, keys.masked_fill(outside[..., None], -1), (height, width))
 
 
+@TABLE.register(HaloAttention)
 def halo_forward(module: HaloAttention, x: Tensor) -> Tensor:
     """``HaloAttention.forward`` with each block's attention computed by the lens (calls: images x blocks)."""
     q, k, v, bias = module.blocks(x)
@@ -139,7 +112,7 @@ def halo_forward(module: HaloAttention, x: Tensor) -> Tensor:
 
     layout = halo_layout(module, x.shape[2], x.shape[3], x.device)
     side = module.block_size_ds
-    out = _attend(module, per_block(q), per_block(k), per_block(v), module.scale, per_block(bias), (side, side),
+    out = attend(module, per_block(q), per_block(k), per_block(v), module.scale, per_block(bias), (side, side),
                   layout, 0.0)
     out = out.reshape(batch, blocks, module.num_heads, *out.shape[2:]).transpose(1, 2).flatten(0, 1)
     return module.merge(out, x.shape[2], x.shape[3])
@@ -154,6 +127,7 @@ def _davit_windows(x: Tensor, window: tuple[int, int]) -> Tensor:
     return x.reshape(-1, window[0] * window[1], c)
 
 
+@TABLE.register(SpatialWindowAttention)
 def davit_spatial_forward(module: SpatialWindowAttention, x: Tensor) -> Tensor:
     """``SpatialWindowAttention.forward`` with each window's attention computed by the lens (zero-padded tokens
     take part as keys, as in DaViT)."""
@@ -168,12 +142,13 @@ def davit_spatial_forward(module: SpatialWindowAttention, x: Tensor) -> Tensor:
     n = windows.shape[1]
     q, k, v = module.qkv(windows).reshape(-1, n, 3, heads, c // heads).permute(2, 0, 3, 1, 4)
     layout = partition_layout(lambda coordinates: _davit_windows(coordinates, (wh, ww)), (h, w), x.device)
-    out = _attend(module, q, k, v, (c // heads) ** -0.5, None, (wh, ww), layout, 0.0)
+    out = attend(module, q, k, v, (c // heads) ** -0.5, None, (wh, ww), layout, 0.0)
     hp, wp = h + (-h) % wh, w + (-w) % ww
     out = out.transpose(1, 2).reshape(batch, hp // wh, wp // ww, wh, ww, c).transpose(2, 3).reshape(batch, hp, wp, c)
     return module.proj(out[:, :h, :w])
 
 
+@TABLE.register(ChannelAttention)
 def davit_channel_forward(module: ChannelAttention, x: Tensor) -> Tensor:
     """``ChannelAttention.forward`` with ``softmax(scale * k^T v)`` computed by the lens as attention over channels
     (queries ``k^T``, keys ``v^T``, values ``q^T``: the recorded rows and columns are channels)."""
@@ -185,31 +160,18 @@ def davit_channel_forward(module: ChannelAttention, x: Tensor) -> Tensor:
     hidden = route_of(module).hidden
     if hidden is not None and hidden.dim() == 4:
         hidden = hidden.flatten(2).transpose(1, 2) if hidden.shape[1] == c else hidden.flatten(1, 2)
-    out = _attend(module, k.transpose(-1, -2), v.transpose(-1, -2), q.transpose(-1, -2), module.scale, None, None,
+    out = attend(module, k.transpose(-1, -2), v.transpose(-1, -2), q.transpose(-1, -2), module.scale, None, None,
                   None, 0.0, hidden)
     return module.proj(out.permute(0, 3, 1, 2).reshape(b, n, c))
 
 
+@TABLE.register(RelativePositionMHSA)
 def pat_self_attention_forward(module: RelativePositionMHSA, x: Tensor) -> Tensor:
     """``RelativePositionMHSA.forward`` (PAT_sf) with the attention computed by the lens over the whole map."""
     b, c, h, w = x.shape
     tokens = x.flatten(2).transpose(1, 2)
     q, k, v = module.qkv(tokens).reshape(b, h * w, 3, module.num_heads, c // module.num_heads).permute(2, 0, 3, 1, 4)
     bias = module.position_bias(h, w).to(x.dtype).unsqueeze(0)
-    out = _attend(module, q, k, v, module.scale, bias, (h, w), grid_layout((h, w), device=x.device), module.attn_drop)
+    out = attend(module, q, k, v, module.scale, bias, (h, w), grid_layout((h, w), device=x.device), module.attn_drop)
     out = module.proj_drop(module.proj(out.transpose(1, 2).reshape(b, h * w, c)))
     return out.transpose(1, 2).reshape(b, c, h, w)
-
-
-FORWARDS: dict[type, Callable[..., Tensor]] = {
-    HaloAttention: halo_forward,
-    SpatialWindowAttention: davit_spatial_forward,
-    ChannelAttention: davit_channel_forward,
-    RelativePositionMHSA: pat_self_attention_forward,
-}
-
-
-@contextlib.contextmanager
-def model_hooks(model: nn.Module, layers: list[Layer], state: ForwardState) -> Iterator[None]:
-    """These layers get their map from their input: no model-level hook is needed."""
-    yield
