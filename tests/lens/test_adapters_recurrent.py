@@ -14,7 +14,7 @@ from PIL import Image
 
 import visattn.models  # noqa: F401  (registers visattn_raptor_*)
 from visattn import cli, lens
-from visattn.lens import Edit
+from visattn.lens import STATE, Edit
 from visattn.lens.adapters.base import ROUTE_ATTR
 from visattn.models.raptor import Raptor
 
@@ -214,3 +214,14 @@ def test_visattn_lens_reports_one_row_per_applied_step(tmp_path):
     assert any(name.startswith("phases") for name in data["summary"])
     for name in ("attention.png", "heads.png", "metrics.png", "similarity.png", "report.html"):
         assert (out / name).stat().st_size > 0
+
+
+def test_another_numbering_of_a_routed_step_is_refused_on_entry_and_everything_is_restored():
+    model = raptor()
+    with lens.capture(model, within="recurrent_blocks.1"):  # step t4 is layer 1 of this numbering
+        with pytest.raises(ValueError, match=r"'recurrent_blocks.1.attn@t4' is already routed by another lens "
+                                             r"context as layer 1"):
+            lens.capture(model, layers=3).__enter__()
+    assert STATE.recorders == []
+    assert all("forward" not in step.__dict__ and not any("@" in key for key in step.__dict__)
+               for step in model.blocks)

@@ -110,28 +110,36 @@ class Layer:
     @contextlib.contextmanager
     def routed(self, route: Route) -> Iterator[None]:
         """Route this layer through the lens for the duration; restore everything afterwards, even on error."""
-        previous = self.module.__dict__.get(ROUTE_ATTR)
-        if previous is not None and (previous.owner != route.owner or previous.info.index != route.info.index):
-            raise ValueError(
-                f"{self.name!r} is already routed by another lens context as layer {previous.info.index} of another "
-                f"numbering; nest capture/edit contexts on the same model with the same `within`"
-            )
-        setattr(self.module, ROUTE_ATTR, route)
-        try:
+        with carrying(self.module, route, self.name):
             undo = self.patch()
             try:
                 yield
             finally:
                 undo()
-        finally:
-            if previous is None:
-                delattr(self.module, ROUTE_ATTR)
-            else:
-                setattr(self.module, ROUTE_ATTR, previous)
 
     def patch(self) -> Callable[[], None]:
         """Make the module call the lens while routed; return the function that undoes it."""
         return lambda: None
+
+
+@contextlib.contextmanager
+def carrying(holder: nn.Module, route: Route, name: str, attribute: str = ROUTE_ATTR) -> Iterator[None]:
+    """``holder`` carries ``route`` in ``attribute`` for the duration (nested contexts stack and restore it);
+    ``ValueError`` if it already carries the route of another lens numbering (``name`` is the layer's name)."""
+    previous = holder.__dict__.get(attribute)
+    if previous is not None and (previous.owner != route.owner or previous.info.index != route.info.index):
+        raise ValueError(
+            f"{name!r} is already routed by another lens context as layer {previous.info.index} of another "
+            f"numbering; nest capture/edit contexts on the same model with the same `within`"
+        )
+    setattr(holder, attribute, route)
+    try:
+        yield
+    finally:
+        if previous is None:
+            delattr(holder, attribute)
+        else:
+            setattr(holder, attribute, previous)
 
 
 def probed_block_layout(layer: Layer, hidden: Tensor | None, channels_first: bool = False) -> TokenLayout | None:

@@ -24,7 +24,7 @@ from typing import Any
 
 from torch import nn
 
-from .base import Layer, Route, patch_forward
+from .base import ROUTE_ATTR, Layer, Route, carrying, patch_forward
 
 RAPTOR_MODULE = "visattn.models.raptor"
 
@@ -54,7 +54,8 @@ class StepLayer(Layer):
 
     @contextlib.contextmanager
     def routed(self, route: Route) -> Iterator[None]:
-        """Route the shared attention as this layer whenever the step module runs, for the duration."""
+        """Route the shared attention as this layer whenever the step module runs, for the duration (the step
+        carries the route per shared attention, so that another lens numbering is refused on entry)."""
         inner = Route(route.info, route.owner, route.state, self.base)
         step = self.module
         previous = step.forward
@@ -63,8 +64,9 @@ class StepLayer(Layer):
             with self.base.routed(inner):
                 return previous(*args, **kwargs)
 
-        undo: Callable[[], None] = patch_forward(step, forward)
-        try:
-            yield
-        finally:
-            undo()
+        with carrying(step, route, self.name, f"{ROUTE_ATTR}@{self.base.path}"):
+            undo: Callable[[], None] = patch_forward(step, forward)
+            try:
+                yield
+            finally:
+                undo()
