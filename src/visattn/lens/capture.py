@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -108,25 +109,22 @@ class Recording:
     def get(self, what: str, layer: int, call: int = -1) -> Record:
         """The record of ``what`` at ``layer`` from attention call ``call`` (default: the latest)."""
         self._check(what, layer)
-        entries = self.entries[layer]
-        if not entries:
-            raise ValueError(f"nothing recorded at layer {layer} ({self.infos[layer].name!r}) yet: run the model "
-                             f"inside the capture context")
-        if not -len(entries) <= call < len(entries):
-            raise ValueError(f"call {call} out of range: layer {layer} has {len(entries)} recorded calls")
-        return entries[call][what]
+        return self._call(self.entries[layer], layer, call)[what]
 
     def layout(self, layer: int, call: int = -1) -> TokenLayout | None:
         """Where the grid queries and keys of ``layer``'s attention call ``call`` lie on its feature map (windows,
         blocks, halos), or None where the adapter does not know."""
         self._check(layer=layer)
-        layouts = self.layouts[layer]
-        if not layouts:
+        return self._call(self.layouts[layer], layer, call)
+
+    def _call(self, per_call: list[Any], layer: int, call: int) -> Any:
+        """``per_call[call]``, or ``ValueError`` when the layer has recorded nothing or ``call`` is out of range."""
+        if not per_call:
             raise ValueError(f"nothing recorded at layer {layer} ({self.infos[layer].name!r}) yet: run the model "
                              f"inside the capture context")
-        if not -len(layouts) <= call < len(layouts):
-            raise ValueError(f"call {call} out of range: layer {layer} has {len(layouts)} recorded calls")
-        return layouts[call]
+        if not -len(per_call) <= call < len(per_call):
+            raise ValueError(f"call {call} out of range: layer {layer} has {len(per_call)} recorded calls")
+        return per_call[call]
 
     def all(self, what: str, layer: int) -> list[Record]:
         """The records of ``what`` at ``layer`` from every call, oldest first."""
