@@ -132,3 +132,21 @@ def test_conditional_detr_trains_and_predicts_per_class():
     assert preds[0]["boxes"].shape == (12, 4) and preds[0]["labels"].tolist() == [0, 1, 2] * 4
     assert ((preds[0]["scores"] > 0) & (preds[0]["scores"] < 1)).all()
     assert ((preds[0]["boxes"] >= 0) & (preds[0]["boxes"] <= 48)).all()
+    # the lens records Conditional DETR's encoder self-attention too (a 3 x 3 grid at stride 16)
+    distances = det.attention_distances(model, images)
+    assert distances.shape == (1,) and (distances > 0).all() and (distances < 3 * 2**0.5).all()
+
+
+def test_refiner_trains_at_its_own_learning_rate():
+    torch.manual_seed(0)
+    images, boxes, labels = det.shapes_scenes(4, "target", 48, torch.Generator().manual_seed(0))
+    model = det.tiny_detr(d_model=16, layers=1, queries=4)
+    refiner = CenterPeripheryRefiner(16, 3)
+    attach_cdfsod(model, refiner)
+    before = [p.detach().clone() for p in refiner.parameters()]
+    head = model.class_labels_classifier.weight.detach().clone()
+    det.finetune_detector(model, images, boxes, labels, steps=2, lr=1e-2, refiner=refiner, refiner_lr=0.0)
+    assert all(torch.equal(a, b) for a, b in zip(before, refiner.parameters(), strict=True))
+    assert not torch.equal(head, model.class_labels_classifier.weight)
+    det.finetune_detector(model, images, boxes, labels, steps=2, lr=0.0, refiner=refiner, refiner_lr=1e-2)
+    assert refiner.ppr.gamma.abs() > 0 and refiner.ncm.strength.abs() > 0

@@ -234,12 +234,14 @@ def mean_average_precision(predictions: Sequence[dict[str, Tensor]], boxes: Sequ
 def finetune_detector(model: nn.Module, images: Tensor, boxes: Sequence[Tensor], labels: Sequence[Tensor],
                       steps: int = 200, lr: float = 1e-3, batch_size: int = 8,
                       refiner: CenterPeripheryRefiner | None = None, tsa_weight: float = 0.1,
-                      generator: torch.Generator | None = None, max_grad_norm: float = 0.1) -> list[float]:
+                      generator: torch.Generator | None = None, max_grad_norm: float = 0.1,
+                      refiner_lr: float | None = None) -> list[float]:
     """Fine-tune ``model`` (a DETR; with ``refiner`` already attached, if any) on a (support) set; returns losses.
 
     With a refiner the class prototypes and the negative context are recomputed, with gradients, from the whole
     set at every step (taken before the refiner, by :func:`detr_feature_map`). Gradients are clipped to
-    ``max_grad_norm`` (0.1, as DETR and Conditional DETR train).
+    ``max_grad_norm`` (0.1, as DETR and Conditional DETR train). The refiner's parameters, new and zero-started
+    where they gate the refinement, train at ``refiner_lr`` (default ``lr``).
     """
     if len(boxes) != images.shape[0] or len(labels) != images.shape[0]:
         raise ValueError(f"boxes and labels need one entry per image ({images.shape[0]}), got {len(boxes)}, "
@@ -247,8 +249,11 @@ def finetune_detector(model: nn.Module, images: Tensor, boxes: Sequence[Tensor],
     if sum(int(b.shape[0]) for b in boxes) == 0:
         raise ValueError("the support set is empty: boxes hold no box")
     targets = to_detr_labels(boxes, labels, images.shape[-2:])
-    params = list(model.parameters()) + (list(refiner.parameters()) if refiner is not None else [])
-    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=1e-4)
+    groups = [{"params": list(model.parameters())}]
+    if refiner is not None:
+        groups.append({"params": list(refiner.parameters()), "lr": lr if refiner_lr is None else refiner_lr})
+    params = [p for group in groups for p in group["params"]]
+    optimizer = torch.optim.AdamW(groups, lr=lr, weight_decay=1e-4, foreach=True)
     g = generator if generator is not None else torch.Generator().manual_seed(0)
     model.train()
     losses = []
