@@ -212,6 +212,7 @@ def test_visattn_lens_reports_one_row_per_applied_step(tmp_path):
     assert any(name.startswith("entropy") for name in rows) and "mean attention distance (patches)" in rows
     assert all(layers == ["0", "1", "2", "3"] for layers in rows.values()), rows
     assert any(name.startswith("phases") for name in data["summary"])
+    assert not any("skipped" in note for note in data["notes"]), data["notes"]  # rollouts run over the 4 steps
     for name in ("attention.png", "heads.png", "metrics.png", "similarity.png", "report.html"):
         assert (out / name).stat().st_size > 0
 
