@@ -181,3 +181,19 @@ def test_published_layout():
     assert all(g.blocks[0].attn.window_size == (8, 8) for g in model.g_a[1::2])
     assert model.entropy_bottleneck.channels == 192
     assert count_params_meta("visattn_s2lic") == sum(p.numel() for p in model.parameters())
+
+
+def test_swin_v2_blocks_start_as_the_identity_and_learn():
+    """Swin-V2's res-post-norm initialisation (weights and biases of both post-norms 0): a fresh block returns its
+    input; after one optimiser step on a loss that needs the attention, it no longer does."""
+    from visattn.models.s2lic import SwinV2Block
+
+    torch.manual_seed(0)
+    block = SwinV2Block(8, (8, 8), 2, 4, 2)
+    x = torch.randn(2, 8, 8, 8)
+    assert torch.equal(block(x), x)
+    optimizer = torch.optim.SGD(block.parameters(), lr=0.1)
+    ((block(x) - x.flip(1)) ** 2).mean().backward()
+    assert block.norm1.weight.grad.abs().sum() > 0 and block.norm2.weight.grad.abs().sum() > 0
+    optimizer.step()
+    assert not torch.allclose(block(x), x)

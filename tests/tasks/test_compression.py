@@ -114,3 +114,98 @@ def test_load_checkpoint_refuses_other_files(tmp_path):
     text.write_text("hello")
     with pytest.raises(ValueError, match="could not be read"):
         comp.load_checkpoint(text)
+
+
+def test_grey_pictures_are_repeated_on_three_channels():
+    image = comp.sample_image("camera", 32)
+    assert image.shape == (3, 32, 32)
+    assert torch.equal(image[0], image[1]) and torch.equal(image[1], image[2])
+    assert set(comp.TRAIN_IMAGES) >= {"camera", "chelsea", "retina"}
+
+
+def test_synthetic_texture_is_a_seeded_picture():
+    first = comp.synthetic_texture(48, torch.Generator().manual_seed(1))
+    again = comp.synthetic_texture(48, torch.Generator().manual_seed(1))
+    other = comp.synthetic_texture(48, torch.Generator().manual_seed(2))
+    assert first.shape == (3, 48, 48) and 0 <= first.min() and first.max() <= 1
+    assert torch.equal(first, again) and not torch.equal(first, other)
+    assert first.std() > 0.01
+    with pytest.raises(ValueError, match="size"):
+        comp.synthetic_texture(0, torch.Generator())
+
+
+def test_training_pictures_add_textures():
+    pictures = comp.training_pictures(("coffee",), textures=2, texture_size=64)
+    assert len(pictures) == 3 and pictures[0].shape == (3, 400, 600) and pictures[1].shape == (3, 64, 64)
+
+
+def test_random_crops_are_flipped_windows_of_the_pictures():
+    rows = torch.arange(20.0)[:, None].expand(20, 30)
+    cols = torch.arange(30.0)[None, :].expand(20, 30)
+    image = torch.stack((rows, cols, rows * 100 + cols))
+    crops = comp.random_crops([image], 16, 8, torch.Generator().manual_seed(0))
+    assert crops.shape == (16, 3, 8, 8)
+    flips = set()
+    for crop in crops:
+        r, c = crop[0], crop[1]
+        down, right = bool(r[1, 0] > r[0, 0]), bool(c[0, 1] > c[0, 0])
+        flips.add((down, right))
+        top, left = int(r.min()), int(c.min())
+        window = image[:, top:top + 8, left:left + 8]
+        expected = window if down else window.flip(-2)
+        expected = expected if right else expected.flip(-1)
+        assert torch.equal(crop, expected)
+    assert len(flips) == 4
+    scaled = comp.random_crops([image], 4, 8, torch.Generator().manual_seed(0), min_scale=0.5)
+    assert scaled.shape == (4, 3, 8, 8)
+    # area resizing of a window of up to 16 pixels: the row step between neighbours is 1 to 2
+    steps = (scaled[:, 0, 1:, :] - scaled[:, 0, :-1, :]).abs()
+    assert steps.min() >= 1 - 1e-5 and steps.max() <= 2 + 1e-5 and steps.max() > 1 + 1e-3
+    with pytest.raises(ValueError, match="min_scale"):
+        comp.random_crops([image], 1, 8, torch.Generator(), min_scale=0)
+
+
+def test_learning_rate_schedule():
+    rates = [comp.learning_rate_at(step, 10, 1e-3, warmup=4, decay_at=0.8) for step in range(10)]
+    assert rates[:4] == pytest.approx([2.5e-4, 5e-4, 7.5e-4, 1e-3])
+    assert rates[4:8] == pytest.approx([1e-3] * 4) and rates[8:] == pytest.approx([1e-4] * 2)
+    assert comp.learning_rate_at(9, 10, 1e-3) == 1e-3
+
+
+def test_train_schedule_and_time_limit():
+    from visattn.models.s2lic import S2LIC
+
+    torch.manual_seed(0)
+    model = S2LIC(**TINY)
+    images = [comp.sample_image("astronaut", 96), comp.synthetic_texture(64, torch.Generator().manual_seed(0))]
+    losses = comp.train(model, images, steps=3, batch=1, crop=64, lr=1e-3, warmup=2, decay_at=0.5, min_scale=0.5)
+    assert len(losses) == 3 and all(math.isfinite(v) for v in losses)
+    assert len(comp.train(model, images, steps=5, batch=1, crop=64, max_seconds=0.0)) == 1
+
+
+def test_jpeg_bpp_at_psnr_inverts_the_curve():
+    curve = [comp.JpegPoint(1, 0.1, 20.0), comp.JpegPoint(2, 0.2, 19.5), comp.JpegPoint(3, 0.4, 30.0)]
+    assert comp.jpeg_bpp_at_psnr(curve, 25.0) == pytest.approx(0.25)  # between (0.1, 20) and (0.4, 30)
+    assert comp.jpeg_bpp_at_psnr(curve, 20.0) == pytest.approx(0.1)
+    assert math.isnan(comp.jpeg_bpp_at_psnr(curve, 31.0)) and math.isnan(comp.jpeg_bpp_at_psnr(curve, 19.0))
+
+
+def test_compare_with_jpeg_codes_a_real_file():
+    from visattn.models.s2lic import S2LIC, pad_to_multiple
+
+    torch.manual_seed(0)
+    model = S2LIC(**TINY).eval()
+    model.update(force=True)
+    pixels = comp.to_uint8(comp.sample_image("coffee", 128)[:, :80, :70])
+    point = comp.compare_with_jpeg(model, pixels, qualities=(1, 20, 60, 95))
+    x = pad_to_multiple(comp.to_tensor(pixels)[None])
+    coded = model.compress(x)
+    data = comp.pack_stream(coded["strings"], coded["shape"], (80, 70), comp.model_fingerprint(model))
+    assert point.bpp == pytest.approx(8 * len(data) / (80 * 70))
+    decoded = comp.to_uint8(model.decompress(coded["strings"], coded["shape"])["x_hat"][0, :, :80, :70])
+    assert point.psnr == pytest.approx(comp.psnr(pixels / 255.0, decoded / 255.0))
+    curve = comp.jpeg_curve(pixels, (1, 20, 60, 95))
+    assert (point.jpeg_min_bpp, point.jpeg_min_psnr) == (curve[0].bpp, curve[0].psnr)
+    assert point.jpeg_psnr == comp.jpeg_psnr_at_bpp(curve, point.bpp) or math.isnan(point.jpeg_psnr)
+    assert point.gain_db == point.psnr - point.jpeg_psnr or math.isnan(point.gain_db)
+    assert point.dominates_jpeg_minimum == (point.bpp <= curve[0].bpp and point.psnr > curve[0].psnr)

@@ -168,7 +168,11 @@ class FeatureEnhancement(nn.Module):
 class SwinV2Block(nn.Module):
     """Swin-V2 block on ``(B, H, W, C)`` with residual post-norm (arXiv 2111.09883):
     ``x = x + DropPath(LN(SW-Attn(x)))``, ``x = x + DropPath(LN(MLP(x)))``; attention is visattn's
-    :class:`~visattn.nn.swin_v2.ShiftedWindowAttentionV2` (cyclic shift, padding, cosine attention, log-CPB)."""
+    :class:`~visattn.nn.swin_v2.ShiftedWindowAttentionV2` (cyclic shift, padding, cosine attention, log-CPB).
+
+    The two post-norms start with weight and bias 0, as Swin-V2's official initialisation (``_init_respostnorm``,
+    also timm's): each block starts as the identity instead of adding unit-variance features of a random network
+    to its input, which slowed the codec's early training (docs/tasks.md)."""
 
     def __init__(self, dim: int, input_resolution: tuple[int, int], num_heads: int, window_size: int,
                  shift_size: int, mlp_ratio: float = 4.0, drop_path: float = 0.0) -> None:
@@ -178,6 +182,9 @@ class SwinV2Block(nn.Module):
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
         self.norm2 = nn.LayerNorm(dim)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        for norm in (self.norm1, self.norm2):
+            nn.init.zeros_(norm.weight)
+            nn.init.zeros_(norm.bias)
 
     def forward(self, x: Tensor) -> Tensor:
         x = x + self.drop_path(self.norm1(self.attn(x)))

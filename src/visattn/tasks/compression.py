@@ -10,8 +10,9 @@ with ``lambda`` in :data:`LAMBDAS`. PSNR is scikit-image's ``peak_signal_noise_r
 the JPEG baseline is Pillow's encoder, its size the whole file (headers included), like the codec's whose size is
 the whole bitstream file.
 
-Training entry: ``python -m visattn.tasks.compression --steps 300 --out s2lic.pt`` trains a small S2LIC on random
-crops of scikit-image's sample pictures and writes a checkpoint ``visattn codec`` reads.
+Training entry: ``python -m visattn.tasks.compression --steps 1000 --out s2lic.pt`` trains a small S2LIC
+(:data:`TINY_CONFIG`, :data:`SHORT_RUN` recipe) on random crops of scikit-image's sample pictures and generated
+textures and writes a checkpoint ``visattn codec`` reads.
 """
 
 from __future__ import annotations
@@ -32,9 +33,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["LAMBDAS", "TINY_CONFIG", "TRAIN_IMAGES", "TEST_IMAGES", "JpegPoint", "bits_per_pixel", "jpeg_curve",
-           "jpeg_psnr_at_bpp", "jpeg_roundtrip", "load_checkpoint", "model_fingerprint", "pack_stream", "psnr",
-           "rate_distortion_loss", "sample_image", "save_checkpoint", "stream_bpp", "train", "unpack_stream"]
+__all__ = ["LAMBDAS", "SHORT_RUN", "TINY_CONFIG", "TRAIN_IMAGES", "TEST_IMAGES", "CodecPoint", "JpegPoint",
+           "bits_per_pixel", "compare_with_jpeg", "jpeg_bpp_at_psnr", "jpeg_curve", "jpeg_psnr_at_bpp",
+           "jpeg_roundtrip", "learning_rate_at", "load_checkpoint", "model_fingerprint", "pack_stream", "psnr",
+           "random_crops", "rate_distortion_loss", "sample_image", "save_checkpoint", "stream_bpp",
+           "synthetic_texture", "train", "training_pictures", "unpack_stream"]
 
 logger = logging.getLogger(__name__)
 
@@ -46,8 +49,11 @@ TINY_CONFIG: dict[str, Any] = dict(N=32, M=40, num_slices=5, depths=(1, 1, 1), n
                                    enhancement_channels=8, img_size=64, drop_path_rate=0.0)
 """A small S2LIC that trains on two CPU cores (about 1 M parameters)."""
 
-TRAIN_IMAGES = ("chelsea", "rocket", "immunohistochemistry", "hubble_deep_field", "retina")
-"""scikit-image sample pictures the training entry crops from."""
+TRAIN_IMAGES = ("chelsea", "rocket", "immunohistochemistry", "hubble_deep_field", "retina", "colorwheel", "camera",
+                "brick", "grass", "gravel", "moon", "coins", "clock", "page", "text")
+"""scikit-image sample pictures the training entry crops from: every colour picture the installed scikit-image
+ships without a download except the held-out ones (``cat`` is ``chelsea`` again, ``logo`` has an alpha channel) and
+the grey pictures (repeated on the three channels by :func:`sample_image`)."""
 
 TEST_IMAGES = ("astronaut", "coffee")
 """scikit-image sample pictures held out from training, for evaluation."""
@@ -190,15 +196,82 @@ def jpeg_psnr_at_bpp(curve: Sequence[JpegPoint], bpp: float) -> float:
     return float(np.interp(bpp, rates, [p.psnr for p in curve]))
 
 
+def jpeg_bpp_at_psnr(curve: Sequence[JpegPoint], target: float) -> float:
+    """JPEG's smallest bpp for ``target`` dB, interpolated between the points of the curve that beat every smaller
+    file's PSNR (the curve made monotone); NaN outside it."""
+    record: list[JpegPoint] = []
+    for point in curve:
+        if not record or point.psnr > record[-1].psnr:
+            record.append(point)
+    if not record or target < record[0].psnr or target > record[-1].psnr:
+        return math.nan
+    return float(np.interp(target, [p.psnr for p in record], [p.bpp for p in record]))
+
+
+@dataclass(frozen=True)
+class CodecPoint:
+    """One picture coded by the learned codec beside JPEG on the same pixels.
+
+    ``bpp``: the whole bitstream file (:func:`pack_stream`, header included) in bits per pixel; ``estimate``: the
+    entropy estimate of ``forward``; ``psnr``: the decoded 8-bit picture; ``jpeg_psnr``: JPEG's PSNR at ``bpp``
+    (interpolated between qualities 1..95, NaN below JPEG's smallest file); ``jpeg_bpp``: JPEG's bpp at ``psnr``
+    (NaN outside JPEG's range); ``jpeg_min_bpp``, ``jpeg_min_psnr``: JPEG's smallest file (quality 1) and its PSNR.
+    """
+
+    bpp: float
+    estimate: float
+    psnr: float
+    jpeg_psnr: float
+    jpeg_bpp: float
+    jpeg_min_bpp: float
+    jpeg_min_psnr: float
+
+    @property
+    def gain_db(self) -> float:
+        """``psnr - jpeg_psnr`` (dB) at equal bpp; NaN where JPEG cannot reach the codec's rate."""
+        return self.psnr - self.jpeg_psnr
+
+    @property
+    def dominates_jpeg_minimum(self) -> bool:
+        """The codec's file is smaller than JPEG's smallest and its PSNR higher: better at every rate JPEG has."""
+        return self.bpp <= self.jpeg_min_bpp and self.psnr > self.jpeg_min_psnr
+
+
+def compare_with_jpeg(model: torch.nn.Module, pixels: np.ndarray,
+                      qualities: Iterable[int] = range(1, 96)) -> CodecPoint:
+    """Code ``pixels`` (``(H, W, 3)`` uint8) with ``model`` (an S2LIC in eval mode whose coders were updated) to a
+    real bitstream file and back, and set the result beside JPEG's curve on the same pixels (:class:`CodecPoint`).
+    Pictures whose sides are not multiples of 64 are padded and cropped back, as ``visattn codec`` does."""
+    from ..models.s2lic import pad_to_multiple
+
+    h, w = pixels.shape[:2]
+    x = pad_to_multiple(to_tensor(pixels)[None])
+    with torch.no_grad():
+        estimate = float(bits_per_pixel(model(x)["likelihoods"], h * w))
+    coded = model.compress(x)
+    data = pack_stream(coded["strings"], coded["shape"], (h, w), model_fingerprint(model))
+    strings, shape, _, _ = unpack_stream(data)
+    x_hat = model.decompress(strings, shape)["x_hat"][0, :, :h, :w]
+    bpp = 8 * len(data) / (h * w)
+    quality = psnr(pixels.astype(np.float64) / 255, to_uint8(x_hat).astype(np.float64) / 255)
+    curve = jpeg_curve(pixels, qualities)
+    smallest = curve[0]
+    return CodecPoint(bpp, estimate, quality, jpeg_psnr_at_bpp(curve, bpp), jpeg_bpp_at_psnr(curve, quality),
+                      smallest.bpp, smallest.psnr)
+
+
 def sample_image(name: str, size: int | None = None) -> Tensor:
-    """scikit-image's sample picture ``name`` as ``(3, H, W)`` in ``[0, 1]``; with ``size``, the centre square of
-    the picture resized (area) to ``size x size``."""
+    """scikit-image's sample picture ``name`` as ``(3, H, W)`` in ``[0, 1]`` (a grey picture repeated on the three
+    channels); with ``size``, the centre square of the picture resized (area) to ``size x size``."""
     from skimage import data
 
     loader = getattr(data, name, None)
     if loader is None:
         raise ValueError(f"name must be a scikit-image sample picture (skimage.data), got {name!r}")
-    image = to_tensor(np.asarray(loader()))
+    pixels = np.asarray(loader())
+    if pixels.ndim == 2 and pixels.dtype == np.uint8:
+        pixels = np.repeat(pixels[:, :, None], 3, axis=2)
+    image = to_tensor(pixels)
     if size is not None:
         h, w = image.shape[-2:]
         side = min(h, w)
@@ -208,27 +281,90 @@ def sample_image(name: str, size: int | None = None) -> Tensor:
     return image
 
 
-def _random_crops(images: Sequence[Tensor], count: int, size: int, generator: torch.Generator) -> Tensor:
+def synthetic_texture(size: int, generator: torch.Generator) -> Tensor:
+    """A generated ``(3, size, size)`` picture in ``[0, 1]`` for training: a smooth colour gradient, two to four
+    coloured sinusoidal gratings at random orientations and frequencies, and a few flat-coloured discs (sharp
+    edges), the kind of structure natural pictures mix."""
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        raise ValueError(f"size must be a positive int, got {size!r}")
+
+    def uniform(*shape: int, low: float = 0.0, high: float = 1.0) -> Tensor:
+        return low + (high - low) * torch.rand(shape, generator=generator)
+
+    axis = torch.linspace(-1, 1, size)
+    yy, xx = torch.meshgrid(axis, axis, indexing="ij")
+    image = uniform(3, 1, 1, low=0.2, high=0.8) + uniform(3, 1, 1, low=-0.3, high=0.3) * xx \
+        + uniform(3, 1, 1, low=-0.3, high=0.3) * yy
+    for _ in range(int(torch.randint(2, 5, (1,), generator=generator))):
+        angle, frequency, phase = uniform(1, high=math.pi), uniform(1, low=2.0, high=40.0), uniform(1, high=6.3)
+        wave = torch.sin(frequency * (xx * torch.cos(angle) + yy * torch.sin(angle)) + phase)
+        image = image + uniform(3, 1, 1, low=-0.15, high=0.15) * wave
+    for _ in range(int(torch.randint(1, 6, (1,), generator=generator))):
+        cy, cx, radius = uniform(1, low=-1.0, high=1.0), uniform(1, low=-1.0, high=1.0), uniform(1, low=0.05, high=0.5)
+        inside = ((yy - cy) ** 2 + (xx - cx) ** 2) < radius ** 2
+        image = torch.where(inside, uniform(3, 1, 1), image)
+    return image.clamp(0, 1)
+
+
+def training_pictures(names: Sequence[str] = TRAIN_IMAGES, textures: int = 8, texture_size: int = 256,
+                      seed: int = 0) -> list[Tensor]:
+    """The training set of the short-run recipe: scikit-image's pictures ``names`` at full size and ``textures``
+    :func:`synthetic_texture` pictures of ``texture_size`` pixels."""
+    generator = torch.Generator().manual_seed(seed)
+    return [sample_image(name) for name in names] + [synthetic_texture(texture_size, generator)
+                                                     for _ in range(textures)]
+
+
+def random_crops(images: Sequence[Tensor], count: int, size: int, generator: torch.Generator,
+                 min_scale: float = 1.0) -> Tensor:
+    """``(count, 3, size, size)`` random crops of random ``images``: each a square of side ``size / s`` (``s``
+    uniform in ``[min_scale, 1]``, at most the picture's shorter side) resized (area) to ``size``, flipped
+    left-right and upside-down each with probability 1/2. ``min_scale < 1`` shows the codec the pictures at several
+    scales, as a picture resized to a smaller size looks."""
+    if not 0 < min_scale <= 1:
+        raise ValueError(f"min_scale must be in (0, 1], got {min_scale!r}")
     crops = []
     for _ in range(count):
         image = images[int(torch.randint(len(images), (1,), generator=generator))]
         h, w = image.shape[-2:]
-        top = int(torch.randint(h - size + 1, (1,), generator=generator))
-        left = int(torch.randint(w - size + 1, (1,), generator=generator))
-        crop = image[:, top:top + size, left:left + size]
-        if bool(torch.rand((), generator=generator) < 0.5):
-            crop = crop.flip(-1)
+        scale = min_scale + (1 - min_scale) * float(torch.rand((), generator=generator))
+        side = max(size, min(round(size / scale), h, w))
+        top = int(torch.randint(h - side + 1, (1,), generator=generator))
+        left = int(torch.randint(w - side + 1, (1,), generator=generator))
+        crop = image[:, top:top + side, left:left + side]
+        if side != size:
+            crop = F.interpolate(crop[None], size=(size, size), mode="area")[0]
+        for dim in (-1, -2):
+            if bool(torch.rand((), generator=generator) < 0.5):
+                crop = crop.flip(dim)
         crops.append(crop)
     return torch.stack(crops)
 
 
+def learning_rate_at(step: int, steps: int, lr: float, warmup: int = 0, decay_at: float = 1.0,
+                     decay: float = 0.1) -> float:
+    """The learning rate of step ``step`` of ``steps``: linear warm-up from ``lr / warmup`` over the first
+    ``warmup`` steps, ``lr``, then ``lr * decay`` from step ``decay_at * steps`` on (the one-step drop
+    CompressAI-style training ends with)."""
+    if step < warmup:
+        return lr * (step + 1) / warmup
+    return lr * decay if step >= decay_at * steps else lr
+
+
 def train(model: torch.nn.Module, images: Sequence[Tensor], steps: int, lmbda: float = 0.0130, crop: int = 64,
-          batch: int = 4, lr: float = 1e-4, aux_lr: float = 1e-3, seed: int = 0,
-          log_every: int = 0) -> list[float]:
-    """Train ``model`` (an S2LIC) for ``steps`` Adam steps on random ``crop``-pixel crops of ``images``
-    (``(3, H, W)`` tensors in ``[0, 1]``), minimising :func:`rate_distortion_loss`; the bottleneck's quantiles
-    follow their own loss (``model.aux_loss()``) with a second Adam, as in CompressAI. Gradients are clipped to
-    norm 1. Returns the losses. Call ``model.update()`` before coding."""
+          batch: int = 4, lr: float = 1e-4, aux_lr: float = 1e-3, seed: int = 0, log_every: int = 0,
+          warmup: int = 0, decay_at: float = 1.0, min_scale: float = 1.0, clip: float = 1.0,
+          max_seconds: float | None = None) -> list[float]:
+    """Train ``model`` (an S2LIC) for ``steps`` Adam steps on :func:`random_crops` of ``images`` (``(3, H, W)``
+    tensors in ``[0, 1]``), minimising :func:`rate_distortion_loss`; the bottleneck's quantiles follow their own
+    loss (``model.aux_loss()``) with a second Adam at ``aux_lr``, as in CompressAI. The learning rate follows
+    :func:`learning_rate_at` (``warmup``, ``decay_at``); gradients are clipped to norm ``clip`` (0: not clipped);
+    ``max_seconds`` stops early (wall clock). Returns the losses. Call ``model.update()`` before coding.
+
+    The published models train at ``lr = 1e-4`` for millions of steps; the short CPU runs of
+    ``benchmarks/s2lic_vs_jpeg.py`` use a higher rate (docs/tasks.md gives the measured effect)."""
+    import time
+
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps must be a positive int, got {steps!r}")
     if not images or any(img.shape[-1] < crop or img.shape[-2] < crop for img in images):
@@ -239,13 +375,17 @@ def train(model: torch.nn.Module, images: Sequence[Tensor], steps: int, lmbda: f
     optimizer = torch.optim.Adam(main, lr=lr)
     aux_optimizer = torch.optim.Adam(aux, lr=aux_lr)
     model.train()
-    losses = []
+    losses: list[float] = []
+    start = time.perf_counter()
     for step in range(steps):
-        x = _random_crops(images, batch, crop, generator)
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate_at(step, steps, lr, warmup, decay_at)
+        x = random_crops(images, batch, crop, generator, min_scale)
         terms = rate_distortion_loss(model(x), x, lmbda)
         optimizer.zero_grad()
         terms["loss"].backward()
-        torch.nn.utils.clip_grad_norm_(main, 1.0)
+        if clip:
+            torch.nn.utils.clip_grad_norm_(main, clip)
         optimizer.step()
         aux_loss = model.aux_loss()
         aux_optimizer.zero_grad()
@@ -253,8 +393,12 @@ def train(model: torch.nn.Module, images: Sequence[Tensor], steps: int, lmbda: f
         aux_optimizer.step()
         losses.append(float(terms["loss"].detach()))
         if log_every and (step % log_every == 0 or step == steps - 1):
-            logger.info("step %d: loss %.4f, bpp %.4f, mse %.6f", step, losses[-1], float(terms["bpp"]),
-                        float(terms["mse"]))
+            logger.info("step %d: loss %.4f, bpp %.4f, mse %.6f, aux %.2f, %.0f s", step, losses[-1],
+                        float(terms["bpp"].detach()), float(terms["mse"].detach()), float(aux_loss.detach()),
+                        time.perf_counter() - start)
+        if max_seconds is not None and time.perf_counter() - start > max_seconds:
+            logger.info("stopped after %d steps: %.0f s > max_seconds", step + 1, time.perf_counter() - start)
+            break
     return losses
 
 
@@ -286,14 +430,22 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     return model.eval()
 
 
+SHORT_RUN = dict(lmbda=0.0035, crop=128, batch=4, lr=1e-3, warmup=20, decay_at=0.85, min_scale=0.5)
+"""The short CPU recipe of ``benchmarks/s2lic_vs_jpeg.py`` and of the training entry (docs/tasks.md): a learning
+rate ten times the published 1e-4 with a warm-up and a 10x drop for the last 15% of the steps, 128-pixel crops at
+scales 0.5-1 of :func:`training_pictures`."""
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m visattn.tasks.compression``: train a small S2LIC on scikit-image's pictures, save a checkpoint."""
+    """``python -m visattn.tasks.compression``: train a small S2LIC on scikit-image's pictures and generated
+    textures (:data:`SHORT_RUN` recipe), save a checkpoint."""
     parser = argparse.ArgumentParser(prog="python -m visattn.tasks.compression", description=main.__doc__)
-    parser.add_argument("--steps", type=int, default=300, help="Adam steps (default 300)")
-    parser.add_argument("--lmbda", type=float, default=0.0130, help="rate-distortion trade-off (default 0.013)")
-    parser.add_argument("--crop", type=int, default=64, help="training crop side, a multiple of 64 (default 64)")
-    parser.add_argument("--batch", type=int, default=8, help="crops per step (default 8)")
-    parser.add_argument("--lr", type=float, default=3e-4, help="learning rate (default 3e-4)")
+    parser.add_argument("--steps", type=int, default=1000, help="Adam steps (default 1000)")
+    parser.add_argument("--minutes", type=float, default=None, help="stop after this much training wall clock")
+    parser.add_argument("--lmbda", type=float, default=SHORT_RUN["lmbda"], help="rate-distortion trade-off")
+    parser.add_argument("--crop", type=int, default=SHORT_RUN["crop"], help="training crop side, a multiple of 64")
+    parser.add_argument("--batch", type=int, default=SHORT_RUN["batch"], help="crops per step")
+    parser.add_argument("--lr", type=float, default=SHORT_RUN["lr"], help="peak learning rate")
     parser.add_argument("--out", type=Path, required=True, help="checkpoint file to write")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -301,9 +453,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     torch.manual_seed(0)
     model = S2LIC(**TINY_CONFIG)
-    images = [sample_image(name) for name in TRAIN_IMAGES]
-    train(model, images, args.steps, args.lmbda, args.crop, args.batch, args.lr, log_every=25)
-    save_checkpoint(model.eval(), args.out, lmbda=args.lmbda, steps=args.steps)
+    recipe = dict(SHORT_RUN, lmbda=args.lmbda, crop=args.crop, batch=args.batch, lr=args.lr)
+    losses = train(model, training_pictures(), args.steps, log_every=25,
+                   max_seconds=None if args.minutes is None else 60 * args.minutes, **recipe)
+    save_checkpoint(model.eval(), args.out, lmbda=args.lmbda, steps=len(losses))
     return 0
 
 
