@@ -29,8 +29,15 @@ Phases are lists of 0-based layer indices covering ``range(L)`` once each, as :f
 The paper's phases are contiguous; a non-contiguous phase (which max-cut can give) is accepted and means the same
 block runs at each of its layers. The registered DINOv2 sizes carry the paper's segmentation of DINOv2-B/14-reg
 (official runs: ``raptor2`` layers 1-7 | 8-12, ``raptor3`` 1-7 | 8-10 | 11-12, ``raptor4`` 1-4 | 5-7 | 8-10 |
-11-12); the ViT-S/B ``patch16`` sizes default to the 3-phase one (pass ``phases=`` from your teacher). No Raptor
-weights were released: ``pretrained=True`` raises ``NotImplementedError``.
+11-12); the ViT-S/B ``patch16`` sizes default to the 3-phase one (pass ``phases=`` from your teacher).
+
+The registered DINOv2 sizes follow the official release (github.com/KempnerInstitute/raptor, ``raptor/block.py``,
+``raptor/raptor.py``, ``imagenet_probes/raptor_wrapper.py``) where it differs from a plain timm ViT: the shared blocks'
+LayerNorms use ``eps=1e-5`` (``nn.LayerNorm``'s default; the teacher's own norms keep DINOv2's 1e-6), and the
+classifier is DINOv2's linear-probe head, ``Linear(2 D, classes)`` on the final-normed class token concatenated with
+the mean of the patch tokens (``token_patch_head=True``). ``pretrained=True`` loads the released Raptor blocks
+(:mod:`visattn.models.raptor_release`: key mapping, file names); the ViT-S/B ``patch16`` sizes have no released
+weights and raise ``NotImplementedError``.
 """
 
 from __future__ import annotations
@@ -39,6 +46,7 @@ from collections.abc import Sequence
 from functools import partial
 from typing import Any
 
+import torch
 from timm.layers import LayerNorm, LayerScale, Mlp, SwiGLU, get_norm_layer
 from timm.layers.attention import Attention
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
@@ -47,8 +55,8 @@ from torch import Tensor, nn
 
 from ._pretrained import timm_pretrained_cfg
 
-__all__ = ["PAPER_PHASES", "TEACHERS", "Raptor", "RaptorBlock", "RecurrentStep", "TimeGates", "check_phases",
-           "phases_from_sizes", "raptor_from_teacher"]
+__all__ = ["PAPER_PHASES", "RELEASE_FILES", "TEACHERS", "Raptor", "RaptorBlock", "RecurrentStep", "TimeGates",
+           "check_phases", "phases_from_sizes", "raptor_from_teacher"]
 
 Phases = tuple[tuple[int, ...], ...]
 
@@ -214,6 +222,9 @@ class Raptor(VisionTransformer):
             paper's 3-phase DINOv2-B segmentation, depth 12).
         mlp, init_values, time_hidden, time_gates, mlp_ratio, qkv_bias, proj_bias, qk_norm: of each block
             (:class:`RaptorBlock`).
+        block_norm_eps: eps of the shared blocks' LayerNorms (None: the ViT's ``norm_layer``; the release: 1e-5).
+        token_patch_head: DINOv2's linear-probe head: ``head(cat(x[:, 0], mean(x[:, num_prefix_tokens:])))`` on the
+            final-normed tokens, ``2 D`` features (needs the class token and ``global_pool="token"``).
         **kwargs: timm's :class:`VisionTransformer` (image size, patch size, width, heads, prefix tokens, pooling,
             classes ...); ``depth``, if given, must equal the number of layers of ``phases``. The block-building
             keywords of the ViT (``block_fn``, ``drop_path_rate``, ...) are refused.
@@ -222,7 +233,8 @@ class Raptor(VisionTransformer):
     def __init__(self, phases: Sequence[Sequence[int]] = PAPER_PHASES[3], *, mlp: str = "swiglu",
                  init_values: float = 1e-5, time_hidden: int = 16, time_gates: bool = True, mlp_ratio: float = 4.0,
                  qkv_bias: bool = True, proj_bias: bool = True, qk_norm: bool = False, attn_drop_rate: float = 0.0,
-                 proj_drop_rate: float = 0.0, weight_init: str = "", **kwargs: Any) -> None:
+                 proj_drop_rate: float = 0.0, weight_init: str = "", block_norm_eps: float | None = None,
+                 token_patch_head: bool = False, **kwargs: Any) -> None:
         checked = check_phases(phases)
         depth = sum(len(p) for p in checked)
         if kwargs.get("depth", depth) != depth:
@@ -239,6 +251,17 @@ class Raptor(VisionTransformer):
                          qk_norm=qk_norm, weight_init="skip", **kwargs)
         dd = {"device": kwargs.get("device"), "dtype": kwargs.get("dtype")}
         norm_layer = get_norm_layer(kwargs.get("norm_layer")) or LayerNorm
+        if block_norm_eps is not None:
+            if isinstance(block_norm_eps, bool) or not isinstance(block_norm_eps, int | float) or block_norm_eps <= 0:
+                raise ValueError(f"block_norm_eps must be a number > 0 or None, got {block_norm_eps!r}")
+            norm_layer = partial(norm_layer, eps=float(block_norm_eps))
+        self.token_patch_head = bool(token_patch_head)
+        if self.token_patch_head:
+            if self.cls_token is None or self.global_pool != "token":
+                raise ValueError("token_patch_head=True needs class_token=True and global_pool='token', got "
+                                 f"class_token={self.cls_token is not None}, global_pool={self.global_pool!r}")
+            self.head_hidden_size = 2 * self.embed_dim
+            self.head = nn.Linear(self.head_hidden_size, self.num_classes, **dd) if self.num_classes else nn.Identity()
         self.phases = checked
         self.recurrent_blocks = nn.ModuleList([
             RaptorBlock(self.embed_dim, num_heads, mlp_ratio=mlp_ratio, mlp=mlp, init_values=init_values,
@@ -257,6 +280,28 @@ class Raptor(VisionTransformer):
         self.weight_init_mode = "reset" if weight_init == "skip" else weight_init
         if weight_init != "skip":
             self.init_weights(needs_reset=False)
+
+    def pool(self, x: Tensor, pool_type: str | None = None) -> Tensor:
+        """timm's pooling, or with ``token_patch_head`` (and no ``pool_type``) DINOv2's linear-probe features
+        ``cat(x[:, 0], mean(x[:, num_prefix_tokens:]))``."""
+        if not self.token_patch_head or pool_type is not None:
+            return super().pool(x, pool_type)
+        return torch.cat([x[:, 0], x[:, self.num_prefix_tokens:].mean(dim=1)], dim=-1)
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        """timm's reset; with ``token_patch_head`` (and ``global_pool`` None or ``"token"``) the new head reads the
+        ``2 D`` concatenated features; another ``global_pool`` (``""`` for features_only ...) turns that head off and
+        pools as timm does."""
+        if global_pool not in (None, "token") and self.token_patch_head:
+            self.token_patch_head = False
+            self.head_hidden_size = self.embed_dim
+        if not self.token_patch_head:
+            super().reset_classifier(num_classes, global_pool)
+            return
+        reference = self.cls_token
+        self.num_classes = num_classes
+        self.head = (nn.Linear(self.head_hidden_size, num_classes, device=reference.device, dtype=reference.dtype)
+                     if num_classes > 0 else nn.Identity())
 
     @property
     def num_phases(self) -> int:
@@ -319,7 +364,8 @@ def raptor_from_teacher(teacher: VisionTransformer, phases: Sequence[Sequence[in
 
 _ARGS: dict[str, dict[str, Any]] = {
     **{f"visattn_raptor{k}_base_patch14_reg4_dinov2": dict(
-        patch_size=14, embed_dim=768, num_heads=12, reg_tokens=4, no_embed_class=True, phases=PAPER_PHASES[k])
+        patch_size=14, embed_dim=768, num_heads=12, reg_tokens=4, no_embed_class=True, phases=PAPER_PHASES[k],
+        block_norm_eps=1e-5, token_patch_head=True)
        for k in (2, 3, 4)},
     "visattn_raptor_small_patch16_224": dict(patch_size=16, embed_dim=384, num_heads=6, phases=PAPER_PHASES[3]),
     "visattn_raptor_base_patch16_224": dict(patch_size=16, embed_dim=768, num_heads=12, phases=PAPER_PHASES[3]),
@@ -333,25 +379,57 @@ TEACHERS: dict[str, str] = {
 }
 """visattn model name -> the timm ViT whose shape (and, fitted, whose computation) it takes."""
 
+_RELEASED = {f"visattn_raptor{k}_base_patch14_reg4_dinov2": k for k in (2, 3, 4)}
+"""The sizes of the official release (KempnerInstitute/raptor) -> its number of blocks."""
+
+_SEEDS = {2: 1001, 3: 1101, 4: 1201}
+"""The first of the three seeds of the release's ``raptor/runs/00{2,3,4}_raptor{k}_pretrained.sh`` (the first model
+its probes read)."""
+
+RELEASE_FILES: dict[int, str] = {
+    k: (f"final_raptor{k}_weighted_True_autoregressive_True_distillation_False_teacher_False_mse_False_cosine_False_"
+        f"t_scale_True_swiglu_True_sigma_0.0_start_0_end_12_lr_0.0003_cls_weight_0.45_reg_weight_0.1_"
+        f"patch_weight_0.45_seed_{seed}_step_312500.pt")
+    for k, seed in _SEEDS.items()
+}
+"""Number of blocks -> the name the release's ``raptor/trainer.py`` gives that run's final model
+(``make_fname_base``; 20 epochs of 1,000,000 // 64 steps), the one ``raptor/utils.py`` ``find_raptor_checkpoint``
+looks for. The Drive archive itself could not be opened here: pass the path of the file you downloaded as
+``pretrained_cfg_overlay=dict(file=...)``."""
+
 default_cfgs = generate_default_cfgs({
     name: timm_pretrained_cfg(teacher, url="", hf_hub_id=None, notes=(
         f"a Raptor surrogate of timm's {teacher}; no weights were released: fit one with "
-        "visattn.train.raptor.fit_raptor",))
+        "visattn.train.raptor.fit_raptor",)) if name not in _RELEASED else
+    timm_pretrained_cfg(teacher, url="", hf_hub_id=None, file=RELEASE_FILES[_RELEASED[name]],
+                        origin_url="https://github.com/KempnerInstitute/raptor", paper_ids="arXiv:2512.19941", notes=(
+        "blocks: the official release (docs/index.md's Google Drive archive; pass the unpacked file as "
+        "pretrained_cfg_overlay=dict(file=...)), embedding and norm: timm's pretrained teacher, head (num_classes="
+        "1000): Meta's DINOv2 linear head; key mapping in visattn.models.raptor_release",))
     for name, teacher in TEACHERS.items()
 })
 
 
 def _create(variant: str, pretrained: bool, kwargs: dict[str, Any]) -> Raptor:
-    if pretrained:
-        raise NotImplementedError(f"{variant}: the paper released no Raptor weights; fit one to a teacher with "
-                                  "visattn.train.raptor.fit_raptor")
+    teacher = kwargs.pop("teacher", None)
+    linear_head = kwargs.pop("linear_head", None)
+    if pretrained and variant not in _RELEASED:
+        raise NotImplementedError(f"{variant}: no Raptor weights were released for this teacher (only "
+                                  f"{sorted(_RELEASED)}); fit one with visattn.train.raptor.fit_raptor")
+    if not pretrained and (teacher is not None or linear_head is not None):
+        raise ValueError("teacher= and linear_head= are read only with pretrained=True")
     args = dict(_ARGS[variant])
     phases = kwargs.pop("phases", args.pop("phases"))
     args.pop("phases", None)
     out_indices = kwargs.pop("out_indices", 3)
-    return build_model_with_cfg(Raptor, variant, False, feature_cfg=dict(out_indices=out_indices,
-                                                                         feature_cls="getter"),
-                                phases=phases, **dict(args, **kwargs))
+    model = build_model_with_cfg(Raptor, variant, False, feature_cfg=dict(out_indices=out_indices,
+                                                                          feature_cls="getter"),
+                                 phases=phases, **dict(args, **kwargs))
+    if pretrained:
+        from .raptor_release import load_pretrained
+
+        load_pretrained(model, teacher=teacher, linear_head=linear_head, teacher_name=TEACHERS[variant])
+    return model
 
 
 @register_model
