@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch import nn
 
+from visattn.search.asymmetry import asymmetry_index
 from visattn.search.chance import chance_search
 from visattn.search.eccentricity_pooling import (
     PUBLISHED_DEG2PX,
@@ -15,7 +16,16 @@ from visattn.search.eccentricity_pooling import (
     round_number,
     same_pool2d,
 )
-from visattn.search.eccnet import EccentricityConfig, EccNet, difference_of_gaussians, gaussian_blur
+from visattn.search.eccnet import (
+    KERAS_VGG16_CONVS,
+    KERAS_VGG16_MEAN,
+    KERAS_VGG16_STD,
+    EccentricityConfig,
+    EccNet,
+    difference_of_gaussians,
+    gaussian_blur,
+    keras_vgg_state_dict,
+)
 
 
 def test_published_constants():
@@ -263,3 +273,138 @@ def test_chance_search():
         assert len(set(result.fixated_items)) == len(result.fixated_items) <= 3
     with pytest.raises(ValueError, match="target_item"):
         chance_search(masks, 2, candidates=[1, 4])
+
+
+def tiny_vgg16(width=4) -> nn.Module:
+    """VGG16's topology (2, 2, 3, 3, 3 convolutions, five max-pools) with ``width``-channel layers."""
+    layers, c = [], 3
+    for block, convs in enumerate((2, 2, 3, 3, 3)):
+        for _ in range(convs):
+            layers += [nn.Conv2d(c, width * (block + 1), 3, padding=1), nn.ReLU()]
+            c = width * (block + 1)
+        layers.append(nn.MaxPool2d(2))
+    return nn.Sequential(*layers)
+
+
+def write_keras_h5(path, model, seed=0, nested=True):
+    """Random weights in Keras' HDF5 layout: one group per layer, (kh, kw, in, out) kernels, plus a dense fc1."""
+    import h5py
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    arrays = {}
+    with h5py.File(path, "w") as f:
+        names = list(KERAS_VGG16_CONVS) + ["fc1"]
+        f.attrs["layer_names"] = [n.encode() for n in names]
+        for name, conv in zip(KERAS_VGG16_CONVS, convs, strict=True):
+            kernel = rng.standard_normal((3, 3, conv.in_channels, conv.out_channels)).astype("float32") * 0.3
+            bias = rng.standard_normal(conv.out_channels).astype("float32") * 0.1
+            group = f.create_group(name)
+            inner = group.create_group(name) if nested else group
+            inner["kernel:0"], inner["bias:0"] = kernel, bias
+            group.attrs["weight_names"] = [f"{name}/kernel:0".encode(), f"{name}/bias:0".encode()]
+            arrays[name] = (kernel, bias)
+        f.create_group("fc1")["fc1"] = rng.standard_normal((8, 4)).astype("float32")
+    return arrays
+
+
+def _keras_same_conv(x_hwc, kernel, bias):
+    """Naive Keras Conv2D(padding="same") on (H, W, C_in) with a (3, 3, C_in, C_out) kernel, float64."""
+    import numpy as np
+
+    h, w, _ = x_hwc.shape
+    padded = np.pad(x_hwc, ((1, 1), (1, 1), (0, 0)))
+    out = np.zeros((h, w, kernel.shape[-1]))
+    for i in range(h):
+        for j in range(w):
+            out[i, j] = np.einsum("abc,abco->o", padded[i:i + 3, j:j + 3], kernel) + bias
+    return out
+
+
+@pytest.mark.parametrize("nested", [True, False], ids=["keras2-nested", "flat"])
+def test_keras_h5_weights_match_a_naive_keras_convolution(tmp_path, nested):
+    import numpy as np
+
+    path = tmp_path / "vgg16_imagenet_filters.h5"
+    arrays = write_keras_h5(path, tiny_vgg16(), nested=nested)
+    model = tiny_vgg16()
+    model.load_state_dict(keras_vgg_state_dict(path, model))
+    # first layer: Keras reads BGR, the converted torch layer RGB
+    x = np.random.default_rng(1).random((5, 7, 3))
+    kernel, bias = arrays["block1_conv1"]
+    ref = _keras_same_conv(x[..., ::-1], kernel.astype(np.float64), bias.astype(np.float64))
+    out = model.double()[0](torch.from_numpy(x.copy()).permute(2, 0, 1)[None])[0].permute(1, 2, 0).detach().numpy()
+    np.testing.assert_allclose(out, ref, rtol=1e-6, atol=1e-9)
+    # a deeper layer keeps its channel order
+    kernel, bias = arrays["block3_conv2"]
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    y = np.random.default_rng(2).random((4, 4, kernel.shape[2]))
+    out = convs[5](torch.from_numpy(y).permute(2, 0, 1)[None])[0].permute(1, 2, 0).detach().numpy()
+    np.testing.assert_allclose(out, _keras_same_conv(y, kernel.astype(np.float64), bias.astype(np.float64)),
+                               rtol=1e-6, atol=1e-9)
+    # through the user path: weights loaded, Caffe input constants by default
+    search = EccNet(tiny_vgg16(), checkpoint_path=path, eccentricity=SMALL)
+    torch.testing.assert_close(search.backbone[0].weight, model[0].weight.float())
+    torch.testing.assert_close(search.mean.flatten(), torch.tensor(KERAS_VGG16_MEAN))
+    torch.testing.assert_close(search.std.flatten(), torch.tensor(KERAS_VGG16_STD))
+
+
+def test_checkpoint_errors(tmp_path):
+    import h5py
+
+    path = tmp_path / "partial.h5"
+    with h5py.File(path, "w") as f:
+        f.create_group("block1_conv1")["kernel:0"] = torch.zeros(3, 3, 3, 4).numpy()
+    with pytest.raises(ValueError, match="block1_conv1.*bias|no layer group 'block1_conv2'"):
+        EccNet(tiny_vgg16(), checkpoint_path=path)
+    with pytest.raises(ValueError, match="expects"):
+        write_keras_h5(tmp_path / "wide.h5", tiny_vgg16(width=8))
+        EccNet(tiny_vgg16(), checkpoint_path=tmp_path / "wide.h5")
+    state = tiny_vgg16().state_dict()
+    torch.save({k: v for k, v in state.items() if not k.startswith("2.")}, tmp_path / "short.pth")
+    with pytest.raises(ValueError, match="lacks weights the search uses.*2.weight"):
+        EccNet(tiny_vgg16(), checkpoint_path=tmp_path / "short.pth")
+    torch.save({**state, "head.weight": torch.zeros(1)}, tmp_path / "extra.pth")
+    with pytest.raises(ValueError, match="keys the backbone lacks.*head.weight"):
+        EccNet(tiny_vgg16(), checkpoint_path=tmp_path / "extra.pth")
+    with pytest.raises(ValueError, match="existing file"):
+        EccNet(tiny_vgg16(), checkpoint_path=tmp_path / "missing.pth")
+    # a head after the last used pooling layer may be missing (eccNET never runs it)
+    with_head = nn.Sequential(*tiny_vgg16(), nn.Flatten(), nn.Linear(20, 3))
+    torch.save({k: v for k, v in with_head.state_dict().items() if not k.startswith("32.")}, tmp_path / "nohead.pth")
+    EccNet(nn.Sequential(*tiny_vgg16(), nn.Flatten(), nn.Linear(20, 3)), checkpoint_path=tmp_path / "nohead.pth")
+
+
+@pytest.fixture
+def one_thread():
+    """Many tiny convolutions: one intra-op thread avoids OpenMP spinning on a shared CPU."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.mark.slow
+def test_six_experiments_end_to_end_from_a_saved_checkpoint(tmp_path, one_thread):
+    """Random weights saved in the release's Keras layout, loaded through checkpoint_path, all six experiments at
+    10% of the published display size with one display per set size: each reports its asymmetry index."""
+    from visattn.search.asymmetry import EXPERIMENTS, eccnet_searcher, run_experiment
+
+    path = tmp_path / "vgg16_imagenet_filters.h5"
+    write_keras_h5(path, tiny_vgg16(width=2))
+    model = EccNet(tiny_vgg16(width=2), checkpoint_path=path, eccentricity=SMALL)
+    indices = {}
+    for name, exp in EXPERIMENTS.items():
+        result = run_experiment(eccnet_searcher(model, name, scale=0.1), name, displays_per_set_size=1)
+        assert set(result.model_slopes) == set(exp.conditions)
+        assert all(len(rts) == len(exp.set_sizes) for rts in result.rt_by_condition.values())
+        # every search takes 0 .. set size fixations in the RT model: RT within the model's range
+        for rts in result.rt_by_condition.values():
+            assert all(376.271 <= rt <= 376.271 + 252.359 * (exp.grid[0] * exp.grid[1] + 1) for rt in rts)
+        assert -1 <= result.model_index <= 1
+        assert result.human_index == pytest.approx(
+            asymmetry_index(*(exp.human_slope(c) for c in exp.conditions), *(exp.human_slope(c) for c in
+                                                                              exp.conditions)))
+        indices[name] = result.model_index
+    assert list(indices) == list(EXPERIMENTS)
