@@ -1,12 +1,12 @@
 """eccNET fixations per second on CPU at the published display size, against IVSN (plain pooling) in the same run.
 
-The curvature experiment's display (11.3 deg at 30 px/deg: a 6 x 6 grid of 56 px cells, 336 px) with the release's
-view window (``eye_res`` = display side, 64 px corner bias: an 800 x 800 view per fixation) through VGG16 with random
+The curvature experiment's display (11.3 deg at 30 px/deg: 339 px, a 6 x 6 grid of 56 px cells) with the release's
+view window (``eye_res`` = display side, 64 px corner bias: an 806 x 806 view per fixation) through VGG16 with random
 weights (speed does not depend on the weights). Each fixation is one pass of the network up to pool 5 plus the
 top-down map; the script times whole searches of a fixed number of fixations (the budget, target made unreachable)
 and prints fixations/s for eccNET and IVSN and their ratio, plus the analytic share of the extra ring pooling.
 
-    python benchmarks/eccnet_fixations.py                 # two fixations each, a minute or two on 2 cores
+    python benchmarks/eccnet_fixations.py                 # two timed fixations each (plus one warm-up)
     python benchmarks/eccnet_fixations.py --fixations 5 --backbone vgg11
 """
 

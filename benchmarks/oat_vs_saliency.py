@@ -10,7 +10,7 @@ of such displays, then predicts greedily on held-out displays. Baselines scored 
 the saliency order (brightness), and the greedy target-similarity searcher. Mean sequence score (Needleman-Wunsch,
 match 1 / mismatch 0 / gap 0, over the longer length) and Levenshtein distance, all measured in this run.
 
-    python benchmarks/oat_vs_saliency.py [--steps 300] [--train 4096] [--searcher eccnet|greedy]
+    python benchmarks/oat_vs_saliency.py [--steps 300] [--train 2048] [--searcher eccnet|greedy] [--threads 1]
 """
 
 import argparse
@@ -53,11 +53,13 @@ def _subset(d: ObjectDisplay, index: torch.Tensor) -> ObjectDisplay:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=300)
-    parser.add_argument("--train", type=int, default=4096, help="training displays (scanpaths computed once)")
+    parser.add_argument("--train", type=int, default=2048, help="training displays (scanpaths computed once)")
     parser.add_argument("--test", type=int, default=200)
     parser.add_argument("--objects", type=int, default=6)
     parser.add_argument("--searcher", choices=("eccnet", "greedy"), default="eccnet")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (1: no spinning on a shared CPU)")
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     num = args.objects
     searcher = EccNet(pooling_cnn(), eccentricity=SMALL_ECCENTRICITY)

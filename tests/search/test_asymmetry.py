@@ -109,11 +109,24 @@ def test_heterogeneous_distractors_are_balanced():
         d = generate_display("orientation_heterogeneous", "hetero_t0", n, seed=n)
         assert d.set_size == n
     rng = np.random.default_rng(0)
-    _, distractors = _items("hetero_t0", 69, 12, rng)
+    items, slot = _items("hetero_t0", 69, 12, rng)
+    distractors = items[:slot] + items[slot + 1:]
     kinds = {d.tobytes() for d in distractors}
     assert len(distractors) == 11 and len(kinds) == 8  # all eight orientations before any repeat
-    _, distractors = _items("hetero_t20", 69, 8, rng)
-    assert len({d.tobytes() for d in distractors}) == 7  # distinct when there are at most eight
+    assert items[slot].tobytes() not in kinds  # the 0-deg target is not among them
+    items, slot = _items("hetero_t20", 69, 8, rng)
+    assert len({d.tobytes() for d in items[:slot] + items[slot + 1:]}) == 7  # distinct when at most eight
+
+
+def test_curvature_poses_cycle_over_the_items():
+    rng = np.random.default_rng(0)
+    items, slot = _items("curve_in_lines", 48, 8, rng)
+    lines = [i for i in range(8) if i != slot]
+    # items i and i + 4 share a pose (and a shape, away from the target)
+    for i in lines:
+        if i + 4 in lines:
+            np.testing.assert_array_equal(items[i], items[i + 4])
+    assert len({items[i].tobytes() for i in lines}) == 4
 
 
 @pytest.mark.parametrize("name", sorted(EXPERIMENTS))

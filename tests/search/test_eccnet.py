@@ -376,15 +376,6 @@ def test_checkpoint_errors(tmp_path):
     EccNet(nn.Sequential(*tiny_vgg16(), nn.Flatten(), nn.Linear(20, 3)), checkpoint_path=tmp_path / "nohead.pth")
 
 
-@pytest.fixture
-def one_thread():
-    """Many tiny convolutions: one intra-op thread avoids OpenMP spinning on a shared CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.mark.slow
 def test_six_experiments_end_to_end_from_a_saved_checkpoint(tmp_path, one_thread):
     """Random weights saved in the release's Keras layout, loaded through checkpoint_path, all six experiments at

@@ -3,6 +3,7 @@ import math
 import pytest
 import torch
 
+from visattn.search.eccnet import EccentricityConfig, EccNet
 from visattn.search.oat import (
     OAT,
     ObjectPositionalEncoding,
@@ -11,7 +12,28 @@ from visattn.search.oat import (
     positional_prior_loss,
     scanpath_targets,
 )
-from visattn.search.object_displays import generate_displays, greedy_search_scanpath, saliency_order_scanpath
+from visattn.search.object_displays import (
+    eccnet_scanpath,
+    generate_displays,
+    greedy_search_scanpath,
+    render_display,
+    saliency_order_scanpath,
+)
+
+SMALL = EccentricityConfig(slopes=(0, 0, 0.5, 0.5, 0.5), deg2px=(8, 4, 2, 2, 1), fovea=2)
+
+
+def _pooling_cnn(channels=(4, 6, 8, 8, 8)) -> torch.nn.Module:
+    layers, c = [], 3
+    for out in channels:
+        layers += [torch.nn.Conv2d(c, out, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2)]
+        c = out
+    return torch.nn.Sequential(*layers)
+
+
+def _searcher():
+    torch.manual_seed(0)
+    return EccNet(_pooling_cnn(), eccentricity=SMALL)
 
 
 def _tiny(**kw):
@@ -90,12 +112,42 @@ def test_object_mask_hides_padding():
     assert torch.isinf(logits[..., 2]).all() and torch.isfinite(logits[..., [0, 1, 3]]).all()
 
 
+def test_render_display_places_crops_in_cells():
+    d = generate_displays(2, 4, (3, 3), crop=8, seed=6)
+    image, masks = render_display(d, 1, (3, 3), cell_px=12, background=0.25)
+    assert image.shape == (3, 36, 36) and masks.shape == (4, 36, 36)
+    assert int(masks.sum()) == 4 * 144 and int(masks.any(0).sum()) == 4 * 144  # whole, disjoint cells
+    for o, (r, c) in enumerate(d.cells[1].tolist()):
+        assert masks[o, r * 12: r * 12 + 12, c * 12: c * 12 + 12].all()
+        torch.testing.assert_close(image[:, r * 12 + 2: r * 12 + 10, c * 12 + 2: c * 12 + 10], d.crops[1, o])
+    assert (image[:, ~masks.any(0)] == 0.25).all()
+    with pytest.raises(ValueError, match="cell_px"):
+        render_display(d, 0, (3, 3), cell_px=6)
+    with pytest.raises(ValueError, match="grid"):
+        render_display(d, 0, (2, 2))
+
+
+def test_eccnet_scanpaths_are_the_fixation_loop_mapped_to_objects(one_thread):
+    model = _searcher()
+    d = generate_displays(3, 4, (3, 3), crop=8, seed=7)
+    paths = eccnet_scanpath(model, d, (3, 3), cell_px=12, corner_bias=4)
+    for b, path in enumerate(paths):
+        t = int(d.target_index[b])
+        assert path[-1] == t and t not in path[:-1] and len(set(path)) == len(path)
+        image, masks = render_display(d, b, (3, 3), cell_px=12)
+        result = model.search(image, d.target[b], masks[t], item_masks=masks, background=0.5, corner_bias=4,
+                              ior_size=1)
+        assert result.fixated_items == path
+        for (r, c), o in zip(result.fixations[1:], path, strict=True):
+            assert masks[o, r, c]  # the fixation lies in the object's cell
+
+
 @pytest.mark.slow
-def test_trains_with_falling_loss():
+def test_trains_with_falling_loss(one_thread):
     model = _tiny()
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     d = generate_displays(2, 3, (3, 3), crop=8, seed=4)
-    inp, tgt = scanpath_targets(greedy_search_scanpath(d, (3, 3)), 3)
+    inp, tgt = scanpath_targets(eccnet_scanpath(_searcher(), d, (3, 3), cell_px=12, corner_bias=4), 3)
     losses = []
     for _ in range(8):
         loss = oat_loss(model(d.crops, d.target, d.cells, inp), tgt)

@@ -241,20 +241,24 @@ _HETERO_ANGLES = (-80, -60, -40, -20, 20, 40, 60, 80)
 _CURVE_POSES = (-45, -90, -135, 180)
 
 
-def _items(condition: str, size: int, set_size: int, rng: np.random.Generator) -> tuple[np.ndarray, list[np.ndarray]]:
-    """The target and the ``set_size - 1`` distractors of one display, in placement order.
+def _items(condition: str, size: int, set_size: int, rng: np.random.Generator) -> tuple[list[np.ndarray], int]:
+    """The ``set_size`` items of one display in placement order, and the target's position among them.
 
     Curvature poses cycle through the release's four angles over the items in placement order; intersection items
     take one of the four poses at random; heterogeneous distractor orientations are drawn without replacement
     (all eight types once before any repeats), as the release does.
     """
-    n = set_size - 1
+    n, slot = set_size - 1, int(rng.integers(set_size))
     if condition in ("curve_in_lines", "line_in_curves"):
         target_is_curve = condition == "curve_in_lines"
-        slot = int(rng.integers(set_size))
-        draw = [(_curve if (i == slot) == target_is_curve else _line)(size, _CURVE_POSES[i % 4])
-                for i in range(set_size)]
-        return draw[slot], draw[:slot] + draw[slot + 1:]
+        return [(_curve if (i == slot) == target_is_curve else _line)(size, _CURVE_POSES[i % 4])
+                for i in range(set_size)], slot
+    target, distractors = _target_and_distractors(condition, size, n, rng)
+    return distractors[:slot] + [target] + distractors[slot:], slot
+
+
+def _target_and_distractors(condition: str, size: int, n: int, rng: np.random.Generator
+                            ) -> tuple[np.ndarray, list[np.ndarray]]:
     if condition in ("top_down", "left_right"):
         lit = {"top_down": ("top", "bottom"), "left_right": ("left", "right")}[condition]
         return _shaded_disk(size, lit[0]), [_shaded_disk(size, lit[1]) for _ in range(n)]
@@ -322,9 +326,8 @@ def generate_display(experiment: str | Experiment, condition: str, set_size: int
                          f"{cells} items), got {set_size!r}")
     rng = np.random.default_rng(seed)
     placed = [int(i) for i in rng.choice(cells, size=set_size, replace=False)]
-    target_patch, distractors = _items(condition, exp.item_px, set_size, rng)
-    slot = int(rng.integers(set_size))
-    patches = distractors[:slot] + [target_patch] + distractors[slot:]
+    patches, slot = _items(condition, exp.item_px, set_size, rng)
+    target_patch = patches[slot]
     background = exp.background / 255
     side = exp.display_px
     image = np.full((side, side), background)
