@@ -33,9 +33,12 @@ and the corners get no attention term.
     z = Conv1x1_{dim -> 2h}(x);  z = irfft2(rfft2(z_p) * W) on every 8 x 8 patch z_p (W learned, (2h, 8, 5));
     z1, z2 = split(DWConv3x3(z));  FFN(x) = Conv1x1_{h -> dim}(GELU(z1) * z2)
 
-``LN`` is a LayerNorm over channels (with bias). Loss as released: ``L1(out, gt) + 0.1 L1(rfft2(out), rfft2(gt))``
-(:func:`visattn.tasks.deblur.deblur_loss`); optimiser AdamW (lr 1e-3, weight decay 1e-3, betas 0.9/0.9), cosine
-schedule, 128 x 128 crops.
+``LN`` is a LayerNorm over channels (with bias). Training recipe as released (``GoPro.yml`` and the release's
+``ImageRestorationModel``; :func:`visattn.tasks.deblur.train_deblur`): loss ``L1(out, gt) + 0.1 L1(rfft2(out),
+rfft2(gt))`` (:func:`visattn.tasks.deblur.deblur_loss`); AdamW (lr 1e-3, weight decay 1e-3, betas 0.9/0.9) with the
+gradient norm clipped to 0.01 before every step; cosine schedule to 1e-7 over 300k iterations, no warm-up; 128 x 128
+crops, 8 per GPU on 8 GPUs, flips and rotations; stochastic depth 0.1; PyTorch's default initialisation. The global
+residual (``output = Conv3x3(x) + I``) is the release's.
 
 Differences from the release, on purpose (its code discards its polar resampling and builds a randomly initialised
 convolution inside every forward): here the attention really runs on rings and rays of the image, every layer is
@@ -219,7 +222,10 @@ class RadialStripTransformer(nn.Module):
         cover: see :data:`COVERS`.
         fft_patch: FFN window side.
         zero_init_output: start the output convolution at zero, so that the untrained network is the identity
-            (ours, for short training runs; the release keeps PyTorch's default initialisation, the default here).
+            (a deviation for short training runs: with PyTorch's default initialisation, the release's and the
+            default here, the untrained network adds a large random image to its input: 7.6-17 dB held-out PSNR
+            at width 8 over three seeds, against 27.6 dB for the blurred input, and short runs are spent undoing
+            it).
     """
 
     def __init__(self, in_chans: int = 3, out_chans: int = 3, dim: int = 48, num_blocks: Sequence[int] = (6, 6, 12),
