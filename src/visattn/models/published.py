@@ -182,13 +182,16 @@ PUBLISHED: dict[str, Published] = {
 
 _MORPH = ("MORPH, arXiv 2509.21670: no size table found (checked its arXiv pages, lanl/MORPH's README and "
           "docs/user-guide.md); lanl/MORPH's config/argument_parser.py states ~480 M for L with its 16-step positional "
-          "table (and ~231 M / ~1.12 B for its later Lt / XL sizes), none for Ti/S/M; its fine-tuning notebooks print "
+          "table and ~231 M / ~1.12 B (recorded as 1120 M) for its later Lt / XL sizes with 8-step tables, none for "
+          "Ti/S/M; its fine-tuning notebooks print "
           "task-specific counts with their heads, not recorded")
 PUBLISHED_TASK_MODELS: dict[str, Published] = {
     "morph_ti": Published(None, None, 128, _MORPH),
     "morph_s": Published(None, None, 128, _MORPH),
     "morph_m": Published(None, None, 128, _MORPH),
     "morph_l": Published(480, None, 128, _MORPH),
+    "morph_lt": Published(231, None, 128, _MORPH),
+    "morph_xl": Published(1120, None, 128, _MORPH),
 }
 """Published figures of the task models that are not timm classifiers (``visattn.models.morph``'s
 ``create_morph(size)`` as ``morph_<size>``), counted beside them in docs/tasks.md; ``img_size`` is the side of the
