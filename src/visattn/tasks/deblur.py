@@ -331,13 +331,19 @@ def train_deblur(model: nn.Module, steps: int = 300, batch_size: int = 8, crop: 
                  grad_clip: float | None = 0.01, warmup_steps: int = 0, min_std: float = TEXTURE_STD,
                  eval_every: int = 0) -> DeblurReport:
     """Train ``model`` on freshly blurred crops of :data:`TRAIN_IMAGES` and evaluate it on ``eval_count`` blurred
-    crops of the held-out :data:`TEST_IMAGES` drawn from the same generator (both with ``min_std``).
+    crops of the held-out :data:`TEST_IMAGES`, drawn and blurred the same way (with ``min_std``) by a generator of
+    their own (``seed + 1``) before training starts.
 
     The release's recipe (``options/train/GoPro.yml`` and its ``ImageRestorationModel``): :func:`deblur_loss`
     (``fft_weight`` 0.1), AdamW (weight decay 1e-3, betas 0.9/0.9), gradients clipped to norm ``grad_clip`` = 0.01
     before every step, cosine schedule over ``steps`` with no warm-up; flip and rotation augmentation. The
     learning rate rises linearly over ``warmup_steps`` first when that is > 0 (not in the release). The schedule is
-    :func:`visattn.train.trainer.warmup_cosine` (cosine to 0; the release stops at 1e-7)."""
+    :func:`visattn.train.trainer.warmup_cosine` (cosine to 0; the release stops at 1e-7). The shared
+    :class:`visattn.train.trainer.Trainer` is not used: it trains classifiers (cross-entropy, accuracy) on a fixed
+    ``(images, labels)`` set, while deblurring draws fresh pairs every step and has its own loss and metrics.
+
+    For short runs, start ``model`` at the identity (RST: ``zero_init_output=True``) and warm up: see
+    docs/tasks.md for what each part of the recipe is worth in a few hundred CPU steps."""
     from ..train.trainer import warmup_cosine
 
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
