@@ -25,6 +25,7 @@ from visattn.search.eccnet import (
     difference_of_gaussians,
     gaussian_blur,
     keras_vgg_state_dict,
+    load_backbone_checkpoint,
 )
 
 
@@ -368,6 +369,8 @@ def test_checkpoint_errors(tmp_path):
     torch.save({**state, "head.weight": torch.zeros(1)}, tmp_path / "extra.pth")
     with pytest.raises(ValueError, match="keys the backbone lacks.*head.weight"):
         EccNet(tiny_vgg16(), checkpoint_path=tmp_path / "extra.pth")
+    torch.save({**state, "head.fc.weight": torch.zeros(1)}, tmp_path / "classifier.pth")
+    assert not load_backbone_checkpoint(tiny_vgg16(), tmp_path / "classifier.pth", ignore_prefixes=("head.fc.",))
     with pytest.raises(ValueError, match="existing file"):
         EccNet(tiny_vgg16(), checkpoint_path=tmp_path / "missing.pth")
     # a head after the last used pooling layer may be missing (eccNET never runs it)

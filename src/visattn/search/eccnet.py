@@ -181,10 +181,12 @@ class EccNet(nn.Module):
 
             model = timm.create_model(backbone, pretrained=pretrained, num_classes=0)
             cfg = getattr(model, "pretrained_cfg", {}) or {}
+            classifier = cfg.get("classifier")
+            ignore = (classifier + ".",) if isinstance(classifier, str) else ()
             mean = mean or (None if checkpoint_path is not None else cfg.get("mean"))
             std = std or (None if checkpoint_path is not None else cfg.get("std"))
         elif isinstance(backbone, nn.Module):
-            model = backbone
+            model, ignore = backbone, ()
             if pretrained:
                 raise ValueError("pretrained=True needs a timm model name as backbone, got an nn.Module; "
                                  "pass checkpoint_path instead")
@@ -198,7 +200,7 @@ class EccNet(nn.Module):
             raise ValueError(f"backbone has {len(pools)} stride-2 pooling layers, feature_layers={layers} needs "
                              f"{max(layers)}; eccNET replaces pooling layers, so it needs a pooling backbone (VGG)")
         if checkpoint_path is not None:
-            keras = load_backbone_checkpoint(model, checkpoint_path, pools[max(layers) - 1][0])
+            keras = load_backbone_checkpoint(model, checkpoint_path, pools[max(layers) - 1][0], ignore)
             if keras:
                 mean, std = mean or KERAS_VGG16_MEAN, std or KERAS_VGG16_STD
         if eccentricity is not None and len(eccentricity.slopes) < max(layers):
@@ -406,12 +408,14 @@ def _h5_arrays(group) -> list:
     return out
 
 
-def load_backbone_checkpoint(model: nn.Module, path: str | Path, last_used: str | None = None) -> bool:
+def load_backbone_checkpoint(model: nn.Module, path: str | Path, last_used: str | None = None,
+                             ignore_prefixes: Sequence[str] = ()) -> bool:
     """Load user weights into ``model``; returns True for Keras ``.h5``/``.hdf5`` weights (Caffe inputs).
 
-    A PyTorch file is a state dict (or a dict with ``"state_dict"``); keys it has that ``model`` lacks are an error,
-    and so are missing parameters of modules registered before ``last_used`` (the layers the search runs through);
-    missing later parameters (a classifier head eccNET never runs) are only logged.
+    A PyTorch file is a state dict (or a dict with ``"state_dict"``); keys under ``ignore_prefixes`` (a timm
+    model's classifier, removed by ``num_classes=0``) are dropped; other keys ``model`` lacks are an error, and so
+    are missing parameters of modules registered before ``last_used`` (the layers the search runs through);
+    missing later parameters (a head eccNET never runs) are only logged.
     """
     path = Path(path)
     if not path.is_file():
@@ -425,6 +429,7 @@ def load_backbone_checkpoint(model: nn.Module, path: str | Path, last_used: str 
             state = state["state_dict"]
         if not isinstance(state, dict):
             raise ValueError(f"checkpoint {str(path)!r} must hold a state dict, got {type(state).__name__}")
+        state = {k: v for k, v in state.items() if not any(k.startswith(p) for p in ignore_prefixes)}
     used: set[str] = set()
     for name, module in model.named_modules():
         if last_used is not None and name == last_used:
