@@ -19,9 +19,12 @@ from visattn.models.morph import (
     ComponentConv,
     FieldCrossAttention,
     Morph,
+    MorphSize,
     create_morph,
     morph_l,
+    morph_lt,
     morph_ti,
+    morph_xl,
     params_table,
     patch_sizes,
     patchify,
@@ -259,7 +262,11 @@ def _expected_params(size: str) -> int:
     """The sum of MORPH's parts for one published size (3 fields, 3 components, patch 8, 4096-patch table)."""
     s = MORPH_SIZES[size]
     d, m, p3 = s.dim, s.mlp_dim, 8 ** 3
-    conv = 3 * 8 + 8 * s.filters * 27
+    widths = [8]
+    while widths[-1] < s.filters:
+        widths.append(min(2 * widths[-1], s.filters))
+    widths.append(s.filters)
+    conv = 3 * 8 + sum(a * b * 27 for a, b in zip(widths[:-1], widths[1:], strict=True))
     projection = s.filters * p3 * d + d
     cross = 4 * d * d + 4 * d + d
     table = s.max_ar * 4096 * d
@@ -277,14 +284,24 @@ def test_published_sizes_count_their_parts_on_the_meta_device(size):
     assert count == _expected_params(size)
     paper = PUBLISHED_TASK_MODELS[f"morph_{size.lower()}"]
     if paper.params_m is not None:
-        assert abs(count / 1e6 - paper.params_m) <= 0.05 * paper.params_m, (count, paper)
+        assert abs(count / 1e6 - paper.params_m) <= 0.01 * paper.params_m, (count, paper)
 
 
-def test_ti_and_l_counts():
-    """MORPH-Ti 9.86 M; MORPH-L 483.3 M (the release states ~480 M for L with its 16-step table)."""
+def test_published_counts():
+    """MORPH-Ti 9.86 M; MORPH-L 483.3 M (the release states ~480 M for L with its 16-step table); MORPH-Lt
+    231.42 M (~231 M) and MORPH-XL 1,124.66 M (~1.12 B) with their 8-step tables; XL's convolution doubles
+    8 -> 16 -> 32 -> 64 filters, then one more 64 -> 64."""
     with torch.device("meta"):
         assert sum(p.numel() for p in morph_ti().parameters()) == 9_864_408
         assert sum(p.numel() for p in morph_l().parameters()) == 483_293_400
+        assert sum(p.numel() for p in morph_lt().parameters()) == 231_422_168
+        xl = morph_xl()
+    assert sum(p.numel() for p in xl.parameters()) == 1_124_658_584
+    assert abs(231_422_168 / 1e6 - 231) <= 0.5 and abs(1_124_658_584 / 1e9 - 1.12) <= 0.005
+    assert [c.out_channels for c in xl.embed.conv.convs if isinstance(c, torch.nn.Conv3d)] == [16, 32, 64, 64]
+    assert xl.pos.mode == "slice" and xl.pos.table.shape[1:3] == (8, 4096)
+    assert MORPH_SIZES["Lt"] == MorphSize(8, 1024, 16, 8, 3072, max_ar=8)
+    assert MORPH_SIZES["XL"] == MorphSize(64, 1536, 24, 16, 8192, max_ar=8)
 
 
 def test_meta_device_forward_and_rollout():
@@ -340,7 +357,7 @@ def test_bad_arguments_are_refused(kwargs, match):
 
 def test_bad_size_rollout_steps_and_spatial_dims():
     with pytest.raises(ValueError, match="size must be one of"):
-        create_morph("XL")
+        create_morph("XXL")
     with pytest.raises(ValueError, match="steps"):
         Morph(**TINY).rollout(torch.zeros(1, 1, 1, 1, 1, 4, 4), 0)
     with pytest.raises(ValueError, match="spatial_dims"):

@@ -23,8 +23,9 @@ grid; 1-D data have ``D = H = 1``, 2-D data ``D = 1``. One forward predicts the 
 :meth:`Morph.rollout` feeds each prediction back (the window of ``T`` steps slides by one) for ``steps`` steps.
 
 Sizes (filters, dim, heads, depth, mlp): Ti 8/256/4/4/1024, S 8/512/8/4/2048, M 8/768/12/8/3072,
-L 8/1024/16/16/4096; 32 cross-attention heads, ``max_patches = 4096``, dropout 0.1; the released checkpoints have
-``max_ar = 1`` (Ti, S, M) and ``max_ar = 16`` with bilinear positional interpolation (L).
+Lt 8/1024/16/8/3072, L 8/1024/16/16/4096, XL 64/1536/24/16/8192; 32 cross-attention heads, ``max_patches = 4096``,
+dropout 0.1; the released checkpoints have ``max_ar = 1`` (Ti, S, M) and ``max_ar = 16`` with bilinear positional
+interpolation (L); the release's comments size Lt and XL with ``max_ar = 8`` (sliced in time, as Ti/S/M).
 
 Differences from the release, chosen here: axes whose size is not a multiple of the patch are padded (replicate) to
 the next multiple and the prediction cropped back (``pad=True``; the release asserts divisibility, ``pad=False``);
@@ -48,7 +49,8 @@ from ..nn.axial import MorphAxialAttention
 
 __all__ = [
     "MORPH_SIZES", "ComponentConv", "FieldCrossAttention", "Morph", "MorphBlock", "MorphEmbedding", "count_parameters",
-    "MorphPositionalEncoding", "MorphSize", "create_morph", "morph_l", "morph_m", "morph_s", "morph_ti", "params_table",
+    "MorphPositionalEncoding", "MorphSize", "create_morph", "morph_l", "morph_lt", "morph_m", "morph_s", "morph_ti",
+    "morph_xl", "params_table",
     "patch_sizes", "patchify", "to_uptf7", "unpatchify",
 ]
 
@@ -72,9 +74,14 @@ MORPH_SIZES: dict[str, MorphSize] = {
     "Ti": MorphSize(8, 256, 4, 4, 1024),
     "S": MorphSize(8, 512, 8, 4, 2048),
     "M": MorphSize(8, 768, 12, 8, 3072),
+    "Lt": MorphSize(8, 1024, 16, 8, 3072, max_ar=8),
     "L": MorphSize(8, 1024, 16, 16, 4096, max_ar=16, pos_mode="bilinear"),
+    "XL": MorphSize(64, 1536, 24, 16, 8192, max_ar=8),
 }
-"""The released sizes (lanl/MORPH ``config/argument_parser.py``; L with the 16-step table of its checkpoint)."""
+"""The released sizes (lanl/MORPH ``config/argument_parser.py`` ``MORPH_MODELS``; L with the 16-step table of its
+checkpoint; Lt "Large-lite" and XL "Extra Large" with the 8-step tables its comments count, ~231 M and ~1.12 B).
+The release interpolates the table bilinearly only for ``model_size == 'L'`` with ``max_ar > 1``
+(``src/utils/vit_conv_xatt_axialatt2.py``): Lt and XL slice time and interpolate the patches linearly."""
 
 
 def _positive_int(name: str, value: object) -> int:
@@ -367,8 +374,8 @@ class Morph(nn.Module):
 
 
 def create_morph(size: str = "Ti", **kwargs: object) -> Morph:
-    """MORPH of a published ``size`` (``"Ti"``, ``"S"``, ``"M"``, ``"L"``; :data:`MORPH_SIZES`), ``kwargs``
-    overriding any :class:`Morph` argument."""
+    """MORPH of a published ``size`` (``"Ti"``, ``"S"``, ``"M"``, ``"Lt"``, ``"L"``, ``"XL"``; :data:`MORPH_SIZES`),
+    ``kwargs`` overriding any :class:`Morph` argument."""
     if size not in MORPH_SIZES:
         raise ValueError(f"size must be one of {sorted(MORPH_SIZES)}, got {size!r}")
     spec = MORPH_SIZES[size]
@@ -414,6 +421,17 @@ def morph_m(**kwargs: object) -> Morph:
     return create_morph("M", **kwargs)
 
 
+def morph_lt(**kwargs: object) -> Morph:
+    """MORPH-Lt, "Large-lite" (dim 1024, 8 blocks, 16 heads, MLP 3072; 8-step positional table, sliced)."""
+    return create_morph("Lt", **kwargs)
+
+
 def morph_l(**kwargs: object) -> Morph:
     """MORPH-L (dim 1024, 16 blocks, 16 heads, MLP 4096; 16-step positional table, bilinear)."""
     return create_morph("L", **kwargs)
+
+
+def morph_xl(**kwargs: object) -> Morph:
+    """MORPH-XL, "Extra Large" (64 convolution filters, dim 1536, 16 blocks, 24 heads, MLP 8192; 8-step positional
+    table, sliced)."""
+    return create_morph("XL", **kwargs)
