@@ -124,16 +124,37 @@ def test_gradcheck(stride):
     assert torch.autograd.gradcheck(module, (x,))
 
 
-def test_parameter_gradients_equal_timm():
+@pytest.mark.parametrize("extra", [dict(), dict(stride=2), dict(stride=2, avg_down=True), dict(scale_pos_embed=True),
+                                   dict(halo_size=3, stride=2, scale_pos_embed=True)])
+def test_parameter_and_input_gradients_equal_timm(extra):
+    """The scale folded into the q weight, the in-place bias accumulation and the transposed PV all backpropagate
+    as timm's unfused layer does, to every parameter and to the input."""
     torch.manual_seed(3)
-    kwargs = dict(dim=8, num_heads=2, block_size=2, halo_size=1, qkv_bias=True)
+    kwargs = dict(dim=8, num_heads=2, block_size=2, halo_size=1, qkv_bias=True) | extra
     theirs, ours = HaloAttn(**kwargs).double(), HaloAttention(**kwargs).double()
     ours.load_state_dict(theirs.state_dict())
     x = torch.randn(2, 8, 4, 6, dtype=torch.float64)
-    theirs(x).square().sum().backward()
-    ours(x).square().sum().backward()
+    x_theirs, x_ours = x.clone().requires_grad_(), x.clone().requires_grad_()
+    theirs(x_theirs).square().sum().backward()
+    ours(x_ours).square().sum().backward()
+    torch.testing.assert_close(x_ours.grad, x_theirs.grad, rtol=1e-10, atol=1e-10)
     for (name, p), (_, p_timm) in zip(ours.named_parameters(), theirs.named_parameters(), strict=True):
         torch.testing.assert_close(p.grad, p_timm.grad, rtol=1e-10, atol=1e-10, msg=name)
+
+
+@pytest.mark.parametrize("extra", [dict(), dict(stride=2), dict(scale_pos_embed=True), dict(halo_size=3, stride=2)])
+def test_blocks_and_merge_reproduce_forward(extra):
+    """``blocks()`` (the lens adapter's per-block view) with one SDPA call and ``merge()`` give ``forward``'s output."""
+    torch.manual_seed(6)
+    module = HaloAttention(**(dict(dim=6, dim_out=8, num_heads=2, dim_head=3, block_size=2, halo_size=1) | extra))
+    module = module.double()
+    x = torch.randn(2, 6, 4, 6, dtype=torch.float64)
+    q, k, v, bias = module.blocks(x)
+    queries, keys = module.block_size_ds**2, module.win_size**2
+    assert q.shape == (4, 6, queries, 3) and k.shape == (4, 6, keys, 3) and v.shape == (4, 6, keys, 4)
+    assert bias.shape == (4, 6, queries, keys)
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=module.scale)
+    torch.testing.assert_close(module.merge(out, 4, 6), module(x), rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("stride", [1, 2])
