@@ -17,6 +17,7 @@ from visattn.search.asymmetry import (
     reaction_time,
     rt_slope,
     run_experiment,
+    scale_display,
     summarise,
 )
 from visattn.search.chance import chance_search
@@ -199,3 +200,16 @@ def test_run_experiment_with_the_chance_baseline():
     assert set(result.model_slopes) == {"cross", "non_cross"}
     assert -1 <= result.model_index <= 1
     assert all(len(v) == 3 for v in result.rt_by_condition.values())  # one mean RT per set size
+
+
+def test_scale_display():
+    d = generate_display("intersection", "cross", 3, seed=0)
+    s = scale_display(d, 0.1)
+    assert s.image.shape == (3, 62, 62) and s.item_masks.shape == (9, 62, 62) and s.target.shape == (3, 18, 18)
+    assert s.item_masks.dtype == torch.bool and torch.equal(s.target_mask, s.item_masks[d.target_item])
+    assert (s.item_masks.flatten(1).sum(1) > 0).all() and s.occupied == d.occupied
+    # area averaging keeps the mean grey level of the display (up to the edge rows)
+    assert abs(float(s.image.mean()) - float(d.image.mean())) < 0.02
+    assert scale_display(d, 1) is d
+    with pytest.raises(ValueError, match="scale"):
+        scale_display(d, 1.5)

@@ -183,10 +183,9 @@ class EccNet(nn.Module):
             cfg = getattr(model, "pretrained_cfg", {}) or {}
             classifier = cfg.get("classifier")
             ignore = (classifier + ".",) if isinstance(classifier, str) else ()
-            mean = mean or (None if checkpoint_path is not None else cfg.get("mean"))
-            std = std or (None if checkpoint_path is not None else cfg.get("std"))
+            default_mean, default_std = cfg.get("mean"), cfg.get("std")
         elif isinstance(backbone, nn.Module):
-            model, ignore = backbone, ()
+            model, ignore, default_mean, default_std = backbone, (), None, None
             if pretrained:
                 raise ValueError("pretrained=True needs a timm model name as backbone, got an nn.Module; "
                                  "pass checkpoint_path instead")
@@ -199,15 +198,16 @@ class EccNet(nn.Module):
         if len(pools) < max(layers):
             raise ValueError(f"backbone has {len(pools)} stride-2 pooling layers, feature_layers={layers} needs "
                              f"{max(layers)}; eccNET replaces pooling layers, so it needs a pooling backbone (VGG)")
-        if checkpoint_path is not None:
-            keras = load_backbone_checkpoint(model, checkpoint_path, pools[max(layers) - 1][0], ignore)
-            if keras:
-                mean, std = mean or KERAS_VGG16_MEAN, std or KERAS_VGG16_STD
         if eccentricity is not None and len(eccentricity.slopes) < max(layers):
             raise ValueError(f"eccentricity has constants for {len(eccentricity.slopes)} pooling layers, "
                              f"feature_layers={layers} needs {max(layers)}")
         if layer_weights is not None and len(layer_weights) != len(layers):
             raise ValueError(f"layer_weights needs one weight per feature layer ({len(layers)}), got {layer_weights}")
+        if checkpoint_path is not None:
+            keras = load_backbone_checkpoint(model, checkpoint_path, pools[max(layers) - 1][0], ignore)
+            if keras:
+                default_mean, default_std = KERAS_VGG16_MEAN, KERAS_VGG16_STD
+        mean, std = mean or default_mean, std or default_std
         self.eccentricity = eccentricity
         self.feature_layers = layers
         self.layer_weights = None if layer_weights is None else tuple(float(w) for w in layer_weights)
