@@ -26,6 +26,11 @@ TIMM_CONFIGS = [
     (dict(dim=12, num_heads=3, block_size=1, halo_size=2, dim_head=4), (3, 5)),
     (dict(dim=16, num_heads=2, block_size=2, halo_size=5, stride=2, qkv_bias=True), (4, 4)),
     (dict(dim=8, dim_out=12, num_heads=2, block_size=3, halo_size=4, stride=2, scale_pos_embed=True), (6, 3)),
+    # the map is one block: the zero-padded keys enter the softmax as one closed-form logit
+    (dict(dim=16, num_heads=2, block_size=4, halo_size=2), (4, 4)),
+    (dict(dim=16, num_heads=2, block_size=4, halo_size=1, stride=2, qkv_bias=True), (4, 4)),
+    (dict(dim=12, dim_out=8, num_heads=2, block_size=3, halo_size=5, avg_down=True, stride=2,
+          scale_pos_embed=True), (3, 3)),
 ]
 
 
@@ -116,24 +121,28 @@ def test_interior_blocks_equal_halo_mask_reference(block, halo, size):
 
 
 @pytest.mark.parametrize("stride", [1, 2])
-def test_gradcheck(stride):
+@pytest.mark.parametrize("size", [(4, 2), (2, 2)])
+def test_gradcheck(stride, size):
     torch.manual_seed(2)
     module = HaloAttention(3, dim_out=4, stride=stride, num_heads=2, dim_head=2, block_size=2, halo_size=1,
                            qkv_bias=True).double()
-    x = torch.randn(1, 3, 4, 2, dtype=torch.float64, requires_grad=True)
+    x = torch.randn(1, 3, *size, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(module, (x,))
 
 
-@pytest.mark.parametrize("extra", [dict(), dict(stride=2), dict(stride=2, avg_down=True), dict(scale_pos_embed=True),
-                                   dict(halo_size=3, stride=2, scale_pos_embed=True)])
-def test_parameter_and_input_gradients_equal_timm(extra):
+@pytest.mark.parametrize(("extra", "size"), [
+    (dict(), (4, 6)), (dict(stride=2), (4, 6)), (dict(stride=2, avg_down=True), (4, 6)),
+    (dict(scale_pos_embed=True), (4, 6)), (dict(halo_size=3, stride=2, scale_pos_embed=True), (4, 6)),
+    (dict(block_size=4), (4, 4)), (dict(block_size=4, halo_size=3, stride=2, scale_pos_embed=True), (4, 4)),
+])
+def test_parameter_and_input_gradients_equal_timm(extra, size):
     """The scale folded into the q weight, the in-place bias accumulation and the transposed PV all backpropagate
     as timm's unfused layer does, to every parameter and to the input."""
     torch.manual_seed(3)
     kwargs = dict(dim=8, num_heads=2, block_size=2, halo_size=1, qkv_bias=True) | extra
     theirs, ours = HaloAttn(**kwargs).double(), HaloAttention(**kwargs).double()
     ours.load_state_dict(theirs.state_dict())
-    x = torch.randn(2, 8, 4, 6, dtype=torch.float64)
+    x = torch.randn(2, 8, *size, dtype=torch.float64)
     x_theirs, x_ours = x.clone().requires_grad_(), x.clone().requires_grad_()
     theirs(x_theirs).square().sum().backward()
     ours(x_ours).square().sum().backward()

@@ -142,10 +142,10 @@ class HaloAttention(nn.Module):
         kv = kv.view(batch, self.num_heads, self.dim_head_qk + self.dim_head_v, n_h, n_w, w, w)
         return kv.permute(0, 1, 3, 4, 2, 5, 6).reshape(-1, self.dim_head_qk + self.dim_head_v, w * w)
 
-    def _relative_bias(self, q: Tensor, factor: float) -> Tensor:
-        """``factor`` times the relative logits ``q . R_h[x - i + w - 1] + q . R_w[y - j + w - 1]`` of queries
-        ``(N, b^2, d_qk)``, as ``(N, b^2, w^2)``: one GEMM of ``q`` with both tables stacked (every offset), the
-        ``w`` offsets each query row ``i`` / column ``j`` needs picked out, and one broadcast sum."""
+    def _relative_terms(self, q: Tensor, factor: float) -> tuple[Tensor, Tensor]:
+        """``factor`` times the height and width terms ``q . R_h[x - i + w - 1]`` and ``q . R_w[y - j + w - 1]`` of
+        queries ``(N, b^2, d_qk)``, each ``(N, b, b, w)`` (query row ``i``, column ``j``, key row ``x`` / column
+        ``y``): one GEMM of ``q`` with both tables stacked (every offset), then the ``w`` offsets each query needs."""
         b, w = self.block_size_ds, self.win_size
         tables = torch.cat([self.pos_embed.height_rel, self.pos_embed.width_rel])
         if factor != 1.0:
@@ -154,7 +154,13 @@ class HaloAttention(nn.Module):
         offsets = self.pos_embed.offsets
         height = logits[..., 0, :].take_along_dim(offsets[None, :, None, :], dim=-1)
         width = logits[..., 1, :].take_along_dim(offsets[None, None, :, :], dim=-1)
-        return (height[..., :, None] + width[..., None, :]).view(-1, b * b, w * w)
+        return height, width
+
+    def _relative_bias(self, q: Tensor, factor: float) -> Tensor:
+        """``factor`` times the relative logits of queries ``(N, b^2, d_qk)`` over their whole window, built in the
+        QK GEMM's layout ``(N, b^2, w^2)`` by one broadcast sum of the height and width terms."""
+        height, width = self._relative_terms(q, factor)
+        return (height[..., :, None] + width[..., None, :]).flatten(-2).flatten(1, 2)
 
     def blocks(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """``q (B * heads, blocks, b^2, d_qk)``, ``k (..., w^2, d_qk)``, ``v (..., w^2, d_v)`` and the additive
@@ -175,6 +181,31 @@ class HaloAttention(nn.Module):
         out = out.reshape(-1, self.num_heads, n_h, n_w, b, b, self.dim_head_v).permute(0, 1, 6, 2, 4, 3, 5)
         return self.pool(out.reshape(-1, self.num_heads * self.dim_head_v, n_h * b, n_w * b))
 
+    def _single_block(self, q: Tensor, x: Tensor, factor: float) -> Tensor:
+        """Attention of a map that is one block (``H = W = block_size``, ``halo > 0``), ``(B * heads, d_v, b^2)``.
+
+        The window's real keys are then the whole map, in the projection's own layout (no padding, no window
+        copy), and every other window key is zero padding: its logit is the relative term alone and it adds
+        nothing to the weighted sum. The padding's softmax mass factorises over the tables: with ``I`` the rows
+        (columns) of real keys and ``O`` the others, ``sum_{(x, y) outside I x I} exp(h_x + w_y) = sum_O e^h *
+        sum_all e^w + sum_I e^h * sum_O e^w``, so it enters the softmax as one extra logit (its log, computed
+        with ``logsumexp``; no subtraction, so no cancellation) and the GEMMs run over ``H W`` keys, not ``w^2``.
+        """
+        side, halo, d_qk = self.block_size, self.halo_size, self.dim_head_qk
+        kv = self.kv(x).flatten(2).view(q.shape[0], d_qk + self.dim_head_v, side * side)
+        height, width = self._relative_terms(q, factor)
+        inner = slice(halo, halo + side)
+
+        def outer_lse(t: Tensor) -> Tensor:
+            return torch.logaddexp(t[..., :halo].logsumexp(-1), t[..., halo + side:].logsumexp(-1))
+
+        padding = torch.logaddexp(outer_lse(height) + width.logsumexp(-1),
+                                  height[..., inner].logsumexp(-1) + outer_lse(width))
+        logits = (height[..., inner, None] + width[..., None, inner]).flatten(-2).flatten(1, 2)
+        logits = torch.cat([logits.baddbmm_(q, kv[:, :d_qk]), padding.flatten(1)[..., None]], dim=-1)
+        attn = logits.softmax(dim=-1)[..., :-1]
+        return torch.bmm(kv[:, d_qk:], attn.transpose(1, 2))
+
     def forward(self, x: Tensor) -> Tensor:
         """``(B, dim, H, W) -> (B, dim_out, H / stride, W / stride)``.
 
@@ -183,15 +214,19 @@ class HaloAttention(nn.Module):
         into the ``q`` projection), a softmax, and ``out^T = v^T softmax^T``, which lands channels first as the
         output map wants. Measured against one SDPA call over all blocks (CPU, fp32): SDPA takes its unfused path
         for this float mask and these layouts, or the fused one after copying keys and values, both slower here.
+        A map of a single block skips the zero-padded keys (see :meth:`_single_block`).
         """
         self._check_input(x)
         batch, _, height, width = x.shape
         d_qk, d_v, b = self.dim_head_qk, self.dim_head_v, self.block_size_ds
-        q = self._queries(x, self.scale)
-        logits = self._relative_bias(q, 1.0 if self.scale_pos_embed else 1.0 / self.scale)
-        kv = self._windows(x)
-        attn = logits.baddbmm_(q, kv[:, :d_qk]).softmax(dim=-1)
-        out = torch.bmm(kv[:, d_qk:], attn.transpose(1, 2))
         n_h, n_w = height // self.block_size, width // self.block_size
+        q = self._queries(x, self.scale)
+        factor = 1.0 if self.scale_pos_embed else 1.0 / self.scale
+        if n_h == n_w == 1 and self.halo_size > 0:
+            out = self._single_block(q, x, factor)
+        else:
+            kv = self._windows(x)
+            attn = self._relative_bias(q, factor).baddbmm_(q, kv[:, :d_qk]).softmax(dim=-1)
+            out = torch.bmm(kv[:, d_qk:], attn.transpose(1, 2))
         out = out.view(batch, self.num_heads, n_h, n_w, d_v, b, b).permute(0, 1, 4, 2, 5, 3, 6)
         return self.pool(out.reshape(batch, self.num_heads * d_v, n_h * b, n_w * b))
