@@ -22,8 +22,9 @@ those of timm's :class:`~timm.models.vision_transformer.VisionTransformer`, whos
 The network keeps timm's ViT layout: ``model.blocks`` holds ``L`` :class:`RecurrentStep` modules (so
 ``forward_intermediates``, ``feature_info``, grad checkpointing and hooks see one entry per layer, as in the
 teacher) that all call the ``k`` shared :class:`RaptorBlock` modules of ``model.recurrent_blocks``; the steps own no
-parameters, so the state dict and the parameter count hold each shared block once. The lens therefore finds ``k``
-attention layers, each called once per step of its phase.
+parameters, so the state dict and the parameter count hold each shared block once. The lens unrolls the recurrence
+(:mod:`visattn.lens.adapters.recurrent`): one attention layer per applied step, ``L`` in all, named
+``recurrent_blocks.P.attn@tT``.
 
 Phases are lists of 0-based layer indices covering ``range(L)`` once each, as :func:`max_cut_phases` returns them.
 The paper's phases are contiguous; a non-contiguous phase (which max-cut can give) is accepted and means the same
