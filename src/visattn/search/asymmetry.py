@@ -391,12 +391,16 @@ def eccnet_searcher(model, experiment: str, *, scale: float = 1.0, corner_bias: 
 
 def generate_condition(experiment: str, condition: str, *, displays_per_set_size: int | None = None,
                        seed: int = 0) -> list[Display]:
-    """All displays of one condition: ``displays_per_set_size`` (default: published) per published set size."""
+    """All displays of one condition: ``displays_per_set_size`` (default: published) per published set size.
+
+    Display seeds depend on ``seed``, the experiment, the set size and the index: the two conditions of an
+    experiment share their random cell layouts and target cells (a paired design); experiments do not.
+    """
     exp = EXPERIMENTS[experiment]
     count = exp.displays_per_set_size if displays_per_set_size is None else displays_per_set_size
     if count < 1:
         raise ValueError(f"displays_per_set_size must be >= 1, got {count}")
-    return [generate_display(exp, condition, n, seed * 1_000_003 + i * 1009 + n)
+    return [generate_display(exp, condition, n, seed * 1_000_003 + exp.number * 100_003 + i * 1009 + n)
             for n in exp.set_sizes for i in range(count)]
 
 
