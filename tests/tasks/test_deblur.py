@@ -183,12 +183,15 @@ def test_tiny_rst_loss_falls_on_blurred_crops():
 @pytest.mark.slow
 def test_tiny_rst_beats_the_blurred_input_on_held_out_images():
     """Issue 17's target: after 100 CPU steps a tiny RST restores held-out blurred crops (of images it never saw)
-    to a higher PSNR than the blurred input itself. Measured: +0.25 dB (seed 0) over a blurred input at 29.9 dB."""
+    to a higher PSNR than the blurred input itself. Measured on this seed: +0.34 dB over a blurred input at 29.9 dB
+    (seeds 1 and 2: +0.20 and -0.03 dB at 100 steps: a short run, see docs/tasks.md for 300 steps). About 210 s
+    on the shared 2-core machine at a load of 14-16; much less on an idle one."""
     torch.manual_seed(0)
     model = RadialStripTransformer(dim=8, num_blocks=(1, 1, 1), num_refinement_blocks=0, img_size=32,
                                    zero_init_output=True)
-    report = deblur.train_deblur(model, steps=100, batch_size=4, crop=32, lr=2e-3, warmup_steps=10, eval_count=16,
+    report = deblur.train_deblur(model, steps=100, batch_size=8, crop=32, lr=2e-3, warmup_steps=10, eval_count=16,
                                  log_every=0)
+    assert report.psnr_untrained == pytest.approx(report.psnr_blurred, abs=1e-9)
     assert report.psnr_blurred < 32, "the blur degrades the held-out crops"
     assert report.psnr_restored > report.psnr_blurred + 0.1, report
     assert report.ssim_restored > report.ssim_blurred, report
