@@ -10,7 +10,7 @@ of such displays, then predicts greedily on held-out displays. Baselines scored 
 the saliency order (brightness), and the greedy target-similarity searcher. Mean sequence score (Needleman-Wunsch,
 match 1 / mismatch 0 / gap 0, over the longer length) and Levenshtein distance, all measured in this run.
 
-    python benchmarks/oat_vs_saliency.py [--steps 300] [--train 2048] [--searcher eccnet|greedy] [--threads 1]
+    python benchmarks/oat_vs_saliency.py [--steps 300] [--train 2048] [--searcher eccnet|greedy] [--threads 1] [--seed 0]
 """
 
 import argparse
@@ -58,11 +58,16 @@ def main() -> None:
     parser.add_argument("--objects", type=int, default=6)
     parser.add_argument("--searcher", choices=("eccnet", "greedy"), default="eccnet")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1: no spinning on a shared CPU)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="displays and OAT initialisation (the eccNET searcher stays the seed-0 one)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     num = args.objects
     searcher = EccNet(pooling_cnn(), eccentricity=SMALL_ECCENTRICITY)
+    if args.seed:
+        torch.manual_seed(args.seed)
+    offset = 100_003 * args.seed
 
     def scanpaths(d: ObjectDisplay) -> list[list[int]]:
         if args.searcher == "greedy":
@@ -70,9 +75,9 @@ def main() -> None:
         return eccnet_scanpath(searcher, d, GRID, cell_px=CELL_PX)
 
     start = time.perf_counter()
-    train = generate_displays(args.train, num, GRID, seed=1000)
+    train = generate_displays(args.train, num, GRID, seed=1000 + offset)
     train_paths = scanpaths(train)
-    test = generate_displays(args.test, num, GRID, seed=7)
+    test = generate_displays(args.test, num, GRID, seed=7 + offset)
     truth = scanpaths(test)
     fixations = sum(len(p) for p in train_paths + truth)
     label = time.perf_counter() - start
@@ -83,7 +88,7 @@ def main() -> None:
     model = OAT("resnet10t", grid=GRID, dim=64, num_heads=4, encoder_layers=2, decoder_layers=2, dropout=0.0)
     model.position.pretrain(steps=200)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    gen = torch.Generator().manual_seed(1)
+    gen = torch.Generator().manual_seed(1 + args.seed)
     start = time.perf_counter()
     for _ in range(args.steps):
         index = torch.randint(0, args.train, (32,), generator=gen)
