@@ -10,7 +10,7 @@ of such displays, then predicts greedily on held-out displays. Baselines scored 
 the saliency order (brightness), and the greedy target-similarity searcher. Mean sequence score (Needleman-Wunsch,
 match 1 / mismatch 0 / gap 0, over the longer length) and Levenshtein distance, all measured in this run.
 
-    python benchmarks/oat_vs_saliency.py [--steps 300] [--train 2048] [--searcher eccnet|greedy] [--threads 1] [--seed 0]
+    python benchmarks/oat_vs_saliency.py [--steps 300] [--train 2048] [--searcher eccnet|greedy] [--seed 0]
 """
 
 import argparse
