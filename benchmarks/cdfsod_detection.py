@@ -95,6 +95,7 @@ def run(base: torch.nn.Module, seed: int, args: argparse.Namespace) -> dict[str,
     det.finetune_detector(refined, *support, steps=args.steps, lr=args.lr, batch_size=args.batch_size,
                           refiner=refiner, refiner_lr=args.refiner_lr, generator=torch.Generator().manual_seed(seed))
     row["seconds_refined"] = time.perf_counter() - start
+    row["gates"] = (float(refiner.ppr.gamma), float(refiner.ncm.strength))
     row["plain_map"] = _map(plain, *query)
     row["refined_map"] = _map(refined, *query)
     row["plain_source_map"] = _map(plain, *src_query)
@@ -143,7 +144,8 @@ def main() -> None:
               f"{row['target_map_before']['map_50']:.3f} | plain {row['plain_map']['map']:.3f} / "
               f"{row['plain_map']['map_50']:.3f} | refined {row['refined_map']['map']:.3f} / "
               f"{row['refined_map']['map_50']:.3f} | fine-tuning s plain {row['seconds_plain']:.0f}, refined "
-              f"{row['seconds_refined']:.0f}", flush=True)
+              f"{row['seconds_refined']:.0f} | learned PPR gamma {row['gates'][0]:+.3f}, NCM strength "
+              f"{row['gates'][1]:+.3f}", flush=True)
         print(f"  attention distance per encoder layer (cells): source {_fmt(row['dist_source'])}, target "
               f"{_fmt(row['dist_target'])}, target after plain {_fmt(row['dist_target_plain'])}, after refined "
               f"{_fmt(row['dist_target_refined'])}", flush=True)

@@ -5,8 +5,9 @@ Paper: "Remedying Target-Domain Astigmatism for Cross-Domain Few-Shot Object Det
 (modules: :mod:`visattn.models.cdfsod`).
 
 - :func:`shapes_scenes`: seeded scenes of 1-2 shapes (square, disk, triangle; class counts balanced over a batch)
-  on a ``"source"`` background (smooth, bright shapes) or a ``"target"`` one (striped texture and noise, low
-  contrast, shifted colours). Boxes are ``(x1, y1, x2, y2)`` in pixels.
+  in a ``"source"`` domain (flat dark background, bright shapes) or a ``"target"`` one (brighter striped texture
+  and noise, three bright distractor bars of no class, hue-shifted shapes). Boxes are ``(x1, y1, x2, y2)`` in
+  pixels.
 - :func:`to_detr_labels`: boxes to DETR's normalised ``(cx, cy, w, h)`` via ``torchvision.ops.box_convert``.
 - :func:`mean_average_precision`: COCO mAP@[.5:.95] and mAP@.5 from pycocotools (imported lazily).
 - :func:`finetune_detector`: AdamW on DETR's Hungarian loss (+ TSA's alignment loss when the refiner has text),
@@ -53,6 +54,19 @@ def _shape_mask(kind: int, yy: Tensor, xx: Tensor, cy: float, cx: float, r: floa
     return (rel >= 0) & (rel <= 1) & ((xx - cx).abs() <= rel * r)
 
 
+def _clutter(image: Tensor, yy: Tensor, xx: Tensor, g: torch.Generator, bars: int = 3) -> Tensor:
+    """Paint ``bars`` bright thin bars (2 px wide, random length, angle and colour): distractors of no class."""
+    size = image.shape[-1]
+    for _ in range(bars):
+        cy, cx, angle, length, *colour = torch.rand(7, generator=g).tolist()
+        cy, cx, angle, length = cy * size, cx * size, angle * math.pi, size * (0.2 + 0.2 * length)
+        along = (xx - cx) * math.cos(angle) + (yy - cy) * math.sin(angle)
+        across = -(xx - cx) * math.sin(angle) + (yy - cy) * math.cos(angle)
+        bar = (along.abs() <= length / 2) & (across.abs() <= 1.0)
+        image = torch.where(bar, (0.65 + 0.35 * torch.tensor(colour))[:, None, None], image)
+    return image
+
+
 def shapes_scenes(count: int, domain: str = "source", size: int = 64, generator: torch.Generator | None = None,
                   max_objects: int = 2) -> tuple[Tensor, list[Tensor], list[Tensor]]:
     """``count`` images ``(count, 3, size, size)`` in ``[0, 1]`` with per-image boxes ``(M, 4)`` and labels ``(M,)``.
@@ -83,8 +97,9 @@ def shapes_scenes(count: int, domain: str = "source", size: int = 64, generator:
             freq = 2 * math.pi * (3 + 5 * float(u[3])) / size
             angle = float(u[4]) * math.pi
             stripes = torch.sin(freq * (xx * math.cos(angle) + yy * math.sin(angle)))
-            image = (0.45 + 0.1 * u[:3])[:, None, None] + 0.12 * stripes + 0.1 * torch.randn(3, size, size,
-                                                                                           generator=g)
+            image = (0.35 + 0.15 * u[:3])[:, None, None] + 0.1 * stripes + 0.06 * torch.randn(3, size, size,
+                                                                                             generator=g)
+            image = _clutter(image, yy, xx, g)
         img_boxes, img_labels = [], []
         for _ in range(n):
             kind = kinds[used]
@@ -93,7 +108,7 @@ def shapes_scenes(count: int, domain: str = "source", size: int = 64, generator:
             cy, cx = (r + (size - 2 * r) * torch.rand(2, generator=g)).tolist()
             mask = _shape_mask(kind, yy, xx, cy, cx, r)
             colour = torch.rand(3, generator=g)
-            colour = 0.6 + 0.4 * colour if domain == "source" else 0.3 + 0.4 * colour.flip(0)
+            colour = 0.6 + 0.4 * colour if domain == "source" else 0.65 + 0.35 * colour.flip(0)
             image = torch.where(mask, colour[:, None, None], image)
             ys, xs = torch.nonzero(mask, as_tuple=True)
             img_boxes.append(torch.stack([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]).float())
