@@ -184,7 +184,8 @@ def test_tiny_rst_loss_falls_on_blurred_crops():
 def test_tiny_rst_beats_the_blurred_input_on_held_out_images():
     """Issue 17's target: after 100 CPU steps a tiny RST restores held-out blurred crops (of images it never saw)
     to a higher PSNR than the blurred input itself. Measured on this seed: +0.34 dB over a blurred input at 29.9 dB
-    (seeds 1 and 2: +0.20 and -0.03 dB at 100 steps: a short run, see docs/tasks.md for 300 steps). About 210 s
+    (seeds 1 and 2: +0.20 and -0.03 dB at 100 steps; at 300 steps seeds 0-2 give +0.28/+0.44/+0.52 dB with one
+    refinement block, docs/tasks.md). About 210 s
     on the shared 2-core machine at a load of 14-16; much less on an idle one."""
     torch.manual_seed(0)
     model = RadialStripTransformer(dim=8, num_blocks=(1, 1, 1), num_refinement_blocks=0, img_size=32,
