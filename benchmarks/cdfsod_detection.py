@@ -95,7 +95,7 @@ def run(base: torch.nn.Module, seed: int, args: argparse.Namespace) -> dict[str,
     det.finetune_detector(refined, *support, steps=args.steps, lr=args.lr, batch_size=args.batch_size,
                           refiner=refiner, refiner_lr=args.refiner_lr, generator=torch.Generator().manual_seed(seed))
     row["seconds_refined"] = time.perf_counter() - start
-    row["gates"] = (float(refiner.ppr.gamma), float(refiner.ncm.strength))
+    row["gates"] = (float(refiner.ppr.gamma.detach()), float(refiner.ncm.strength.detach()))
     row["plain_map"] = _map(plain, *query)
     row["refined_map"] = _map(refined, *query)
     row["plain_source_map"] = _map(plain, *src_query)
