@@ -16,8 +16,8 @@ down so that they can be tested:
 - Positive Pattern Refinement (PPR), for every token ``x_i`` of ``F``:
   ``x'_i = x_i + gamma_p * sum_k softmax_k((W_q x_i) . (W_k p~_k) / sqrt(d)) W_v p~_k``.
 - Negative Context Modulation (NCM), the periphery: ``s_i = cos(x_i, n) - max_k cos(x_i, p~_k)``,
-  ``x''_i = x'_i * (1 - g * sigmoid(a * s_i + b))``: tokens that look like the support's background are damped,
-  tokens that look like a prototype are kept.
+  ``x''_i = x'_i * (1 - g * sigmoid(a * s_i + b))``: for ``g > 0`` tokens that look like the support's background
+  are damped and tokens that look like a prototype are kept (``g`` is learned and unconstrained).
 
 ``gamma_p``, ``g`` and ``W_t`` start at zero, so attaching a fresh refiner to a pretrained detector leaves its
 outputs unchanged (tested) and fine-tuning grows the refinement from there, as zero-initialised residual branches
