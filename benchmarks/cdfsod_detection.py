@@ -91,6 +91,9 @@ def run(base: torch.nn.Module, seed: int, args: argparse.Namespace) -> dict[str,
     refined = copy.deepcopy(base)
     text = torch.randn(len(det.CLASSES), 16, generator=torch.Generator().manual_seed(seed + 100))
     refiner = CenterPeripheryRefiner(args.dim, len(det.CLASSES), text)
+    with torch.no_grad():
+        refiner.ppr.gamma.fill_(args.gamma_init)
+        refiner.ncm.strength.fill_(args.ncm_init)
     attach_cdfsod(refined, refiner)
     det.finetune_detector(refined, *support, steps=args.steps, lr=args.lr, batch_size=args.batch_size,
                           refiner=refiner, refiner_lr=args.refiner_lr, generator=torch.Generator().manual_seed(seed))
@@ -117,6 +120,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=200, help="few-shot fine-tuning steps")
     parser.add_argument("--lr", type=float, default=2e-4, help="few-shot fine-tuning learning rate")
     parser.add_argument("--refiner-lr", type=float, default=2e-3, help="learning rate of the new refiner's parameters")
+    parser.add_argument("--gamma-init", type=float, default=0.0, help="PPR's starting gamma (0: identity at start)")
+    parser.add_argument("--ncm-init", type=float, default=0.0, help="NCM's starting strength g (0: identity)")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--dim", type=int, default=64)
