@@ -114,6 +114,7 @@ def _fmt(xs) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--first-seed", type=int, default=0)
     parser.add_argument("--kind", choices=("conditional", "detr"), default="conditional")
     parser.add_argument("--pretrain", type=int, default=3000, help="source-domain steps")
     parser.add_argument("--pretrain-lr", type=float, default=1e-3)
@@ -141,7 +142,7 @@ def main() -> None:
     base, origin = pretrain(args)
     print(f"source model: {origin}")
     rows = []
-    for seed in range(args.seeds):
+    for seed in range(args.first_seed, args.first_seed + args.seeds):
         row = run(base, seed, args)
         rows.append(row)
         print(f"seed {seed}: source mAP {row['source_map']['map']:.3f} / mAP50 {row['source_map']['map_50']:.3f}, "
