@@ -87,15 +87,16 @@ def main() -> None:
     parser.add_argument("--checkpoint", type=Path, default=None, help="evaluate this checkpoint instead of training")
     parser.add_argument("--steps", type=int, default=1000, help="Adam steps at most (default 1000)")
     parser.add_argument("--minutes", type=float, default=15.0, help="training wall-clock limit (default 15)")
-    parser.add_argument("--lmbda", type=float, default=0.0035, help="rate-distortion trade-off (default 0.0035)")
-    parser.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (default 1e-3)")
-    parser.add_argument("--warmup", type=int, default=20, help="linear learning-rate warm-up steps (default 20)")
-    parser.add_argument("--decay-at", type=float, default=0.85,
-                        help="fraction of the steps after which the learning rate drops 10x (default 0.85)")
-    parser.add_argument("--batch", type=int, default=4, help="crops per step (default 4)")
-    parser.add_argument("--crop", type=int, default=128, help="training crop side, a multiple of 64 (default 128)")
-    parser.add_argument("--min-scale", type=float, default=0.5,
-                        help="crops are resized by a factor in [min-scale, 1] (default 0.5)")
+    recipe = comp.SHORT_RUN
+    parser.add_argument("--lmbda", type=float, default=recipe["lmbda"], help="rate-distortion trade-off")
+    parser.add_argument("--lr", type=float, default=recipe["lr"], help="peak learning rate")
+    parser.add_argument("--warmup", type=int, default=recipe["warmup"], help="linear learning-rate warm-up steps")
+    parser.add_argument("--decay-at", type=float, default=recipe["decay_at"],
+                        help="fraction of the steps after which the learning rate drops 10x")
+    parser.add_argument("--batch", type=int, default=recipe["batch"], help="crops per step")
+    parser.add_argument("--crop", type=int, default=recipe["crop"], help="training crop side, a multiple of 64")
+    parser.add_argument("--min-scale", type=float, default=recipe["min_scale"],
+                        help="crops are resized by a factor in [min-scale, 1]")
     parser.add_argument("--textures", type=int, default=8, help="generated texture pictures added (default 8)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--eval-every", type=int, default=0, help="print the held-out trend every N steps")
