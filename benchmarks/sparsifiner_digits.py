@@ -22,6 +22,7 @@ import sys
 import timm
 import torch
 import torch.nn.functional as F
+from timm.layers import build_sincos2d_pos_embed
 
 import visattn.models  # noqa: F401  (registers visattn_* in timm)
 from visattn.tasks.digits import heldout_digits
@@ -35,21 +36,28 @@ def batches(x: torch.Tensor, y: torch.Tensor, size: int, seed: int) -> list[tupl
     return [(x[order[i:i + size]], y[order[i:i + size]]) for i in range(0, len(y), size)]
 
 
-def small_deit_kwargs(dim: int, depth: int) -> dict:
-    return dict(img_size=IMG_SIZE, patch_size=PATCH, embed_dim=dim, depth=depth, num_heads=4, num_classes=10)
+def small_deit_kwargs(dim: int, depth: int, heads: int = 4) -> dict:
+    return dict(img_size=IMG_SIZE, patch_size=PATCH, embed_dim=dim, depth=depth, num_heads=heads, num_classes=10)
 
 
-def train_teacher(train: tuple[torch.Tensor, torch.Tensor], steps: int, dim: int, depth: int,
-                  seed: int) -> torch.nn.Module:
-    """A dense DeiT trained from scratch with AdamW (lr 3e-3, cosine) on batches of 128."""
+def train_teacher(train: tuple[torch.Tensor, torch.Tensor], steps: int, dim: int, depth: int, seed: int,
+                  heads: int = 4, batch_size: int = 128, lr: float = 3e-3, sincos: float = 0.0) -> torch.nn.Module:
+    """A dense DeiT trained from scratch with AdamW (``lr``, cosine) on batches of ``batch_size``. ``sincos > 0``
+    starts its position embeddings at ``sincos`` times the 2-D sin-cos embedding of the 8 x 8 patch grid (zero for
+    the class token; timm's 0.02 truncated normal otherwise): a small teacher then leaves the digits plateau sooner."""
     torch.manual_seed(seed)
-    teacher = timm.create_model("deit_tiny_patch16_224", **small_deit_kwargs(dim, depth))
-    optimizer = torch.optim.AdamW(teacher.parameters(), lr=3e-3, weight_decay=0.05)
+    teacher = timm.create_model("deit_tiny_patch16_224", **small_deit_kwargs(dim, depth, heads))
+    if sincos:
+        grid = IMG_SIZE // PATCH
+        with torch.no_grad():
+            teacher.pos_embed[0, :teacher.num_prefix_tokens] = 0
+            teacher.pos_embed[0, teacher.num_prefix_tokens:] = sincos * build_sincos2d_pos_embed([grid, grid], dim)
+    optimizer = torch.optim.AdamW(teacher.parameters(), lr=lr, weight_decay=0.05)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
     teacher.train()
     step = 0
     while step < steps:
-        for x, y in batches(*train, 128, seed + step):
+        for x, y in batches(*train, batch_size, seed + step):
             loss = F.cross_entropy(teacher(x), y)
             optimizer.zero_grad()
             loss.backward()
@@ -61,15 +69,17 @@ def train_teacher(train: tuple[torch.Tensor, torch.Tensor], steps: int, dim: int
     return teacher.eval()
 
 
-def digits_experiment(teacher_steps: int = 500, steps: int = 150, dim: int = 64, depth: int = 3,
-                      seed: int = 0) -> SparsifyReport:
-    """Train the teacher, sparsify a student from it, and return the report measured on the held-out digits."""
+def digits_experiment(teacher_steps: int = 500, steps: int = 150, dim: int = 64, depth: int = 3, seed: int = 0,
+                      heads: int = 4, batch_size: int = 128, teacher_lr: float = 3e-3,
+                      sincos: float = 0.0) -> SparsifyReport:
+    """Train the teacher, sparsify a student from it, and return the report measured on the held-out digits
+    (both stages on batches of ``batch_size``; ``heads``, ``teacher_lr``, ``sincos``: see :func:`train_teacher`)."""
     train, test = heldout_digits(IMG_SIZE, channels=3)
-    teacher = train_teacher(train, teacher_steps, dim, depth, seed)
+    teacher = train_teacher(train, teacher_steps, dim, depth, seed, heads, batch_size, teacher_lr, sincos)
     torch.manual_seed(seed)
     student = timm.create_model("visattn_sparsifiner_deit_small_patch16_224", backend="dense",
-                                **small_deit_kwargs(dim, depth))
-    data = batches(*train, 128, seed)
+                                **small_deit_kwargs(dim, depth, heads))
+    data = batches(*train, batch_size, seed)
     test_batches = batches(*test, 180, seed)
     return sparsify(teacher, student, data, steps=steps, eval_data=test_batches, recon_lr=3e-3, recon_final_lr=1e-3,
                     distill_lr=3e-4, distill_final_lr=1e-5)
