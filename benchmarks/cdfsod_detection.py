@@ -8,7 +8,7 @@ same seed and steps: plain, and with PPR + NCM + TSA attached (visattn.models.cd
 vs target before fine-tuning (the paper's astigmatism) and on target after each fine-tuning. All differences are
 measured in this run.
 
-    python benchmarks/cdfsod_detection.py --seeds 3 --pretrain 3000 --steps 200
+    python benchmarks/cdfsod_detection.py --seeds 3 [--shots 16] [--gamma-init 0.5 --ncm-init 0.5]
 """
 
 from __future__ import annotations
@@ -118,8 +118,8 @@ def main() -> None:
     parser.add_argument("--kind", choices=("conditional", "detr"), default="conditional")
     parser.add_argument("--pretrain", type=int, default=3000, help="source-domain steps")
     parser.add_argument("--pretrain-lr", type=float, default=1e-3)
-    parser.add_argument("--steps", type=int, default=200, help="few-shot fine-tuning steps")
-    parser.add_argument("--lr", type=float, default=2e-4, help="few-shot fine-tuning learning rate")
+    parser.add_argument("--steps", type=int, default=300, help="few-shot fine-tuning steps")
+    parser.add_argument("--lr", type=float, default=5e-4, help="few-shot fine-tuning learning rate")
     parser.add_argument("--refiner-lr", type=float, default=2e-3, help="learning rate of the new refiner's parameters")
     parser.add_argument("--gamma-init", type=float, default=0.0, help="PPR's starting gamma (0: identity at start)")
     parser.add_argument("--ncm-init", type=float, default=0.0, help="NCM's starting strength g (0: identity)")
