@@ -26,6 +26,14 @@ def _check_int(value: int, name: str, minimum: int) -> None:
         raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
 
 
+def _add_scores(bias: Tensor, q: Tensor, k_t: Tensor) -> Tensor:
+    """``bias + q @ k_t``: accumulated into ``bias`` in place when no graph is recorded (inference), else out of
+    place (an in-place update of the bias, a view, would cost the backward a copy of its gradient)."""
+    if torch.is_grad_enabled() and (bias.requires_grad or q.requires_grad or k_t.requires_grad):
+        return torch.baddbmm(bias, q, k_t)
+    return bias.baddbmm_(q, k_t)
+
+
 class HaloAttention(nn.Module):
     """HaloNet attention, NCHW in and out; same arguments, parameter names and output as timm's ``HaloAttn``.
 
@@ -152,8 +160,9 @@ class HaloAttention(nn.Module):
             tables = tables * factor
         logits = torch.matmul(q, tables.t()).view(-1, b, b, 2, 2 * w - 1)
         offsets = self.pos_embed.offsets
-        height = logits[..., 0, :].take_along_dim(offsets[None, :, None, :], dim=-1)
-        width = logits[..., 1, :].take_along_dim(offsets[None, None, :, :], dim=-1)
+        height, width = logits.unbind(-2)
+        height = height.take_along_dim(offsets[None, :, None, :], dim=-1)
+        width = width.take_along_dim(offsets[None, None, :, :], dim=-1)
         return height, width
 
     def _relative_bias(self, q: Tensor, factor: float) -> Tensor:
@@ -192,7 +201,8 @@ class HaloAttention(nn.Module):
         with ``logsumexp``; no subtraction, so no cancellation) and the GEMMs run over ``H W`` keys, not ``w^2``.
         """
         side, halo, d_qk = self.block_size, self.halo_size, self.dim_head_qk
-        kv = self.kv(x).flatten(2).view(q.shape[0], d_qk + self.dim_head_v, side * side)
+        k, v = self.kv(x).flatten(2).view(q.shape[0], d_qk + self.dim_head_v, side * side).split(
+            (d_qk, self.dim_head_v), dim=1)
         height, width = self._relative_terms(q, factor)
         inner = slice(halo, halo + side)
 
@@ -202,19 +212,19 @@ class HaloAttention(nn.Module):
         padding = torch.logaddexp(outer_lse(height) + width.logsumexp(-1),
                                   height[..., inner].logsumexp(-1) + outer_lse(width))
         logits = (height[..., inner, None] + width[..., None, inner]).flatten(-2).flatten(1, 2)
-        logits = torch.cat([logits.baddbmm_(q, kv[:, :d_qk]), padding.flatten(1)[..., None]], dim=-1)
+        logits = torch.cat([_add_scores(logits, q, k), padding.flatten(1)[..., None]], dim=-1)
         attn = logits.softmax(dim=-1)[..., :-1]
-        return torch.bmm(kv[:, d_qk:], attn.transpose(1, 2))
+        return torch.bmm(v, attn.transpose(1, 2))
 
     def forward(self, x: Tensor) -> Tensor:
         """``(B, dim, H, W) -> (B, dim_out, H / stride, W / stride)``.
 
         Three batched GEMMs over all blocks and heads: ``logits = bias + (scale q) k^T`` accumulated into the
-        relative-logit bias in place (the bias is built directly in the GEMM's layout, the query scale is folded
-        into the ``q`` projection), a softmax, and ``out^T = v^T softmax^T``, which lands channels first as the
-        output map wants. Measured against one SDPA call over all blocks (CPU, fp32): SDPA takes its unfused path
-        for this float mask and these layouts, or the fused one after copying keys and values, both slower here.
-        A map of a single block skips the zero-padded keys (see :meth:`_single_block`).
+        relative-logit bias (in place at inference; the bias is built directly in the GEMM's layout, the query
+        scale is folded into the ``q`` projection), a softmax, and ``out^T = v^T softmax^T``, which lands channels
+        first as the output map wants. Measured against one SDPA call over all blocks (CPU, fp32): SDPA takes its
+        unfused path for this float mask and these layouts, or the fused one after copying keys and values, both
+        slower here. A map of a single block skips the zero-padded keys (see :meth:`_single_block`).
         """
         self._check_input(x)
         batch, _, height, width = x.shape
@@ -225,8 +235,8 @@ class HaloAttention(nn.Module):
         if n_h == n_w == 1 and self.halo_size > 0:
             out = self._single_block(q, x, factor)
         else:
-            kv = self._windows(x)
-            attn = self._relative_bias(q, factor).baddbmm_(q, kv[:, :d_qk]).softmax(dim=-1)
-            out = torch.bmm(kv[:, d_qk:], attn.transpose(1, 2))
+            k, v = self._windows(x).split((d_qk, d_v), dim=1)
+            attn = _add_scores(self._relative_bias(q, factor), q, k).softmax(dim=-1)
+            out = torch.bmm(v, attn.transpose(1, 2))
         out = out.view(batch, self.num_heads, n_h, n_w, d_v, b, b).permute(0, 1, 4, 2, 5, 3, 6)
         return self.pool(out.reshape(batch, self.num_heads * d_v, n_h * b, n_w * b))
