@@ -2,6 +2,7 @@
 
     python benchmarks/models_davit_halonet.py                  # DaViT-T 224, HaloNet-26t 256
     python benchmarks/models_davit_halonet.py --models davit_tiny sehalonet33ts halonet50ts --rounds 7 --train
+    python benchmarks/models_davit_halonet.py --models halonet26t sehalonet33ts halonet50ts --train  # timm's HaloNets
 
 For each timm model and its ``visattn_*`` twin holding the same (randomised) state dict, fp32, eval, ``--batch``
 images at the model's published resolution:
