@@ -50,8 +50,7 @@ def test_naming_one_output_writes_only_that(tmp_path, monkeypatch):
 def test_noisy_rows_are_marked_with_a_footnote(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(runner, "interleaved_bursts", lambda fns, calls, repeats, sync: [[1.0, 1.0, 3.0], [2.0] * 3])
     path = tmp_path / "noisy.json"
-    argv = ["bench", "--mixers", "softmax", "--sizes", "4", "--json", str(path), "--same-process", *TINY]
-    assert cli.main(argv) == 0  # in this process, where the patched bursts are
+    assert cli.main(["bench", "--mixers", "softmax", "--sizes", "4", "--json", str(path), *TINY]) == 0
     out = capsys.readouterr().out
     assert "2.00 !" in out  # the ratio 2 / 1, marked
     assert "! 1 row(s): interquartile range above 25% of the median" in out
@@ -61,9 +60,16 @@ def test_noisy_rows_are_marked_with_a_footnote(tmp_path, monkeypatch, capsys):
 
 def test_quiet_rows_carry_no_mark(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(runner, "interleaved_bursts", lambda fns, calls, repeats, sync: [[1.0] * 3, [2.0] * 3])
-    assert cli.main(["bench", "--mixers", "softmax", "--sizes", "4", "--no-save", "--same-process", *TINY]) == 0
+    assert cli.main(["bench", "--mixers", "softmax", "--sizes", "4", "--no-save", *TINY]) == 0
     out = capsys.readouterr().out
     assert "2.00 !" not in out and "interquartile range above" not in out
+
+
+def test_isolate_runs_each_mixer_in_its_own_process(tmp_path):
+    path = tmp_path / "isolated.json"
+    assert cli.main(["bench", "--mixers", "linear", "--sizes", "4", "--isolate", "--json", str(path), *TINY]) == 0
+    data = json.loads(path.read_text())
+    assert data["settings"]["isolate"] is True and data["records"][0]["median_ms"] > 0
 
 
 def test_model_bench_through_the_cli(tmp_path, capsys):
@@ -87,7 +93,7 @@ def test_model_bench_through_the_cli(tmp_path, capsys):
 @pytest.mark.parametrize(("args", "message"), [
     (["--model", "vit_tiny_patch16_224", "--sizes", "8"], "--sizes applies to mixer benchmarks"),
     (["--model", "vit_tiny_patch16_224", "--backward"], "--backward applies to mixer benchmarks"),
-    (["--model", "vit_tiny_patch16_224", "--same-process"], "--same-process applies to mixer benchmarks"),
+    (["--model", "vit_tiny_patch16_224", "--isolate"], "--isolate applies to mixer benchmarks"),
     (["--img-size", "32"], "--img-size and --forward-only apply to --model"),
     (["--model", "no_such_model"], "timm model name"),
     (["--spread-limit", "-1"], "spread_limit"),

@@ -184,8 +184,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--system-allocator", action="store_true",
                      help="keep glibc malloc's defaults (large temporaries are mapped and unmapped on every call) "
                           "instead of keeping freed memory (visattn.bench.allocator)")
-    run.add_argument("--same-process", action="store_true",
-                     help="time every mixer in this process instead of each in its own fresh one "
+    run.add_argument("--isolate", action="store_true",
+                     help="time each mixer in its own fresh process instead of all in this one "
                           "(visattn.bench.isolation)")
     cli_lens.add_parser(commands)
     cli_arena.add_parser(commands)
@@ -218,12 +218,12 @@ def _settings(args: argparse.Namespace) -> bench.BenchSettings:
     return bench.BenchSettings(heads=args.heads, head_dim=args.head_dim, dtype=args.dtype, device=args.device,
                                backward=args.backward, warmup=args.warmup, num_prefix_tokens=args.prefix_tokens,
                                min_sample_s=args.min_sample, spread_limit=args.spread_limit,
-                               measure_memory=not args.no_memory, seed=args.seed, isolate=not args.same_process,
+                               measure_memory=not args.no_memory, seed=args.seed, isolate=args.isolate,
                                **given, **budget)
 
 
 def _model_settings(args: argparse.Namespace) -> ModelBenchSettings:
-    for flag, value in (("--sizes", args.sizes), ("--backward", args.backward), ("--same-process", args.same_process)):
+    for flag, value in (("--sizes", args.sizes), ("--backward", args.backward), ("--isolate", args.isolate)):
         if value:
             raise ValueError(f"{flag} applies to mixer benchmarks, not to --model (use --img-size, --forward-only)")
     given = {name: value for name, value in (("batch", args.batch), ("repeats", args.repeats),

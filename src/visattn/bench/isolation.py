@@ -1,20 +1,20 @@
-"""Each mixer timed in a fresh process, so that what ran before it cannot change its time.
+"""Each mixer timed in a fresh process, so that what ran before it cannot change its time (``visattn bench
+--isolate``, ``BenchSettings(isolate=True)``).
 
-Timing every mixer one after another in one process made a few fast, memory-bound rows disagree between runs by
-up to 1.5x while the same rows timed alone agreed within a few percent (``inline`` at 4,096 tokens: 1.89, 2.35 and
-2.95 ms in three default runs; 1.83, 1.81 and 1.87 ms alone). Their samples even switched between two levels in
-the middle of one run, in step with the heap the earlier mixers had left behind (where the allocator places each
-buffer decides, for instance, whether loads and stores of different tensors alias in the L1 cache). Dense SDPA,
-compute-bound, did not move.
-
+Timed one after another in one process, a few fast, memory-bound rows disagreed between runs by up to 1.5x while
+the same rows timed alone agreed within a few percent (``inline`` at 4,096 tokens: 1.89, 2.35 and 2.95 ms in three
+default runs; 1.83, 1.81 and 1.87 ms alone), their samples switching between two levels within one run.
 :class:`CaseProcesses` runs each case in a child process forked from a ``forkserver`` that imported torch and
-visattn once and never ran an OpenMP region (forking after one is unsafe with GNU OpenMP): every case starts from
-the same small, clean heap, as if it were benchmarked alone, for a few milliseconds per case instead of a full
-interpreter start. The child takes the parent's thread count and allocator setting
-(:mod:`visattn.bench.allocator`), measures with :func:`visattn.bench.runner.measure_case`, and sends its records
-back; a child that dies (a crash inside a kernel) turns into a skipped record with the exit reason instead of
-ending the run. Where ``forkserver`` does not exist (Windows) or the device is not the CPU (a CUDA context cannot be
-forked), cases run in the calling process.
+visattn once and never ran an OpenMP region (forking after one is unsafe with GNU OpenMP), so every case starts
+from the same state. Measured on the idle 2-core machine (three default runs each way, docs/benchmarks.md), this
+did not make runs agree better: 54 of 58 rows within 20% isolated against 55 of 58 in one process, other rows
+disagreeing instead (``inline`` and ``linear`` then sat at one level in every run, but not the level of a process
+of their own), and it cost about 45 s a run. It is therefore not the default. What it does give: a child that
+dies (a crash inside a kernel) becomes skipped records with the exit reason instead of ending the run.
+
+The child takes the parent's thread count and allocator setting (:mod:`visattn.bench.allocator`), measures with
+:func:`visattn.bench.runner.measure_case`, and sends its records back. Where ``forkserver`` does not exist
+(Windows) or the device is not the CPU (a CUDA context cannot be forked), cases run in the calling process.
 """
 
 from __future__ import annotations

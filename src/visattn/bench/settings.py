@@ -43,7 +43,7 @@ class BenchSettings:
     flagged as noisy. ``backward`` times forward +
     backward of ``out.sum()``. ``memory_budget`` (bytes) and ``time_budget_s`` (seconds per call) decide skips;
     ``measure_memory`` adds one profiled call per mixer and per SDPA baseline. ``isolate`` times each mixer in its
-    own fresh process (:mod:`visattn.bench.isolation`; ``visattn bench`` does unless given ``--same-process``).
+    own fresh process (:mod:`visattn.bench.isolation`; ``visattn bench --isolate``).
     """
 
     heads: int = 4
