@@ -4,8 +4,8 @@ few hundred steps on CPU and reaches a stated accuracy).
 Every family below is built as its registered ``visattn_*`` model with narrow widths (the depths of its test file's
 tiny configuration) and trained from scratch, seeded, with one shared loop: AdamW (weight decay 0.05 on matrices),
 linear warm-up over a tenth of the steps then cosine to zero, batches of 64 drawn from the 1,437 training digits;
-accuracy on the 360 held-out digits (every fifth image, the split of ``benchmarks/sparsifiner_digits.py``, whose
-loader this script reuses). Chance is 10 %.
+accuracy on the 360 held-out digits (every fifth image: ``visattn.tasks.digits.heldout_digits``, the split
+``benchmarks/sparsifiner_digits.py`` uses too). Chance is 10 %.
 
 Run: ``python benchmarks/models_digits.py`` (``--steps`` 300, ``--seed`` 0, ``--only l2vit fasternet ...``,
 ``--threads`` 1). Prints a Markdown table; train time is wall time on whatever else the machine is running.
@@ -17,7 +17,6 @@ import argparse
 import sys
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import timm
@@ -25,10 +24,8 @@ import torch
 import torch.nn.functional as F
 
 import visattn.models  # noqa: F401  (registers visattn_* in timm)
+from visattn.tasks.digits import heldout_digits
 from visattn.train.trainer import warmup_cosine
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from sparsifiner_digits import digits_split  # noqa: E402
 
 BATCH = 64
 
@@ -79,7 +76,7 @@ class Result:
 
 def train_and_evaluate(family: Family, steps: int, seed: int) -> Result:
     """Train ``family``'s model ``steps`` AdamW steps on the training digits; held-out accuracy."""
-    (train_x, train_y), (test_x, test_y) = digits_split(family.img_size)
+    (train_x, train_y), (test_x, test_y) = heldout_digits(family.img_size, channels=3)
     torch.manual_seed(seed)
     model = family.build()
     decay = [p for p in model.parameters() if p.ndim >= 2]
