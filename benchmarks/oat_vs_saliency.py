@@ -17,9 +17,8 @@ import argparse
 import time
 
 import torch
-from torch import nn
 
-from visattn.search.eccnet import EccentricityConfig, EccNet
+from visattn.search.eccnet import EccentricityConfig, EccNet, vgg_like_backbone
 from visattn.search.oat import OAT, oat_loss, scanpath_targets
 from visattn.search.object_displays import (
     ObjectDisplay,
@@ -32,14 +31,6 @@ from visattn.search.scanpath_metrics import levenshtein, sequence_score
 
 GRID, CELL_PX = (4, 4), 24
 SMALL_ECCENTRICITY = EccentricityConfig(slopes=(0, 0, 0.15, 0.3, 0.6), deg2px=(8, 4, 2, 2, 2), fovea=4.0)
-
-
-def pooling_cnn(channels=(16, 32, 32, 32, 32)) -> nn.Module:
-    layers, c = [], 3
-    for out in channels:
-        layers += [nn.Conv2d(c, out, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2)]
-        c = out
-    return nn.Sequential(*layers)
 
 
 def _mean(metric, preds, truth):
@@ -64,7 +55,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     num = args.objects
-    searcher = EccNet(pooling_cnn(), eccentricity=SMALL_ECCENTRICITY)
+    searcher = EccNet(vgg_like_backbone(), eccentricity=SMALL_ECCENTRICITY)
     if args.seed:
         torch.manual_seed(args.seed)
     offset = 100_003 * args.seed

@@ -26,6 +26,7 @@ from visattn.search.eccnet import (
     gaussian_blur,
     keras_vgg_state_dict,
     load_backbone_checkpoint,
+    vgg_like_backbone,
 )
 
 
@@ -165,11 +166,7 @@ def test_gaussian_blur_keeps_constants_and_dog_of_constant_is_constant():
 
 
 def tiny_backbone(channels=(4, 6, 8, 8, 8)) -> nn.Module:
-    layers, c = [], 3
-    for out in channels:
-        layers += [nn.Conv2d(c, out, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2)]
-        c = out
-    return nn.Sequential(*layers)
+    return vgg_like_backbone(channels)
 
 
 SMALL = EccentricityConfig(slopes=(0, 0, 0.5, 0.5, 0.5), deg2px=(8, 4, 2, 2, 1), fovea=2)
@@ -402,3 +399,12 @@ def test_six_experiments_end_to_end_from_a_saved_checkpoint(tmp_path, one_thread
                                                                               exp.conditions)))
         indices[name] = result.model_index
     assert list(indices) == list(EXPERIMENTS)
+
+
+def test_vgg_like_backbone_stages_and_bad_channels():
+    model = vgg_like_backbone((4, 6), in_channels=1)
+    assert [type(m).__name__ for m in model] == ["Conv2d", "ReLU", "MaxPool2d"] * 2
+    assert model(torch.zeros(1, 1, 8, 8)).shape == (1, 6, 2, 2)
+    for bad in ((), (4, 0), (4, True)):
+        with pytest.raises(ValueError, match="channels"):
+            vgg_like_backbone(bad)

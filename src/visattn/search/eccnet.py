@@ -127,6 +127,19 @@ def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
     setattr(model.get_submodule(parent_name) if parent_name else model, child, module)
 
 
+def vgg_like_backbone(channels: Sequence[int] = (16, 32, 32, 32, 32), in_channels: int = 3) -> nn.Sequential:
+    """A small VGG-style stack, one stage per entry of ``channels``: 3 x 3 convolution (padding 1), ReLU, 2 x 2 max
+    pooling of stride 2. Its pools are where :class:`EccNet` applies eccentricity pooling, as in VGG16's five
+    stages; a CPU-sized stand-in for VGG16 in tests, benchmarks and generated-display experiments."""
+    if not channels or any(isinstance(c, bool) or not isinstance(c, int) or c < 1 for c in channels):
+        raise ValueError(f"channels must be a non-empty sequence of ints >= 1, got {channels!r}")
+    layers: list[nn.Module] = []
+    for out in channels:
+        layers += [nn.Conv2d(in_channels, out, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2)]
+        in_channels = out
+    return nn.Sequential(*layers)
+
+
 def gaussian_blur(x: torch.Tensor, size: int, sigma: float) -> torch.Tensor:
     """Separable Gaussian blur of ``(B, C, H, W)`` with reflect-101 borders (OpenCV's ``GaussianBlur``).
 
