@@ -14,6 +14,7 @@ from visattn.bench.memory import peak_memory_bytes
 from visattn.ops.linear_attention import (
     FEATURE_MAPS,
     ROW_BLOCK,
+    block_bounds,
     kernel_attention,
     kernel_weights,
     key_sums,
@@ -119,6 +120,21 @@ def test_key_and_row_blocks_equal_whole_tensor_passes(block_size):
     torch.testing.assert_close(kv, phi(k).transpose(-2, -1) @ v, **FP64)
     torch.testing.assert_close(z, phi(k).sum(2), **FP64)
     torch.testing.assert_close(row_blocks(lambda x: 2 * x, q, block_size), 2 * q, **FP64)
+
+
+@given(st.integers(0, 5000), st.integers(1, 700))
+@settings(max_examples=60, deadline=None)
+def test_block_bounds_are_the_fewest_equal_blocks_covering_every_token(length, block_size):
+    bounds = block_bounds(length, block_size)
+    sizes = [stop - start for start, stop in bounds]
+    assert bounds[0][0] == 0 and bounds[-1][1] == length
+    assert all(a[1] == b[0] for a, b in zip(bounds, bounds[1:], strict=False))
+    assert max(sizes) <= block_size and max(sizes) - min(sizes) <= 1
+    assert len(bounds) == max(1, -(-length // block_size))
+
+
+def test_a_few_tokens_over_a_block_split_evenly_not_into_a_full_block_and_a_tail():
+    assert block_bounds(ROW_BLOCK + 2) == [(0, ROW_BLOCK // 2 + 1), (ROW_BLOCK // 2 + 1, ROW_BLOCK + 2)]
 
 
 def test_more_tokens_than_one_row_block():

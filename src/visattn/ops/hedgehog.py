@@ -33,7 +33,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from .linear_attention import ROW_BLOCK, check_chunk_size, key_sums, row_blocks
+from .linear_attention import block_bounds, check_chunk_size, key_sums, row_blocks
 from .recurrent_state import state_bytes
 
 __all__ = ["hedgehog_attention", "hedgehog_dense_weights", "hedgehog_state_bytes", "hedgehog_weights"]
@@ -99,8 +99,8 @@ def hedgehog_attention(log_q: Tensor, log_k: Tensor, v: Tensor, *, is_causal: bo
     if is_causal:
         return _causal(log_q, log_k, v, chunk_size, q_features, k_features)
     shift = None
-    for start in range(0, log_k.shape[2], ROW_BLOCK):
-        block_max = k_features(log_k[:, :, start:start + ROW_BLOCK]).detach().amax(dim=-2, keepdim=True)
+    for start, stop in block_bounds(log_k.shape[2]):
+        block_max = k_features(log_k[:, :, start:stop]).detach().amax(dim=-2, keepdim=True)
         shift = block_max if shift is None else torch.maximum(shift, block_max)
     kv, z = key_sums(log_k, v, lambda x: (k_features(x) - shift).exp())
     z = z.unsqueeze(-1)
