@@ -15,6 +15,9 @@ training). With ``--eval-every`` it prints the entropy estimate and PSNR of the 
     python benchmarks/s2lic_vs_jpeg.py                      # the default recipe, about 10 minutes on 2 idle cores
     python benchmarks/s2lic_vs_jpeg.py --lmbda 0.0067 --save s2lic.pt
     python benchmarks/s2lic_vs_jpeg.py --checkpoint s2lic.pt
+    python benchmarks/s2lic_vs_jpeg.py --resume s2lic.pt --steps 2000 --minutes 30 --save s2lic_more.pt
+
+The learning rate drops 10x after ``--decay-at`` of the steps or of ``--minutes``, whichever comes first.
 """
 
 from __future__ import annotations
@@ -66,7 +69,8 @@ def train_in_chunks(model: torch.nn.Module, args: argparse.Namespace) -> int:
             print(f"step {step:5d} {time.perf_counter() - start:6.0f} s  held out: {held_out_trend(model, args.size)}",
                   flush=True)
         for group in optimizer.param_groups:
-            group["lr"] = comp.learning_rate_at(step, args.steps, args.lr, args.warmup, args.decay_at)
+            group["lr"] = comp.learning_rate_at(step, args.steps, args.lr, args.warmup, args.decay_at,
+                                                time_fraction=(time.perf_counter() - start) / max(deadline, 1e-9))
         x = comp.random_crops(images, args.batch, args.crop, generator, args.min_scale)
         terms = comp.rate_distortion_loss(model(x), x, args.lmbda)
         optimizer.zero_grad()
@@ -85,6 +89,8 @@ def train_in_chunks(model: torch.nn.Module, args: argparse.Namespace) -> int:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", type=Path, default=None, help="evaluate this checkpoint instead of training")
+    parser.add_argument("--resume", type=Path, default=None,
+                        help="train on from this checkpoint (fresh Adam with the warm-up; --steps more steps)")
     parser.add_argument("--steps", type=int, default=1000, help="Adam steps at most (default 1000)")
     parser.add_argument("--minutes", type=float, default=15.0, help="training wall-clock limit (default 15)")
     recipe = comp.SHORT_RUN
@@ -115,14 +121,17 @@ def main() -> None:
         from visattn.models.s2lic import S2LIC
 
         torch.manual_seed(0)
-        model = S2LIC(**comp.TINY_CONFIG)
+        model = S2LIC(**comp.TINY_CONFIG) if args.resume is None else comp.load_checkpoint(args.resume)
+        earlier = 0 if args.resume is None else int(torch.load(args.resume, weights_only=True).get("steps", 0))
         start = time.perf_counter()
         steps = train_in_chunks(model, args)
         print(f"trained {steps} steps (batch {args.batch} of {args.crop} x {args.crop}, lambda {args.lmbda}, "
               f"lr {args.lr}) in {time.perf_counter() - start:.0f} s on {torch.get_num_threads()} thread(s)")
         model.eval().update(force=True)
+        if args.resume is not None:
+            print(f"{earlier + steps} steps in all ({earlier} before this run, from {args.resume})")
         if args.save is not None:
-            comp.save_checkpoint(model, args.save, lmbda=args.lmbda, steps=steps)
+            comp.save_checkpoint(model, args.save, lmbda=args.lmbda, steps=earlier + steps)
     params = sum(p.numel() for p in model.parameters())
     print(f"S2LIC {params / 1e6:.2f} M parameters, pictures {args.size} x {args.size} (centre squares, area-resized)")
     print(f"{'picture':<22}{'split':<9}{'bpp':>7}{'est.':>7}{'PSNR':>7}{'JPEG PSNR':>10}{'dB gain':>8}"

@@ -172,6 +172,12 @@ def test_learning_rate_schedule():
     assert comp.learning_rate_at(9, 10, 1e-3) == 1e-3
 
 
+def test_learning_rate_drops_when_the_clock_reaches_decay_at_before_the_steps_do():
+    assert comp.learning_rate_at(5, 100, 1e-3, decay_at=0.85, time_fraction=0.84) == pytest.approx(1e-3)
+    assert comp.learning_rate_at(5, 100, 1e-3, decay_at=0.85, time_fraction=0.86) == pytest.approx(1e-4)
+    assert comp.learning_rate_at(2, 100, 1e-3, warmup=4, decay_at=0.85, time_fraction=0.9) == pytest.approx(7.5e-4)
+
+
 def test_train_schedule_and_time_limit():
     from visattn.models.s2lic import S2LIC
 

@@ -342,13 +342,14 @@ def random_crops(images: Sequence[Tensor], count: int, size: int, generator: tor
 
 
 def learning_rate_at(step: int, steps: int, lr: float, warmup: int = 0, decay_at: float = 1.0,
-                     decay: float = 0.1) -> float:
+                     decay: float = 0.1, time_fraction: float = 0.0) -> float:
     """The learning rate of step ``step`` of ``steps``: linear warm-up from ``lr / warmup`` over the first
     ``warmup`` steps, ``lr``, then ``lr * decay`` from step ``decay_at * steps`` on (the one-step drop
-    CompressAI-style training ends with)."""
+    CompressAI-style training ends with), or from the moment ``time_fraction`` (the share of a wall-clock limit
+    spent so far) reaches ``decay_at``, so that a run that the clock stops also ends at the lower rate."""
     if step < warmup:
         return lr * (step + 1) / warmup
-    return lr * decay if step >= decay_at * steps else lr
+    return lr * decay if step >= decay_at * steps or time_fraction >= decay_at else lr
 
 
 def train(model: torch.nn.Module, images: Sequence[Tensor], steps: int, lmbda: float = 0.0130, crop: int = 64,
@@ -358,8 +359,9 @@ def train(model: torch.nn.Module, images: Sequence[Tensor], steps: int, lmbda: f
     """Train ``model`` (an S2LIC) for ``steps`` Adam steps on :func:`random_crops` of ``images`` (``(3, H, W)``
     tensors in ``[0, 1]``), minimising :func:`rate_distortion_loss`; the bottleneck's quantiles follow their own
     loss (``model.aux_loss()``) with a second Adam at ``aux_lr``, as in CompressAI. The learning rate follows
-    :func:`learning_rate_at` (``warmup``, ``decay_at``); gradients are clipped to norm ``clip`` (0: not clipped);
-    ``max_seconds`` stops early (wall clock). Returns the losses. Call ``model.update()`` before coding.
+    :func:`learning_rate_at` (``warmup``, ``decay_at``, of the steps or of ``max_seconds``, whichever comes first);
+    gradients are clipped to norm ``clip`` (0: not clipped); ``max_seconds`` stops early (wall clock). Returns the
+    losses. Call ``model.update()`` before coding.
 
     The published models train at ``lr = 1e-4`` for millions of steps; the short CPU runs of
     ``benchmarks/s2lic_vs_jpeg.py`` use a higher rate (docs/tasks.md gives the measured effect)."""
@@ -379,7 +381,8 @@ def train(model: torch.nn.Module, images: Sequence[Tensor], steps: int, lmbda: f
     start = time.perf_counter()
     for step in range(steps):
         for group in optimizer.param_groups:
-            group["lr"] = learning_rate_at(step, steps, lr, warmup, decay_at)
+            elapsed = 0.0 if not max_seconds else (time.perf_counter() - start) / max_seconds
+            group["lr"] = learning_rate_at(step, steps, lr, warmup, decay_at, time_fraction=elapsed)
         x = random_crops(images, batch, crop, generator, min_scale)
         terms = rate_distortion_loss(model(x), x, lmbda)
         optimizer.zero_grad()
