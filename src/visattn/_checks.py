@@ -11,6 +11,15 @@ import torch
 Shape = tuple[int, ...]
 
 
+def positive_int(value: object, name: str, minimum: int = 1) -> int:
+    """``value`` as an int >= ``minimum``; ``TypeError`` for non-ints (bools included), ``ValueError`` below it."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
+    return value
+
+
 def as_shape(shape: int | Sequence[int], name: str = "shape", max_dims: int | None = None) -> Shape:
     """Return ``shape`` as a tuple of positive ints, or raise naming ``name``."""
     if isinstance(shape, int) and not isinstance(shape, bool):

@@ -59,6 +59,7 @@ from timm.layers import DropPath, LayerNorm2d
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from torch import Tensor, nn
 
+from .._checks import positive_int
 from ..nn.radial_strip import DynamicRadialEmbedding, RadialStripAttention
 from ..transforms import polar_inverse, polar_resample
 from ._pretrained import paper_cfg
@@ -75,14 +76,6 @@ RST_ARGS: dict[str, dict[str, Any]] = {
 """The published size (release's ``options/train/GoPro.yml``)."""
 
 
-def _positive_int(value: object, name: str, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {value!r}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
-    return value
-
-
 def _work_dtype(x: Tensor) -> torch.dtype:
     return torch.float64 if x.dtype == torch.float64 else torch.float32
 
@@ -97,13 +90,13 @@ class FrequencyFeedForward(nn.Module):
 
     def __init__(self, dim: int, ffn_expansion_factor: float = 3.0, bias: bool = False, patch: int = 8) -> None:
         super().__init__()
-        _positive_int(dim, "dim")
+        positive_int(dim, "dim")
         if isinstance(ffn_expansion_factor, bool) or not isinstance(ffn_expansion_factor, (int, float)) or not (
                 ffn_expansion_factor > 0):
             raise ValueError(f"ffn_expansion_factor must be a positive number, got {ffn_expansion_factor!r}")
-        self.patch = _positive_int(patch, "patch")
+        self.patch = positive_int(patch, "patch")
         hidden = int(dim * ffn_expansion_factor)
-        _positive_int(hidden, "int(dim * ffn_expansion_factor)")
+        positive_int(hidden, "int(dim * ffn_expansion_factor)")
         self.project_in = nn.Conv2d(dim, 2 * hidden, 1, bias=bias)
         self.dwconv = nn.Conv2d(2 * hidden, 2 * hidden, 3, padding=1, groups=2 * hidden, bias=bias)
         self.fft = nn.Parameter(torch.ones(2 * hidden, 1, 1, patch, patch // 2 + 1))
@@ -144,7 +137,7 @@ class RadialStripBlock(nn.Module):
             raise ValueError(f"cover must be one of {COVERS}, got {cover!r}")
         if not isinstance(grid, Sequence) or len(grid) != 2:
             raise TypeError(f"grid must be a pair (rings, azimuths), got {grid!r}")
-        self.grid = (_positive_int(grid[0], "grid[0] (rings)", 2), _positive_int(grid[1], "grid[1] (azimuths)"))
+        self.grid = (positive_int(grid[0], "grid[0] (rings)", 2), positive_int(grid[1], "grid[1] (azimuths)"))
         self.cover = cover
         self.attention = bool(attention)
         if self.attention:
@@ -190,7 +183,7 @@ class SkipFusion(nn.Module):
     def __init__(self, dim: int, grid: Sequence[int], bias: bool = False, theta_max: float = math.pi,
                  cover: str = "image", fft_patch: int = 8) -> None:
         super().__init__()
-        self.dim = _positive_int(dim, "dim")
+        self.dim = positive_int(dim, "dim")
         self.conv_in = nn.Conv2d(2 * dim, 2 * dim, 1)
         self.block = RadialStripBlock(2 * dim, grid, "ring", True, 2.66, bias, 0.0, theta_max, cover, fft_patch)
         self.conv_out = nn.Conv2d(2 * dim, 2 * dim, 1)
@@ -236,18 +229,18 @@ class RadialStripTransformer(nn.Module):
         kwargs.pop("num_classes", None)
         if kwargs:
             raise TypeError(f"unexpected arguments {sorted(kwargs)}")
-        _positive_int(in_chans, "in_chans")
+        positive_int(in_chans, "in_chans")
         if out_chans != in_chans:
             raise ValueError(f"out_chans must equal in_chans={in_chans} (the output adds the input), got {out_chans!r}")
-        _positive_int(dim, "dim")
+        positive_int(dim, "dim")
         if not isinstance(num_blocks, Sequence) or len(num_blocks) != 3:
             raise TypeError(f"num_blocks must be three block counts (levels 1-3), got {num_blocks!r}")
         for i, n in enumerate(num_blocks):
-            _positive_int(n, f"num_blocks[{i}]")
-        _positive_int(num_refinement_blocks, "num_refinement_blocks", 0)
-        self.fft_patch = _positive_int(fft_patch, "fft_patch")
+            positive_int(n, f"num_blocks[{i}]")
+        positive_int(num_refinement_blocks, "num_refinement_blocks", 0)
+        self.fft_patch = positive_int(fft_patch, "fft_patch")
         self.multiple = 4 * fft_patch
-        _positive_int(img_size, "img_size", self.multiple)
+        positive_int(img_size, "img_size", self.multiple)
         if img_size % self.multiple:
             raise ValueError(f"img_size must be a multiple of 4 * fft_patch = {self.multiple}, got {img_size!r}")
         self.in_chans, self.num_classes, self.img_size = in_chans, 0, img_size

@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from torch import Tensor, nn
 
+from .._checks import positive_int
 from ..nn.feature_maps.hybrid_block import HybridBlock
 from ..transforms.tanh_polar import (
     restore_probabilities,
@@ -54,14 +55,6 @@ RTNET_ARGS: dict[str, dict[str, Any]] = {
 """Published sizes (the release's ``rtnet50`` / ``rtnet101``)."""
 
 
-def _positive_int(value: object, name: str, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {value!r}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
-    return value
-
-
 class RTNetBackbone(nn.Module):
     """RTNet's dilated ResNet of :class:`~visattn.nn.feature_maps.HybridBlock` s; ``forward(x, rois)`` -> the last
     stage's map (``8 base_width`` x 4 channels, output stride 8 when ``dilated``).
@@ -77,11 +70,11 @@ class RTNetBackbone(nn.Module):
         if not isinstance(layers, Sequence) or len(layers) != 4:
             raise TypeError(f"layers must be four block counts, got {layers!r}")
         for i, n in enumerate(layers):
-            _positive_int(n, f"layers[{i}]")
+            positive_int(n, f"layers[{i}]")
         if not isinstance(hybrid_stages, Sequence) or len(hybrid_stages) != 3:
             raise TypeError(f"hybrid_stages must be three booleans (stages 2-4), got {hybrid_stages!r}")
-        _positive_int(base_width, "base_width", 2)
-        _positive_int(in_chans, "in_chans")
+        positive_int(base_width, "base_width", 2)
+        positive_int(in_chans, "in_chans")
         self.in_chans = in_chans
         self.conv1 = nn.Conv2d(in_chans, base_width, 7, stride=2, padding=3, bias=False)
         self.bn1 = nn.BatchNorm2d(base_width)
@@ -155,11 +148,11 @@ class RTNet(nn.Module):
             raise TypeError(f"unexpected arguments {sorted(kwargs)}")
         if warp not in WARPS:
             raise ValueError(f"warp must be one of {WARPS}, got {warp!r}")
-        _positive_int(num_classes, "num_classes", 2)
+        positive_int(num_classes, "num_classes", 2)
         size = (warp_size, warp_size) if isinstance(warp_size, int) else tuple(warp_size)
         if len(size) != 2:
             raise TypeError(f"warp_size must be an int or a pair (H_t, W_t), got {warp_size!r}")
-        self.warp_size = (_positive_int(size[0], "warp_size[0]", 8), _positive_int(size[1], "warp_size[1]", 8))
+        self.warp_size = (positive_int(size[0], "warp_size[0]", 8), positive_int(size[1], "warp_size[1]", 8))
         self.warp, self.num_classes, self.in_chans = warp, num_classes, in_chans
         self.backbone = RTNetBackbone(layers, in_chans, base_width, hybrid_stages, dilated,
                                       hybrid=warp == "tanh_polar")

@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .._checks import positive_int
 from ..masks import StripMask, strip_mask
 from ..ops import reference, sdpa_bool_mask
 from ..ops.engines.dense import dense_mask
@@ -44,14 +45,6 @@ from .token_mixer import TokenMixer
 STRIPS = ("ring", "ray")
 TABLE_LAYOUTS = ("circular", "mdt")
 """Position-table layouts: ours (rings share ``d`` and ``d + A``) and the official MDT code's (``2L - 1`` entries)."""
-
-
-def _positive_int(value: object, name: str, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {value!r}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
-    return value
 
 
 def _finite_real(value: object, name: str) -> float:
@@ -81,12 +74,12 @@ class RadialStripMixer(TokenMixer):
         if table_layout not in TABLE_LAYOUTS:
             raise ValueError(f"table_layout must be one of {TABLE_LAYOUTS}, got {table_layout!r}")
         self.table_layout = table_layout
-        self.num_rings = _positive_int(num_rings, "num_rings", 2)
-        self.num_angles = _positive_int(num_angles, "num_angles")
+        self.num_rings = positive_int(num_rings, "num_rings", 2)
+        self.num_angles = positive_int(num_angles, "num_angles")
         if strip not in STRIPS:
             raise ValueError(f"strip must be one of {STRIPS}, got {strip!r}")
         self.strip = strip
-        self.num_heads = _positive_int(num_heads, "num_heads")
+        self.num_heads = positive_int(num_heads, "num_heads")
         self.theta_max = _finite_real(theta_max, "theta_max")
         self.scale = None if scale is None else _finite_real(scale, "scale")
         length = self.strip_length
@@ -217,8 +210,8 @@ class RadialStripAttention(nn.Module):
                  max_radius: float | None = None, attn_drop: float = 0.0, proj_drop: float = 0.0,
                  table_layout: str = "circular") -> None:
         super().__init__()
-        self.dim = _positive_int(dim, "dim")
-        self.num_heads = _positive_int(num_heads, "num_heads")
+        self.dim = positive_int(dim, "dim")
+        self.num_heads = positive_int(num_heads, "num_heads")
         if dim % num_heads:
             raise ValueError(f"dim must be divisible by num_heads, got dim={dim}, num_heads={num_heads}")
         if center is not None and (not isinstance(center, Sequence) or isinstance(center, str) or len(center) != 2):
@@ -291,9 +284,9 @@ class DynamicRadialEmbedding(nn.Module):
     def __init__(self, in_chans: int, embed_dim: int, kernel_size: int = 3, bias: bool = False,
                  center: Sequence[float] | None = None) -> None:
         super().__init__()
-        _positive_int(in_chans, "in_chans")
-        _positive_int(embed_dim, "embed_dim")
-        if _positive_int(kernel_size, "kernel_size") % 2 == 0:
+        positive_int(in_chans, "in_chans")
+        positive_int(embed_dim, "embed_dim")
+        if positive_int(kernel_size, "kernel_size") % 2 == 0:
             raise ValueError(f"kernel_size must be odd (the output keeps the input size), got {kernel_size!r}")
         if center is not None and (not isinstance(center, Sequence) or isinstance(center, str) or len(center) != 2):
             raise TypeError(f"center must be a pair (row, column) of real numbers or None, got {center!r}")

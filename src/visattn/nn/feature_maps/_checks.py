@@ -1,4 +1,6 @@
-"""Argument checks shared by the feature-map modules: each error names the argument, its value and what was expected."""
+"""Argument checks shared by the feature-map modules: each error names the argument, its value and what was expected.
+
+``positive_int`` is the package-wide check of :mod:`visattn._checks`, re-exported here."""
 
 from __future__ import annotations
 
@@ -6,14 +8,9 @@ from collections.abc import Sequence
 
 from torch import Tensor
 
+from ..._checks import positive_int
 
-def positive_int(value: object, name: str, minimum: int = 1) -> int:
-    """``value`` as an int >= ``minimum``; ``TypeError`` for non-ints (bools included), ``ValueError`` below it."""
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {value!r}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
-    return value
+__all__ = ["choice", "divisible", "feature_map", "positive_int"]
 
 
 def divisible(value: int, divisor: int, name: str, divisor_name: str) -> None:
