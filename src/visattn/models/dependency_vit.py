@@ -41,6 +41,7 @@ from torch import Tensor, nn
 
 from ..nn.reversed_attention import LITE_LAYERS, LITE_RATIO, ReversedBlock, lite_keep_counts, prune_tokens
 from ._head import ChannelsLastHead, check_global_pool
+from ._init import trunc_normal_init
 from ._pretrained import paper_cfg
 from .dependency_tree import attach_pruned, tree_from_scores
 
@@ -112,14 +113,7 @@ class DependencyViT(ChannelsLastHead):
         self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
         self.feature_info = [dict(num_chs=embed_dim, reduction=patch_size, module=f"blocks.{i}") for i in range(depth)]
         trunc_normal_(self.pos_embed, std=0.02)
-        self.apply(self._init_weights)
-
-    @staticmethod
-    def _init_weights(module: nn.Module) -> None:
-        if isinstance(module, nn.Linear):
-            trunc_normal_(module.weight, std=0.02)
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
+        self.apply(trunc_normal_init)
 
     @torch.jit.ignore
     def no_weight_decay(self) -> set[str]:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Mapping
+from functools import partial
 from typing import Any
 
 import torch
@@ -34,6 +35,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from ._head import ChannelsLastHead, check_global_pool
+from ._init import trunc_normal_init
 from .nat import _BUILD_KWARGS, DINAT_ARXIV, NAT, NATBlock, _cfg, _create
 from .nat import checkpoint_filter_fn as nat_checkpoint_filter_fn
 
@@ -178,7 +180,7 @@ class NATIsotropic(ChannelsLastHead):
         self.norm = nn.LayerNorm(embed_dim)
         self.head_drop = nn.Identity()
         self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
-        self.apply(NAT._init_weights)
+        self.apply(partial(trunc_normal_init, reset_layer_norm=True))
 
     @torch.jit.ignore
     def no_weight_decay_keywords(self) -> set[str]:

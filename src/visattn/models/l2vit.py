@@ -27,11 +27,12 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from functools import partial
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from timm.layers import ClassifierHead, DropPath, Mlp, trunc_normal_
+from timm.layers import ClassifierHead, DropPath, Mlp
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 from timm.models._manipulate import checkpoint
@@ -40,6 +41,7 @@ from torch import Tensor, nn
 
 from ..nn.attention import Attention
 from ..nn.l2vit import LocalConcentrationModule
+from ._init import trunc_normal_init
 from ._pretrained import paper_cfg
 
 __all__ = ["L2VIT_ARGS", "L2ViT", "checkpoint_filter_fn"]
@@ -206,14 +208,7 @@ class L2ViT(nn.Module):
         self.norm = nn.LayerNorm(dims[-1])
         self.head = ClassifierHead(dims[-1], num_classes, pool_type=global_pool, drop_rate=drop_rate,
                                    input_fmt="NHWC")
-        self.apply(self._init_weights)
-
-    @staticmethod
-    def _init_weights(module: nn.Module) -> None:
-        if isinstance(module, (nn.Conv2d, nn.Linear)):
-            trunc_normal_(module.weight, std=0.02)
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
+        self.apply(partial(trunc_normal_init, types=(nn.Conv2d, nn.Linear)))
 
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> dict[str, Any]:

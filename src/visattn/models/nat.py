@@ -44,16 +44,18 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable, Mapping, Sequence
+from functools import partial
 from typing import Any
 
 import torch
-from timm.layers import DropPath, Mlp, trunc_normal_
+from timm.layers import DropPath, Mlp
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from ._head import ChannelsLastHead, check_global_pool
+from ._init import trunc_normal_init
 from ._pretrained import paper_cfg
 from .nat_attention import NeighborhoodAttention2dRPB
 
@@ -238,17 +240,7 @@ class NAT(ChannelsLastHead):
         self.norm = nn.LayerNorm(self.num_features)
         self.head_drop = nn.Identity()
         self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
-        self.apply(self._init_weights)
-
-    @staticmethod
-    def _init_weights(module: nn.Module) -> None:
-        if isinstance(module, nn.Linear):
-            trunc_normal_(module.weight, std=0.02)
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
-        elif isinstance(module, nn.LayerNorm):
-            nn.init.ones_(module.weight)
-            nn.init.zeros_(module.bias)
+        self.apply(partial(trunc_normal_init, reset_layer_norm=True))
 
     @torch.jit.ignore
     def no_weight_decay_keywords(self) -> set[str]:
