@@ -36,6 +36,7 @@ from torch.utils.checkpoint import checkpoint
 
 from ._head import ChannelsLastHead, check_global_pool
 from ._init import trunc_normal_init
+from ._intermediates import channels_last_intermediates
 from .nat import _BUILD_KWARGS, DINAT_ARXIV, NAT, NATBlock, _cfg, _create
 from .nat import checkpoint_filter_fn as nat_checkpoint_filter_fn
 
@@ -203,20 +204,9 @@ class NATIsotropic(ChannelsLastHead):
                               stop_early: bool = False, output_fmt: str = "NCHW",
                               intermediates_only: bool = False) -> list[Tensor] | tuple[Tensor, list[Tensor]]:
         """Each requested block's output map (``(B, C, H, W)``, the last normed if ``norm``)."""
-        if output_fmt not in ("NCHW", "NHWC"):
-            raise ValueError(f"output_fmt must be 'NCHW' or 'NHWC', got {output_fmt!r}")
-        take, max_index = feature_take_indices(len(self.layers), indices)
-        intermediates = []
-        x = self.pos_drop(self.patch_embed(x))
-        blocks = self.layers[:max_index + 1] if stop_early else self.layers
-        for i, block in enumerate(blocks):
-            x = self._run(block, x)
-            if i in take:
-                y = self.norm(x) if norm and i == len(self.layers) - 1 else x
-                intermediates.append(y.permute(0, 3, 1, 2) if output_fmt == "NCHW" else y)
-        if intermediates_only:
-            return intermediates
-        return self.norm(x), intermediates
+        return channels_last_intermediates(
+            x, lambda t: self.pos_drop(self.patch_embed(t)), [partial(self._run, block) for block in self.layers],
+            self.norm, indices, norm, stop_early, output_fmt, intermediates_only)
 
     def prune_intermediate_layers(self, indices: int | list[int] = 1, prune_norm: bool = False,
                                   prune_head: bool = True) -> list[int]:

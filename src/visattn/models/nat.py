@@ -56,6 +56,7 @@ from torch.utils.checkpoint import checkpoint
 
 from ._head import ChannelsLastHead, check_global_pool
 from ._init import trunc_normal_init
+from ._intermediates import channels_last_intermediates
 from ._pretrained import paper_cfg
 from .nat_attention import NeighborhoodAttention2dRPB
 
@@ -263,23 +264,10 @@ class NAT(ChannelsLastHead):
 
         Returns the intermediates, or ``(forward_features(x), intermediates)``.
         """
-        if output_fmt not in ("NCHW", "NHWC"):
-            raise ValueError(f"output_fmt must be 'NCHW' or 'NHWC', got {output_fmt!r}")
-        take, max_index = feature_take_indices(len(self.levels), indices)
-        intermediates = []
-        x = self.pos_drop(self.patch_embed(x))
-        levels = self.levels[:max_index + 1] if stop_early else self.levels
-        last = len(self.levels) - 1
-        for i, level in enumerate(levels):
-            x = level.forward_blocks(x)
-            if i in take:
-                y = self.norm(x) if norm and i == last else x
-                intermediates.append(y.permute(0, 3, 1, 2) if output_fmt == "NCHW" else y)
-            if level.downsample is not None:
-                x = level.downsample(x)
-        if intermediates_only:
-            return intermediates
-        return self.norm(x), intermediates
+        return channels_last_intermediates(
+            x, lambda t: self.pos_drop(self.patch_embed(t)), [level.forward_blocks for level in self.levels],
+            self.norm, indices, norm, stop_early, output_fmt, intermediates_only,
+            downsamples=[level.downsample for level in self.levels])
 
     def prune_intermediate_layers(self, indices: int | list[int] = 1, prune_norm: bool = False,
                                   prune_head: bool = True) -> list[int]:
