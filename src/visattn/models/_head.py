@@ -39,6 +39,14 @@ class ChannelsLastHead(nn.Module):
         device = self.norm.weight.device if isinstance(self.norm, nn.LayerNorm) else None
         self.head = nn.Linear(self.num_features, num_classes, device=device) if num_classes > 0 else nn.Identity()
 
+    def prune_norm_and_head(self, prune_norm: bool, prune_head: bool) -> None:
+        """The end of ``prune_intermediate_layers``: ``norm`` becomes ``nn.Identity`` if ``prune_norm``, then ``head``
+        is removed (``reset_classifier(0, "")``: no classes, no pooling) if ``prune_head``."""
+        if prune_norm:
+            self.norm = nn.Identity()
+        if prune_head:
+            self.reset_classifier(0, "")
+
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
         if self.global_pool == "avg":
             x = x.mean(dim=tuple(range(1, x.ndim - 1)))

@@ -214,10 +214,7 @@ class DependencyViT(ChannelsLastHead):
         self.blocks = self.blocks[:max_index + 1]
         self.prune_layers = tuple(i for i in self.prune_layers if i <= max_index + 1)
         self.keep_counts = self.keep_counts[:len(self.prune_layers)]
-        if prune_norm:
-            self.norm = nn.Identity()
-        if prune_head:
-            self.reset_classifier(0, "")
+        self.prune_norm_and_head(prune_norm, prune_head)
         return take_indices
 
     @torch.no_grad()

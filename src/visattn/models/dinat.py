@@ -212,10 +212,7 @@ class NATIsotropic(ChannelsLastHead):
                                   prune_head: bool = True) -> list[int]:
         take, max_index = feature_take_indices(len(self.layers), indices)
         self.layers = self.layers[:max_index + 1]
-        if prune_norm:
-            self.norm = nn.Identity()
-        if prune_head:
-            self.reset_classifier(0, "")
+        self.prune_norm_and_head(prune_norm, prune_head)
         return take
 
     def forward_features(self, x: Tensor) -> Tensor:

@@ -275,10 +275,7 @@ class NAT(ChannelsLastHead):
         take, max_index = feature_take_indices(len(self.levels), indices)
         self.levels = self.levels[:max_index + 1]
         self.levels[-1].downsample = None
-        if prune_norm:
-            self.norm = nn.Identity()
-        if prune_head:
-            self.reset_classifier(0, "")
+        self.prune_norm_and_head(prune_norm, prune_head)
         return take
 
     def forward_features(self, x: Tensor) -> Tensor:
