@@ -497,6 +497,33 @@ def strides(t: Tensor) -> ctypes.Array:
     return (ctypes.c_int64 * 3)(*t.stride()[:3])
 
 
+@functools.lru_cache(maxsize=256)
+def stride_array(stride: tuple[int, ...]) -> ctypes.Array:
+    """The int64 array of the first three of ``stride`` (``t.stride()``), kept per stride tuple (a bounded LRU): the
+    kernels only read it. Calls of one kind of layer pass the same strides every time."""
+    return (ctypes.c_int64 * 3)(*stride[:3])
+
+
+def convert_argument(function: str, name: str, kind: str, value: object) -> object:
+    """``value`` checked and converted to ctypes as :func:`call` does for the parameter ``name`` (of ``kind``) of
+    ``function``, for callers that convert fixed arguments once and pass them on many calls (the tensors behind
+    pointers must then be kept alive by the caller)."""
+    signature = SIGNATURES.get(function)
+    if signature is None or (name, kind) not in signature.params:
+        raise NativeArgumentError(f"{function!r} has no parameter {name}:{kind}")
+    return _convert(function, signature, name, kind, value)
+
+
+def typed_function(library: str, function: str) -> ctypes._CFuncPtr | None:
+    """The ctypes function ``function`` of the compiled ``library`` (its ``argtypes`` set from :data:`SIGNATURES`),
+    or None where the library cannot be had. Calling it directly skips :func:`call`'s checks: the caller checks."""
+    signature = SIGNATURES.get(function)
+    if signature is None or signature.library != library:
+        raise NativeArgumentError(f"{function!r} is not a function of the {library!r} kernel library")
+    lib = native_library(library)
+    return None if lib is None else getattr(lib, function)
+
+
 def call(library: str, function: str, *args: object, threads: int | None = None) -> None:
     """Call ``function`` of the compiled ``library`` after checking ``args`` against its :data:`SIGNATURES` entry:
     tensors (CPU, of the function's dtype; int64 index arrays; uint8 masks) pass as data pointers (None as NULL where

@@ -79,15 +79,18 @@ def _check_grid(q: Tensor, k: Tensor, shape: list[int], prefix: int) -> None:
                              f"make {tokens}")
 
 
-def _layout(mask: str, shape: list[int]) -> LocalLayout:
+def progression_layout(mask: str, shape: list[int]) -> LocalLayout:
+    """The progression layout of the mask with key ``mask`` on ``shape`` (ValueError where it has none)."""
     layout = local_layout(Mask.from_key(mask), tuple(shape))
     if layout is None:
         raise ValueError(f"mask {mask} has no per-axis progression layout on shape {tuple(shape)}")
     return layout
 
 
-def _route(engine: str, training: bool, layout: LocalLayout, prefix: int, k: Tensor, v: Tensor
-           ) -> tuple[int, fused_tiles.TileList | None]:
+def progression_route(engine: str, training: bool, layout: LocalLayout, prefix: int, k: Tensor | None,
+                      v: Tensor | None) -> tuple[int, fused_tiles.TileList | None]:
+    """Which kernel runs ``engine`` (``ROUTE_TILES`` with its tiles, or ``ROUTE_PER_QUERY``); ``k, v`` are read
+    only in training (the size of the backward's gradient copies)."""
     if engine == "per_query":
         return ROUTE_PER_QUERY, None
     if engine != "fused_tiles":
@@ -109,9 +112,9 @@ def progression_attention(q: Tensor, k: Tensor, v: Tensor, mask: str, shape: lis
     _check_tensors(q=q, k=k, v=v)
     _check_grid(q, k, shape, num_prefix_tokens)
     check_scale(scale)
-    layout = _layout(mask, shape)
+    layout = progression_layout(mask, shape)
     q, k, v = row_major(q), row_major(k), row_major(v)
-    route, tiles = _route(engine, training, layout, num_prefix_tokens, k, v)
+    route, tiles = progression_route(engine, training, layout, num_prefix_tokens, k, v)
     if route == ROUTE_PER_QUERY:
         if training and layout.transposed is None:
             raise ValueError(f"the per-query kernel cannot train mask {mask} on {tuple(shape)}: the queries that see "
@@ -150,7 +153,7 @@ def progression_attention_backward(grad_out: Tensor, q: Tensor, k: Tensor, v: Te
     _check_backward(grad_out, q, k, v, out, lse)
     _check_grid(q, k, shape, num_prefix_tokens)
     check_scale(scale)
-    layout = _layout(mask, shape)
+    layout = progression_layout(mask, shape)
     prefix = num_prefix_tokens
     q, k, v = row_major(q), row_major(k), row_major(v)
     if int(route) == ROUTE_PER_QUERY:

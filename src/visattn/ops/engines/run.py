@@ -12,7 +12,7 @@ from ..._checks import Shape
 from ...masks import Mask
 from .. import reference
 from ..native import needs_grad
-from . import block_sparse, dense, kernel_ops, lines, sdpa_tiles
+from . import block_sparse, dense, direct, kernel_ops, lines, sdpa_tiles
 from .availability import kernel_refusal
 from .flex import run_flex_attention
 from .sdpa import sdpa
@@ -29,10 +29,17 @@ def prefix_rows(out: Tensor, q: Tensor, k: Tensor, v: Tensor, prefix: int, scale
 
 
 def _run_kernel(engine: str) -> Callable[..., Tensor]:
+    """The runner of a kernel engine: the custom operator, or in eager inference the same kernel called directly
+    (:mod:`visattn.ops.engines.direct`, identical results without the operator's per-call cost)."""
+
     def run(q: Tensor, k: Tensor, v: Tensor, mask: Mask, shape: Shape, prefix: int, scale: float | None,
             dropout_p: float) -> Tensor:
         scale = q.shape[-1] ** -0.5 if scale is None else scale
         training = needs_grad(q, k, v)
+        if not training:
+            out = direct.progression_forward(q, k, v, mask.key, shape, prefix, scale, engine)
+            if out is not None:
+                return out
         out = kernel_ops.progression_attention(q, k, v, mask.key, list(shape), prefix, scale,
                                                training, engine)[0]
         return prefix_rows(out, q, k, v, prefix, scale) if training else out
