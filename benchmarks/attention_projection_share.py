@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 import visattn.models  # noqa: F401  (registers visattn_* in timm)
+from _common import run_header
 from models_davit_halonet import attention_calls as davit_halonet_calls
 from models_maxvit_swin import attention_calls as maxvit_swin_calls
 from visattn.bench import load_average
@@ -74,8 +75,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rounds", type=int, default=5, help="interleaved samples per side")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, timm {timm.__version__}, {args.threads} threads, batch {args.batch}, "
-          f"{args.rounds} rounds, load average before {load_average()}")
+    print(run_header(args.threads, args.batch, args.rounds))
     print("| model | layers | timm / visattn (measured) | timm / projections alone (the bound) | timm ms | "
           "projections ms | projections' share of timm's layer time |")
     print("|---|---|---|---|---|---|---|")

@@ -26,7 +26,7 @@ import torch
 from timm.models.vision_transformer import VisionTransformer
 
 import visattn.models  # noqa: F401  (registers visattn_* in timm)
-from visattn.bench import busy_message, load_average
+from _common import set_threads
 from visattn.bench.paired import inference_call, paired_ratio
 from visattn.models.dependency_tree import dependency_tree_figure, is_tree
 
@@ -113,11 +113,7 @@ def main() -> None:
     parser.add_argument("--embed-dim", type=int, default=32)
     parser.add_argument("--out", default="dependency_vit_out")
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    load = load_average()
-    warning = busy_message(load[0] if load else None, torch.get_num_threads(), args.threads)
-    if warning:
-        print(warning)
+    set_threads(args.threads)
     speed(args) if args.what == "speed" else digits(args)
 
 

@@ -23,23 +23,14 @@ import argparse
 import datetime
 import os
 import platform
-import subprocess
 
 import torch
 
+from _common import git_commit
 from visattn.bench import format_bytes, load_average
 from visattn.bench.model import UNMODIFIED, ModelBenchReport, ModelBenchSettings, ModelRecord, run_model_bench
 
 MIXERS = ("softmax", "neighborhood", "window", "axial", "linear")
-
-
-def _commit() -> str:
-    try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True,
-                             cwd=os.path.dirname(os.path.abspath(__file__)))
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return out.stdout.strip()
 
 
 def _cpu() -> str:
@@ -68,7 +59,7 @@ def markdown(report: ModelBenchReport, load_before: tuple[float, ...] | None,
     s = report.settings
     load_after = load_average()
     lines = [f"{report.model}, batch {s.batch}, {s.dtype}, {torch.get_num_threads()} threads on {_cpu()} "
-             f"({os.cpu_count()} cores), {datetime.date.today().isoformat()}, commit {_commit()}, load average "
+             f"({os.cpu_count()} cores), {datetime.date.today().isoformat()}, commit {git_commit()}, load average "
              f"{'?' if load_before is None else f'{load_before[0]:.1f}'} before and "
              f"{'?' if load_after is None else f'{load_after[0]:.1f}'} after; median of {s.repeats} bursts of "
              f">= {s.min_sample_s:g} s, variants interleaved.", ""]

@@ -19,6 +19,7 @@ import torch
 from timm.models.vision_transformer import VisionTransformer
 
 import visattn.models  # noqa: F401  (registers visattn_* in timm)
+from _common import run_header
 from visattn.bench import load_average
 from visattn.bench.paired import inference_call, paired_ratio
 
@@ -33,8 +34,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, timm {timm.__version__}, {args.threads} threads, batch {args.batch}, "
-          f"{args.rounds} rounds, load average before {load_average()}")
+    print(run_header(args.threads, args.batch, args.rounds))
     print("| image | tokens | ratio ViT / InfViT time | range | ViT ms | InfViT ms |")
     print("|---|---|---|---|---|---|")
     for size in args.sizes:

@@ -23,14 +23,15 @@ from __future__ import annotations
 
 import argparse
 import statistics
-from collections.abc import Callable
 
 import timm
 import torch
 from torch import nn
 
 import visattn.models  # noqa: F401  (registers visattn_* in timm)
+from _common import run_header
 from visattn.bench import load_average
+from visattn.bench.paired import inference_call
 from visattn.bench.timing import time_burst
 from visattn.models.l2vit import LinearGlobalBlock
 from visattn.registry import create_mixer
@@ -58,13 +59,6 @@ def pairs(size: int) -> list[tuple[str, nn.Module, nn.Module]]:
             ("L2ViT-T vs L2ViT-T with softmax global blocks", softmax_l2vit.eval(), l2vit.eval())]
 
 
-def _inference(model: nn.Module, images: torch.Tensor) -> Callable[[], None]:
-    def run() -> None:
-        with torch.no_grad():
-            model(images)
-    return run
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[224, 384])
@@ -74,14 +68,13 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, timm {timm.__version__}, {args.threads} threads, batch {args.batch}, "
-          f"load average before {load_average()}")
+    print(run_header(args.threads, args.batch))
     print("| pair | image | ratio softmax/linear wall | range | ratio CPU time | softmax ms | linear ms |")
     print("|---|---|---|---|---|---|---|")
     for size in args.sizes:
         images = torch.randn(args.batch, 3, size, size, generator=torch.Generator().manual_seed(0))
         for name, softmax_model, linear_model in pairs(size):
-            slow, fast = _inference(softmax_model, images), _inference(linear_model, images)
+            slow, fast = inference_call(softmax_model, images), inference_call(linear_model, images)
             slow(), fast()
             rounds = [(time_burst(slow, args.calls), time_burst(fast, args.calls)) for _ in range(args.rounds)]
             wall = [s[0] / f[0] for s, f in rounds]

@@ -20,8 +20,6 @@ largest logit difference between the two models is printed as a check that they 
 from __future__ import annotations
 
 import argparse
-import os
-import subprocess
 from collections.abc import Callable
 
 import timm
@@ -29,21 +27,13 @@ import torch
 from torch import nn
 
 import visattn.models  # noqa: F401  (registers visattn_* in timm)
+from _common import git_commit, run_header
 from visattn.bench import load_average
 from visattn.bench.paired import inference_call, paired_ratio, run_all, train_step_call
 from visattn.testing import randomize_module
 
 DEFAULT_MODELS = ("maxvit_tiny_tf_224", "maxvit_tiny_tf_384", "maxvit_tiny_tf_512",
                   "swinv2_tiny_window8_256", "swinv2_tiny_window16_256")
-
-
-def _commit() -> str:
-    try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True,
-                             cwd=os.path.dirname(os.path.abspath(__file__)))
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return out.stdout.strip()
 
 
 def _pair(name: str) -> tuple[nn.Module, nn.Module]:
@@ -100,9 +90,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--skip-model", action="store_true", help="attention layers only")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    load_before = load_average()
-    print(f"visattn {_commit()}, torch {torch.__version__}, timm {timm.__version__}, {args.threads} threads, "
-          f"batch {args.batch}, {args.rounds} rounds, load average before {load_before}")
+    header = run_header(args.threads, args.batch, args.rounds)
+    print(f"visattn {git_commit()}, {header}")
     print("| model | measured | ratio timm/visattn time | range | timm ms | visattn ms |")
     print("|---|---|---|---|---|---|")
     for name in args.models:

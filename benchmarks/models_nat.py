@@ -22,7 +22,8 @@ import torch
 from torch import Tensor, nn
 
 import visattn.models  # noqa: F401  (registers visattn_* in timm)
-from visattn.bench import busy_message, interleaved_bursts, load_average
+from _common import set_threads
+from visattn.bench import interleaved_bursts
 from visattn.models.nat_attention import NeighborhoodAttention2dRPB
 
 
@@ -67,11 +68,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--models", nargs="+", default=["visattn_nat_tiny", "visattn_dinat_tiny"])
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    load = load_average()
-    warning = busy_message(load[0] if load else None, torch.get_num_threads(), args.threads)
-    if warning:
-        print(warning)
+    set_threads(args.threads)
     x = torch.randn(args.batch, 3, args.img_size, args.img_size)
     print(f"batch {args.batch}, {args.img_size} px, fp32, {args.threads} threads, median of {args.repeats}; "
           "NATTEN runs without rpb (it has none), visattn with it")

@@ -18,7 +18,8 @@ import timm
 import torch
 
 import visattn.models  # noqa: F401  (registers visattn_* in timm)
-from visattn.bench import busy_message, interleaved_bursts, load_average
+from _common import set_threads
+from visattn.bench import interleaved_bursts
 
 
 def main() -> None:
@@ -29,11 +30,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--sizes", nargs="+", default=["t0", "t1", "t2"])
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    load = load_average()
-    warning = busy_message(load[0] if load else None, torch.get_num_threads(), args.threads)
-    if warning:
-        print(warning)
+    set_threads(args.threads)
     x = torch.randn(args.batch, 3, args.img_size, args.img_size)
     print(f"batch {args.batch}, {args.img_size} px, fp32 forward (inference mode), {args.threads} threads, "
           f"median of {args.repeats} interleaved rounds")
