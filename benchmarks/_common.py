@@ -33,7 +33,7 @@ def set_threads(threads: int) -> None:
     load leaves too few cores for them."""
     torch.set_num_threads(threads)
     load = load_average()
-    warning = busy_message(load[0] if load else None, torch.get_num_threads(), threads)
+    warning = busy_message(load[0] if load else None, os.cpu_count(), threads)
     if warning:
         print(warning)
 
