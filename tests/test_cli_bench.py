@@ -30,6 +30,8 @@ def test_default_run_writes_json_and_plot_into_a_new_results_folder(tmp_path, mo
     assert [(r["mixer"], r["tokens"]) for r in data["records"]] == [("softmax", 16), ("softmax", 36), ("window", 16),
                                                                     ("window", 36)]
     assert data["settings"]["min_sample_s"] == 0.0 and data["settings"]["spread_limit"] == 0.25
+    assert data["settings"]["rounds_across_cases"] is True
+    assert data["environment"]["schedule"]["scheduling"] == "rounds across cases"
     assert data["exponents"] == {"softmax": None, "window(window_size=2)": None}  # two sizes: never reported
     assert "fewer than 3 sizes timed" in out
 
@@ -70,6 +72,17 @@ def test_isolate_runs_each_mixer_in_its_own_process(tmp_path):
     assert cli.main(["bench", "--mixers", "linear", "--sizes", "4", "--isolate", "--json", str(path), *TINY]) == 0
     data = json.loads(path.read_text())
     assert data["settings"]["isolate"] is True and data["records"][0]["median_ms"] > 0
+    assert data["environment"]["schedule"]["scheduling"] == "case by case"
+
+
+def test_case_by_case_is_recorded(tmp_path):
+    path = tmp_path / "cases.json"
+    assert cli.main(["bench", "--mixers", "linear", "softmax", "--sizes", "4", "--case-by-case", "--json", str(path),
+                     *TINY]) == 0
+    data = json.loads(path.read_text())
+    assert data["settings"]["rounds_across_cases"] is False
+    assert data["environment"]["schedule"]["scheduling"] == "case by case"
+    assert [r["mixer"] for r in data["records"]] == ["linear", "softmax"]
 
 
 def test_model_bench_through_the_cli(tmp_path, capsys):
@@ -94,6 +107,7 @@ def test_model_bench_through_the_cli(tmp_path, capsys):
     (["--model", "vit_tiny_patch16_224", "--sizes", "8"], "--sizes applies to mixer benchmarks"),
     (["--model", "vit_tiny_patch16_224", "--backward"], "--backward applies to mixer benchmarks"),
     (["--model", "vit_tiny_patch16_224", "--isolate"], "--isolate applies to mixer benchmarks"),
+    (["--model", "vit_tiny_patch16_224", "--case-by-case"], "--case-by-case applies to mixer benchmarks"),
     (["--img-size", "32"], "--img-size and --forward-only apply to --model"),
     (["--model", "no_such_model"], "timm model name"),
     (["--spread-limit", "-1"], "spread_limit"),

@@ -185,8 +185,11 @@ def _parser() -> argparse.ArgumentParser:
                      help="keep glibc malloc's defaults (large temporaries are mapped and unmapped on every call) "
                           "instead of keeping freed memory (visattn.bench.allocator)")
     run.add_argument("--isolate", action="store_true",
-                     help="time each mixer in its own fresh process instead of all in this one "
+                     help="time each mixer in its own fresh process instead of all in this one, case by case "
                           "(visattn.bench.isolation)")
+    run.add_argument("--case-by-case", action="store_true",
+                     help="take each mixer's rounds right after its probes instead of rounds across all mixers "
+                          "(visattn.bench.schedule)")
     cli_lens.add_parser(commands)
     cli_arena.add_parser(commands)
     cli_codec.add_parser(commands)
@@ -219,11 +222,12 @@ def _settings(args: argparse.Namespace) -> bench.BenchSettings:
                                backward=args.backward, warmup=args.warmup, num_prefix_tokens=args.prefix_tokens,
                                min_sample_s=args.min_sample, spread_limit=args.spread_limit,
                                measure_memory=not args.no_memory, seed=args.seed, isolate=args.isolate,
-                               **given, **budget)
+                               rounds_across_cases=not args.case_by_case, **given, **budget)
 
 
 def _model_settings(args: argparse.Namespace) -> ModelBenchSettings:
-    for flag, value in (("--sizes", args.sizes), ("--backward", args.backward), ("--isolate", args.isolate)):
+    for flag, value in (("--sizes", args.sizes), ("--backward", args.backward), ("--isolate", args.isolate),
+                        ("--case-by-case", args.case_by_case)):
         if value:
             raise ValueError(f"{flag} applies to mixer benchmarks, not to --model (use --img-size, --forward-only)")
     given = {name: value for name, value in (("batch", args.batch), ("repeats", args.repeats),
@@ -244,12 +248,15 @@ def _bench_mixers(args: argparse.Namespace, err: Console) -> bench.BenchReport:
     settings = _settings(args)
     cases = bench.default_cases() if args.mixers is None else [bench.parse_case(m) for m in args.mixers]
     sizes = list(bench.DEFAULT_SIZES if args.sizes is None else args.sizes)
-    report = bench.BenchReport(settings)
+    report, schedule = bench.BenchReport(settings), bench.ScheduleLog()
     with _progress(err) as progress:
-        task = progress.add_task("building native kernels", total=len(cases) * len(sizes))
-        for record in bench.iter_bench(cases, sizes, settings):
-            report.records.append(record)
-            progress.update(task, advance=1, description=f"{record.label} {'x'.join(map(str, record.shape))}")
+        task = progress.add_task("building native kernels", total=len(cases) * (len(sizes) + settings.repeats))
+
+        def step(p: bench.BenchProgress) -> None:  # a step: each (mixer, size) probed, each mixer's bursts per round
+            progress.update(task, completed=p.done, total=p.total, description=p.description)
+
+        report.records.extend(bench.iter_bench(cases, sizes, settings, schedule=schedule, on_progress=step))
+    report.env["schedule"] = schedule.to_dict()
     return report
 
 

@@ -230,7 +230,11 @@ def test_native_kernels_are_built_before_anything_is_timed(monkeypatch):
     monkeypatch.setattr(runner, "interleaved_bursts", lambda *a: events.append("bursts") or bursts(*a))
     run_bench(["softmax", "neighborhood:kernel_size=3"], [4, 5], BenchSettings(**FAST))
     assert events[0] == "prebuild" and events.count("prebuild") == 1
-    # per mixer: mixer and SDPA probes at each size, then the bursts of both sizes in the same rounds
+    # every mixer's mixer and SDPA probes at each size, then the rounds across mixers: one visit per mixer and round
+    assert events[1:] == ["probe"] * 8 + ["bursts"] * 2 * FAST["repeats"]
+    events.clear()
+    run_bench(["softmax", "neighborhood:kernel_size=3"], [4, 5], BenchSettings(rounds_across_cases=False, **FAST))
+    # case by case: per mixer, its probes, then the bursts of both sizes in the same rounds
     assert events[1:] == ["probe", "probe", "probe", "probe", "bursts"] * 2
 
 

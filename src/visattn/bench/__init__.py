@@ -27,6 +27,7 @@ from .plot import plot_report
 from .prebuild import prebuild_native_kernels
 from .record import BenchRecord, BenchReport
 from .runner import DEFAULT_SIZES, default_cases, iter_bench, run_bench
+from .schedule import BenchProgress, ScheduleLog, round_orders
 from .settings import DTYPES, BenchSettings
 from .timing import Timing, calls_per_sample, interleaved_bursts, summarize, time_burst
 
@@ -37,10 +38,12 @@ __all__ = [
     "MAX_FIT_ERROR",
     "MIN_FIT_POINTS",
     "BenchCase",
+    "BenchProgress",
     "BenchRecord",
     "BenchReport",
     "BenchSettings",
     "ExponentFit",
+    "ScheduleLog",
     "Timing",
     "attended_pairs",
     "build_mixer",
@@ -65,6 +68,7 @@ __all__ = [
     "plot_report",
     "prebuild_native_kernels",
     "resolve_shape",
+    "round_orders",
     "run_bench",
     "summarize",
     "time_burst",

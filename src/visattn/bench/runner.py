@@ -1,31 +1,46 @@
 """Run the benchmark: every mixer at every size, timed against dense SDPA on the same q, k, v in the same run.
 
 Before anything is timed, every native kernel library is built (:mod:`visattn.bench.prebuild`), so that no build
-counts against a budget or a time. The cases run one after another; for each, its sizes are prepared smallest
-first (so each size's time can be predicted from the smaller ones): count the attended pairs, estimate the memory,
-skip if a budget would be exceeded, make q, k, v, make ``warmup`` untimed calls (one-time set-up), one probe call
-of the mixer and one of dense ``scaled_dot_product_attention`` (no mask) timed against the time budget, and one
-profiled call of each for peak memory. Then ``repeats`` rounds: in each, one burst of the mixer and one of SDPA at
-every size, so that every size and its baseline see the same machine, and one burst of the mixer on a tiny grid
-(:data:`FIXED_COST_SIDE`) for the fixed cost of a call. Each burst lasts at least ``min_sample_s`` (sized by the
-probe call). The ratio to SDPA is the median of the per-round ratios.
+counts against a budget or a time. Then every case is probed, one after another; for each, its sizes are prepared
+smallest first (so each size's time can be predicted from the smaller ones): count the attended pairs, estimate the
+memory, skip if a budget would be exceeded, make q, k, v, make ``warmup`` untimed calls (one-time set-up), one
+probe call of the mixer and one of dense ``scaled_dot_product_attention`` (no mask) timed against the time budget,
+and one profiled call of each for peak memory; then the mixer on a tiny grid (:data:`FIXED_COST_SIDE`), for the
+fixed cost of a call. A case's bursts are one burst of the mixer and one of SDPA at every size, so that every size
+and its baseline see the same machine, and one of the tiny grid; each lasts at least ``min_sample_s`` (sized by the
+probe call). They are taken in ``repeats`` rounds across cases (:mod:`visattn.bench.schedule`): round ``r`` takes
+every case's bursts, the cases in a seeded order of their own, before round ``r + 1`` starts, so that each case's
+rounds spread over the whole run; the inputs and mixers of every case stay alive until the last round. Where that
+would exceed the memory budget, the cases are timed in groups, in the limit case by case (each case's rounds right
+after its probes, as with ``rounds_across_cases=False`` and ``isolate``). The ratio to SDPA is the median of the
+per-round ratios.
+
+Memory kept for the rounds: q, k, v and the layer input x of every timed size, ``4 * batch * heads * N *
+head_dim`` elements, and the mixers. For the default run (28 mixers, sides 32, 48, 64 and the 8 x 8 grid, float32,
+4 heads of 32 channels) that is about 15 MiB per mixer, 410 MiB in all, plus what the mixers' masks and plans add
+to visattn's shared cache (about 14 MiB); the largest single call adds up to about 0.7 GB on top (a naive
+``N x N`` mixer at 4,096 tokens, by its estimate), so the rounds peak near 1.1 GB, against a default memory budget of
+half the RAM. The JSON's ``environment.schedule`` gives the estimate of each run.
 """
 
 from __future__ import annotations
 
 import copy
+import logging
 import math
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .._cache import cache_budget, cache_bytes, nbytes_of
 from ..registry import list_mixers
 from .budget import (
     estimate_memory_bytes,
+    format_bytes,
     measured_time_skip_reason,
     memory_skip_reason,
     predict_memory_bytes,
@@ -39,6 +54,7 @@ from .layout import Size, grid_for, infer_layout, nominal_tokens, resolve_shape
 from .memory import peak_memory_bytes
 from .prebuild import prebuild_native_kernels
 from .record import BenchRecord, BenchReport
+from .schedule import CASE_BY_CASE, BenchProgress, ScheduleLog, round_orders
 from .settings import BenchSettings
 from .timing import Timing, calls_per_sample, interleaved_bursts, summarize, synchronizer, time_call
 
@@ -52,6 +68,8 @@ SKIPPABLE_ERRORS = (ValueError, NotImplementedError, MemoryError, torch.cuda.Out
 a grid the mechanism rejects, a mechanism not implemented for it, running out of memory."""
 
 Call = Callable[[], None]
+
+logger = logging.getLogger("visattn")
 
 FIXED_COST_SIDE = 8
 """Nominal side of the tiny grid (64 tokens) each mixer is also timed on, in the same rounds as its sizes, for the
@@ -127,18 +145,30 @@ def _call(fn: Callable[[], Tensor], inputs: Sequence[Tensor], backward: bool) ->
     return forward_backward
 
 
+def _calibrated(mixer: Any, shape: tuple[int, ...], inputs: Sequence[Tensor]) -> Any:
+    """``mixer``, or where it needs calibration (``calibrate_qk``, e.g. PARO) a copy calibrated on these q, k: one
+    calibration per grid, since every size's bursts run after all are probed."""
+    if not callable(getattr(mixer, "calibrate_qk", None)):
+        return mixer
+    mixer = copy.deepcopy(mixer)
+    mixer.calibrate_qk(inputs[0].detach(), inputs[1].detach(), shape)
+    return mixer
+
+
 def _mixer_call(mixer: Any, shape: tuple[int, ...], settings: BenchSettings, inputs: Sequence[Tensor]) -> Call:
     """The timed call of ``mixer`` on ``inputs`` (q, k, v and the layer input x, passed to mixers with
-    ``uses_input``). A mixer that needs calibration (``calibrate_qk``, e.g. PARO) is calibrated on these q, k first,
-    as a copy: one calibration per grid, since every size's bursts run after all are probed."""
+    ``uses_input``)."""
     q, k, v, x = inputs
     params = [p for p in mixer.parameters() if p.requires_grad] if isinstance(mixer, torch.nn.Module) else []
-    if callable(getattr(mixer, "calibrate_qk", None)):
-        mixer = copy.deepcopy(mixer)
-        mixer.calibrate_qk(q.detach(), k.detach(), shape)
     if getattr(mixer, "uses_input", False):
         return _call(lambda: mixer(q, k, v, shape, x=x), (q, k, v, x, *params), settings.backward)
     return _call(lambda: mixer(q, k, v, shape), (q, k, v, *params), settings.backward)
+
+
+def _input_bytes(settings: BenchSettings, tokens: int) -> int:
+    """Bytes of the q, k, v and layer input x that one (case, size) keeps for its bursts (:func:`_inputs`)."""
+    s = settings
+    return 4 * s.batch * s.heads * s.head_dim * tokens * s.torch_dtype.itemsize
 
 
 def _warm_up_and_probe(call: Call, sync: Call, warmup: int, budget_s: float) -> tuple[float | None, str | None]:
@@ -157,11 +187,13 @@ def _warm_up_and_probe(call: Call, sync: Call, warmup: int, budget_s: float) -> 
 @dataclass
 class _Ready:
     """A (case, size) that passed its checks and probes: its record, the calls to time (the mixer, then dense
-    SDPA unless the baseline was skipped) and how many consecutive calls make one burst of each."""
+    SDPA unless the baseline was skipped), how many consecutive calls make one burst of each, and what the calls
+    keep alive until they are timed (inputs and mixer)."""
 
     record: BenchRecord
     calls: list[Call]
     counts: list[int]
+    kept: tuple[Any, ...]
 
 
 def _probe(prepared: _Prepared, size: Size, settings: BenchSettings, history: list[tuple[int, float]],
@@ -194,8 +226,7 @@ def _probe(prepared: _Prepared, size: Size, settings: BenchSettings, history: li
                                                           s.backward, pairs)
     predicted = predict_memory_bytes(memory_history, tokens)
     if predicted is not None:
-        inputs = (3 * s.heads * s.head_dim + s.heads * s.head_dim) * s.batch * tokens * itemsize
-        record.estimated_memory_bytes = min(record.estimated_memory_bytes, inputs + predicted)
+        record.estimated_memory_bytes = min(record.estimated_memory_bytes, _input_bytes(s, tokens) + predicted)
     record.skipped = (memory_skip_reason(record.estimated_memory_bytes, s.memory_budget)
                       or predicted_time_skip_reason(history, tokens, s.time_budget_s))
     if record.skipped is not None:
@@ -212,6 +243,7 @@ def _probe_calls(record: BenchRecord, mixer: Any, shape: tuple[int, ...], settin
     when it is skipped the mixer is still timed), size their bursts and measure their peak memory."""
     s, tokens = settings, record.tokens
     q, k, v, x = _inputs(s, tokens)
+    mixer = _calibrated(mixer, shape, (q, k, v, x))
     call = _mixer_call(mixer, shape, s, (q, k, v, x))
     sdpa = _call(lambda: F.scaled_dot_product_attention(q, k, v), (q, k, v), s.backward)
     sync = synchronizer(s.torch_device)
@@ -234,7 +266,7 @@ def _probe_calls(record: BenchRecord, mixer: Any, shape: tuple[int, ...], settin
         if len(probes) == 2:
             record.sdpa_peak_memory_bytes = peak_memory_bytes(sdpa, s.torch_device)
     calls = [call, sdpa][:len(probes)]
-    return _Ready(record, calls, [calls_per_sample(p, s.min_sample_s) for p in probes])
+    return _Ready(record, calls, [calls_per_sample(p, s.min_sample_s) for p in probes], (q, k, v, x, mixer))
 
 
 def _store(record: BenchRecord, timing: Timing, calls: int, sdpa: bool) -> None:
@@ -272,40 +304,22 @@ def _finish(ready: _Ready, samples: list[list[float]], settings: BenchSettings) 
     record.sdpa_gflops = gflops_per_second(dense_flops, sdpa_timing.median_ms)
 
 
-def _measure_sizes(prepared: _Prepared, sizes: Sequence[Size], settings: BenchSettings,
-                   history: list[tuple[int, float]], sdpa_history: list[tuple[int, float]],
-                   memory_history: list[tuple[int, int]]) -> list[BenchRecord]:
-    """The records of one case at every size (smallest first). Every size is checked and probed first, then the
-    bursts of all sizes and their baselines are taken in the same rounds (:func:`interleaved_bursts`): a change of
-    machine speed during the case then reaches every size alike, and the fitted exponent compares like with like.
-    """
-    records, ready = [], []
-    for size in sorted(sizes, key=nominal_tokens):
-        record, timed = _probe(prepared, size, settings, history, sdpa_history, memory_history)
-        records.append(record)
-        if timed is not None:
-            ready.append(timed)
-    if ready:
-        fixed = _fixed_cost_call(prepared, settings, min(r.record.tokens for r in ready))
-        fns = [call for r in ready for call in r.calls] + ([fixed[1]] if fixed else [])
-        counts = [count for r in ready for count in r.counts] + ([fixed[2]] if fixed else [])
-        samples = interleaved_bursts(fns, counts, settings.repeats, synchronizer(settings.torch_device))
-        start = 0
-        for r in ready:
-            _finish(r, samples[start:start + len(r.calls)], settings)
-            start += len(r.calls)
-        if fixed:
-            fixed_ms = summarize(samples[-1]).median_ms
-            for r in ready:
-                r.record.fixed_cost_tokens, r.record.fixed_cost_ms = fixed[0], fixed_ms
-    return records
+@dataclass
+class _Fixed:
+    """The mixer's call on the :data:`FIXED_COST_SIDE` grid: its tokens, the call, its burst length, what it keeps
+    alive."""
+
+    tokens: int
+    call: Call
+    count: int
+    kept: tuple[Any, ...]
 
 
-def _fixed_cost_call(prepared: _Prepared, settings: BenchSettings, smallest: int) -> tuple[int, Call, int] | None:
+def _fixed_cost_call(prepared: _Prepared, settings: BenchSettings, smallest: int) -> _Fixed | None:
     """The call of the mixer on the :data:`FIXED_COST_SIDE` grid of its layout, ready to be timed in the case's
-    rounds: its tokens, the call and its burst length; None where that grid is not smaller than ``smallest`` (the
-    case's smallest timed size) or the mixer cannot run on it. Its time is the fixed cost the exponent fit separates
-    from the work (:func:`~visattn.bench.fit.fit_exponent_above_fixed_cost`)."""
+    rounds; None where that grid is not smaller than ``smallest`` (the case's smallest timed size) or the mixer
+    cannot run on it. Its time is the fixed cost the exponent fit separates from the work
+    (:func:`~visattn.bench.fit.fit_exponent_above_fixed_cost`)."""
     s = settings
     shape = grid_for(prepared.layout, FIXED_COST_SIDE)
     tokens = s.num_prefix_tokens + math.prod(shape)
@@ -314,11 +328,108 @@ def _fixed_cost_call(prepared: _Prepared, settings: BenchSettings, smallest: int
     mixer, _, error = _create(prepared.case, s, shape) if prepared.per_grid else (prepared.mixer, None, None)
     if error is not None:
         return None
-    call = _mixer_call(mixer, shape, s, _inputs(s, tokens))
+    inputs = _inputs(s, tokens)
+    mixer = _calibrated(mixer, shape, inputs)
+    call = _mixer_call(mixer, shape, s, inputs)
     seconds, skipped = _warm_up_and_probe(call, synchronizer(s.torch_device), s.warmup, s.time_budget_s)
     if skipped:
         return None
-    return tokens, call, calls_per_sample(seconds, s.min_sample_s)
+    return _Fixed(tokens, call, calls_per_sample(seconds, s.min_sample_s), (*inputs, mixer))
+
+
+@dataclass
+class _CaseRun:
+    """A case after its probes: its records at every size (smallest first), the sizes ready to be timed, its
+    fixed-cost call, the estimated bytes it keeps alive until timed (``held_bytes``: inputs, mixers and what its
+    probes added to visattn's shared cache, :func:`visattn._cache.cache_bytes`), the largest estimated memory of
+    one of its calls, and the samples of its bursts so far (one list per call of :attr:`calls`)."""
+
+    records: list[BenchRecord]
+    ready: list[_Ready]
+    fixed: _Fixed | None
+    held_bytes: int = 0
+    cache_growth: int = 0
+    largest_call_bytes: int = 0
+    samples: list[list[float]] = field(default_factory=list)
+
+    @property
+    def label(self) -> str:
+        return self.records[0].label
+
+    @property
+    def calls(self) -> list[Call]:
+        """Every burst of one round of the case, in order: each size's mixer and SDPA, then the fixed-cost call."""
+        return [c for r in self.ready for c in r.calls] + ([self.fixed.call] if self.fixed else [])
+
+    @property
+    def counts(self) -> list[int]:
+        return [c for r in self.ready for c in r.counts] + ([self.fixed.count] if self.fixed else [])
+
+
+def _probe_case(prepared: _Prepared, sizes: Sequence[Size], settings: BenchSettings,
+                history: list[tuple[int, float]], sdpa_history: list[tuple[int, float]],
+                memory_history: list[tuple[int, int]], on_probe: Callable[[BenchRecord], None] | None = None,
+                ) -> _CaseRun:
+    """Check and probe every size of the case (smallest first) and its fixed-cost call; ``on_probe`` sees each
+    record (not timed yet) after its probe."""
+    before = cache_bytes()
+    records, ready = [], []
+    for size in sorted(sizes, key=nominal_tokens):
+        record, timed = _probe(prepared, size, settings, history, sdpa_history, memory_history)
+        records.append(record)
+        if timed is not None:
+            ready.append(timed)
+        if on_probe is not None:
+            on_probe(record)
+    fixed = _fixed_cost_call(prepared, settings, min(r.record.tokens for r in ready)) if ready else None
+    kept = [r.kept for r in ready] + ([fixed.kept] if fixed else [])
+    growth = max(0, cache_bytes() - before)
+    return _CaseRun(records, ready, fixed, nbytes_of(kept) + growth, growth,
+                    max((r.record.estimated_memory_bytes or 0 for r in ready), default=0))
+
+
+def _finish_case(run: _CaseRun, samples: list[list[float]], settings: BenchSettings) -> None:
+    """Fill every timed record of the case from its samples (one list per call of ``run.calls``), the fixed cost
+    included, and let go of the calls, inputs and mixers."""
+    start = 0
+    for r in run.ready:
+        _finish(r, samples[start:start + len(r.calls)], settings)
+        start += len(r.calls)
+    if run.fixed:
+        fixed_ms = summarize(samples[-1]).median_ms
+        for r in run.ready:
+            r.record.fixed_cost_tokens, r.record.fixed_cost_ms = run.fixed.tokens, fixed_ms
+    run.ready, run.fixed, run.samples = [], None, []
+
+
+def _time_alone(run: _CaseRun, settings: BenchSettings) -> None:
+    """Case by case: the case's ``repeats`` rounds one after another (:func:`interleaved_bursts`), so that a change
+    of machine speed during the case reaches every size alike; then its records are complete."""
+    if run.ready:
+        sync = synchronizer(settings.torch_device)
+        _finish_case(run, interleaved_bursts(run.calls, run.counts, settings.repeats, sync), settings)
+
+
+def _visit(run: _CaseRun, settings: BenchSettings) -> bool:
+    """One round of the case (one burst of each of its calls, :func:`interleaved_bursts`) appended to its samples;
+    whether visattn's shared cache changed size meanwhile (something was rebuilt inside a timed burst)."""
+    before = cache_bytes()
+    got = interleaved_bursts(run.calls, run.counts, 1, synchronizer(settings.torch_device))
+    if not run.samples:
+        run.samples = [[] for _ in got]
+    for samples, new in zip(run.samples, got, strict=True):
+        samples.extend(new)
+    return cache_bytes() != before
+
+
+def _measure_sizes(prepared: _Prepared, sizes: Sequence[Size], settings: BenchSettings,
+                   history: list[tuple[int, float]], sdpa_history: list[tuple[int, float]],
+                   memory_history: list[tuple[int, int]]) -> list[BenchRecord]:
+    """The records of one case at every size (smallest first), timed case by case: every size is checked and
+    probed first, then the bursts of all sizes and their baselines are taken in the same rounds."""
+    run = _probe_case(prepared, sizes, settings, history, sdpa_history, memory_history)
+    _time_alone(run, settings)
+    return run.records
 
 
 def _measure(prepared: _Prepared, size: Size, settings: BenchSettings, history: list[tuple[int, float]],
@@ -326,6 +437,16 @@ def _measure(prepared: _Prepared, size: Size, settings: BenchSettings, history: 
     """The record of one (case, size) (:func:`_measure_sizes` with one size)."""
     (record,) = _measure_sizes(prepared, [size], settings, history, sdpa_history, memory_history)
     return record
+
+
+def predicted_held_bytes(prepared: _Prepared, sizes: Sequence[Size], settings: BenchSettings) -> int:
+    """What a case is expected to keep alive from its probes to the end of its rounds, before it runs: q, k, v and
+    x at every size and on the fixed-cost grid, and its mixer's tensors (one per size for a mixer built per grid is
+    not known yet and counted after the probes)."""
+    s = settings
+    shapes = [resolve_shape(size, prepared.layout) for size in sizes] + [grid_for(prepared.layout, FIXED_COST_SIDE)]
+    inputs = sum(_input_bytes(s, s.num_prefix_tokens + math.prod(shape)) for shape in shapes)
+    return inputs + nbytes_of(prepared.mixer)
 
 
 def _as_case(case: BenchCase | str) -> BenchCase:
@@ -336,17 +457,114 @@ def _as_case(case: BenchCase | str) -> BenchCase:
     raise TypeError(f"cases must hold BenchCase objects or strings like 'name:key=value', got {case!r}")
 
 
+class _Steps:
+    """Counts the steps of a run (one per (case, size) probed, one per case and round timed) for ``on_progress``."""
+
+    def __init__(self, total: int, on_progress: Callable[[BenchProgress], None] | None) -> None:
+        self.done, self.total, self._on_progress = 0, total, on_progress
+
+    def advance(self, steps: int, description: str) -> None:
+        self.done += steps
+        if self._on_progress is not None and steps:
+            self._on_progress(BenchProgress(self.done, self.total, description))
+
+    def probed(self, record: BenchRecord) -> None:
+        self.advance(1, f"probe {record.label} {'x'.join(map(str, record.shape))}")
+
+
+def _time_in_rounds(group: list[_CaseRun], settings: BenchSettings, log: ScheduleLog, steps: _Steps) -> None:
+    """Rounds across the cases of ``group``: round ``r`` visits every case with something to time (one burst of each
+    of its calls) in a seeded order of its own (:func:`~visattn.bench.schedule.round_orders`) before round
+    ``r + 1`` starts; then every record of the group is complete."""
+    timed = [run for run in group if run.ready]
+    orders = round_orders(len(timed), settings.repeats, settings.seed + len(log.groups))
+    log.groups.append([run.label for run in timed])
+    log.held_bytes.append(sum(run.held_bytes for run in group))
+    log.largest_call_bytes.append(max((run.largest_call_bytes for run in group), default=0))
+    log.round_orders.append([[timed[i].label for i in order] for order in orders])
+    steps.advance(settings.repeats * (len(group) - len(timed)), "cases with nothing to time")
+    for r, order in enumerate(orders, 1):
+        for i in order:
+            log.cache_changes += _visit(timed[i], settings)
+            steps.advance(1, f"round {r}/{settings.repeats} {timed[i].label}")
+    for run in timed:
+        _finish_case(run, run.samples, settings)
+
+
+def _over_budget(held: int, largest_call: int, settings: BenchSettings) -> bool:
+    return held + largest_call > settings.memory_budget
+
+
+def _in_process(cases: Sequence[BenchCase], sizes: Sequence[Size], settings: BenchSettings, log: ScheduleLog,
+                steps: _Steps) -> Iterator[BenchRecord]:
+    """Every case in this process: probed in order and gathered for rounds across cases while the memory kept for
+    the rounds plus the largest call fits ``settings.memory_budget`` (and what the cases added to visattn's shared
+    cache stays within half its budget, so that no entry is dropped and rebuilt inside a timed burst); a group that
+    would not fit is timed in rounds among its cases and let go before the next case is probed. Records come out in
+    case order once their group's rounds are done. With ``rounds_across_cases=False``, each case is timed right
+    after its probes."""
+    sdpa_history: list[tuple[int, float]] = []
+    group: list[_CaseRun] = []
+    splits = 0
+
+    def flush() -> Iterator[BenchRecord]:
+        _time_in_rounds(group, settings, log, steps)
+        records = [record for run in group for record in run.records]
+        group.clear()
+        return iter(records)
+
+    for case in cases:
+        prepared = _prepare(case, settings)
+        if not settings.rounds_across_cases:
+            run = _probe_case(prepared, sizes, settings, [], sdpa_history, [], steps.probed)
+            _time_alone(run, settings)
+            steps.advance(settings.repeats, f"timed {run.label}")
+            yield from run.records
+            continue
+        held = sum(run.held_bytes for run in group)
+        largest = max((run.largest_call_bytes for run in group), default=0)
+        if group and _over_budget(held + predicted_held_bytes(prepared, sizes, settings), largest, settings):
+            splits += 1
+            yield from flush()
+        run = _probe_case(prepared, sizes, settings, [], sdpa_history, [], steps.probed)
+        group.append(run)
+        held, largest = held + run.held_bytes, max(largest, run.largest_call_bytes)
+        if len(group) > 1 and (_over_budget(held, largest, settings)
+                               or sum(r.cache_growth for r in group) > cache_budget() // 2):
+            splits += 1
+            yield from flush()
+    if group:
+        yield from flush()
+    if splits:
+        log.reason = (f"the estimated memory of rounds across all cases exceeds the memory budget "
+                      f"{format_bytes(settings.memory_budget)} (or half visattn's cache budget): timed in "
+                      f"{len(log.groups)} groups")
+        if all(len(labels) <= 1 for labels in log.groups):
+            log.scheduling = CASE_BY_CASE
+    if log.cache_changes:
+        logger.warning("visattn.bench: visattn's shared cache changed size during %d timed case visits; those "
+                       "bursts include rebuilt masks or plans", log.cache_changes)
+
+
 def iter_bench(cases: Iterable[BenchCase | str] | None = None, sizes: Iterable[Size] | None = None,
-               settings: BenchSettings | None = None) -> Iterator[BenchRecord]:
-    """Yield one :class:`BenchRecord` per (case, size) as it is measured, sizes smallest first.
+               settings: BenchSettings | None = None, *, schedule: ScheduleLog | None = None,
+               on_progress: Callable[[BenchProgress], None] | None = None) -> Iterator[BenchRecord]:
+    """Yield one :class:`BenchRecord` per (case, size), in case order, sizes smallest first, each once it is
+    complete: with rounds across cases (the default, :mod:`visattn.bench.schedule`) every record comes after the
+    last round of its group (for a run within the memory budget: at the end of the run); case by case, a case's
+    records come after its own rounds.
 
     Args:
         cases: :class:`BenchCase` objects or strings ``"name"`` / ``"name:key=value,..."``; every registered
             mixer by default.
         sizes: int sides (``s * s`` tokens in each mixer's layout, see :mod:`visattn.bench.layout`) or grid
             shapes; :data:`DEFAULT_SIZES` by default.
-        settings: :class:`BenchSettings`; the defaults when None. With ``settings.isolate`` each case runs in its
-            own fresh process (:mod:`visattn.bench.isolation`) where that is available.
+        settings: :class:`BenchSettings`; the defaults when None. ``settings.rounds_across_cases=False`` times each
+            case right after its probes. With ``settings.isolate`` each case runs in its own fresh process
+            (:mod:`visattn.bench.isolation`) where that is available, case by case.
+        schedule: a :class:`~visattn.bench.schedule.ScheduleLog` to fill in with the scheduling used.
+        on_progress: called with a :class:`~visattn.bench.schedule.BenchProgress` after every step (each (case,
+            size) probed, each case's burst of each round).
     """
     settings = BenchSettings() if settings is None else settings
     if not isinstance(settings, BenchSettings):
@@ -359,34 +577,45 @@ def iter_bench(cases: Iterable[BenchCase | str] | None = None, sizes: Iterable[S
         raise ValueError("sizes must hold at least one size, got none")
     for size in sizes:
         resolve_shape(size, "2d")
+    log = ScheduleLog() if schedule is None else schedule
+    steps = _Steps(len(cases) * (len(sizes) + settings.repeats), on_progress)
     if settings.torch_device.type == "cpu":
         prebuild_native_kernels()
-    sdpa_history: list[tuple[int, float]] = []
     if settings.isolate and isolation_available(settings):
+        log.scheduling, log.reason = CASE_BY_CASE, "isolate: each case in its own process"
+        sdpa_history: list[tuple[int, float]] = []
         with CaseProcesses() as processes:
             for case in cases:
                 records, sdpa_history = processes.measure(case, sizes, settings, sdpa_history)
+                steps.advance(len(sizes) + settings.repeats, f"timed {case.label} in its own process")
                 yield from records
         return
-    for case in cases:
-        yield from measure_case(case, sizes, settings, sdpa_history)
+    if not settings.rounds_across_cases:
+        log.scheduling, log.reason = CASE_BY_CASE, "rounds_across_cases is off"
+    yield from _in_process(cases, sizes, settings, log, steps)
 
 
 def measure_case(case: BenchCase, sizes: Sequence[Size], settings: BenchSettings,
                  sdpa_history: list[tuple[int, float]]) -> list[BenchRecord]:
-    """The records of one case at every size (smallest first), in this process; ``sdpa_history`` (token count,
-    seconds of dense SDPA's probe) grows with the baselines timed, and predicts the baseline's time budget."""
+    """The records of one case at every size (smallest first), in this process, case by case; ``sdpa_history``
+    (token count, seconds of dense SDPA's probe) grows with the baselines timed, and predicts the baseline's time
+    budget."""
     return _measure_sizes(_prepare(case, settings), sizes, settings, [], sdpa_history, [])
 
 
 def run_bench(cases: Iterable[BenchCase | str] | None = None, sizes: Iterable[Size] | None = None,
-              settings: BenchSettings | None = None,
-              on_record: Callable[[BenchRecord], None] | None = None) -> BenchReport:
-    """Run :func:`iter_bench` to the end; ``on_record`` sees each record as it comes (progress bars)."""
+              settings: BenchSettings | None = None, on_record: Callable[[BenchRecord], None] | None = None,
+              on_progress: Callable[[BenchProgress], None] | None = None) -> BenchReport:
+    """Run :func:`iter_bench` to the end; the report's environment holds the scheduling used (``"schedule"``).
+
+    ``on_record`` sees each record once it is complete (:func:`iter_bench`: with rounds across cases, all at the end
+    of the rounds), ``on_progress`` each step as it is done (progress bars)."""
     settings = BenchSettings() if settings is None else settings
     report = BenchReport(settings)
-    for record in iter_bench(cases, sizes, settings):
+    log = ScheduleLog()
+    for record in iter_bench(cases, sizes, settings, schedule=log, on_progress=on_progress):
         report.records.append(record)
         if on_record is not None:
             on_record(record)
+    report.env["schedule"] = log.to_dict()
     return report

@@ -42,8 +42,10 @@ class BenchSettings:
     interquartile range above ``spread_limit`` times their median (the mixer's times, without a baseline) is
     flagged as noisy. ``backward`` times forward +
     backward of ``out.sum()``. ``memory_budget`` (bytes) and ``time_budget_s`` (seconds per call) decide skips;
-    ``measure_memory`` adds one profiled call per mixer and per SDPA baseline. ``isolate`` times each mixer in its
-    own fresh process (:mod:`visattn.bench.isolation`; ``visattn bench --isolate``).
+    ``measure_memory`` adds one profiled call per mixer and per SDPA baseline. ``rounds_across_cases`` takes the
+    ``repeats`` rounds across all mixers, after all are probed (:mod:`visattn.bench.schedule`); when False, each
+    mixer's rounds follow its probes (``visattn bench --case-by-case``). ``isolate`` times each mixer in its own
+    fresh process, case by case (:mod:`visattn.bench.isolation`; ``visattn bench --isolate``).
     """
 
     heads: int = 4
@@ -62,6 +64,7 @@ class BenchSettings:
     measure_memory: bool = True
     seed: int = 0
     isolate: bool = False
+    rounds_across_cases: bool = True
 
     def __post_init__(self) -> None:
         minimums = {"heads": 1, "head_dim": 1, "batch": 1, "repeats": 1, "warmup": 1, "num_prefix_tokens": 0,
@@ -78,7 +81,7 @@ class BenchSettings:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < float("inf"):
                 raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
-        for name in ("backward", "measure_memory", "isolate"):
+        for name in ("backward", "measure_memory", "isolate", "rounds_across_cases"):
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(f"{name} must be a bool, got {getattr(self, name)!r}")
 
