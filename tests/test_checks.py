@@ -7,7 +7,7 @@ import torch
 
 import visattn
 from visattn import masks, ops
-from visattn._checks import check_attn_mask, check_qkv
+from visattn._checks import check_attn_mask, check_heads, check_qkv, positive_int
 
 
 def test_head_dim_zero_is_a_value_error_naming_head_dim():
@@ -34,3 +34,27 @@ def test_check_attn_mask_accepts_bool_float_and_none():
         check_attn_mask(mask)
     with pytest.raises(TypeError, match="attn_mask must be a torch.Tensor or None, got list"):
         check_attn_mask([[True]])
+
+
+def test_check_heads_returns_the_head_width_and_names_the_bad_argument():
+    assert check_heads(12, 3) == 4
+    assert check_heads(8, 8, "embed_dim") == 1
+    with pytest.raises(ValueError, match="embed_dim must be a positive int, got 0"):
+        check_heads(0, 2, "embed_dim")
+    with pytest.raises(ValueError, match="num_heads must be a positive int, got True"):
+        check_heads(4, True)
+    with pytest.raises(ValueError, match="num_heads must be a positive int, got 2.0"):
+        check_heads(4, 2.0)
+    with pytest.raises(ValueError, match="dim must be divisible by num_heads, got dim=10, num_heads=3"):
+        check_heads(10, 3)
+
+
+def test_positive_int_refuses_non_ints_with_a_type_error_and_small_ints_with_a_value_error():
+    assert positive_int(3, "n") == 3
+    assert positive_int(0, "n", 0) == 0
+    with pytest.raises(TypeError, match="n must be an int, got False"):
+        positive_int(False, "n")
+    with pytest.raises(TypeError, match="n must be an int, got 1.0"):
+        positive_int(1.0, "n")
+    with pytest.raises(ValueError, match="n must be >= 2, got 1"):
+        positive_int(1, "n", 2)

@@ -20,6 +20,17 @@ def positive_int(value: object, name: str, minimum: int = 1) -> int:
     return value
 
 
+def check_heads(dim: object, num_heads: object, dim_name: str = "dim") -> int:
+    """``dim // num_heads``, the width of one head; a ValueError naming the argument when ``dim`` (called
+    ``dim_name``) or ``num_heads`` is not a positive int (bools refused) or ``num_heads`` does not divide ``dim``."""
+    for name, value in ((dim_name, dim), ("num_heads", num_heads)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive int, got {value!r}")
+    if dim % num_heads:
+        raise ValueError(f"{dim_name} must be divisible by num_heads, got {dim_name}={dim}, num_heads={num_heads}")
+    return dim // num_heads
+
+
 def as_shape(shape: int | Sequence[int], name: str = "shape", max_dims: int | None = None) -> Shape:
     """Return ``shape`` as a tuple of positive ints, or raise naming ``name``."""
     if isinstance(shape, int) and not isinstance(shape, bool):

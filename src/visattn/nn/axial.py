@@ -29,6 +29,7 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
+from .._checks import check_heads
 from ..masks import full_mask
 from ..ops import masked_attention
 
@@ -42,14 +43,6 @@ def _scale_or_alias(scale: float | None, qk_scale: float | None) -> float | None
                         f"qk_scale={qk_scale!r}")
     warnings.warn("qk_scale is deprecated, use scale", DeprecationWarning, stacklevel=3)
     return qk_scale
-
-
-def _check_heads(dim: int, num_heads: int) -> None:
-    for name, value in (("dim", dim), ("num_heads", num_heads)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be an int >= 1, got {value!r}")
-    if dim % num_heads:
-        raise ValueError(f"dim must be divisible by num_heads, got dim={dim}, num_heads={num_heads}")
 
 
 def _check_grid_input(x: Tensor, dim: int, min_grid_dims: int = 1) -> None:
@@ -81,7 +74,7 @@ class LineAttention(nn.Module):
                  qk_scale: float | None = None) -> None:
         super().__init__()
         scale = _scale_or_alias(scale, qk_scale)
-        _check_heads(dim, num_heads)
+        check_heads(dim, num_heads)
         if not 0.0 <= attn_drop < 1.0:
             raise ValueError(f"attn_drop must be in [0, 1), got {attn_drop!r}")
         self.dim = dim
@@ -126,7 +119,7 @@ class AxialAttention(nn.Module):
                  proj_drop: float = 0.0, *, qk_scale: float | None = None) -> None:
         super().__init__()
         scale = _scale_or_alias(scale, qk_scale)
-        _check_heads(dim, num_heads)
+        check_heads(dim, num_heads)
         axes = (axes,) if isinstance(axes, int) and not isinstance(axes, bool) else axes
         if not isinstance(axes, Sequence) or isinstance(axes, str) or not axes or any(
                 isinstance(a, bool) or not isinstance(a, int) for a in axes):
@@ -177,7 +170,7 @@ class MorphAxialAttention(nn.Module):
                  proj_drop: float = 0.0, *, qk_scale: float | None = None) -> None:
         super().__init__()
         scale = _scale_or_alias(scale, qk_scale)
-        _check_heads(dim, num_heads)
+        check_heads(dim, num_heads)
         if isinstance(spatial_dims, bool) or not isinstance(spatial_dims, int) or spatial_dims < 1:
             raise ValueError(f"spatial_dims must be an int >= 1, got {spatial_dims!r}")
         self.dim = dim

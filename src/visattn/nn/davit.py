@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .._checks import per_axis
+from .._checks import check_heads, per_axis
 from ..masks.partition import window_mask
 from ..ops.channel_attention import channel_attention, channel_state_bytes, channel_weights
 from ..ops.masked import masked_attention
@@ -31,14 +31,6 @@ from .token_mixer import TokenMixer
 
 # ConvPosEnc comes from the module __getattr__ below.
 __all__ = ["ChannelAttention", "ChannelGroupMixer", "ConvPosEnc", "SpatialWindowAttention"]  # noqa: F822
-
-
-def _check_heads(dim: int, num_heads: int) -> None:
-    for name, value in (("dim", dim), ("num_heads", num_heads)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive int, got {value!r}")
-    if dim % num_heads:
-        raise ValueError(f"dim must be divisible by num_heads, got dim={dim}, num_heads={num_heads}")
 
 
 class ChannelGroupMixer(TokenMixer):
@@ -99,7 +91,7 @@ class ChannelAttention(nn.Module):
 
     def __init__(self, dim: int, num_heads: int = 8, qkv_bias: bool = False) -> None:
         super().__init__()
-        _check_heads(dim, num_heads)
+        check_heads(dim, num_heads)
         self.dim = dim
         self.num_heads = num_heads
         self.scale = (dim // num_heads) ** -0.5
@@ -159,7 +151,7 @@ class SpatialWindowAttention(nn.Module):
     def __init__(self, dim: int, num_heads: int, window_size: int | Sequence[int] = 7, qkv_bias: bool = True,
                  padding: bool = True) -> None:
         super().__init__()
-        _check_heads(dim, num_heads)
+        check_heads(dim, num_heads)
         wh, ww = per_axis(window_size, 2, "window_size")
         self.dim = dim
         self.num_heads = num_heads

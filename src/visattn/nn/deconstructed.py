@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .._checks import check_heads
 from ..ops.elementwise_qk import (
     SCORE_AXES,
     elementwise_qk_attention,
@@ -230,11 +231,7 @@ class DecoupledQKAttention(nn.Module):
     def __init__(self, dim: int, num_heads: int = 8, source: str = "static", num_embeddings: int | None = None,
                  max_len: int | None = None, qkv_bias: bool = False, is_causal: bool = False, seed: int = 0) -> None:
         super().__init__()
-        for name, value in (("dim", dim), ("num_heads", num_heads)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
-        if dim % num_heads:
-            raise ValueError(f"dim must be divisible by num_heads, got dim={dim}, num_heads={num_heads}")
+        check_heads(dim, num_heads)
         if source not in QK_SOURCES:
             raise ValueError(f"source must be one of {QK_SOURCES}, got {source!r}")
         size = {"random": ("num_embeddings", num_embeddings), "fixed": ("max_len", max_len)}.get(source)

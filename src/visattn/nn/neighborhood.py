@@ -22,7 +22,7 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
-from .._checks import check_scale, per_axis, per_axis_bool
+from .._checks import check_heads, check_scale, per_axis, per_axis_bool
 from ..masks import neighborhood_mask
 from ..ops import masked_attention
 
@@ -60,12 +60,7 @@ class NeighborhoodAttention(nn.Module):
         super().__init__()
         if ndim not in (1, 2, 3):
             raise ValueError(f"ndim must be 1, 2 or 3, got {ndim!r}")
-        for name, value in (("embed_dim", embed_dim), ("num_heads", num_heads)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be an int >= 1, got {value!r}")
-        if embed_dim % num_heads:
-            raise ValueError(f"embed_dim must be divisible by num_heads, got embed_dim={embed_dim}, "
-                             f"num_heads={num_heads}")
+        check_heads(embed_dim, num_heads, "embed_dim")
         if not 0.0 <= attn_drop < 1.0:
             raise ValueError(f"attn_drop must be in [0, 1), got {attn_drop!r}")
         self.ndim = ndim

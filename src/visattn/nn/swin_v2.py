@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .. import masks
-from .._checks import per_axis
+from .._checks import check_heads, per_axis
 from ..ops.scaled_cosine import cosine_logit_scale
 from ..registry import register_mixer
 from .masked import MaskedMixer
@@ -79,11 +79,7 @@ class WindowAttentionV2(nn.Module):
                  attn_drop: float = 0.0, proj_drop: float = 0.0,
                  pretrained_window_size: int | Sequence[int] = (0, 0)) -> None:
         super().__init__()
-        for name, value in (("dim", dim), ("num_heads", num_heads)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
-        if dim % num_heads:
-            raise ValueError(f"dim must be divisible by num_heads, got dim={dim}, num_heads={num_heads}")
+        check_heads(dim, num_heads)
         if not 0.0 <= attn_drop < 1.0:
             raise ValueError(f"attn_drop must be in [0, 1), got {attn_drop!r}")
         self.dim = dim
