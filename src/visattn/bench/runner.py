@@ -505,7 +505,7 @@ def _in_process(cases: Sequence[BenchCase], sizes: Sequence[Size], settings: Ben
     after its probes."""
     sdpa_history: list[tuple[int, float]] = []
     group: list[_CaseRun] = []
-    splits = 0
+    causes: set[str] = set()
 
     def flush() -> Iterator[BenchRecord]:
         _time_in_rounds(group, settings, log, steps)
@@ -523,22 +523,22 @@ def _in_process(cases: Sequence[BenchCase], sizes: Sequence[Size], settings: Ben
             continue
         held = sum(run.held_bytes for run in group)
         largest = max((run.largest_call_bytes for run in group), default=0)
+        memory = f"the memory budget {format_bytes(settings.memory_budget)}"
         if group and _over_budget(held + predicted_held_bytes(prepared, sizes, settings), largest, settings):
-            splits += 1
+            causes.add(memory)
             yield from flush()
         run = _probe_case(prepared, sizes, settings, [], sdpa_history, [], steps.probed)
         group.append(run)
         held, largest = held + run.held_bytes, max(largest, run.largest_call_bytes)
-        if len(group) > 1 and (_over_budget(held, largest, settings)
-                               or sum(r.cache_growth for r in group) > cache_budget() // 2):
-            splits += 1
+        cache = sum(r.cache_growth for r in group) > cache_budget() // 2
+        if len(group) > 1 and (_over_budget(held, largest, settings) or cache):
+            causes.add(f"half of visattn's cache budget {format_bytes(cache_budget())}" if cache else memory)
             yield from flush()
     if group:
         yield from flush()
-    if splits:
-        log.reason = (f"the estimated memory of rounds across all cases exceeds the memory budget "
-                      f"{format_bytes(settings.memory_budget)} (or half visattn's cache budget): timed in "
-                      f"{len(log.groups)} groups")
+    if causes:
+        log.reason = (f"the estimated memory of rounds across all cases exceeds {' and '.join(sorted(causes))}: "
+                      f"timed in {len(log.groups)} groups")
         if all(len(labels) <= 1 for labels in log.groups):
             log.scheduling = CASE_BY_CASE
     if log.cache_changes:
@@ -562,7 +562,7 @@ def iter_bench(cases: Iterable[BenchCase | str] | None = None, sizes: Iterable[S
         settings: :class:`BenchSettings`; the defaults when None. ``settings.rounds_across_cases=False`` times each
             case right after its probes. With ``settings.isolate`` each case runs in its own fresh process
             (:mod:`visattn.bench.isolation`) where that is available, case by case.
-        schedule: a :class:`~visattn.bench.schedule.ScheduleLog` to fill in with the scheduling used.
+        schedule: a fresh :class:`~visattn.bench.schedule.ScheduleLog` to fill in with the scheduling used.
         on_progress: called with a :class:`~visattn.bench.schedule.BenchProgress` after every step (each (case,
             size) probed, each case's burst of each round).
     """
