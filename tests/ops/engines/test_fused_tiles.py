@@ -13,10 +13,10 @@ from hypothesis import strategies as st
 from visattn import masks
 from visattn.bench import peak_memory_bytes
 from visattn.ops import attention, masked_attention
+from visattn.ops.engines import direct, per_query
 from visattn.ops.engines import fused_tiles as tile_kernel
-from visattn.ops.engines import per_query
 from visattn.ops.engines.fused_tiles import build_tiles, disjoint_tile_sizes, progression_tiles
-from visattn.ops.engines.kernel_ops import tile_attention
+from visattn.ops.engines.kernel_ops import ROUTE_TILES, tile_attention
 from visattn.ops.engines.layout import local_layout
 from visattn.ops.native import native_library
 from visattn.testing import random_qkv as qkv
@@ -288,15 +288,27 @@ def test_tile_choice_has_no_waste_on_windows_and_grids():
         assert tiles.score_elements == layout.pairs
 
 
-def test_fast_backend_uses_the_tile_kernel_without_autograd(monkeypatch):
+@pytest.mark.parametrize("direct_path", [True, False])
+def test_fast_backend_uses_the_tile_kernel_without_autograd(monkeypatch, direct_path):
+    """Through the custom operator (run_tiles) or, by default, the direct inference path on the tile route."""
     calls = []
-    kernel = tile_kernel.run_tiles
-    monkeypatch.setattr(tile_kernel, "run_tiles", lambda *a, **kw: calls.append(1) or kernel(*a, **kw))
+    kernel, forward = tile_kernel.run_tiles, direct.progression_forward
+    monkeypatch.setattr(tile_kernel, "run_tiles", lambda *a, **kw: calls.append("op") or kernel(*a, **kw))
+
+    def spy(*args):
+        out = forward(*args)
+        if out is not None:
+            calls.append("direct")
+        return out
+
+    monkeypatch.setattr(direct, "progression_forward", spy)
     mask, shape = masks.window_mask(4), (8, 8)
     q, k, v = qkv(1, 2, 1 + 64, 8)
-    torch.testing.assert_close(masked_attention(q, k, v, mask, shape, 1, backend="fast"),
-                               reference(q, k, v, mask, shape, 1))
-    assert calls
+    with direct.direct_calls(direct_path):
+        torch.testing.assert_close(masked_attention(q, k, v, mask, shape, 1, backend="fast"),
+                                   reference(q, k, v, mask, shape, 1))
+    assert calls == (["direct"] if direct_path else ["op"])
+    assert direct.forward_plan(mask.key, shape, 1, "fused_tiles", q.dtype).route == ROUTE_TILES
 
 
 def test_intermediate_memory_is_linear_in_tokens():
