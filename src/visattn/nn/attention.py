@@ -14,7 +14,7 @@ from torch import Tensor, nn
 
 from .._checks import as_shape, check_attn_mask, check_tokens
 from ..registry import create_mixer_for_layer
-from .token_mixer import TokenMixer
+from .token_mixer import TokenMixer, mixer_inputs
 
 
 class Attention(nn.Module):
@@ -144,14 +144,7 @@ class Attention(nn.Module):
         check_attn_mask(attn_mask)
         if not isinstance(is_causal, bool):
             raise TypeError(f"is_causal must be a bool, got {is_causal!r}")
-        extra: dict[str, Any] = {"x": x} if self.mixer.uses_input else {}
-        if is_causal and self.mixer.supports_is_causal:
-            extra["is_causal"] = True
-        elif is_causal:
-            causal = torch.ones(n, n, dtype=torch.bool, device=x.device).tril()
-            attn_mask = causal if attn_mask is None else (
-                attn_mask & causal if attn_mask.dtype == torch.bool else attn_mask.masked_fill(~causal, float("-inf"))
-            )
+        attn_mask, extra = mixer_inputs(self.mixer, x, attn_mask, is_causal)
         gate = self.gate(x).sigmoid() if self.gate is not None else None
         q, k, v = self.qkv_heads(x)
         out = self.mixer(q, k, v, grid, attn_mask=attn_mask, **extra)

@@ -22,6 +22,7 @@ from torch import Tensor, nn
 
 from .._checks import as_shape, check_attn_mask, check_tokens
 from ..registry import create_mixer_for_layer
+from .token_mixer import mixer_inputs
 
 _PARTS = ("qkv", "q_proj", "k_proj", "v_proj", "q_norm", "k_norm", "norm", "gate", "proj", "proj_drop")
 
@@ -117,13 +118,7 @@ class EvaMixerAttention(nn.Module):
         grid = self.grid_shape(n)
         check_tokens(n, grid, self.num_prefix_tokens, "x")
         check_attn_mask(attn_mask)
-        extra: dict[str, Any] = {"x": x} if self.mixer.uses_input else {}
-        if is_causal and self.mixer.supports_is_causal:
-            extra["is_causal"] = True
-        elif is_causal:
-            causal = torch.ones(n, n, dtype=torch.bool, device=x.device).tril()
-            attn_mask = causal if attn_mask is None else (
-                attn_mask & causal if attn_mask.dtype == torch.bool else attn_mask.masked_fill(~causal, float("-inf")))
+        attn_mask, extra = mixer_inputs(self.mixer, x, attn_mask, is_causal)
         gate = self.gate(x).sigmoid() if self.gate is not None else None
         q, k, v = self.qkv_heads(x, rope)
         out = self.norm(self.mixer(q, k, v, grid, attn_mask=attn_mask, **extra).transpose(1, 2).reshape(b, n, -1))

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import math
 import warnings
+from typing import Any
 
+import torch
 from torch import Tensor, nn
 
 from .._checks import Shape, as_shape, check_qkv
@@ -78,3 +80,23 @@ class TokenMixer(nn.Module):
     def _no_attn_mask(self, attn_mask: Tensor | None) -> None:
         if attn_mask is not None and not self.supports_attn_mask:
             raise ValueError(f"attn_mask is not supported by {type(self).__name__}; got a mask")
+
+
+def mixer_inputs(mixer: TokenMixer, x: Tensor, attn_mask: Tensor | None,
+                 is_causal: bool) -> tuple[Tensor | None, dict[str, Any]]:
+    """What a layer passes ``mixer`` besides ``q, k, v, shape``: ``(attn_mask, extra keyword arguments)``.
+
+    ``extra`` holds ``x=`` the ``(B, N, C)`` layer input for a mixer that ``uses_input``, and ``is_causal=True``
+    for a causal call to a mixer that ``supports_is_causal``. For any other mixer a causal call folds the causal
+    mask ``j <= i`` over the ``N`` tokens into ``attn_mask``: a bool mask (True = attend) is ANDed with it, an
+    additive mask gets ``-inf`` above the diagonal, None becomes the causal mask itself.
+    """
+    extra: dict[str, Any] = {"x": x} if mixer.uses_input else {}
+    if is_causal and mixer.supports_is_causal:
+        extra["is_causal"] = True
+    elif is_causal:
+        n = x.shape[1]
+        causal = torch.ones(n, n, dtype=torch.bool, device=x.device).tril()
+        attn_mask = causal if attn_mask is None else (
+            attn_mask & causal if attn_mask.dtype == torch.bool else attn_mask.masked_fill(~causal, float("-inf")))
+    return attn_mask, extra
