@@ -174,7 +174,8 @@ def _parser() -> argparse.ArgumentParser:
                      help=f"seconds per call above which a size is skipped; {defaults.time_budget_s:g} when left out "
                           f"({ModelBenchSettings.time_budget_s:g} with --model)")
     run.add_argument("--no-memory", action="store_true", help="do not profile peak memory")
-    run.add_argument("--seed", type=int, default=defaults.seed, help="seed of the random inputs")
+    run.add_argument("--seed", type=int, default=defaults.seed,
+                     help="seed of the random inputs (and of the mixers' order in each round)")
     run.add_argument("--json", metavar="PATH", default=None,
                      help="write the records to this JSON file (default: bench.json in a new ./visattn-bench/ "
                           "folder; naming --json or --plot writes only what is named)")

@@ -40,10 +40,11 @@ class BenchSettings:
     burst of consecutive calls lasting at least ``min_sample_s`` seconds (by the probe), so that calls of a few
     milliseconds are not measured in the machine's transitions. A record whose per-round ratios to SDPA have an
     interquartile range above ``spread_limit`` times their median (the mixer's times, without a baseline) is
-    flagged as noisy. ``backward`` times forward +
-    backward of ``out.sum()``. ``memory_budget`` (bytes) and ``time_budget_s`` (seconds per call) decide skips;
-    ``measure_memory`` adds one profiled call per mixer and per SDPA baseline. ``rounds_across_cases`` takes the
-    ``repeats`` rounds across all mixers, after all are probed (:mod:`visattn.bench.schedule`); when False, each
+    flagged as noisy. ``backward`` times forward + backward of ``out.sum()``. ``memory_budget`` (bytes) and
+    ``time_budget_s`` (seconds per call) decide skips; ``memory_budget`` also bounds the inputs and mixers kept
+    for rounds across mixers. ``measure_memory`` adds one profiled call per mixer and per SDPA baseline.
+    ``rounds_across_cases`` takes the ``repeats`` rounds across all mixers, after all are probed, in an order per
+    round drawn from ``seed`` (which also seeds the inputs; :mod:`visattn.bench.schedule`); when False, each
     mixer's rounds follow its probes (``visattn bench --case-by-case``). ``isolate`` times each mixer in its own
     fresh process, case by case (:mod:`visattn.bench.isolation`; ``visattn bench --isolate``).
     """
