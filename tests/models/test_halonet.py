@@ -3,13 +3,19 @@ timm's parameter counts, timm checkpoints through pretrained=True, image sizes a
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import timm
 import torch
 from contract import check_timm_contract, count_params_meta, digits_loss_falls
+from timm.layers import ConvNormAct
+from timm.layers.halo_attn import HaloAttn
 from timm.models.byobnet import ByoBlockCfg, ByobNet, ByoModelCfg
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import visattn.models  # noqa: F401
+from visattn.models.halonet import FoldedConvNormAct
 from visattn.nn.halo import HaloAttention
 from visattn.testing import randomize_module
 
@@ -30,14 +36,43 @@ def tiny_cfg(block_size: int = 4, halo_size: int = 1, self_attn_layer: str = "ha
     )
 
 
-def _pair(cfg_kwargs: dict | None = None, seed: int = 0):
+def _pair(cfg_kwargs: dict | None = None, seed: int = 0, **model_kwargs):
     """timm's ByobNet with timm's HaloAttn and random weights, and visattn's HaloNet holding the same weights."""
     cfg = tiny_cfg(**(cfg_kwargs or {}))
     torch.manual_seed(seed)
     theirs = randomize_module(ByobNet(cfg), seed=seed, scale=0.2)
-    ours = timm.create_model("visattn_halonet26t", model_cfg=cfg).eval()
+    ours = timm.create_model("visattn_halonet26t", model_cfg=cfg, **model_kwargs).eval()
     ours.load_state_dict(theirs.state_dict())
     return ours, theirs
+
+
+class _OpLog(TorchDispatchMode):
+    """Every aten op with its arguments' shapes and strides, and whether it ran inside a halo-attention layer."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ops: list[tuple[bool, str, str]] = []
+        self.inside = False
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        layout = [(tuple(a.shape), a.stride()) for a in args if isinstance(a, torch.Tensor)]
+        self.ops.append((self.inside, func.overloadpacket.__name__, repr(layout)))
+        return out
+
+
+def _ops(model: torch.nn.Module, x: torch.Tensor) -> _OpLog:
+    log = _OpLog()
+    hooks = []
+    for module in model.modules():
+        if isinstance(module, (HaloAttention, HaloAttn)):
+            hooks.append(module.register_forward_pre_hook(lambda *_: setattr(log, "inside", True)))
+            hooks.append(module.register_forward_hook(lambda *_: setattr(log, "inside", False)))
+    with torch.no_grad(), log:
+        model(x)
+    for hook in hooks:
+        hook.remove()
+    return log
 
 
 def test_attention_is_visattn():
@@ -82,6 +117,55 @@ def test_published_models_equal_timm(name):
         x = torch.randn(1, 3, *hw)
         with torch.no_grad():
             torch.testing.assert_close(ours(x), theirs(x), atol=1e-4, rtol=0)
+
+
+def test_outside_the_halo_layers_the_model_is_timms_op_for_op():
+    """With ``fold_bn=False`` every aten op outside the halo layers (name, argument shapes and strides) is timm's, in
+    order; the default folds each conv's batch norm (no batch norm left but the norms after the halo layers)."""
+    x = torch.randn(2, 3, 64, 32)
+    unfolded, theirs = _pair(fold_bn=False)
+    outside = [op[1:] for op in _ops(theirs, x).ops if not op[0]]
+    assert [op[1:] for op in _ops(unfolded, x).ops if not op[0]] == outside
+    folded, _ = _pair()
+    norms = [op[1] for op in _ops(folded, x).ops if "batch_norm" in op[1]]
+    assert len(norms) == sum(name.endswith(".post_attn") for name, _ in folded.named_modules()) == 3
+    assert sum("batch_norm" in op[0] for op in outside) > 10
+
+
+def test_folded_inference_equals_timm_and_follows_weight_changes():
+    ours, theirs = _pair()
+    assert all(type(m) is FoldedConvNormAct for m in ours.modules() if isinstance(m, ConvNormAct))
+    x = torch.randn(2, 3, 32, 64, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), theirs(x), atol=1e-4, rtol=0)
+        for model in (ours, theirs):  # in-place changes of a statistic and a conv weight
+            model.stem.conv1.bn.running_var.mul_(3.0)
+            model.stages[0][0].conv1_1x1.conv.weight.mul_(-1.0)
+        torch.testing.assert_close(ours(x), theirs(x), atol=1e-4, rtol=0)
+        other = randomize_module(copy.deepcopy(theirs), seed=9, scale=0.2)
+        ours.load_state_dict(other.state_dict())
+        torch.testing.assert_close(ours(x), other(x), atol=1e-4, rtol=0)
+        ours.double(), other.double()
+        torch.testing.assert_close(ours(x.double()), other(x.double()), atol=1e-10, rtol=0)
+        clone = copy.deepcopy(ours)
+        torch.testing.assert_close(clone(x.double()), other(x.double()), atol=1e-10, rtol=0)
+
+
+def test_training_mode_updates_batch_norm_statistics_as_timm():
+    """Folding is for inference only: in train mode the norms see the batch and update their statistics."""
+    ours, theirs = _pair()
+    ours.train(), theirs.train()
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), theirs(x), atol=1e-4, rtol=0)
+    torch.testing.assert_close(ours.stem.conv1.bn.running_mean, theirs.stem.conv1.bn.running_mean)
+
+
+def test_folded_inference_on_the_meta_device():
+    with torch.device("meta"):
+        model = timm.create_model("visattn_halonet26t", model_cfg=tiny_cfg()).eval()
+        with torch.no_grad():
+            assert model(torch.randn(2, 3, 32, 32)).shape == (2, 1000)
 
 
 def test_timm_contract():
@@ -142,8 +226,10 @@ def test_image_sizes_the_halo_layers_cannot_tile_are_refused():
 
 
 def test_bad_arguments_are_refused():
-    with pytest.raises(TypeError, match=r"unknown HaloNet argument\(s\) \['blok_size'\]"):
+    with pytest.raises(TypeError, match=r"unknown HaloNet argument\(s\) \['blok_size'\].*'fold_bn'"):
         timm.create_model("visattn_halonet26t", blok_size=8)
+    with pytest.raises(TypeError, match="fold_bn must be a bool, got 'yes'"):
+        timm.create_model("visattn_halonet26t", fold_bn="yes")
     with pytest.raises(TypeError, match="model_cfg must be a timm ByoModelCfg"):
         timm.create_model("visattn_halonet26t", model_cfg=dict(blocks=()))
     with pytest.raises(ValueError, match="halo attention only"):
