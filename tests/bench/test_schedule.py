@@ -179,3 +179,28 @@ def test_two_mixers_at_two_sizes_end_to_end():
         assert r["skipped"] is None and len(r["samples_ms"]) == len(r["sdpa_samples_ms"]) == 2
         assert r["median_ms"] > 0 and r["ratio_to_sdpa"] > 0 and r["noisy"] in (True, False)
     assert [r["fixed_cost_tokens"] for r in data["records"]] == [None, None, None, None]  # 64 is the smallest size
+
+
+def _slow_phase(monkeypatch, slow_calls):
+    """Fake bursts of a machine whose mixers (not SDPA) run 1.3x slower during the ``slow_calls``-th calls of the
+    burst function: mixer bursts 2 ms (2.6 in the slow phase), SDPA 1 ms."""
+    calls = []
+
+    def fake_bursts(fns, counts, repeats, sync):
+        calls.append(len(fns))
+        factor = 1.3 if len(calls) - 1 in slow_calls else 1.0
+        return [[2.0 * factor if i % 2 == 0 else 1.0] * repeats for i in range(len(fns))]
+
+    monkeypatch.setattr(runner, "interleaved_bursts", fake_bursts)
+
+
+def test_a_slow_phase_shorter_than_a_round_leaves_every_ratio_alone(monkeypatch):
+    cases = [*CASES, "window:window_size=2", "sliding:window_size=3"]
+    settings = BenchSettings(**{**FAST, "repeats": 5})
+    _slow_phase(monkeypatch, range(8, 8 + len(cases)))  # as many consecutive visits as one round has
+    across = run_bench(cases, [4, 6], settings)
+    assert all(r.ratio_to_sdpa == 0.5 for r in across.records)  # it reached at most two rounds of each mixer
+    _slow_phase(monkeypatch, {1})  # the same machine timed case by case: all rounds of the second mixer
+    alone = run_bench(cases, [4, 6], BenchSettings(rounds_across_cases=False, **{**FAST, "repeats": 5}))
+    assert [r.ratio_to_sdpa for r in alone.records[2:4]] == [pytest.approx(0.5 / 1.3)] * 2
+    assert all(r.ratio_to_sdpa == 0.5 for r in alone.records[:2] + alone.records[4:])
