@@ -7,7 +7,7 @@ import torch
 
 import visattn
 from visattn import masks, ops
-from visattn._checks import check_attn_mask, check_heads, check_qkv, positive_int
+from visattn._checks import check_attn_mask, check_heads, check_image_batch, check_qkv, positive_int
 
 
 def test_head_dim_zero_is_a_value_error_naming_head_dim():
@@ -58,3 +58,14 @@ def test_positive_int_refuses_non_ints_with_a_type_error_and_small_ints_with_a_v
         positive_int(1.0, "n")
     with pytest.raises(ValueError, match="n must be >= 2, got 1"):
         positive_int(1, "n", 2)
+
+
+def test_check_image_batch_names_the_argument_and_the_expected_channels():
+    check_image_batch(torch.zeros(2, 3, 5, 7), 3)
+    check_image_batch(torch.zeros(1, 4, 2, 2, device="meta"))
+    with pytest.raises(ValueError, match=r"x must be an image batch \(B, 3, H, W\), got \(2, 1, 5, 7\)"):
+        check_image_batch(torch.zeros(2, 1, 5, 7), 3)
+    with pytest.raises(ValueError, match=r"images must be an image batch \(B, C, H, W\), got \(3, 5, 7\)"):
+        check_image_batch(torch.zeros(3, 5, 7), name="images")
+    with pytest.raises(ValueError, match=r"x must be an image batch \(B, C, H, W\), got list"):
+        check_image_batch([1, 2])

@@ -31,6 +31,13 @@ def check_heads(dim: object, num_heads: object, dim_name: str = "dim") -> int:
     return dim // num_heads
 
 
+def check_image_batch(x: object, channels: int | None = None, name: str = "x") -> None:
+    """A ValueError naming ``name`` unless ``x`` is a ``(B, C, H, W)`` tensor, with ``C == channels`` when given."""
+    if not isinstance(x, torch.Tensor) or x.dim() != 4 or (channels is not None and x.shape[1] != channels):
+        raise ValueError(f"{name} must be an image batch (B, {'C' if channels is None else channels}, H, W), got "
+                         f"{tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}")
+
+
 def as_shape(shape: int | Sequence[int], name: str = "shape", max_dims: int | None = None) -> Shape:
     """Return ``shape`` as a tuple of positive ints, or raise naming ``name``."""
     if isinstance(shape, int) and not isinstance(shape, bool):

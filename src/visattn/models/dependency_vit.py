@@ -39,6 +39,7 @@ from timm.models._features import feature_take_indices
 from timm.models._manipulate import checkpoint
 from torch import Tensor, nn
 
+from .._checks import check_image_batch
 from ..nn.reversed_attention import LITE_LAYERS, LITE_RATIO, ReversedBlock, lite_keep_counts, prune_tokens
 from ._head import ChannelsLastHead, check_global_pool
 from ._init import trunc_normal_init
@@ -128,9 +129,7 @@ class DependencyViT(ChannelsLastHead):
         self.grad_checkpointing = enable
 
     def _embed(self, x: Tensor) -> Tensor:
-        if not isinstance(x, Tensor) or x.dim() != 4 or x.shape[1] != self.in_chans:
-            raise ValueError(f"x must be an image batch (B, {self.in_chans}, H, W), got "
-                             f"{tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__}")
+        check_image_batch(x, self.in_chans)
         expected = tuple(self.patch_embed.img_size)
         if tuple(x.shape[-2:]) != expected:
             raise ValueError(f"x must have the image size the position embedding was built for, {expected}, got "

@@ -39,6 +39,7 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 from timm.models import vision_transformer as timm_vit
 from torch import Tensor, nn
 
+from .._checks import check_image_batch
 from ..nn.replace import replace_attention
 from ._pretrained import paper_cfg
 
@@ -94,9 +95,7 @@ class InfViT(timm_vit.VisionTransformer):
         return x if pre_logits else self.head(x)
 
     def forward_features(self, x: Tensor, attn_mask: Tensor | None = None, is_causal: bool = False) -> Tensor:
-        if not isinstance(x, Tensor) or x.dim() != 4 or x.shape[1] != self.patch_embed.proj.in_channels:
-            raise ValueError(f"x must be an image batch (B, {self.patch_embed.proj.in_channels}, H, W), got "
-                             f"{tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__}")
+        check_image_batch(x, self.patch_embed.proj.in_channels)
         return super().forward_features(x, attn_mask=attn_mask, is_causal=is_causal)
 
 

@@ -39,6 +39,7 @@ from timm.models._manipulate import checkpoint
 from timm.models.davit import ConvPosEnc
 from torch import Tensor, nn
 
+from .._checks import check_image_batch
 from ..nn.attention import Attention
 from ..nn.l2vit import LocalConcentrationModule
 from ._init import trunc_normal_init
@@ -264,9 +265,7 @@ class L2ViT(nn.Module):
 
     def forward_features(self, x: Tensor) -> Tensor:
         """``(B, C, H, W)`` images -> the normalised last map, NHWC."""
-        if not isinstance(x, Tensor) or x.dim() != 4 or x.shape[1] != self.in_chans:
-            raise ValueError(f"x must be an image batch (B, {self.in_chans}, H, W), got "
-                             f"{tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__}")
+        check_image_batch(x, self.in_chans)
         return self.norm(self.stages(self.stem(x)))
 
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:

@@ -31,6 +31,7 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 from timm.models import maxxvit as timm_maxxvit
 from torch import Tensor, nn
 
+from .._checks import check_image_batch
 from ..nn.partition import PartitionAttention
 from ._pretrained import counterpart_cfgs
 
@@ -138,9 +139,7 @@ class MaxVit(timm_maxxvit.MaxxVit):
                         f"(partition size img_size // {self.partition_ratio})")
 
     def _check_input(self, x: Tensor) -> None:
-        if not isinstance(x, Tensor) or x.dim() != 4:
-            raise ValueError(f"x must be an image batch (B, C, H, W), got "
-                             f"{tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__}")
+        check_image_batch(x)
         self.check_img_size((x.shape[-2], x.shape[-1]))
 
     def forward_features(self, x: Tensor) -> Tensor:

@@ -32,6 +32,7 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 from timm.models import swin_transformer_v2 as timm_swin
 from torch import Tensor, nn
 
+from .._checks import check_image_batch
 from ..nn.swin_v2 import WindowAttentionV2, relative_position_index
 from ._pretrained import counterpart_cfgs
 
@@ -107,9 +108,7 @@ class SwinTransformerV2(timm_swin.SwinTransformerV2):
                 block.attn = SwinV2WindowAttention.from_timm(block.attn)
 
     def _check_input(self, x: Tensor) -> None:
-        if not isinstance(x, Tensor) or x.dim() != 4:
-            raise ValueError(f"x must be an image batch (B, C, H, W), got "
-                             f"{tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__}")
+        check_image_batch(x)
         size = tuple(x.shape[-2:])
         if not self.dynamic_img_size and size != tuple(self.patch_embed.img_size):
             raise ValueError(f"img_size={size} differs from the size this Swin-V2 was built for, "
