@@ -13,17 +13,23 @@ images at the model's published resolution:
   ``SpatialWindowAttention`` on the map (the same span of ``SpatialBlock.forward``); DaViT channel: timm's
   ``ChannelAttention`` vs visattn's; HaloNet: timm's ``HaloAttn`` vs visattn's ``HaloAttention``. Ratio = timm's
   time / visattn's time (> 1: visattn faster).
-- ``model``: whole-model inference, the same ratio (= images/s of visattn / images/s of timm).
+- ``model``: whole-model inference, the same ratio (= images/s of visattn / images/s of timm). HaloNets also
+  with ``fold_bn=False`` (visattn's halo layers, every other op timm's; the default folds each conv's batch norm).
 - ``train`` (``--train``): one forward + backward in train mode.
 
 Samples are taken in interleaved rounds (timm, then visattn, each a burst of ``--calls`` calls); each ratio is the
 median of the per-round ratios, with their range, so that a shared machine's drift hits both sides alike. The
 largest logit difference is printed as a check that both compute the same function.
+
+``--ops`` (HaloNets) prints, without timing, the aten ops of one forward of each model: whether the ops outside the
+attention layers (name, argument shapes and strides) are the same sequence, the first difference if not, and the
+ops inside the attention layers counted by name (copies, permutes, pads).
 """
 
 from __future__ import annotations
 
 import argparse
+from collections import Counter
 from collections.abc import Callable
 
 import timm
@@ -32,20 +38,75 @@ import torch.nn.functional as F
 from timm.layers.halo_attn import HaloAttn
 from timm.models import davit as timm_davit
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import visattn.models  # noqa: F401  (registers visattn_* in timm)
 from visattn.bench import load_average
 from visattn.bench.paired import inference_call, paired_ratio, run_all, train_step_call
+from visattn.models.halonet import HaloNet
+from visattn.nn.halo import HaloAttention
 from visattn.testing import randomize_module
 
 DEFAULT_MODELS = ("davit_tiny", "halonet26t")
 
 
-def _pair(name: str) -> tuple[nn.Module, nn.Module]:
+def _pair(name: str, **kwargs: object) -> tuple[nn.Module, nn.Module]:
     theirs = randomize_module(timm.create_model(name), seed=0, scale=0.1)
-    ours = timm.create_model(f"visattn_{name}").eval()
+    ours = timm.create_model(f"visattn_{name}", **kwargs).eval()
     ours.load_state_dict(theirs.state_dict())
     return theirs, ours
+
+
+class _OpLog(TorchDispatchMode):
+    """Every aten op: (inside an attention layer, name, argument shapes and strides)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ops: list[tuple[bool, str, str]] = []
+        self.inside = False
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204
+        out = func(*args, **(kwargs or {}))
+        layout = [(tuple(a.shape), a.stride()) for a in args if isinstance(a, torch.Tensor)]
+        self.ops.append((self.inside, func.overloadpacket.__name__, repr(layout)))
+        return out
+
+
+def op_list(model: nn.Module, images: torch.Tensor) -> list[tuple[bool, str, str]]:
+    """The aten ops of one forward of ``model`` without gradients (after an unlogged one, which fills the folded
+    batch-norm cache), marked inside/outside its halo layers."""
+    with torch.no_grad():
+        model(images)
+    log = _OpLog()
+    hooks = []
+    for module in model.modules():
+        if isinstance(module, (HaloAttention, HaloAttn)):
+            hooks.append(module.register_forward_pre_hook(lambda *_: setattr(log, "inside", True)))
+            hooks.append(module.register_forward_hook(lambda *_: setattr(log, "inside", False)))
+    with torch.no_grad(), log:
+        model(images)
+    for hook in hooks:
+        hook.remove()
+    return log.ops
+
+
+def print_op_comparison(name: str, images: torch.Tensor) -> None:
+    """Op lists of timm's model and visattn's (unfolded and default) compared outside the attention layers."""
+    theirs, unfolded = _pair(name, fold_bn=False)
+    folded = _pair(name)[1]
+    timm_ops = op_list(theirs, images)
+    outside = [op[1:] for op in timm_ops if not op[0]]
+    for label, model in (("visattn fold_bn=False", unfolded), ("visattn (default, fold_bn=True)", folded)):
+        ops = op_list(model, images)
+        ours = [op[1:] for op in ops if not op[0]]
+        first = next((i for i, (a, b) in enumerate(zip(outside, ours, strict=False)) if a != b), None)
+        verdict = "identical" if ours == outside else f"differ (first at op {first}: timm {outside[first]} / ours "\
+            f"{ours[first]})" if first is not None else "differ in length"
+        print(f"{name}, {label}: {len(outside)} timm / {len(ours)} visattn ops outside attention: {verdict}; "
+              f"outside counts timm {dict(Counter(op[0] for op in outside).most_common(6))} / visattn "
+              f"{dict(Counter(op[0] for op in ours).most_common(6))}")
+    for label, ops in (("timm", timm_ops), ("visattn", op_list(unfolded, images))):
+        print(f"{name}, inside attention, {label}: {dict(Counter(op[1] for op in ops if op[0]).most_common())}")
 
 
 def _timm_spatial(block: timm_davit.SpatialBlock, x: torch.Tensor) -> torch.Tensor:
@@ -103,8 +164,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rounds", type=int, default=5, help="interleaved samples per side")
     parser.add_argument("--calls", type=int, default=1, help="calls per burst")
     parser.add_argument("--train", action="store_true", help="also time forward + backward in train mode")
+    parser.add_argument("--ops", action="store_true", help="HaloNets: compare aten op lists of one forward, no timing")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.ops:
+        for name in args.models:
+            size = timm.models.get_pretrained_cfg(name).input_size[1:]
+            print_op_comparison(name, torch.randn(args.batch, 3, *size, generator=torch.Generator().manual_seed(0)))
+        return
     print(f"torch {torch.__version__}, timm {timm.__version__}, {args.threads} threads, batch {args.batch}, "
           f"{args.rounds} rounds, load average before {load_average()}")
     print("| model | measured | ratio timm/visattn time | range | timm ms | visattn ms |")
@@ -123,6 +190,12 @@ def main(argv: list[str] | None = None) -> None:
         inference = paired_ratio(inference_call(theirs, images), inference_call(ours, images), args.rounds,
                                  args.calls)
         print(inference.markdown_row(case, "model inference"), flush=True)
+        if isinstance(ours, HaloNet):
+            unfolded = _pair(name, fold_bn=False)[1]
+            plain = paired_ratio(inference_call(theirs, images), inference_call(unfolded, images), args.rounds,
+                                 args.calls)
+            print(plain.markdown_row(case, "model inference, fold_bn=False"), flush=True)
+            del unfolded
         if args.train:
             theirs.train(), ours.train()
             step = paired_ratio(train_step_call(theirs, images), train_step_call(ours, images), args.rounds,
