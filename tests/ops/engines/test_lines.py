@@ -87,13 +87,17 @@ def test_auto_backend_uses_the_line_path_off_the_kernels():
 def test_fast_path_runs_the_tile_kernel_with_and_without_autograd(monkeypatch):
     """The lines run as fused tiles, forward and (with autograd) backward; gradients equal the reference's."""
     from visattn.ops.engines import fused_tiles
+    from visattn.ops.engines.direct import direct_calls
 
     calls = []
     kernel = fused_tiles.run_tiles
     monkeypatch.setattr(fused_tiles, "run_tiles", lambda *args: calls.append(args[3]) or kernel(*args))
     q, k, v = qkv(1, 2, 2 + 6 * 5, 4)
+    with torch.no_grad(), direct_calls(False):  # through the operator (the direct path calls the kernel itself)
+        through_op = masked_attention(q, k, v, masks.axial_mask(1), (6, 5), 2, backend="fast")
+    assert len(calls) == 1
     with torch.no_grad():
-        masked_attention(q, k, v, masks.axial_mask(1), (6, 5), 2, backend="fast")
+        assert torch.equal(masked_attention(q, k, v, masks.axial_mask(1), (6, 5), 2, backend="fast"), through_op)
     assert len(calls) == 1
     leaves = [t.requires_grad_() for t in (q, k, v)]
     got = torch.autograd.grad(masked_attention(*leaves, masks.axial_mask(1), (6, 5), 2, backend="fast").sum(), leaves)
