@@ -234,6 +234,15 @@ def check_lens_cli(model_name: str, tmp_path: Path, model_kwargs: str = "", min_
     return data
 
 
+def load_pretrained_file(model_name: str, checkpoint: Any, tmp_path: Path, **kwargs: Any) -> nn.Module:
+    """``timm.create_model(model_name, pretrained=True, **kwargs)`` from ``checkpoint`` (a state dict, or whatever an
+    official checkpoint file holds) saved as ``tmp_path / "checkpoint.pth"``: timm's loader, the model's
+    ``checkpoint_filter_fn`` and the strict ``load_state_dict`` run as for a downloaded checkpoint."""
+    path = tmp_path / "checkpoint.pth"
+    torch.save(checkpoint, path)
+    return _timm().create_model(model_name, pretrained=True, pretrained_cfg_overlay=dict(file=str(path)), **kwargs)
+
+
 def check_meta_build_matches(model_name: str, model: nn.Module, x: torch.Tensor, **kwargs: Any) -> None:
     """Meta construction, ``to_empty``, timm's ``reinit_non_persistent_buffers`` and ``model``'s state dict give
     ``model``'s logits on ``x`` (``kwargs``: what ``model`` was built with)."""

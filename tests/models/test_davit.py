@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import timm
 import torch
-from contract import check_timm_contract, count_params_meta, digits_loss_falls
+from contract import check_timm_contract, count_params_meta, digits_loss_falls, load_pretrained_file
 
 import visattn.models  # noqa: F401
 from visattn.models.davit import DaVitSpatialBlock
@@ -85,10 +85,7 @@ def test_pretrained_loads_a_timm_checkpoint(tmp_path):
     """A randomly initialised timm DaViT saved to a file, loaded by pretrained=True: the same logits."""
     torch.manual_seed(3)
     source = randomize_module(timm.create_model("davit_tiny", **TINY), seed=3, scale=0.2)
-    path = tmp_path / "davit.pth"
-    torch.save(source.state_dict(), path)
-    loaded = timm.create_model("visattn_davit_tiny", pretrained=True, pretrained_cfg_overlay=dict(file=str(path)),
-                               **TINY).eval()
+    loaded = load_pretrained_file("visattn_davit_tiny", source.state_dict(), tmp_path, **TINY).eval()
     x = torch.randn(2, 3, 40, 40)
     with torch.no_grad():
         torch.testing.assert_close(loaded(x), source(x), atol=1e-4, rtol=0)
@@ -111,10 +108,7 @@ def test_pretrained_loads_the_official_layout(tmp_path):
         for stage in range(4):
             key = key.replace(f"stages.{stage}.blocks.", f"main_blocks.{stage}.")
         official[key] = value
-    path = tmp_path / "official.pth"
-    torch.save(official, path)
-    loaded = timm.create_model("visattn_davit_tiny", pretrained=True, pretrained_cfg_overlay=dict(file=str(path)),
-                               **TINY).eval()
+    loaded = load_pretrained_file("visattn_davit_tiny", official, tmp_path, **TINY).eval()
     x = torch.randn(1, 3, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(loaded(x), source(x), atol=1e-4, rtol=0)
@@ -125,11 +119,9 @@ def test_pretrained_with_keys_that_do_not_match_lists_them(tmp_path):
     state = timm.create_model("davit_tiny", **TINY).state_dict()
     state["stages.0.blocks.0.0.attn.extra"] = torch.zeros(1)
     del state["stages.1.blocks.0.1.attn.proj.bias"]
-    path = tmp_path / "bad.pth"
-    torch.save(state, path)
     with pytest.raises(RuntimeError, match=r"(?s)Missing key.*stages\.1\.blocks\.0\.1\.attn\.proj\.bias"
                                            r".*Unexpected key.*attn\.extra"):
-        timm.create_model("visattn_davit_tiny", pretrained=True, pretrained_cfg_overlay=dict(file=str(path)), **TINY)
+        load_pretrained_file("visattn_davit_tiny", state, tmp_path, **TINY)
 
 
 def test_bad_arguments_are_refused():

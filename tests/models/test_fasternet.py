@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import timm
 import torch
-from contract import check_timm_contract, count_params_meta, digits_loss_falls
+from contract import check_timm_contract, count_params_meta, digits_loss_falls, load_pretrained_file
 
 import visattn.models  # noqa: F401
 from visattn.models.fasternet import official_to_timm_layout
@@ -121,10 +121,7 @@ def test_pretrained_cfg_points_at_timm_weights():
 def test_pretrained_loads_a_timm_checkpoint(tmp_path):
     torch.manual_seed(3)
     source = randomize_module(timm.create_model("fasternet_t0", **TINY), seed=3, scale=0.2)
-    path = tmp_path / "fasternet.pth"
-    torch.save(source.state_dict(), path)
-    loaded = timm.create_model("visattn_fasternet_t0", pretrained=True, pretrained_cfg_overlay=dict(file=str(path)),
-                               **TINY).eval()
+    loaded = load_pretrained_file("visattn_fasternet_t0", source.state_dict(), tmp_path, **TINY).eval()
     x = torch.randn(2, 3, 40, 40)
     with torch.no_grad():
         torch.testing.assert_close(loaded(x), source(x), atol=1e-5, rtol=0)
@@ -145,10 +142,7 @@ def test_pretrained_loads_the_official_layout(tmp_path, lightning_prefix):
     if lightning_prefix:
         official = {f"model.{k}": v for k, v in official.items()}
     assert official_to_timm_layout(official).keys() == source.state_dict().keys()
-    path = tmp_path / "official.pth"
-    torch.save(official, path)
-    loaded = timm.create_model("visattn_fasternet_t0", pretrained=True, pretrained_cfg_overlay=dict(file=str(path)),
-                               **TINY).eval()
+    loaded = load_pretrained_file("visattn_fasternet_t0", official, tmp_path, **TINY).eval()
     x = torch.randn(1, 3, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(loaded(x), source(x), atol=1e-5, rtol=0)
@@ -158,12 +152,9 @@ def test_pretrained_with_keys_that_do_not_match_lists_them(tmp_path):
     state = timm.create_model("fasternet_t0", **TINY).state_dict()
     state["stages.0.blocks.0.extra"] = torch.zeros(1)
     del state["stages.1.downsample.norm.bias"]
-    path = tmp_path / "bad.pth"
-    torch.save(state, path)
     with pytest.raises(RuntimeError, match=r"(?s)Missing key.*stages\.1\.downsample\.norm\.bias"
                                            r".*Unexpected key.*stages\.0\.blocks\.0\.extra"):
-        timm.create_model("visattn_fasternet_t0", pretrained=True, pretrained_cfg_overlay=dict(file=str(path)),
-                          **TINY)
+        load_pretrained_file("visattn_fasternet_t0", state, tmp_path, **TINY)
 
 
 def test_bad_arguments_are_refused():

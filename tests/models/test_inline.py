@@ -9,7 +9,7 @@ import re
 import pytest
 import timm
 import torch
-from contract import check_lens_cli, check_timm_contract, count_params_meta, digits_loss_falls
+from contract import check_lens_cli, check_timm_contract, count_params_meta, digits_loss_falls, load_pretrained_file
 
 from visattn.models.inline import InLineWindowAttention, checkpoint_filter_fn, parse_attn_types
 from visattn.nn.inline_attention import inline_oracle
@@ -139,11 +139,8 @@ def test_official_layout_with_wrong_keys_lists_them(tmp_path):
     official = {k.replace(".attn.mixer.residual.", ".attn.residual."): v for k, v in source.state_dict().items()}
     del official["blocks.0.attn.residual.0.weight"]
     official["blocks.0.attn.extra"] = torch.zeros(1)
-    path = tmp_path / "bad.pth"
-    torch.save(official, path)
     with pytest.raises(RuntimeError, match=r"(?s)Missing key.*attn\.mixer\.residual\.0\.weight.*Unexpected.*extra"):
-        timm.create_model("visattn_inline_deit_tiny", pretrained=True, pretrained_cfg_overlay=dict(file=str(path)),
-                          **DEIT_NARROW)
+        load_pretrained_file("visattn_inline_deit_tiny", official, tmp_path, **DEIT_NARROW)
 
 
 def test_window_attention_equals_the_formula_float64():

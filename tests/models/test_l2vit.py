@@ -8,7 +8,7 @@ import pytest
 import timm
 import torch
 import torch.nn.functional as F
-from contract import check_timm_contract, count_params_meta, digits_loss_falls
+from contract import check_timm_contract, count_params_meta, digits_loss_falls, load_pretrained_file
 
 from visattn.models.l2vit import LinearGlobalBlock, LocalWindowBlock, checkpoint_filter_fn
 
@@ -100,11 +100,8 @@ def test_official_layout_with_wrong_keys_lists_them(tmp_path):
     state = _official_layout(timm.create_model("visattn_l2vit_tiny", **NARROW).state_dict())["model"]
     del state["stages.1.1.attn.temperature"]
     state["stages.1.1.extra"] = torch.zeros(1)
-    path = tmp_path / "bad.pth"
-    torch.save({"model_ema": state}, path)
     with pytest.raises(RuntimeError, match=r"(?s)Missing key.*blocks\.1\.attn\.mixer\.temperature.*Unexpected.*extra"):
-        timm.create_model("visattn_l2vit_tiny", pretrained=True, pretrained_cfg_overlay=dict(file=str(path)),
-                          **NARROW)
+        load_pretrained_file("visattn_l2vit_tiny", {"model_ema": state}, tmp_path, **NARROW)
     model = timm.create_model("visattn_l2vit_tiny", **NARROW)
     official = _official_layout(model.state_dict())["model"]
     assert checkpoint_filter_fn(official, model).keys() == model.state_dict().keys()

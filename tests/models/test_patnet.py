@@ -10,7 +10,7 @@ import pytest
 import timm
 import torch
 import torch.nn.functional as F
-from contract import check_timm_contract, count_params_meta, digits_loss_falls
+from contract import check_timm_contract, count_params_meta, digits_loss_falls, load_pretrained_file
 
 import visattn.models  # noqa: F401
 from visattn.models.patnet import PATNET_ARGS, PATNet, checkpoint_filter_fn
@@ -230,10 +230,7 @@ def test_pretrained_loads_the_release_layout(tmp_path, lightning_prefix):
     if lightning_prefix:
         official = {f"model.{k}": v for k, v in official.items()}
     assert checkpoint_filter_fn(official, source).keys() == source.state_dict().keys()
-    path = tmp_path / "partialnet.pth"
-    torch.save(official, path)
-    loaded = timm.create_model("visattn_patnet_t1", pretrained=True, pretrained_cfg_overlay=dict(file=str(path)),
-                               **TINY).eval()
+    loaded = load_pretrained_file("visattn_patnet_t1", official, tmp_path, **TINY).eval()
     x = torch.randn(1, 3, 40, 40)
     with torch.no_grad():
         torch.testing.assert_close(loaded(x), source(x), atol=1e-5, rtol=0)
@@ -243,11 +240,9 @@ def test_pretrained_with_keys_that_do_not_match_lists_them(tmp_path):
     state = timm.create_model("visattn_patnet_t0", **TINY).state_dict()
     state["stages.0.blocks.0.extra"] = torch.zeros(1)
     del state["stages.3.blocks.0.spatial_mixing.attn.rpe_bias"]
-    path = tmp_path / "bad.pth"
-    torch.save(state, path)
     with pytest.raises(RuntimeError, match=r"(?s)Missing key.*stages\.3\.blocks\.0\.spatial_mixing\.attn\.rpe_bias"
                                            r".*Unexpected key.*stages\.0\.blocks\.0\.extra"):
-        timm.create_model("visattn_patnet_t0", pretrained=True, pretrained_cfg_overlay=dict(file=str(path)), **TINY)
+        load_pretrained_file("visattn_patnet_t0", state, tmp_path, **TINY)
 
 
 def test_bad_arguments_are_refused():

@@ -10,7 +10,7 @@ import pytest
 import timm
 import torch
 import torch.nn.functional as F
-from contract import check_timm_contract, count_params_meta, digits_loss_falls
+from contract import check_timm_contract, count_params_meta, digits_loss_falls, load_pretrained_file
 
 from visattn.models.published import PUBLISHED
 from visattn.models.sparsifiner import checkpoint_filter_fn, sparsifiner_mixers
@@ -146,9 +146,7 @@ def test_loads_the_release_layout(tmp_path):
     assert {"blocks.0.attn.mask_predictor.proj_c_q.weight", "blocks.1.attn.mask_predictor.proj_c_k.bias",
             "blocks.1.attn.mask_predictor.proj_n", "blocks.0.attn.mask_predictor.proj_back_n", "cls_token",
             "pos_embed", "head.weight"} <= set(state["model"])
-    path = tmp_path / "sparsifiner.pth"
-    torch.save(state, path)
-    loaded = timm.create_model(NAME, pretrained=True, pretrained_cfg_overlay=dict(file=str(path)), **TINY).eval()
+    loaded = load_pretrained_file(NAME, state, tmp_path, **TINY).eval()
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(loaded(x), source(x), atol=1e-6, rtol=0)
@@ -159,10 +157,8 @@ def test_release_layout_with_wrong_keys_lists_them(tmp_path):
     state = _release_layout(timm.create_model(NAME, **TINY).state_dict())["model"]
     state["blocks.0.attn.extra"] = torch.zeros(1)
     del state["blocks.1.mlp.fc1.bias"]
-    path = tmp_path / "bad.pth"
-    torch.save(state, path)
     with pytest.raises(RuntimeError, match=r"(?s)Missing key.*blocks\.1\.mlp\.fc1\.bias.*Unexpected.*extra"):
-        timm.create_model(NAME, pretrained=True, pretrained_cfg_overlay=dict(file=str(path)), **TINY)
+        load_pretrained_file(NAME, state, tmp_path, **TINY)
 
 
 def test_bad_arguments():

@@ -15,6 +15,7 @@ from contract import (
     check_timm_contract,
     count_params_meta,
     digits_loss_falls,
+    load_pretrained_file,
 )
 
 from visattn.models.swin_v2 import TIMM_COUNTERPARTS, SwinV2WindowAttention
@@ -94,10 +95,8 @@ def test_pretrained_loads_a_checkpoint(tmp_path, layout):
     pretrained=True: the same logits."""
     source = randomize_module(timm.create_model("swinv2_tiny_window8_256", img_size=64, **NARROW), 3, scale=0.2)
     state = source.state_dict()
-    path = tmp_path / "swin.pth"
-    torch.save(state if layout == "timm" else _official_layout(state), path)
-    loaded = timm.create_model(NAME, pretrained=True, pretrained_cfg_overlay=dict(file=str(path)), img_size=64,
-                               **NARROW).eval()
+    checkpoint = state if layout == "timm" else _official_layout(state)
+    loaded = load_pretrained_file(NAME, checkpoint, tmp_path, img_size=64, **NARROW).eval()
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         torch.testing.assert_close(loaded(x), source(x), atol=1e-5, rtol=0)
@@ -116,10 +115,8 @@ def test_pretrained_with_keys_that_do_not_match_lists_them(tmp_path):
     state = timm.create_model("swinv2_tiny_window8_256", img_size=64, **NARROW).state_dict()
     state["layers.0.blocks.0.attn.extra"] = torch.zeros(1)
     del state["layers.1.blocks.1.attn.logit_scale"]
-    path = tmp_path / "bad.pth"
-    torch.save(state, path)
     with pytest.raises(RuntimeError, match=r"(?s)Missing key.*blocks\.1\.attn\.logit_scale.*Unexpected key.*extra"):
-        timm.create_model(NAME, pretrained=True, pretrained_cfg_overlay=dict(file=str(path)), img_size=64, **NARROW)
+        load_pretrained_file(NAME, state, tmp_path, img_size=64, **NARROW)
 
 
 def test_cached_position_bias_follows_weight_changes():

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import timm
 import torch
-from contract import check_lens_cli, check_timm_contract, count_params_meta, digits_loss_falls
+from contract import check_lens_cli, check_timm_contract, count_params_meta, digits_loss_falls, load_pretrained_file
 
 from visattn.models.vit import TIMM_COUNTERPARTS
 from visattn.nn import Attention
@@ -71,11 +71,8 @@ def test_pretrained_with_keys_that_do_not_match_lists_them(tmp_path):
     state = timm.create_model("vit_tiny_patch16_224", img_size=32, **TINY).state_dict()
     state["blocks.0.attn.extra"] = torch.zeros(1)
     del state["blocks.1.attn.proj.bias"]
-    path = tmp_path / "bad.pth"
-    torch.save(state, path)
     with pytest.raises(RuntimeError, match=r"(?s)Missing key.*blocks\.1\.attn\.proj\.bias.*Unexpected key.*extra"):
-        timm.create_model("visattn_vit_tiny_patch16_224", pretrained=True, pretrained_cfg_overlay=dict(file=str(path)),
-                          img_size=32, **TINY)
+        load_pretrained_file("visattn_vit_tiny_patch16_224", state, tmp_path, img_size=32, **TINY)
 
 
 def test_mixer_keywords_reach_the_mixer_and_bad_ones_are_refused():
