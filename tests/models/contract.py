@@ -234,6 +234,16 @@ def check_lens_cli(model_name: str, tmp_path: Path, model_kwargs: str = "", min_
     return data
 
 
+def check_state_dict_layout_is_timms(model_name: str, timm_name: str, ordered: bool = True) -> None:
+    """Built on the meta device, ``model_name`` and timm's ``timm_name`` have the same state-dict keys (in the same
+    order when ``ordered``) with the same shapes, so timm's checkpoints load unchanged."""
+    with torch.device("meta"):
+        ours = _timm().create_model(model_name).state_dict()
+        theirs = _timm().create_model(timm_name).state_dict()
+    assert (list(ours) == list(theirs)) if ordered else (ours.keys() == theirs.keys())
+    assert {k: v.shape for k, v in ours.items()} == {k: v.shape for k, v in theirs.items()}
+
+
 def load_pretrained_file(model_name: str, checkpoint: Any, tmp_path: Path, **kwargs: Any) -> nn.Module:
     """``timm.create_model(model_name, pretrained=True, **kwargs)`` from ``checkpoint`` (a state dict, or whatever an
     official checkpoint file holds) saved as ``tmp_path / "checkpoint.pth"``: timm's loader, the model's

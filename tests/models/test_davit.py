@@ -6,7 +6,13 @@ from __future__ import annotations
 import pytest
 import timm
 import torch
-from contract import check_timm_contract, count_params_meta, digits_loss_falls, load_pretrained_file
+from contract import (
+    check_state_dict_layout_is_timms,
+    check_timm_contract,
+    count_params_meta,
+    digits_loss_falls,
+    load_pretrained_file,
+)
 
 import visattn.models  # noqa: F401
 from visattn.models.davit import DaVitSpatialBlock
@@ -68,11 +74,7 @@ def test_parameter_count_equals_timm(size):
 
 
 def test_same_state_dict_keys_as_timm():
-    with torch.device("meta"):
-        ours = timm.create_model("visattn_davit_tiny").state_dict()
-        theirs = timm.create_model("davit_tiny").state_dict()
-    assert list(ours) == list(theirs)
-    assert all(ours[k].shape == theirs[k].shape for k in ours)
+    check_state_dict_layout_is_timms("visattn_davit_tiny", "davit_tiny")
 
 
 def test_pretrained_cfg_points_at_timm_weights():
