@@ -504,6 +504,12 @@ def stride_array(stride: tuple[int, ...]) -> ctypes.Array:
     return (ctypes.c_int64 * 3)(*stride[:3])
 
 
+@functools.lru_cache(maxsize=256)
+def stride_arrays(*strides: tuple[int, ...]) -> tuple[ctypes.Array, ...]:
+    """:func:`stride_array` of each of ``strides``, kept per tuple of them (one bounded-LRU lookup per call)."""
+    return tuple(stride_array(stride) for stride in strides)
+
+
 def convert_argument(function: str, name: str, kind: str, value: object) -> object:
     """``value`` checked and converted to ctypes as :func:`call` does for the parameter ``name`` (of ``kind``) of
     ``function``, for callers that convert fixed arguments once and pass them on many calls (the tensors behind

@@ -118,10 +118,12 @@ def test_the_cache_stays_within_its_byte_budget(monkeypatch):
     plans = [key for key in _cache._ENTRIES if key[0] == "direct.forward_plan"]
     assert 0 < len(plans) < kinds
     assert ("direct.forward_plan", mask.key, (22, 4), 0, "fused_tiles", torch.float64) in plans  # the newest stays
-    assert native.stride_array.cache_info().maxsize is not None
     for rows in range(1, 400):
-        native.stride_array((rows * 4, rows, 4, 1))
-    assert native.stride_array.cache_info().currsize <= native.stride_array.cache_info().maxsize
+        arrays = native.stride_arrays((rows * 4, rows * 2, 4, 1), (rows, rows, 1, 1))
+        assert [list(a) for a in arrays] == [[rows * 4, rows * 2, 4], [rows, rows, 1]]
+    for cached in (native.stride_array, native.stride_arrays):
+        info = cached.cache_info()
+        assert info.maxsize is not None and info.currsize <= info.maxsize
     clear_caches()
 
 

@@ -134,14 +134,18 @@ def _plain(q: Tensor, k: Tensor, v: Tensor) -> bool:
 
 
 def _fits(plan: ForwardPlan, q: Tensor, k: Tensor, v: Tensor) -> bool:
-    """What the operator checks before native code, for this plan: CPU tensors of its dtype, 4-D, fitting together,
-    with the plan's tokens."""
-    qs, ks, vs = q.shape, k.shape, v.shape
-    return (q.dtype == plan.dtype and k.dtype == plan.dtype and v.dtype == plan.dtype
-            and q.device.type == "cpu" and k.device.type == "cpu" and v.device.type == "cpu"
-            and len(qs) == 4 and len(ks) == 4 and len(vs) == 4
-            and qs[:2] == ks[:2] and ks[:3] == vs[:3] and qs[3] == ks[3]
-            and qs[2] == plan.tokens and ks[2] == plan.tokens)
+    """What the operator checks before native code, for this plan: CPU tensors of its dtype, 4-D, fitting together
+    (k and v share q's batch and heads and their tokens, k q's head dim), with the plan's tokens."""
+    dtype = plan.dtype
+    if q.dtype is not dtype or k.dtype is not dtype or v.dtype is not dtype:
+        return False
+    if not (q.is_cpu and k.is_cpu and v.is_cpu) or q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
+        return False
+    batch, heads, tokens, dim = q.shape
+    k_batch, k_heads, k_tokens, k_dim = k.shape
+    v_batch, v_heads, v_tokens, _ = v.shape
+    return (batch == k_batch == v_batch and heads == k_heads == v_heads and dim == k_dim
+            and tokens == k_tokens == v_tokens == plan.tokens)
 
 
 def progression_forward(q: Tensor, k: Tensor, v: Tensor, mask: str, shape: tuple[int, ...], prefix: int,
@@ -158,15 +162,15 @@ def progression_forward(q: Tensor, k: Tensor, v: Tensor, mask: str, shape: tuple
     batch, heads, tokens, dim = q.shape
     dim_v = v.shape[-1]
     threads = torch.get_num_threads()
-    qs, ks, vs = native.stride_array(q.stride()), native.stride_array(k.stride()), native.stride_array(v.stride())
     if plan.route == kernel_ops.ROUTE_TILES:
         out = q.new_empty(batch, heads, tokens, dim_v)
-        os = native.stride_array(out.stride())
+        qs, ks, vs, os = native.stride_arrays(q.stride(), k.stride(), v.stride(), out.stride())
         plan.function(q.data_ptr(), k.data_ptr(), v.data_ptr(), out.data_ptr(), None, batch, heads, dim, dim_v,
                       qs, ks, vs, os, os, *plan.fixed, scale, threads)
         return out
     out = q.new_empty(batch, heads, plan.grid, dim_v)
     lse = q.new_empty(batch, heads, plan.grid)
+    qs, ks, vs = native.stride_arrays(q.stride(), k.stride(), v.stride())
     plan.function(q.data_ptr(), k.data_ptr(), v.data_ptr(), out.data_ptr(), lse.data_ptr(), batch, heads, dim,
                   dim_v, qs, ks, vs, *plan.fixed, scale, threads)
     if not prefix:
