@@ -479,8 +479,9 @@ def _time_in_rounds(group: list[_CaseRun], settings: BenchSettings, log: Schedul
     timed = [run for run in group if run.ready]
     orders = round_orders(len(timed), settings.repeats, settings.seed + len(log.groups))
     log.groups.append([run.label for run in timed])
-    log.held_bytes.append(sum(run.held_bytes for run in group))
-    log.largest_call_bytes.append(max((run.largest_call_bytes for run in group), default=0))
+    held, largest = _group_memory(group)
+    log.held_bytes.append(held)
+    log.largest_call_bytes.append(largest)
     log.round_orders.append([[timed[i].label for i in order] for order in orders])
     steps.advance(settings.repeats * (len(group) - len(timed)), "cases with nothing to time")
     for r, order in enumerate(orders, 1):
@@ -489,6 +490,11 @@ def _time_in_rounds(group: list[_CaseRun], settings: BenchSettings, log: Schedul
             steps.advance(1, f"round {r}/{settings.repeats} {timed[i].label}")
     for run in timed:
         _finish_case(run, run.samples, settings)
+
+
+def _group_memory(group: list[_CaseRun]) -> tuple[int, int]:
+    """The bytes the cases of ``group`` keep for their rounds, and the largest estimate of one of their calls."""
+    return sum(run.held_bytes for run in group), max((run.largest_call_bytes for run in group), default=0)
 
 
 def _over_budget(held: int, largest_call: int, settings: BenchSettings) -> bool:
@@ -521,17 +527,14 @@ def _in_process(cases: Sequence[BenchCase], sizes: Sequence[Size], settings: Ben
             steps.advance(settings.repeats, f"timed {run.label}")
             yield from run.records
             continue
-        held = sum(run.held_bytes for run in group)
-        largest = max((run.largest_call_bytes for run in group), default=0)
         memory = f"the memory budget {format_bytes(settings.memory_budget)}"
+        held, largest = _group_memory(group)
         if group and _over_budget(held + predicted_held_bytes(prepared, sizes, settings), largest, settings):
             causes.add(memory)
             yield from flush()
-        run = _probe_case(prepared, sizes, settings, [], sdpa_history, [], steps.probed)
-        group.append(run)
-        held, largest = held + run.held_bytes, max(largest, run.largest_call_bytes)
+        group.append(_probe_case(prepared, sizes, settings, [], sdpa_history, [], steps.probed))
         cache = sum(r.cache_growth for r in group) > cache_budget() // 2
-        if len(group) > 1 and (_over_budget(held, largest, settings) or cache):
+        if len(group) > 1 and (_over_budget(*_group_memory(group), settings) or cache):
             causes.add(f"half of visattn's cache budget {format_bytes(cache_budget())}" if cache else memory)
             yield from flush()
     if group:
