@@ -47,6 +47,7 @@ def _visit_counter(monkeypatch):
         return [[float(len(visits))] * repeats for _ in fns]
 
     monkeypatch.setattr(runner, "interleaved_bursts", fake_bursts)
+    monkeypatch.setattr(runner, "time_call", lambda fn, sync: 1e-4)
     return visits
 
 
@@ -70,13 +71,14 @@ def test_every_round_visits_every_case_once_in_a_seeded_order(monkeypatch):
 
 
 def _fixed_bursts(monkeypatch):
+    """Fake bursts (the i-th call of a visit takes i + 1 ms) and probes (0.1 ms: no size skipped for time)."""
     monkeypatch.setattr(runner, "interleaved_bursts",
                         lambda fns, calls, repeats, sync: [[float(i + 1)] * repeats for i in range(len(fns))])
+    monkeypatch.setattr(runner, "time_call", lambda fn, sync: 1e-4)
 
 
 def test_records_are_those_of_case_by_case(monkeypatch):
     _fixed_bursts(monkeypatch)
-    monkeypatch.setattr(runner, "time_call", lambda fn, sync: 1e-4)  # probes too: no skip for time under load
     cases = [*CASES, "window:window_size=4"]
     across = run_bench(cases, [12, 6, 16], BenchSettings(**FAST))
     alone = run_bench(cases, [12, 6, 16], BenchSettings(rounds_across_cases=False, **FAST))
@@ -169,7 +171,8 @@ def test_a_cache_entry_built_inside_a_timed_burst_is_counted_and_logged(monkeypa
 
 
 def test_two_mixers_at_two_sizes_end_to_end():
-    report = run_bench(["neighborhood:kernel_size=3", "linear"], [8, 12], BenchSettings(**{**FAST, "repeats": 2}))
+    settings = BenchSettings(time_budget_s=60.0, **{**FAST, "repeats": 2})  # no size skipped on a busy machine
+    report = run_bench(["neighborhood:kernel_size=3", "linear"], [8, 12], settings)
     data = json.loads(json.dumps(report.to_dict()))
     schedule = data["environment"]["schedule"]
     assert data["settings"]["rounds_across_cases"] is True and schedule["scheduling"] == ROUNDS_ACROSS_CASES
@@ -194,6 +197,7 @@ def _slow_phase(monkeypatch, slow_calls):
         return [[2.0 * factor if i % 2 == 0 else 1.0] * repeats for i in range(len(fns))]
 
     monkeypatch.setattr(runner, "interleaved_bursts", fake_bursts)
+    monkeypatch.setattr(runner, "time_call", lambda fn, sync: 1e-4)
 
 
 def test_a_slow_phase_shorter_than_a_round_leaves_every_ratio_alone(monkeypatch):
