@@ -158,6 +158,18 @@ def test_the_operator_runs_where_autograd_modes_or_the_switch_need_it():
     assert torch.equal(out, direct.progression_forward(q, k, v, *call))
 
 
+@pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning", "ignore:`torch.jit.trace` is deprecated")
+def test_jit_trace_records_the_operator():
+    """A trace must see the kernel as an op (a direct call would be baked into the trace as a constant)."""
+    mask, shape = masks.window_mask(2), (4, 4)
+    q, k, v = _qkv(0, shape, 1, 2, 4, 4, torch.float64, False)
+    traced = torch.jit.trace(lambda q, k, v: masked_attention(q, k, v, mask, shape, backend="fused_tiles"),
+                             (q, k, v), check_trace=False)
+    assert "visattn::progression_attention" in str(traced.graph)
+    q, k, v = _qkv(0, shape, 1, 2, 4, 4, torch.float64, False, seed=5)
+    assert torch.equal(traced(q, k, v), direct.progression_forward(q, k, v, mask.key, shape, 0, 0.5, "fused_tiles"))
+
+
 def test_training_still_runs_the_operator_and_its_backward():
     mask, shape = masks.neighborhood_mask(3), (5, 6)
     q, k, v = (t.detach().requires_grad_() for t in _qkv(1, shape, 1, 2, 4, 4, torch.float64, False))

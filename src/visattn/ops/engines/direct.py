@@ -3,19 +3,19 @@
 :func:`~visattn.ops.engines.kernel_ops.progression_attention` is a ``torch.library`` custom operator so that
 autograd and ``torch.compile`` see the kernels. In eager inference that costs, on every call of a tiny layer, the
 dispatcher's round trip (autograd and backend redispatch, schema checks of the returned tensors), the operator's
-checks of its arguments, a rebuilt tile list lookup and a ctypes conversion of every argument: about as much as the
-kernel's work on an 8 x 8 grid (``benchmarks/fixed_cost.py``). :func:`progression_forward` computes the same rows
-with the same kernel, tiles and thread count (so bit-identical results), from a :class:`ForwardPlan` kept per
-``(mask, grid, prefix tokens, engine, dtype)`` in the byte-bounded cache (:func:`visattn.clear_caches`): the
-layout, the route, the tile list and its arguments already converted to ctypes, checked once when the plan is
-built. Per call it checks only what varies (the tensors: CPU, the plan's dtype, shapes that fit the grid) and passes
-their data pointers and strides.
+checks of its arguments, a tile list lookup and a checked ctypes conversion of every argument: on an 8 x 8 grid
+about three times the kernel's own work (one thread, ``benchmarks/fixed_cost.py``). :func:`progression_forward`
+computes the same rows with the same kernel, tiles and thread count (so bit-identical results), from a
+:class:`ForwardPlan` kept per ``(mask, grid, prefix tokens, engine, dtype)`` in the byte-bounded cache
+(:func:`visattn.clear_caches`): the layout, the route, the tile list and its arguments already converted to ctypes,
+checked once when the plan is built. Per call it checks only what varies (the tensors: CPU, the plan's dtype, shapes
+that fit the grid) and passes their data pointers and strides.
 
 It answers None, and the caller runs the custom operator, wherever the operator is needed or safer: autograd
-records the call, ``torch.compile`` traces it, a ``TorchDispatchMode``, a ``TorchFunctionMode`` (``with
-torch.device(...)`` is one) or a functorch transform (``vmap``, ``grad``) is active, a tensor is a subclass (fake,
-functional or batched tensors), or the tensors do not fit (the operator then raises the error that names the
-argument). :func:`direct_calls` turns the direct path off for a block, to compare both paths.
+records the call, ``torch.compile`` or ``torch.jit.trace`` traces it, a ``TorchDispatchMode``, a
+``TorchFunctionMode`` (``with torch.device(...)`` is one) or a functorch transform (``vmap``, ``grad``) is active, a
+tensor is a subclass (fake, functional or batched tensors), or the tensors do not fit (the operator then raises the
+error that names the argument). :func:`direct_calls` turns the direct path off for a block, to compare both paths.
 """
 
 from __future__ import annotations
@@ -130,7 +130,8 @@ def _plain(q: Tensor, k: Tensor, v: Tensor) -> bool:
             and not (torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad))
             and torch._C._len_torch_dispatch_stack() == 0
             and not torch._C._is_torch_function_mode_enabled()
-            and torch._C._functorch.peek_interpreter_stack() is None)
+            and torch._C._functorch.peek_interpreter_stack() is None
+            and torch._C._get_tracing_state() is None)
 
 
 def _fits(plan: ForwardPlan, q: Tensor, k: Tensor, v: Tensor) -> bool:
