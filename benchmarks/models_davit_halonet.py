@@ -24,11 +24,18 @@ largest logit difference is printed as a check that both compute the same functi
 ``--ops`` (HaloNets) prints, without timing, the aten ops of one forward of each model: whether the ops outside the
 attention layers (name, argument shapes and strides) are the same sequence, the first difference if not, and the
 ops inside the attention layers counted by name (copies, permutes, pads).
+
+``--share`` (HaloNets, one thread) times, by the thread's CPU time (which other jobs on the machine move less than
+wall time), whole-model forwards of timm's model, visattn's with ``fold_bn=False`` and visattn's default,
+interleaved, and inside them each attention layer (forward hooks): the layers' share of timm's forward, their ratio
+as run inside the model, and the models' ratios.
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
+import time
 from collections import Counter
 from collections.abc import Callable
 
@@ -156,6 +163,47 @@ def attention_calls(theirs: nn.Module, ours: nn.Module,
     return timm_calls, visattn_calls
 
 
+def print_share(name: str, images: torch.Tensor, rounds: int) -> None:
+    """Attention layers inside whole-model forwards, by thread CPU time (see the module docstring)."""
+    theirs, unfolded = _pair(name, fold_bn=False)
+    folded = _pair(name)[1]
+    models = {"timm": theirs, "visattn fold_bn=False": unfolded, "visattn": folded}
+    layer_s: dict[str, list[float]] = {label: [] for label in models}
+    model_s: dict[str, list[float]] = {label: [] for label in models}
+    for label, model in models.items():
+        started: list[float] = []
+        for module in model.modules():
+            if isinstance(module, (HaloAttention, HaloAttn)):
+                module.register_forward_pre_hook(lambda *_, s=started: s.append(time.thread_time()))
+                module.register_forward_hook(lambda *_, s=started, out=layer_s[label]: out.append(
+                    time.thread_time() - s.pop()))
+    with torch.no_grad():
+        for model in models.values():
+            model(images)
+        for times in layer_s.values():
+            times.clear()
+        for _ in range(rounds):
+            for label, model in models.items():
+                start = time.thread_time()
+                model(images)
+                model_s[label].append(time.thread_time() - start)
+    layers = len(layer_s["timm"]) // rounds
+
+    def per_forward(label: str) -> list[float]:
+        times = layer_s[label]
+        return [sum(times[i * layers:(i + 1) * layers]) for i in range(rounds)]
+
+    def ratio(a: list[float], b: list[float]) -> str:
+        r = [x / y for x, y in zip(a, b, strict=True)]
+        return f"{statistics.median(r):.2f}x ({min(r):.2f}-{max(r):.2f})"
+
+    timm_layers, timm_model = per_forward("timm"), model_s["timm"]
+    share = statistics.median(a / m for a, m in zip(timm_layers, timm_model, strict=True))
+    print(f"| {name} | {layers} | {share:.0%} | {ratio(timm_layers, per_forward('visattn'))} | "
+          f"{ratio(timm_model, model_s['visattn fold_bn=False'])} | {ratio(timm_model, model_s['visattn'])} | "
+          f"{statistics.median(timm_model) * 1e3:.0f} |", flush=True)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", nargs="+", default=list(DEFAULT_MODELS), help="timm names with a visattn_ twin")
@@ -165,8 +213,22 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--calls", type=int, default=1, help="calls per burst")
     parser.add_argument("--train", action="store_true", help="also time forward + backward in train mode")
     parser.add_argument("--ops", action="store_true", help="HaloNets: compare aten op lists of one forward, no timing")
+    parser.add_argument("--share", action="store_true",
+                        help="HaloNets, one thread: attention layers timed inside the model by thread CPU time")
     args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
+    torch.set_num_threads(1 if args.share else args.threads)
+    if args.share:
+        print(f"thread CPU time, 1 thread, batch {args.batch}, {args.rounds} rounds, load average before "
+              f"{load_average()}")
+        print("| model | layers | layers' share of timm's forward | layers in the model, timm / visattn | "
+              "model, timm / visattn fold_bn=False | model, timm / visattn | timm ms |")
+        print("|---|---|---|---|---|---|---|")
+        for name in args.models:
+            size = timm.models.get_pretrained_cfg(name).input_size[1:]
+            print_share(name, torch.randn(args.batch, 3, *size, generator=torch.Generator().manual_seed(0)),
+                        args.rounds)
+        print(f"load average after {load_average()}")
+        return
     if args.ops:
         for name in args.models:
             size = timm.models.get_pretrained_cfg(name).input_size[1:]
