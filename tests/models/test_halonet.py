@@ -127,6 +127,8 @@ def test_outside_the_halo_layers_the_model_is_timms_op_for_op():
     outside = [op[1:] for op in _ops(theirs, x).ops if not op[0]]
     assert [op[1:] for op in _ops(unfolded, x).ops if not op[0]] == outside
     folded, _ = _pair()
+    assert any(op[1] == "rsqrt" for op in _ops(folded, x).ops)  # the first forward folds
+    assert not any(op[1] == "rsqrt" for op in _ops(folded, x).ops)  # later ones use the cache
     norms = [op[1] for op in _ops(folded, x).ops if "batch_norm" in op[1]]
     assert len(norms) == sum(name.endswith(".post_attn") for name, _ in folded.named_modules()) == 3
     assert sum("batch_norm" in op[0] for op in outside) > 10
@@ -149,6 +151,11 @@ def test_folded_inference_equals_timm_and_follows_weight_changes():
         torch.testing.assert_close(ours(x.double()), other(x.double()), atol=1e-10, rtol=0)
         clone = copy.deepcopy(ours)
         torch.testing.assert_close(clone(x.double()), other(x.double()), atol=1e-10, rtol=0)
+        for value in (2.0, 5.0):  # replaced twice between forwards (a freed address must not match the cache)
+            for model in (ours, other):
+                model.stem.conv1.bn.running_var = torch.full_like(model.stem.conv1.bn.running_var, value)
+                model.stem.conv1.conv.weight.data = model.stem.conv1.conv.weight.data * value
+        torch.testing.assert_close(ours(x.double()), other(x.double()), atol=1e-10, rtol=0)
 
 
 def test_training_mode_updates_batch_norm_statistics_as_timm():

@@ -94,28 +94,33 @@ class FoldedConvNormAct(ConvNormAct):
     instead of a convolution and a separate pass of ``(y - mu) * s + beta`` over the whole activation map.
 
     Folded only where it is the same function: eval mode, no gradient recorded, a plain ``nn.Conv2d`` followed by a
-    ``BatchNormAct2d`` with running statistics, not under ``torch.compile`` (which traces the unfolded module).
+    ``BatchNormAct2d`` with running statistics, not under ``torch.compile``/``torch.export`` or ``torch.jit.trace``
+    (which record the unfolded module, so that a graph does not hold a snapshot of the folded weights).
     Elsewhere (training, gradients, other layers) it is timm's forward. The folded weight and bias are cached
     (not in the state dict) and rebuilt when any of the tensors they come from is replaced or changed in place
     (their version counters and storage).
     """
 
-    _fold_cache: tuple[tuple[Any, ...], Tensor, Tensor] | None = None
+    _fold_cache: tuple[tuple[Tensor, ...], tuple[Any, ...], Tensor, Tensor] | None = None
 
     def _foldable(self) -> bool:
         bn = self.bn
         return (not self.training and not torch.is_grad_enabled() and type(self.conv) is nn.Conv2d
                 and type(bn) is BatchNormAct2d and not bn.training and bn.running_mean is not None
-                and bn.running_var is not None and not torch.compiler.is_compiling())
+                and bn.running_var is not None and not torch.compiler.is_compiling() and not torch.jit.is_tracing())
 
     def _folded(self) -> tuple[Tensor, Tensor]:
+        """The folded ``(weight, bias)``; cached with the source tensors' storage pointers and version counters,
+        the sources' storage held (detached) so that a replacement cannot reuse a cached address."""
         conv, bn = self.conv, self.bn
-        sources = (conv.weight, conv.bias, bn.weight, bn.bias, bn.running_mean, bn.running_var)
-        tracked = [t for t in sources if t is not None]
-        key = None if any(t.is_inference() for t in tracked) else (
-            bn.eps, *((t._version, t.data_ptr(), t.device, t.dtype) for t in tracked))
-        if key is not None and self._fold_cache is not None and self._fold_cache[0] == key:
-            return self._fold_cache[1:]
+        sources = tuple(t for t in (conv.weight, conv.bias, bn.weight, bn.bias, bn.running_mean, bn.running_var)
+                        if t is not None)
+        cacheable = not any(t.is_inference() for t in sources)
+        key = (bn.eps, *((t._version, t.data_ptr(), t.device, t.dtype, t.shape) for t in sources)) if cacheable \
+            else None
+        cache = self._fold_cache
+        if key is not None and cache is not None and cache[1] == key:
+            return cache[2], cache[3]
         scale = torch.rsqrt(bn.running_var + bn.eps)
         if bn.weight is not None:
             scale = scale * bn.weight
@@ -124,8 +129,7 @@ class FoldedConvNormAct(ConvNormAct):
             bias = bias + bn.bias
         weight = conv.weight * scale.reshape(-1, 1, 1, 1).to(conv.weight.dtype)
         bias = bias.to(weight.dtype)
-        if key is not None:
-            self._fold_cache = (key, weight, bias)
+        self._fold_cache = (tuple(t.detach() for t in sources), key, weight, bias) if key is not None else None
         return weight, bias
 
     def forward(self, x: Tensor) -> Tensor:
