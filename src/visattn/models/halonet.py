@@ -132,6 +132,10 @@ class FoldedConvNormAct(ConvNormAct):
         self._fold_cache = (tuple(t.detach() for t in sources), key, weight, bias) if key is not None else None
         return weight, bias
 
+    def _apply(self, fn: Any, recurse: bool = True) -> FoldedConvNormAct:
+        self._fold_cache = None  # .to(), .double(), .cuda(): drop the cache rather than hold the old storage
+        return super()._apply(fn, recurse)
+
     def forward(self, x: Tensor) -> Tensor:
         if not self._foldable():
             return super().forward(x)
