@@ -45,10 +45,10 @@ import torch.nn.functional as F
 from timm.layers.halo_attn import HaloAttn
 from timm.models import davit as timm_davit
 from torch import nn
-from torch.utils._python_dispatch import TorchDispatchMode
 
 import visattn.models  # noqa: F401  (registers visattn_* in timm)
 from visattn.bench import load_average
+from visattn.bench.op_log import logged_ops
 from visattn.bench.paired import inference_call, paired_ratio, run_all, train_step_call
 from visattn.models.halonet import HaloNet
 from visattn.nn.halo import HaloAttention
@@ -64,37 +64,12 @@ def _pair(name: str, **kwargs: object) -> tuple[nn.Module, nn.Module]:
     return theirs, ours
 
 
-class _OpLog(TorchDispatchMode):
-    """Every aten op: (inside an attention layer, name, argument shapes and strides)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.ops: list[tuple[bool, str, str]] = []
-        self.inside = False
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204
-        out = func(*args, **(kwargs or {}))
-        layout = [(tuple(a.shape), a.stride()) for a in args if isinstance(a, torch.Tensor)]
-        self.ops.append((self.inside, func.overloadpacket.__name__, repr(layout)))
-        return out
-
-
 def op_list(model: nn.Module, images: torch.Tensor) -> list[tuple[bool, str, str]]:
     """The aten ops of one forward of ``model`` without gradients (after an unlogged one, which fills the folded
     batch-norm cache), marked inside/outside its halo layers."""
     with torch.no_grad():
         model(images)
-    log = _OpLog()
-    hooks = []
-    for module in model.modules():
-        if isinstance(module, (HaloAttention, HaloAttn)):
-            hooks.append(module.register_forward_pre_hook(lambda *_: setattr(log, "inside", True)))
-            hooks.append(module.register_forward_hook(lambda *_: setattr(log, "inside", False)))
-    with torch.no_grad(), log:
-        model(images)
-    for hook in hooks:
-        hook.remove()
-    return log.ops
+    return logged_ops(model, images, (HaloAttention, HaloAttn))
 
 
 def print_op_comparison(name: str, images: torch.Tensor) -> None:

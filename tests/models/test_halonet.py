@@ -12,9 +12,9 @@ from contract import check_timm_contract, count_params_meta, digits_loss_falls
 from timm.layers import ConvNormAct
 from timm.layers.halo_attn import HaloAttn
 from timm.models.byobnet import ByoBlockCfg, ByobNet, ByoModelCfg
-from torch.utils._python_dispatch import TorchDispatchMode
 
 import visattn.models  # noqa: F401
+from visattn.bench.op_log import logged_ops
 from visattn.models.halonet import FoldedConvNormAct
 from visattn.nn.halo import HaloAttention
 from visattn.testing import randomize_module
@@ -46,33 +46,8 @@ def _pair(cfg_kwargs: dict | None = None, seed: int = 0, **model_kwargs):
     return ours, theirs
 
 
-class _OpLog(TorchDispatchMode):
-    """Every aten op with its arguments' shapes and strides, and whether it ran inside a halo-attention layer."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.ops: list[tuple[bool, str, str]] = []
-        self.inside = False
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        layout = [(tuple(a.shape), a.stride()) for a in args if isinstance(a, torch.Tensor)]
-        self.ops.append((self.inside, func.overloadpacket.__name__, repr(layout)))
-        return out
-
-
-def _ops(model: torch.nn.Module, x: torch.Tensor) -> _OpLog:
-    log = _OpLog()
-    hooks = []
-    for module in model.modules():
-        if isinstance(module, (HaloAttention, HaloAttn)):
-            hooks.append(module.register_forward_pre_hook(lambda *_: setattr(log, "inside", True)))
-            hooks.append(module.register_forward_hook(lambda *_: setattr(log, "inside", False)))
-    with torch.no_grad(), log:
-        model(x)
-    for hook in hooks:
-        hook.remove()
-    return log
+def _ops(model: torch.nn.Module, x: torch.Tensor) -> list[tuple[bool, str, str]]:
+    return logged_ops(model, x, (HaloAttention, HaloAttn))
 
 
 def test_attention_is_visattn():
@@ -124,12 +99,12 @@ def test_outside_the_halo_layers_the_model_is_timms_op_for_op():
     order; the default folds each conv's batch norm (no batch norm left but the norms after the halo layers)."""
     x = torch.randn(2, 3, 64, 32)
     unfolded, theirs = _pair(fold_bn=False)
-    outside = [op[1:] for op in _ops(theirs, x).ops if not op[0]]
-    assert [op[1:] for op in _ops(unfolded, x).ops if not op[0]] == outside
+    outside = [op[1:] for op in _ops(theirs, x) if not op[0]]
+    assert [op[1:] for op in _ops(unfolded, x) if not op[0]] == outside
     folded, _ = _pair()
-    assert any(op[1] == "rsqrt" for op in _ops(folded, x).ops)  # the first forward folds
-    assert not any(op[1] == "rsqrt" for op in _ops(folded, x).ops)  # later ones use the cache
-    norms = [op[1] for op in _ops(folded, x).ops if "batch_norm" in op[1]]
+    assert any(op[1] == "rsqrt" for op in _ops(folded, x))  # the first forward folds
+    assert not any(op[1] == "rsqrt" for op in _ops(folded, x))  # later ones use the cache
+    norms = [op[1] for op in _ops(folded, x) if "batch_norm" in op[1]]
     assert len(norms) == sum(name.endswith(".post_attn") for name, _ in folded.named_modules()) == 3
     assert sum("batch_norm" in op[0] for op in outside) > 10
 
