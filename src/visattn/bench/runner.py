@@ -424,10 +424,12 @@ def _visit(run: _CaseRun, settings: BenchSettings) -> bool:
 
 def _measure_sizes(prepared: _Prepared, sizes: Sequence[Size], settings: BenchSettings,
                    history: list[tuple[int, float]], sdpa_history: list[tuple[int, float]],
-                   memory_history: list[tuple[int, int]]) -> list[BenchRecord]:
+                   memory_history: list[tuple[int, int]],
+                   on_probe: Callable[[BenchRecord], None] | None = None) -> list[BenchRecord]:
     """The records of one case at every size (smallest first), timed case by case: every size is checked and
-    probed first, then the bursts of all sizes and their baselines are taken in the same rounds."""
-    run = _probe_case(prepared, sizes, settings, history, sdpa_history, memory_history)
+    probed first (``on_probe`` sees each record after its probe), then the bursts of all sizes and their baselines
+    are taken in the same rounds."""
+    run = _probe_case(prepared, sizes, settings, history, sdpa_history, memory_history, on_probe)
     _time_alone(run, settings)
     return run.records
 
@@ -522,10 +524,9 @@ def _in_process(cases: Sequence[BenchCase], sizes: Sequence[Size], settings: Ben
     for case in cases:
         prepared = _prepare(case, settings)
         if not settings.rounds_across_cases:
-            run = _probe_case(prepared, sizes, settings, [], sdpa_history, [], steps.probed)
-            _time_alone(run, settings)
-            steps.advance(settings.repeats, f"timed {run.label}")
-            yield from run.records
+            records = _measure_sizes(prepared, sizes, settings, [], sdpa_history, [], steps.probed)
+            steps.advance(settings.repeats, f"timed {records[0].label}")
+            yield from records
             continue
         memory = f"the memory budget {format_bytes(settings.memory_budget)}"
         held, largest = _group_memory(group)
