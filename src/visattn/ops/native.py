@@ -492,16 +492,17 @@ def row_major(t: Tensor) -> Tensor:
     return t if t.stride(-1) == 1 else t.contiguous()
 
 
-def strides(t: Tensor) -> ctypes.Array:
-    """The element strides of the first three dims of ``t`` (batch, head, token) as an int64 array."""
-    return (ctypes.c_int64 * 3)(*t.stride()[:3])
-
-
 @functools.lru_cache(maxsize=256)
 def stride_array(stride: tuple[int, ...]) -> ctypes.Array:
     """The int64 array of the first three of ``stride`` (``t.stride()``), kept per stride tuple (a bounded LRU): the
     kernels only read it. Calls of one kind of layer pass the same strides every time."""
     return (ctypes.c_int64 * 3)(*stride[:3])
+
+
+def strides(t: Tensor) -> ctypes.Array:
+    """The element strides of the first three dims of ``t`` (batch, head, token) as an int64 array
+    (:func:`stride_array`)."""
+    return stride_array(t.stride())
 
 
 @functools.lru_cache(maxsize=256)
