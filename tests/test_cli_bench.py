@@ -6,6 +6,7 @@ import re
 
 import pytest
 
+from bench_fakes import per_round
 from visattn import cli
 from visattn.bench import runner
 
@@ -50,19 +51,19 @@ def test_naming_one_output_writes_only_that(tmp_path, monkeypatch):
 
 
 def test_noisy_rows_are_marked_with_a_footnote(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(runner, "interleaved_bursts", lambda fns, calls, repeats, sync: [[1.0, 1.0, 3.0], [2.0] * 3])
+    monkeypatch.setattr(runner, "interleaved_bursts", per_round([1.0, 1.0, 3.0], [2.0] * 3))
     path = tmp_path / "noisy.json"
-    assert cli.main(["bench", "--mixers", "softmax", "--sizes", "4", "--json", str(path), *TINY]) == 0
+    assert cli.main(["bench", "--mixers", "softmax", "--sizes", "4", "--json", str(path), *TINY, "--repeats", "3"]) == 0
     out = capsys.readouterr().out
-    assert "2.00 !" in out  # the ratio 2 / 1, marked
+    assert "1.52 !" in out  # ratios 2, 2 and 2 / 3: Hodges-Lehmann 2^0.75 (2 / 3)^0.25, marked
     assert "! 1 row(s): interquartile range above 25% of the median" in out
     data = json.loads(path.read_text())
     assert data["records"][0]["noisy"] is True and data["noisy_records"] == 1
 
 
 def test_quiet_rows_carry_no_mark(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(runner, "interleaved_bursts", lambda fns, calls, repeats, sync: [[1.0] * 3, [2.0] * 3])
-    assert cli.main(["bench", "--mixers", "softmax", "--sizes", "4", "--no-save", *TINY]) == 0
+    monkeypatch.setattr(runner, "interleaved_bursts", per_round([1.0] * 3, [2.0] * 3))
+    assert cli.main(["bench", "--mixers", "softmax", "--sizes", "4", "--no-save", *TINY, "--repeats", "3"]) == 0
     out = capsys.readouterr().out
     assert "2.00 !" not in out and "interquartile range above" not in out
 

@@ -159,8 +159,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--repeats", type=int, default=None,
                      help=f"timing samples per (mixer, size); {defaults.repeats} when left out "
                           f"({ModelBenchSettings.repeats} with --model)")
-    run.add_argument("--min-sample", type=float, default=defaults.min_sample_s, metavar="SECONDS",
-                     help="each sample is a burst of consecutive calls lasting at least this long")
+    run.add_argument("--min-sample", type=float, default=None, metavar="SECONDS",
+                     help=f"each sample is a burst of consecutive calls lasting at least this long; "
+                          f"{defaults.min_sample_s} when left out ({ModelBenchSettings.min_sample_s} with --model)")
     run.add_argument("--spread-limit", type=float, default=defaults.spread_limit, metavar="FRACTION",
                      help="flag a row whose per-round ratio to the baseline has an interquartile range above "
                           "this fraction of its median")
@@ -218,10 +219,11 @@ def _check_outputs(args: argparse.Namespace) -> None:
 def _settings(args: argparse.Namespace) -> bench.BenchSettings:
     budget = {} if args.memory_budget is None else {"memory_budget": args.memory_budget}
     given = {name: value for name, value in (("batch", args.batch), ("repeats", args.repeats),
-                                             ("time_budget_s", args.time_budget)) if value is not None}
+                                             ("time_budget_s", args.time_budget), ("min_sample_s", args.min_sample))
+             if value is not None}
     return bench.BenchSettings(heads=args.heads, head_dim=args.head_dim, dtype=args.dtype, device=args.device,
                                backward=args.backward, warmup=args.warmup, num_prefix_tokens=args.prefix_tokens,
-                               min_sample_s=args.min_sample, spread_limit=args.spread_limit,
+                               spread_limit=args.spread_limit,
                                measure_memory=not args.no_memory, seed=args.seed, isolate=args.isolate,
                                rounds_across_cases=not args.case_by_case, **given, **budget)
 
@@ -232,8 +234,9 @@ def _model_settings(args: argparse.Namespace) -> ModelBenchSettings:
         if value:
             raise ValueError(f"{flag} applies to mixer benchmarks, not to --model (use --img-size, --forward-only)")
     given = {name: value for name, value in (("batch", args.batch), ("repeats", args.repeats),
-                                             ("time_budget_s", args.time_budget)) if value is not None}
-    return ModelBenchSettings(dtype=args.dtype, device=args.device, warmup=args.warmup, min_sample_s=args.min_sample,
+                                             ("time_budget_s", args.time_budget), ("min_sample_s", args.min_sample))
+             if value is not None}
+    return ModelBenchSettings(dtype=args.dtype, device=args.device, warmup=args.warmup,
                               spread_limit=args.spread_limit, backward=not args.forward_only,
                               measure_memory=not args.no_memory, seed=args.seed, **given)
 

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import visattn
+from bench_fakes import hodges_lehmann, per_round
 from visattn.bench import BenchCase, BenchSettings, estimate_memory_bytes, iter_bench, run_bench, runner
 from visattn.bench.budget import predict_memory_bytes
 from visattn.bench.runner import _measure, _prepare, _Prepared, default_cases
@@ -37,8 +38,8 @@ def test_records_are_consistent():
         assert r.flops == 4 * pairs * 8 * 2 * 2
         assert r.gflops == pytest.approx(r.flops / (r.median_ms * 1e6))
         ratios = [b / a for a, b in zip(r.samples_ms, r.sdpa_samples_ms, strict=True)]
-        assert r.ratio_to_sdpa == pytest.approx(np.median(ratios))
-        assert r.ratio_p25 <= r.ratio_to_sdpa <= r.ratio_p75
+        assert r.ratio_to_sdpa == pytest.approx(hodges_lehmann(ratios))
+        assert min(ratios) <= r.ratio_to_sdpa <= max(ratios) and r.ratio_p25 <= np.median(ratios) <= r.ratio_p75
         assert r.sdpa_gflops == pytest.approx(4 * r.tokens**2 * 8 * 2 * 2 / (r.sdpa_median_ms * 1e6))
         assert r.min_ms <= r.p25_ms <= r.median_ms <= r.p75_ms <= r.max_ms
         assert r.spread_ms == pytest.approx(r.p75_ms - r.p25_ms)
@@ -235,21 +236,21 @@ def test_native_kernels_are_built_before_anything_is_timed(monkeypatch):
     events.clear()
     run_bench(["softmax", "neighborhood:kernel_size=3"], [4, 5], BenchSettings(rounds_across_cases=False, **FAST))
     # case by case: per mixer, its probes, then the bursts of both sizes in the same rounds
-    assert events[1:] == ["probe", "probe", "probe", "probe", "bursts"] * 2
+    assert events[1:] == (["probe"] * 4 + ["bursts"] * FAST["repeats"]) * 2
 
 
 def test_bursts_are_sized_by_the_probe_and_interleaved_with_sdpa(monkeypatch):
     seen = {}
 
     def fake_bursts(fns, calls, repeats, sync):
-        seen.update(fns=len(fns), calls=calls, repeats=repeats)
+        seen.update(fns=len(fns), calls=calls, repeats=repeats, rounds=seen.get("rounds", 0) + 1)
         return [[1.0] * repeats, [2.0] * repeats]
 
     monkeypatch.setattr(runner, "time_call", lambda fn, sync: 0.004)
     monkeypatch.setattr(runner, "interleaved_bursts", fake_bursts)
     settings = BenchSettings(repeats=4, min_sample_s=0.1, measure_memory=False)
     record = _measure_one(_SlowFirstCall(0.0), settings)
-    assert seen == {"fns": 2, "calls": [25, 25], "repeats": 4}
+    assert seen == {"fns": 2, "calls": [25, 25], "repeats": 1, "rounds": 4}  # one burst of each per round
     assert record.calls_per_sample == record.sdpa_calls_per_sample == 25
     assert record.samples_ms == [1.0] * 4 and record.sdpa_samples_ms == [2.0] * 4
     assert record.ratio_to_sdpa == 2.0 and record.noisy is False
@@ -263,13 +264,13 @@ def test_bursts_are_sized_by_the_probe_and_interleaved_with_sdpa(monkeypatch):
     ([10.0, 10.0, 10.0, 10.0, 10.0], [10.0, 10.0, 20.0, 30.0, 40.0], 0.25, True),  # ratios IQR 2 = 100% of 2
 ])
 def test_spread_flag_is_on_the_paired_ratios(monkeypatch, mixer_ms, sdpa_ms, limit, noisy):
-    monkeypatch.setattr(runner, "interleaved_bursts", lambda fns, calls, repeats, sync: [mixer_ms, sdpa_ms])
-    settings = BenchSettings(spread_limit=limit, **FAST)
+    monkeypatch.setattr(runner, "interleaved_bursts", per_round(mixer_ms, sdpa_ms))
+    settings = BenchSettings(spread_limit=limit, **{**FAST, "repeats": 5})
     record = _measure_one(_SlowFirstCall(0.0), settings)
     assert record.noisy is noisy
     ratios = np.asarray(sdpa_ms) / np.asarray(mixer_ms)
     p25, median, p75 = np.percentile(ratios, [25, 50, 75])
-    assert record.ratio_to_sdpa == pytest.approx(median)
+    assert record.ratio_to_sdpa == pytest.approx(hodges_lehmann(ratios))
     assert record.ratio_relative_spread == pytest.approx((p75 - p25) / median)
     assert record.relative_spread == pytest.approx((np.percentile(mixer_ms, 75) - np.percentile(mixer_ms, 25))
                                                    / np.median(mixer_ms))
@@ -292,8 +293,8 @@ def test_sizes_of_a_case_share_rounds(monkeypatch):
 
 
 def test_spread_flag_without_a_baseline(monkeypatch):
-    monkeypatch.setattr(runner, "interleaved_bursts", lambda fns, calls, repeats, sync: [[1.0, 1.0, 3.0]])
-    settings = BenchSettings(**FAST)
+    monkeypatch.setattr(runner, "interleaved_bursts", per_round([1.0, 1.0, 3.0]))
+    settings = BenchSettings(**{**FAST, "repeats": 3})
     prepared = _Prepared(BenchCase("softmax"), _SlowFirstCall(0.0), {}, None, "2d", per_grid=False)
     record = _measure(prepared, 8, settings, [], [(1, 1.0)], [])  # SDPA predicted far over the time budget
     assert record.sdpa_skipped.startswith("predicted") and record.noisy is True and record.ratio_to_sdpa is None

@@ -202,11 +202,32 @@ def _slow_phase(monkeypatch, slow_calls):
 
 def test_a_slow_phase_shorter_than_a_round_leaves_every_ratio_alone(monkeypatch):
     cases = [*CASES, "window:window_size=2", "sliding:window_size=3"]
-    settings = BenchSettings(**{**FAST, "repeats": 5})
+    settings = BenchSettings(**{**FAST, "repeats": 10})
     _slow_phase(monkeypatch, range(8, 8 + len(cases)))  # as many consecutive visits as one round has
     across = run_bench(cases, [4, 6], settings)
-    assert all(r.ratio_to_sdpa == 0.5 for r in across.records)  # it reached at most two rounds of each mixer
-    _slow_phase(monkeypatch, {1})  # the same machine timed case by case: all rounds of the second mixer
-    alone = run_bench(cases, [4, 6], BenchSettings(rounds_across_cases=False, **{**FAST, "repeats": 5}))
+    assert all(r.ratio_to_sdpa == pytest.approx(0.5) for r in across.records)  # at most two rounds of each mixer
+    _slow_phase(monkeypatch, range(10, 20))  # the same machine timed case by case: all rounds of the second mixer
+    alone = run_bench(cases, [4, 6], BenchSettings(rounds_across_cases=False, **{**FAST, "repeats": 10}))
     assert [r.ratio_to_sdpa for r in alone.records[2:4]] == [pytest.approx(0.5 / 1.3)] * 2
-    assert all(r.ratio_to_sdpa == 0.5 for r in alone.records[:2] + alone.records[4:])
+    assert all(r.ratio_to_sdpa == pytest.approx(0.5) for r in alone.records[:2] + alone.records[4:])
+
+
+def test_a_long_size_takes_every_other_round(monkeypatch):
+    """A size whose probe call (of the mixer or of SDPA) lasts two minimum bursts or more is timed in rounds 0, 2,
+    4, ... only; the others in every round."""
+    probes = iter([1e-4, 1e-4, 1e-4, 0.05] * 2)  # per size: the mixer's probe, then SDPA's; size 6's SDPA is long
+    monkeypatch.setattr(runner, "time_call", lambda fn, sync: next(probes))
+    widths = []
+
+    def fake_bursts(fns, calls, repeats, sync):
+        widths.append(len(fns))
+        return [[1.0] for _ in fns]
+
+    monkeypatch.setattr(runner, "interleaved_bursts", fake_bursts)
+    for across in (True, False):
+        widths.clear()
+        settings = BenchSettings(rounds_across_cases=across, **{**FAST, "repeats": 5, "min_sample_s": 0.02})
+        short, long = run_bench(["softmax"], [4, 6], settings).records
+        assert widths == [4, 2, 4, 2, 4]  # both sizes' mixer and SDPA, then the short size alone
+        assert len(short.samples_ms) == len(short.sdpa_samples_ms) == 5
+        assert len(long.samples_ms) == len(long.sdpa_samples_ms) == 3 and long.sdpa_calls_per_sample == 1

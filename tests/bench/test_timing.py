@@ -1,12 +1,23 @@
 """Timing summaries, single timed calls and interleaved bursts."""
 
 import math
+import statistics
 
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 
+from bench_fakes import hodges_lehmann
 from visattn.bench import summarize, timing
-from visattn.bench.timing import calls_per_sample, interleaved_bursts, synchronizer, time_burst, time_call
+from visattn.bench.timing import (
+    calls_per_sample,
+    hodges_lehmann_ratio,
+    interleaved_bursts,
+    synchronizer,
+    time_burst,
+    time_call,
+)
 
 
 def test_summary_of_known_samples():
@@ -94,3 +105,29 @@ def test_relative_spread():
     assert summarize([1.0, 2.0, 3.0, 4.0, 5.0]).relative_spread == pytest.approx(2.0 / 3.0)
     assert summarize([0.0, 0.0]).relative_spread == 0.0
     assert summarize([0.0, 0.0, 0.0, 1.0, 1.0]).relative_spread == math.inf
+
+
+@given(st.lists(st.floats(0.01, 100.0), min_size=1, max_size=12))
+def test_hodges_lehmann_ratio_is_its_definition(ratios):
+    estimate = hodges_lehmann_ratio(ratios)
+    assert estimate == pytest.approx(hodges_lehmann(ratios), rel=1e-12)
+    assert min(ratios) * (1 - 1e-12) <= estimate <= max(ratios) * (1 + 1e-12)
+
+
+def test_hodges_lehmann_ratio_of_one_round_and_of_a_wild_round():
+    assert hodges_lehmann_ratio([2.5]) == pytest.approx(2.5)
+    assert hodges_lehmann_ratio([2.0, 2.0, 2.0, 2.0, 200.0]) == pytest.approx(2.0)  # one wild round of five: ignored
+
+
+def test_hodges_lehmann_ratio_holds_still_where_the_median_jumps_between_two_levels():
+    # ten rounds on two levels, 4, 5 or 6 of them on the high one: the median goes from one level to the other, this
+    # estimate stays at their geometric middle
+    rounds = [[1.0] * (10 - high) + [1.5] * high for high in (4, 5, 6)]
+    assert [statistics.median(r) for r in rounds] == [1.0, 1.25, 1.5]
+    assert [hodges_lehmann_ratio(r) for r in rounds] == [pytest.approx(1.5**0.5)] * 3
+
+
+@pytest.mark.parametrize("ratios", [[], [1.0, 0.0], [1.0, -2.0], [float("inf")], [float("nan")]])
+def test_hodges_lehmann_ratio_rejects_what_is_not_a_positive_ratio(ratios):
+    with pytest.raises(ValueError, match="ratios"):
+        hodges_lehmann_ratio(ratios)

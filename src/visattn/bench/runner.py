@@ -12,8 +12,9 @@ probe call). They are taken in ``repeats`` rounds across cases (:mod:`visattn.be
 every case's bursts, the cases in a seeded order of their own, before round ``r + 1`` starts, so that each case's
 rounds spread over the whole run; the inputs and mixers of every case stay alive until the last round. Where that
 would exceed the memory budget, the cases are timed in groups, in the limit case by case (each case's rounds right
-after its probes, as with ``rounds_across_cases=False`` and ``isolate``). The ratio to SDPA is the median of the
-per-round ratios.
+after its probes, as with ``rounds_across_cases=False`` and ``isolate``). A long (case, size), one whose single call
+lasts at least :data:`LONG_CALL_SAMPLES` minimum bursts, takes every other round. The ratio to SDPA is the
+Hodges-Lehmann estimate of the per-round ratios.
 
 Memory kept for the rounds: q, k, v and the layer input x of every timed size, ``4 * batch * heads * N *
 head_dim`` elements, and the mixers. For the default run (28 mixers, sides 32, 48, 64 and the 8 x 8 grid, float32,
@@ -56,12 +57,21 @@ from .prebuild import prebuild_native_kernels
 from .record import BenchRecord, BenchReport
 from .schedule import CASE_BY_CASE, BenchProgress, ScheduleLog, round_orders
 from .settings import BenchSettings
-from .timing import Timing, calls_per_sample, interleaved_bursts, summarize, synchronizer, time_call
+from .timing import (
+    Timing,
+    calls_per_sample,
+    hodges_lehmann_ratio,
+    interleaved_bursts,
+    summarize,
+    synchronizer,
+    time_call,
+)
 
 DEFAULT_SIZES: tuple[int, ...] = (32, 48, 64)
 """Default nominal sides: 1,024, 2,304 and 4,096 tokens, three sizes so that an exponent can be fitted with an
-error, multiples of 8 so that the default windows and blocks fit. With 5 bursts of 0.1 s per side and a 2 s time
-budget, every registered mixer in about 3 minutes on two cores (docs/benchmarks.md gives the measurements)."""
+error, multiples of 8 so that the default windows and blocks fit. With 10 rounds of bursts of 0.05 s per side and a
+2 s time budget, every registered mixer in under 3 minutes on two cores (docs/benchmarks.md gives the
+measurements)."""
 
 SKIPPABLE_ERRORS = (ValueError, NotImplementedError, MemoryError, torch.cuda.OutOfMemoryError)
 """Errors a call may raise that make a size skipped (with the message as reason) instead of stopping the run:
@@ -70,6 +80,16 @@ a grid the mechanism rejects, a mechanism not implemented for it, running out of
 Call = Callable[[], None]
 
 logger = logging.getLogger("visattn")
+
+LONG_CALL_SAMPLES = 2
+"""A (case, size) whose probe call of the mixer or of SDPA lasts at least this many ``min_sample_s`` is *long*: its
+bursts are a single call each, already averaged over ``2 * min_sample_s`` or more, and it takes part in every other
+round only (:data:`LONG_CALL_EVERY`). In the default run these are the naive ``N x N`` mixers at the larger sizes
+(0.1-1.3 s per call), whose per-round ratios spread 3-9% where the fast memory-bound rows spread 10-35%; timing them
+in all ten rounds would add about 18 s to the run."""
+
+LONG_CALL_EVERY = 2
+"""A long (case, size) is timed in rounds ``0, 2, 4, ...``: ``ceil(repeats / 2)`` samples, spread over the run."""
 
 FIXED_COST_SIDE = 8
 """Nominal side of the tiny grid (64 tokens) each mixer is also timed on, in the same rounds as its sizes, for the
@@ -187,13 +207,15 @@ def _warm_up_and_probe(call: Call, sync: Call, warmup: int, budget_s: float) -> 
 @dataclass
 class _Ready:
     """A (case, size) that passed its checks and probes: its record, the calls to time (the mixer, then dense
-    SDPA unless the baseline was skipped), how many consecutive calls make one burst of each, and what the calls
-    keep alive until they are timed (inputs and mixer)."""
+    SDPA unless the baseline was skipped), how many consecutive calls make one burst of each, what the calls
+    keep alive until they are timed (inputs and mixer), and every how many rounds it is timed (1, or
+    :data:`LONG_CALL_EVERY` for a long one, :data:`LONG_CALL_SAMPLES`)."""
 
     record: BenchRecord
     calls: list[Call]
     counts: list[int]
     kept: tuple[Any, ...]
+    every: int = 1
 
 
 def _probe(prepared: _Prepared, size: Size, settings: BenchSettings, history: list[tuple[int, float]],
@@ -266,7 +288,9 @@ def _probe_calls(record: BenchRecord, mixer: Any, shape: tuple[int, ...], settin
         if len(probes) == 2:
             record.sdpa_peak_memory_bytes = peak_memory_bytes(sdpa, s.torch_device)
     calls = [call, sdpa][:len(probes)]
-    return _Ready(record, calls, [calls_per_sample(p, s.min_sample_s) for p in probes], (q, k, v, x, mixer))
+    long = 0 < s.min_sample_s * LONG_CALL_SAMPLES <= max(probes)
+    return _Ready(record, calls, [calls_per_sample(p, s.min_sample_s) for p in probes], (q, k, v, x, mixer),
+                  LONG_CALL_EVERY if long else 1)
 
 
 def _store(record: BenchRecord, timing: Timing, calls: int, sdpa: bool) -> None:
@@ -282,10 +306,10 @@ def _store(record: BenchRecord, timing: Timing, calls: int, sdpa: bool) -> None:
 def _finish(ready: _Ready, samples: list[list[float]], settings: BenchSettings) -> None:
     """Fill the record's timings, GFLOP/s and ratio from its samples (the mixer's, then SDPA's when timed).
 
-    The ratio is the median of the per-round ratios ``sdpa_i / mixer_i``: both bursts of a round ran seconds
-    apart, so a change of machine speed between rounds cancels in each ratio instead of entering the medians. A
-    record is noisy when the interquartile range of those ratios (of the mixer's samples without a baseline)
-    exceeds ``spread_limit`` times their median."""
+    The ratio is the Hodges-Lehmann estimate (:func:`~visattn.bench.timing.hodges_lehmann_ratio`) of the per-round
+    ratios ``sdpa_i / mixer_i``: both bursts of a round ran seconds apart, so a change of machine speed between
+    rounds cancels in each ratio instead of entering the medians. A record is noisy when the interquartile range
+    of those ratios (of the mixer's samples without a baseline) exceeds ``spread_limit`` times their median."""
     record, s = ready.record, settings
     timing = summarize(samples[0])
     _store(record, timing, ready.counts[0], sdpa=False)
@@ -296,8 +320,10 @@ def _finish(ready: _Ready, samples: list[list[float]], settings: BenchSettings) 
         return
     sdpa_timing = summarize(samples[1])
     _store(record, sdpa_timing, ready.counts[1], sdpa=True)
-    ratios = summarize([b / a for a, b in zip(samples[0], samples[1], strict=True)])
-    record.ratio_to_sdpa, record.ratio_p25, record.ratio_p75 = ratios.median_ms, ratios.p25_ms, ratios.p75_ms
+    per_round = [b / a for a, b in zip(samples[0], samples[1], strict=True)]
+    ratios = summarize(per_round)
+    record.ratio_to_sdpa = hodges_lehmann_ratio(per_round)
+    record.ratio_p25, record.ratio_p75 = ratios.p25_ms, ratios.p75_ms
     record.ratio_relative_spread = ratios.relative_spread
     record.noisy = ratios.relative_spread > s.spread_limit
     dense_flops = useful_flops(record.tokens * record.tokens, s.heads, s.head_dim, s.batch, s.backward)
@@ -361,6 +387,16 @@ class _CaseRun:
         """Every burst of one round of the case, in order: each size's mixer and SDPA, then the fixed-cost call."""
         return [c for r in self.ready for c in r.calls] + ([self.fixed.call] if self.fixed else [])
 
+    def in_round(self, index: int) -> list[int]:
+        """The positions in :attr:`calls` of the bursts round ``index`` (from 0) takes: every size whose
+        :attr:`_Ready.every` divides ``index`` (with both its calls), and the fixed-cost call."""
+        taken, start = [], 0
+        for r in self.ready:
+            if index % r.every == 0:
+                taken.extend(range(start, start + len(r.calls)))
+            start += len(r.calls)
+        return taken + ([start] if self.fixed else [])
+
     @property
     def counts(self) -> list[int]:
         return [c for r in self.ready for c in r.counts] + ([self.fixed.count] if self.fixed else [])
@@ -403,22 +439,26 @@ def _finish_case(run: _CaseRun, samples: list[list[float]], settings: BenchSetti
 
 
 def _time_alone(run: _CaseRun, settings: BenchSettings) -> None:
-    """Case by case: the case's ``repeats`` rounds one after another (:func:`interleaved_bursts`), so that a change
-    of machine speed during the case reaches every size alike; then its records are complete."""
+    """Case by case: the case's ``repeats`` rounds one after another (:func:`_visit`), so that a change of machine
+    speed during the case reaches every size alike; then its records are complete."""
     if run.ready:
-        sync = synchronizer(settings.torch_device)
-        _finish_case(run, interleaved_bursts(run.calls, run.counts, settings.repeats, sync), settings)
+        for index in range(settings.repeats):
+            _visit(run, settings, index)
+        _finish_case(run, run.samples, settings)
 
 
-def _visit(run: _CaseRun, settings: BenchSettings) -> bool:
-    """One round of the case (one burst of each of its calls, :func:`interleaved_bursts`) appended to its samples;
-    whether visattn's shared cache changed size meanwhile (something was rebuilt inside a timed burst)."""
+def _visit(run: _CaseRun, settings: BenchSettings, index: int) -> bool:
+    """Round ``index`` (from 0) of the case: one burst of each call the round takes (:meth:`_CaseRun.in_round`),
+    interleaved (:func:`interleaved_bursts`) and appended to their samples; whether visattn's shared cache changed
+    size meanwhile (something was rebuilt inside a timed burst)."""
     before = cache_bytes()
-    got = interleaved_bursts(run.calls, run.counts, 1, synchronizer(settings.torch_device))
+    calls, counts, taken = run.calls, run.counts, run.in_round(index)
+    got = interleaved_bursts([calls[i] for i in taken], [counts[i] for i in taken], 1,
+                             synchronizer(settings.torch_device))
     if not run.samples:
-        run.samples = [[] for _ in got]
-    for samples, new in zip(run.samples, got, strict=True):
-        samples.extend(new)
+        run.samples = [[] for _ in calls]
+    for i, new in zip(taken, got, strict=True):
+        run.samples[i].extend(new)
     return cache_bytes() != before
 
 
@@ -488,7 +528,7 @@ def _time_in_rounds(group: list[_CaseRun], settings: BenchSettings, log: Schedul
     steps.advance(settings.repeats * (len(group) - len(timed)), "cases with nothing to time")
     for r, order in enumerate(orders, 1):
         for i in order:
-            log.cache_changes += _visit(timed[i], settings)
+            log.cache_changes += _visit(timed[i], settings, r - 1)
             steps.advance(1, f"round {r}/{settings.repeats} {timed[i].label}")
     for run in timed:
         _finish_case(run, run.samples, settings)

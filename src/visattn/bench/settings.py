@@ -33,20 +33,23 @@ def check_dtype_and_device(dtype: str, device: str) -> None:
 class BenchSettings:
     """How every (mixer, size) is measured.
 
-    q, k, v are ``(batch, heads, num_prefix_tokens + prod(shape), head_dim)`` standard-normal tensors of
-    ``dtype`` on ``device``. Each measurement makes ``warmup`` untimed calls (they pay one-time set-up such as
-    building masks, and count against no budget), then one probe call timed against ``time_budget_s``, then
-    ``repeats`` samples of the mixer interleaved with as many of dense SDPA on the same q, k, v. A sample is a
-    burst of consecutive calls lasting at least ``min_sample_s`` seconds (by the probe), so that calls of a few
-    milliseconds are not measured in the machine's transitions. A record whose per-round ratios to SDPA have an
-    interquartile range above ``spread_limit`` times their median (the mixer's times, without a baseline) is
-    flagged as noisy. ``backward`` times forward + backward of ``out.sum()``. ``memory_budget`` (bytes) and
-    ``time_budget_s`` (seconds per call) decide skips; ``memory_budget`` also bounds the inputs and mixers kept
-    for rounds across mixers. ``measure_memory`` adds one profiled call per mixer and per SDPA baseline.
-    ``rounds_across_cases`` takes the ``repeats`` rounds across all mixers, after all are probed, in an order per
-    round drawn from ``seed`` (which also seeds the inputs; :mod:`visattn.bench.schedule`); when False, each
-    mixer's rounds follow its probes (``visattn bench --case-by-case``). ``isolate`` times each mixer in its own
-    fresh process, case by case (:mod:`visattn.bench.isolation`; ``visattn bench --isolate``).
+    q, k, v are ``(batch, heads, num_prefix_tokens + prod(shape), head_dim)`` standard-normal tensors of ``dtype``
+    on ``device``. Each measurement makes ``warmup`` untimed calls (they pay one-time set-up such as building masks,
+    and count against no budget), then one probe call timed against ``time_budget_s``, then ``repeats`` samples of
+    the mixer interleaved with as many of dense SDPA on the same q, k, v (``ceil(repeats / 2)``, in every other
+    round, where one call of either lasts ``2 * min_sample_s`` or more:
+    :data:`visattn.bench.runner.LONG_CALL_SAMPLES`). A sample is a burst of consecutive calls lasting at least
+    ``min_sample_s`` seconds (by the probe), so that calls of a few milliseconds are not measured in the machine's
+    transitions. Ten rounds of 0.05 s bursts take the same time as five of 0.1 s and made three idle default runs
+    agree better (docs/benchmarks.md): a memory-bound row's rounds then sample more of the run. A record whose
+    per-round ratios to SDPA have an interquartile range above ``spread_limit`` times their median (the mixer's
+    times, without a baseline) is flagged as noisy. ``backward`` times forward + backward of ``out.sum()``.
+    ``memory_budget`` (bytes) and ``time_budget_s`` (seconds per call) decide skips; ``memory_budget`` also bounds
+    the inputs and mixers kept for rounds across mixers. ``measure_memory`` adds one profiled call per mixer and per
+    SDPA baseline. ``rounds_across_cases`` takes the ``repeats`` rounds across all mixers, after all are probed, in
+    an order per round drawn from ``seed`` (which also seeds the inputs; :mod:`visattn.bench.schedule`); when False,
+    each mixer's rounds follow its probes (``visattn bench --case-by-case``). ``isolate`` times each mixer in its
+    own fresh process, case by case (:mod:`visattn.bench.isolation`; ``visattn bench --isolate``).
     """
 
     heads: int = 4
@@ -55,9 +58,9 @@ class BenchSettings:
     dtype: str = "float32"
     device: str = "cpu"
     backward: bool = False
-    repeats: int = 5
+    repeats: int = 10
     warmup: int = 1
-    min_sample_s: float = 0.1
+    min_sample_s: float = 0.05
     spread_limit: float = 0.25
     num_prefix_tokens: int = 0
     memory_budget: int = field(default_factory=default_memory_budget)

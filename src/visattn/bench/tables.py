@@ -9,6 +9,7 @@ from .budget import format_bytes
 from .fit import MAX_FIT_ERROR, MIN_FIT_POINTS, ExponentFit
 from .model import MODES, UNMODIFIED, ModelBenchReport, ModelRecord
 from .record import BenchReport, exponent_fits, log_log_fits, sdpa_exponent_fit, sdpa_times
+from .runner import LONG_CALL_SAMPLES
 
 NOISY_MARK = "!"
 
@@ -37,7 +38,9 @@ def results_table(report: BenchReport) -> Table:
     mode = "forward + backward" if s.backward else "forward"
     table = Table(title=f"visattn bench: {mode}, {s.dtype}, batch {s.batch}, {s.heads} heads x {s.head_dim}, "
                         f"{report.env['torch_threads']} threads, {s.device}; median of {s.repeats} bursts of "
-                        f">= {s.min_sample_s:g} s, interleaved with SDPA")
+                        f">= {s.min_sample_s:g} s (every other round for calls of "
+                        f">= {LONG_CALL_SAMPLES * s.min_sample_s:g} s), "
+                        "interleaved with SDPA; x SDPA: Hodges-Lehmann estimate of the per-round ratios")
     for column, justify in (("mixer", "left"), ("shape", "left"), ("N", "right"), ("median ms", "right"),
                             ("IQR", "right"), ("SDPA ms", "right"), ("SDPA IQR", "right"), ("x SDPA", "right"),
                             ("GFLOP/s", "right"), ("density", "right"), ("peak mem", "right"), ("skipped", "left")):

@@ -1,5 +1,5 @@
-"""Wall-clock timing: one call, a burst of calls, bursts of several functions interleaved sample by sample, and the
-summary of repeated timings (median with interquartile spread)."""
+"""Wall-clock timing: one call, a burst of calls, bursts of several functions interleaved sample by sample, the
+summary of repeated timings (median with interquartile spread) and the Hodges-Lehmann estimate of a paired ratio."""
 
 from __future__ import annotations
 
@@ -44,6 +44,24 @@ def summarize(samples_ms: Sequence[float]) -> Timing:
     p25, median, p75 = np.percentile(values, [25.0, 50.0, 75.0])
     return Timing(tuple(float(v) for v in values), float(median), float(p25), float(p75), float(values.min()),
                   float(values.max()))
+
+
+def hodges_lehmann_ratio(ratios: Sequence[float]) -> float:
+    """The Hodges-Lehmann estimate of a ratio from per-round ratios: ``exp`` of the median of the Walsh averages
+    ``(l_i + l_j) / 2``, ``i <= j``, of their logarithms ``l`` (Hodges & Lehmann 1963).
+
+    Like the median it ignores a few wild rounds (breakdown point 29%), but it uses the values, not only their order:
+    where ten rounds fall on two levels (a memory-bound mixer on a shared VM), the median goes from one level to the
+    other as the rounds on the high level go from 4 to 6, while this estimate stays at the levels' geometric middle
+    for 4, 5 and 6 and moves by half the gap at a time. Its asymptotic efficiency on normal samples is 95% of the
+    mean's, against the median's 64%. For one ratio it is that ratio.
+    """
+    with np.errstate(divide="ignore", invalid="ignore"):
+        logs = np.log(np.asarray(ratios, dtype=np.float64))
+    if logs.size == 0 or not np.all(np.isfinite(logs)):
+        raise ValueError(f"ratios must be one or more finite numbers > 0, got {list(ratios)!r}")
+    i, j = np.triu_indices(logs.size)
+    return float(np.exp(np.median((logs[i] + logs[j]) / 2)))
 
 
 def synchronizer(device: torch.device) -> Callable[[], None]:
