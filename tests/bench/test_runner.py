@@ -231,12 +231,13 @@ def test_native_kernels_are_built_before_anything_is_timed(monkeypatch):
     monkeypatch.setattr(runner, "interleaved_bursts", lambda *a: events.append("bursts") or bursts(*a))
     run_bench(["softmax", "neighborhood:kernel_size=3"], [4, 5], BenchSettings(**FAST))
     assert events[0] == "prebuild" and events.count("prebuild") == 1
-    # every mixer's mixer and SDPA probes at each size, then the rounds across mixers: one visit per mixer and round
-    assert events[1:] == ["probe"] * 8 + ["bursts"] * 2 * FAST["repeats"]
+    # every mixer's probe at each size and SDPA's at each token count, then the rounds across mixers: one visit per
+    # mixer and round
+    assert events[1:] == ["probe"] * 6 + ["bursts"] * 2 * FAST["repeats"]
     events.clear()
     run_bench(["softmax", "neighborhood:kernel_size=3"], [4, 5], BenchSettings(rounds_across_cases=False, **FAST))
     # case by case: per mixer, its probes, then the bursts of both sizes in the same rounds
-    assert events[1:] == (["probe"] * 4 + ["bursts"] * FAST["repeats"]) * 2
+    assert events[1:] == ["probe"] * 4 + ["bursts"] * FAST["repeats"] + ["probe"] * 2 + ["bursts"] * FAST["repeats"]
 
 
 def test_bursts_are_sized_by_the_probe_and_interleaved_with_sdpa(monkeypatch):
@@ -314,3 +315,16 @@ def test_fixed_cost_is_timed_on_the_tiny_grid_in_the_same_rounds():
         assert r.fixed_cost_tokens == 64 and r.fixed_cost_ms > 0
     (small,) = run_bench(["window:window_size=4"], [8], BenchSettings(heads=1, head_dim=8, **FAST)).records
     assert small.fixed_cost_ms is None  # the tiny grid is not smaller than the only size
+
+
+def test_sdpa_is_probed_once_per_token_count_and_shared_by_the_cases(monkeypatch):
+    profiled = []
+    measure = runner.peak_memory_bytes
+    monkeypatch.setattr(runner, "peak_memory_bytes", lambda call, dev: profiled.append(call) or measure(call, dev))
+    settings = BenchSettings(**{**FAST, "measure_memory": True})
+    records = run_bench(["softmax", "neighborhood:kernel_size=3", "linear"], [4, 5], settings).records
+    assert len(profiled) == 3 * 2 + 2  # every mixer at every size, SDPA at each of the two token counts
+    for tokens in (16, 25):
+        same = [r for r in records if r.tokens == tokens]
+        assert len({r.sdpa_peak_memory_bytes for r in same}) == 1 and same[0].sdpa_peak_memory_bytes > 0
+        assert len({r.sdpa_calls_per_sample for r in same}) == 1 and all(r.sdpa_median_ms > 0 for r in same)

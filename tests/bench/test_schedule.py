@@ -132,7 +132,8 @@ def test_over_the_memory_budget_the_run_falls_back_to_case_by_case(monkeypatch):
     schedule = report.env["schedule"]
     assert schedule["scheduling"] == CASE_BY_CASE and "memory budget 90.0 MiB" in schedule["reason"]
     assert schedule["groups"] == [[label] for label in ("softmax", "neighborhood(kernel_size=3)", "linear")]
-    assert events == (["probe"] * 4 + ["bursts x1"] * FAST["repeats"]) * 3  # each case's rounds before the next
+    # each case's rounds before the next; SDPA probed at each token count once, with the first case
+    assert events == ["probe"] * 4 + (["bursts x1"] * FAST["repeats"] + ["probe"] * 2) * 2 + ["bursts x1"] * 3
     alone = run_bench(CASES[:3], [4, 6], BenchSettings(memory_budget=90 * MiB, rounds_across_cases=False, **FAST))
     assert [r.to_dict() for r in report.records] == [r.to_dict() for r in alone.records]
 

@@ -218,11 +218,22 @@ class _Ready:
     every: int = 1
 
 
+@dataclass(frozen=True)
+class _BaselineProbe:
+    """Dense SDPA's probe at one token count: seconds per call and peak memory (None when not measured). Every case
+    times SDPA on q, k, v of the same shape at the same token count, so a run probes it once per token count
+    (:func:`_probe_calls` with ``baselines``) instead of once per case: about 9 s of the default run."""
+
+    seconds: float
+    peak_memory_bytes: int | None
+
+
 def _probe(prepared: _Prepared, size: Size, settings: BenchSettings, history: list[tuple[int, float]],
-           sdpa_history: list[tuple[int, float]], memory_history: list[tuple[int, int]]) -> tuple[BenchRecord,
-                                                                                                   _Ready | None]:
+           sdpa_history: list[tuple[int, float]], memory_history: list[tuple[int, int]], *,
+           baselines: dict[int, _BaselineProbe] | None = None) -> tuple[BenchRecord, _Ready | None]:
     """The record of one (case, size) with its counts and estimates, and, unless a check skips the size, the
-    calls ready to be timed (after warm-up, probe and the profiled call for peak memory)."""
+    calls ready to be timed (after warm-up, probe and the profiled call for peak memory; SDPA's from ``baselines``
+    where its token count is there, :func:`_probe_calls`)."""
     s = settings
     shape = resolve_shape(size, prepared.layout)
     tokens = s.num_prefix_tokens + math.prod(shape)
@@ -253,16 +264,19 @@ def _probe(prepared: _Prepared, size: Size, settings: BenchSettings, history: li
                       or predicted_time_skip_reason(history, tokens, s.time_budget_s))
     if record.skipped is not None:
         return record, None
-    ready = _probe_calls(record, mixer, shape, s, history, sdpa_history)
+    ready = _probe_calls(record, mixer, shape, s, history, sdpa_history, baselines)
     if ready is not None and record.peak_memory_bytes is not None:
         memory_history.append((tokens, record.peak_memory_bytes))
     return record, ready
 
 
 def _probe_calls(record: BenchRecord, mixer: Any, shape: tuple[int, ...], settings: BenchSettings,
-                 history: list[tuple[int, float]], sdpa_history: list[tuple[int, float]]) -> _Ready | None:
+                 history: list[tuple[int, float]], sdpa_history: list[tuple[int, float]],
+                 baselines: dict[int, _BaselineProbe] | None = None) -> _Ready | None:
     """Warm up and probe the mixer and dense SDPA on the same q, k, v (the baseline has its own budget checks;
-    when it is skipped the mixer is still timed), size their bursts and measure their peak memory."""
+    when it is skipped the mixer is still timed), size their bursts and measure their peak memory. Where
+    ``baselines`` is given, SDPA's probe at a token count already in it is taken from there, and a new one is added
+    to it."""
     s, tokens = settings, record.tokens
     q, k, v, x = _inputs(s, tokens)
     mixer = _calibrated(mixer, shape, (q, k, v, x))
@@ -278,15 +292,21 @@ def _probe_calls(record: BenchRecord, mixer: Any, shape: tuple[int, ...], settin
     record.sdpa_skipped = (memory_skip_reason(sdpa_estimate, s.memory_budget)
                            or predicted_time_skip_reason(sdpa_history, tokens, s.time_budget_s))
     probes = [seconds]
-    if not record.sdpa_skipped:
+    known = None if baselines is None else baselines.get(tokens)
+    if known is not None:
+        probes.append(known.seconds)
+        record.sdpa_skipped, record.sdpa_peak_memory_bytes = None, known.peak_memory_bytes
+    elif not record.sdpa_skipped:
         sdpa_seconds, record.sdpa_skipped = _warm_up_and_probe(sdpa, sync, s.warmup, s.time_budget_s)
         if sdpa_seconds is not None:
             probes.append(sdpa_seconds)
             sdpa_history.append((tokens, sdpa_seconds))
     if s.measure_memory:
         record.peak_memory_bytes = peak_memory_bytes(call, s.torch_device)
-        if len(probes) == 2:
+        if len(probes) == 2 and known is None:
             record.sdpa_peak_memory_bytes = peak_memory_bytes(sdpa, s.torch_device)
+    if len(probes) == 2 and known is None and baselines is not None:
+        baselines[tokens] = _BaselineProbe(probes[1], record.sdpa_peak_memory_bytes)
     calls = [call, sdpa][:len(probes)]
     long = 0 < s.min_sample_s * LONG_CALL_SAMPLES <= max(probes)
     return _Ready(record, calls, [calls_per_sample(p, s.min_sample_s) for p in probes], (q, k, v, x, mixer),
@@ -404,14 +424,14 @@ class _CaseRun:
 
 def _probe_case(prepared: _Prepared, sizes: Sequence[Size], settings: BenchSettings,
                 history: list[tuple[int, float]], sdpa_history: list[tuple[int, float]],
-                memory_history: list[tuple[int, int]], on_probe: Callable[[BenchRecord], None] | None = None,
-                ) -> _CaseRun:
+                memory_history: list[tuple[int, int]], on_probe: Callable[[BenchRecord], None] | None = None, *,
+                baselines: dict[int, _BaselineProbe] | None = None) -> _CaseRun:
     """Check and probe every size of the case (smallest first) and its fixed-cost call; ``on_probe`` sees each
-    record (not timed yet) after its probe."""
+    record (not timed yet) after its probe; ``baselines``: SDPA's probes of the run so far (:func:`_probe_calls`)."""
     before = cache_bytes()
     records, ready = [], []
     for size in sorted(sizes, key=nominal_tokens):
-        record, timed = _probe(prepared, size, settings, history, sdpa_history, memory_history)
+        record, timed = _probe(prepared, size, settings, history, sdpa_history, memory_history, baselines=baselines)
         records.append(record)
         if timed is not None:
             ready.append(timed)
@@ -465,11 +485,13 @@ def _visit(run: _CaseRun, settings: BenchSettings, index: int) -> bool:
 def _measure_sizes(prepared: _Prepared, sizes: Sequence[Size], settings: BenchSettings,
                    history: list[tuple[int, float]], sdpa_history: list[tuple[int, float]],
                    memory_history: list[tuple[int, int]],
-                   on_probe: Callable[[BenchRecord], None] | None = None) -> list[BenchRecord]:
+                   on_probe: Callable[[BenchRecord], None] | None = None, *,
+                   baselines: dict[int, _BaselineProbe] | None = None) -> list[BenchRecord]:
     """The records of one case at every size (smallest first), timed case by case: every size is checked and
     probed first (``on_probe`` sees each record after its probe), then the bursts of all sizes and their baselines
     are taken in the same rounds."""
-    run = _probe_case(prepared, sizes, settings, history, sdpa_history, memory_history, on_probe)
+    run = _probe_case(prepared, sizes, settings, history, sdpa_history, memory_history, on_probe,
+                      baselines=baselines)
     _time_alone(run, settings)
     return run.records
 
@@ -552,6 +574,7 @@ def _in_process(cases: Sequence[BenchCase], sizes: Sequence[Size], settings: Ben
     case order once their group's rounds are done. With ``rounds_across_cases=False``, each case is timed right
     after its probes."""
     sdpa_history: list[tuple[int, float]] = []
+    baselines: dict[int, _BaselineProbe] = {}
     group: list[_CaseRun] = []
     causes: set[str] = set()
 
@@ -564,7 +587,8 @@ def _in_process(cases: Sequence[BenchCase], sizes: Sequence[Size], settings: Ben
     for case in cases:
         prepared = _prepare(case, settings)
         if not settings.rounds_across_cases:
-            records = _measure_sizes(prepared, sizes, settings, [], sdpa_history, [], steps.probed)
+            records = _measure_sizes(prepared, sizes, settings, [], sdpa_history, [], steps.probed,
+                                     baselines=baselines)
             steps.advance(settings.repeats, f"timed {records[0].label}")
             yield from records
             continue
@@ -573,7 +597,7 @@ def _in_process(cases: Sequence[BenchCase], sizes: Sequence[Size], settings: Ben
         if group and _over_budget(held + predicted_held_bytes(prepared, sizes, settings), largest, settings):
             causes.add(memory)
             yield from flush()
-        group.append(_probe_case(prepared, sizes, settings, [], sdpa_history, [], steps.probed))
+        group.append(_probe_case(prepared, sizes, settings, [], sdpa_history, [], steps.probed, baselines=baselines))
         cache = sum(r.cache_growth for r in group) > cache_budget() // 2
         if len(group) > 1 and (_over_budget(*_group_memory(group), settings) or cache):
             causes.add(f"half of visattn's cache budget {format_bytes(cache_budget())}" if cache else memory)
