@@ -66,6 +66,7 @@ def test_quiet_rows_carry_no_mark(tmp_path, monkeypatch, capsys):
     assert cli.main(["bench", "--mixers", "softmax", "--sizes", "4", "--no-save", *TINY, "--repeats", "3"]) == 0
     out = capsys.readouterr().out
     assert "2.00 !" not in out and "interquartile range above" not in out
+    assert "machine state probe: median" in out  # one sample per visit, three visits
 
 
 def test_isolate_runs_each_mixer_in_its_own_process(tmp_path):

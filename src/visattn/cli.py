@@ -260,7 +260,7 @@ def _bench_mixers(args: argparse.Namespace, err: Console) -> bench.BenchReport:
             progress.update(task, completed=p.done, total=p.total, description=p.description)
 
         report.records.extend(bench.iter_bench(cases, sizes, settings, schedule=schedule, on_progress=step))
-    report.env["schedule"] = schedule.to_dict()
+    bench.attach_schedule(report, schedule)
     return report
 
 
@@ -303,6 +303,9 @@ def _bench(args: argparse.Namespace, out: Console, err: Console) -> int:
     footnote = tables.noisy_footnote(report.settings.spread_limit, sum(bool(r.noisy) for r in report.records))
     if footnote:
         out.print(footnote, highlight=False)
+    state = bench.state_note(report.env["machine_state"]) if "machine_state" in report.env else ""
+    if state:
+        out.print(state, highlight=False)
     if json_path is not None:
         report.write_json(prepare(json_path))
         out.print(f"JSON written to {json_path}", highlight=False)

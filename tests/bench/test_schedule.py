@@ -9,7 +9,16 @@ import logging
 import pytest
 
 from visattn._cache import byte_cached
-from visattn.bench import BenchProgress, BenchSettings, ScheduleLog, iter_bench, round_orders, run_bench, runner
+from visattn.bench import (
+    BenchProgress,
+    BenchSettings,
+    ScheduleLog,
+    StateProbe,
+    iter_bench,
+    round_orders,
+    run_bench,
+    runner,
+)
 from visattn.bench.schedule import CASE_BY_CASE, ROUNDS_ACROSS_CASES
 
 FAST = {"heads": 1, "head_dim": 8, "repeats": 3, "measure_memory": False, "min_sample_s": 0.0}
@@ -71,10 +80,12 @@ def test_every_round_visits_every_case_once_in_a_seeded_order(monkeypatch):
 
 
 def _fixed_bursts(monkeypatch):
-    """Fake bursts (the i-th call of a visit takes i + 1 ms) and probes (0.1 ms: no size skipped for time)."""
+    """Fake bursts (the i-th call of a visit takes i + 1 ms), probes (0.1 ms: no size skipped for time) and
+    machine-state samples (0.5 ms)."""
     monkeypatch.setattr(runner, "interleaved_bursts",
                         lambda fns, calls, repeats, sync: [[float(i + 1)] * repeats for i in range(len(fns))])
     monkeypatch.setattr(runner, "time_call", lambda fn, sync: 1e-4)
+    monkeypatch.setattr(StateProbe, "sample", lambda probe: probe.samples_ms.append(0.5) or 0.5)
 
 
 def test_records_are_those_of_case_by_case(monkeypatch):
@@ -232,3 +243,18 @@ def test_a_long_size_takes_every_other_round(monkeypatch):
         assert widths == [4, 2, 4, 2, 4]  # both sizes' mixer and SDPA, then the short size alone
         assert len(short.samples_ms) == len(short.sdpa_samples_ms) == 5
         assert len(long.samples_ms) == len(long.sdpa_samples_ms) == 3 and long.sdpa_calls_per_sample == 1
+        # the machine-state probe's sample of each visit in which the size was timed
+        assert len(short.state_ms) == 5 and long.state_ms == short.state_ms[::2]
+
+
+def test_every_visit_takes_one_sample_of_the_machine_state_probe(monkeypatch):
+    _fixed_bursts(monkeypatch)
+    for across in (True, False):
+        report = run_bench(CASES[:2], [4, 6], BenchSettings(rounds_across_cases=across, **FAST))
+        visits = 2 * FAST["repeats"]
+        assert len(report.env["schedule"]["state_probe_ms"]) == visits
+        state = report.env["machine_state"]
+        assert state["samples"] == visits and state["p10_ms"] <= state["median_ms"] <= state["p90_ms"]
+        samples = report.env["schedule"]["state_probe_ms"]
+        for record in report.records:
+            assert len(record.state_ms) == len(record.samples_ms) and set(record.state_ms) <= set(samples)

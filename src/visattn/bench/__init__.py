@@ -22,14 +22,15 @@ from .fit import (
 from .flops import attended_pairs, gflops_per_second, useful_flops
 from .layout import grid_for, infer_layout, parse_size, resolve_shape
 from .load import busy_message, load_average
+from .machine_state import StateProbe, state_note, state_summary
 from .memory import peak_memory_bytes
 from .plot import plot_report
 from .prebuild import prebuild_native_kernels
 from .record import BenchRecord, BenchReport
-from .runner import DEFAULT_SIZES, default_cases, iter_bench, run_bench
+from .runner import DEFAULT_SIZES, attach_schedule, default_cases, iter_bench, run_bench
 from .schedule import BenchProgress, ScheduleLog, round_orders
 from .settings import DTYPES, BenchSettings
-from .timing import Timing, calls_per_sample, interleaved_bursts, summarize, time_burst
+from .timing import Timing, calls_per_sample, hodges_lehmann_ratio, interleaved_bursts, summarize, time_burst
 
 __all__ = [
     "BENCH_PRESETS",
@@ -44,7 +45,9 @@ __all__ = [
     "BenchSettings",
     "ExponentFit",
     "ScheduleLog",
+    "StateProbe",
     "Timing",
+    "attach_schedule",
     "attended_pairs",
     "build_mixer",
     "busy_message",
@@ -56,6 +59,7 @@ __all__ = [
     "fit_exponent_with_error",
     "format_bytes",
     "gflops_per_second",
+    "hodges_lehmann_ratio",
     "grid_for",
     "infer_layout",
     "interleaved_bursts",
@@ -70,6 +74,8 @@ __all__ = [
     "resolve_shape",
     "round_orders",
     "run_bench",
+    "state_note",
+    "state_summary",
     "summarize",
     "time_burst",
     "useful_flops",

@@ -25,15 +25,18 @@ class BenchRecord:
     and ``relative_spread`` is ``spread_ms / median_ms`` (``sdpa_`` fields: the same for the baseline). ``noisy`` is
     True when the relative spread of the ratio (of the mixer's samples when the baseline was not timed) exceeds the
     settings' ``spread_limit`` (None when the mixer was not timed). ``density = attended_pairs / tokens^2``;
-    ``gflops`` is useful GFLOP/s (:mod:`visattn.bench.flops`); ``ratio_to_sdpa`` is the median over rounds of
-    ``sdpa_ms / mixer_ms`` of the two bursts of each round (> 1: faster than dense SDPA on the same q, k, v,
-    measured alternately in the same run), ``ratio_p25``/``ratio_p75`` its quartiles and ``ratio_relative_spread``
-    their distance over the median. ``peak_memory_bytes`` is what the call allocates (:mod:`visattn.bench.memory`),
+    ``gflops`` is useful GFLOP/s (:mod:`visattn.bench.flops`); ``ratio_to_sdpa`` is the Hodges-Lehmann estimate
+    (:func:`~visattn.bench.timing.hodges_lehmann_ratio`) over rounds of ``sdpa_ms / mixer_ms`` of the two bursts of
+    each round (> 1: faster than dense SDPA on the same q, k, v, measured alternately in the same run),
+    ``ratio_p25``/``ratio_p75`` the quartiles of those per-round ratios and ``ratio_relative_spread`` their distance
+    over their median. ``peak_memory_bytes`` is what the call allocates (:mod:`visattn.bench.memory`),
     ``estimated_memory_bytes`` the estimate, inputs included, that the memory budget is checked against. ``skipped``
     holds the reason the mixer was not timed (``sdpa_skipped`` for the baseline), None when it was; the measurements
     of a skipped side are None. ``fixed_cost_ms`` is the mixer's median time on the tiny grid of
     ``fixed_cost_tokens`` tokens timed in the same rounds (the same for every size of the case; None where it was not
-    timed), which the exponent fit separates from the work.
+    timed), which the exponent fit separates from the work. ``state_ms`` holds the machine-state probe's sample
+    taken at the start of each visit in which the record was timed, one per sample of ``samples_ms``
+    (:mod:`visattn.bench.machine_state`; None where no probe ran).
     """
 
     mixer: str
@@ -82,6 +85,7 @@ class BenchRecord:
     fixed_cost_tokens: int | None = None
     skipped: str | None = None
     sdpa_skipped: str | None = None
+    state_ms: list[float] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {k: _jsonable(v) for k, v in asdict(self).items()}

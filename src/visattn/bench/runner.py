@@ -52,6 +52,7 @@ from .case import BenchCase, build_mixer, mixer_kwargs, parse_case, preset_for
 from .flops import attended_pairs, gflops_per_second, useful_flops
 from .isolation import CaseProcesses, isolation_available
 from .layout import Size, grid_for, infer_layout, nominal_tokens, resolve_shape
+from .machine_state import StateProbe, state_summary
 from .memory import peak_memory_bytes
 from .prebuild import prebuild_native_kernels
 from .record import BenchRecord, BenchReport
@@ -388,7 +389,8 @@ class _CaseRun:
     """A case after its probes: its records at every size (smallest first), the sizes ready to be timed, its
     fixed-cost call, the estimated bytes it keeps alive until timed (``held_bytes``: inputs, mixers and what its
     probes added to visattn's shared cache, :func:`visattn._cache.cache_bytes`), the largest estimated memory of
-    one of its calls, and the samples of its bursts so far (one list per call of :attr:`calls`)."""
+    one of its calls, the samples of its bursts so far (one list per call of :attr:`calls`) and the machine-state
+    probe's sample at each of its visits (:mod:`visattn.bench.machine_state`; empty without a probe)."""
 
     records: list[BenchRecord]
     ready: list[_Ready]
@@ -397,6 +399,7 @@ class _CaseRun:
     cache_growth: int = 0
     largest_call_bytes: int = 0
     samples: list[list[float]] = field(default_factory=list)
+    state_ms: list[float] = field(default_factory=list)
 
     @property
     def label(self) -> str:
@@ -450,27 +453,32 @@ def _finish_case(run: _CaseRun, samples: list[list[float]], settings: BenchSetti
     start = 0
     for r in run.ready:
         _finish(r, samples[start:start + len(r.calls)], settings)
+        if run.state_ms:
+            r.record.state_ms = run.state_ms[::r.every]
         start += len(r.calls)
     if run.fixed:
         fixed_ms = summarize(samples[-1]).median_ms
         for r in run.ready:
             r.record.fixed_cost_tokens, r.record.fixed_cost_ms = run.fixed.tokens, fixed_ms
-    run.ready, run.fixed, run.samples = [], None, []
+    run.ready, run.fixed, run.samples, run.state_ms = [], None, [], []
 
 
-def _time_alone(run: _CaseRun, settings: BenchSettings) -> None:
+def _time_alone(run: _CaseRun, settings: BenchSettings, state: StateProbe | None = None) -> None:
     """Case by case: the case's ``repeats`` rounds one after another (:func:`_visit`), so that a change of machine
     speed during the case reaches every size alike; then its records are complete."""
     if run.ready:
         for index in range(settings.repeats):
-            _visit(run, settings, index)
+            _visit(run, settings, index, state)
         _finish_case(run, run.samples, settings)
 
 
-def _visit(run: _CaseRun, settings: BenchSettings, index: int) -> bool:
-    """Round ``index`` (from 0) of the case: one burst of each call the round takes (:meth:`_CaseRun.in_round`),
-    interleaved (:func:`interleaved_bursts`) and appended to their samples; whether visattn's shared cache changed
-    size meanwhile (something was rebuilt inside a timed burst)."""
+def _visit(run: _CaseRun, settings: BenchSettings, index: int, state: StateProbe | None = None) -> bool:
+    """Round ``index`` (from 0) of the case: one sample of the machine-state probe where there is one, then one
+    burst of each call the round takes (:meth:`_CaseRun.in_round`), interleaved (:func:`interleaved_bursts`) and
+    appended to their samples; whether visattn's shared cache changed size meanwhile (something was rebuilt inside
+    a timed burst)."""
+    if state is not None:
+        run.state_ms.append(state.sample())
     before = cache_bytes()
     calls, counts, taken = run.calls, run.counts, run.in_round(index)
     got = interleaved_bursts([calls[i] for i in taken], [counts[i] for i in taken], 1,
@@ -486,13 +494,14 @@ def _measure_sizes(prepared: _Prepared, sizes: Sequence[Size], settings: BenchSe
                    history: list[tuple[int, float]], sdpa_history: list[tuple[int, float]],
                    memory_history: list[tuple[int, int]],
                    on_probe: Callable[[BenchRecord], None] | None = None, *,
-                   baselines: dict[int, _BaselineProbe] | None = None) -> list[BenchRecord]:
+                   baselines: dict[int, _BaselineProbe] | None = None,
+                   state: StateProbe | None = None) -> list[BenchRecord]:
     """The records of one case at every size (smallest first), timed case by case: every size is checked and
     probed first (``on_probe`` sees each record after its probe), then the bursts of all sizes and their baselines
     are taken in the same rounds."""
     run = _probe_case(prepared, sizes, settings, history, sdpa_history, memory_history, on_probe,
                       baselines=baselines)
-    _time_alone(run, settings)
+    _time_alone(run, settings, state)
     return run.records
 
 
@@ -536,7 +545,8 @@ class _Steps:
         self.advance(1, f"probe {record.label} {'x'.join(map(str, record.shape))}")
 
 
-def _time_in_rounds(group: list[_CaseRun], settings: BenchSettings, log: ScheduleLog, steps: _Steps) -> None:
+def _time_in_rounds(group: list[_CaseRun], settings: BenchSettings, log: ScheduleLog, steps: _Steps,
+                    state: StateProbe | None = None) -> None:
     """Rounds across the cases of ``group``: round ``r`` visits every case with something to time (one burst of each
     of its calls) in a seeded order of its own (:func:`~visattn.bench.schedule.round_orders`) before round
     ``r + 1`` starts; then every record of the group is complete."""
@@ -550,7 +560,7 @@ def _time_in_rounds(group: list[_CaseRun], settings: BenchSettings, log: Schedul
     steps.advance(settings.repeats * (len(group) - len(timed)), "cases with nothing to time")
     for r, order in enumerate(orders, 1):
         for i in order:
-            log.cache_changes += _visit(timed[i], settings, r - 1)
+            log.cache_changes += _visit(timed[i], settings, r - 1, state)
             steps.advance(1, f"round {r}/{settings.repeats} {timed[i].label}")
     for run in timed:
         _finish_case(run, run.samples, settings)
@@ -575,11 +585,13 @@ def _in_process(cases: Sequence[BenchCase], sizes: Sequence[Size], settings: Ben
     after its probes."""
     sdpa_history: list[tuple[int, float]] = []
     baselines: dict[int, _BaselineProbe] = {}
+    state = StateProbe.create(settings.torch_device)
+    log.state_probe_ms = state.samples_ms
     group: list[_CaseRun] = []
     causes: set[str] = set()
 
     def flush() -> Iterator[BenchRecord]:
-        _time_in_rounds(group, settings, log, steps)
+        _time_in_rounds(group, settings, log, steps, state)
         records = [record for run in group for record in run.records]
         group.clear()
         return iter(records)
@@ -588,7 +600,7 @@ def _in_process(cases: Sequence[BenchCase], sizes: Sequence[Size], settings: Ben
         prepared = _prepare(case, settings)
         if not settings.rounds_across_cases:
             records = _measure_sizes(prepared, sizes, settings, [], sdpa_history, [], steps.probed,
-                                     baselines=baselines)
+                                     baselines=baselines, state=state)
             steps.advance(settings.repeats, f"timed {records[0].label}")
             yield from records
             continue
@@ -671,6 +683,14 @@ def measure_case(case: BenchCase, sizes: Sequence[Size], settings: BenchSettings
     return _measure_sizes(_prepare(case, settings), sizes, settings, [], sdpa_history, [])
 
 
+def attach_schedule(report: BenchReport, log: ScheduleLog) -> None:
+    """Put what a run's :class:`ScheduleLog` recorded into ``report.env``: ``"schedule"`` (how the bursts were
+    scheduled) and ``"machine_state"`` (:func:`~visattn.bench.machine_state.state_summary` of the probe's
+    samples)."""
+    report.env["schedule"] = log.to_dict()
+    report.env["machine_state"] = state_summary(log.state_probe_ms)
+
+
 def run_bench(cases: Iterable[BenchCase | str] | None = None, sizes: Iterable[Size] | None = None,
               settings: BenchSettings | None = None, on_record: Callable[[BenchRecord], None] | None = None,
               on_progress: Callable[[BenchProgress], None] | None = None) -> BenchReport:
@@ -685,5 +705,5 @@ def run_bench(cases: Iterable[BenchCase | str] | None = None, sizes: Iterable[Si
         report.records.append(record)
         if on_record is not None:
             on_record(record)
-    report.env["schedule"] = log.to_dict()
+    attach_schedule(report, log)
     return report

@@ -58,7 +58,8 @@ class ScheduleLog:
     ``largest_call_bytes`` the largest estimated memory of one of its calls (the peak of the rounds is about the sum
     of the two) and ``round_orders`` the order of its cases in each round. ``cache_changes`` counts the case
     visits during which visattn's shared cache changed size: something was rebuilt inside a timed burst (expected
-    0)."""
+    0). ``state_probe_ms`` holds the machine-state probe's sample at every case visit in time order
+    (:mod:`visattn.bench.machine_state`; empty where the cases ran in their own processes)."""
 
     scheduling: str = ROUNDS_ACROSS_CASES
     reason: str | None = None
@@ -67,6 +68,7 @@ class ScheduleLog:
     largest_call_bytes: list[int] = field(default_factory=list)
     round_orders: list[list[list[str]]] = field(default_factory=list)
     cache_changes: int = 0
+    state_probe_ms: list[float] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
