@@ -328,3 +328,19 @@ def test_sdpa_is_probed_once_per_token_count_and_shared_by_the_cases(monkeypatch
         same = [r for r in records if r.tokens == tokens]
         assert len({r.sdpa_peak_memory_bytes for r in same}) == 1 and same[0].sdpa_peak_memory_bytes > 0
         assert len({r.sdpa_calls_per_sample for r in same}) == 1 and all(r.sdpa_median_ms > 0 for r in same)
+
+
+@pytest.mark.parametrize(("calls", "seconds", "timed"), [
+    ([0.1], 0.1, 1),  # within a tenth of the budget: one probe call
+    ([3.0, 1.5, 0.1], 0.1, 3),  # a heap still growing: the third call is the mixer's time
+    ([3.0, 2.9], 2.9, 2),  # settled within 10%, over the budget: skipped
+    ([0.5, 0.3, 0.29], 0.29, 3),
+])
+def test_a_long_probe_call_is_timed_again_until_it_settles(monkeypatch, calls, seconds, timed):
+    times = iter(calls)
+    monkeypatch.setattr(runner, "time_call", lambda fn, sync: next(times))
+    warm = []
+    got, reason = runner._warm_up_and_probe(lambda: warm.append(1), lambda: None, 1, 2.0)
+    assert warm == [1] and len(calls) - sum(1 for _ in times) == timed
+    assert (got, reason) == ((None, f"a call took {seconds:.1f} s after warm-up > time budget 2 s") if seconds > 2
+                             else (seconds, None))
