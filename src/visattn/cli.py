@@ -23,7 +23,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from . import bench, cli_arena, cli_codec, cli_lens, cli_search
+from . import bench, cli_arena, cli_codec, cli_compare, cli_lens, cli_search
 from .bench import model as bench_model
 from .bench import tables
 from .bench.allocator import keep_freed_memory
@@ -196,6 +196,7 @@ def _parser() -> argparse.ArgumentParser:
     cli_arena.add_parser(commands)
     cli_codec.add_parser(commands)
     cli_search.add_parser(commands)
+    cli_compare.add_parser(commands)
     citing = commands.add_parser("cite", help="BibTeX of the paper(s) behind a mixer, edit, metric or paper",
                                  description="Print the BibTeX of the paper(s) behind NAME, from the paper table "
                                              "that feeds the docs; visattn's own entry without NAME.")
@@ -347,6 +348,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cli_codec.execute(args, out)
         if args.command == "search":
             return cli_search.execute(args, out)
+        if args.command == "compare":
+            return cli_compare.execute(args, out)
         if args.command == "lens":
             from .lens import command as lens_command
 
