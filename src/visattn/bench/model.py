@@ -35,7 +35,7 @@ from .memory import peak_memory_bytes
 from .prebuild import prebuild_native_kernels
 from .record import environment
 from .settings import DTYPES, check_dtype_and_device
-from .timing import calls_per_sample, interleaved_bursts, summarize, synchronizer, time_call
+from .timing import calls_per_sample, hodges_lehmann_ratio, interleaved_bursts, summarize, synchronizer, time_call
 
 UNMODIFIED = "unmodified"
 """The label of the model as timm builds it (its own attention), the baseline of every ratio."""
@@ -98,9 +98,10 @@ class ModelRecord:
     """One (variant, image size, mode). ``label`` is :data:`UNMODIFIED` or the mixer case's label; ``grid`` the
     patch grid and ``tokens`` the sequence length (prefix tokens included). Times are milliseconds per call of a
     whole batch (median and quartiles over the samples); ``images_per_s = batch / median``;
-    ``ratio_to_unmodified`` is this variant's images/s over the unmodified model's in the same rounds (> 1:
-    faster). ``noisy`` when this variant's or the baseline's interquartile range exceeds ``spread_limit`` times
-    its median. ``skipped`` says why nothing was timed."""
+    ``ratio_to_unmodified`` is this variant's speed over the unmodified model's: the Hodges-Lehmann estimate
+    (:func:`~visattn.bench.timing.hodges_lehmann_ratio`) of the per-round ratios of their burst times, taken in the
+    same rounds (> 1: faster). ``noisy`` when this variant's or the baseline's interquartile range exceeds
+    ``spread_limit`` times its median. ``skipped`` says why nothing was timed."""
 
     model: str
     label: str
@@ -263,7 +264,8 @@ def _measure_mode(name: str, img_size: int, variants: list[_Variant], images: to
     if base.median_ms is not None:
         for record in records:
             if record.median_ms is not None:
-                record.ratio_to_unmodified = base.median_ms / record.median_ms
+                record.ratio_to_unmodified = hodges_lehmann_ratio(
+                    [b / m for b, m in zip(base.samples_ms, record.samples_ms, strict=True)])
                 record.noisy = bool(record.noisy or base.noisy)
     return records
 
