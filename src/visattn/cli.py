@@ -217,11 +217,16 @@ def _check_outputs(args: argparse.Namespace) -> None:
         check_output_folder(args.out, "--out")
 
 
+def _given_settings(args: argparse.Namespace) -> dict[str, object]:
+    """The settings whose defaults differ between mixer and model benchmarks, where the command line gives them."""
+    given = {"batch": args.batch, "repeats": args.repeats, "time_budget_s": args.time_budget,
+             "min_sample_s": args.min_sample}
+    return {name: value for name, value in given.items() if value is not None}
+
+
 def _settings(args: argparse.Namespace) -> bench.BenchSettings:
     budget = {} if args.memory_budget is None else {"memory_budget": args.memory_budget}
-    given = {name: value for name, value in (("batch", args.batch), ("repeats", args.repeats),
-                                             ("time_budget_s", args.time_budget), ("min_sample_s", args.min_sample))
-             if value is not None}
+    given = _given_settings(args)
     return bench.BenchSettings(heads=args.heads, head_dim=args.head_dim, dtype=args.dtype, device=args.device,
                                backward=args.backward, warmup=args.warmup, num_prefix_tokens=args.prefix_tokens,
                                spread_limit=args.spread_limit,
@@ -234,9 +239,7 @@ def _model_settings(args: argparse.Namespace) -> ModelBenchSettings:
                         ("--case-by-case", args.case_by_case)):
         if value:
             raise ValueError(f"{flag} applies to mixer benchmarks, not to --model (use --img-size, --forward-only)")
-    given = {name: value for name, value in (("batch", args.batch), ("repeats", args.repeats),
-                                             ("time_budget_s", args.time_budget), ("min_sample_s", args.min_sample))
-             if value is not None}
+    given = _given_settings(args)
     return ModelBenchSettings(dtype=args.dtype, device=args.device, warmup=args.warmup,
                               spread_limit=args.spread_limit, backward=not args.forward_only,
                               measure_memory=not args.no_memory, seed=args.seed, **given)

@@ -27,14 +27,19 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
                         help=f"leave out rows faster than this in every run (default {compare.MIN_MS})")
 
 
-def _table(paths: list[Path], rows: list[compare.RowComparison], agreement: float) -> Table:
-    table = Table(title=f"ratio to SDPA in each run; ! where the largest is more than {100 * agreement:.0f}% above "
-                        "the smallest")
+def _per_run_table(title: str, paths: list[Path], before: tuple[str, ...], after: tuple[str, ...] = ()) -> Table:
+    """A table with a ``mixer`` column, the ``before`` columns, one column per run (numbered, with its file name),
+    then the ``after`` columns."""
+    table = Table(title=title)
     table.add_column("mixer", no_wrap=True)
-    table.add_column("N", justify="right")
-    for i, path in enumerate(paths, 1):
-        table.add_column(f"{i}: {path.name}", justify="right")
-    table.add_column("spread", justify="right")
+    for name in (*before, *(f"{i}: {path.name}" for i, path in enumerate(paths, 1)), *after):
+        table.add_column(name, justify="right")
+    return table
+
+
+def _table(paths: list[Path], rows: list[compare.RowComparison], agreement: float) -> Table:
+    table = _per_run_table(f"ratio to SDPA in each run; ! where the largest is more than {100 * agreement:.0f}% "
+                           "above the smallest", paths, ("N",), ("spread",))
     for row in rows:
         mark = "" if row.agrees(agreement) else " !"
         table.add_row(row.label, str(row.tokens), *(f"{r:.2f}" for r in row.ratios), f"{100 * row.spread:.0f}%{mark}")
@@ -42,10 +47,7 @@ def _table(paths: list[Path], rows: list[compare.RowComparison], agreement: floa
 
 
 def _exponents(paths: list[Path], runs: list[dict]) -> Table:
-    table = Table(title="fitted exponent in each run (- where the fit was not sound)")
-    table.add_column("mixer", no_wrap=True)
-    for i, path in enumerate(paths, 1):
-        table.add_column(f"{i}: {path.name}", justify="right")
+    table = _per_run_table("fitted exponent in each run (- where the fit was not sound)", paths, ())
     for label in dict.fromkeys(label for run in runs for label in run.get("exponents", {})):
         alphas = [run.get("exponents", {}).get(label) for run in runs]
         table.add_row(label, *("-" if a is None else f"{a:.2f}" for a in alphas))

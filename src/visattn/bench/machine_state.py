@@ -16,15 +16,13 @@ bursts: about 1.5 s in a default run. :func:`state_summary` says whether the sam
 
 from __future__ import annotations
 
-import math
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
-from .timing import synchronizer
+from .timing import calls_per_sample, interleaved_bursts, synchronizer, time_call
 
 PROBE_SHAPE = (1, 4, 2304, 32)
 """``(batch, heads, tokens, head_dim)`` of the probe's tensor: 1.2 MB of float32, a mixer's q at the default 48 x 48."""
@@ -69,22 +67,13 @@ class StateProbe:
         """Build the probe on ``device``, make one untimed call and size its burst from one timed call."""
         call, sync = probe_call(device), synchronizer(device)
         call()
-        sync()
-        start = time.perf_counter()
-        call()
-        sync()
-        seconds = time.perf_counter() - start
-        return cls(call, sync, max(1, math.ceil(SAMPLE_SECONDS / max(seconds, 1e-9))))
+        return cls(call, sync, calls_per_sample(time_call(call, sync), SAMPLE_SECONDS))
 
     def sample(self) -> float:
         """Milliseconds per call of one burst, also appended to :attr:`samples_ms`."""
-        self.sync()
-        start = time.perf_counter()
-        for _ in range(self.count):
-            self.call()
-        self.sync()
-        self.samples_ms.append(1e3 * (time.perf_counter() - start) / self.count)
-        return self.samples_ms[-1]
+        ((milliseconds,),) = interleaved_bursts([self.call], [self.count], 1, self.sync)
+        self.samples_ms.append(milliseconds)
+        return milliseconds
 
 
 def state_summary(samples_ms: Sequence[float]) -> dict[str, float | int | bool | None]:
